@@ -1,0 +1,398 @@
+//! Client → server commands.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::names::{validate_room, validate_user};
+use crate::ErrorCode;
+
+/// Longest accepted command `id` string, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A command id as the client wrote it (raw JSON: a string with its quotes, or
+/// a number), so the reply echoes exactly what was sent.
+#[derive(Clone, Debug)]
+pub struct Id(Box<RawValue>);
+
+impl Id {
+    /// The raw JSON text of the id.
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Builds an id from raw JSON text; `None` if it is not valid JSON.
+    pub fn from_json(raw: &str) -> Option<Id> {
+        RawValue::from_string(raw.to_owned()).ok().map(Id)
+    }
+}
+
+impl PartialEq for Id {
+    fn eq(&self, other: &Id) -> bool {
+        self.as_json() == other.as_json()
+    }
+}
+impl Eq for Id {}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_json())
+    }
+}
+
+impl serde::Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// One decoded, validated command. Strings borrow from the frame when they
+/// contain no escapes; `body` always borrows.
+#[derive(Debug)]
+pub enum Command<'a> {
+    Hello {
+        user: Option<Cow<'a, str>>,
+        token: Option<Cow<'a, str>>,
+        name: Option<Cow<'a, str>>,
+    },
+    Join {
+        room: Cow<'a, str>,
+        since: Option<u64>,
+    },
+    Leave {
+        room: Cow<'a, str>,
+    },
+    Publish {
+        room: Cow<'a, str>,
+        body: &'a RawValue,
+    },
+    Send {
+        to: Cow<'a, str>,
+        body: &'a RawValue,
+    },
+    Presence {
+        room: Cow<'a, str>,
+    },
+    Ping,
+}
+
+impl Command<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Hello { .. } => "hello",
+            Command::Join { .. } => "join",
+            Command::Leave { .. } => "leave",
+            Command::Publish { .. } => "publish",
+            Command::Send { .. } => "send",
+            Command::Presence { .. } => "presence",
+            Command::Ping => "ping",
+        }
+    }
+}
+
+/// Why a command was refused; `id` is set when the command's id could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub id: Option<Id>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Every field any command uses, captured as raw JSON. Unknown fields are
+/// ignored so that newer clients can talk to older servers.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    room: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    body: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    to: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    user: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    name: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `null` visible as `Some("null")` (plain `Option` would
+/// turn it into `None`, and `"body": null` is a valid body).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+fn bad(id: &Option<Id>, message: String) -> CommandError {
+    CommandError {
+        id: id.clone(),
+        code: ErrorCode::BadRequest,
+        message,
+    }
+}
+
+/// A decoded command and its `id`, if it had one.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub id: Option<Id>,
+    pub command: Command<'a>,
+}
+
+/// Decodes one text frame into a command.
+pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
+    let first = text.trim_start().as_bytes().first();
+    if first != Some(&b'{') {
+        let message = if first.is_none() {
+            "empty frame: expected a JSON object".to_string()
+        } else if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+            "a command must be a JSON object".to_string()
+        } else {
+            "malformed JSON: expected a JSON object".to_string()
+        };
+        return Err(bad(&None, message));
+    }
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        let message = if e.is_syntax() || e.is_eof() {
+            format!("malformed JSON: {e}")
+        } else {
+            format!("invalid command: {e}")
+        };
+        bad(&None, message)
+    })?;
+
+    let id = match env.id {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => Some(decode_id(raw)?),
+    };
+    let kind: Cow<'_, str> = match env.kind {
+        None => return Err(bad(&id, "missing field `type`".into())),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|_| bad(&id, "field `type` must be a string".into()))?,
+    };
+
+    let fields = Fields { env: &env, id: &id, command: &kind };
+    let command = match kind.as_ref() {
+        "hello" => {
+            let user: Option<Cow<'_, str>> = fields.optional("user", "a string")?;
+            if let Some(user) = &user {
+                validate_user(user).map_err(|m| bad(&id, m))?;
+            }
+            let name: Option<Cow<'_, str>> = fields.optional("name", "a string")?;
+            if let Some(name) = &name {
+                if name.len() > 128 || name.chars().any(char::is_control) {
+                    return Err(bad(
+                        &id,
+                        "name must be at most 128 bytes without control characters".into(),
+                    ));
+                }
+            }
+            Command::Hello {
+                user,
+                token: fields.optional("token", "a string")?,
+                name,
+            }
+        }
+        "join" => Command::Join {
+            room: fields.room()?,
+            since: fields.optional("since", "a non-negative integer")?,
+        },
+        "leave" => Command::Leave { room: fields.room()? },
+        "publish" => Command::Publish {
+            room: fields.room()?,
+            body: fields.body()?,
+        },
+        "send" => {
+            let to: Cow<'_, str> = fields.required("to", "a string")?;
+            validate_user(&to).map_err(|m| bad(&id, format!("to: {m}")))?;
+            Command::Send {
+                to,
+                body: fields.body()?,
+            }
+        }
+        "presence" => Command::Presence { room: fields.room()? },
+        "ping" => Command::Ping,
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(bad(&id, format!("unknown command type `{shown}`")));
+        }
+    };
+    Ok(Request { id, command })
+}
+
+fn decode_id(raw: &RawValue) -> Result<Id, CommandError> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: Cow<'_, str> = serde_json::from_str(text)
+                .map_err(|_| bad(&None, "field `id` is not a valid string".into()))?;
+            if s.len() > MAX_ID_LEN {
+                return Err(bad(
+                    &None,
+                    format!("field `id` is longer than {MAX_ID_LEN} bytes"),
+                ));
+            }
+        }
+        Some(b'-' | b'0'..=b'9') if text.len() <= 32 => {}
+        _ => {
+            return Err(bad(
+                &None,
+                "field `id` must be a string or a number".into(),
+            ))
+        }
+    }
+    Ok(Id(raw.to_owned()))
+}
+
+struct Fields<'e, 'a> {
+    env: &'e Envelope<'a>,
+    id: &'e Option<Id>,
+    command: &'e str,
+}
+
+impl<'a> Fields<'_, 'a> {
+    fn raw(&self, field: &str) -> Option<&'a RawValue> {
+        match field {
+            "room" => self.env.room,
+            "since" => self.env.since,
+            "body" => self.env.body,
+            "to" => self.env.to,
+            "user" => self.env.user,
+            "token" => self.env.token,
+            "name" => self.env.name,
+            _ => None,
+        }
+    }
+
+    fn optional<T: Deserialize<'a>>(
+        &self,
+        field: &str,
+        expected: &str,
+    ) -> Result<Option<T>, CommandError> {
+        match self.raw(field) {
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) => serde_json::from_str(raw.get()).map(Some).map_err(|_| {
+                bad(
+                    self.id,
+                    format!("{}: field `{field}` must be {expected}", self.command),
+                )
+            }),
+        }
+    }
+
+    fn required<T: Deserialize<'a>>(&self, field: &str, expected: &str) -> Result<T, CommandError> {
+        self.optional(field, expected)?.ok_or_else(|| {
+            bad(
+                self.id,
+                format!("{}: missing field `{field}`", self.command),
+            )
+        })
+    }
+
+    fn room(&self) -> Result<Cow<'a, str>, CommandError> {
+        let room: Cow<'a, str> = self.required("room", "a string")?;
+        validate_room(&room).map_err(|m| bad(self.id, m))?;
+        Ok(room)
+    }
+
+    fn body(&self) -> Result<&'a RawValue, CommandError> {
+        self.raw("body").ok_or_else(|| {
+            bad(
+                self.id,
+                format!("{}: missing field `body`", self.command),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> CommandError {
+        decode_command(text).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_every_command() {
+        assert!(matches!(
+            decode_command(r#"{"type":"join","room":"lobby","since":5,"id":1}"#).unwrap().command,
+            Command::Join { room, since: Some(5) } if room == "lobby"
+        ));
+        match decode_command(r#"{"type":"publish","room":"r","body":{"t":"hi"}}"#).unwrap().command {
+            Command::Publish { room, body } => {
+                assert_eq!(room, "r");
+                assert_eq!(body.get(), r#"{"t":"hi"}"#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            decode_command(r#"{"type":"send","to":"bob","body":"x"}"#).unwrap().command,
+            Command::Send { .. }
+        ));
+        assert!(matches!(decode_command(r#"{"type":"ping"}"#).unwrap().command, Command::Ping));
+        assert!(matches!(
+            decode_command(r#"{"type":"leave","room":"r"}"#).unwrap().command,
+            Command::Leave { room } if room == "r"
+        ));
+        assert!(matches!(
+            decode_command(r#"{"type":"hello","user":"小明"}"#).unwrap().command,
+            Command::Hello { user: Some(u), token: None, name: None } if u == "小明"
+        ));
+    }
+
+    #[test]
+    fn body_may_be_any_json_even_null() {
+        match decode_command(r#"{"type":"publish","room":"r","body":null}"#).unwrap().command {
+            Command::Publish { body, .. } => assert_eq!(body.get(), "null"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input_with_bad_request() {
+        for text in [
+            "not json",
+            "[1,2]",
+            "42",
+            "",
+            "{",
+            r#"{"room":"r"}"#,
+            r#"{"type":7}"#,
+            r#"{"type":"dance"}"#,
+            r#"{"type":"join"}"#,
+            r#"{"type":"join","room":5}"#,
+            r#"{"type":"join","room":""}"#,
+            r#"{"type":"join","room":"r","since":-1}"#,
+            r#"{"type":"publish","room":"r"}"#,
+            r#"{"type":"send","body":1}"#,
+            r#"{"type":"send","to":"","body":1}"#,
+            r#"{"type":"ping","id":{"x":1}}"#,
+        ] {
+            assert_eq!(err(text).code, ErrorCode::BadRequest, "{text}");
+        }
+    }
+
+    #[test]
+    fn error_keeps_the_id() {
+        assert_eq!(err(r#"{"type":"join","id":"a1"}"#).id, Id::from_json("\"a1\""));
+        assert_eq!(err(r#"{"type":"nope","id":7}"#).id, Id::from_json("7"));
+    }
+
+    #[test]
+    fn messages_name_the_problem() {
+        assert!(err(r#"{"type":"join"}"#).message.contains("missing field `room`"));
+        assert!(err(r#"{"type":"join","room":1}"#).message.contains("must be a string"));
+        assert!(err(r#"{"type":"dance"}"#).message.contains("unknown command type"));
+        assert!(err("[]").message.contains("JSON object"));
+        assert!(err("{nope").message.contains("malformed JSON"));
+    }
+}

@@ -1,0 +1,138 @@
+//! Server configuration: every flag of `switchboard serve`, each also settable
+//! through a `SWITCHBOARD_*` environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Args, Clone, Debug)]
+pub struct Config {
+    /// Address to listen on (HTTP and WebSocket). Use port 0 for any free port.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Interval between server ping frames. A peer that sends nothing for two
+    /// intervals is closed (4009) and its presence leaves are broadcast.
+    /// Units: ms, s, m (default s).
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT", default_value = "25s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Largest accepted WebSocket frame and message (after decompression);
+    /// larger ones close the connection with 1009. Units: B, KiB, MiB.
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME", default_value = "64KiB", value_parser = parse_size)]
+    pub max_frame: usize,
+
+    /// Commands per second a connection may send on /ws (token bucket).
+    /// Commands over the limit get `rate_limited`; a client that keeps
+    /// sending more than twice the limit is closed with 1008. 0 = unlimited.
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+
+    /// Burst size of the per-connection token bucket (commands).
+    #[arg(long, env = "SWITCHBOARD_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
+
+    /// Bytes a connection may have waiting to be written before it is
+    /// disconnected as a slow consumer (close 4008). Units: B, KiB, MiB.
+    #[arg(long, env = "SWITCHBOARD_MAX_QUEUE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_queue: usize,
+
+    /// Maximum simultaneous WebSocket connections; upgrades past it get 503.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Time a connection without `?user=` has to send `hello` before it is
+    /// made a guest. Units: ms, s, m.
+    #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub hello_timeout: Duration,
+
+    /// Time an HTTP client has to send its request head (slowloris guard).
+    #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long to wait for connections to close after
+    /// sending them close 1001 before exiting anyway.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            heartbeat: Duration::from_secs(25),
+            max_frame: 64 * 1024,
+            rate_limit: 100,
+            rate_burst: 200,
+            max_queue: 1024 * 1024,
+            max_connections: 100_000,
+            hello_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Parses `500ms`, `25s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("invalid duration `{text}`"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s or m)")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("duration must be positive: `{text}`"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses `65536`, `64KiB`, `1MiB` (also `KB`/`MB`, read as binary units).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number.parse().map_err(|_| format!("invalid size `{text}`"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        other => return Err(format!("unknown size unit `{other}` (use B, KiB or MiB)")),
+    };
+    match value.checked_mul(scale) {
+        Some(0) => Err("size must be positive".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("size too large: `{text}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("25s").unwrap(), Duration::from_secs(25));
+        assert_eq!(parse_duration("25").unwrap(), Duration::from_secs(25));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1TB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+}

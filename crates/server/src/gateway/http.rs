@@ -1,0 +1,200 @@
+//! HTTP routes and the WebSocket upgrade handshake (RFC 6455 §4.2).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use switchboard_protocol::{validate_room, validate_user};
+use switchboard_ws::DeflateConfig;
+use tokio::net::TcpStream;
+
+use super::relay::RelaySession;
+use super::session::Session;
+use super::{socket, App};
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(ws))
+        .route("/relay/{channel}", get(relay))
+        .with_state(app)
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Switchboard is running.\n\nWebSocket: /ws (JSON protocol), /relay/{channel} (raw relay)\nOps: /healthz, /metrics\n",
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.hub.metrics.render(),
+    )
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    user: Option<String>,
+}
+
+async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Request) -> Response {
+    if let Some(user) = &query.user {
+        if let Err(message) = validate_user(user) {
+            return refuse(&app, StatusCode::BAD_REQUEST, &message);
+        }
+    }
+    let user = match app.auth.authenticate(query.user.as_deref(), None) {
+        Ok(user) => user,
+        Err(message) => return refuse(&app, StatusCode::UNAUTHORIZED, &message),
+    };
+    upgrade(app, req, move |app, conn| Box::new(Session::new(app, conn, user)))
+}
+
+#[derive(Deserialize)]
+struct RelayQuery {
+    #[serde(default)]
+    echo: bool,
+}
+
+async fn relay(
+    State(app): State<Arc<App>>,
+    Path(channel): Path<String>,
+    Query(query): Query<RelayQuery>,
+    req: Request,
+) -> Response {
+    if let Err(message) = validate_room(&channel) {
+        return refuse(&app, StatusCode::BAD_REQUEST, &message.replace("room", "channel"));
+    }
+    upgrade(app, req, move |app, conn| {
+        app.hub.relay.join(&channel, &conn);
+        Box::new(RelaySession { app, conn, channel, echo: query.echo })
+    })
+}
+
+fn refuse(app: &App, status: StatusCode, message: &str) -> Response {
+    app.hub.metrics.connections_refused.increment(1);
+    (status, format!("{message}\n")).into_response()
+}
+
+/// A boxed handler so `/ws` and `/relay` share one upgrade path.
+type MakeHandler = Box<dyn socket::Handler + Send>;
+
+impl<T: socket::Handler + ?Sized> socket::Handler for Box<T> {
+    fn on_message(&mut self, opcode: switchboard_ws::OpCode, payload: Bytes) -> Result<(), socket::CloseWith> {
+        (**self).on_message(opcode, payload)
+    }
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        (**self).deadline()
+    }
+    fn on_deadline(&mut self) -> Result<(), socket::CloseWith> {
+        (**self).on_deadline()
+    }
+    fn on_close(&mut self) {
+        (**self).on_close()
+    }
+}
+
+/// Validates the upgrade request, answers 101, and runs the socket loop on
+/// the raw TCP stream once hyper lets go of it.
+fn upgrade<F>(app: Arc<App>, mut req: Request, make: F) -> Response
+where
+    F: FnOnce(Arc<App>, Arc<crate::hub::Conn>) -> MakeHandler + Send + 'static,
+{
+    let headers = req.headers();
+    if req.method() != Method::GET || !header_has_token(headers, header::UPGRADE, "websocket") {
+        return refuse(&app, StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket: send an Upgrade: websocket request");
+    }
+    if !header_has_token(headers, header::CONNECTION, "upgrade") {
+        return refuse(&app, StatusCode::BAD_REQUEST, "missing Connection: Upgrade");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut response = refuse(&app, StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version (need 13)");
+        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| valid_key(k.as_bytes())) else {
+        return refuse(&app, StatusCode::BAD_REQUEST, "missing or invalid Sec-WebSocket-Key");
+    };
+    if app.shutting_down.load(Ordering::Relaxed) {
+        return refuse(&app, StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
+    if app.hub.connection_count() >= app.config.max_connections {
+        return refuse(&app, StatusCode::SERVICE_UNAVAILABLE, "connection limit reached");
+    }
+    let accept = switchboard_ws::accept_key(key.as_bytes());
+    let offers: Vec<&[u8]> = headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().map(|v| v.as_bytes()).collect();
+    let deflate = switchboard_ws::negotiate_deflate(&offers);
+
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    let config: Option<DeflateConfig> = match deflate {
+        Some((config, value)) => {
+            response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, value);
+            Some(config)
+        }
+        None => None,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(%err, "upgrade failed");
+                return;
+            }
+        };
+        // We served hyper a plain TcpStream, so this downcast recovers it and
+        // any bytes hyper read past the request head.
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TcpStream");
+                return;
+            }
+        };
+        let stream = parts.io.into_inner();
+        let leftover = parts.read_buf;
+        app.hub.metrics.connections_accepted.increment(1);
+        let conn = app.hub.connect(config, app.config.max_queue);
+        let mut handler = make(app.clone(), conn.clone());
+        socket::run(&app.hub, stream, leftover, conn, app.config.max_frame, &mut handler).await;
+        app.conn_closed.notify_waiters();
+    });
+    response.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// A Sec-WebSocket-Key is the base64 of 16 bytes: 24 characters ending in `==`.
+fn valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+}

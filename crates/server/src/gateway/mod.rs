@@ -1,0 +1,140 @@
+//! The network edge: an HTTP/1.1 server (hyper + axum routes) whose
+//! WebSocket endpoints hand the raw TCP stream to our own frame codec.
+//!
+//! `/ws` speaks the JSON protocol ([`session`]); `/relay/{channel}` forwards
+//! frames verbatim ([`relay`]). Both run the same socket loop ([`socket`]).
+
+mod http;
+mod relay;
+mod session;
+mod socket;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::auth::{Authenticator, NoAuth};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub config: Config,
+    pub hub: Hub,
+    pub auth: Box<dyn Authenticator>,
+    shutting_down: AtomicBool,
+    /// Fired whenever a WebSocket connection ends (for shutdown draining).
+    conn_closed: Notify,
+}
+
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Binds the listening socket (so the caller learns the real port when
+    /// `listen` has port 0) without serving yet.
+    pub async fn bind(config: Config) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let app = Arc::new(App {
+            hub: Hub::new(Arc::new(Metrics::new())),
+            auth: Box::new(NoAuth),
+            config,
+            shutting_down: AtomicBool::new(false),
+            conn_closed: Notify::new(),
+        });
+        Ok(Server { listener, app })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves until `shutdown` completes, then closes every WebSocket with
+    /// 1001 and waits (bounded by `shutdown_timeout`) for them to go.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server { listener, app } = self;
+        let router = http::router(app.clone());
+        let heartbeat = tokio::spawn(heartbeat_loop(app.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tokio::spawn(serve_http(stream, peer, router.clone(), app.clone()));
+                    }
+                    Err(err) => {
+                        // Usually EMFILE: back off briefly instead of spinning.
+                        tracing::warn!(%err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        app.shutting_down.store(true, Ordering::SeqCst);
+        let open = app.hub.connection_count();
+        tracing::info!(open, "shutting down: closing connections with 1001");
+        app.hub.close_all(switchboard_protocol::close::GOING_AWAY, "server shutting down");
+        let drained = async {
+            loop {
+                let closed = app.conn_closed.notified();
+                tokio::pin!(closed);
+                closed.as_mut().enable();
+                if app.hub.connection_count() == 0 {
+                    break;
+                }
+                closed.await;
+            }
+        };
+        if tokio::time::timeout(app.config.shutdown_timeout, drained).await.is_err() {
+            tracing::warn!(left = app.hub.connection_count(), "shutdown timeout: exiting with connections open");
+        }
+        heartbeat.abort();
+        tracing::info!("shutdown complete");
+    }
+}
+
+async fn serve_http(stream: TcpStream, peer: SocketAddr, router: axum::Router, app: Arc<App>) {
+    // Small messages must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let service = TowerToHyperService::new(router.layer(axum::Extension(ConnectInfo(peer))));
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.handshake_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+    if let Err(err) = result {
+        tracing::debug!(%err, %peer, "http connection error");
+    }
+}
+
+/// The peer address of an HTTP connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectInfo(pub SocketAddr);
+
+async fn heartbeat_loop(app: Arc<App>) {
+    let period = app.config.heartbeat;
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        app.hub.heartbeat(period * 2);
+    }
+}

@@ -1,0 +1,242 @@
+//! A `/ws` connection speaking the JSON protocol: decodes commands, applies
+//! the rate limit, and turns each command into a hub call and a reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchboard_protocol::{self as proto, close, decode_command, Command, ErrorCode, Id};
+use switchboard_ws::OpCode;
+use tokio::time::Instant;
+
+use super::socket::{CloseWith, Handler};
+use super::App;
+use crate::hub::Conn;
+
+pub struct Session {
+    app: Arc<App>,
+    conn: Arc<Conn>,
+    session_id: String,
+    /// Until identified: when the connection becomes a guest.
+    hello_deadline: Option<Instant>,
+    bucket: TokenBucket,
+}
+
+impl Session {
+    pub fn new(app: Arc<App>, conn: Arc<Conn>, user: Option<String>) -> Session {
+        let session_id = format!("{:016x}", rand::random::<u64>());
+        let bucket = TokenBucket::new(app.config.rate_limit, app.config.rate_burst);
+        let hello_deadline = Some(Instant::now() + app.config.hello_timeout);
+        let mut session = Session { app, conn, session_id, hello_deadline, bucket };
+        if let Some(user) = user {
+            session.identify(&user, None);
+        }
+        session
+    }
+
+    fn identify(&mut self, user: &str, id: Option<&Id>) {
+        self.hello_deadline = None;
+        self.app.hub.identify(&self.conn, user);
+        let heartbeat = self.app.config.heartbeat.as_secs().max(1);
+        let welcome = proto::Welcome::new(id, user, &self.session_id, heartbeat);
+        self.app.hub.reply(&self.conn, proto::encode(&welcome));
+    }
+
+    fn identify_guest(&mut self) {
+        let guest = format!("guest-{:08x}", rand::random::<u32>());
+        self.identify(&guest, None);
+    }
+
+    fn error(&self, id: Option<&Id>, code: ErrorCode, message: &str) {
+        self.app.hub.metrics.error(code);
+        self.app.hub.reply(&self.conn, proto::encode(&proto::Error::new(id, code, message)));
+    }
+
+    fn handle(&mut self, text: &str) {
+        let proto::Request { command, id } = match decode_command(text) {
+            Ok(request) => request,
+            Err(err) => {
+                self.error(err.id.as_ref(), err.code, &err.message);
+                return;
+            }
+        };
+        let id = id.as_ref();
+        if self.hello_deadline.is_some() {
+            match &command {
+                Command::Hello { user, token, .. } => {
+                    match self.app.auth.authenticate(user.as_deref(), token.as_deref()) {
+                        Ok(Some(user)) => self.identify(&user, id),
+                        Ok(None) => {
+                            let guest = format!("guest-{:08x}", rand::random::<u32>());
+                            self.identify(&guest, id);
+                        }
+                        Err(message) => self.error(id, ErrorCode::Unauthorized, &message),
+                    }
+                    return;
+                }
+                // Any other first command: carry on as a guest.
+                _ => self.identify_guest(),
+            }
+        }
+        let hub = &self.app.hub;
+        match command {
+            Command::Hello { .. } => {
+                self.error(id, ErrorCode::BadRequest, "already identified: hello is accepted once")
+            }
+            Command::Join { room, since } => hub.join(&self.conn, &room, since, id),
+            Command::Leave { room } => {
+                if hub.leave(&self.conn, &room) {
+                    hub.reply(&self.conn, proto::encode(&proto::Left::new(id, &room)));
+                } else {
+                    self.error(id, ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
+                }
+            }
+            Command::Publish { room, body } => match hub.publish(&self.conn, &room, body) {
+                Ok(d) => hub.reply(&self.conn, proto::encode(&proto::Ack::publish(id, &room, d.seq, d.delivered))),
+                Err(e) => self.error(id, e.code, &e.message),
+            },
+            Command::Send { to, body } => {
+                let d = hub.send(&self.conn, &to, body);
+                hub.reply(&self.conn, proto::encode(&proto::Ack::send(id, &to, d.seq, d.delivered, d.stored)));
+            }
+            Command::Presence { room } => {
+                let users = hub.presence(&room);
+                let names: Vec<&str> = users.iter().map(|u| &**u).collect();
+                hub.reply(&self.conn, proto::encode(&proto::PresenceList::new(id, &room, names)));
+            }
+            Command::Ping => hub.reply(&self.conn, proto::encode(&proto::Pong::new(id))),
+        }
+    }
+}
+
+impl Handler for Session {
+    fn on_message(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), CloseWith> {
+        match self.bucket.take(Instant::now()) {
+            Verdict::Allow => {}
+            Verdict::Reject => {
+                self.error(None, ErrorCode::RateLimited, "rate limit exceeded; command dropped");
+                return Ok(());
+            }
+            Verdict::Close => {
+                self.app.hub.metrics.error(ErrorCode::RateLimited);
+                return Err(CloseWith { code: close::POLICY, reason: "rate limit exceeded" });
+            }
+        }
+        if opcode != OpCode::Text {
+            self.error(None, ErrorCode::BadRequest, "binary frames are not accepted on /ws: send JSON text frames");
+            return Ok(());
+        }
+        // The decoder validated UTF-8 already; this check is cheap and keeps
+        // the code free of `unsafe`.
+        match std::str::from_utf8(&payload) {
+            Ok(text) => self.handle(text),
+            Err(_) => return Err(CloseWith { code: close::INVALID_DATA, reason: "invalid UTF-8" }),
+        }
+        Ok(())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.hello_deadline
+    }
+
+    fn on_deadline(&mut self) -> Result<(), CloseWith> {
+        if self.hello_deadline.is_some() {
+            self.identify_guest();
+        }
+        Ok(())
+    }
+
+    fn on_close(&mut self) {
+        self.app.hub.disconnect(&self.conn);
+    }
+}
+
+enum Verdict {
+    Allow,
+    Reject,
+    Close,
+}
+
+/// Token bucket with a strike rule: commands over the rate are rejected, and
+/// more than `rate` rejections within one second close the connection.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    strikes: u32,
+    strike_window: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> TokenBucket {
+        let now = Instant::now();
+        let burst = f64::from(burst.max(rate).max(1));
+        TokenBucket { rate: f64::from(rate), burst, tokens: burst, last: now, strikes: 0, strike_window: now }
+    }
+
+    fn take(&mut self, now: Instant) -> Verdict {
+        if self.rate == 0.0 {
+            return Verdict::Allow;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Verdict::Allow;
+        }
+        if now.saturating_duration_since(self.strike_window) > Duration::from_secs(1) {
+            self.strike_window = now;
+            self.strikes = 0;
+        }
+        self.strikes += 1;
+        if f64::from(self.strikes) > self.rate {
+            Verdict::Close
+        } else {
+            Verdict::Reject
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_rejects_then_closes() {
+        let mut b = TokenBucket::new(10, 20);
+        let t = Instant::now();
+        let mut allowed = 0;
+        let mut rejected = 0;
+        loop {
+            match b.take(t) {
+                Verdict::Allow => allowed += 1,
+                Verdict::Reject => rejected += 1,
+                Verdict::Close => break,
+            }
+        }
+        assert_eq!(allowed, 20);
+        assert_eq!(rejected, 10);
+    }
+
+    #[test]
+    fn bucket_refills_over_time() {
+        let mut b = TokenBucket::new(10, 10);
+        let t = Instant::now();
+        for _ in 0..10 {
+            assert!(matches!(b.take(t), Verdict::Allow));
+        }
+        assert!(matches!(b.take(t), Verdict::Reject));
+        assert!(matches!(b.take(t + Duration::from_millis(150)), Verdict::Allow));
+    }
+
+    #[test]
+    fn zero_rate_is_unlimited() {
+        let mut b = TokenBucket::new(0, 0);
+        let t = Instant::now();
+        for _ in 0..10_000 {
+            assert!(matches!(b.take(t), Verdict::Allow));
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Switchboard server: a real-time messaging hub behind a WebSocket and HTTP
+//! gateway. See `docs/ARCHITECTURE.md` for how the modules fit together.
+
+pub mod auth;
+pub mod config;
+pub mod gateway;
+pub mod hub;
+pub mod metrics;
+
+pub use config::Config;
+pub use gateway::Server;
