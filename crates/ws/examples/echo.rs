@@ -96,8 +96,8 @@ async fn serve(mut sock: TcpStream) -> std::io::Result<()> {
             match dec.decode(&mut buf) {
                 Ok(None) => break,
                 Ok(Some(msg)) => match msg {
-                    Message::Text(p) => out.push(SharedMessage::new(OpCode::Text, p).frame_for(deflate)),
-                    Message::Binary(p) => out.push(SharedMessage::new(OpCode::Binary, p).frame_for(deflate)),
+                    Message::Text(p) => out.push(echo_frame(OpCode::Text, p, deflate)),
+                    Message::Binary(p) => out.push(echo_frame(OpCode::Binary, p, deflate)),
                     Message::Ping(p) => out.push(switchboard_ws::encode_frame(OpCode::Pong, &p, false)),
                     Message::Pong(_) => {}
                     Message::Close(code) => {
@@ -125,6 +125,14 @@ async fn serve(mut sock: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
     }
+}
+
+fn echo_frame(opcode: OpCode, payload: Bytes, deflate: Option<DeflateConfig>) -> Bytes {
+    if let (Some(cfg), true) = (deflate, std::env::var_os("ECHO_FORCE_COMPRESS").is_some()) {
+        let z = switchboard_ws::deflate_message(&payload, cfg.server_max_window_bits);
+        return switchboard_ws::encode_frame(opcode, &z, true);
+    }
+    SharedMessage::new(opcode, payload).frame_for(deflate)
 }
 
 /// The server closes the TCP connection first (RFC 6455 7.1.1): send FIN, then drain input until

@@ -130,10 +130,6 @@ impl Hub {
     /// Removes a connection everywhere: its rooms (sending presence leaves
     /// where it was the user's last connection there), its user, the registry.
     pub fn disconnect(&self, conn: &Arc<Conn>) {
-        let rooms = std::mem::take(&mut *conn.rooms.lock());
-        for room in rooms {
-            self.leave_room(conn, &room);
-        }
         if let Some(user) = conn.user_arc() {
             let mut gone = false;
             self.users.remove_if_mut(user, |_, entry| {
@@ -147,6 +143,12 @@ impl Hub {
         }
         if self.conns.remove(&conn.id).is_some() {
             self.metrics.connections.decrement(1.0);
+        }
+        // Rooms last: once others see the presence leave, the registries and
+        // gauges already reflect the disconnect.
+        let rooms = std::mem::take(&mut *conn.rooms.lock());
+        for room in rooms {
+            self.leave_room(conn, &room);
         }
     }
 

@@ -1,0 +1,278 @@
+//! Test harness: runs the real `switchboard` binary on a free port and talks
+//! to it over real sockets (tokio-tungstenite as an independent client, and
+//! a raw TCP client for what a well-behaved client library will not do).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest we wait for any single expected event. Only a bound for failing
+/// tests; passing tests proceed as soon as the event arrives.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn switchboard");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        Server { addr, child }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub async fn connect(&self, user: &str) -> Client {
+        let mut client = Client::connect(&self.url(&format!("/ws?user={user}"))).await;
+        let welcome = client.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["user"], user);
+        client
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut response))
+            .await
+            .expect("http timeout")
+            .expect("read");
+        let status = response[9..12].parse().expect("status");
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of an unlabelled metric (or a labelled one, written in full).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+/// What ended a connection.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    /// A close frame with this code (0 when it had none).
+    Close(u16),
+    /// The TCP connection ended without a close frame.
+    Dropped,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        Client { ws, next_id: 0 }
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.ws.send(Message::text(value.to_string())).await.expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_string())).await.expect("send");
+    }
+
+    /// Sends a command with a fresh `id` and returns that id.
+    pub async fn command(&mut self, mut value: Value) -> Value {
+        self.next_id += 1;
+        let id = json!(format!("c{}", self.next_id));
+        value["id"] = id.clone();
+        self.send(value).await;
+        id
+    }
+
+    /// Sends a command and returns the next event, which must be its reply.
+    pub async fn request(&mut self, value: Value) -> Value {
+        let id = self.command(value).await;
+        let reply = self.recv().await;
+        assert_eq!(reply["id"], id, "reply {reply} does not answer {id}");
+        reply
+    }
+
+    /// The next JSON event (ping/pong frames are skipped).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("timed out waiting for an event")
+                .expect("connection ended")
+                .expect("websocket error");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).expect("event is JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next event, which must have this `type`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let event = self.recv().await;
+        assert_eq!(event["type"], kind, "expected {kind}, got {event}");
+        event
+    }
+
+    /// Proves nothing else is queued for us: a `ping` round trip must come
+    /// back as the very next event (the server answers in order).
+    pub async fn expect_nothing_pending(&mut self) {
+        let id = self.command(json!({"type": "ping"})).await;
+        let next = self.recv().await;
+        assert_eq!(next["type"], "pong", "unexpected event {next}");
+        assert_eq!(next["id"], id);
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        let reply = self.request(json!({"type": "join", "room": room})).await;
+        assert_eq!(reply["type"], "joined", "{reply}");
+        reply
+    }
+
+    pub async fn publish(&mut self, room: &str, body: Value) -> Value {
+        let reply = self.request(json!({"type": "publish", "room": room, "body": body})).await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+        reply
+    }
+
+    /// Reads until the connection ends, returning how (skipping events).
+    pub async fn expect_end(&mut self) -> Ended {
+        loop {
+            match tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("connection did not end") {
+                Some(Ok(Message::Close(frame))) => return Ended::Close(frame.map(|f| u16::from(f.code)).unwrap_or(0)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ended::Dropped,
+            }
+        }
+    }
+
+    /// Sends one raw text frame, bypassing the client's UTF-8 checks.
+    pub async fn send_raw_text(&mut self, payload: Vec<u8>) {
+        let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+        self.ws.send(Message::Frame(frame)).await.expect("send raw");
+    }
+}
+
+/// A bare TCP WebSocket client: handshakes, then only does what it is told.
+/// It never answers pings and never reads unless asked.
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    pub async fn connect(server: &Server, path: &str) -> RawClient {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        // Read the response head byte by byte so no frame bytes are consumed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let byte = tokio::time::timeout(TIMEOUT, stream.read_u8()).await.expect("handshake timeout").expect("read");
+            head.push(byte);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        RawClient { stream }
+    }
+
+    /// Writes one masked text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        let frame = masked_frame(0x1, text.as_bytes());
+        self.stream.write_all(&frame).await.expect("write frame");
+    }
+}
+
+/// A client→server frame with FIN set and a fixed mask.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
