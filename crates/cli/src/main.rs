@@ -1,5 +1,7 @@
 //! The `switchboard` binary.
 
+mod bench;
+
 use clap::{Parser, Subcommand};
 use switchboard_server::{Config, Server};
 
@@ -14,6 +16,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Config),
+    /// Load generator: measure a running server (or a baseline).
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(config) => serve(config),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
