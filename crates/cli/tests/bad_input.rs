@@ -140,16 +140,22 @@ async fn unmasked_or_reserved_frames_close_with_1002() {
     let mut raw = RawClient::connect(&server, "/ws?user=raw").await;
     // An unmasked client frame is a protocol error.
     raw.stream.write_all(&[0x81, 0x02, b'{', b'}']).await.unwrap();
-    let mut reply = [0u8; 4];
+    // The server sends `welcome`, then a close frame with 1002, then ends
+    // the connection: the close frame is the last frame of the stream.
     use tokio::io::AsyncReadExt;
-    // First comes the welcome frame; skip it by reading the close frame at the end.
     let mut all = Vec::new();
-    let _ = tokio::time::timeout(common::TIMEOUT, raw.stream.read_to_end(&mut all)).await;
-    let close_at = all.iter().rposition(|&b| b == 0x88).expect("a close frame");
-    reply.copy_from_slice(&all[close_at..close_at + 4]);
-    assert_eq!(u16::from_be_bytes([reply[2], reply[3]]), 1002);
+    tokio::time::timeout(common::TIMEOUT, raw.stream.read_to_end(&mut all)).await.expect("not closed").unwrap();
+    assert_eq!(common::final_close_code(&all), 1002);
+
+    // A frame with a reserved bit set (RSV2) on a fresh connection: 1002 too.
+    let mut raw = RawClient::connect(&server, "/ws?user=raw2").await;
+    let mut frame = masked_frame(0x1, b"{}");
+    frame[0] |= 0x20;
+    raw.stream.write_all(&frame).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(common::TIMEOUT, raw.stream.read_to_end(&mut all)).await.expect("not closed").unwrap();
+    assert_eq!(common::final_close_code(&all), 1002);
     still_fine(&mut watcher, &mut speaker, 4).await;
-    let _ = masked_frame(1, b"");
 }
 
 #[tokio::test]

@@ -111,3 +111,40 @@ async fn graceful_shutdown_closes_with_1001_and_exits_0() {
     assert_eq!(relay.expect_end().await, Ended::Close(1001));
     assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
 }
+
+/// `--max-connections` (here set through its environment variable): the
+/// upgrade past the limit gets 503, and a slot frees when a client leaves.
+#[tokio::test]
+async fn connection_limit_refuses_with_503() {
+    let server = Server::start_with_env(&[], &[("SWITCHBOARD_MAX_CONNECTIONS", "2")]);
+    let mut a = server.connect("a").await;
+    let b = server.connect("b").await;
+    let refused = tokio_tungstenite::connect_async(server.url("/ws?user=c")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert_eq!(server.metric("switchboard_connections_refused_total").await, 1.0);
+    a.join("r").await;
+    let mut b = b;
+    b.join("r").await;
+    a.expect("presence").await;
+    drop(b);
+    // Once the departure is visible, the slot is free again.
+    assert_eq!(a.expect("presence").await["event"], "leave");
+    server.connect("c").await;
+}
+
+#[test]
+fn help_documents_every_flag_and_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard")).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen", "--heartbeat", "--max-frame", "--rate-limit", "--rate-burst", "--max-queue",
+        "--max-connections", "--hello-timeout", "--handshake-timeout", "--shutdown-timeout",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        let var = format!("SWITCHBOARD_{}", flag[2..].replace('-', "_").to_uppercase());
+        assert!(help.contains(&var), "{var} missing from --help");
+    }
+}

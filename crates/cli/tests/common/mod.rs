@@ -33,10 +33,15 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -275,4 +280,28 @@ pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
+}
+
+/// Splits unmasked server→client bytes into (opcode, payload) frames.
+pub fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 2 {
+        let opcode = bytes[0] & 0x0f;
+        let (len, header) = match bytes[1] & 0x7f {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        frames.push((opcode, bytes[header..header + len].to_vec()));
+        bytes = &bytes[header + len..];
+    }
+    frames
+}
+
+/// The status code of the close frame that ends a raw byte stream.
+pub fn final_close_code(bytes: &[u8]) -> u16 {
+    let frames = server_frames(bytes);
+    let (opcode, payload) = frames.last().expect("no frames");
+    assert_eq!(*opcode, 0x8, "the stream does not end with a close frame: {frames:?}");
+    u16::from_be_bytes([payload[0], payload[1]])
 }
