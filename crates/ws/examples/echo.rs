@@ -20,7 +20,9 @@ const MAX_HANDSHAKE: usize = 16 << 10;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9002".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9002".into());
     let listener = TcpListener::bind(&addr).await?;
     eprintln!("echo server listening on {addr}");
     loop {
@@ -39,7 +41,9 @@ fn find_subslice(h: &[u8], n: &[u8]) -> Option<usize> {
 
 /// Reads the HTTP upgrade request and answers it. Returns the negotiated deflate config and
 /// any bytes received after the request.
-async fn handshake(sock: &mut TcpStream) -> std::io::Result<Option<(Option<DeflateConfig>, BytesMut)>> {
+async fn handshake(
+    sock: &mut TcpStream,
+) -> std::io::Result<Option<(Option<DeflateConfig>, BytesMut)>> {
     let mut buf = BytesMut::with_capacity(4096);
     let end = loop {
         if let Some(i) = find_subslice(&buf, b"\r\n\r\n") {
@@ -54,7 +58,9 @@ async fn handshake(sock: &mut TcpStream) -> std::io::Result<Option<(Option<Defla
     let mut extensions: Vec<&[u8]> = Vec::new();
     for line in head[..].split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"sec-websocket-key") {
             key = Some(value);
@@ -63,8 +69,10 @@ async fn handshake(sock: &mut TcpStream) -> std::io::Result<Option<(Option<Defla
         }
     }
     let Some(key) = key else {
-        sock.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .await?;
+        sock.write_all(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
         return Ok(None);
     };
     let negotiated = negotiate_deflate(&extensions);
@@ -98,7 +106,9 @@ async fn serve(mut sock: TcpStream) -> std::io::Result<()> {
                 Ok(Some(msg)) => match msg {
                     Message::Text(p) => out.push(echo_frame(OpCode::Text, p, deflate)),
                     Message::Binary(p) => out.push(echo_frame(OpCode::Binary, p, deflate)),
-                    Message::Ping(p) => out.push(switchboard_ws::encode_frame(OpCode::Pong, &p, false)),
+                    Message::Ping(p) => {
+                        out.push(switchboard_ws::encode_frame(OpCode::Pong, &p, false))
+                    }
                     Message::Pong(_) => {}
                     Message::Close(code) => {
                         close = Some(close_frame(code.map_or(1000, |(c, _)| c), ""));

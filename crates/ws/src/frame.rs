@@ -78,6 +78,10 @@ pub(crate) fn write_header(out: &mut [u8], opcode: OpCode, len: usize, rsv1: boo
 ///
 /// Returns header and payload in one contiguous `Bytes`, so it can be queued to many sockets as-is.
 pub fn encode_frame(opcode: OpCode, payload: &[u8], rsv1: bool) -> Bytes {
+    debug_assert!(
+        !opcode.is_control() || payload.len() <= 125,
+        "control payload > 125"
+    );
     let h = header_len(payload.len());
     let mut header = [0u8; 10];
     write_header(&mut header[..h], opcode, payload.len(), rsv1);

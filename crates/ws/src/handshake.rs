@@ -81,7 +81,10 @@ fn evaluate_offer(offer: &[u8]) -> Option<Option<u8>> {
             continue; // tolerate "a;;b" and a trailing ';'
         }
         let (key, value) = match param.iter().position(|&b| b == b'=') {
-            Some(i) => (param[..i].trim_ascii(), Some(unquote(param[i + 1..].trim_ascii())?)),
+            Some(i) => (
+                param[..i].trim_ascii(),
+                Some(unquote(param[i + 1..].trim_ascii())?),
+            ),
             None => (param, None),
         };
         if key.eq_ignore_ascii_case(b"server_no_context_takeover") {

@@ -71,7 +71,8 @@ impl SharedMessage {
         let Some(cfg) = deflate else {
             return self.plain_frame();
         };
-        if self.payload.len() < COMPRESS_MIN || !matches!(self.opcode, OpCode::Text | OpCode::Binary)
+        if self.payload.len() < COMPRESS_MIN
+            || !matches!(self.opcode, OpCode::Text | OpCode::Binary)
         {
             return self.plain_frame();
         }
@@ -81,7 +82,8 @@ impl SharedMessage {
         }
         self.deflated[(bits - 9) as usize]
             .get_or_init(|| {
-                compressed_frame(self.opcode, &self.payload, bits).unwrap_or_else(|| self.plain_frame())
+                compressed_frame(self.opcode, &self.payload, bits)
+                    .unwrap_or_else(|| self.plain_frame())
             })
             .clone()
     }

@@ -47,7 +47,12 @@ fn dec() -> Decoder {
 }
 
 fn dec_z() -> Decoder {
-    Decoder::new(1 << 20, Some(DeflateConfig { server_max_window_bits: 15 }))
+    Decoder::new(
+        1 << 20,
+        Some(DeflateConfig {
+            server_max_window_bits: 15,
+        }),
+    )
 }
 
 /// Decodes everything in `bytes` (fed at once) into messages.
@@ -76,7 +81,11 @@ fn decode_err(d: &mut Decoder, bytes: &[u8]) -> u16 {
 fn client_deflate(data: &[u8], bits: u8, finish: bool) -> Vec<u8> {
     let mut c = Compress::new_with_window_bits(Compression::default(), false, bits);
     let mut out = Vec::with_capacity(data.len() + 1024);
-    let flush = if finish { FlushCompress::Finish } else { FlushCompress::Sync };
+    let flush = if finish {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
     c.compress_vec(data, &mut out, flush).unwrap();
     assert_eq!(c.total_in() as usize, data.len());
     if !finish {
@@ -92,7 +101,8 @@ fn client_inflate(data: &[u8], bits: u8) -> Vec<u8> {
     let mut input = data.to_vec();
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
     let mut out = Vec::with_capacity(1 << 22);
-    d.decompress_vec(&input, &mut out, FlushDecompress::Sync).unwrap();
+    d.decompress_vec(&input, &mut out, FlushDecompress::Sync)
+        .unwrap();
     assert_eq!(d.total_in() as usize, input.len());
     out
 }
@@ -101,7 +111,10 @@ fn client_inflate(data: &[u8], bits: u8) -> Vec<u8> {
 fn parse_server_frame(f: &[u8]) -> (bool, bool, u8, &[u8]) {
     let (len, hl) = match f[1] {
         126 => (u16::from_be_bytes([f[2], f[3]]) as usize, 4),
-        127 => (u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize, 10),
+        127 => (
+            u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
         n => {
             assert!(n < 126, "server frames are unmasked");
             (n as usize, 2)
@@ -125,11 +138,22 @@ fn noise(n: usize, mut seed: u64) -> Vec<u8> {
 
 /// Compressible text.
 fn text(n: usize) -> Vec<u8> {
-    let words = ["switchboard ", "message ", "channel ", "héllo ", "wörld ", "ﬁ ", "🚀 ", "42 "];
+    let words = [
+        "switchboard ",
+        "message ",
+        "channel ",
+        "héllo ",
+        "wörld ",
+        "ﬁ ",
+        "🚀 ",
+        "42 ",
+    ];
     let mut s = Vec::with_capacity(n + 8);
     let mut i = 0u64;
     while s.len() < n {
-        i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         s.extend_from_slice(words[(i >> 59) as usize % words.len()].as_bytes());
     }
     // cut on a char boundary
@@ -145,8 +169,14 @@ fn text(n: usize) -> Vec<u8> {
 
 #[test]
 fn accept_key_rfc_example() {
-    assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    assert_eq!(accept_key(b" dGhlIHNhbXBsZSBub25jZQ== "), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_eq!(
+        accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+    assert_eq!(
+        accept_key(b" dGhlIHNhbXBsZSBub25jZQ== "),
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
 }
 
 const BASE: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
@@ -216,7 +246,10 @@ fn negotiate_multiple_offers() {
     assert_eq!(neg(&["permessage-deflate; server_max_window_bits=8"]), None);
     // invalid first offer, valid second one in another header line
     assert_eq!(
-        neg(&["permessage-deflate; foo=1", "permessage-deflate; server_no_context_takeover"]),
+        neg(&[
+            "permessage-deflate; foo=1",
+            "permessage-deflate; server_no_context_takeover"
+        ]),
         Some((15, BASE.into()))
     );
     // a comma inside a quoted string does not split offers
@@ -271,7 +304,15 @@ fn negotiate_declines_invalid() {
 
 #[test]
 fn encode_frame_length_encodings() {
-    for (n, hl) in [(0, 2), (1, 2), (125, 2), (126, 4), (65535, 4), (65536, 10), (70000, 10)] {
+    for (n, hl) in [
+        (0, 2),
+        (1, 2),
+        (125, 2),
+        (126, 4),
+        (65535, 4),
+        (65536, 10),
+        (70000, 10),
+    ] {
         let p = noise(n, n as u64 + 1);
         let f = encode_frame(OpCode::Binary, &p, false);
         assert_eq!(f.len(), hl + n);
@@ -283,7 +324,10 @@ fn encode_frame_length_encodings() {
     let f = encode_frame(OpCode::Text, b"hi", true);
     assert_eq!(&f[..], &[0xC1, 2, b'h', b'i']);
     assert_eq!(&encode_frame(OpCode::Ping, b"", false)[..], &[0x89, 0]);
-    assert_eq!(&encode_frame(OpCode::Pong, b"x", false)[..], &[0x8A, 1, b'x']);
+    assert_eq!(
+        &encode_frame(OpCode::Pong, b"x", false)[..],
+        &[0x8A, 1, b'x']
+    );
 }
 
 #[test]
@@ -328,8 +372,14 @@ fn decode_is_zero_copy_for_single_frames() {
     let f = cframe(true, 2, &noise(1000, 3));
     let mut buf = BytesMut::from(&f[..]);
     let base = buf.as_ptr() as usize;
-    let Some(Message::Binary(b)) = d.decode(&mut buf).unwrap() else { panic!() };
-    assert_eq!(b.as_ptr() as usize, base + 8, "payload is a slice of the read buffer");
+    let Some(Message::Binary(b)) = d.decode(&mut buf).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        b.as_ptr() as usize,
+        base + 8,
+        "payload is a slice of the read buffer"
+    );
 }
 
 #[test]
@@ -358,16 +408,28 @@ fn decode_control_frames() {
 
 #[test]
 fn close_codes() {
-    for code in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999] {
+    for code in [
+        1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+        4000, 4999,
+    ] {
         let mut d = dec();
         let m = decode_all(&mut d, &cframe(true, 8, &code.to_be_bytes())).unwrap();
         assert_eq!(m, vec![Message::Close(Some((code, String::new())))]);
     }
-    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
-        assert_eq!(decode_err(&mut dec(), &cframe(true, 8, &code.to_be_bytes())), 1002, "{code}");
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+    ] {
+        assert_eq!(
+            decode_err(&mut dec(), &cframe(true, 8, &code.to_be_bytes())),
+            1002,
+            "{code}"
+        );
     }
     assert_eq!(decode_err(&mut dec(), &cframe(true, 8, &[0x03])), 1002);
-    assert_eq!(decode_err(&mut dec(), &cframe(true, 8, &[0x03, 0xE8, 0xFF])), 1007);
+    assert_eq!(
+        decode_err(&mut dec(), &cframe(true, 8, &[0x03, 0xE8, 0xFF])),
+        1007
+    );
 }
 
 #[test]
@@ -437,7 +499,10 @@ fn bytes_needed_hint() {
     assert_eq!(d.decode(&mut buf).unwrap(), None);
     assert_eq!(d.bytes_needed(), f.len());
     buf.extend_from_slice(&f[100..]);
-    assert!(matches!(d.decode(&mut buf).unwrap(), Some(Message::Binary(_))));
+    assert!(matches!(
+        d.decode(&mut buf).unwrap(),
+        Some(Message::Binary(_))
+    ));
     assert_eq!(d.bytes_needed(), 0);
 }
 
@@ -447,9 +512,18 @@ fn protocol_errors() {
     // unmasked
     assert_eq!(e(vec![0x81, 0x02, b'h', b'i']), 1002);
     // RSV2 / RSV3 / RSV1 without deflate
-    assert_eq!(e(client_frame_with(true, 0b010, 1, b"x", Len::Minimal)), 1002);
-    assert_eq!(e(client_frame_with(true, 0b001, 1, b"x", Len::Minimal)), 1002);
-    assert_eq!(e(client_frame_with(true, 0b100, 1, b"x", Len::Minimal)), 1002);
+    assert_eq!(
+        e(client_frame_with(true, 0b010, 1, b"x", Len::Minimal)),
+        1002
+    );
+    assert_eq!(
+        e(client_frame_with(true, 0b001, 1, b"x", Len::Minimal)),
+        1002
+    );
+    assert_eq!(
+        e(client_frame_with(true, 0b100, 1, b"x", Len::Minimal)),
+        1002
+    );
     // reserved opcodes
     for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
         assert_eq!(e(cframe(true, op, b"")), 1002, "opcode {op}");
@@ -460,8 +534,14 @@ fn protocol_errors() {
     assert_eq!(e(cframe(true, 8, &[0x03, 0xE8].repeat(63))), 1002);
     // continuation without start; new data frame inside a message
     assert_eq!(e(cframe(true, 0, b"x")), 1002);
-    assert_eq!(e([cframe(false, 1, b"a"), cframe(true, 1, b"b")].concat()), 1002);
-    assert_eq!(e([cframe(false, 2, b"a"), cframe(false, 2, b"b")].concat()), 1002);
+    assert_eq!(
+        e([cframe(false, 1, b"a"), cframe(true, 1, b"b")].concat()),
+        1002
+    );
+    assert_eq!(
+        e([cframe(false, 2, b"a"), cframe(false, 2, b"b")].concat()),
+        1002
+    );
     // 64-bit length with the top bit set (header only)
     let mut f = vec![0x82, 0x80 | 127];
     f.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
@@ -470,8 +550,18 @@ fn protocol_errors() {
     assert_eq!(e(cframe(true, 1, b"a\xffb")), 1007);
     assert_eq!(e(cframe(true, 1, b"\xed\xa0\x80")), 1007); // surrogate
     assert_eq!(e(cframe(true, 1, b"ab\xe2\x82")), 1007);
-    assert_eq!(e([cframe(false, 1, b"ab\xe2"), cframe(true, 0, b"\x82")].concat()), 1007);
-    assert_eq!(e([cframe(false, 1, b"ab\xe2"), cframe(true, 0, b"\x82\xac\xff")].concat()), 1007);
+    assert_eq!(
+        e([cframe(false, 1, b"ab\xe2"), cframe(true, 0, b"\x82")].concat()),
+        1007
+    );
+    assert_eq!(
+        e([
+            cframe(false, 1, b"ab\xe2"),
+            cframe(true, 0, b"\x82\xac\xff")
+        ]
+        .concat()),
+        1007
+    );
 }
 
 #[test]
@@ -483,7 +573,10 @@ fn rsv1_rules_with_deflate() {
     // RSV1 on a control frame
     assert_eq!(decode_err(&mut dec_z(), &cframe_z(true, 9, b"")), 1002);
     // corrupt compressed data
-    assert_eq!(decode_err(&mut dec_z(), &cframe_z(true, 2, &[0xff; 20])), 1002);
+    assert_eq!(
+        decode_err(&mut dec_z(), &cframe_z(true, 2, &[0xff; 20])),
+        1002
+    );
 }
 
 #[test]
@@ -494,7 +587,12 @@ fn too_big() {
     let mut buf = BytesMut::from(&f[..8]);
     assert_eq!(d.decode(&mut buf).unwrap_err().code, 1009);
     let mut d = Decoder::new(1000, None);
-    assert_eq!(decode_all(&mut d, &cframe(true, 2, &[0u8; 1000])).unwrap().len(), 1);
+    assert_eq!(
+        decode_all(&mut d, &cframe(true, 2, &[0u8; 1000]))
+            .unwrap()
+            .len(),
+        1
+    );
     let mut f = vec![0x82, 0x80 | 127];
     f.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
     assert_eq!(decode_err(&mut Decoder::new(1000, None), &f), 1009);
@@ -502,18 +600,36 @@ fn too_big() {
     let s = [cframe(false, 2, &[0u8; 600]), cframe(true, 0, &[0u8; 401])].concat();
     assert_eq!(decode_err(&mut Decoder::new(1000, None), &s), 1009);
     let s = [cframe(false, 2, &[0u8; 600]), cframe(true, 0, &[0u8; 400])].concat();
-    assert_eq!(decode_all(&mut Decoder::new(1000, None), &s).unwrap().len(), 1);
+    assert_eq!(
+        decode_all(&mut Decoder::new(1000, None), &s).unwrap().len(),
+        1
+    );
 }
 
 #[test]
 fn utf8_fails_fast() {
     // invalid byte in the first fragment: fail before the message is complete
     let mut d = dec();
-    let mut buf = BytesMut::from(&cframe(false, 1, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80")[..]);
+    let mut buf = BytesMut::from(
+        &cframe(
+            false,
+            1,
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80",
+        )[..],
+    );
     assert_eq!(d.decode(&mut buf).unwrap_err().code, 1007);
     // ... and even inside a single frame that is still incomplete
     let mut d = dec();
-    let f = cframe(true, 1, &[b"valid text ".as_slice(), b"\xf4\x90\x80\x80", &[b'x'; 1000]].concat());
+    let f = cframe(
+        true,
+        1,
+        &[
+            b"valid text ".as_slice(),
+            b"\xf4\x90\x80\x80",
+            &[b'x'; 1000],
+        ]
+        .concat(),
+    );
     let mut buf = BytesMut::from(&f[..20]);
     assert_eq!(d.decode(&mut buf).unwrap(), None);
     buf.extend_from_slice(&f[20..24]);
@@ -525,7 +641,10 @@ fn utf8_fails_fast() {
     buf.extend_from_slice(&cframe(false, 0, b"\x9a"));
     assert_eq!(d.decode(&mut buf).unwrap(), None);
     buf.extend_from_slice(&cframe(true, 0, b"\x80!"));
-    assert_eq!(d.decode(&mut buf).unwrap(), Some(Message::Text(Bytes::from("🚀!"))));
+    assert_eq!(
+        d.decode(&mut buf).unwrap(),
+        Some(Message::Text(Bytes::from("🚀!")))
+    );
 }
 
 #[test]
@@ -567,10 +686,18 @@ fn compressed_round_trip() {
             assert_eq!(m, vec![Message::Binary(Bytes::from(t.clone()))]);
             // fragmented compressed message, with a ping in between, fed byte by byte
             let mut s = Vec::new();
-            let pieces: Vec<&[u8]> = if z.is_empty() { vec![&[]] } else { z.chunks(z.len().div_ceil(3)).collect() };
+            let pieces: Vec<&[u8]> = if z.is_empty() {
+                vec![&[]]
+            } else {
+                z.chunks(z.len().div_ceil(3)).collect()
+            };
             for (i, c) in pieces.iter().enumerate() {
                 let fin = i == pieces.len() - 1;
-                s.extend(if i == 0 { cframe_z(fin, 1, c) } else { cframe(fin, 0, c) });
+                s.extend(if i == 0 {
+                    cframe_z(fin, 1, c)
+                } else {
+                    cframe(fin, 0, c)
+                });
                 if i == 0 {
                     s.extend(cframe(true, 9, b"p"));
                 }
@@ -578,7 +705,11 @@ fn compressed_round_trip() {
             let whole = decode_all(&mut dec_z(), &s).unwrap();
             let ping = Message::Ping(Bytes::from_static(b"p"));
             let msg = Message::Text(Bytes::from(t.clone()));
-            let expected = if pieces.len() > 1 { vec![ping, msg] } else { vec![msg, ping] };
+            let expected = if pieces.len() > 1 {
+                vec![ping, msg]
+            } else {
+                vec![msg, ping]
+            };
             assert_eq!(whole, expected);
             if n <= 5000 {
                 let mut d = dec_z();
@@ -598,7 +729,11 @@ fn compressed_round_trip() {
     let mut d = dec_z();
     for i in 0..20 {
         let t = text(1000 + i * 37);
-        let m = decode_all(&mut d, &cframe_z(true, 1, &client_deflate(&t, 9 + (i % 7) as u8, false))).unwrap();
+        let m = decode_all(
+            &mut d,
+            &cframe_z(true, 1, &client_deflate(&t, 9 + (i % 7) as u8, false)),
+        )
+        .unwrap();
         assert_eq!(m, vec![Message::Text(Bytes::from(t))]);
     }
     // uncompressed messages still work on a deflate connection
@@ -611,7 +746,11 @@ fn compressed_invalid_utf8() {
     let z = client_deflate(b"abc\xff def", 15, false);
     assert_eq!(decode_err(&mut dec_z(), &cframe_z(true, 1, &z)), 1007);
     // fails at the first fragment already
-    let z = client_deflate(&[b"abc\xc0\xaf".as_slice(), &text(10_000)].concat(), 15, false);
+    let z = client_deflate(
+        &[b"abc\xc0\xaf".as_slice(), &text(10_000)].concat(),
+        15,
+        false,
+    );
     let mut d = dec_z();
     let mut buf = BytesMut::from(&cframe_z(false, 1, &z[..z.len() / 2])[..]);
     assert_eq!(d.decode(&mut buf).unwrap_err().code, 1007);
@@ -627,18 +766,41 @@ fn decompression_bomb() {
     let z = client_deflate(&zeros, 15, false);
     assert!(z.len() < 20_000);
     // single frame
-    let mut d = Decoder::new(1 << 20, Some(DeflateConfig { server_max_window_bits: 15 }));
+    let mut d = Decoder::new(
+        1 << 20,
+        Some(DeflateConfig {
+            server_max_window_bits: 15,
+        }),
+    );
     assert_eq!(decode_err(&mut d, &cframe_z(true, 2, &z)), 1009);
     // fragmented: fails on the first fragment, before the rest arrives
-    let mut d = Decoder::new(1 << 20, Some(DeflateConfig { server_max_window_bits: 15 }));
+    let mut d = Decoder::new(
+        1 << 20,
+        Some(DeflateConfig {
+            server_max_window_bits: 15,
+        }),
+    );
     let mut buf = BytesMut::from(&cframe_z(false, 2, &z[..z.len() / 2])[..]);
     assert_eq!(d.decode(&mut buf).unwrap_err().code, 1009);
     // exactly at the limit is fine
     let z = client_deflate(&zeros[..1 << 20], 15, false);
-    let mut d = Decoder::new(1 << 20, Some(DeflateConfig { server_max_window_bits: 15 }));
+    let mut d = Decoder::new(
+        1 << 20,
+        Some(DeflateConfig {
+            server_max_window_bits: 15,
+        }),
+    );
     let m = decode_all(&mut d, &cframe_z(true, 2, &z)).unwrap();
-    assert_eq!(m, vec![Message::Binary(Bytes::from(zeros[..1 << 20].to_vec()))]);
-    let mut d = Decoder::new((1 << 20) - 1, Some(DeflateConfig { server_max_window_bits: 15 }));
+    assert_eq!(
+        m,
+        vec![Message::Binary(Bytes::from(zeros[..1 << 20].to_vec()))]
+    );
+    let mut d = Decoder::new(
+        (1 << 20) - 1,
+        Some(DeflateConfig {
+            server_max_window_bits: 15,
+        }),
+    );
     assert_eq!(decode_err(&mut d, &cframe_z(true, 2, &z)), 1009);
 }
 
@@ -675,7 +837,11 @@ fn shared_message_variants_computed_once() {
     assert_eq!(ptr(&plain), ptr(&m.frame_for(None)));
     assert_eq!(parse_server_frame(&plain), (true, false, 1, &t[..]));
 
-    let cfg = |bits| Some(DeflateConfig { server_max_window_bits: bits });
+    let cfg = |bits| {
+        Some(DeflateConfig {
+            server_max_window_bits: bits,
+        })
+    };
     let mut seen = Vec::new();
     for bits in 9..=15u8 {
         let f1 = m.frame_for(cfg(bits));
@@ -697,7 +863,9 @@ fn shared_message_variants_computed_once() {
 
 #[test]
 fn shared_message_small_and_incompressible() {
-    let cfg = Some(DeflateConfig { server_max_window_bits: 15 });
+    let cfg = Some(DeflateConfig {
+        server_max_window_bits: 15,
+    });
     // below COMPRESS_MIN: plain
     let m = SharedMessage::new(OpCode::Text, Bytes::from(vec![b'a'; COMPRESS_MIN - 1]));
     assert_eq!(ptr(&m.frame_for(cfg)), ptr(&m.frame_for(None)));
@@ -709,7 +877,9 @@ fn shared_message_small_and_incompressible() {
     // a payload that fits every window is compressed once for all windows
     let t = text(400);
     let m = SharedMessage::new(OpCode::Text, Bytes::from(t.clone()));
-    let f9 = m.frame_for(Some(DeflateConfig { server_max_window_bits: 9 }));
+    let f9 = m.frame_for(Some(DeflateConfig {
+        server_max_window_bits: 9,
+    }));
     let f15 = m.frame_for(cfg);
     assert_eq!(ptr(&f9), ptr(&f15));
     let (_, rsv1, _, z) = parse_server_frame(&f9);
@@ -722,8 +892,13 @@ fn shared_message_small_and_incompressible() {
 
 #[test]
 fn shared_message_concurrent() {
-    let m = std::sync::Arc::new(SharedMessage::new(OpCode::Binary, Bytes::from(text(30_000))));
-    let cfg = Some(DeflateConfig { server_max_window_bits: 11 });
+    let m = std::sync::Arc::new(SharedMessage::new(
+        OpCode::Binary,
+        Bytes::from(text(30_000)),
+    ));
+    let cfg = Some(DeflateConfig {
+        server_max_window_bits: 11,
+    });
     let ptrs: Vec<usize> = (0..4)
         .map(|_| {
             let m = m.clone();
@@ -738,5 +913,9 @@ fn shared_message_concurrent() {
 
 #[test]
 fn decoder_is_small_when_idle() {
-    assert!(std::mem::size_of::<Decoder>() <= 48, "{}", std::mem::size_of::<Decoder>());
+    assert!(
+        std::mem::size_of::<Decoder>() <= 48,
+        "{}",
+        std::mem::size_of::<Decoder>()
+    );
 }
