@@ -18,6 +18,7 @@ def main():
     ap.add_argument("--mode", default="fast")
     ap.add_argument("--write")
     ap.add_argument("--excluded")
+    ap.add_argument("--server", default="")
     args = ap.parse_args()
 
     with open(args.index) as f:
@@ -59,7 +60,14 @@ def main():
                       "`/relay/autobahn?echo=true`).\n\n")
             out.write(f"- date: {datetime.date.today().isoformat()}\n")
             out.write(f"- machine: {platform.machine()}, {platform.system()} {platform.release()}\n")
-            out.write(f"- duration: {args.seconds} s\n")
+            out.write(f"- duration: {args.seconds} s (cases run one at a time: they share one relay channel)\n")
+            if args.server:
+                out.write(f"- server: `{args.server}`\n")
+                out.write("  (`--compress-min 0` because kosoku 0.1.0 raises inside its own client when a deflate "
+                          "connection receives an uncompressed frame, which RFC 7692 allows and our default sends "
+                          "for small messages — that default is tested in `tests/node/deflate.test.mjs`; "
+                          "`--heartbeat 60m` because the suite compares the exact frames of a case and an "
+                          "unsolicited heartbeat ping would land in some)\n")
             out.write(f"- result: {'PASS' if not bad else 'FAIL'}\n\n")
             out.write("| group | results |\n|---|---|\n")
             for group in sorted(by_group, key=int):

@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_QUEUE", default_value = "1MiB", value_parser = parse_size)]
     pub max_queue: usize,
 
+    /// permessage-deflate: messages shorter than this are sent uncompressed
+    /// (as are those compression does not shrink). 0 compresses every
+    /// message, even when it grows, for clients that mishandle mixed frames.
+    #[arg(long, env = "SWITCHBOARD_COMPRESS_MIN", default_value = "64B", value_parser = parse_size_or_zero)]
+    pub compress_min: usize,
+
     /// Maximum simultaneous WebSocket connections; upgrades past it get 503.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
@@ -66,6 +72,7 @@ impl Default for Config {
             rate_limit: 100,
             rate_burst: 200,
             max_queue: 1024 * 1024,
+            compress_min: switchboard_ws::COMPRESS_MIN,
             max_connections: 100_000,
             hello_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
@@ -111,6 +118,14 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Like [`parse_size`], but 0 is allowed.
+pub fn parse_size_or_zero(text: &str) -> Result<usize, String> {
+    if text.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(0);
+    }
+    parse_size(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +149,8 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("1TB").is_err());
         assert!(parse_size("99999999999999999999").is_err());
+        assert_eq!(parse_size_or_zero("0").unwrap(), 0);
+        assert_eq!(parse_size_or_zero("0B").unwrap(), 0);
+        assert_eq!(parse_size_or_zero("1KiB").unwrap(), 1024);
     }
 }

@@ -23,6 +23,13 @@ pub fn accept_key(client_key: &[u8]) -> String {
 pub struct DeflateConfig {
     /// window bits the server compresses with (9..=15)
     pub server_max_window_bits: u8,
+    /// Payloads shorter than this are sent uncompressed, as are payloads that
+    /// compression does not shrink; `0` compresses every message, even when
+    /// that makes it larger (for clients that mishandle mixed frames). A
+    /// server policy, not negotiated: [`negotiate_deflate`] sets
+    /// [`COMPRESS_MIN`](crate::COMPRESS_MIN). It must be the same for every
+    /// recipient of one [`SharedMessage`](crate::SharedMessage).
+    pub compress_min: usize,
 }
 
 /// Given all `Sec-WebSocket-Extensions` header values of a request, pick the first acceptable
@@ -54,6 +61,7 @@ pub fn negotiate_deflate(header_values: &[&[u8]]) -> Option<(DeflateConfig, Stri
                 return Some((
                     DeflateConfig {
                         server_max_window_bits: server_bits,
+                        compress_min: crate::COMPRESS_MIN,
                     },
                     resp,
                 ));

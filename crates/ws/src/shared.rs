@@ -12,6 +12,7 @@ use crate::DeflateConfig;
 /// compression costs more than it saves).
 pub const COMPRESS_MIN: usize = 64;
 
+
 /// A message encoded once and framed lazily once per variant, shared by all recipients (put it
 /// in an `Arc`). Variants: the plain frame, and a compressed frame per server window size 9..=15.
 pub struct SharedMessage {
@@ -60,7 +61,8 @@ impl SharedMessage {
     }
 
     /// The frame bytes for a recipient: the plain frame when `deflate` is `None`, the payload is
-    /// shorter than [`COMPRESS_MIN`] or compression does not shrink it; otherwise a compressed
+    /// shorter than its `compress_min` or compression does not shrink it (unless `compress_min`
+    /// is 0); otherwise a compressed
     /// RSV1 frame made without context takeover for the recipient's window bits. Each variant is
     /// computed at most once (thread-safe); later calls are a `Bytes` clone.
     ///
@@ -71,7 +73,7 @@ impl SharedMessage {
         let Some(cfg) = deflate else {
             return self.plain_frame();
         };
-        if self.payload.len() < COMPRESS_MIN
+        if self.payload.len() < cfg.compress_min
             || !matches!(self.opcode, OpCode::Text | OpCode::Binary)
         {
             return self.plain_frame();
@@ -82,27 +84,28 @@ impl SharedMessage {
         }
         self.deflated[(bits - 9) as usize]
             .get_or_init(|| {
-                compressed_frame(self.opcode, &self.payload, bits)
+                compressed_frame(self.opcode, &self.payload, bits, cfg.compress_min == 0)
                     .unwrap_or_else(|| self.plain_frame())
             })
             .clone()
     }
 }
 
-/// Builds the RSV1 frame, or `None` when compression does not make the frame smaller.
-fn compressed_frame(opcode: OpCode, payload: &[u8], bits: u8) -> Option<Bytes> {
+/// Builds the RSV1 frame, or `None` when compression does not make the frame
+/// smaller (unless `always`).
+fn compressed_frame(opcode: OpCode, payload: &[u8], bits: u8, always: bool) -> Option<Bytes> {
     // Compress right behind 10 reserved bytes, then write the header just in front of the data,
     // so the frame is built without copying the compressed payload.
     const RESERVED: usize = 10;
     let mut buf = Vec::with_capacity(RESERVED + payload.len() / 2 + 64);
     buf.resize(RESERVED, 0);
-    let limit = payload.len().saturating_sub(1);
+    let limit = if always { usize::MAX } else { payload.len().saturating_sub(1) };
     if !deflate_append(payload, bits, &mut buf, limit) {
         return None;
     }
     let clen = buf.len() - RESERVED;
     let h = header_len(clen);
-    if clen + h >= header_len(payload.len()) + payload.len() {
+    if !always && clen + h >= header_len(payload.len()) + payload.len() {
         return None;
     }
     write_header(&mut buf[RESERVED - h..RESERVED], opcode, clen, true);

@@ -51,6 +51,7 @@ fn dec_z() -> Decoder {
         1 << 20,
         Some(DeflateConfig {
             server_max_window_bits: 15,
+            compress_min: crate::COMPRESS_MIN,
         }),
     )
 }
@@ -770,6 +771,7 @@ fn decompression_bomb() {
         1 << 20,
         Some(DeflateConfig {
             server_max_window_bits: 15,
+            compress_min: crate::COMPRESS_MIN,
         }),
     );
     assert_eq!(decode_err(&mut d, &cframe_z(true, 2, &z)), 1009);
@@ -778,6 +780,7 @@ fn decompression_bomb() {
         1 << 20,
         Some(DeflateConfig {
             server_max_window_bits: 15,
+            compress_min: crate::COMPRESS_MIN,
         }),
     );
     let mut buf = BytesMut::from(&cframe_z(false, 2, &z[..z.len() / 2])[..]);
@@ -788,6 +791,7 @@ fn decompression_bomb() {
         1 << 20,
         Some(DeflateConfig {
             server_max_window_bits: 15,
+            compress_min: crate::COMPRESS_MIN,
         }),
     );
     let m = decode_all(&mut d, &cframe_z(true, 2, &z)).unwrap();
@@ -799,6 +803,7 @@ fn decompression_bomb() {
         (1 << 20) - 1,
         Some(DeflateConfig {
             server_max_window_bits: 15,
+            compress_min: crate::COMPRESS_MIN,
         }),
     );
     assert_eq!(decode_err(&mut d, &cframe_z(true, 2, &z)), 1009);
@@ -840,6 +845,7 @@ fn shared_message_variants_computed_once() {
     let cfg = |bits| {
         Some(DeflateConfig {
             server_max_window_bits: bits,
+            compress_min: crate::COMPRESS_MIN,
         })
     };
     let mut seen = Vec::new();
@@ -865,6 +871,7 @@ fn shared_message_variants_computed_once() {
 fn shared_message_small_and_incompressible() {
     let cfg = Some(DeflateConfig {
         server_max_window_bits: 15,
+        compress_min: crate::COMPRESS_MIN,
     });
     // below COMPRESS_MIN: plain
     let m = SharedMessage::new(OpCode::Text, Bytes::from(vec![b'a'; COMPRESS_MIN - 1]));
@@ -879,6 +886,7 @@ fn shared_message_small_and_incompressible() {
     let m = SharedMessage::new(OpCode::Text, Bytes::from(t.clone()));
     let f9 = m.frame_for(Some(DeflateConfig {
         server_max_window_bits: 9,
+        compress_min: crate::COMPRESS_MIN,
     }));
     let f15 = m.frame_for(cfg);
     assert_eq!(ptr(&f9), ptr(&f15));
@@ -898,6 +906,7 @@ fn shared_message_concurrent() {
     ));
     let cfg = Some(DeflateConfig {
         server_max_window_bits: 11,
+        compress_min: crate::COMPRESS_MIN,
     });
     let ptrs: Vec<usize> = (0..4)
         .map(|_| {

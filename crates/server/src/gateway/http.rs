@@ -149,7 +149,7 @@ where
     let config: Option<DeflateConfig> = match deflate {
         Some((config, value)) => {
             response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, value);
-            Some(config)
+            Some(DeflateConfig { compress_min: app.config.compress_min, ..config })
         }
         None => None,
     };
