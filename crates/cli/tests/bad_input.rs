@@ -37,36 +37,108 @@ async fn bad_commands_get_errors_and_the_connection_stays_usable() {
         ("[1,2,3]".into(), "bad_request", "JSON object"),
         ("\"hello\"".into(), "bad_request", "JSON object"),
         ("".into(), "bad_request", "JSON object"),
-        (r#"{"room":"lobby"}"#.into(), "bad_request", "missing field `type`"),
-        (r#"{"type":42}"#.into(), "bad_request", "`type` must be a string"),
-        (r#"{"type":"dance","id":"x1"}"#.into(), "bad_request", "unknown command type `dance`"),
-        (r#"{"type":"join"}"#.into(), "bad_request", "missing field `room`"),
-        (r#"{"type":"join","room":7}"#.into(), "bad_request", "`room` must be a string"),
-        (r#"{"type":"join","room":""}"#.into(), "bad_request", "room must not be empty"),
-        (format!(r#"{{"type":"join","room":"{long_room}"}}"#), "bad_request", "longer than 128"),
-        (r#"{"type":"join","room":"a\u0000b"}"#.into(), "bad_request", "control characters"),
-        (r#"{"type":"join","room":"lobby","since":"yesterday"}"#.into(), "bad_request", "`since`"),
-        (r#"{"type":"publish","room":"lobby"}"#.into(), "bad_request", "missing field `body`"),
-        (r#"{"type":"publish","room":"lobby","body":1}"#.into(), "not_joined", "not joined"),
-        (r#"{"type":"leave","room":"lobby"}"#.into(), "not_joined", "not joined"),
-        (r#"{"type":"send","to":"","body":1}"#.into(), "bad_request", "user must not be empty"),
-        (format!(r#"{{"type":"send","to":"{long_user}","body":1}}"#), "bad_request", "longer than 64"),
-        (r#"{"type":"send","to":["bob"],"body":1}"#.into(), "bad_request", "`to` must be a string"),
-        (r#"{"type":"ping","id":{"nested":true}}"#.into(), "bad_request", "`id` must be a string or a number"),
+        (
+            r#"{"room":"lobby"}"#.into(),
+            "bad_request",
+            "missing field `type`",
+        ),
+        (
+            r#"{"type":42}"#.into(),
+            "bad_request",
+            "`type` must be a string",
+        ),
+        (
+            r#"{"type":"dance","id":"x1"}"#.into(),
+            "bad_request",
+            "unknown command type `dance`",
+        ),
+        (
+            r#"{"type":"join"}"#.into(),
+            "bad_request",
+            "missing field `room`",
+        ),
+        (
+            r#"{"type":"join","room":7}"#.into(),
+            "bad_request",
+            "`room` must be a string",
+        ),
+        (
+            r#"{"type":"join","room":""}"#.into(),
+            "bad_request",
+            "room must not be empty",
+        ),
+        (
+            format!(r#"{{"type":"join","room":"{long_room}"}}"#),
+            "bad_request",
+            "longer than 128",
+        ),
+        (
+            r#"{"type":"join","room":"a\u0000b"}"#.into(),
+            "bad_request",
+            "control characters",
+        ),
+        (
+            r#"{"type":"join","room":"lobby","since":"yesterday"}"#.into(),
+            "bad_request",
+            "`since`",
+        ),
+        (
+            r#"{"type":"publish","room":"lobby"}"#.into(),
+            "bad_request",
+            "missing field `body`",
+        ),
+        (
+            r#"{"type":"publish","room":"lobby","body":1}"#.into(),
+            "not_joined",
+            "not joined",
+        ),
+        (
+            r#"{"type":"leave","room":"lobby"}"#.into(),
+            "not_joined",
+            "not joined",
+        ),
+        (
+            r#"{"type":"send","to":"","body":1}"#.into(),
+            "bad_request",
+            "user must not be empty",
+        ),
+        (
+            format!(r#"{{"type":"send","to":"{long_user}","body":1}}"#),
+            "bad_request",
+            "longer than 64",
+        ),
+        (
+            r#"{"type":"send","to":["bob"],"body":1}"#.into(),
+            "bad_request",
+            "`to` must be a string",
+        ),
+        (
+            r#"{"type":"ping","id":{"nested":true}}"#.into(),
+            "bad_request",
+            "`id` must be a string or a number",
+        ),
     ];
     for (text, code, needle) in &cases {
         bad.send_text(text).await;
         let e = bad.expect("error").await;
         assert_eq!(e["code"], *code, "{text} -> {e}");
         let message = e["message"].as_str().unwrap();
-        assert!(message.contains(needle), "{text}: message {message:?} lacks {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{text}: message {message:?} lacks {needle:?}"
+        );
     }
     // The id is echoed on errors when it could be read.
     let e = bad.request(json!({"type": "join"})).await;
     assert_eq!(e["type"], "error");
     // Binary frames on /ws are refused, not fatal.
     use futures_util::SinkExt;
-    bad.ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![1, 2, 3])).await.unwrap();
+    bad.ws
+        .send(tokio_tungstenite::tungstenite::Message::binary(vec![
+            1, 2, 3,
+        ]))
+        .await
+        .unwrap();
     assert_eq!(bad.expect("error").await["code"], "bad_request");
     // Still usable, and nobody else noticed anything.
     bad.join("lobby").await;
@@ -74,7 +146,12 @@ async fn bad_commands_get_errors_and_the_connection_stays_usable() {
     assert_eq!(speaker.expect("presence").await["user"], "mallory");
     bad.expect_nothing_pending().await;
     still_fine(&mut watcher, &mut speaker, 1).await;
-    assert!(server.metric("switchboard_errors_total{code=\"bad_request\"}").await >= 20.0);
+    assert!(
+        server
+            .metric("switchboard_errors_total{code=\"bad_request\"}")
+            .await
+            >= 20.0
+    );
 }
 
 #[tokio::test]
@@ -95,7 +172,10 @@ async fn bad_user_in_query_is_refused_at_the_handshake() {
     let mut chunk = [0u8; 1024];
     // The connection stays open (keep-alive), so read until the body is in.
     while !response.contains("user must not be empty") {
-        let n = tokio::time::timeout(common::TIMEOUT, raw.read(&mut chunk)).await.expect("timeout").unwrap();
+        let n = tokio::time::timeout(common::TIMEOUT, raw.read(&mut chunk))
+            .await
+            .expect("timeout")
+            .unwrap();
         assert!(n > 0, "closed early: {response}");
         response.push_str(&String::from_utf8_lossy(&chunk[..n]));
     }
@@ -112,7 +192,8 @@ async fn frame_over_the_limit_closes_with_1009() {
     watcher.expect("presence").await;
     speaker.expect("presence").await;
     let body = "x".repeat(2000);
-    big.send(json!({"type": "publish", "room": "lobby", "body": body})).await;
+    big.send(json!({"type": "publish", "room": "lobby", "body": body}))
+        .await;
     assert_eq!(big.expect_end().await, Ended::Close(1009));
     assert_eq!(watcher.expect("presence").await["event"], "leave");
     assert_eq!(speaker.expect("presence").await["event"], "leave");
@@ -139,12 +220,18 @@ async fn unmasked_or_reserved_frames_close_with_1002() {
     let (mut watcher, mut speaker) = bystander(&server).await;
     let mut raw = RawClient::connect(&server, "/ws?user=raw").await;
     // An unmasked client frame is a protocol error.
-    raw.stream.write_all(&[0x81, 0x02, b'{', b'}']).await.unwrap();
+    raw.stream
+        .write_all(&[0x81, 0x02, b'{', b'}'])
+        .await
+        .unwrap();
     // The server sends `welcome`, then a close frame with 1002, then ends
     // the connection: the close frame is the last frame of the stream.
     use tokio::io::AsyncReadExt;
     let mut all = Vec::new();
-    tokio::time::timeout(common::TIMEOUT, raw.stream.read_to_end(&mut all)).await.expect("not closed").unwrap();
+    tokio::time::timeout(common::TIMEOUT, raw.stream.read_to_end(&mut all))
+        .await
+        .expect("not closed")
+        .unwrap();
     assert_eq!(common::final_close_code(&all), 1002);
 
     // A frame with a reserved bit set (RSV2) on a fresh connection: 1002 too.
@@ -153,7 +240,10 @@ async fn unmasked_or_reserved_frames_close_with_1002() {
     frame[0] |= 0x20;
     raw.stream.write_all(&frame).await.unwrap();
     let mut all = Vec::new();
-    tokio::time::timeout(common::TIMEOUT, raw.stream.read_to_end(&mut all)).await.expect("not closed").unwrap();
+    tokio::time::timeout(common::TIMEOUT, raw.stream.read_to_end(&mut all))
+        .await
+        .expect("not closed")
+        .unwrap();
     assert_eq!(common::final_close_code(&all), 1002);
     still_fine(&mut watcher, &mut speaker, 4).await;
 }
@@ -171,7 +261,10 @@ async fn flooding_gets_rate_limited_then_closed_with_1008() {
     let mut limited = 0;
     let ended = loop {
         use futures_util::StreamExt;
-        match tokio::time::timeout(common::TIMEOUT, flood.ws.next()).await.expect("timeout") {
+        match tokio::time::timeout(common::TIMEOUT, flood.ws.next())
+            .await
+            .expect("timeout")
+        {
             Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
                 let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                 match v["type"].as_str() {
@@ -183,13 +276,18 @@ async fn flooding_gets_rate_limited_then_closed_with_1008() {
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                break f.map(|f| u16::from(f.code))
+            }
             Some(Ok(_)) => {}
             Some(Err(_)) | None => break None,
         }
     };
     assert_eq!(pongs, 20, "the burst is served");
-    assert_eq!(limited, 20, "then rate_limited errors up to the strike limit");
+    assert_eq!(
+        limited, 20,
+        "then rate_limited errors up to the strike limit"
+    );
     assert_eq!(ended, Some(1008));
     still_fine(&mut watcher, &mut speaker, 5).await;
 }
@@ -224,7 +322,10 @@ async fn slow_consumer_is_disconnected_without_slowing_the_room() {
                     next += 1;
                 }
                 Some("presence") => {
-                    assert_eq!((e["event"].as_str(), e["user"].as_str()), (Some("leave"), Some("slow")));
+                    assert_eq!(
+                        (e["event"].as_str(), e["user"].as_str()),
+                        (Some("leave"), Some("slow"))
+                    );
                     saw_leave = true;
                 }
                 other => panic!("unexpected {other:?}"),
@@ -235,7 +336,9 @@ async fn slow_consumer_is_disconnected_without_slowing_the_room() {
     let mut presence_seen = false;
     for n in 1..=count {
         progress.wait_for(|&got| got + WINDOW >= n).await.unwrap();
-        speaker.send(json!({"type": "publish", "room": "lobby", "body": {"n": n, "pad": body}})).await;
+        speaker
+            .send(json!({"type": "publish", "room": "lobby", "body": {"n": n, "pad": body}}))
+            .await;
         let reply = speaker.recv().await;
         if reply["type"] == "presence" {
             assert_eq!(reply["event"], "leave");
@@ -248,6 +351,11 @@ async fn slow_consumer_is_disconnected_without_slowing_the_room() {
     let saw_leave = reader.await.unwrap();
     assert!(presence_seen || speaker.expect("presence").await["event"] == "leave");
     assert!(saw_leave);
-    assert_eq!(server.metric("switchboard_slow_consumer_disconnects_total").await, 1.0);
+    assert_eq!(
+        server
+            .metric("switchboard_slow_consumer_disconnects_total")
+            .await,
+        1.0
+    );
     drop(slow);
 }

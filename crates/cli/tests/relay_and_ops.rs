@@ -11,7 +11,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 async fn next_data(client: &mut Client) -> Message {
     loop {
-        let m = tokio::time::timeout(common::TIMEOUT, client.ws.next()).await.expect("timeout").unwrap().unwrap();
+        let m = tokio::time::timeout(common::TIMEOUT, client.ws.next())
+            .await
+            .expect("timeout")
+            .unwrap()
+            .unwrap();
         if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
             return m;
         }
@@ -121,10 +125,15 @@ async fn connection_limit_refuses_with_503() {
     let b = server.connect("b").await;
     let refused = tokio_tungstenite::connect_async(server.url("/ws?user=c")).await;
     match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
         other => panic!("expected 503, got {other:?}"),
     }
-    assert_eq!(server.metric("switchboard_connections_refused_total").await, 1.0);
+    assert_eq!(
+        server.metric("switchboard_connections_refused_total").await,
+        1.0
+    );
     a.join("r").await;
     let mut b = b;
     b.join("r").await;
@@ -137,11 +146,23 @@ async fn connection_limit_refuses_with_503() {
 
 #[test]
 fn help_documents_every_flag_and_variable() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard")).args(["serve", "--help"]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
-        "--listen", "--heartbeat", "--max-frame", "--rate-limit", "--rate-burst", "--max-queue",
-        "--max-connections", "--hello-timeout", "--handshake-timeout", "--shutdown-timeout",
+        "--listen",
+        "--heartbeat",
+        "--max-frame",
+        "--rate-limit",
+        "--rate-burst",
+        "--max-queue",
+        "--max-connections",
+        "--compress-min",
+        "--hello-timeout",
+        "--handshake-timeout",
+        "--shutdown-timeout",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         let var = format!("SWITCHBOARD_{}", flag[2..].replace('-', "_").to_uppercase());

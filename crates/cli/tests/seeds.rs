@@ -56,7 +56,9 @@ async fn user_id_routing() {
     let mut ann = server.connect("ann").await;
     let mut bob = server.connect("bob").await;
     let mut cy = server.connect("cy").await;
-    let ack = ann.request(json!({"type": "send", "to": "bob", "body": {"text": "psst"}})).await;
+    let ack = ann
+        .request(json!({"type": "send", "to": "bob", "body": {"text": "psst"}}))
+        .await;
     assert_eq!(ack["type"], "ack");
     assert_eq!(ack["delivered"], 1);
     assert_eq!(ack["stored"], false);
@@ -68,7 +70,9 @@ async fn user_id_routing() {
     cy.expect_nothing_pending().await;
     ann.expect_nothing_pending().await;
     // Sending to a user who is not online delivers nothing.
-    let ack = ann.request(json!({"type": "send", "to": "nobody", "body": 1})).await;
+    let ack = ann
+        .request(json!({"type": "send", "to": "nobody", "body": 1}))
+        .await;
     assert_eq!(ack["delivered"], 0);
 }
 
@@ -81,7 +85,9 @@ async fn multi_device_push() {
     let mut tablet = server.connect("alice").await;
     let mut phone = server.connect("bob").await;
     let mut bob_pc = server.connect("bob").await;
-    let ack = phone.request(json!({"type": "send", "to": "alice", "body": {"url": "https://example.com"}})).await;
+    let ack = phone
+        .request(json!({"type": "send", "to": "alice", "body": {"url": "https://example.com"}}))
+        .await;
     assert_eq!(ack["delivered"], 2);
     assert_eq!(ack["seq"], 1);
     for device in [&mut pc, &mut tablet] {
@@ -95,7 +101,9 @@ async fn multi_device_push() {
     assert_eq!(copy["to"], "alice");
     phone.expect_nothing_pending().await;
     // Per-recipient seq increases.
-    let ack = phone.request(json!({"type": "send", "to": "alice", "body": 2})).await;
+    let ack = phone
+        .request(json!({"type": "send", "to": "alice", "body": 2}))
+        .await;
     assert_eq!(ack["seq"], 2);
 }
 
@@ -113,24 +121,33 @@ async fn rooms() {
     let mut bob = server.connect("bob").await;
     assert_eq!(bob.join("red").await["online"], 2);
     let p = ann.expect("presence").await;
-    assert_eq!(p, json!({"type": "presence", "room": "red", "event": "join", "user": "bob", "online": 2}));
+    assert_eq!(
+        p,
+        json!({"type": "presence", "room": "red", "event": "join", "user": "bob", "online": 2})
+    );
 
     // Bob's second connection does not change the count or announce anything.
     let mut bob2 = server.connect("bob").await;
     assert_eq!(bob2.join("red").await["online"], 2);
     ann.expect_nothing_pending().await;
 
-    let list = ann.request(json!({"type": "presence", "room": "red"})).await;
+    let list = ann
+        .request(json!({"type": "presence", "room": "red"}))
+        .await;
     assert_eq!(list["online"], 2);
     assert_eq!(list["users"], json!(["ann", "bob"]));
-    let list = ann.request(json!({"type": "presence", "room": "blue"})).await;
+    let list = ann
+        .request(json!({"type": "presence", "room": "blue"}))
+        .await;
     assert_eq!(list["users"], json!(["ann"]));
 
     // Messages stay in their room.
     bob.publish("red", json!("to red")).await;
     assert_eq!(ann.expect("message").await["room"], "red");
     assert_eq!(bob2.expect("message").await["body"], "to red");
-    let err = bob.request(json!({"type": "publish", "room": "blue", "body": 1})).await;
+    let err = bob
+        .request(json!({"type": "publish", "room": "blue", "body": 1}))
+        .await;
     assert_eq!(err["code"], "not_joined");
 
     // One of Bob's connections leaves: he is still online.
@@ -142,17 +159,32 @@ async fn rooms() {
     let mut raw = RawClient::connect(&server, "/ws?user=cy").await;
     raw.send_text(r#"{"type":"join","room":"red"}"#).await;
     let p = ann.expect("presence").await;
-    assert_eq!((p["event"].as_str(), p["user"].as_str(), p["online"].as_u64()), (Some("join"), Some("cy"), Some(3)));
+    assert_eq!(
+        (
+            p["event"].as_str(),
+            p["user"].as_str(),
+            p["online"].as_u64()
+        ),
+        (Some("join"), Some("cy"), Some(3))
+    );
     bob2.expect("presence").await;
     drop(raw);
     let p = ann.expect("presence").await;
-    assert_eq!(p, json!({"type": "presence", "room": "red", "event": "leave", "user": "cy", "online": 2}));
+    assert_eq!(
+        p,
+        json!({"type": "presence", "room": "red", "event": "leave", "user": "cy", "online": 2})
+    );
     bob2.expect("presence").await;
 
     drop(bob2);
     let p = ann.expect("presence").await;
-    assert_eq!(p, json!({"type": "presence", "room": "red", "event": "leave", "user": "bob", "online": 1}));
-    let list = ann.request(json!({"type": "presence", "room": "red"})).await;
+    assert_eq!(
+        p,
+        json!({"type": "presence", "room": "red", "event": "leave", "user": "bob", "online": 1})
+    );
+    let list = ann
+        .request(json!({"type": "presence", "room": "red"}))
+        .await;
     assert_eq!(list["users"], json!(["ann"]));
 }
 
@@ -197,7 +229,11 @@ async fn heartbeat() {
     let mut pings = 0;
     let mut leave = None;
     while leave.is_none() {
-        let msg = tokio::time::timeout(common::TIMEOUT, ann.ws.next()).await.expect("timeout").unwrap().unwrap();
+        let msg = tokio::time::timeout(common::TIMEOUT, ann.ws.next())
+            .await
+            .expect("timeout")
+            .unwrap()
+            .unwrap();
         match msg {
             tokio_tungstenite::tungstenite::Message::Ping(_) => pings += 1,
             tokio_tungstenite::tungstenite::Message::Text(t) => {

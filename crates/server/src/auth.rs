@@ -6,14 +6,22 @@
 pub trait Authenticator: Send + Sync {
     /// `Ok(Some(user))`: identified; `Ok(None)`: a guest; `Err(message)`:
     /// refused (`unauthorized`).
-    fn authenticate(&self, user: Option<&str>, token: Option<&str>) -> Result<Option<String>, String>;
+    fn authenticate(
+        &self,
+        user: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Option<String>, String>;
 }
 
 /// Trusts the user id the client names (local development default).
 pub struct NoAuth;
 
 impl Authenticator for NoAuth {
-    fn authenticate(&self, user: Option<&str>, _token: Option<&str>) -> Result<Option<String>, String> {
+    fn authenticate(
+        &self,
+        user: Option<&str>,
+        _token: Option<&str>,
+    ) -> Result<Option<String>, String> {
         Ok(user.map(str::to_owned))
     }
 }

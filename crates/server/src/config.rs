@@ -84,9 +84,13 @@ impl Default for Config {
 /// Parses `500ms`, `25s`, `2m` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("invalid duration `{text}`"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration `{text}`"))?;
     let seconds = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1000.0,
@@ -102,9 +106,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses `65536`, `64KiB`, `1MiB` (also `KB`/`MB`, read as binary units).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: usize = number.parse().map_err(|_| format!("invalid size `{text}`"))?;
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("invalid size `{text}`"))?;
     let scale = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
@@ -120,7 +128,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 
 /// Like [`parse_size`], but 0 is allowed.
 pub fn parse_size_or_zero(text: &str) -> Result<usize, String> {
-    if text.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+    if text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        == "0"
+    {
         return Ok(0);
     }
     parse_size(text)

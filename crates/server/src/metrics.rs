@@ -3,7 +3,9 @@
 //! one process); the hot path only touches atomics.
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use switchboard_protocol::ErrorCode;
 
 pub struct Metrics {
@@ -55,7 +57,10 @@ impl Metrics {
         let errors = ErrorCode::ALL
             .iter()
             .map(|&code| {
-                let key = Key::from_parts("switchboard_errors_total", vec![Label::new("code", code.as_str())]);
+                let key = Key::from_parts(
+                    "switchboard_errors_total",
+                    vec![Label::new("code", code.as_str())],
+                );
                 (code, recorder.register_counter(&key, &meta))
             })
             .collect();
@@ -77,13 +82,22 @@ impl Metrics {
                 "switchboard_connections_refused_total",
                 "WebSocket upgrades refused (limits, bad handshakes)",
             ),
-            messages_in: counter("switchboard_messages_in_total", "data frames received from clients"),
+            messages_in: counter(
+                "switchboard_messages_in_total",
+                "data frames received from clients",
+            ),
             messages_out: counter(
                 "switchboard_messages_out_total",
                 "frames queued to clients (one per recipient)",
             ),
-            bytes_in: counter("switchboard_bytes_in_total", "bytes read from client sockets"),
-            bytes_out: counter("switchboard_bytes_out_total", "bytes written to client sockets"),
+            bytes_in: counter(
+                "switchboard_bytes_in_total",
+                "bytes read from client sockets",
+            ),
+            bytes_out: counter(
+                "switchboard_bytes_out_total",
+                "bytes written to client sockets",
+            ),
             fanout_seconds: recorder.register_histogram(&Key::from_static_name(FANOUT), &meta),
             slow_consumer_disconnects: counter(
                 "switchboard_slow_consumer_disconnects_total",

@@ -49,7 +49,9 @@ impl Server {
             .expect("spawn switchboard");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
         let addr = line
             .trim()
             .rsplit("http://")
@@ -81,7 +83,10 @@ impl Server {
             .expect("http timeout")
             .expect("read");
         let status = response[9..12].parse().expect("status");
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -95,8 +100,14 @@ impl Server {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
-        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{signal} failed");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(
+            status.map(|s| s.success()).unwrap_or(false),
+            "kill -{signal} failed"
+        );
     }
 
     /// Waits for the process to exit; returns its exit code.
@@ -145,11 +156,17 @@ impl Client {
     }
 
     pub async fn send(&mut self, value: Value) {
-        self.ws.send(Message::text(value.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(value.to_string()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(text.to_string()))
+            .await
+            .expect("send");
     }
 
     /// Sends a command with a fresh `id` and returns that id.
@@ -208,7 +225,9 @@ impl Client {
     }
 
     pub async fn publish(&mut self, room: &str, body: Value) -> Value {
-        let reply = self.request(json!({"type": "publish", "room": room, "body": body})).await;
+        let reply = self
+            .request(json!({"type": "publish", "room": room, "body": body}))
+            .await;
         assert_eq!(reply["type"], "ack", "{reply}");
         reply
     }
@@ -216,8 +235,13 @@ impl Client {
     /// Reads until the connection ends, returning how (skipping events).
     pub async fn expect_end(&mut self) -> Ended {
         loop {
-            match tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("connection did not end") {
-                Some(Ok(Message::Close(frame))) => return Ended::Close(frame.map(|f| u16::from(f.code)).unwrap_or(0)),
+            match tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("connection did not end")
+            {
+                Some(Ok(Message::Close(frame))) => {
+                    return Ended::Close(frame.map(|f| u16::from(f.code)).unwrap_or(0))
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Ended::Dropped,
             }
@@ -248,10 +272,17 @@ impl RawClient {
         // Read the response head byte by byte so no frame bytes are consumed.
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
-            let byte = tokio::time::timeout(TIMEOUT, stream.read_u8()).await.expect("handshake timeout").expect("read");
+            let byte = tokio::time::timeout(TIMEOUT, stream.read_u8())
+                .await
+                .expect("handshake timeout")
+                .expect("read");
             head.push(byte);
         }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
         RawClient { stream }
     }
 
@@ -289,7 +320,10 @@ pub fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
         let opcode = bytes[0] & 0x0f;
         let (len, header) = match bytes[1] & 0x7f {
             126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-            127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             n => (n as usize, 2),
         };
         frames.push((opcode, bytes[header..header + len].to_vec()));
@@ -302,6 +336,9 @@ pub fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 pub fn final_close_code(bytes: &[u8]) -> u16 {
     let frames = server_frames(bytes);
     let (opcode, payload) = frames.last().expect("no frames");
-    assert_eq!(*opcode, 0x8, "the stream does not end with a close frame: {frames:?}");
+    assert_eq!(
+        *opcode, 0x8,
+        "the stream does not end with a close frame: {frames:?}"
+    );
     u16::from_be_bytes([payload[0], payload[1]])
 }

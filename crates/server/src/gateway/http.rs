@@ -43,7 +43,10 @@ async fn healthz() -> &'static str {
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         app.hub.metrics.render(),
     )
 }
@@ -63,7 +66,9 @@ async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Requ
         Ok(user) => user,
         Err(message) => return refuse(&app, StatusCode::UNAUTHORIZED, &message),
     };
-    upgrade(app, req, move |app, conn| Box::new(Session::new(app, conn, user)))
+    upgrade(app, req, move |app, conn| {
+        Box::new(Session::new(app, conn, user))
+    })
 }
 
 #[derive(Deserialize)]
@@ -79,11 +84,20 @@ async fn relay(
     req: Request,
 ) -> Response {
     if let Err(message) = validate_room(&channel) {
-        return refuse(&app, StatusCode::BAD_REQUEST, &message.replace("room", "channel"));
+        return refuse(
+            &app,
+            StatusCode::BAD_REQUEST,
+            &message.replace("room", "channel"),
+        );
     }
     upgrade(app, req, move |app, conn| {
         app.hub.relay.join(&channel, &conn);
-        Box::new(RelaySession { app, conn, channel, echo: query.echo })
+        Box::new(RelaySession {
+            app,
+            conn,
+            channel,
+            echo: query.echo,
+        })
     })
 }
 
@@ -96,7 +110,11 @@ fn refuse(app: &App, status: StatusCode, message: &str) -> Response {
 type MakeHandler = Box<dyn socket::Handler + Send>;
 
 impl<T: socket::Handler + ?Sized> socket::Handler for Box<T> {
-    fn on_message(&mut self, opcode: switchboard_ws::OpCode, payload: Bytes) -> Result<(), socket::CloseWith> {
+    fn on_message(
+        &mut self,
+        opcode: switchboard_ws::OpCode,
+        payload: Bytes,
+    ) -> Result<(), socket::CloseWith> {
         (**self).on_message(opcode, payload)
     }
     fn deadline(&self) -> Option<tokio::time::Instant> {
@@ -118,27 +136,61 @@ where
 {
     let headers = req.headers();
     if req.method() != Method::GET || !header_has_token(headers, header::UPGRADE, "websocket") {
-        return refuse(&app, StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket: send an Upgrade: websocket request");
+        return refuse(
+            &app,
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request",
+        );
     }
     if !header_has_token(headers, header::CONNECTION, "upgrade") {
         return refuse(&app, StatusCode::BAD_REQUEST, "missing Connection: Upgrade");
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut response = refuse(&app, StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version (need 13)");
-        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut response = refuse(
+            &app,
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version (need 13)",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return response;
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| valid_key(k.as_bytes())) else {
-        return refuse(&app, StatusCode::BAD_REQUEST, "missing or invalid Sec-WebSocket-Key");
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| valid_key(k.as_bytes()))
+    else {
+        return refuse(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Sec-WebSocket-Key",
+        );
     };
     if app.shutting_down.load(Ordering::Relaxed) {
-        return refuse(&app, StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+        return refuse(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down",
+        );
     }
     if app.hub.connection_count() >= app.config.max_connections {
-        return refuse(&app, StatusCode::SERVICE_UNAVAILABLE, "connection limit reached");
+        return refuse(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached",
+        );
     }
     let accept = switchboard_ws::accept_key(key.as_bytes());
-    let offers: Vec<&[u8]> = headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().map(|v| v.as_bytes()).collect();
+    let offers: Vec<&[u8]> = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     let deflate = switchboard_ws::negotiate_deflate(&offers);
 
     let mut response = Response::builder()
@@ -149,7 +201,10 @@ where
     let config: Option<DeflateConfig> = match deflate {
         Some((config, value)) => {
             response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, value);
-            Some(DeflateConfig { compress_min: app.config.compress_min, ..config })
+            Some(DeflateConfig {
+                compress_min: app.config.compress_min,
+                ..config
+            })
         }
         None => None,
     };
@@ -176,10 +231,20 @@ where
         app.hub.metrics.connections_accepted.increment(1);
         let conn = app.hub.connect(config, app.config.max_queue);
         let mut handler = make(app.clone(), conn.clone());
-        socket::run(&app.hub, stream, leftover, conn, app.config.max_frame, &mut handler).await;
+        socket::run(
+            &app.hub,
+            stream,
+            leftover,
+            conn,
+            app.config.max_frame,
+            &mut handler,
+        )
+        .await;
         app.conn_closed.notify_waiters();
     });
-    response.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    response
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
@@ -196,5 +261,7 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 fn valid_key(key: &[u8]) -> bool {
     key.len() == 24
         && key.ends_with(b"==")
-        && key[..22].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+        && key[..22]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }

@@ -88,7 +88,10 @@ impl Server {
         app.shutting_down.store(true, Ordering::SeqCst);
         let open = app.hub.connection_count();
         tracing::info!(open, "shutting down: closing connections with 1001");
-        app.hub.close_all(switchboard_protocol::close::GOING_AWAY, "server shutting down");
+        app.hub.close_all(
+            switchboard_protocol::close::GOING_AWAY,
+            "server shutting down",
+        );
         let drained = async {
             loop {
                 let closed = app.conn_closed.notified();
@@ -100,8 +103,14 @@ impl Server {
                 closed.await;
             }
         };
-        if tokio::time::timeout(app.config.shutdown_timeout, drained).await.is_err() {
-            tracing::warn!(left = app.hub.connection_count(), "shutdown timeout: exiting with connections open");
+        if tokio::time::timeout(app.config.shutdown_timeout, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = app.hub.connection_count(),
+                "shutdown timeout: exiting with connections open"
+            );
         }
         heartbeat.abort();
         tracing::info!("shutdown complete");

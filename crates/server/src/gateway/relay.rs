@@ -20,7 +20,14 @@ pub struct RelaySession {
 impl Handler for RelaySession {
     fn on_message(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), CloseWith> {
         let hub = &self.app.hub;
-        let delivered = hub.relay.forward(&self.channel, &self.conn, opcode, payload, self.echo, &hub.metrics);
+        let delivered = hub.relay.forward(
+            &self.channel,
+            &self.conn,
+            opcode,
+            payload,
+            self.echo,
+            &hub.metrics,
+        );
         hub.metrics.messages_out.increment(delivered as u64);
         Ok(())
     }

@@ -27,7 +27,13 @@ impl Session {
         let session_id = format!("{:016x}", rand::random::<u64>());
         let bucket = TokenBucket::new(app.config.rate_limit, app.config.rate_burst);
         let hello_deadline = Some(Instant::now() + app.config.hello_timeout);
-        let mut session = Session { app, conn, session_id, hello_deadline, bucket };
+        let mut session = Session {
+            app,
+            conn,
+            session_id,
+            hello_deadline,
+            bucket,
+        };
         if let Some(user) = user {
             session.identify(&user, None);
         }
@@ -49,7 +55,10 @@ impl Session {
 
     fn error(&self, id: Option<&Id>, code: ErrorCode, message: &str) {
         self.app.hub.metrics.error(code);
-        self.app.hub.reply(&self.conn, proto::encode(&proto::Error::new(id, code, message)));
+        self.app.hub.reply(
+            &self.conn,
+            proto::encode(&proto::Error::new(id, code, message)),
+        );
     }
 
     fn handle(&mut self, text: &str) {
@@ -64,7 +73,11 @@ impl Session {
         if self.hello_deadline.is_some() {
             match &command {
                 Command::Hello { user, token, .. } => {
-                    match self.app.auth.authenticate(user.as_deref(), token.as_deref()) {
+                    match self
+                        .app
+                        .auth
+                        .authenticate(user.as_deref(), token.as_deref())
+                    {
                         Ok(Some(user)) => self.identify(&user, id),
                         Ok(None) => {
                             let guest = format!("guest-{:08x}", rand::random::<u32>());
@@ -80,29 +93,44 @@ impl Session {
         }
         let hub = &self.app.hub;
         match command {
-            Command::Hello { .. } => {
-                self.error(id, ErrorCode::BadRequest, "already identified: hello is accepted once")
-            }
+            Command::Hello { .. } => self.error(
+                id,
+                ErrorCode::BadRequest,
+                "already identified: hello is accepted once",
+            ),
             Command::Join { room, since } => hub.join(&self.conn, &room, since, id),
             Command::Leave { room } => {
                 if hub.leave(&self.conn, &room) {
                     hub.reply(&self.conn, proto::encode(&proto::Left::new(id, &room)));
                 } else {
-                    self.error(id, ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
+                    self.error(
+                        id,
+                        ErrorCode::NotJoined,
+                        &format!("not joined to room `{room}`"),
+                    );
                 }
             }
             Command::Publish { room, body } => match hub.publish(&self.conn, &room, body) {
-                Ok(d) => hub.reply(&self.conn, proto::encode(&proto::Ack::publish(id, &room, d.seq, d.delivered))),
+                Ok(d) => hub.reply(
+                    &self.conn,
+                    proto::encode(&proto::Ack::publish(id, &room, d.seq, d.delivered)),
+                ),
                 Err(e) => self.error(id, e.code, &e.message),
             },
             Command::Send { to, body } => {
                 let d = hub.send(&self.conn, &to, body);
-                hub.reply(&self.conn, proto::encode(&proto::Ack::send(id, &to, d.seq, d.delivered, d.stored)));
+                hub.reply(
+                    &self.conn,
+                    proto::encode(&proto::Ack::send(id, &to, d.seq, d.delivered, d.stored)),
+                );
             }
             Command::Presence { room } => {
                 let users = hub.presence(&room);
                 let names: Vec<&str> = users.iter().map(|u| &**u).collect();
-                hub.reply(&self.conn, proto::encode(&proto::PresenceList::new(id, &room, names)));
+                hub.reply(
+                    &self.conn,
+                    proto::encode(&proto::PresenceList::new(id, &room, names)),
+                );
             }
             Command::Ping => hub.reply(&self.conn, proto::encode(&proto::Pong::new(id))),
         }
@@ -114,23 +142,39 @@ impl Handler for Session {
         match self.bucket.take(Instant::now()) {
             Verdict::Allow => {}
             Verdict::Reject => {
-                self.error(None, ErrorCode::RateLimited, "rate limit exceeded; command dropped");
+                self.error(
+                    None,
+                    ErrorCode::RateLimited,
+                    "rate limit exceeded; command dropped",
+                );
                 return Ok(());
             }
             Verdict::Close => {
                 self.app.hub.metrics.error(ErrorCode::RateLimited);
-                return Err(CloseWith { code: close::POLICY, reason: "rate limit exceeded" });
+                return Err(CloseWith {
+                    code: close::POLICY,
+                    reason: "rate limit exceeded",
+                });
             }
         }
         if opcode != OpCode::Text {
-            self.error(None, ErrorCode::BadRequest, "binary frames are not accepted on /ws: send JSON text frames");
+            self.error(
+                None,
+                ErrorCode::BadRequest,
+                "binary frames are not accepted on /ws: send JSON text frames",
+            );
             return Ok(());
         }
         // The decoder validated UTF-8 already; this check is cheap and keeps
         // the code free of `unsafe`.
         match std::str::from_utf8(&payload) {
             Ok(text) => self.handle(text),
-            Err(_) => return Err(CloseWith { code: close::INVALID_DATA, reason: "invalid UTF-8" }),
+            Err(_) => {
+                return Err(CloseWith {
+                    code: close::INVALID_DATA,
+                    reason: "invalid UTF-8",
+                })
+            }
         }
         Ok(())
     }
@@ -172,7 +216,14 @@ impl TokenBucket {
     fn new(rate: u32, burst: u32) -> TokenBucket {
         let now = Instant::now();
         let burst = f64::from(burst.max(rate).max(1));
-        TokenBucket { rate: f64::from(rate), burst, tokens: burst, last: now, strikes: 0, strike_window: now }
+        TokenBucket {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            last: now,
+            strikes: 0,
+            strike_window: now,
+        }
     }
 
     fn take(&mut self, now: Instant) -> Verdict {
@@ -228,7 +279,10 @@ mod tests {
             assert!(matches!(b.take(t), Verdict::Allow));
         }
         assert!(matches!(b.take(t), Verdict::Reject));
-        assert!(matches!(b.take(t + Duration::from_millis(150)), Verdict::Allow));
+        assert!(matches!(
+            b.take(t + Duration::from_millis(150)),
+            Verdict::Allow
+        ));
     }
 
     #[test]

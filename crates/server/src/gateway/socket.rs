@@ -67,7 +67,10 @@ pub async fn run<H: Handler>(
     let (reader, writer) = stream.into_split();
     let mut writer_task = tokio::spawn(write_loop(writer, conn.clone(), hub.metrics.clone()));
     let mut decoder = Decoder::new(max_message, conn.deflate);
+    // Copy, then drop: `leftover` is a view into hyper's read buffer, which
+    // would otherwise stay allocated for the life of the connection.
     let mut buf = BytesMut::from(&leftover[..]);
+    drop(leftover);
     // Set once we asked to close: from then on we only wait for the peer's
     // close frame (or EOF) until this instant.
     let mut close_deadline: Option<Instant> = None;
@@ -116,7 +119,11 @@ pub async fn run<H: Handler>(
         if close_deadline.is_none() && conn.closing.is_fired() {
             close_deadline = Some(Instant::now() + CLOSE_GRACE);
         }
-        let handler_deadline = if close_deadline.is_none() { handler.deadline() } else { None };
+        let handler_deadline = if close_deadline.is_none() {
+            handler.deadline()
+        } else {
+            None
+        };
         tokio::select! {
             ready = reader.readable() => {
                 if ready.is_err() {
@@ -156,7 +163,10 @@ pub async fn run<H: Handler>(
 
     handler.on_close();
     // Let the writer flush (a close frame at least), but never hang on it.
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer_task).await.is_err() {
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer_task)
+        .await
+        .is_err()
+    {
         writer_task.abort();
     }
 }
@@ -175,7 +185,11 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn write_loop(mut writer: OwnedWriteHalf, conn: Arc<Conn>, metrics: Arc<crate::metrics::Metrics>) {
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    conn: Arc<Conn>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let mut batch: VecDeque<Bytes> = VecDeque::new();
     loop {
         let close = conn.take_batch(&mut batch);
@@ -229,22 +243,30 @@ async fn write_loop(mut writer: OwnedWriteHalf, conn: Arc<Conn>, metrics: Arc<cr
 }
 
 /// Writes every frame of `batch` with as few syscalls as possible.
-async fn write_batch(writer: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> io::Result<usize> {
+async fn write_batch(
+    writer: &mut OwnedWriteHalf,
+    batch: &mut VecDeque<Bytes>,
+) -> io::Result<usize> {
     let mut total = 0;
     while !batch.is_empty() {
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let mut count = 0;
-        for (slot, frame) in slices.iter_mut().zip(batch.iter()) {
-            *slot = IoSlice::new(frame);
-            count += 1;
-        }
-        let mut n = writer.write_vectored(&slices[..count]).await?;
+        // A heap Vec, not an array: the slices live across the await, so an
+        // array would sit in every idle connection's writer future.
+        let slices: Vec<IoSlice<'_>> = batch
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|f| IoSlice::new(f))
+            .collect();
+        let written = writer.write_vectored(&slices).await;
+        drop(slices);
+        let mut n = written?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         total += n;
         while n > 0 {
-            let Some(front) = batch.front_mut() else { break };
+            let Some(front) = batch.front_mut() else {
+                break;
+            };
             if n >= front.len() {
                 n -= front.len();
                 batch.pop_front();

@@ -87,7 +87,11 @@ impl Conn {
             user: OnceLock::new(),
             deflate,
             queue_limit,
-            outbox: Mutex::new(Outbox { frames: VecDeque::new(), bytes: 0, close: None }),
+            outbox: Mutex::new(Outbox {
+                frames: VecDeque::new(),
+                bytes: 0,
+                close: None,
+            }),
             wake: Notify::new(),
             closing: Signal::default(),
             last_seen: AtomicU64::new(now_ms),
@@ -159,7 +163,11 @@ impl Conn {
             out.frames = VecDeque::new();
             out.bytes = 0;
         }
-        out.close = Some(CloseReason { code, reason, graceful });
+        out.close = Some(CloseReason {
+            code,
+            reason,
+            graceful,
+        });
         drop(out);
         self.wake.notify_one();
         self.closing.fire();

@@ -39,7 +39,10 @@ pub struct HubError {
 
 impl HubError {
     fn new(code: ErrorCode, message: impl Into<String>) -> HubError {
-        HubError { code, message: message.into() }
+        HubError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -75,7 +78,10 @@ pub struct Hub {
 
 /// Server time in milliseconds since the Unix epoch (the `ts` of events).
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Hub {
@@ -98,7 +104,11 @@ impl Hub {
     }
 
     /// Creates and registers a connection (not yet identified).
-    pub fn connect(&self, deflate: Option<switchboard_ws::DeflateConfig>, queue_limit: usize) -> Arc<Conn> {
+    pub fn connect(
+        &self,
+        deflate: Option<switchboard_ws::DeflateConfig>,
+        queue_limit: usize,
+    ) -> Arc<Conn> {
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(id, deflate, queue_limit, self.clock_ms()));
         self.conns.insert(id, conn.clone());
@@ -166,7 +176,10 @@ impl Hub {
             let entry = match self.room(room) {
                 Some(r) => r,
                 None => {
-                    let r = self.rooms.entry(Arc::from(room)).or_insert_with(|| Arc::new(Room::new(room)));
+                    let r = self
+                        .rooms
+                        .entry(Arc::from(room))
+                        .or_insert_with(|| Arc::new(Room::new(room)));
                     r.value().clone()
                 }
             };
@@ -207,17 +220,30 @@ impl Hub {
     }
 
     /// Publishes `body` to `room` from `conn`, which must be a member.
-    pub fn publish(&self, conn: &Arc<Conn>, room: &str, body: &RawValue) -> Result<Delivery, HubError> {
+    pub fn publish(
+        &self,
+        conn: &Arc<Conn>,
+        room: &str,
+        body: &RawValue,
+    ) -> Result<Delivery, HubError> {
         let started = Instant::now();
-        let entry = self
-            .room(room)
-            .ok_or_else(|| HubError::new(ErrorCode::NotJoined, format!("not joined to room `{room}`")))?;
+        let entry = self.room(room).ok_or_else(|| {
+            HubError::new(ErrorCode::NotJoined, format!("not joined to room `{room}`"))
+        })?;
         let (seq, delivered) = entry
             .publish(conn, body, unix_ms(), &self.metrics)
-            .ok_or_else(|| HubError::new(ErrorCode::NotJoined, format!("not joined to room `{room}`")))?;
+            .ok_or_else(|| {
+                HubError::new(ErrorCode::NotJoined, format!("not joined to room `{room}`"))
+            })?;
         self.metrics.messages_out.increment(delivered as u64);
-        self.metrics.fanout_seconds.record(started.elapsed().as_secs_f64());
-        Ok(Delivery { seq, delivered, stored: false })
+        self.metrics
+            .fanout_seconds
+            .record(started.elapsed().as_secs_f64());
+        Ok(Delivery {
+            seq,
+            delivered,
+            stored: false,
+        })
     }
 
     /// Sends `body` to every connection of user `to`, and a copy to the
@@ -228,7 +254,11 @@ impl Hub {
         // delivered or kept (seq 0), and no entry is created for them, so
         // sends to made-up ids cannot grow the registry.
         let Some(mut entry) = self.users.get_mut(to) else {
-            return Delivery { seq: 0, delivered: 0, stored: false };
+            return Delivery {
+                seq: 0,
+                delivered: 0,
+                stored: false,
+            };
         };
         entry.inbox_seq += 1;
         let seq = entry.inbox_seq;
@@ -251,8 +281,14 @@ impl Hub {
                 }
             }
         }
-        self.metrics.messages_out.increment((delivered + copies) as u64);
-        Delivery { seq, delivered, stored: false }
+        self.metrics
+            .messages_out
+            .increment((delivered + copies) as u64);
+        Delivery {
+            seq,
+            delivered,
+            stored: false,
+        }
     }
 
     /// Queues a shared message on one connection; false if it was not queued.
@@ -303,7 +339,11 @@ pub(crate) fn push_counted(conn: &Conn, frame: Bytes, metrics: &Metrics) -> bool
         Push::Queued => true,
         Push::Overflow => {
             metrics.slow_consumer_disconnects.increment(1);
-            tracing::info!(conn = conn.id, user = conn.user(), "slow consumer disconnected");
+            tracing::info!(
+                conn = conn.id,
+                user = conn.user(),
+                "slow consumer disconnected"
+            );
             false
         }
         Push::Closed => false,

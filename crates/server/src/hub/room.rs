@@ -41,7 +41,12 @@ impl Room {
     pub(super) fn new(name: &str) -> Room {
         Room {
             name: Arc::from(name),
-            state: Mutex::new(State { seq: 0, members: HashMap::new(), online: HashMap::new(), retired: false }),
+            state: Mutex::new(State {
+                seq: 0,
+                members: HashMap::new(),
+                online: HashMap::new(),
+                retired: false,
+            }),
         }
     }
 
@@ -51,11 +56,16 @@ impl Room {
             return Joined::Retry;
         }
         let reply_joined = |st: &State| {
-            let payload = proto::encode(&proto::Joined::new(id, &self.name, st.online.len(), st.seq));
-            conn.push(SharedMessage::new(OpCode::Text, Bytes::from(payload)).frame_for(conn.deflate));
+            let payload =
+                proto::encode(&proto::Joined::new(id, &self.name, st.online.len(), st.seq));
+            conn.push(
+                SharedMessage::new(OpCode::Text, Bytes::from(payload)).frame_for(conn.deflate),
+            );
             if since.is_some_and(|s| s < st.seq) {
                 let payload = proto::encode(&proto::Reset::new(&self.name, st.seq));
-                conn.push(SharedMessage::new(OpCode::Text, Bytes::from(payload)).frame_for(conn.deflate));
+                conn.push(
+                    SharedMessage::new(OpCode::Text, Bytes::from(payload)).frame_for(conn.deflate),
+                );
             }
         };
         if st.members.contains_key(&conn.id) {
@@ -70,7 +80,11 @@ impl Room {
         let user_is_new = *count == 1;
         reply_joined(&st);
         if user_is_new {
-            let payload = proto::encode(&proto::PresenceChange::join(&self.name, &user, st.online.len()));
+            let payload = proto::encode(&proto::PresenceChange::join(
+                &self.name,
+                &user,
+                st.online.len(),
+            ));
             let message = SharedMessage::new(OpCode::Text, Bytes::from(payload));
             for member in st.members.values().filter(|c| c.id != conn.id) {
                 member.push(message.frame_for(member.deflate));
@@ -95,7 +109,11 @@ impl Room {
             }
         }
         if user_left && !st.members.is_empty() {
-            let payload = proto::encode(&proto::PresenceChange::leave(&self.name, user, st.online.len()));
+            let payload = proto::encode(&proto::PresenceChange::leave(
+                &self.name,
+                user,
+                st.online.len(),
+            ));
             let message = SharedMessage::new(OpCode::Text, Bytes::from(payload));
             for member in st.members.values() {
                 member.push(message.frame_for(member.deflate));
