@@ -178,7 +178,11 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
             .map_err(|_| bad(&id, "field `type` must be a string".into()))?,
     };
 
-    let fields = Fields { env: &env, id: &id, command: &kind };
+    let fields = Fields {
+        env: &env,
+        id: &id,
+        command: &kind,
+    };
     let command = match kind.as_ref() {
         "hello" => {
             let user: Option<Cow<'_, str>> = fields.optional("user", "a string")?;
@@ -204,7 +208,9 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
             room: fields.room()?,
             since: fields.optional("since", "a non-negative integer")?,
         },
-        "leave" => Command::Leave { room: fields.room()? },
+        "leave" => Command::Leave {
+            room: fields.room()?,
+        },
         "publish" => Command::Publish {
             room: fields.room()?,
             body: fields.body()?,
@@ -217,7 +223,9 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
                 body: fields.body()?,
             }
         }
-        "presence" => Command::Presence { room: fields.room()? },
+        "presence" => Command::Presence {
+            room: fields.room()?,
+        },
         "ping" => Command::Ping,
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -241,12 +249,7 @@ fn decode_id(raw: &RawValue) -> Result<Id, CommandError> {
             }
         }
         Some(b'-' | b'0'..=b'9') if text.len() <= 32 => {}
-        _ => {
-            return Err(bad(
-                &None,
-                "field `id` must be a string or a number".into(),
-            ))
-        }
+        _ => return Err(bad(&None, "field `id` must be a string or a number".into())),
     }
     Ok(Id(raw.to_owned()))
 }
@@ -304,12 +307,8 @@ impl<'a> Fields<'_, 'a> {
     }
 
     fn body(&self) -> Result<&'a RawValue, CommandError> {
-        self.raw("body").ok_or_else(|| {
-            bad(
-                self.id,
-                format!("{}: missing field `body`", self.command),
-            )
-        })
+        self.raw("body")
+            .ok_or_else(|| bad(self.id, format!("{}: missing field `body`", self.command)))
     }
 }
 
@@ -327,7 +326,10 @@ mod tests {
             decode_command(r#"{"type":"join","room":"lobby","since":5,"id":1}"#).unwrap().command,
             Command::Join { room, since: Some(5) } if room == "lobby"
         ));
-        match decode_command(r#"{"type":"publish","room":"r","body":{"t":"hi"}}"#).unwrap().command {
+        match decode_command(r#"{"type":"publish","room":"r","body":{"t":"hi"}}"#)
+            .unwrap()
+            .command
+        {
             Command::Publish { room, body } => {
                 assert_eq!(room, "r");
                 assert_eq!(body.get(), r#"{"t":"hi"}"#);
@@ -335,10 +337,15 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(
-            decode_command(r#"{"type":"send","to":"bob","body":"x"}"#).unwrap().command,
+            decode_command(r#"{"type":"send","to":"bob","body":"x"}"#)
+                .unwrap()
+                .command,
             Command::Send { .. }
         ));
-        assert!(matches!(decode_command(r#"{"type":"ping"}"#).unwrap().command, Command::Ping));
+        assert!(matches!(
+            decode_command(r#"{"type":"ping"}"#).unwrap().command,
+            Command::Ping
+        ));
         assert!(matches!(
             decode_command(r#"{"type":"leave","room":"r"}"#).unwrap().command,
             Command::Leave { room } if room == "r"
@@ -351,7 +358,10 @@ mod tests {
 
     #[test]
     fn body_may_be_any_json_even_null() {
-        match decode_command(r#"{"type":"publish","room":"r","body":null}"#).unwrap().command {
+        match decode_command(r#"{"type":"publish","room":"r","body":null}"#)
+            .unwrap()
+            .command
+        {
             Command::Publish { body, .. } => assert_eq!(body.get(), "null"),
             other => panic!("unexpected {other:?}"),
         }
@@ -383,15 +393,24 @@ mod tests {
 
     #[test]
     fn error_keeps_the_id() {
-        assert_eq!(err(r#"{"type":"join","id":"a1"}"#).id, Id::from_json("\"a1\""));
+        assert_eq!(
+            err(r#"{"type":"join","id":"a1"}"#).id,
+            Id::from_json("\"a1\"")
+        );
         assert_eq!(err(r#"{"type":"nope","id":7}"#).id, Id::from_json("7"));
     }
 
     #[test]
     fn messages_name_the_problem() {
-        assert!(err(r#"{"type":"join"}"#).message.contains("missing field `room`"));
-        assert!(err(r#"{"type":"join","room":1}"#).message.contains("must be a string"));
-        assert!(err(r#"{"type":"dance"}"#).message.contains("unknown command type"));
+        assert!(err(r#"{"type":"join"}"#)
+            .message
+            .contains("missing field `room`"));
+        assert!(err(r#"{"type":"join","room":1}"#)
+            .message
+            .contains("must be a string"));
+        assert!(err(r#"{"type":"dance"}"#)
+            .message
+            .contains("unknown command type"));
         assert!(err("[]").message.contains("JSON object"));
         assert!(err("{nope").message.contains("malformed JSON"));
     }

@@ -28,7 +28,13 @@ pub struct Welcome<'a> {
 
 impl<'a> Welcome<'a> {
     pub fn new(id: Option<&'a Id>, user: &'a str, session: &'a str, heartbeat: u64) -> Self {
-        Welcome { kind: "welcome", id, user, session, heartbeat }
+        Welcome {
+            kind: "welcome",
+            id,
+            user,
+            session,
+            heartbeat,
+        }
     }
 }
 
@@ -47,7 +53,13 @@ pub struct Joined<'a> {
 
 impl<'a> Joined<'a> {
     pub fn new(id: Option<&'a Id>, room: &'a str, online: usize, seq: u64) -> Self {
-        Joined { kind: "joined", id, room, online, seq }
+        Joined {
+            kind: "joined",
+            id,
+            room,
+            online,
+            seq,
+        }
     }
 }
 
@@ -62,7 +74,11 @@ pub struct Left<'a> {
 
 impl<'a> Left<'a> {
     pub fn new(id: Option<&'a Id>, room: &'a str) -> Self {
-        Left { kind: "left", id, room }
+        Left {
+            kind: "left",
+            id,
+            room,
+        }
     }
 }
 
@@ -86,11 +102,27 @@ pub struct Ack<'a> {
 
 impl<'a> Ack<'a> {
     pub fn publish(id: Option<&'a Id>, room: &'a str, seq: u64, delivered: usize) -> Self {
-        Ack { kind: "ack", id, room: Some(room), to: None, seq, delivered, stored: None }
+        Ack {
+            kind: "ack",
+            id,
+            room: Some(room),
+            to: None,
+            seq,
+            delivered,
+            stored: None,
+        }
     }
 
     pub fn send(id: Option<&'a Id>, to: &'a str, seq: u64, delivered: usize, stored: bool) -> Self {
-        Ack { kind: "ack", id, room: None, to: Some(to), seq, delivered, stored: Some(stored) }
+        Ack {
+            kind: "ack",
+            id,
+            room: None,
+            to: Some(to),
+            seq,
+            delivered,
+            stored: Some(stored),
+        }
     }
 }
 
@@ -108,7 +140,14 @@ pub struct Message<'a> {
 
 impl<'a> Message<'a> {
     pub fn new(room: &'a str, seq: u64, from: &'a str, ts: u64, body: &'a RawValue) -> Self {
-        Message { kind: "message", room, seq, from, ts, body }
+        Message {
+            kind: "message",
+            room,
+            seq,
+            from,
+            ts,
+            body,
+        }
     }
 }
 
@@ -126,7 +165,14 @@ pub struct Direct<'a> {
 
 impl<'a> Direct<'a> {
     pub fn new(from: &'a str, to: &'a str, seq: u64, ts: u64, body: &'a RawValue) -> Self {
-        Direct { kind: "direct", from, to, seq, ts, body }
+        Direct {
+            kind: "direct",
+            from,
+            to,
+            seq,
+            ts,
+            body,
+        }
     }
 }
 
@@ -144,11 +190,23 @@ pub struct PresenceChange<'a> {
 
 impl<'a> PresenceChange<'a> {
     pub fn join(room: &'a str, user: &'a str, online: usize) -> Self {
-        PresenceChange { kind: "presence", room, event: "join", user, online }
+        PresenceChange {
+            kind: "presence",
+            room,
+            event: "join",
+            user,
+            online,
+        }
     }
 
     pub fn leave(room: &'a str, user: &'a str, online: usize) -> Self {
-        PresenceChange { kind: "presence", room, event: "leave", user, online }
+        PresenceChange {
+            kind: "presence",
+            room,
+            event: "leave",
+            user,
+            online,
+        }
     }
 }
 
@@ -166,7 +224,13 @@ pub struct PresenceList<'a> {
 
 impl<'a> PresenceList<'a> {
     pub fn new(id: Option<&'a Id>, room: &'a str, users: Vec<&'a str>) -> Self {
-        PresenceList { kind: "presence", id, room, online: users.len(), users }
+        PresenceList {
+            kind: "presence",
+            id,
+            room,
+            online: users.len(),
+            users,
+        }
     }
 }
 
@@ -182,7 +246,11 @@ pub struct Reset<'a> {
 
 impl<'a> Reset<'a> {
     pub fn new(room: &'a str, seq: u64) -> Self {
-        Reset { kind: "reset", room, seq }
+        Reset {
+            kind: "reset",
+            room,
+            seq,
+        }
     }
 }
 
@@ -212,7 +280,12 @@ pub struct Error<'a> {
 
 impl<'a> Error<'a> {
     pub fn new(id: Option<&'a Id>, code: ErrorCode, message: &'a str) -> Self {
-        Error { kind: "error", id, code: code.as_str(), message }
+        Error {
+            kind: "error",
+            id,
+            code: code.as_str(),
+            message,
+        }
     }
 }
 
@@ -234,7 +307,10 @@ mod tests {
     fn replies_echo_the_raw_id_and_omit_it_when_absent() {
         let id = Id::from_json(r#""abc""#).unwrap();
         let with = encode(&Pong::new(Some(&id)));
-        assert_eq!(std::str::from_utf8(&with).unwrap(), r#"{"type":"pong","id":"abc"}"#);
+        assert_eq!(
+            std::str::from_utf8(&with).unwrap(),
+            r#"{"type":"pong","id":"abc"}"#
+        );
         let without = encode(&Pong::new(None));
         assert_eq!(std::str::from_utf8(&without).unwrap(), r#"{"type":"pong"}"#);
     }
@@ -242,7 +318,10 @@ mod tests {
     #[test]
     fn send_ack_has_stored_publish_ack_has_room() {
         let a = String::from_utf8(encode(&Ack::send(None, "bob", 1, 2, false))).unwrap();
-        assert_eq!(a, r#"{"type":"ack","to":"bob","seq":1,"delivered":2,"stored":false}"#);
+        assert_eq!(
+            a,
+            r#"{"type":"ack","to":"bob","seq":1,"delivered":2,"stored":false}"#
+        );
         let p = String::from_utf8(encode(&Ack::publish(None, "r", 9, 3))).unwrap();
         assert_eq!(p, r#"{"type":"ack","room":"r","seq":9,"delivered":3}"#);
     }

@@ -12,7 +12,6 @@ use crate::DeflateConfig;
 /// compression costs more than it saves).
 pub const COMPRESS_MIN: usize = 64;
 
-
 /// A message encoded once and framed lazily once per variant, shared by all recipients (put it
 /// in an `Arc`). Variants: the plain frame, and a compressed frame per server window size 9..=15.
 pub struct SharedMessage {
@@ -99,7 +98,11 @@ fn compressed_frame(opcode: OpCode, payload: &[u8], bits: u8, always: bool) -> O
     const RESERVED: usize = 10;
     let mut buf = Vec::with_capacity(RESERVED + payload.len() / 2 + 64);
     buf.resize(RESERVED, 0);
-    let limit = if always { usize::MAX } else { payload.len().saturating_sub(1) };
+    let limit = if always {
+        usize::MAX
+    } else {
+        payload.len().saturating_sub(1)
+    };
     if !deflate_append(payload, bits, &mut buf, limit) {
         return None;
     }
