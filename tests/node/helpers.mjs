@@ -12,7 +12,7 @@ const TIMEOUT_MS = 10_000;
 
 /** Starts `switchboard serve` on a free port; resolves with {addr, stop}. */
 export function startServer(args = []) {
-  const child = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', ...args], {
+  const child = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--store', 'memory', ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, RUST_LOG: 'warn' },
   });

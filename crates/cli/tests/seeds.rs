@@ -61,7 +61,7 @@ async fn user_id_routing() {
         .await;
     assert_eq!(ack["type"], "ack");
     assert_eq!(ack["delivered"], 1);
-    assert_eq!(ack["stored"], false);
+    assert_eq!(ack["stored"], true);
     let d = bob.expect("direct").await;
     assert_eq!(d["from"], "ann");
     assert_eq!(d["to"], "bob");

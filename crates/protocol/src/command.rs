@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::names::{validate_room, validate_user};
+use crate::names::{validate_device, validate_room, validate_user};
 use crate::ErrorCode;
 
 /// Longest accepted command `id` string, in bytes.
@@ -56,6 +56,8 @@ pub enum Command<'a> {
         user: Option<Cow<'a, str>>,
         token: Option<Cow<'a, str>>,
         name: Option<Cow<'a, str>>,
+        /// Stable id of the client device, for per-device inbox delivery.
+        device: Option<Cow<'a, str>>,
     },
     Join {
         room: Cow<'a, str>,
@@ -75,8 +77,35 @@ pub enum Command<'a> {
     Presence {
         room: Cow<'a, str>,
     },
+    /// Inbox entries up to `upto` were received by this device.
+    Received {
+        upto: u64,
+    },
+    /// The sender's messages to me up to `upto` (my inbox seq) were read.
+    Read {
+        from: Cow<'a, str>,
+        upto: u64,
+    },
+    History {
+        target: HistoryTarget<'a>,
+        before: Option<u64>,
+        limit: usize,
+    },
     Ping,
 }
+
+/// What a `history` command reads.
+#[derive(Debug)]
+pub enum HistoryTarget<'a> {
+    Room(Cow<'a, str>),
+    /// The one-to-one conversation with this user.
+    With(Cow<'a, str>),
+}
+
+/// Largest `limit` a `history` command may ask for.
+pub const MAX_HISTORY_LIMIT: usize = 100;
+/// `limit` when a `history` command gives none.
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 
 impl Command<'_> {
     pub fn name(&self) -> &'static str {
@@ -87,6 +116,9 @@ impl Command<'_> {
             Command::Publish { .. } => "publish",
             Command::Send { .. } => "send",
             Command::Presence { .. } => "presence",
+            Command::Received { .. } => "received",
+            Command::Read { .. } => "read",
+            Command::History { .. } => "history",
             Command::Ping => "ping",
         }
     }
@@ -122,6 +154,18 @@ struct Envelope<'a> {
     token: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     name: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    device: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    upto: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    from: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    with: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    before: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    limit: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` visible as `Some("null")` (plain `Option` would
@@ -198,10 +242,15 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
                     ));
                 }
             }
+            let device: Option<Cow<'_, str>> = fields.optional("device", "a string")?;
+            if let Some(device) = &device {
+                validate_device(device).map_err(|m| bad(&id, m))?;
+            }
             Command::Hello {
                 user,
                 token: fields.optional("token", "a string")?,
                 name,
+                device,
             }
         }
         "join" => Command::Join {
@@ -226,6 +275,50 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
         "presence" => Command::Presence {
             room: fields.room()?,
         },
+        "received" => Command::Received {
+            upto: fields.required("upto", "a non-negative integer")?,
+        },
+        "read" => {
+            let from: Cow<'_, str> = fields.required("from", "a string")?;
+            validate_user(&from).map_err(|m| bad(&id, format!("from: {m}")))?;
+            Command::Read {
+                from,
+                upto: fields.required("upto", "a non-negative integer")?,
+            }
+        }
+        "history" => {
+            let room: Option<Cow<'_, str>> = fields.optional("room", "a string")?;
+            let with: Option<Cow<'_, str>> = fields.optional("with", "a string")?;
+            let target = match (room, with) {
+                (Some(room), None) => {
+                    validate_room(&room).map_err(|m| bad(&id, m))?;
+                    HistoryTarget::Room(room)
+                }
+                (None, Some(with)) => {
+                    validate_user(&with).map_err(|m| bad(&id, format!("with: {m}")))?;
+                    HistoryTarget::With(with)
+                }
+                _ => {
+                    return Err(bad(
+                        &id,
+                        "history: give exactly one of `room` or `with`".into(),
+                    ))
+                }
+            };
+            let limit: Option<usize> = fields.optional("limit", "a positive integer")?;
+            let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+            if limit == 0 || limit > MAX_HISTORY_LIMIT {
+                return Err(bad(
+                    &id,
+                    format!("history: `limit` must be between 1 and {MAX_HISTORY_LIMIT}"),
+                ));
+            }
+            Command::History {
+                target,
+                before: fields.optional("before", "a non-negative integer")?,
+                limit,
+            }
+        }
         "ping" => Command::Ping,
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -270,6 +363,12 @@ impl<'a> Fields<'_, 'a> {
             "user" => self.env.user,
             "token" => self.env.token,
             "name" => self.env.name,
+            "device" => self.env.device,
+            "upto" => self.env.upto,
+            "from" => self.env.from,
+            "with" => self.env.with,
+            "before" => self.env.before,
+            "limit" => self.env.limit,
             _ => None,
         }
     }
@@ -352,8 +451,39 @@ mod tests {
         ));
         assert!(matches!(
             decode_command(r#"{"type":"hello","user":"小明"}"#).unwrap().command,
-            Command::Hello { user: Some(u), token: None, name: None } if u == "小明"
+            Command::Hello { user: Some(u), token: None, name: None, .. } if u == "小明"
         ));
+    }
+
+    #[test]
+    fn decodes_persistence_commands() {
+        assert!(matches!(
+            decode_command(r#"{"type":"received","upto":7}"#).unwrap().command,
+            Command::Received { upto: 7 }
+        ));
+        assert!(matches!(
+            decode_command(r#"{"type":"read","from":"bob","upto":3}"#).unwrap().command,
+            Command::Read { from, upto: 3 } if from == "bob"
+        ));
+        assert!(matches!(
+            decode_command(r#"{"type":"history","room":"r","before":9,"limit":10}"#).unwrap().command,
+            Command::History { target: HistoryTarget::Room(r), before: Some(9), limit: 10 } if r == "r"
+        ));
+        assert!(matches!(
+            decode_command(r#"{"type":"history","with":"bob"}"#).unwrap().command,
+            Command::History { target: HistoryTarget::With(w), before: None, limit: DEFAULT_HISTORY_LIMIT } if w == "bob"
+        ));
+        for bad in [
+            r#"{"type":"history"}"#,
+            r#"{"type":"history","room":"r","with":"b"}"#,
+            r#"{"type":"history","room":"r","limit":0}"#,
+            r#"{"type":"history","room":"r","limit":101}"#,
+            r#"{"type":"received"}"#,
+            r#"{"type":"read","from":"b"}"#,
+            r#"{"type":"hello","device":""}"#,
+        ] {
+            assert_eq!(err(bad).code, ErrorCode::BadRequest, "{bad}");
+        }
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct Ack<'a> {
     pub delivered: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored: Option<bool>,
+    /// Set when the `id` repeated an earlier command: nothing new was stored
+    /// or delivered, `seq` is the original's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 impl<'a> Ack<'a> {
@@ -110,6 +114,7 @@ impl<'a> Ack<'a> {
             seq,
             delivered,
             stored: None,
+            duplicate: false,
         }
     }
 
@@ -122,6 +127,7 @@ impl<'a> Ack<'a> {
             seq,
             delivered,
             stored: Some(stored),
+            duplicate: false,
         }
     }
 }
@@ -159,17 +165,21 @@ pub struct Direct<'a> {
     pub to: &'a str,
     /// Per-recipient inbox seq.
     pub seq: u64,
+    /// Store-wide id: orders a conversation across both directions (the
+    /// `before` cursor of `history` with `with`).
+    pub gid: u64,
     pub ts: u64,
     pub body: &'a RawValue,
 }
 
 impl<'a> Direct<'a> {
-    pub fn new(from: &'a str, to: &'a str, seq: u64, ts: u64, body: &'a RawValue) -> Self {
+    pub fn new(from: &'a str, to: &'a str, seq: u64, gid: u64, ts: u64, body: &'a RawValue) -> Self {
         Direct {
             kind: "direct",
             from,
             to,
             seq,
+            gid,
             ts,
             body,
         }
@@ -234,24 +244,59 @@ impl<'a> PresenceList<'a> {
     }
 }
 
-/// The client asked to resume from a seq that is no longer available.
+/// Part of a stream (a room, or this device's inbox) cannot be replayed:
+/// everything up to `seq` is skipped; what follows continues from `seq + 1`.
 #[derive(Serialize)]
 pub struct Reset<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub room: &'a str,
-    /// The room's current seq: continue from here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inbox: bool,
     pub seq: u64,
 }
 
 impl<'a> Reset<'a> {
-    pub fn new(room: &'a str, seq: u64) -> Self {
-        Reset {
-            kind: "reset",
-            room,
-            seq,
-        }
+    pub fn room(room: &'a str, seq: u64) -> Self {
+        Reset { kind: "reset", room: Some(room), inbox: false, seq }
     }
+
+    pub fn inbox(seq: u64) -> Self {
+        Reset { kind: "reset", room: None, inbox: true, seq }
+    }
+}
+
+/// Read receipt: `by` read the messages they got from you up to `upto`
+/// (their inbox seq).
+#[derive(Serialize)]
+pub struct ReadReceipt<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub by: &'a str,
+    pub upto: u64,
+}
+
+impl<'a> ReadReceipt<'a> {
+    pub fn new(by: &'a str, upto: u64) -> Self {
+        ReadReceipt { kind: "read", by, upto }
+    }
+}
+
+/// Reply to `history`: past `message` (room) or `direct` (conversation)
+/// events, oldest first.
+#[derive(Serialize)]
+pub struct History<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a Id>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with: Option<&'a str>,
+    /// Each element is a complete event object.
+    pub messages: Vec<Box<RawValue>>,
 }
 
 #[derive(Serialize)]
@@ -318,6 +363,9 @@ mod tests {
     #[test]
     fn send_ack_has_stored_publish_ack_has_room() {
         let a = String::from_utf8(encode(&Ack::send(None, "bob", 1, 2, false))).unwrap();
+        let mut dup = Ack::publish(None, "r", 9, 0);
+        dup.duplicate = true;
+        assert!(String::from_utf8(encode(&dup)).unwrap().ends_with(r#""duplicate":true}"#));
         assert_eq!(
             a,
             r#"{"type":"ack","to":"bob","seq":1,"delivered":2,"stored":false}"#

@@ -11,9 +11,12 @@ mod command;
 mod event;
 mod names;
 
-pub use command::{decode_command, Command, CommandError, Id, Request};
+pub use command::{
+    decode_command, Command, CommandError, HistoryTarget, Id, Request, DEFAULT_HISTORY_LIMIT,
+    MAX_HISTORY_LIMIT,
+};
 pub use event::*;
-pub use names::{validate_room, validate_user, MAX_ROOM_LEN, MAX_USER_LEN};
+pub use names::{validate_device, validate_room, validate_user, MAX_ROOM_LEN, MAX_USER_LEN};
 
 /// Error codes carried by `error` events (SPEC §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

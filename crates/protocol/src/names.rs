@@ -33,6 +33,11 @@ pub fn validate_user(user: &str) -> Result<(), String> {
     validate("user", user, MAX_USER_LEN)
 }
 
+/// Device ids follow the user id rules.
+pub fn validate_device(device: &str) -> Result<(), String> {
+    validate("device", device, MAX_USER_LEN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

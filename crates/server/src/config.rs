@@ -57,6 +57,37 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Where the embedded store keeps its files.
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./switchboard-data")]
+    pub data_dir: std::path::PathBuf,
+
+    /// Store backend: `sqlite` (durable, in --data-dir) or `memory`
+    /// (nothing survives a restart; for tests and benchmarks).
+    #[arg(long, env = "SWITCHBOARD_STORE", default_value = "sqlite", value_parser = ["sqlite", "memory"])]
+    pub store: String,
+
+    /// Messages kept per room and per user inbox; older ones are dropped.
+    #[arg(long, env = "SWITCHBOARD_RETENTION_COUNT", default_value_t = 10_000)]
+    pub retention_count: u64,
+
+    /// Messages older than this are dropped. Units: s, m, h, d.
+    #[arg(long, env = "SWITCHBOARD_RETENTION_AGE", default_value = "30d", value_parser = parse_duration)]
+    pub retention_age: Duration,
+
+    /// A `publish`/`send` repeating an `id` the same user used within this
+    /// window is acknowledged again and not stored or delivered twice.
+    #[arg(long, env = "SWITCHBOARD_DEDUPE_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub dedupe_window: Duration,
+
+    /// Most messages replayed on `join` with `since` (and on inbox delivery);
+    /// a client further behind gets `reset` and the newest ones.
+    #[arg(long, env = "SWITCHBOARD_REPLAY_LIMIT", default_value_t = 1000)]
+    pub replay_limit: usize,
+
+    /// Bearer key for the HTTP server API (/api/...). The API is off when unset.
+    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     /// On SIGTERM/SIGINT, how long to wait for connections to close after
     /// sending them close 1001 before exiting anyway.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -77,11 +108,18 @@ impl Default for Config {
             hello_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
+            data_dir: "./switchboard-data".into(),
+            store: "sqlite".into(),
+            retention_count: 10_000,
+            retention_age: Duration::from_secs(30 * 86_400),
+            dedupe_window: Duration::from_secs(300),
+            replay_limit: 1000,
+            api_key: None,
         }
     }
 }
 
-/// Parses `500ms`, `25s`, `2m` or a bare number of seconds.
+/// Parses `500ms`, `25s`, `2m`, `12h`, `30d` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -95,7 +133,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s or m)")),
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m, h or d)")),
     };
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("duration must be positive: `{text}`"));
@@ -150,7 +190,8 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_duration("3w").is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod config;
 pub mod gateway;
 pub mod hub;
 pub mod metrics;
+pub mod pipeline;
+pub mod store;
 
 pub use config::Config;
 pub use gateway::Server;

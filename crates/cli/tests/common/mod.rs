@@ -25,6 +25,21 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Server {
     pub addr: SocketAddr,
     child: Child,
+    /// The store's directory; removed when the server is dropped.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// A fresh, unique directory for one server's store.
+pub fn temp_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Server {
@@ -37,9 +52,17 @@ impl Server {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_in(&temp_dir(), "127.0.0.1:0", args, env)
+    }
+
+    /// Starts a server on `listen` with its store in `data_dir` (kept as is,
+    /// so a restart finds the previous data).
+    pub fn start_in(data_dir: &std::path::Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
+            .arg("--data-dir")
+            .arg(data_dir)
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
@@ -58,7 +81,7 @@ impl Server {
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-        Server { addr, child }
+        Server { addr, child, data_dir: data_dir.to_path_buf() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -125,10 +148,22 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Kills the process (SIGKILL) but keeps its data directory.
+    pub fn kill(mut self) -> std::path::PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::take(&mut self.data_dir)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.data_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use axum::Router;
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use switchboard_protocol::{validate_room, validate_user};
+use switchboard_protocol::{validate_device, validate_room, validate_user};
 use switchboard_ws::DeflateConfig;
 use tokio::net::TcpStream;
 
@@ -24,9 +24,11 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws))
         .route("/relay/{channel}", get(relay))
+        .merge(super::api::routes())
         .with_state(app)
 }
 
@@ -39,6 +41,17 @@ async fn index() -> impl IntoResponse {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Ready when the store answers (the writer thread runs as long as the
+/// process does; a failing disk shows here and in `unavailable` errors).
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let store = app.store.clone();
+    match tokio::task::spawn_blocking(move || store.check()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok: store reachable\n").into_response(),
+        Ok(Err(err)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {err}\n")).into_response(),
+        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("store check failed: {err}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -54,6 +67,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 #[derive(Deserialize)]
 struct WsQuery {
     user: Option<String>,
+    device: Option<String>,
 }
 
 async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Request) -> Response {
@@ -62,13 +76,17 @@ async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Requ
             return refuse(&app, StatusCode::BAD_REQUEST, &message);
         }
     }
+    if let Some(device) = &query.device {
+        if let Err(message) = validate_device(device) {
+            return refuse(&app, StatusCode::BAD_REQUEST, &message);
+        }
+    }
     let user = match app.auth.authenticate(query.user.as_deref(), None) {
         Ok(user) => user,
         Err(message) => return refuse(&app, StatusCode::UNAUTHORIZED, &message),
     };
-    upgrade(app, req, move |app, conn| {
-        Box::new(Session::new(app, conn, user))
-    })
+    let device = query.device;
+    upgrade(app, req, move |app, conn| Box::new(Session::new(app, conn, user, device)))
 }
 
 #[derive(Deserialize)]

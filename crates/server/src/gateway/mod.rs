@@ -4,8 +4,10 @@
 //! `/ws` speaks the JSON protocol ([`session`]); `/relay/{channel}` forwards
 //! frames verbatim ([`relay`]). Both run the same socket loop ([`socket`]).
 
+mod api;
 mod http;
 mod relay;
+mod replay;
 mod session;
 mod socket;
 
@@ -23,11 +25,15 @@ use crate::auth::{Authenticator, NoAuth};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, Settings};
+use crate::store::{MemoryStore, Retention, SqliteStore, Store};
 
 /// Everything a request handler needs.
 pub struct App {
     pub config: Config,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
+    pub store: Arc<dyn Store>,
+    pub pipeline: Pipeline,
     pub auth: Box<dyn Authenticator>,
     shutting_down: AtomicBool,
     /// Fired whenever a WebSocket connection ends (for shutdown draining).
@@ -42,10 +48,28 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket (so the caller learns the real port when
     /// `listen` has port 0) without serving yet.
-    pub async fn bind(config: Config) -> std::io::Result<Server> {
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let store: Arc<dyn Store> = match config.store.as_str() {
+            "memory" => Arc::new(MemoryStore::new()),
+            _ => Arc::new(SqliteStore::open(&config.data_dir).map_err(|e| {
+                anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir.display())
+            })?),
+        };
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
+        let settings = Settings {
+            retention: Retention {
+                count: config.retention_count,
+                age_ms: config.retention_age.as_millis() as u64,
+            },
+            dedupe_window: config.dedupe_window,
+        };
+        let pipeline = Pipeline::start(store.clone(), hub.clone(), settings)
+            .map_err(|e| anyhow::anyhow!("cannot recover the store: {e}"))?;
         let listener = TcpListener::bind(config.listen).await?;
         let app = Arc::new(App {
-            hub: Hub::new(Arc::new(Metrics::new())),
+            hub,
+            store,
+            pipeline,
             auth: Box::new(NoAuth),
             config,
             shutting_down: AtomicBool::new(false),
@@ -113,6 +137,9 @@ impl Server {
             );
         }
         heartbeat.abort();
+        // Commit whatever is still queued before exiting.
+        let pipeline_app = app.clone();
+        let _ = tokio::task::spawn_blocking(move || pipeline_app.pipeline.stop()).await;
         tracing::info!("shutdown complete");
     }
 }

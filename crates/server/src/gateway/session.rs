@@ -5,35 +5,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_protocol::{self as proto, close, decode_command, Command, ErrorCode, Id};
+use switchboard_protocol::{self as proto, close, decode_command, Command, ErrorCode, HistoryTarget, Id};
 use switchboard_ws::OpCode;
 use tokio::time::Instant;
 
+use super::replay::{self, Target};
 use super::socket::{CloseWith, Handler};
 use super::App;
 use crate::hub::Conn;
+use crate::pipeline::{Job, Reply};
 
 pub struct Session {
     app: Arc<App>,
     conn: Arc<Conn>,
     session_id: String,
+    /// The client's device id (`?device=` or `hello`); "" when not given.
+    /// Inbox delivery is tracked per device.
+    device: Arc<str>,
     /// Until identified: when the connection becomes a guest.
     hello_deadline: Option<Instant>,
     bucket: TokenBucket,
 }
 
 impl Session {
-    pub fn new(app: Arc<App>, conn: Arc<Conn>, user: Option<String>) -> Session {
+    pub fn new(app: Arc<App>, conn: Arc<Conn>, user: Option<String>, device: Option<String>) -> Session {
         let session_id = format!("{:016x}", rand::random::<u64>());
         let bucket = TokenBucket::new(app.config.rate_limit, app.config.rate_burst);
         let hello_deadline = Some(Instant::now() + app.config.hello_timeout);
-        let mut session = Session {
-            app,
-            conn,
-            session_id,
-            hello_deadline,
-            bucket,
-        };
+        let device = Arc::from(device.unwrap_or_default());
+        let mut session = Session { app, conn, session_id, device, hello_deadline, bucket };
         if let Some(user) = user {
             session.identify(&user, None);
         }
@@ -42,10 +42,11 @@ impl Session {
 
     fn identify(&mut self, user: &str, id: Option<&Id>) {
         self.hello_deadline = None;
-        self.app.hub.identify(&self.conn, user);
         let heartbeat = self.app.config.heartbeat.as_secs().max(1);
-        let welcome = proto::Welcome::new(id, user, &self.session_id, heartbeat);
-        self.app.hub.reply(&self.conn, proto::encode(&welcome));
+        let welcome = proto::encode(&proto::Welcome::new(id, user, &self.session_id, heartbeat));
+        if let Some(range) = self.app.hub.identify(&self.conn, user, welcome) {
+            replay::inbox(self.app.clone(), self.conn.clone(), self.device.clone(), range);
+        }
     }
 
     fn identify_guest(&mut self) {
@@ -55,10 +56,13 @@ impl Session {
 
     fn error(&self, id: Option<&Id>, code: ErrorCode, message: &str) {
         self.app.hub.metrics.error(code);
-        self.app.hub.reply(
-            &self.conn,
-            proto::encode(&proto::Error::new(id, code, message)),
-        );
+        self.app.hub.reply(&self.conn, proto::encode(&proto::Error::new(id, code, message)));
+    }
+
+    fn submit(&self, job: Job, id: Option<&Id>) {
+        if !self.app.pipeline.submit(job) {
+            self.error(id, ErrorCode::Unavailable, "the server is shutting down");
+        }
     }
 
     fn handle(&mut self, text: &str) {
@@ -69,21 +73,19 @@ impl Session {
                 return;
             }
         };
-        let id = id.as_ref();
         if self.hello_deadline.is_some() {
             match &command {
-                Command::Hello { user, token, .. } => {
-                    match self
-                        .app
-                        .auth
-                        .authenticate(user.as_deref(), token.as_deref())
-                    {
-                        Ok(Some(user)) => self.identify(&user, id),
+                Command::Hello { user, token, device, .. } => {
+                    if let Some(device) = device {
+                        self.device = Arc::from(device.as_ref());
+                    }
+                    match self.app.auth.authenticate(user.as_deref(), token.as_deref()) {
+                        Ok(Some(user)) => self.identify(&user, id.as_ref()),
                         Ok(None) => {
                             let guest = format!("guest-{:08x}", rand::random::<u32>());
-                            self.identify(&guest, id);
+                            self.identify(&guest, id.as_ref());
                         }
-                        Err(message) => self.error(id, ErrorCode::Unauthorized, &message),
+                        Err(message) => self.error(id.as_ref(), ErrorCode::Unauthorized, &message),
                     }
                     return;
                 }
@@ -92,47 +94,72 @@ impl Session {
             }
         }
         let hub = &self.app.hub;
+        let conn = &self.conn;
+        let user = conn.user_arc().cloned().unwrap_or_else(|| Arc::from(""));
         match command {
-            Command::Hello { .. } => self.error(
-                id,
-                ErrorCode::BadRequest,
-                "already identified: hello is accepted once",
-            ),
-            Command::Join { room, since } => hub.join(&self.conn, &room, since, id),
-            Command::Leave { room } => {
-                if hub.leave(&self.conn, &room) {
-                    hub.reply(&self.conn, proto::encode(&proto::Left::new(id, &room)));
-                } else {
-                    self.error(
-                        id,
-                        ErrorCode::NotJoined,
-                        &format!("not joined to room `{room}`"),
-                    );
+            Command::Hello { .. } => {
+                self.error(id.as_ref(), ErrorCode::BadRequest, "already identified: hello is accepted once")
+            }
+            Command::Join { room, since } => {
+                if let Some(range) = hub.join(conn, &room, since, id.as_ref()) {
+                    replay::room(self.app.clone(), conn.clone(), room.into_owned(), range);
                 }
             }
-            Command::Publish { room, body } => match hub.publish(&self.conn, &room, body) {
-                Ok(d) => hub.reply(
-                    &self.conn,
-                    proto::encode(&proto::Ack::publish(id, &room, d.seq, d.delivered)),
-                ),
-                Err(e) => self.error(id, e.code, &e.message),
-            },
+            Command::Leave { room } => {
+                if hub.leave(conn, &room) {
+                    hub.reply(conn, proto::encode(&proto::Left::new(id.as_ref(), &room)));
+                } else {
+                    self.error(id.as_ref(), ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
+                }
+            }
+            Command::Publish { room, body } => {
+                if !hub.is_member(conn, &room) {
+                    self.error(id.as_ref(), ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
+                    return;
+                }
+                let reply = Reply::Conn { conn: conn.clone(), id: id.clone() };
+                let job = Job::Publish {
+                    room: Arc::from(room.as_ref()),
+                    from: user,
+                    sender: Some(conn.id),
+                    body: body.to_owned(),
+                    id: id.clone(),
+                    reply,
+                };
+                self.submit(job, id.as_ref());
+            }
             Command::Send { to, body } => {
-                let d = hub.send(&self.conn, &to, body);
-                hub.reply(
-                    &self.conn,
-                    proto::encode(&proto::Ack::send(id, &to, d.seq, d.delivered, d.stored)),
-                );
+                let reply = Reply::Conn { conn: conn.clone(), id: id.clone() };
+                let job = Job::Send {
+                    to: Arc::from(to.as_ref()),
+                    from: user,
+                    sender: Some(conn.id),
+                    body: body.to_owned(),
+                    id: id.clone(),
+                    reply,
+                };
+                self.submit(job, id.as_ref());
+            }
+            Command::Received { upto } => {
+                // A device cannot confirm what was never sent.
+                let upto = upto.min(hub.inbox_seq(&user));
+                let job = Job::Cursor { user: user.to_string(), device: self.device.to_string(), upto };
+                self.submit(job, id.as_ref());
+            }
+            Command::Read { from, upto } => hub.read_receipt(&from, &user, upto),
+            Command::History { target, before, limit } => {
+                let target = match target {
+                    HistoryTarget::Room(room) => Target::Room(room.into_owned()),
+                    HistoryTarget::With(with) => Target::With(with.into_owned()),
+                };
+                replay::history(self.app.clone(), conn.clone(), id, target, before, limit);
             }
             Command::Presence { room } => {
                 let users = hub.presence(&room);
                 let names: Vec<&str> = users.iter().map(|u| &**u).collect();
-                hub.reply(
-                    &self.conn,
-                    proto::encode(&proto::PresenceList::new(id, &room, names)),
-                );
+                hub.reply(conn, proto::encode(&proto::PresenceList::new(id.as_ref(), &room, names)));
             }
-            Command::Ping => hub.reply(&self.conn, proto::encode(&proto::Pong::new(id))),
+            Command::Ping => hub.reply(conn, proto::encode(&proto::Pong::new(id.as_ref()))),
         }
     }
 }

@@ -216,7 +216,10 @@ async fn write_loop(
                 }
             };
             match written {
-                Ok(n) => metrics.bytes_out.increment(n as u64),
+                Ok(n) => {
+                    metrics.bytes_out.increment(n as u64);
+                    conn.notify_drained();
+                }
                 Err(_) => {
                     conn.close(close::GOING_AWAY, "write failed", false);
                     return;

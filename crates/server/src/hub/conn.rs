@@ -72,6 +72,9 @@ pub struct Conn {
     outbox: Mutex<Outbox>,
     /// Wakes the writer when frames are queued or a close is requested.
     wake: Notify,
+    /// Notified by the writer after each write: replays wait on it to stay
+    /// within the queue budget.
+    drained: Notify,
     /// Fired once when a close is requested (by the server or the hub).
     pub closing: Signal,
     /// Coarse clock (ms since hub start) of the last frame received.
@@ -93,6 +96,7 @@ impl Conn {
                 close: None,
             }),
             wake: Notify::new(),
+            drained: Notify::new(),
             closing: Signal::default(),
             last_seen: AtomicU64::new(now_ms),
             rooms: Mutex::new(Vec::new()),
@@ -192,6 +196,33 @@ impl Conn {
 
     pub fn queued_bytes(&self) -> usize {
         self.outbox.lock().bytes
+    }
+
+    pub fn queue_limit(&self) -> usize {
+        self.queue_limit
+    }
+
+    /// Called by the writer after each write.
+    pub fn notify_drained(&self) {
+        self.drained.notify_waiters();
+    }
+
+    /// Waits until at most half the queue budget is in use (or the
+    /// connection is closing), so a long replay never trips the slow-consumer
+    /// limit on a reader that keeps up.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.queued_bytes() <= self.queue_limit / 2 || self.closing.is_fired() {
+                return;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.closing.wait() => return,
+            }
+        }
     }
 }
 

@@ -2,15 +2,16 @@
 //! as [`Conn`] handles with an outbound queue; sockets live in the gateway.
 //!
 //! Concurrency: registries are sharded maps (`DashMap`), so unrelated rooms
-//! and users never contend. Each room has its own mutex, held while its seq
-//! is assigned and its message is queued to every member: that makes the
-//! order every member sees equal seq order, at the cost of one short critical
-//! section per message (queueing is a push onto each member's own queue).
+//! and users never contend. Seqs are assigned and committed by the pipeline
+//! (one writer thread), which then calls `deliver_room`/`deliver_direct` in
+//! commit order; each room has its own mutex, held while a message is queued
+//! to every member, so every member sees seq order.
 //!
 //! Lock order: a registry shard may be held while taking a room lock, never
 //! the other way round; a connection's outbox lock is innermost.
 
 mod conn;
+mod gate;
 mod relay;
 mod room;
 
@@ -25,6 +26,7 @@ use switchboard_protocol::{self as proto, ErrorCode, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
 pub use conn::{CloseReason, Conn, Push, Signal};
+use gate::Gated;
 pub use relay::Relay;
 use room::Room;
 
@@ -38,11 +40,8 @@ pub struct HubError {
 }
 
 impl HubError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> HubError {
-        HubError {
-            code,
-            message: message.into(),
-        }
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> HubError {
+        HubError { code, message: message.into() }
     }
 }
 
@@ -52,20 +51,25 @@ pub struct Delivery {
     pub seq: u64,
     pub delivered: usize,
     pub stored: bool,
+    /// The command repeated an earlier `id`: nothing new happened.
+    pub duplicate: bool,
 }
 
-/// Connections of one user, and the user's direct-message seq.
-#[derive(Default)]
-struct UserEntry {
-    conns: Vec<Arc<Conn>>,
-    /// Last seq of this user's inbox. In memory until the store lands, so it
-    /// survives the user going offline but not a restart.
-    inbox_seq: u64,
+/// Where a connection's replay must start and stop (exclusive, inclusive].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    pub after: u64,
+    pub upto: u64,
 }
 
 pub struct Hub {
     rooms: DashMap<Arc<str>, Arc<Room>>,
-    users: DashMap<Arc<str>, UserEntry>,
+    /// Live connections per user, each with the inbox seq it started from.
+    users: DashMap<Arc<str>, Vec<Gated>>,
+    /// Last committed seq per room and per inbox, set by the pipeline right
+    /// before it delivers (see `Room::join` for why that order is enough).
+    room_seqs: DashMap<Arc<str>, u64>,
+    inbox_seqs: DashMap<Arc<str>, u64>,
     /// Every live connection (both /ws and /relay), for heartbeat and shutdown.
     conns: DashMap<u64, Arc<Conn>>,
     pub relay: Relay,
@@ -78,10 +82,11 @@ pub struct Hub {
 
 /// Server time in milliseconds since the Unix epoch (the `ts` of events).
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn text(payload: Vec<u8>) -> SharedMessage {
+    SharedMessage::new(OpCode::Text, Bytes::from(payload))
 }
 
 impl Hub {
@@ -89,6 +94,8 @@ impl Hub {
         Hub {
             rooms: DashMap::new(),
             users: DashMap::new(),
+            room_seqs: DashMap::new(),
+            inbox_seqs: DashMap::new(),
             conns: DashMap::new(),
             relay: Relay::default(),
             metrics,
@@ -104,11 +111,7 @@ impl Hub {
     }
 
     /// Creates and registers a connection (not yet identified).
-    pub fn connect(
-        &self,
-        deflate: Option<switchboard_ws::DeflateConfig>,
-        queue_limit: usize,
-    ) -> Arc<Conn> {
+    pub fn connect(&self, deflate: Option<switchboard_ws::DeflateConfig>, queue_limit: usize) -> Arc<Conn> {
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(id, deflate, queue_limit, self.clock_ms()));
         self.conns.insert(id, conn.clone());
@@ -120,32 +123,84 @@ impl Hub {
         self.conns.len()
     }
 
+    /// Last committed seq of a room (0 if none).
+    pub fn room_seq(&self, room: &str) -> u64 {
+        self.room_seqs.get(room).map(|s| *s).unwrap_or(0)
+    }
+
+    /// Last committed seq of a user's inbox (0 if none).
+    pub fn inbox_seq(&self, user: &str) -> u64 {
+        self.inbox_seqs.get(user).map(|s| *s).unwrap_or(0)
+    }
+
+    /// Records a committed room seq (pipeline only, before delivering).
+    pub fn set_room_seq(&self, room: &Arc<str>, seq: u64) {
+        self.room_seqs.insert(room.clone(), seq);
+    }
+
+    /// Records a committed inbox seq (pipeline only, before delivering).
+    pub fn set_inbox_seq(&self, user: &Arc<str>, seq: u64) {
+        self.inbox_seqs.insert(user.clone(), seq);
+    }
+
+    /// Rooms with their last seq and online users, sorted by name.
+    pub fn rooms(&self) -> Vec<(Arc<str>, u64, usize)> {
+        let mut out: Vec<(Arc<str>, u64, usize)> = self
+            .room_seqs
+            .iter()
+            .map(|e| {
+                let online = self.room(e.key()).map(|r| r.online()).unwrap_or(0);
+                (e.key().clone(), *e.value(), online)
+            })
+            .collect();
+        for entry in self.rooms.iter() {
+            if !self.room_seqs.contains_key(entry.key()) {
+                out.push((entry.key().clone(), 0, entry.value().online()));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Gives a connection its user id and makes it reachable by `send`.
-    pub fn identify(&self, conn: &Arc<Conn>, user: &str) -> bool {
+    /// `welcome` is queued first; live directs are held back (gated) until
+    /// [`Hub::open_inbox`], so the inbox replay for `Replay` goes out first.
+    pub fn identify(&self, conn: &Arc<Conn>, user: &str, welcome: Vec<u8>) -> Option<Replay> {
         let user: Arc<str> = match self.users.get(user) {
             Some(entry) => entry.key().clone(),
             None => Arc::from(user),
         };
         if !conn.set_user(user.clone()) {
-            return false;
+            return None;
         }
-        let mut entry = self.users.entry(user).or_default();
-        if entry.conns.is_empty() {
+        let mut entry = self.users.entry(user.clone()).or_default();
+        if entry.is_empty() {
             self.metrics.users.increment(1.0);
         }
-        entry.conns.push(conn.clone());
-        true
+        let upto = self.inbox_seq(&user);
+        self.reply(conn, welcome);
+        entry.push(Gated::new(conn.clone(), upto, true));
+        Some(Replay { after: 0, upto })
     }
 
-    /// Removes a connection everywhere: its rooms (sending presence leaves
-    /// where it was the user's last connection there), its user, the registry.
+    /// Ends the inbox replay of `conn`: held directs go out, then live ones.
+    pub fn open_inbox(&self, conn: &Conn) {
+        if let Some(mut entry) = self.users.get_mut(conn.user()) {
+            if let Some(member) = entry.iter_mut().find(|m| m.conn.id == conn.id) {
+                member.open(&self.metrics);
+            }
+        }
+    }
+
+    /// Removes a connection everywhere: its user, the registry, its rooms
+    /// (sending presence leaves where it was the user's last connection).
     pub fn disconnect(&self, conn: &Arc<Conn>) {
         if let Some(user) = conn.user_arc() {
             let mut gone = false;
-            self.users.remove_if_mut(user, |_, entry| {
-                entry.conns.retain(|c| c.id != conn.id);
-                gone = entry.conns.is_empty();
-                gone && entry.inbox_seq == 0
+            self.users.remove_if_mut(user, |_, conns| {
+                conns.retain(|m| m.conn.id != conn.id);
+                gone = conns.is_empty();
+                gone
             });
             if gone {
                 self.metrics.users.decrement(1.0);
@@ -166,35 +221,43 @@ impl Hub {
         self.rooms.get(name).map(|r| r.value().clone())
     }
 
-    /// Joins `conn` to `room`. Replies `joined` on the connection itself
-    /// inside the room's critical section, so no message of the room can
-    /// overtake it; presence `join` goes to the others if this is the user's
-    /// first connection in the room. With `since` below the room's seq the
-    /// client is sent `reset`: without a store there is no history to replay.
-    pub fn join(&self, conn: &Arc<Conn>, room: &str, since: Option<u64>, id: Option<&Id>) {
+    /// Joins `conn` to `room` and queues `joined`. With `since` below the
+    /// room's committed seq, live events are held back until
+    /// [`Hub::open_room`] and the caller must replay the returned range.
+    pub fn join(&self, conn: &Arc<Conn>, room: &str, since: Option<u64>, id: Option<&Id>) -> Option<Replay> {
         loop {
             let entry = match self.room(room) {
                 Some(r) => r,
                 None => {
-                    let r = self
-                        .rooms
-                        .entry(Arc::from(room))
-                        .or_insert_with(|| Arc::new(Room::new(room)));
+                    let r = self.rooms.entry(Arc::from(room)).or_insert_with(|| Arc::new(Room::new(room)));
                     r.value().clone()
                 }
             };
-            match entry.join(conn, since, id) {
+            // Gate whenever `since` is given; the replay decides what to send.
+            let committed = || self.room_seq(room);
+            match entry.join(conn, id, committed, since.is_some(), &self.metrics) {
                 room::Joined::Retry => continue,
-                room::Joined::New { first_member } => {
+                room::Joined::New { first_member, from_seq } => {
                     if first_member {
                         self.metrics.rooms.increment(1.0);
                     }
                     conn.rooms.lock().push(entry.name.clone());
-                    return;
+                    return since.map(|after| Replay { after, upto: from_seq });
                 }
-                room::Joined::Already => return,
+                room::Joined::Already => return None,
             }
         }
+    }
+
+    /// Ends the replay of `room` for `conn`.
+    pub fn open_room(&self, conn: &Conn, room: &str) {
+        if let Some(r) = self.room(room) {
+            r.open_gate(conn, &self.metrics);
+        }
+    }
+
+    pub fn is_member(&self, conn: &Conn, room: &str) -> bool {
+        self.room(room).is_some_and(|r| r.is_member(conn))
     }
 
     /// Removes `conn` from `room`; false if it was not a member.
@@ -211,84 +274,78 @@ impl Hub {
 
     fn leave_room(&self, conn: &Arc<Conn>, name: &str) {
         let Some(room) = self.room(name) else { return };
-        if room.leave(conn) {
+        if room.leave(conn, &self.metrics) {
             self.metrics.rooms.decrement(1.0);
-            // Empty rooms that never carried a message are forgotten; rooms
-            // with messages keep their seq so it never restarts at 1.
-            self.rooms.remove_if(name, |_, r| r.retire_if_unused());
+            // Empty rooms are forgotten; their seq lives on in `room_seqs`.
+            self.rooms.remove_if(name, |_, r| r.retire_if_empty());
         }
     }
 
-    /// Publishes `body` to `room` from `conn`, which must be a member.
-    pub fn publish(
-        &self,
-        conn: &Arc<Conn>,
-        room: &str,
-        body: &RawValue,
-    ) -> Result<Delivery, HubError> {
+    /// Delivers a committed room message to the members (pipeline only).
+    pub fn deliver_room(&self, room: &str, seq: u64, from: &str, ts: u64, body: &RawValue, sender: Option<u64>) -> usize {
         let started = Instant::now();
-        let entry = self.room(room).ok_or_else(|| {
-            HubError::new(ErrorCode::NotJoined, format!("not joined to room `{room}`"))
-        })?;
-        let (seq, delivered) = entry
-            .publish(conn, body, unix_ms(), &self.metrics)
-            .ok_or_else(|| {
-                HubError::new(ErrorCode::NotJoined, format!("not joined to room `{room}`"))
-            })?;
+        let Some(entry) = self.room(room) else { return 0 };
+        let delivered = entry.deliver(seq, from, ts, body, sender, &self.metrics);
         self.metrics.messages_out.increment(delivered as u64);
-        self.metrics
-            .fanout_seconds
-            .record(started.elapsed().as_secs_f64());
-        Ok(Delivery {
-            seq,
-            delivered,
-            stored: false,
-        })
+        self.metrics.fanout_seconds.record(started.elapsed().as_secs_f64());
+        delivered
     }
 
-    /// Sends `body` to every connection of user `to`, and a copy to the
-    /// sender's other connections. `delivered` counts the recipient's.
-    pub fn send(&self, conn: &Arc<Conn>, to: &str, body: &RawValue) -> Delivery {
-        let from = conn.user();
-        // Users never seen have no inbox until the store lands: nothing is
-        // delivered or kept (seq 0), and no entry is created for them, so
-        // sends to made-up ids cannot grow the registry.
-        let Some(mut entry) = self.users.get_mut(to) else {
-            return Delivery {
-                seq: 0,
-                delivered: 0,
-                stored: false,
-            };
-        };
-        entry.inbox_seq += 1;
-        let seq = entry.inbox_seq;
-        let payload = proto::encode(&proto::Direct::new(from, to, seq, unix_ms(), body));
-        let message = SharedMessage::new(OpCode::Text, Bytes::from(payload));
+    /// Delivers a committed direct message to every connection of `to`, and
+    /// a copy to the sender's other connections (pipeline only). Returns how
+    /// many of the recipient's connections got it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn deliver_direct(
+        &self,
+        to: &str,
+        from: &str,
+        seq: u64,
+        gid: u64,
+        ts: u64,
+        body: &RawValue,
+        sender: Option<u64>,
+    ) -> usize {
+        let message = text(proto::encode(&proto::Direct::new(from, to, seq, gid, ts, body)));
         let mut delivered = 0;
-        for c in entry.conns.iter().filter(|c| c.id != conn.id) {
-            if self.push(c, &message) {
-                delivered += 1;
+        if let Some(mut conns) = self.users.get_mut(to) {
+            for member in conns.iter_mut() {
+                if Some(member.conn.id) != sender && seq > member.from_seq && member.push(&message, &self.metrics) {
+                    delivered += 1;
+                }
             }
         }
-        drop(entry);
         let mut copies = 0;
         if from != to {
-            if let Some(sender) = self.users.get(from) {
-                for c in sender.conns.iter().filter(|c| c.id != conn.id) {
-                    if self.push(c, &message) {
+            if let Some(conns) = self.users.get(from) {
+                for member in conns.iter().filter(|m| Some(m.conn.id) != sender) {
+                    if self.push(&member.conn, &message) {
                         copies += 1;
                     }
                 }
             }
         }
-        self.metrics
-            .messages_out
-            .increment((delivered + copies) as u64);
-        Delivery {
-            seq,
-            delivered,
-            stored: false,
+        self.metrics.messages_out.increment((delivered + copies) as u64);
+        delivered
+    }
+
+    /// Sends a read receipt to every connection of `to`.
+    pub fn read_receipt(&self, to: &str, by: &str, upto: u64) {
+        let message = text(proto::encode(&proto::ReadReceipt::new(by, upto)));
+        if let Some(conns) = self.users.get(to) {
+            for member in conns.iter() {
+                self.push(&member.conn, &message);
+            }
         }
+    }
+
+    /// Closes every connection of `user` (HTTP API); returns how many.
+    pub fn kick(&self, user: &str) -> usize {
+        let conns: Vec<Arc<Conn>> =
+            self.users.get(user).map(|c| c.iter().map(|m| m.conn.clone()).collect()).unwrap_or_default();
+        for conn in &conns {
+            conn.close(proto::close::KICKED, "disconnected by the server API", true);
+        }
+        conns.len()
     }
 
     /// Queues a shared message on one connection; false if it was not queued.
@@ -303,7 +360,7 @@ impl Hub {
 
     /// Queues an event for one connection only (replies, errors).
     pub fn reply(&self, conn: &Conn, payload: Vec<u8>) {
-        let frame = SharedMessage::new(OpCode::Text, Bytes::from(payload)).frame_for(conn.deflate);
+        let frame = text(payload).frame_for(conn.deflate);
         push_counted(conn, frame, &self.metrics);
     }
 

@@ -1,4 +1,5 @@
-//! One room: its members, who is online, and its message seq.
+//! One room: its members and who is online. Seqs are assigned by the
+//! pipeline; the room only delivers, in the order the pipeline commits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,12 +11,12 @@ use switchboard_protocol::{self as proto, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
 use super::conn::Conn;
-use super::push_counted;
+use super::gate::Gated;
 use crate::metrics::Metrics;
 
 pub(super) enum Joined {
-    /// Newly joined; `first_member` if the room was empty.
-    New { first_member: bool },
+    /// Newly joined, live from `from_seq` on; `first_member` if the room was empty.
+    New { first_member: bool, from_seq: u64 },
     /// The connection was already a member (`joined` was re-sent).
     Already,
     /// The room was retired concurrently; look it up again.
@@ -23,9 +24,7 @@ pub(super) enum Joined {
 }
 
 struct State {
-    /// Last assigned seq (0: nothing published yet).
-    seq: u64,
-    members: HashMap<u64, Arc<Conn>>,
+    members: HashMap<u64, Gated>,
     /// Connections per user: a user is online while this is > 0.
     online: HashMap<Arc<str>, u32>,
     /// Set when the room is removed from the registry.
@@ -37,64 +36,69 @@ pub(crate) struct Room {
     state: Mutex<State>,
 }
 
+fn text(payload: Vec<u8>) -> SharedMessage {
+    SharedMessage::new(OpCode::Text, Bytes::from(payload))
+}
+
 impl Room {
     pub(super) fn new(name: &str) -> Room {
         Room {
             name: Arc::from(name),
-            state: Mutex::new(State {
-                seq: 0,
-                members: HashMap::new(),
-                online: HashMap::new(),
-                retired: false,
-            }),
+            state: Mutex::new(State { members: HashMap::new(), online: HashMap::new(), retired: false }),
         }
     }
 
-    pub(super) fn join(&self, conn: &Arc<Conn>, since: Option<u64>, id: Option<&Id>) -> Joined {
+    /// Adds `conn`. `committed` reads the room's last committed seq; it is
+    /// called under the room lock, so every message after it reaches the new
+    /// member live and every message up to it is in the store. With `gate`
+    /// the member's live events are held back until [`Room::open_gate`]
+    /// (while a replay runs).
+    pub(super) fn join(
+        &self,
+        conn: &Arc<Conn>,
+        id: Option<&Id>,
+        committed: impl FnOnce() -> u64,
+        gate: bool,
+        metrics: &Metrics,
+    ) -> Joined {
         let mut st = self.state.lock();
         if st.retired {
             return Joined::Retry;
         }
-        let reply_joined = |st: &State| {
-            let payload =
-                proto::encode(&proto::Joined::new(id, &self.name, st.online.len(), st.seq));
-            conn.push(
-                SharedMessage::new(OpCode::Text, Bytes::from(payload)).frame_for(conn.deflate),
-            );
-            if since.is_some_and(|s| s < st.seq) {
-                let payload = proto::encode(&proto::Reset::new(&self.name, st.seq));
-                conn.push(
-                    SharedMessage::new(OpCode::Text, Bytes::from(payload)).frame_for(conn.deflate),
-                );
-            }
-        };
-        if st.members.contains_key(&conn.id) {
-            reply_joined(&st);
+        if let Some(member) = st.members.get(&conn.id) {
+            let payload = proto::encode(&proto::Joined::new(id, &self.name, st.online.len(), member.from_seq));
+            conn.push(text(payload).frame_for(conn.deflate));
             return Joined::Already;
         }
+        let from_seq = committed();
         let first_member = st.members.is_empty();
-        st.members.insert(conn.id, conn.clone());
         let user = conn.user_arc().cloned().unwrap_or_else(|| Arc::from(""));
         let count = st.online.entry(user.clone()).or_insert(0);
         *count += 1;
         let user_is_new = *count == 1;
-        reply_joined(&st);
+        // `joined` goes out before the gate closes: it must precede the replay.
+        let payload = proto::encode(&proto::Joined::new(id, &self.name, st.online.len(), from_seq));
+        conn.push(text(payload).frame_for(conn.deflate));
+        st.members.insert(conn.id, Gated::new(conn.clone(), from_seq, gate));
         if user_is_new {
-            let payload = proto::encode(&proto::PresenceChange::join(
-                &self.name,
-                &user,
-                st.online.len(),
-            ));
-            let message = SharedMessage::new(OpCode::Text, Bytes::from(payload));
-            for member in st.members.values().filter(|c| c.id != conn.id) {
-                member.push(message.frame_for(member.deflate));
+            let payload = proto::encode(&proto::PresenceChange::join(&self.name, &user, st.online.len()));
+            let message = text(payload);
+            for member in st.members.values_mut().filter(|m| m.conn.id != conn.id) {
+                member.push(&message, metrics);
             }
         }
-        Joined::New { first_member }
+        Joined::New { first_member, from_seq }
+    }
+
+    /// Releases what was held back for `conn` while its replay ran.
+    pub(super) fn open_gate(&self, conn: &Conn, metrics: &Metrics) {
+        if let Some(member) = self.state.lock().members.get_mut(&conn.id) {
+            member.open(metrics);
+        }
     }
 
     /// Removes `conn`; true if the room is now empty.
-    pub(super) fn leave(&self, conn: &Arc<Conn>) -> bool {
+    pub(super) fn leave(&self, conn: &Arc<Conn>, metrics: &Metrics) -> bool {
         let mut st = self.state.lock();
         if st.members.remove(&conn.id).is_none() {
             return false;
@@ -109,24 +113,20 @@ impl Room {
             }
         }
         if user_left && !st.members.is_empty() {
-            let payload = proto::encode(&proto::PresenceChange::leave(
-                &self.name,
-                user,
-                st.online.len(),
-            ));
-            let message = SharedMessage::new(OpCode::Text, Bytes::from(payload));
-            for member in st.members.values() {
-                member.push(message.frame_for(member.deflate));
+            let online = st.online.len();
+            let message = text(proto::encode(&proto::PresenceChange::leave(&self.name, user, online)));
+            for member in st.members.values_mut() {
+                member.push(&message, metrics);
             }
         }
         st.members.is_empty()
     }
 
     /// Called under the registry's shard lock: marks the room retired (and
-    /// tells the caller to drop it) if it is empty and never had a message.
-    pub(super) fn retire_if_unused(&self) -> bool {
+    /// tells the caller to drop it) if it is empty.
+    pub(super) fn retire_if_empty(&self) -> bool {
         let mut st = self.state.lock();
-        if st.members.is_empty() && st.seq == 0 {
+        if st.members.is_empty() {
             st.retired = true;
             true
         } else {
@@ -134,30 +134,30 @@ impl Room {
         }
     }
 
-    /// Assigns the next seq and queues the message, framed once, to every
-    /// member but the sender. None if `conn` is not a member.
-    pub(super) fn publish(
+    pub(super) fn is_member(&self, conn: &Conn) -> bool {
+        self.state.lock().members.contains_key(&conn.id)
+    }
+
+    /// Queues a committed message, framed once, to every member that joined
+    /// before it, except the sending connection. Returns how many got it.
+    pub(super) fn deliver(
         &self,
-        conn: &Arc<Conn>,
-        body: &RawValue,
+        seq: u64,
+        from: &str,
         ts: u64,
+        body: &RawValue,
+        sender: Option<u64>,
         metrics: &Metrics,
-    ) -> Option<(u64, usize)> {
+    ) -> usize {
+        let message = text(proto::encode(&proto::Message::new(&self.name, seq, from, ts, body)));
         let mut st = self.state.lock();
-        if !st.members.contains_key(&conn.id) {
-            return None;
-        }
-        st.seq += 1;
-        let seq = st.seq;
-        let payload = proto::encode(&proto::Message::new(&self.name, seq, conn.user(), ts, body));
-        let message = SharedMessage::new(OpCode::Text, Bytes::from(payload));
         let mut delivered = 0;
-        for member in st.members.values().filter(|c| c.id != conn.id) {
-            if push_counted(member, message.frame_for(member.deflate), metrics) {
+        for member in st.members.values_mut() {
+            if Some(member.conn.id) != sender && seq > member.from_seq && member.push(&message, metrics) {
                 delivered += 1;
             }
         }
-        Some((seq, delivered))
+        delivered
     }
 
     pub(super) fn users(&self) -> Vec<Arc<str>> {
@@ -165,5 +165,9 @@ impl Room {
         let mut users: Vec<Arc<str>> = st.online.keys().cloned().collect();
         users.sort();
         users
+    }
+
+    pub(super) fn online(&self) -> usize {
+        self.state.lock().online.len()
     }
 }

@@ -1,0 +1,195 @@
+//! Reads from the store on behalf of a connection: the replay after `join`
+//! with `since`, the inbox delivery after identification, and `history`.
+//! Store reads run on the blocking pool; results are queued to the
+//! connection while its live events are held back (see `hub::gate`).
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use switchboard_protocol::{self as proto, ErrorCode, Id};
+
+use super::App;
+use crate::hub::{Conn, Replay};
+use crate::store::{self, DirectRecord, RoomRecord};
+
+/// The largest value SQLite integers hold: "no upper bound" for cursors.
+const NO_BOUND: u64 = i64::MAX as u64;
+
+fn raw(body: String) -> Option<Box<RawValue>> {
+    RawValue::from_string(body).ok()
+}
+
+pub fn message_event(m: RoomRecord) -> Option<Vec<u8>> {
+    let body = raw(m.body)?;
+    Some(proto::encode(&proto::Message::new(&m.room, m.seq, &m.from, m.ts, &body)))
+}
+
+pub fn direct_event(d: DirectRecord) -> Option<Vec<u8>> {
+    let body = raw(d.body)?;
+    Some(proto::encode(&proto::Direct::new(&d.from, &d.to, d.seq, d.gid, d.ts, &body)))
+}
+
+/// Which part of `(after, upto]` can be replayed: the first seq to send, and
+/// the `reset` seq to announce first if that is not `after + 1` (retention
+/// dropped older ones, or more than `limit` are missing).
+fn plan(range: Replay, oldest: Option<u64>, limit: usize) -> (u64, Option<u64>) {
+    let wanted = range.after + 1;
+    let mut start = wanted.max(range.upto.saturating_sub(limit as u64) + 1);
+    start = match oldest {
+        Some(oldest) => start.max(oldest),
+        None => range.upto + 1,
+    };
+    let reset = (start > wanted).then(|| start - 1);
+    (start, reset)
+}
+
+async fn send_all(app: &App, conn: &Conn, reset: Option<Vec<u8>>, events: Vec<Vec<u8>>) {
+    if let Some(reset) = reset {
+        app.hub.reply(conn, reset);
+    }
+    for event in events {
+        if conn.queued_bytes() > conn.queue_limit() / 2 {
+            conn.wait_for_room().await;
+        }
+        app.hub.reply(conn, event);
+    }
+}
+
+/// Replays `range` of `room` to `conn`, then opens its gate.
+pub fn room(app: Arc<App>, conn: Arc<Conn>, room: String, range: Replay) {
+    tokio::spawn(async move {
+        let store = app.store.clone();
+        let limit = app.config.replay_limit;
+        let name = room.clone();
+        let read = tokio::task::spawn_blocking(move || -> store::Result<(Option<u64>, Vec<RoomRecord>)> {
+            if range.after >= range.upto {
+                return Ok((None, Vec::new()));
+            }
+            let (start, reset) = plan(range, store.room_oldest(&name)?, limit);
+            let records = if start <= range.upto {
+                store.room_after(&name, start - 1, (range.upto - start + 1) as usize)?
+            } else {
+                Vec::new()
+            };
+            Ok((reset, records))
+        })
+        .await;
+        let (reset, records) = match read {
+            Ok(Ok(found)) => found,
+            other => {
+                tracing::error!(room, ?other, "replay read failed");
+                (Some(range.upto), Vec::new())
+            }
+        };
+        let reset = reset.map(|seq| proto::encode(&proto::Reset::room(&room, seq)));
+        let events = records.into_iter().filter(|m| m.seq <= range.upto).filter_map(message_event).collect();
+        send_all(&app, &conn, reset, events).await;
+        app.hub.open_room(&conn, &room);
+    });
+}
+
+/// Delivers `user`'s inbox entries after this device's cursor, up to
+/// `range.upto`, then opens the inbox gate.
+pub fn inbox(app: Arc<App>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
+    tokio::spawn(async move {
+        let store = app.store.clone();
+        let limit = app.config.replay_limit;
+        let user = conn.user().to_string();
+        let read = tokio::task::spawn_blocking(move || -> store::Result<(Option<u64>, Vec<DirectRecord>)> {
+            let cursor = store.cursor(&user, &device)?;
+            let range = Replay { after: cursor.max(range.after), upto: range.upto };
+            if range.after >= range.upto {
+                return Ok((None, Vec::new()));
+            }
+            let (start, reset) = plan(range, store.inbox_oldest(&user)?, limit);
+            let records = if start <= range.upto {
+                store.inbox_after(&user, start - 1, (range.upto - start + 1) as usize)?
+            } else {
+                Vec::new()
+            };
+            Ok((reset, records))
+        })
+        .await;
+        let (reset, records) = match read {
+            Ok(Ok(found)) => found,
+            other => {
+                tracing::error!(user = conn.user(), ?other, "inbox read failed");
+                (Some(range.upto), Vec::new())
+            }
+        };
+        let reset = reset.map(|seq| proto::encode(&proto::Reset::inbox(seq)));
+        let events = records.into_iter().filter(|d| d.seq <= range.upto).filter_map(direct_event).collect();
+        send_all(&app, &conn, reset, events).await;
+        app.hub.open_inbox(&conn);
+    });
+}
+
+/// What `history` reads.
+pub enum Target {
+    Room(String),
+    With(String),
+}
+
+/// Reads history from the store and answers with a `history` event.
+pub async fn read_history(app: &App, me: &str, target: &Target, before: Option<u64>, limit: usize) -> store::Result<Vec<Box<RawValue>>> {
+    let store = app.store.clone();
+    let before = before.unwrap_or(NO_BOUND).min(NO_BOUND);
+    let me = me.to_string();
+    let target = match target {
+        Target::Room(r) => Target::Room(r.clone()),
+        Target::With(w) => Target::With(w.clone()),
+    };
+    let events = tokio::task::spawn_blocking(move || -> store::Result<Vec<Vec<u8>>> {
+        Ok(match &target {
+            Target::Room(room) => store.room_before(room, before, limit)?.into_iter().filter_map(message_event).collect(),
+            Target::With(with) => {
+                store.conversation(&me, with, before, limit)?.into_iter().filter_map(direct_event).collect()
+            }
+        })
+    })
+    .await
+    .map_err(|e| store::StoreError(e.to_string()))??;
+    Ok(events.into_iter().filter_map(|e| String::from_utf8(e).ok().and_then(raw)).collect())
+}
+
+pub fn history(app: Arc<App>, conn: Arc<Conn>, id: Option<Id>, target: Target, before: Option<u64>, limit: usize) {
+    tokio::spawn(async move {
+        match read_history(&app, conn.user(), &target, before, limit).await {
+            Ok(messages) => {
+                let (room, with) = match &target {
+                    Target::Room(r) => (Some(r.as_str()), None),
+                    Target::With(w) => (None, Some(w.as_str())),
+                };
+                let reply = proto::History { kind: "history", id: id.as_ref(), room, with, messages };
+                app.hub.reply(&conn, proto::encode(&reply));
+            }
+            Err(err) => {
+                tracing::error!(%err, "history read failed");
+                app.hub.metrics.error(ErrorCode::Unavailable);
+                let e = proto::Error::new(id.as_ref(), ErrorCode::Unavailable, "history is unavailable right now");
+                app.hub.reply(&conn, proto::encode(&e));
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_replays_everything_missing_when_held_and_within_limit() {
+        assert_eq!(plan(Replay { after: 3, upto: 10 }, Some(1), 100), (4, None));
+    }
+
+    #[test]
+    fn plan_resets_when_retention_dropped_the_start() {
+        assert_eq!(plan(Replay { after: 3, upto: 10 }, Some(6), 100), (6, Some(5)));
+        assert_eq!(plan(Replay { after: 3, upto: 10 }, None, 100), (11, Some(10)));
+    }
+
+    #[test]
+    fn plan_sends_only_the_newest_past_the_limit() {
+        assert_eq!(plan(Replay { after: 0, upto: 10 }, Some(1), 4), (7, Some(6)));
+    }
+}

@@ -1,0 +1,58 @@
+//! A subscription (a room membership, or a connection's inbox) that may be
+//! gated: while a replay from the store is being sent, live events are held
+//! back and released after it, so the client sees replay then live, in
+//! order, with nothing twice.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_protocol::close;
+use switchboard_ws::SharedMessage;
+
+use super::conn::Conn;
+use super::push_counted;
+use crate::metrics::Metrics;
+
+pub(super) struct Gated {
+    pub conn: Arc<Conn>,
+    /// Events with a seq up to this were committed before the subscription
+    /// started: the replay (or nothing) covers them, live delivery must not.
+    pub from_seq: u64,
+    /// Frames held while the gate is closed, and their size.
+    held: Option<(Vec<Bytes>, usize)>,
+}
+
+impl Gated {
+    pub fn new(conn: Arc<Conn>, from_seq: u64, gated: bool) -> Gated {
+        Gated { conn, from_seq, held: gated.then(|| (Vec::new(), 0)) }
+    }
+
+    /// Queues (or holds) one event; false if it was dropped.
+    pub fn push(&mut self, message: &SharedMessage, metrics: &Metrics) -> bool {
+        let frame = message.frame_for(self.conn.deflate);
+        match &mut self.held {
+            None => push_counted(&self.conn, frame, metrics),
+            Some((frames, bytes)) => {
+                *bytes += frame.len();
+                frames.push(frame);
+                if *bytes > self.conn.queue_limit() {
+                    // Held frames count against the same budget as queued ones.
+                    self.held = None;
+                    metrics.slow_consumer_disconnects.increment(1);
+                    self.conn.close(close::SLOW_CONSUMER, "slow consumer: outbound queue full", false);
+                    return false;
+                }
+                true
+            }
+        }
+    }
+
+    /// Releases held frames, in order, and delivers live from now on.
+    pub fn open(&mut self, metrics: &Metrics) {
+        if let Some((frames, _)) = self.held.take() {
+            for frame in frames {
+                push_counted(&self.conn, frame, metrics);
+            }
+        }
+    }
+}

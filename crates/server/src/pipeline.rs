@@ -1,0 +1,345 @@
+//! The write pipeline: one thread that turns publishes and sends into
+//! committed, sequenced records, then delivers them.
+//!
+//! Every write goes through here, so seqs are gapless and in commit order
+//! without locks: the thread owns the counters. Requests are taken in
+//! batches (everything waiting, up to `MAX_BATCH`), committed in one store
+//! transaction (one fsync), and only then delivered and acknowledged, in
+//! order. An `ack` therefore always means "on disk", and a seq a client has
+//! seen can never be reused after a crash. If the commit fails, the counters
+//! are rolled back and every request of the batch gets `unavailable`.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use switchboard_protocol::{self as proto, ErrorCode, Id};
+use tokio::sync::oneshot;
+
+use crate::hub::{unix_ms, Conn, Delivery, Hub, HubError};
+use crate::store::{DedupeRecord, DirectRecord, Retention, RoomRecord, Store, StoreError, Write};
+
+const MAX_BATCH: usize = 1024;
+/// How often retention and the dedupe window are enforced.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a result goes.
+pub enum Reply {
+    /// Queue `ack` (or `error`) on the connection, echoing the command id.
+    Conn { conn: Arc<Conn>, id: Option<Id> },
+    /// Hand the result to a waiting task (HTTP API).
+    Channel(oneshot::Sender<Result<Delivery, HubError>>),
+}
+
+pub enum Job {
+    Publish {
+        room: Arc<str>,
+        from: Arc<str>,
+        /// The sending connection, which gets the ack instead of the message.
+        sender: Option<u64>,
+        body: Box<RawValue>,
+        id: Option<Id>,
+        reply: Reply,
+    },
+    Send {
+        to: Arc<str>,
+        from: Arc<str>,
+        sender: Option<u64>,
+        body: Box<RawValue>,
+        id: Option<Id>,
+        reply: Reply,
+    },
+    /// A device confirmed its inbox up to `upto`.
+    Cursor { user: String, device: String, upto: u64 },
+}
+
+pub struct Settings {
+    pub retention: Retention,
+    pub dedupe_window: Duration,
+}
+
+/// Handle to the writer thread.
+pub struct Pipeline {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Pipeline {
+    /// Recovers the counters from the store and starts the writer thread.
+    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>, settings: Settings) -> Result<Pipeline, StoreError> {
+        let window_ms = settings.dedupe_window.as_millis() as u64;
+        let recovered = store.recover(unix_ms().saturating_sub(window_ms))?;
+        let mut writer = Writer {
+            store,
+            hub,
+            settings,
+            rooms: HashMap::new(),
+            inboxes: HashMap::new(),
+            last_gid: recovered.last_gid,
+            dedupe: HashMap::new(),
+        };
+        for (room, seq) in recovered.rooms {
+            let room: Arc<str> = Arc::from(room);
+            writer.hub.set_room_seq(&room, seq);
+            writer.rooms.insert(room, seq);
+        }
+        for (user, seq) in recovered.inboxes {
+            let user: Arc<str> = Arc::from(user);
+            writer.hub.set_inbox_seq(&user, seq);
+            writer.inboxes.insert(user, seq);
+        }
+        for d in recovered.dedupe {
+            writer.dedupe.insert((d.user, d.id), (d.seq, d.ts));
+        }
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("switchboard-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
+        Ok(Pipeline { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Queues a job; `false` if the pipeline has stopped (shutdown).
+    pub fn submit(&self, job: Job) -> bool {
+        match &*self.tx.lock() {
+            Some(tx) => tx.send(job).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Commits what is queued, then stops the writer (graceful shutdown).
+    pub fn stop(&self) {
+        drop(self.tx.lock().take());
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What one job became inside a batch.
+enum Plan {
+    Room { seq: u64, ts: u64 },
+    Direct { seq: u64, gid: u64, ts: u64 },
+    /// A repeated id: acknowledge with the original seq. `tentative` when the
+    /// original is in this same batch (so it fails if the batch fails).
+    Duplicate { seq: u64, tentative: bool },
+    Cursor,
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    settings: Settings,
+    rooms: HashMap<Arc<str>, u64>,
+    inboxes: HashMap<Arc<str>, u64>,
+    last_gid: u64,
+    /// (user, raw id JSON) → (seq, ts) of the original.
+    dedupe: HashMap<(String, String), (u64, u64)>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        let mut last_trim = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(TRIM_EVERY) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.trim();
+                    last_trim = Instant::now();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch);
+            if last_trim.elapsed() >= TRIM_EVERY {
+                self.trim();
+                last_trim = Instant::now();
+            }
+        }
+    }
+
+    fn trim(&mut self) {
+        let now = unix_ms();
+        let dedupe_before = now.saturating_sub(self.settings.dedupe_window.as_millis() as u64);
+        self.dedupe.retain(|_, (_, ts)| *ts >= dedupe_before);
+        if let Err(err) = self.store.trim(self.settings.retention, now, dedupe_before) {
+            tracing::error!(%err, "store trim failed");
+        }
+    }
+
+    fn process(&mut self, batch: Vec<Job>) {
+        let now = unix_ms();
+        let mut writes = Vec::with_capacity(batch.len() * 2);
+        let mut plans = Vec::with_capacity(batch.len());
+        // What to undo if the commit fails.
+        let mut old_rooms: Vec<(Arc<str>, u64)> = Vec::new();
+        let mut old_inboxes: Vec<(Arc<str>, u64)> = Vec::new();
+        let old_gid = self.last_gid;
+        let mut new_keys: Vec<(String, String)> = Vec::new();
+
+        for job in &batch {
+            let plan = match job {
+                Job::Publish { room, from, body, id, .. } | Job::Send { to: room, from, body, id, .. } => {
+                    let key = id.as_ref().map(|id| (from.to_string(), id.as_json().to_string()));
+                    if let Some((seq, _)) = key.as_ref().and_then(|k| self.dedupe.get(k)) {
+                        let tentative = key.as_ref().is_some_and(|k| new_keys.contains(k));
+                        plans.push(Plan::Duplicate { seq: *seq, tentative });
+                        continue;
+                    }
+                    let is_room = matches!(job, Job::Publish { .. });
+                    let (counters, old) =
+                        if is_room { (&mut self.rooms, &mut old_rooms) } else { (&mut self.inboxes, &mut old_inboxes) };
+                    let counter = counters.entry(room.clone()).or_insert(0);
+                    old.push((room.clone(), *counter));
+                    *counter += 1;
+                    let seq = *counter;
+                    let target;
+                    let plan = if is_room {
+                        target = format!("room:{room}");
+                        writes.push(Write::Room(RoomRecord {
+                            room: room.to_string(),
+                            seq,
+                            from: from.to_string(),
+                            ts: now,
+                            body: body.get().to_string(),
+                        }));
+                        Plan::Room { seq, ts: now }
+                    } else {
+                        target = format!("user:{room}");
+                        self.last_gid += 1;
+                        writes.push(Write::Direct(DirectRecord {
+                            gid: self.last_gid,
+                            to: room.to_string(),
+                            seq,
+                            from: from.to_string(),
+                            ts: now,
+                            body: body.get().to_string(),
+                        }));
+                        Plan::Direct { seq, gid: self.last_gid, ts: now }
+                    };
+                    if let Some(key) = key {
+                        writes.push(Write::Dedupe(DedupeRecord {
+                            user: key.0.clone(),
+                            id: key.1.clone(),
+                            target,
+                            seq,
+                            ts: now,
+                        }));
+                        self.dedupe.insert(key.clone(), (seq, now));
+                        new_keys.push(key);
+                    }
+                    plan
+                }
+                Job::Cursor { user, device, upto } => {
+                    writes.push(Write::Cursor { user: user.clone(), device: device.clone(), upto: *upto });
+                    Plan::Cursor
+                }
+            };
+            plans.push(plan);
+        }
+
+        let committed = if writes.is_empty() { Ok(()) } else { self.store.commit(&writes) };
+        if let Err(err) = &committed {
+            tracing::error!(%err, jobs = batch.len(), "store commit failed: answering unavailable");
+            for (room, seq) in old_rooms.into_iter().rev() {
+                self.rooms.insert(room, seq);
+            }
+            for (user, seq) in old_inboxes.into_iter().rev() {
+                self.inboxes.insert(user, seq);
+            }
+            self.last_gid = old_gid;
+            for key in &new_keys {
+                self.dedupe.remove(key);
+            }
+        }
+
+        for (job, plan) in batch.into_iter().zip(plans) {
+            self.finish(job, plan, committed.is_ok());
+        }
+    }
+
+    /// Delivers one committed job and answers it (or answers `unavailable`).
+    fn finish(&self, job: Job, plan: Plan, committed: bool) {
+        let failed = match plan {
+            Plan::Duplicate { tentative, .. } => tentative && !committed,
+            Plan::Cursor => false,
+            _ => !committed,
+        };
+        let (reply, result) = match job {
+            Job::Cursor { .. } => return,
+            Job::Publish { room, from, sender, body, reply, .. } => {
+                let result = match plan {
+                    _ if failed => Err(unavailable()),
+                    Plan::Room { seq, ts } => {
+                        self.hub.set_room_seq(&room, seq);
+                        let delivered = self.hub.deliver_room(&room, seq, &from, ts, &body, sender);
+                        Ok(Delivery { seq, delivered, stored: true, duplicate: false })
+                    }
+                    Plan::Duplicate { seq, .. } => Ok(Delivery { seq, delivered: 0, stored: true, duplicate: true }),
+                    _ => return,
+                };
+                if let Reply::Conn { conn, id } = &reply {
+                    self.answer(conn, id.as_ref(), &result, |id, d| {
+                        let mut ack = proto::Ack::publish(id, &room, d.seq, d.delivered);
+                        ack.duplicate = d.duplicate;
+                        proto::encode(&ack)
+                    });
+                }
+                (reply, result)
+            }
+            Job::Send { to, from, sender, body, reply, .. } => {
+                let result = match plan {
+                    _ if failed => Err(unavailable()),
+                    Plan::Direct { seq, gid, ts } => {
+                        self.hub.set_inbox_seq(&to, seq);
+                        let delivered = self.hub.deliver_direct(&to, &from, seq, gid, ts, &body, sender);
+                        Ok(Delivery { seq, delivered, stored: true, duplicate: false })
+                    }
+                    Plan::Duplicate { seq, .. } => Ok(Delivery { seq, delivered: 0, stored: true, duplicate: true }),
+                    _ => return,
+                };
+                if let Reply::Conn { conn, id } = &reply {
+                    self.answer(conn, id.as_ref(), &result, |id, d| {
+                        let mut ack = proto::Ack::send(id, &to, d.seq, d.delivered, d.stored);
+                        ack.duplicate = d.duplicate;
+                        proto::encode(&ack)
+                    });
+                }
+                (reply, result)
+            }
+        };
+        if let Reply::Channel(tx) = reply {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn answer(
+        &self,
+        conn: &Conn,
+        id: Option<&Id>,
+        result: &Result<Delivery, HubError>,
+        ack: impl FnOnce(Option<&Id>, &Delivery) -> Vec<u8>,
+    ) {
+        match result {
+            Ok(d) => self.hub.reply(conn, ack(id, d)),
+            Err(e) => {
+                self.hub.metrics.error(e.code);
+                self.hub.reply(conn, proto::encode(&proto::Error::new(id, e.code, &e.message)));
+            }
+        }
+    }
+}
+
+fn unavailable() -> HubError {
+    HubError::new(ErrorCode::Unavailable, "the message store is unavailable; nothing was stored, retry later")
+}

@@ -1,0 +1,142 @@
+//! Durable storage: room messages, direct messages (per-recipient inboxes),
+//! per-device inbox cursors, and the dedupe table.
+//!
+//! The [`Store`] trait is deliberately small and synchronous. Writes come from
+//! one thread only (the [`crate::pipeline`] writer), in batches: one
+//! [`Store::commit`] is one transaction and one fsync, however many messages
+//! it carries. Seq numbers are assigned by the writer before the commit, so a
+//! backend only has to store what it is given; that keeps the SQLite and
+//! in-memory backends (and a Redis one) interchangeable. Reads may come from
+//! any thread (they run on tokio's blocking pool).
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+use std::fmt;
+
+/// A room message as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub room: String,
+    pub seq: u64,
+    pub from: String,
+    pub ts: u64,
+    /// The body's JSON text, exactly as the sender wrote it.
+    pub body: String,
+}
+
+/// A direct message as stored: `seq` is the recipient's inbox seq, `gid` a
+/// store-wide id that orders a conversation (both directions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectRecord {
+    pub gid: u64,
+    pub to: String,
+    pub seq: u64,
+    pub from: String,
+    pub ts: u64,
+    pub body: String,
+}
+
+/// What a repeated command id maps to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DedupeRecord {
+    pub user: String,
+    /// The raw JSON of the client's `id`.
+    pub id: String,
+    /// `room:NAME` or `user:NAME`: the target of the original command.
+    pub target: String,
+    pub seq: u64,
+    pub ts: u64,
+}
+
+/// One write of a batch.
+#[derive(Clone, Debug)]
+pub enum Write {
+    Room(RoomRecord),
+    Direct(DirectRecord),
+    Dedupe(DedupeRecord),
+    /// A device confirmed its inbox up to `upto`.
+    Cursor { user: String, device: String, upto: u64 },
+}
+
+/// What the writer needs at start-up to continue the sequences.
+#[derive(Default, Debug)]
+pub struct Recovered {
+    /// Last seq of every room ever written.
+    pub rooms: Vec<(String, u64)>,
+    /// Last inbox seq of every user ever written to.
+    pub inboxes: Vec<(String, u64)>,
+    /// Highest direct-message gid.
+    pub last_gid: u64,
+    /// Dedupe entries newer than the requested cut-off.
+    pub dedupe: Vec<DedupeRecord>,
+}
+
+/// How long messages are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// Messages kept per room (and per inbox).
+    pub count: u64,
+    /// Messages older than this (ms) are dropped.
+    pub age_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub trait Store: Send + Sync + 'static {
+    /// Reads what the writer needs to continue; dedupe entries newer than
+    /// `dedupe_since` (ms).
+    fn recover(&self, dedupe_since: u64) -> Result<Recovered>;
+
+    /// Applies a batch atomically and durably (one transaction).
+    fn commit(&self, batch: &[Write]) -> Result<()>;
+
+    /// Room messages with `after < seq`, oldest first, at most `limit`.
+    fn room_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<RoomRecord>>;
+
+    /// The newest `limit` room messages with `seq < before`, oldest first.
+    fn room_before(&self, room: &str, before: u64, limit: usize) -> Result<Vec<RoomRecord>>;
+
+    /// Oldest seq still held for the room, if any.
+    fn room_oldest(&self, room: &str) -> Result<Option<u64>>;
+
+    /// Inbox entries of `user` with `after < seq`, oldest first.
+    fn inbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<DirectRecord>>;
+
+    /// Oldest inbox seq still held for `user`, if any.
+    fn inbox_oldest(&self, user: &str) -> Result<Option<u64>>;
+
+    /// The newest `limit` messages between `a` and `b` (both directions)
+    /// with `gid < before`, oldest first.
+    fn conversation(&self, a: &str, b: &str, before: u64, limit: usize) -> Result<Vec<DirectRecord>>;
+
+    /// Inbox position a device confirmed (0 if none).
+    fn cursor(&self, user: &str, device: &str) -> Result<u64>;
+
+    /// Drops what retention no longer covers, and dedupe entries older than
+    /// `dedupe_before` (ms). Called by the writer between batches.
+    fn trim(&self, retention: Retention, now_ms: u64, dedupe_before: u64) -> Result<()>;
+
+    /// Cheap health probe for `/readyz`.
+    fn check(&self) -> Result<()>;
+}

@@ -1,0 +1,256 @@
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL`, so a
+//! committed batch survives `kill -9` and power loss. One connection writes
+//! (the pipeline thread); readers take a connection from a small pool (WAL
+//! lets them read while the writer commits).
+
+use std::path::Path;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{DedupeRecord, DirectRecord, Recovered, Result, Retention, RoomRecord, Store, StoreError, Write};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS room_messages (
+    room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+    ts INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS room_messages_ts ON room_messages (ts);
+-- Last seq per room, kept even when retention dropped every message, so a
+-- room's seq never goes back.
+CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS directs (
+    gid INTEGER PRIMARY KEY, recipient TEXT NOT NULL, seq INTEGER NOT NULL,
+    sender TEXT NOT NULL, ts INTEGER NOT NULL, body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS directs_inbox ON directs (recipient, seq);
+CREATE INDEX IF NOT EXISTS directs_pair ON directs (sender, recipient, gid);
+CREATE INDEX IF NOT EXISTS directs_ts ON directs (ts);
+CREATE TABLE IF NOT EXISTS inboxes (user TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors (
+    user TEXT NOT NULL, device TEXT NOT NULL, upto INTEGER NOT NULL,
+    PRIMARY KEY (user, device)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedupe (
+    user TEXT NOT NULL, id TEXT NOT NULL, target TEXT NOT NULL,
+    seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (user, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_ts ON dedupe (ts);
+";
+
+pub struct SqliteStore {
+    path: std::path::PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `DIR/switchboard.db`.
+    pub fn open(dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("switchboard.db");
+        let writer = open(&path)?;
+        writer.execute_batch(SCHEMA)?;
+        // Fail now, not on the first message, if the file is unusable.
+        writer.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)).and_then(|s| {
+            if s == "ok" {
+                Ok(())
+            } else {
+                Err(rusqlite::Error::InvalidQuery)
+            }
+        })?;
+        Ok(SqliteStore { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = match self.readers.lock().pop() {
+            Some(conn) => conn,
+            None => open(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock();
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        Ok(result?)
+    }
+}
+
+fn room_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomRecord> {
+    Ok(RoomRecord { room: r.get(0)?, seq: r.get(1)?, from: r.get(2)?, ts: r.get(3)?, body: r.get(4)? })
+}
+
+fn direct_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DirectRecord> {
+    Ok(DirectRecord { gid: r.get(0)?, to: r.get(1)?, seq: r.get(2)?, from: r.get(3)?, ts: r.get(4)?, body: r.get(5)? })
+}
+
+impl Store for SqliteStore {
+    fn recover(&self, dedupe_since: u64) -> Result<Recovered> {
+        let conn = self.writer.lock();
+        let pairs = |sql: &str| -> rusqlite::Result<Vec<(String, u64)>> {
+            let mut stmt = conn.prepare(sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        let rooms = pairs("SELECT room, last_seq FROM rooms")?;
+        let inboxes = pairs("SELECT user, last_seq FROM inboxes")?;
+        let last_gid: Option<u64> = conn.query_row("SELECT max(gid) FROM directs", [], |r| r.get(0))?;
+        let mut stmt = conn.prepare("SELECT user, id, target, seq, ts FROM dedupe WHERE ts >= ?1")?;
+        let dedupe = stmt
+            .query_map([dedupe_since], |r| {
+                Ok(DedupeRecord { user: r.get(0)?, id: r.get(1)?, target: r.get(2)?, seq: r.get(3)?, ts: r.get(4)? })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Recovered { rooms, inboxes, last_gid: last_gid.unwrap_or(0), dedupe })
+    }
+
+    fn commit(&self, batch: &[Write]) -> Result<()> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut room = tx.prepare_cached(
+                "INSERT INTO room_messages (room, seq, sender, ts, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut room_seq = tx.prepare_cached(
+                "INSERT INTO rooms (room, last_seq) VALUES (?1, ?2)
+                 ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            )?;
+            let mut direct = tx.prepare_cached(
+                "INSERT INTO directs (gid, recipient, seq, sender, ts, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut inbox_seq = tx.prepare_cached(
+                "INSERT INTO inboxes (user, last_seq) VALUES (?1, ?2)
+                 ON CONFLICT (user) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            )?;
+            let mut dedupe = tx.prepare_cached(
+                "INSERT OR REPLACE INTO dedupe (user, id, target, seq, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut cursor = tx.prepare_cached(
+                "INSERT INTO cursors (user, device, upto) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user, device) DO UPDATE SET upto = max(upto, excluded.upto)",
+            )?;
+            for write in batch {
+                match write {
+                    Write::Room(m) => {
+                        room.execute(params![m.room, m.seq, m.from, m.ts, m.body])?;
+                        room_seq.execute(params![m.room, m.seq])?;
+                    }
+                    Write::Direct(d) => {
+                        direct.execute(params![d.gid, d.to, d.seq, d.from, d.ts, d.body])?;
+                        inbox_seq.execute(params![d.to, d.seq])?;
+                    }
+                    Write::Dedupe(d) => {
+                        dedupe.execute(params![d.user, d.id, d.target, d.seq, d.ts])?;
+                    }
+                    Write::Cursor { user, device, upto } => {
+                        cursor.execute(params![user, device, upto])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn room_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<RoomRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT room, seq, sender, ts, body FROM room_messages
+                 WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![room, after, limit as u64], room_row)?;
+            rows.collect()
+        })
+    }
+
+    fn room_before(&self, room: &str, before: u64, limit: usize) -> Result<Vec<RoomRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT room, seq, sender, ts, body FROM room_messages
+                 WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+            )?;
+            let mut rows = stmt.query_map(params![room, before, limit as u64], room_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+    }
+
+    fn room_oldest(&self, room: &str) -> Result<Option<u64>> {
+        self.read(|c| c.query_row("SELECT min(seq) FROM room_messages WHERE room = ?1", [room], |r| r.get(0)))
+    }
+
+    fn inbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<DirectRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT gid, recipient, seq, sender, ts, body FROM directs
+                 WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![user, after, limit as u64], direct_row)?;
+            rows.collect()
+        })
+    }
+
+    fn inbox_oldest(&self, user: &str) -> Result<Option<u64>> {
+        self.read(|c| c.query_row("SELECT min(seq) FROM directs WHERE recipient = ?1", [user], |r| r.get(0)))
+    }
+
+    fn conversation(&self, a: &str, b: &str, before: u64, limit: usize) -> Result<Vec<DirectRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT gid, recipient, seq, sender, ts, body FROM (
+                   SELECT * FROM directs WHERE sender = ?1 AND recipient = ?2 AND gid < ?3
+                   UNION ALL
+                   SELECT * FROM directs WHERE sender = ?2 AND recipient = ?1 AND gid < ?3
+                 ) ORDER BY gid DESC LIMIT ?4",
+            )?;
+            let mut rows =
+                stmt.query_map(params![a, b, before, limit as u64], direct_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+    }
+
+    fn cursor(&self, user: &str, device: &str) -> Result<u64> {
+        self.read(|c| {
+            c.query_row("SELECT upto FROM cursors WHERE user = ?1 AND device = ?2", [user, device], |r| r.get(0))
+                .optional()
+                .map(|v| v.unwrap_or(0))
+        })
+    }
+
+    fn trim(&self, retention: Retention, now_ms: u64, dedupe_before: u64) -> Result<()> {
+        let conn = self.writer.lock();
+        let cutoff = now_ms.saturating_sub(retention.age_ms);
+        conn.execute("DELETE FROM room_messages WHERE ts < ?1", [cutoff])?;
+        conn.execute("DELETE FROM directs WHERE ts < ?1", [cutoff])?;
+        conn.execute(
+            "DELETE FROM room_messages WHERE EXISTS (
+               SELECT 1 FROM rooms r WHERE r.room = room_messages.room AND room_messages.seq + ?1 <= r.last_seq)",
+            [retention.count],
+        )?;
+        conn.execute(
+            "DELETE FROM directs WHERE EXISTS (
+               SELECT 1 FROM inboxes i WHERE i.user = directs.recipient AND directs.seq + ?1 <= i.last_seq)",
+            [retention.count],
+        )?;
+        conn.execute("DELETE FROM dedupe WHERE ts < ?1", [dedupe_before])?;
+        Ok(())
+    }
+
+    fn check(&self) -> Result<()> {
+        self.read(|c| c.query_row("SELECT count(*) FROM rooms", [], |r| r.get::<_, i64>(0)).map(|_| ()))
+    }
+}
