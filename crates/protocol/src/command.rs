@@ -458,7 +458,9 @@ mod tests {
     #[test]
     fn decodes_persistence_commands() {
         assert!(matches!(
-            decode_command(r#"{"type":"received","upto":7}"#).unwrap().command,
+            decode_command(r#"{"type":"received","upto":7}"#)
+                .unwrap()
+                .command,
             Command::Received { upto: 7 }
         ));
         assert!(matches!(

@@ -173,7 +173,14 @@ pub struct Direct<'a> {
 }
 
 impl<'a> Direct<'a> {
-    pub fn new(from: &'a str, to: &'a str, seq: u64, gid: u64, ts: u64, body: &'a RawValue) -> Self {
+    pub fn new(
+        from: &'a str,
+        to: &'a str,
+        seq: u64,
+        gid: u64,
+        ts: u64,
+        body: &'a RawValue,
+    ) -> Self {
         Direct {
             kind: "direct",
             from,
@@ -259,11 +266,21 @@ pub struct Reset<'a> {
 
 impl<'a> Reset<'a> {
     pub fn room(room: &'a str, seq: u64) -> Self {
-        Reset { kind: "reset", room: Some(room), inbox: false, seq }
+        Reset {
+            kind: "reset",
+            room: Some(room),
+            inbox: false,
+            seq,
+        }
     }
 
     pub fn inbox(seq: u64) -> Self {
-        Reset { kind: "reset", room: None, inbox: true, seq }
+        Reset {
+            kind: "reset",
+            room: None,
+            inbox: true,
+            seq,
+        }
     }
 }
 
@@ -279,7 +296,11 @@ pub struct ReadReceipt<'a> {
 
 impl<'a> ReadReceipt<'a> {
     pub fn new(by: &'a str, upto: u64) -> Self {
-        ReadReceipt { kind: "read", by, upto }
+        ReadReceipt {
+            kind: "read",
+            by,
+            upto,
+        }
     }
 }
 
@@ -365,7 +386,9 @@ mod tests {
         let a = String::from_utf8(encode(&Ack::send(None, "bob", 1, 2, false))).unwrap();
         let mut dup = Ack::publish(None, "r", 9, 0);
         dup.duplicate = true;
-        assert!(String::from_utf8(encode(&dup)).unwrap().ends_with(r#""duplicate":true}"#));
+        assert!(String::from_utf8(encode(&dup))
+            .unwrap()
+            .ends_with(r#""duplicate":true}"#));
         assert_eq!(
             a,
             r#"{"type":"ack","to":"bob","seq":1,"delivered":2,"stored":false}"#

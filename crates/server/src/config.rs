@@ -58,7 +58,11 @@ pub struct Config {
     pub handshake_timeout: Duration,
 
     /// Where the embedded store keeps its files.
-    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./switchboard-data")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATA_DIR",
+        default_value = "./switchboard-data"
+    )]
     pub data_dir: std::path::PathBuf,
 
     /// Store backend: `sqlite` (durable, in --data-dir) or `memory`
@@ -135,7 +139,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86_400.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m, h or d)"
+            ))
+        }
     };
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("duration must be positive: `{text}`"));

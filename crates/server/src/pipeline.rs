@@ -10,6 +10,7 @@
 //! are rolled back and every request of the batch gets `unavailable`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,7 +54,11 @@ pub enum Job {
         reply: Reply,
     },
     /// A device confirmed its inbox up to `upto`.
-    Cursor { user: String, device: String, upto: u64 },
+    Cursor {
+        user: String,
+        device: String,
+        upto: u64,
+    },
 }
 
 pub struct Settings {
@@ -64,15 +69,23 @@ pub struct Settings {
 /// Handle to the writer thread.
 pub struct Pipeline {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
+    /// False while the last commit failed (shown by `/readyz`).
+    healthy: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Pipeline {
     /// Recovers the counters from the store and starts the writer thread.
-    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>, settings: Settings) -> Result<Pipeline, StoreError> {
+    pub fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        settings: Settings,
+    ) -> Result<Pipeline, StoreError> {
         let window_ms = settings.dedupe_window.as_millis() as u64;
         let recovered = store.recover(unix_ms().saturating_sub(window_ms))?;
+        let healthy = Arc::new(AtomicBool::new(true));
         let mut writer = Writer {
+            healthy: healthy.clone(),
             store,
             hub,
             settings,
@@ -99,7 +112,11 @@ impl Pipeline {
             .name("switchboard-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
-        Ok(Pipeline { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        Ok(Pipeline {
+            tx: Mutex::new(Some(tx)),
+            healthy,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Queues a job; `false` if the pipeline has stopped (shutdown).
@@ -108,6 +125,11 @@ impl Pipeline {
             Some(tx) => tx.send(job).is_ok(),
             None => false,
         }
+    }
+
+    /// Whether the last commit succeeded.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// Commits what is queued, then stops the writer (graceful shutdown).
@@ -121,15 +143,26 @@ impl Pipeline {
 
 /// What one job became inside a batch.
 enum Plan {
-    Room { seq: u64, ts: u64 },
-    Direct { seq: u64, gid: u64, ts: u64 },
+    Room {
+        seq: u64,
+        ts: u64,
+    },
+    Direct {
+        seq: u64,
+        gid: u64,
+        ts: u64,
+    },
     /// A repeated id: acknowledge with the original seq. `tentative` when the
     /// original is in this same batch (so it fails if the batch fails).
-    Duplicate { seq: u64, tentative: bool },
+    Duplicate {
+        seq: u64,
+        tentative: bool,
+    },
     Cursor,
 }
 
 struct Writer {
+    healthy: Arc<AtomicBool>,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     settings: Settings,
@@ -172,7 +205,8 @@ impl Writer {
         let now = unix_ms();
         let dedupe_before = now.saturating_sub(self.settings.dedupe_window.as_millis() as u64);
         self.dedupe.retain(|_, (_, ts)| *ts >= dedupe_before);
-        if let Err(err) = self.store.trim(self.settings.retention, now, dedupe_before) {
+        let older_than = now.saturating_sub(self.settings.retention.age_ms);
+        if let Err(err) = self.store.trim(older_than, dedupe_before) {
             tracing::error!(%err, "store trim failed");
         }
     }
@@ -189,16 +223,37 @@ impl Writer {
 
         for job in &batch {
             let plan = match job {
-                Job::Publish { room, from, body, id, .. } | Job::Send { to: room, from, body, id, .. } => {
-                    let key = id.as_ref().map(|id| (from.to_string(), id.as_json().to_string()));
+                Job::Publish {
+                    room,
+                    from,
+                    body,
+                    id,
+                    ..
+                }
+                | Job::Send {
+                    to: room,
+                    from,
+                    body,
+                    id,
+                    ..
+                } => {
+                    let key = id
+                        .as_ref()
+                        .map(|id| (from.to_string(), id.as_json().to_string()));
                     if let Some((seq, _)) = key.as_ref().and_then(|k| self.dedupe.get(k)) {
                         let tentative = key.as_ref().is_some_and(|k| new_keys.contains(k));
-                        plans.push(Plan::Duplicate { seq: *seq, tentative });
+                        plans.push(Plan::Duplicate {
+                            seq: *seq,
+                            tentative,
+                        });
                         continue;
                     }
                     let is_room = matches!(job, Job::Publish { .. });
-                    let (counters, old) =
-                        if is_room { (&mut self.rooms, &mut old_rooms) } else { (&mut self.inboxes, &mut old_inboxes) };
+                    let (counters, old) = if is_room {
+                        (&mut self.rooms, &mut old_rooms)
+                    } else {
+                        (&mut self.inboxes, &mut old_inboxes)
+                    };
                     let counter = counters.entry(room.clone()).or_insert(0);
                     old.push((room.clone(), *counter));
                     *counter += 1;
@@ -225,7 +280,11 @@ impl Writer {
                             ts: now,
                             body: body.get().to_string(),
                         }));
-                        Plan::Direct { seq, gid: self.last_gid, ts: now }
+                        Plan::Direct {
+                            seq,
+                            gid: self.last_gid,
+                            ts: now,
+                        }
                     };
                     if let Some(key) = key {
                         writes.push(Write::Dedupe(DedupeRecord {
@@ -241,14 +300,44 @@ impl Writer {
                     plan
                 }
                 Job::Cursor { user, device, upto } => {
-                    writes.push(Write::Cursor { user: user.clone(), device: device.clone(), upto: *upto });
+                    writes.push(Write::Cursor {
+                        user: user.clone(),
+                        device: device.clone(),
+                        upto: *upto,
+                    });
                     Plan::Cursor
                 }
             };
             plans.push(plan);
         }
 
-        let committed = if writes.is_empty() { Ok(()) } else { self.store.commit(&writes) };
+        // Retention by count, in the same transaction: each room or inbox
+        // this batch wrote to keeps its newest `count` messages.
+        let keep = self.settings.retention.count;
+        for (room, _) in &old_rooms {
+            let last = self.rooms.get(room).copied().unwrap_or(0);
+            if last > keep {
+                writes.push(Write::TrimRoom {
+                    room: room.to_string(),
+                    upto: last - keep,
+                });
+            }
+        }
+        for (user, _) in &old_inboxes {
+            let last = self.inboxes.get(user).copied().unwrap_or(0);
+            if last > keep {
+                writes.push(Write::TrimInbox {
+                    user: user.to_string(),
+                    upto: last - keep,
+                });
+            }
+        }
+        let committed = if writes.is_empty() {
+            Ok(())
+        } else {
+            self.store.commit(&writes)
+        };
+        self.healthy.store(committed.is_ok(), Ordering::Relaxed);
         if let Err(err) = &committed {
             tracing::error!(%err, jobs = batch.len(), "store commit failed: answering unavailable");
             for (room, seq) in old_rooms.into_iter().rev() {
@@ -277,15 +366,32 @@ impl Writer {
         };
         let (reply, result) = match job {
             Job::Cursor { .. } => return,
-            Job::Publish { room, from, sender, body, reply, .. } => {
+            Job::Publish {
+                room,
+                from,
+                sender,
+                body,
+                reply,
+                ..
+            } => {
                 let result = match plan {
                     _ if failed => Err(unavailable()),
                     Plan::Room { seq, ts } => {
                         self.hub.set_room_seq(&room, seq);
                         let delivered = self.hub.deliver_room(&room, seq, &from, ts, &body, sender);
-                        Ok(Delivery { seq, delivered, stored: true, duplicate: false })
+                        Ok(Delivery {
+                            seq,
+                            delivered,
+                            stored: true,
+                            duplicate: false,
+                        })
                     }
-                    Plan::Duplicate { seq, .. } => Ok(Delivery { seq, delivered: 0, stored: true, duplicate: true }),
+                    Plan::Duplicate { seq, .. } => Ok(Delivery {
+                        seq,
+                        delivered: 0,
+                        stored: true,
+                        duplicate: true,
+                    }),
                     _ => return,
                 };
                 if let Reply::Conn { conn, id } = &reply {
@@ -297,15 +403,34 @@ impl Writer {
                 }
                 (reply, result)
             }
-            Job::Send { to, from, sender, body, reply, .. } => {
+            Job::Send {
+                to,
+                from,
+                sender,
+                body,
+                reply,
+                ..
+            } => {
                 let result = match plan {
                     _ if failed => Err(unavailable()),
                     Plan::Direct { seq, gid, ts } => {
                         self.hub.set_inbox_seq(&to, seq);
-                        let delivered = self.hub.deliver_direct(&to, &from, seq, gid, ts, &body, sender);
-                        Ok(Delivery { seq, delivered, stored: true, duplicate: false })
+                        let delivered = self
+                            .hub
+                            .deliver_direct(&to, &from, seq, gid, ts, &body, sender);
+                        Ok(Delivery {
+                            seq,
+                            delivered,
+                            stored: true,
+                            duplicate: false,
+                        })
                     }
-                    Plan::Duplicate { seq, .. } => Ok(Delivery { seq, delivered: 0, stored: true, duplicate: true }),
+                    Plan::Duplicate { seq, .. } => Ok(Delivery {
+                        seq,
+                        delivered: 0,
+                        stored: true,
+                        duplicate: true,
+                    }),
                     _ => return,
                 };
                 if let Reply::Conn { conn, id } = &reply {
@@ -334,12 +459,18 @@ impl Writer {
             Ok(d) => self.hub.reply(conn, ack(id, d)),
             Err(e) => {
                 self.hub.metrics.error(e.code);
-                self.hub.reply(conn, proto::encode(&proto::Error::new(id, e.code, &e.message)));
+                self.hub.reply(
+                    conn,
+                    proto::encode(&proto::Error::new(id, e.code, &e.message)),
+                );
             }
         }
     }
 }
 
 fn unavailable() -> HubError {
-    HubError::new(ErrorCode::Unavailable, "the message store is unavailable; nothing was stored, retry later")
+    HubError::new(
+        ErrorCode::Unavailable,
+        "the message store is unavailable; nothing was stored, retry later",
+    )
 }

@@ -57,7 +57,12 @@ impl Server {
 
     /// Starts a server on `listen` with its store in `data_dir` (kept as is,
     /// so a restart finds the previous data).
-    pub fn start_in(data_dir: &std::path::Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+    pub fn start_in(
+        data_dir: &std::path::Path,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("serve")
             .args(["--listen", listen])
@@ -81,7 +86,11 @@ impl Server {
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-        Server { addr, child, data_dir: data_dir.to_path_buf() }
+        Server {
+            addr,
+            child,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -204,11 +213,17 @@ impl Client {
             .expect("send");
     }
 
-    /// Sends a command with a fresh `id` and returns that id.
+    /// Sends a command with a fresh `id` (unless it has one) and returns the
+    /// id. Fresh ids are unique across clients: the server deduplicates
+    /// publishes by (user, id), also across reconnects and restarts.
     pub async fn command(&mut self, mut value: Value) -> Value {
-        self.next_id += 1;
-        let id = json!(format!("c{}", self.next_id));
-        value["id"] = id.clone();
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        if value.get("id").is_none() {
+            self.next_id = NEXT.fetch_add(1, Ordering::Relaxed);
+            value["id"] = json!(format!("c{}-{}", std::process::id(), self.next_id));
+        }
+        let id = value["id"].clone();
         self.send(value).await;
         id
     }

@@ -23,7 +23,10 @@ use crate::pipeline::{Job, Reply};
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/api/rooms", get(rooms))
-        .route("/api/rooms/{room}/messages", get(room_history).post(publish))
+        .route(
+            "/api/rooms/{room}/messages",
+            get(room_history).post(publish),
+        )
         .route("/api/rooms/{room}/presence", get(presence))
         .route("/api/users/{user}/messages", axum::routing::post(send))
         .route("/api/users/{user}/connections", delete(disconnect))
@@ -34,7 +37,11 @@ struct ApiError(StatusCode, &'static str, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": {"code": self.1, "message": self.2}}))).into_response()
+        (
+            self.0,
+            Json(json!({"error": {"code": self.1, "message": self.2}})),
+        )
+            .into_response()
     }
 }
 
@@ -54,7 +61,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = app.config.api_key.as_deref() else {
-        return Err(ApiError(StatusCode::NOT_FOUND, "not_found", "the server API is disabled (no --api-key)".into()));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the server API is disabled (no --api-key)".into(),
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -64,7 +75,11 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         Ok(())
     } else {
-        Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong API key".into()))
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key".into(),
+        ))
     }
 }
 
@@ -78,13 +93,21 @@ struct Post {
 }
 
 fn parse_post(bytes: &[u8]) -> Result<(Box<RawValue>, Arc<str>, Option<Id>), ApiError> {
-    let post: Post = serde_json::from_slice(bytes).map_err(|e| bad_request(format!("invalid JSON body: {e}")))?;
-    let body = post.body.ok_or_else(|| bad_request("missing field `body`"))?;
+    let post: Post = serde_json::from_slice(bytes)
+        .map_err(|e| bad_request(format!("invalid JSON body: {e}")))?;
+    let body = post
+        .body
+        .ok_or_else(|| bad_request("missing field `body`"))?;
     let from = post.from.unwrap_or_else(|| "server".into());
     validate_user(&from).map_err(|m| bad_request(format!("from: {m}")))?;
     let id = match post.id {
         None => None,
-        Some(raw) if raw.get().starts_with('"') || raw.get().starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+        Some(raw)
+            if raw.get().starts_with('"')
+                || raw
+                    .get()
+                    .starts_with(|c: char| c == '-' || c.is_ascii_digit()) =>
+        {
             Id::from_json(raw.get())
         }
         Some(_) => return Err(bad_request("`id` must be a string or a number")),
@@ -92,15 +115,30 @@ fn parse_post(bytes: &[u8]) -> Result<(Box<RawValue>, Arc<str>, Option<Id>), Api
     Ok((body, Arc::from(from), id))
 }
 
-async fn submit(app: &App, job: impl FnOnce(Reply) -> Job) -> Result<crate::hub::Delivery, ApiError> {
+async fn submit(
+    app: &App,
+    job: impl FnOnce(Reply) -> Job,
+) -> Result<crate::hub::Delivery, ApiError> {
     let (tx, rx) = oneshot::channel();
     if !app.pipeline.submit(job(Reply::Channel(tx))) {
-        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is shutting down".into()));
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down".into(),
+        ));
     }
     match rx.await {
         Ok(Ok(delivery)) => Ok(delivery),
-        Ok(Err(e)) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code.as_str(), e.message)),
-        Err(_) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the write pipeline stopped".into())),
+        Ok(Err(e)) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.code.as_str(),
+            e.message,
+        )),
+        Err(_) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the write pipeline stopped".into(),
+        )),
     }
 }
 
@@ -114,8 +152,18 @@ async fn publish(
     validate_room(&room).map_err(bad_request)?;
     let (body, from, id) = parse_post(&bytes)?;
     let room: Arc<str> = Arc::from(room);
-    let d = submit(&app, |reply| Job::Publish { room: room.clone(), from, sender: None, body, id, reply }).await?;
-    Ok(Json(json!({"room": &*room, "seq": d.seq, "delivered": d.delivered, "duplicate": d.duplicate})))
+    let d = submit(&app, |reply| Job::Publish {
+        room: room.clone(),
+        from,
+        sender: None,
+        body,
+        id,
+        reply,
+    })
+    .await?;
+    Ok(Json(
+        json!({"room": &*room, "seq": d.seq, "delivered": d.delivered, "duplicate": d.duplicate}),
+    ))
 }
 
 async fn send(
@@ -128,11 +176,24 @@ async fn send(
     validate_user(&user).map_err(bad_request)?;
     let (body, from, id) = parse_post(&bytes)?;
     let to: Arc<str> = Arc::from(user);
-    let d = submit(&app, |reply| Job::Send { to: to.clone(), from, sender: None, body, id, reply }).await?;
-    Ok(Json(json!({"to": &*to, "seq": d.seq, "delivered": d.delivered, "stored": d.stored, "duplicate": d.duplicate})))
+    let d = submit(&app, |reply| Job::Send {
+        to: to.clone(),
+        from,
+        sender: None,
+        body,
+        id,
+        reply,
+    })
+    .await?;
+    Ok(Json(
+        json!({"to": &*to, "seq": d.seq, "delivered": d.delivered, "stored": d.stored, "duplicate": d.duplicate}),
+    ))
 }
 
-async fn rooms(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+async fn rooms(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
     let rooms: Vec<serde_json::Value> = app
         .hub
@@ -150,8 +211,15 @@ async fn presence(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
     validate_room(&room).map_err(bad_request)?;
-    let users: Vec<String> = app.hub.presence(&room).iter().map(|u| u.to_string()).collect();
-    Ok(Json(json!({"room": room, "online": users.len(), "users": users})))
+    let users: Vec<String> = app
+        .hub
+        .presence(&room)
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    Ok(Json(
+        json!({"room": room, "online": users.len(), "users": users}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -170,11 +238,19 @@ async fn room_history(
     validate_room(&room).map_err(bad_request)?;
     let limit = page.limit.unwrap_or(50);
     if limit == 0 || limit > MAX_HISTORY_LIMIT {
-        return Err(bad_request(format!("`limit` must be between 1 and {MAX_HISTORY_LIMIT}")));
+        return Err(bad_request(format!(
+            "`limit` must be between 1 and {MAX_HISTORY_LIMIT}"
+        )));
     }
     let messages = read_history(&app, "", &Target::Room(room.clone()), page.before, limit)
         .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+        .map_err(|e| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
     Ok(Json(json!({"room": room, "messages": messages})).into_response())
 }
 

@@ -46,11 +46,26 @@ async fn healthz() -> &'static str {
 /// Ready when the store answers (the writer thread runs as long as the
 /// process does; a failing disk shows here and in `unavailable` errors).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if !app.pipeline.healthy() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store unavailable: the last commit failed\n",
+        )
+            .into_response();
+    }
     let store = app.store.clone();
     match tokio::task::spawn_blocking(move || store.check()).await {
         Ok(Ok(())) => (StatusCode::OK, "ok: store reachable\n").into_response(),
-        Ok(Err(err)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {err}\n")).into_response(),
-        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("store check failed: {err}\n")).into_response(),
+        Ok(Err(err)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {err}\n"),
+        )
+            .into_response(),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store check failed: {err}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -86,7 +101,9 @@ async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Requ
         Err(message) => return refuse(&app, StatusCode::UNAUTHORIZED, &message),
     };
     let device = query.device;
-    upgrade(app, req, move |app, conn| Box::new(Session::new(app, conn, user, device)))
+    upgrade(app, req, move |app, conn| {
+        Box::new(Session::new(app, conn, user, device))
+    })
 }
 
 #[derive(Deserialize)]

@@ -52,7 +52,10 @@ impl Server {
         let store: Arc<dyn Store> = match config.store.as_str() {
             "memory" => Arc::new(MemoryStore::new()),
             _ => Arc::new(SqliteStore::open(&config.data_dir).map_err(|e| {
-                anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir.display())
+                anyhow::anyhow!(
+                    "cannot open the store in {}: {e}",
+                    config.data_dir.display()
+                )
             })?),
         };
         let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));

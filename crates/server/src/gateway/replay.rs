@@ -21,12 +21,16 @@ fn raw(body: String) -> Option<Box<RawValue>> {
 
 pub fn message_event(m: RoomRecord) -> Option<Vec<u8>> {
     let body = raw(m.body)?;
-    Some(proto::encode(&proto::Message::new(&m.room, m.seq, &m.from, m.ts, &body)))
+    Some(proto::encode(&proto::Message::new(
+        &m.room, m.seq, &m.from, m.ts, &body,
+    )))
 }
 
 pub fn direct_event(d: DirectRecord) -> Option<Vec<u8>> {
     let body = raw(d.body)?;
-    Some(proto::encode(&proto::Direct::new(&d.from, &d.to, d.seq, d.gid, d.ts, &body)))
+    Some(proto::encode(&proto::Direct::new(
+        &d.from, &d.to, d.seq, d.gid, d.ts, &body,
+    )))
 }
 
 /// Which part of `(after, upto]` can be replayed: the first seq to send, and
@@ -61,18 +65,20 @@ pub fn room(app: Arc<App>, conn: Arc<Conn>, room: String, range: Replay) {
         let store = app.store.clone();
         let limit = app.config.replay_limit;
         let name = room.clone();
-        let read = tokio::task::spawn_blocking(move || -> store::Result<(Option<u64>, Vec<RoomRecord>)> {
-            if range.after >= range.upto {
-                return Ok((None, Vec::new()));
-            }
-            let (start, reset) = plan(range, store.room_oldest(&name)?, limit);
-            let records = if start <= range.upto {
-                store.room_after(&name, start - 1, (range.upto - start + 1) as usize)?
-            } else {
-                Vec::new()
-            };
-            Ok((reset, records))
-        })
+        let read = tokio::task::spawn_blocking(
+            move || -> store::Result<(Option<u64>, Vec<RoomRecord>)> {
+                if range.after >= range.upto {
+                    return Ok((None, Vec::new()));
+                }
+                let (start, reset) = plan(range, store.room_oldest(&name)?, limit);
+                let records = if start <= range.upto {
+                    store.room_after(&name, start - 1, (range.upto - start + 1) as usize)?
+                } else {
+                    Vec::new()
+                };
+                Ok((reset, records))
+            },
+        )
         .await;
         let (reset, records) = match read {
             Ok(Ok(found)) => found,
@@ -82,7 +88,11 @@ pub fn room(app: Arc<App>, conn: Arc<Conn>, room: String, range: Replay) {
             }
         };
         let reset = reset.map(|seq| proto::encode(&proto::Reset::room(&room, seq)));
-        let events = records.into_iter().filter(|m| m.seq <= range.upto).filter_map(message_event).collect();
+        let events = records
+            .into_iter()
+            .filter(|m| m.seq <= range.upto)
+            .filter_map(message_event)
+            .collect();
         send_all(&app, &conn, reset, events).await;
         app.hub.open_room(&conn, &room);
     });
@@ -95,20 +105,25 @@ pub fn inbox(app: Arc<App>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
         let store = app.store.clone();
         let limit = app.config.replay_limit;
         let user = conn.user().to_string();
-        let read = tokio::task::spawn_blocking(move || -> store::Result<(Option<u64>, Vec<DirectRecord>)> {
-            let cursor = store.cursor(&user, &device)?;
-            let range = Replay { after: cursor.max(range.after), upto: range.upto };
-            if range.after >= range.upto {
-                return Ok((None, Vec::new()));
-            }
-            let (start, reset) = plan(range, store.inbox_oldest(&user)?, limit);
-            let records = if start <= range.upto {
-                store.inbox_after(&user, start - 1, (range.upto - start + 1) as usize)?
-            } else {
-                Vec::new()
-            };
-            Ok((reset, records))
-        })
+        let read = tokio::task::spawn_blocking(
+            move || -> store::Result<(Option<u64>, Vec<DirectRecord>)> {
+                let cursor = store.cursor(&user, &device)?;
+                let range = Replay {
+                    after: cursor.max(range.after),
+                    upto: range.upto,
+                };
+                if range.after >= range.upto {
+                    return Ok((None, Vec::new()));
+                }
+                let (start, reset) = plan(range, store.inbox_oldest(&user)?, limit);
+                let records = if start <= range.upto {
+                    store.inbox_after(&user, start - 1, (range.upto - start + 1) as usize)?
+                } else {
+                    Vec::new()
+                };
+                Ok((reset, records))
+            },
+        )
         .await;
         let (reset, records) = match read {
             Ok(Ok(found)) => found,
@@ -118,7 +133,11 @@ pub fn inbox(app: Arc<App>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
             }
         };
         let reset = reset.map(|seq| proto::encode(&proto::Reset::inbox(seq)));
-        let events = records.into_iter().filter(|d| d.seq <= range.upto).filter_map(direct_event).collect();
+        let events = records
+            .into_iter()
+            .filter(|d| d.seq <= range.upto)
+            .filter_map(direct_event)
+            .collect();
         send_all(&app, &conn, reset, events).await;
         app.hub.open_inbox(&conn);
     });
@@ -131,7 +150,13 @@ pub enum Target {
 }
 
 /// Reads history from the store and answers with a `history` event.
-pub async fn read_history(app: &App, me: &str, target: &Target, before: Option<u64>, limit: usize) -> store::Result<Vec<Box<RawValue>>> {
+pub async fn read_history(
+    app: &App,
+    me: &str,
+    target: &Target,
+    before: Option<u64>,
+    limit: usize,
+) -> store::Result<Vec<Box<RawValue>>> {
     let store = app.store.clone();
     let before = before.unwrap_or(NO_BOUND).min(NO_BOUND);
     let me = me.to_string();
@@ -141,18 +166,34 @@ pub async fn read_history(app: &App, me: &str, target: &Target, before: Option<u
     };
     let events = tokio::task::spawn_blocking(move || -> store::Result<Vec<Vec<u8>>> {
         Ok(match &target {
-            Target::Room(room) => store.room_before(room, before, limit)?.into_iter().filter_map(message_event).collect(),
-            Target::With(with) => {
-                store.conversation(&me, with, before, limit)?.into_iter().filter_map(direct_event).collect()
-            }
+            Target::Room(room) => store
+                .room_before(room, before, limit)?
+                .into_iter()
+                .filter_map(message_event)
+                .collect(),
+            Target::With(with) => store
+                .conversation(&me, with, before, limit)?
+                .into_iter()
+                .filter_map(direct_event)
+                .collect(),
         })
     })
     .await
     .map_err(|e| store::StoreError(e.to_string()))??;
-    Ok(events.into_iter().filter_map(|e| String::from_utf8(e).ok().and_then(raw)).collect())
+    Ok(events
+        .into_iter()
+        .filter_map(|e| String::from_utf8(e).ok().and_then(raw))
+        .collect())
 }
 
-pub fn history(app: Arc<App>, conn: Arc<Conn>, id: Option<Id>, target: Target, before: Option<u64>, limit: usize) {
+pub fn history(
+    app: Arc<App>,
+    conn: Arc<Conn>,
+    id: Option<Id>,
+    target: Target,
+    before: Option<u64>,
+    limit: usize,
+) {
     tokio::spawn(async move {
         match read_history(&app, conn.user(), &target, before, limit).await {
             Ok(messages) => {
@@ -160,13 +201,23 @@ pub fn history(app: Arc<App>, conn: Arc<Conn>, id: Option<Id>, target: Target, b
                     Target::Room(r) => (Some(r.as_str()), None),
                     Target::With(w) => (None, Some(w.as_str())),
                 };
-                let reply = proto::History { kind: "history", id: id.as_ref(), room, with, messages };
+                let reply = proto::History {
+                    kind: "history",
+                    id: id.as_ref(),
+                    room,
+                    with,
+                    messages,
+                };
                 app.hub.reply(&conn, proto::encode(&reply));
             }
             Err(err) => {
                 tracing::error!(%err, "history read failed");
                 app.hub.metrics.error(ErrorCode::Unavailable);
-                let e = proto::Error::new(id.as_ref(), ErrorCode::Unavailable, "history is unavailable right now");
+                let e = proto::Error::new(
+                    id.as_ref(),
+                    ErrorCode::Unavailable,
+                    "history is unavailable right now",
+                );
                 app.hub.reply(&conn, proto::encode(&e));
             }
         }
@@ -184,12 +235,21 @@ mod tests {
 
     #[test]
     fn plan_resets_when_retention_dropped_the_start() {
-        assert_eq!(plan(Replay { after: 3, upto: 10 }, Some(6), 100), (6, Some(5)));
-        assert_eq!(plan(Replay { after: 3, upto: 10 }, None, 100), (11, Some(10)));
+        assert_eq!(
+            plan(Replay { after: 3, upto: 10 }, Some(6), 100),
+            (6, Some(5))
+        );
+        assert_eq!(
+            plan(Replay { after: 3, upto: 10 }, None, 100),
+            (11, Some(10))
+        );
     }
 
     #[test]
     fn plan_sends_only_the_newest_past_the_limit() {
-        assert_eq!(plan(Replay { after: 0, upto: 10 }, Some(1), 4), (7, Some(6)));
+        assert_eq!(
+            plan(Replay { after: 0, upto: 10 }, Some(1), 4),
+            (7, Some(6))
+        );
     }
 }

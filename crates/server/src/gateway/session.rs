@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_protocol::{self as proto, close, decode_command, Command, ErrorCode, HistoryTarget, Id};
+use switchboard_protocol::{
+    self as proto, close, decode_command, Command, ErrorCode, HistoryTarget, Id,
+};
 use switchboard_ws::OpCode;
 use tokio::time::Instant;
 
@@ -28,12 +30,24 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(app: Arc<App>, conn: Arc<Conn>, user: Option<String>, device: Option<String>) -> Session {
+    pub fn new(
+        app: Arc<App>,
+        conn: Arc<Conn>,
+        user: Option<String>,
+        device: Option<String>,
+    ) -> Session {
         let session_id = format!("{:016x}", rand::random::<u64>());
         let bucket = TokenBucket::new(app.config.rate_limit, app.config.rate_burst);
         let hello_deadline = Some(Instant::now() + app.config.hello_timeout);
         let device = Arc::from(device.unwrap_or_default());
-        let mut session = Session { app, conn, session_id, device, hello_deadline, bucket };
+        let mut session = Session {
+            app,
+            conn,
+            session_id,
+            device,
+            hello_deadline,
+            bucket,
+        };
         if let Some(user) = user {
             session.identify(&user, None);
         }
@@ -45,7 +59,12 @@ impl Session {
         let heartbeat = self.app.config.heartbeat.as_secs().max(1);
         let welcome = proto::encode(&proto::Welcome::new(id, user, &self.session_id, heartbeat));
         if let Some(range) = self.app.hub.identify(&self.conn, user, welcome) {
-            replay::inbox(self.app.clone(), self.conn.clone(), self.device.clone(), range);
+            replay::inbox(
+                self.app.clone(),
+                self.conn.clone(),
+                self.device.clone(),
+                range,
+            );
         }
     }
 
@@ -56,7 +75,10 @@ impl Session {
 
     fn error(&self, id: Option<&Id>, code: ErrorCode, message: &str) {
         self.app.hub.metrics.error(code);
-        self.app.hub.reply(&self.conn, proto::encode(&proto::Error::new(id, code, message)));
+        self.app.hub.reply(
+            &self.conn,
+            proto::encode(&proto::Error::new(id, code, message)),
+        );
     }
 
     fn submit(&self, job: Job, id: Option<&Id>) {
@@ -75,11 +97,20 @@ impl Session {
         };
         if self.hello_deadline.is_some() {
             match &command {
-                Command::Hello { user, token, device, .. } => {
+                Command::Hello {
+                    user,
+                    token,
+                    device,
+                    ..
+                } => {
                     if let Some(device) = device {
                         self.device = Arc::from(device.as_ref());
                     }
-                    match self.app.auth.authenticate(user.as_deref(), token.as_deref()) {
+                    match self
+                        .app
+                        .auth
+                        .authenticate(user.as_deref(), token.as_deref())
+                    {
                         Ok(Some(user)) => self.identify(&user, id.as_ref()),
                         Ok(None) => {
                             let guest = format!("guest-{:08x}", rand::random::<u32>());
@@ -97,9 +128,11 @@ impl Session {
         let conn = &self.conn;
         let user = conn.user_arc().cloned().unwrap_or_else(|| Arc::from(""));
         match command {
-            Command::Hello { .. } => {
-                self.error(id.as_ref(), ErrorCode::BadRequest, "already identified: hello is accepted once")
-            }
+            Command::Hello { .. } => self.error(
+                id.as_ref(),
+                ErrorCode::BadRequest,
+                "already identified: hello is accepted once",
+            ),
             Command::Join { room, since } => {
                 if let Some(range) = hub.join(conn, &room, since, id.as_ref()) {
                     replay::room(self.app.clone(), conn.clone(), room.into_owned(), range);
@@ -109,15 +142,26 @@ impl Session {
                 if hub.leave(conn, &room) {
                     hub.reply(conn, proto::encode(&proto::Left::new(id.as_ref(), &room)));
                 } else {
-                    self.error(id.as_ref(), ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
+                    self.error(
+                        id.as_ref(),
+                        ErrorCode::NotJoined,
+                        &format!("not joined to room `{room}`"),
+                    );
                 }
             }
             Command::Publish { room, body } => {
                 if !hub.is_member(conn, &room) {
-                    self.error(id.as_ref(), ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
+                    self.error(
+                        id.as_ref(),
+                        ErrorCode::NotJoined,
+                        &format!("not joined to room `{room}`"),
+                    );
                     return;
                 }
-                let reply = Reply::Conn { conn: conn.clone(), id: id.clone() };
+                let reply = Reply::Conn {
+                    conn: conn.clone(),
+                    id: id.clone(),
+                };
                 let job = Job::Publish {
                     room: Arc::from(room.as_ref()),
                     from: user,
@@ -129,7 +173,10 @@ impl Session {
                 self.submit(job, id.as_ref());
             }
             Command::Send { to, body } => {
-                let reply = Reply::Conn { conn: conn.clone(), id: id.clone() };
+                let reply = Reply::Conn {
+                    conn: conn.clone(),
+                    id: id.clone(),
+                };
                 let job = Job::Send {
                     to: Arc::from(to.as_ref()),
                     from: user,
@@ -143,11 +190,19 @@ impl Session {
             Command::Received { upto } => {
                 // A device cannot confirm what was never sent.
                 let upto = upto.min(hub.inbox_seq(&user));
-                let job = Job::Cursor { user: user.to_string(), device: self.device.to_string(), upto };
+                let job = Job::Cursor {
+                    user: user.to_string(),
+                    device: self.device.to_string(),
+                    upto,
+                };
                 self.submit(job, id.as_ref());
             }
             Command::Read { from, upto } => hub.read_receipt(&from, &user, upto),
-            Command::History { target, before, limit } => {
+            Command::History {
+                target,
+                before,
+                limit,
+            } => {
                 let target = match target {
                     HistoryTarget::Room(room) => Target::Room(room.into_owned()),
                     HistoryTarget::With(with) => Target::With(with.into_owned()),
@@ -157,7 +212,10 @@ impl Session {
             Command::Presence { room } => {
                 let users = hub.presence(&room);
                 let names: Vec<&str> = users.iter().map(|u| &**u).collect();
-                hub.reply(conn, proto::encode(&proto::PresenceList::new(id.as_ref(), &room, names)));
+                hub.reply(
+                    conn,
+                    proto::encode(&proto::PresenceList::new(id.as_ref(), &room, names)),
+                );
             }
             Command::Ping => hub.reply(conn, proto::encode(&proto::Pong::new(id.as_ref()))),
         }

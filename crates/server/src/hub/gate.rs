@@ -24,7 +24,11 @@ pub(super) struct Gated {
 
 impl Gated {
     pub fn new(conn: Arc<Conn>, from_seq: u64, gated: bool) -> Gated {
-        Gated { conn, from_seq, held: gated.then(|| (Vec::new(), 0)) }
+        Gated {
+            conn,
+            from_seq,
+            held: gated.then(|| (Vec::new(), 0)),
+        }
     }
 
     /// Queues (or holds) one event; false if it was dropped.
@@ -39,7 +43,11 @@ impl Gated {
                     // Held frames count against the same budget as queued ones.
                     self.held = None;
                     metrics.slow_consumer_disconnects.increment(1);
-                    self.conn.close(close::SLOW_CONSUMER, "slow consumer: outbound queue full", false);
+                    self.conn.close(
+                        close::SLOW_CONSUMER,
+                        "slow consumer: outbound queue full",
+                        false,
+                    );
                     return false;
                 }
                 true

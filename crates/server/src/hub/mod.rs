@@ -41,7 +41,10 @@ pub struct HubError {
 
 impl HubError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> HubError {
-        HubError { code, message: message.into() }
+        HubError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -82,7 +85,10 @@ pub struct Hub {
 
 /// Server time in milliseconds since the Unix epoch (the `ts` of events).
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn text(payload: Vec<u8>) -> SharedMessage {
@@ -111,7 +117,11 @@ impl Hub {
     }
 
     /// Creates and registers a connection (not yet identified).
-    pub fn connect(&self, deflate: Option<switchboard_ws::DeflateConfig>, queue_limit: usize) -> Arc<Conn> {
+    pub fn connect(
+        &self,
+        deflate: Option<switchboard_ws::DeflateConfig>,
+        queue_limit: usize,
+    ) -> Arc<Conn> {
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(id, deflate, queue_limit, self.clock_ms()));
         self.conns.insert(id, conn.clone());
@@ -224,12 +234,21 @@ impl Hub {
     /// Joins `conn` to `room` and queues `joined`. With `since` below the
     /// room's committed seq, live events are held back until
     /// [`Hub::open_room`] and the caller must replay the returned range.
-    pub fn join(&self, conn: &Arc<Conn>, room: &str, since: Option<u64>, id: Option<&Id>) -> Option<Replay> {
+    pub fn join(
+        &self,
+        conn: &Arc<Conn>,
+        room: &str,
+        since: Option<u64>,
+        id: Option<&Id>,
+    ) -> Option<Replay> {
         loop {
             let entry = match self.room(room) {
                 Some(r) => r,
                 None => {
-                    let r = self.rooms.entry(Arc::from(room)).or_insert_with(|| Arc::new(Room::new(room)));
+                    let r = self
+                        .rooms
+                        .entry(Arc::from(room))
+                        .or_insert_with(|| Arc::new(Room::new(room)));
                     r.value().clone()
                 }
             };
@@ -237,12 +256,18 @@ impl Hub {
             let committed = || self.room_seq(room);
             match entry.join(conn, id, committed, since.is_some(), &self.metrics) {
                 room::Joined::Retry => continue,
-                room::Joined::New { first_member, from_seq } => {
+                room::Joined::New {
+                    first_member,
+                    from_seq,
+                } => {
                     if first_member {
                         self.metrics.rooms.increment(1.0);
                     }
                     conn.rooms.lock().push(entry.name.clone());
-                    return since.map(|after| Replay { after, upto: from_seq });
+                    return since.map(|after| Replay {
+                        after,
+                        upto: from_seq,
+                    });
                 }
                 room::Joined::Already => return None,
             }
@@ -282,12 +307,24 @@ impl Hub {
     }
 
     /// Delivers a committed room message to the members (pipeline only).
-    pub fn deliver_room(&self, room: &str, seq: u64, from: &str, ts: u64, body: &RawValue, sender: Option<u64>) -> usize {
+    pub fn deliver_room(
+        &self,
+        room: &str,
+        seq: u64,
+        from: &str,
+        ts: u64,
+        body: &RawValue,
+        sender: Option<u64>,
+    ) -> usize {
         let started = Instant::now();
-        let Some(entry) = self.room(room) else { return 0 };
+        let Some(entry) = self.room(room) else {
+            return 0;
+        };
         let delivered = entry.deliver(seq, from, ts, body, sender, &self.metrics);
         self.metrics.messages_out.increment(delivered as u64);
-        self.metrics.fanout_seconds.record(started.elapsed().as_secs_f64());
+        self.metrics
+            .fanout_seconds
+            .record(started.elapsed().as_secs_f64());
         delivered
     }
 
@@ -305,11 +342,16 @@ impl Hub {
         body: &RawValue,
         sender: Option<u64>,
     ) -> usize {
-        let message = text(proto::encode(&proto::Direct::new(from, to, seq, gid, ts, body)));
+        let message = text(proto::encode(&proto::Direct::new(
+            from, to, seq, gid, ts, body,
+        )));
         let mut delivered = 0;
         if let Some(mut conns) = self.users.get_mut(to) {
             for member in conns.iter_mut() {
-                if Some(member.conn.id) != sender && seq > member.from_seq && member.push(&message, &self.metrics) {
+                if Some(member.conn.id) != sender
+                    && seq > member.from_seq
+                    && member.push(&message, &self.metrics)
+                {
                     delivered += 1;
                 }
             }
@@ -324,7 +366,9 @@ impl Hub {
                 }
             }
         }
-        self.metrics.messages_out.increment((delivered + copies) as u64);
+        self.metrics
+            .messages_out
+            .increment((delivered + copies) as u64);
         delivered
     }
 
@@ -340,8 +384,11 @@ impl Hub {
 
     /// Closes every connection of `user` (HTTP API); returns how many.
     pub fn kick(&self, user: &str) -> usize {
-        let conns: Vec<Arc<Conn>> =
-            self.users.get(user).map(|c| c.iter().map(|m| m.conn.clone()).collect()).unwrap_or_default();
+        let conns: Vec<Arc<Conn>> = self
+            .users
+            .get(user)
+            .map(|c| c.iter().map(|m| m.conn.clone()).collect())
+            .unwrap_or_default();
         for conn in &conns {
             conn.close(proto::close::KICKED, "disconnected by the server API", true);
         }

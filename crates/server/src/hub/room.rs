@@ -44,7 +44,11 @@ impl Room {
     pub(super) fn new(name: &str) -> Room {
         Room {
             name: Arc::from(name),
-            state: Mutex::new(State { members: HashMap::new(), online: HashMap::new(), retired: false }),
+            state: Mutex::new(State {
+                members: HashMap::new(),
+                online: HashMap::new(),
+                retired: false,
+            }),
         }
     }
 
@@ -66,7 +70,12 @@ impl Room {
             return Joined::Retry;
         }
         if let Some(member) = st.members.get(&conn.id) {
-            let payload = proto::encode(&proto::Joined::new(id, &self.name, st.online.len(), member.from_seq));
+            let payload = proto::encode(&proto::Joined::new(
+                id,
+                &self.name,
+                st.online.len(),
+                member.from_seq,
+            ));
             conn.push(text(payload).frame_for(conn.deflate));
             return Joined::Already;
         }
@@ -77,17 +86,30 @@ impl Room {
         *count += 1;
         let user_is_new = *count == 1;
         // `joined` goes out before the gate closes: it must precede the replay.
-        let payload = proto::encode(&proto::Joined::new(id, &self.name, st.online.len(), from_seq));
+        let payload = proto::encode(&proto::Joined::new(
+            id,
+            &self.name,
+            st.online.len(),
+            from_seq,
+        ));
         conn.push(text(payload).frame_for(conn.deflate));
-        st.members.insert(conn.id, Gated::new(conn.clone(), from_seq, gate));
+        st.members
+            .insert(conn.id, Gated::new(conn.clone(), from_seq, gate));
         if user_is_new {
-            let payload = proto::encode(&proto::PresenceChange::join(&self.name, &user, st.online.len()));
+            let payload = proto::encode(&proto::PresenceChange::join(
+                &self.name,
+                &user,
+                st.online.len(),
+            ));
             let message = text(payload);
             for member in st.members.values_mut().filter(|m| m.conn.id != conn.id) {
                 member.push(&message, metrics);
             }
         }
-        Joined::New { first_member, from_seq }
+        Joined::New {
+            first_member,
+            from_seq,
+        }
     }
 
     /// Releases what was held back for `conn` while its replay ran.
@@ -114,7 +136,9 @@ impl Room {
         }
         if user_left && !st.members.is_empty() {
             let online = st.online.len();
-            let message = text(proto::encode(&proto::PresenceChange::leave(&self.name, user, online)));
+            let message = text(proto::encode(&proto::PresenceChange::leave(
+                &self.name, user, online,
+            )));
             for member in st.members.values_mut() {
                 member.push(&message, metrics);
             }
@@ -149,11 +173,16 @@ impl Room {
         sender: Option<u64>,
         metrics: &Metrics,
     ) -> usize {
-        let message = text(proto::encode(&proto::Message::new(&self.name, seq, from, ts, body)));
+        let message = text(proto::encode(&proto::Message::new(
+            &self.name, seq, from, ts, body,
+        )));
         let mut st = self.state.lock();
         let mut delivered = 0;
         for member in st.members.values_mut() {
-            if Some(member.conn.id) != sender && seq > member.from_seq && member.push(&message, metrics) {
+            if Some(member.conn.id) != sender
+                && seq > member.from_seq
+                && member.push(&message, metrics)
+            {
                 delivered += 1;
             }
         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 
-use super::{DedupeRecord, DirectRecord, Recovered, Result, Retention, RoomRecord, Store, Write};
+use super::{DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, Write};
 
 #[derive(Default)]
 struct State {
@@ -32,8 +32,18 @@ impl Store for MemoryStore {
         Ok(Recovered {
             rooms: st.rooms.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
             inboxes: st.inboxes.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
-            last_gid: st.inboxes.values().flat_map(|v| v.1.values().map(|d| d.gid)).max().unwrap_or(0),
-            dedupe: st.dedupe.values().filter(|d| d.ts >= dedupe_since).cloned().collect(),
+            last_gid: st
+                .inboxes
+                .values()
+                .flat_map(|v| v.1.values().map(|d| d.gid))
+                .max()
+                .unwrap_or(0),
+            dedupe: st
+                .dedupe
+                .values()
+                .filter(|d| d.ts >= dedupe_since)
+                .cloned()
+                .collect(),
         })
     }
 
@@ -55,8 +65,21 @@ impl Store for MemoryStore {
                     st.dedupe.insert((d.user.clone(), d.id.clone()), d.clone());
                 }
                 Write::Cursor { user, device, upto } => {
-                    let c = st.cursors.entry((user.clone(), device.clone())).or_default();
+                    let c = st
+                        .cursors
+                        .entry((user.clone(), device.clone()))
+                        .or_default();
                     *c = (*c).max(*upto);
+                }
+                Write::TrimRoom { room, upto } => {
+                    if let Some(r) = st.rooms.get_mut(room) {
+                        r.1.retain(|seq, _| seq > upto);
+                    }
+                }
+                Write::TrimInbox { user, upto } => {
+                    if let Some(i) = st.inboxes.get_mut(user) {
+                        i.1.retain(|seq, _| seq > upto);
+                    }
                 }
             }
         }
@@ -65,36 +88,83 @@ impl Store for MemoryStore {
 
     fn room_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<RoomRecord>> {
         let st = self.state.lock();
-        Ok(st.rooms.get(room).map(|r| r.1.range(after + 1..).take(limit).map(|(_, m)| m.clone()).collect()).unwrap_or_default())
+        Ok(st
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.1.range(after + 1..)
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     fn room_before(&self, room: &str, before: u64, limit: usize) -> Result<Vec<RoomRecord>> {
         let st = self.state.lock();
-        let mut out: Vec<RoomRecord> =
-            st.rooms.get(room).map(|r| r.1.range(..before).rev().take(limit).map(|(_, m)| m.clone()).collect()).unwrap_or_default();
+        let mut out: Vec<RoomRecord> = st
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.1.range(..before)
+                    .rev()
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         out.reverse();
         Ok(out)
     }
 
     fn room_oldest(&self, room: &str) -> Result<Option<u64>> {
-        Ok(self.state.lock().rooms.get(room).and_then(|r| r.1.keys().next().copied()))
+        Ok(self
+            .state
+            .lock()
+            .rooms
+            .get(room)
+            .and_then(|r| r.1.keys().next().copied()))
     }
 
     fn inbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<DirectRecord>> {
         let st = self.state.lock();
-        Ok(st.inboxes.get(user).map(|r| r.1.range(after + 1..).take(limit).map(|(_, m)| m.clone()).collect()).unwrap_or_default())
+        Ok(st
+            .inboxes
+            .get(user)
+            .map(|r| {
+                r.1.range(after + 1..)
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     fn inbox_oldest(&self, user: &str) -> Result<Option<u64>> {
-        Ok(self.state.lock().inboxes.get(user).and_then(|r| r.1.keys().next().copied()))
+        Ok(self
+            .state
+            .lock()
+            .inboxes
+            .get(user)
+            .and_then(|r| r.1.keys().next().copied()))
     }
 
-    fn conversation(&self, a: &str, b: &str, before: u64, limit: usize) -> Result<Vec<DirectRecord>> {
+    fn conversation(
+        &self,
+        a: &str,
+        b: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<DirectRecord>> {
         let st = self.state.lock();
         let mut all: Vec<DirectRecord> = [(a, b), (b, a)]
             .iter()
             .filter_map(|(to, from)| st.inboxes.get(*to).map(|i| (i, *from)))
-            .flat_map(|(i, from)| i.1.values().filter(move |d| d.from == from && d.gid < before).cloned())
+            .flat_map(|(i, from)| {
+                i.1.values()
+                    .filter(move |d| d.from == from && d.gid < before)
+                    .cloned()
+            })
             .collect();
         all.sort_by_key(|d| d.gid);
         let skip = all.len().saturating_sub(limit);
@@ -102,19 +172,22 @@ impl Store for MemoryStore {
     }
 
     fn cursor(&self, user: &str, device: &str) -> Result<u64> {
-        Ok(self.state.lock().cursors.get(&(user.to_string(), device.to_string())).copied().unwrap_or(0))
+        Ok(self
+            .state
+            .lock()
+            .cursors
+            .get(&(user.to_string(), device.to_string()))
+            .copied()
+            .unwrap_or(0))
     }
 
-    fn trim(&self, retention: Retention, now_ms: u64, dedupe_before: u64) -> Result<()> {
+    fn trim(&self, older_than: u64, dedupe_before: u64) -> Result<()> {
         let mut st = self.state.lock();
-        let cutoff = now_ms.saturating_sub(retention.age_ms);
-        for (last, msgs) in st.rooms.values_mut() {
-            let floor = last.saturating_sub(retention.count);
-            msgs.retain(|seq, m| *seq > floor && m.ts >= cutoff);
+        for (_, msgs) in st.rooms.values_mut() {
+            msgs.retain(|_, m| m.ts >= older_than);
         }
-        for (last, msgs) in st.inboxes.values_mut() {
-            let floor = last.saturating_sub(retention.count);
-            msgs.retain(|seq, m| *seq > floor && m.ts >= cutoff);
+        for (_, msgs) in st.inboxes.values_mut() {
+            msgs.retain(|_, m| m.ts >= older_than);
         }
         st.dedupe.retain(|_, d| d.ts >= dedupe_before);
         Ok(())

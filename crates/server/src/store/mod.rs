@@ -59,7 +59,21 @@ pub enum Write {
     Direct(DirectRecord),
     Dedupe(DedupeRecord),
     /// A device confirmed its inbox up to `upto`.
-    Cursor { user: String, device: String, upto: u64 },
+    Cursor {
+        user: String,
+        device: String,
+        upto: u64,
+    },
+    /// Retention by count: drop the room's messages with `seq <= upto`.
+    TrimRoom {
+        room: String,
+        upto: u64,
+    },
+    /// Retention by count: drop the inbox entries with `seq <= upto`.
+    TrimInbox {
+        user: String,
+        upto: u64,
+    },
 }
 
 /// What the writer needs at start-up to continue the sequences.
@@ -75,7 +89,7 @@ pub struct Recovered {
     pub dedupe: Vec<DedupeRecord>,
 }
 
-/// How long messages are kept.
+/// How long messages are kept (enforced by the pipeline).
 #[derive(Clone, Copy, Debug)]
 pub struct Retention {
     /// Messages kept per room (and per inbox).
@@ -128,14 +142,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest `limit` messages between `a` and `b` (both directions)
     /// with `gid < before`, oldest first.
-    fn conversation(&self, a: &str, b: &str, before: u64, limit: usize) -> Result<Vec<DirectRecord>>;
+    fn conversation(
+        &self,
+        a: &str,
+        b: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<DirectRecord>>;
 
     /// Inbox position a device confirmed (0 if none).
     fn cursor(&self, user: &str, device: &str) -> Result<u64>;
 
-    /// Drops what retention no longer covers, and dedupe entries older than
-    /// `dedupe_before` (ms). Called by the writer between batches.
-    fn trim(&self, retention: Retention, now_ms: u64, dedupe_before: u64) -> Result<()>;
+    /// Drops messages older than `older_than` (ms since the epoch) and
+    /// dedupe entries older than `dedupe_before`. Called by the writer
+    /// between batches (retention by count rides on [`Write::TrimRoom`]).
+    fn trim(&self, older_than: u64, dedupe_before: u64) -> Result<()>;
 
     /// Cheap health probe for `/readyz`.
     fn check(&self) -> Result<()>;

@@ -8,7 +8,7 @@ use std::path::Path;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{DedupeRecord, DirectRecord, Recovered, Result, Retention, RoomRecord, Store, StoreError, Write};
+use super::{DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, StoreError, Write};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS room_messages (
@@ -49,7 +49,9 @@ pub struct SqliteStore {
 fn open(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -60,19 +62,26 @@ fn open(path: &Path) -> Result<Connection> {
 impl SqliteStore {
     /// Opens (creating if needed) `DIR/switchboard.db`.
     pub fn open(dir: &Path) -> Result<SqliteStore> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("switchboard.db");
         let writer = open(&path)?;
         writer.execute_batch(SCHEMA)?;
         // Fail now, not on the first message, if the file is unusable.
-        writer.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)).and_then(|s| {
-            if s == "ok" {
-                Ok(())
-            } else {
-                Err(rusqlite::Error::InvalidQuery)
-            }
-        })?;
-        Ok(SqliteStore { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        writer
+            .query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+            .and_then(|s| {
+                if s == "ok" {
+                    Ok(())
+                } else {
+                    Err(rusqlite::Error::InvalidQuery)
+                }
+            })?;
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -90,11 +99,24 @@ impl SqliteStore {
 }
 
 fn room_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomRecord> {
-    Ok(RoomRecord { room: r.get(0)?, seq: r.get(1)?, from: r.get(2)?, ts: r.get(3)?, body: r.get(4)? })
+    Ok(RoomRecord {
+        room: r.get(0)?,
+        seq: r.get(1)?,
+        from: r.get(2)?,
+        ts: r.get(3)?,
+        body: r.get(4)?,
+    })
 }
 
 fn direct_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DirectRecord> {
-    Ok(DirectRecord { gid: r.get(0)?, to: r.get(1)?, seq: r.get(2)?, from: r.get(3)?, ts: r.get(4)?, body: r.get(5)? })
+    Ok(DirectRecord {
+        gid: r.get(0)?,
+        to: r.get(1)?,
+        seq: r.get(2)?,
+        from: r.get(3)?,
+        ts: r.get(4)?,
+        body: r.get(5)?,
+    })
 }
 
 impl Store for SqliteStore {
@@ -107,14 +129,27 @@ impl Store for SqliteStore {
         };
         let rooms = pairs("SELECT room, last_seq FROM rooms")?;
         let inboxes = pairs("SELECT user, last_seq FROM inboxes")?;
-        let last_gid: Option<u64> = conn.query_row("SELECT max(gid) FROM directs", [], |r| r.get(0))?;
-        let mut stmt = conn.prepare("SELECT user, id, target, seq, ts FROM dedupe WHERE ts >= ?1")?;
+        let last_gid: Option<u64> =
+            conn.query_row("SELECT max(gid) FROM directs", [], |r| r.get(0))?;
+        let mut stmt =
+            conn.prepare("SELECT user, id, target, seq, ts FROM dedupe WHERE ts >= ?1")?;
         let dedupe = stmt
             .query_map([dedupe_since], |r| {
-                Ok(DedupeRecord { user: r.get(0)?, id: r.get(1)?, target: r.get(2)?, seq: r.get(3)?, ts: r.get(4)? })
+                Ok(DedupeRecord {
+                    user: r.get(0)?,
+                    id: r.get(1)?,
+                    target: r.get(2)?,
+                    seq: r.get(3)?,
+                    ts: r.get(4)?,
+                })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Recovered { rooms, inboxes, last_gid: last_gid.unwrap_or(0), dedupe })
+        Ok(Recovered {
+            rooms,
+            inboxes,
+            last_gid: last_gid.unwrap_or(0),
+            dedupe,
+        })
     }
 
     fn commit(&self, batch: &[Write]) -> Result<()> {
@@ -138,6 +173,10 @@ impl Store for SqliteStore {
             let mut dedupe = tx.prepare_cached(
                 "INSERT OR REPLACE INTO dedupe (user, id, target, seq, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            let mut trim_room =
+                tx.prepare_cached("DELETE FROM room_messages WHERE room = ?1 AND seq <= ?2")?;
+            let mut trim_inbox =
+                tx.prepare_cached("DELETE FROM directs WHERE recipient = ?1 AND seq <= ?2")?;
             let mut cursor = tx.prepare_cached(
                 "INSERT INTO cursors (user, device, upto) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user, device) DO UPDATE SET upto = max(upto, excluded.upto)",
@@ -157,6 +196,12 @@ impl Store for SqliteStore {
                     }
                     Write::Cursor { user, device, upto } => {
                         cursor.execute(params![user, device, upto])?;
+                    }
+                    Write::TrimRoom { room, upto } => {
+                        trim_room.execute(params![room, upto])?;
+                    }
+                    Write::TrimInbox { user, upto } => {
+                        trim_inbox.execute(params![user, upto])?;
                     }
                 }
             }
@@ -182,14 +227,22 @@ impl Store for SqliteStore {
                 "SELECT room, seq, sender, ts, body FROM room_messages
                  WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
             )?;
-            let mut rows = stmt.query_map(params![room, before, limit as u64], room_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut rows = stmt
+                .query_map(params![room, before, limit as u64], room_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.reverse();
             Ok(rows)
         })
     }
 
     fn room_oldest(&self, room: &str) -> Result<Option<u64>> {
-        self.read(|c| c.query_row("SELECT min(seq) FROM room_messages WHERE room = ?1", [room], |r| r.get(0)))
+        self.read(|c| {
+            c.query_row(
+                "SELECT min(seq) FROM room_messages WHERE room = ?1",
+                [room],
+                |r| r.get(0),
+            )
+        })
     }
 
     fn inbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<DirectRecord>> {
@@ -204,10 +257,22 @@ impl Store for SqliteStore {
     }
 
     fn inbox_oldest(&self, user: &str) -> Result<Option<u64>> {
-        self.read(|c| c.query_row("SELECT min(seq) FROM directs WHERE recipient = ?1", [user], |r| r.get(0)))
+        self.read(|c| {
+            c.query_row(
+                "SELECT min(seq) FROM directs WHERE recipient = ?1",
+                [user],
+                |r| r.get(0),
+            )
+        })
     }
 
-    fn conversation(&self, a: &str, b: &str, before: u64, limit: usize) -> Result<Vec<DirectRecord>> {
+    fn conversation(
+        &self,
+        a: &str,
+        b: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<DirectRecord>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT gid, recipient, seq, sender, ts, body FROM (
@@ -216,8 +281,9 @@ impl Store for SqliteStore {
                    SELECT * FROM directs WHERE sender = ?2 AND recipient = ?1 AND gid < ?3
                  ) ORDER BY gid DESC LIMIT ?4",
             )?;
-            let mut rows =
-                stmt.query_map(params![a, b, before, limit as u64], direct_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut rows = stmt
+                .query_map(params![a, b, before, limit as u64], direct_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.reverse();
             Ok(rows)
         })
@@ -225,32 +291,28 @@ impl Store for SqliteStore {
 
     fn cursor(&self, user: &str, device: &str) -> Result<u64> {
         self.read(|c| {
-            c.query_row("SELECT upto FROM cursors WHERE user = ?1 AND device = ?2", [user, device], |r| r.get(0))
-                .optional()
-                .map(|v| v.unwrap_or(0))
+            c.query_row(
+                "SELECT upto FROM cursors WHERE user = ?1 AND device = ?2",
+                [user, device],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0))
         })
     }
 
-    fn trim(&self, retention: Retention, now_ms: u64, dedupe_before: u64) -> Result<()> {
+    fn trim(&self, older_than: u64, dedupe_before: u64) -> Result<()> {
         let conn = self.writer.lock();
-        let cutoff = now_ms.saturating_sub(retention.age_ms);
-        conn.execute("DELETE FROM room_messages WHERE ts < ?1", [cutoff])?;
-        conn.execute("DELETE FROM directs WHERE ts < ?1", [cutoff])?;
-        conn.execute(
-            "DELETE FROM room_messages WHERE EXISTS (
-               SELECT 1 FROM rooms r WHERE r.room = room_messages.room AND room_messages.seq + ?1 <= r.last_seq)",
-            [retention.count],
-        )?;
-        conn.execute(
-            "DELETE FROM directs WHERE EXISTS (
-               SELECT 1 FROM inboxes i WHERE i.user = directs.recipient AND directs.seq + ?1 <= i.last_seq)",
-            [retention.count],
-        )?;
+        conn.execute("DELETE FROM room_messages WHERE ts < ?1", [older_than])?;
+        conn.execute("DELETE FROM directs WHERE ts < ?1", [older_than])?;
         conn.execute("DELETE FROM dedupe WHERE ts < ?1", [dedupe_before])?;
         Ok(())
     }
 
     fn check(&self) -> Result<()> {
-        self.read(|c| c.query_row("SELECT count(*) FROM rooms", [], |r| r.get::<_, i64>(0)).map(|_| ()))
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM rooms", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+        })
     }
 }

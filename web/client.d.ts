@@ -1,0 +1,173 @@
+// Type declarations for client.js, the Switchboard JavaScript client.
+// Reference: docs/CLIENT.md. Wire protocol: docs/PROTOCOL.md.
+
+/** Any JSON value: what `publish` and `send` carry as `body`. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** A command id: echoed in the reply. */
+export type Id = string | number;
+
+export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'offline' | 'closed';
+
+export type ErrorCode =
+  | 'bad_request'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not_joined'
+  | 'not_found'
+  | 'too_large'
+  | 'rate_limited'
+  | 'unavailable'
+  // raised by the client itself:
+  | 'timeout'
+  | 'closed'
+  | 'queue_full'
+  | 'left';
+
+/** The minimal WHATWG WebSocket surface the client uses (browsers, Node 22+, the `ws` package). */
+export interface WebSocketLike {
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: { data: any }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface BackoffOptions {
+  /** First delay cap in ms (default 500). */
+  min?: number;
+  /** Largest delay cap in ms (default 30000). */
+  max?: number;
+  /** Growth per attempt (default 2). */
+  factor?: number;
+}
+
+export interface ClientOptions {
+  /** `ws://host/ws`, `wss://…`, or `http(s)://host` (mapped to `/ws`). Default in a browser: this page's host. */
+  url?: string | URL;
+  /** The user id to connect as (auth off). Neither user nor token: a guest id. */
+  user?: string;
+  /** A JWT (auth on); sent in the `hello` command, never in the URL. */
+  token?: string;
+  /** A display name, sent in `hello`. */
+  name?: string;
+  /** WebSocket implementation; default `globalThis.WebSocket`. On Node < 22 pass the `ws` package's export. */
+  WebSocket?: WebSocketConstructor;
+  /** Ms to wait for the reply to a command once it was sent (default 10000). */
+  ackTimeout?: number;
+  /** Ms to wait for a new connection's `welcome` (default 10000). */
+  connectTimeout?: number;
+  /** Send a `ping` after this many ms without any frame (default: the server's heartbeat interval). */
+  pingInterval?: number;
+  /** Ms without any frame after a `ping` before the connection is declared dead (default 10000). */
+  pingTimeout?: number;
+  /** At most this many commands wait for a connection; more reject with `queue_full` (default 1000). */
+  maxQueue?: number;
+  /** Ms a connection must stay up before the backoff starts again from its first step (default 5000). */
+  stableAfter?: number;
+  /** Backoff settings, or `false` to never reconnect. */
+  reconnect?: BackoffOptions | false;
+  /** Random source in [0, 1) for the jitter (tests); default Math.random. */
+  random?: () => number;
+}
+
+export interface Welcome { type: 'welcome'; user: string; session: string; heartbeat: number; id?: Id }
+export interface Joined { type: 'joined'; room: string; online: number; seq: number; id?: Id }
+export interface Left { type: 'left'; room: string; id?: Id }
+export interface PublishAck { type: 'ack'; room: string; seq: number; delivered: number; id?: Id }
+export interface SendAck { type: 'ack'; to: string; seq: number; delivered: number; stored: boolean; id?: Id }
+export interface Message<B = Json> { type: 'message'; room: string; seq: number; from: string; ts: number; body: B }
+export interface Direct<B = Json> { type: 'direct'; from: string; to: string; seq: number; ts: number; body: B }
+export interface PresenceEvent { type: 'presence'; room: string; event: 'join' | 'leave'; user: string; online: number }
+export interface PresenceList { type: 'presence'; room: string; online: number; users: string[]; id?: Id }
+export interface Reset { type: 'reset'; room: string; seq: number }
+export interface ReadReceipt { type: 'read'; by: string; upto: number }
+export interface History<B = Json> { type: 'history'; messages: Array<Message<B> | Direct<B>>; id?: Id; [field: string]: unknown }
+export interface ServerError { type: 'error'; code: ErrorCode; message: string; id?: Id }
+
+export interface StateChange {
+  state: ConnectionState;
+  /** Why the connection was lost (reconnecting / offline). */
+  reason?: string;
+  /** Reconnect attempt number, from 1 (reconnecting). */
+  attempt?: number;
+  /** Ms until that attempt (reconnecting). */
+  delay?: number;
+  /** The fatal error (offline after the server refused the identity). */
+  error?: SwitchboardError;
+  user?: string;
+  session?: string;
+}
+
+export interface JoinOptions {
+  /** Every message of the room, once, in seq order (replayed ones after a reconnect included). */
+  onMessage?: (message: Message) => void;
+  /** A user's first connection joined or last one left. */
+  onPresence?: (event: PresenceEvent) => void;
+  /** The server could not replay what was missed (history does not reach back far enough). */
+  onReset?: (event: Reset) => void;
+  /** Resume after this seq (for example one saved before a page reload). */
+  since?: number;
+}
+
+export interface HistoryQuery {
+  room?: string;
+  with?: string;
+  before?: number;
+  limit?: number;
+}
+
+export interface ClientEvents {
+  state: StateChange;
+  welcome: Welcome;
+  joined: Joined;
+  message: Message;
+  presence: PresenceEvent;
+  direct: Direct;
+  read: ReadReceipt;
+  reset: Reset;
+  /** A server error not tied to a command of yours (e.g. `rate_limited`), or a fatal one. */
+  error: SwitchboardError;
+  /** Every event the server sends, after the client processed it. */
+  event: { type: string; [field: string]: unknown };
+}
+
+export declare class SwitchboardError extends Error {
+  name: 'SwitchboardError';
+  code: ErrorCode | string;
+  /** The server's `error` event, when there was one. */
+  event?: ServerError;
+  constructor(code: string, message?: string, event?: ServerError);
+}
+
+export declare class Client {
+  constructor(options?: ClientOptions);
+  readonly state: ConnectionState;
+  readonly user: string | undefined;
+  readonly session: string | undefined;
+  readonly rooms: string[];
+  /** Commands not yet answered (sent, or waiting for a connection). */
+  readonly pendingCount: number;
+  /** The last seq seen (contiguously) in `room`. */
+  lastSeq(room: string): number | undefined;
+  /** Resolves on `welcome`; rejects only when the identity is refused or close() is called. */
+  connect(): Promise<Welcome>;
+  /** Closes for good; unanswered commands reject with `closed`. */
+  close(): void;
+  on<K extends keyof ClientEvents>(type: K, listener: (value: ClientEvents[K]) => void): () => void;
+  off<K extends keyof ClientEvents>(type: K, listener: (value: ClientEvents[K]) => void): void;
+  join(room: string, options?: JoinOptions): Promise<Joined>;
+  leave(room: string): Promise<Left>;
+  publish(room: string, body: Json, options?: { id?: Id }): Promise<PublishAck>;
+  send(user: string, body: Json, options?: { id?: Id }): Promise<SendAck>;
+  history(query: HistoryQuery): Promise<History>;
+  presence(room: string): Promise<PresenceList>;
+  /** Read receipt: tells `from` their direct messages up to inbox seq `upto` were read. */
+  read(from: string, upto: number): void;
+  /** Application ping; resolves with the round-trip time in ms. */
+  ping(): Promise<number>;
+  /** The reconnect delay in ms before attempt `n` (0-based), jitter included. */
+  backoff(n: number): number;
+}

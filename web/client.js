@@ -1,0 +1,693 @@
+// Switchboard client: a dependency-free ES module for browsers and Node.js 18+.
+//
+//   import { Client } from './client.js';
+//   const client = new Client({ url: 'ws://127.0.0.1:8080/ws', user: 'alice' });
+//   await client.join('lobby', { onMessage: (m) => console.log(m.from, m.body) });
+//   await client.publish('lobby', { text: 'hi' });
+//
+// What it does for you: reconnects with exponential backoff and jitter,
+// rejoins rooms with `since` = the last seq it saw, delivers every room
+// message once (dedupe by room + seq), queues commands while offline and
+// resends them with the same `id` (the server's dedupe makes a resent
+// publish/send exactly-once), confirms inbox delivery with `received`, and
+// notices a dead connection with an application-level ping.
+// Reference: docs/CLIENT.md. Wire protocol: docs/PROTOCOL.md.
+
+/** An `error` event from the server, or a client-side failure (`timeout`, `closed`, `queue_full`). */
+export class SwitchboardError extends Error {
+  constructor(code, message, event) {
+    super(message || code);
+    this.name = 'SwitchboardError';
+    this.code = code;
+    if (event !== undefined) this.event = event;
+  }
+}
+
+const DEFAULTS = {
+  ackTimeout: 10_000,
+  connectTimeout: 10_000,
+  pingInterval: 0, // 0: the server's heartbeat interval (from `welcome`)
+  pingTimeout: 10_000,
+  maxQueue: 1000,
+  stableAfter: 5_000,
+  reconnect: { min: 500, max: 30_000, factor: 2 },
+};
+
+// Close codes after which reconnecting cannot help (4001: unauthorized).
+const FATAL_CLOSE = new Set([4001]);
+// How many direct-message identities are remembered for dedupe.
+const DIRECT_MEMORY = 4096;
+// A room's out-of-order seqs kept above its contiguous watermark.
+const SEEN_LIMIT = 10_000;
+
+export class Client {
+  #o;
+  #WS;
+  #url;
+  #ws = null;
+  #state = 'idle';
+  #closed = false;
+  #fatal = null;
+  #attempt = 0;
+  #reconnectTimer = null;
+  #stableTimer = null;
+  #connectTimer = null;
+  #heartbeatTimer = null;
+  #lastRx = 0;
+  #pingSentAt = 0;
+  #heartbeatMs = 25_000;
+  #welcome = null;
+  #listeners = new Map();
+  #rooms = new Map();
+  #pending = new Map();
+  #fireQueue = new Map();
+  #directSeen = new Set();
+  #inboxUpto = 0;
+  #receivedSent = 0;
+  #receivedTimer = null;
+  #idPrefix;
+  #nextId = 0;
+  #connectWaiters = [];
+  #onlineListener = null;
+  #offlineListener = null;
+
+  /**
+   * @param {object} options see client.d.ts (ClientOptions)
+   */
+  constructor(options = {}) {
+    this.#o = { ...DEFAULTS, ...options };
+    this.#o.reconnect = options.reconnect === false ? false : { ...DEFAULTS.reconnect, ...(options.reconnect || {}) };
+    this.#WS = options.WebSocket || globalThis.WebSocket;
+    if (typeof this.#WS !== 'function') {
+      throw new TypeError('no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package) on Node.js < 22');
+    }
+    this.#url = wsUrl(options.url);
+    this.#idPrefix = `${randomToken()}:`;
+    const g = globalThis;
+    if (typeof g.addEventListener === 'function' && g.navigator && 'onLine' in g.navigator) {
+      this.#onlineListener = () => this.#networkOnline();
+      this.#offlineListener = () => this.#networkOffline();
+      g.addEventListener('online', this.#onlineListener);
+      g.addEventListener('offline', this.#offlineListener);
+    }
+  }
+
+  // ---- public API --------------------------------------------------------
+
+  /** 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'offline' | 'closed' */
+  get state() { return this.#state; }
+  /** The user id the server assigned (after `welcome`). */
+  get user() { return this.#welcome ? this.#welcome.user : undefined; }
+  /** The server's session id for the current connection. */
+  get session() { return this.#welcome ? this.#welcome.session : undefined; }
+  /** Rooms this client is a member of (it rejoins them after a reconnect). */
+  get rooms() { return [...this.#rooms.keys()]; }
+  /** Commands not yet answered (sent or waiting for a connection). */
+  get pendingCount() { return this.#pending.size; }
+
+  /** The last seq seen (contiguously) in `room`, or undefined if unknown. */
+  lastSeq(room) {
+    const r = this.#rooms.get(room);
+    return r && r.lastSeq != null ? r.lastSeq : undefined;
+  }
+
+  /**
+   * Starts connecting (also implied by every other command). Resolves with
+   * the `welcome` event once connected; rejects only if the server refuses
+   * the identity or close() is called: network failures are retried.
+   */
+  connect() {
+    if (this.#closed) return Promise.reject(new SwitchboardError('closed', 'client closed'));
+    if (this.#fatal) return Promise.reject(this.#fatal);
+    if (this.#state === 'connected') return Promise.resolve(this.#welcome);
+    const p = new Promise((resolve, reject) => this.#connectWaiters.push({ resolve, reject }));
+    if (this.#state === 'idle') this.#open();
+    return p;
+  }
+
+  /** Closes the connection for good: no reconnect; unanswered commands reject with `closed`. */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#clearTimers();
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws) {
+      detach(ws);
+      try { ws.close(1000, 'client closed'); } catch { /* already closed */ }
+    }
+    const err = new SwitchboardError('closed', 'client closed');
+    this.#failAll(err);
+    for (const w of this.#connectWaiters.splice(0)) w.reject(err);
+    const g = globalThis;
+    if (this.#onlineListener) {
+      g.removeEventListener('online', this.#onlineListener);
+      g.removeEventListener('offline', this.#offlineListener);
+    }
+    this.#setState('closed', {});
+  }
+
+  /**
+   * Subscribes to a client event: 'state', 'welcome', 'message', 'presence',
+   * 'direct', 'read', 'reset', 'joined', 'error', 'event' (every server event).
+   * Returns a function that unsubscribes.
+   */
+  on(type, fn) {
+    let set = this.#listeners.get(type);
+    if (!set) this.#listeners.set(type, (set = new Set()));
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  off(type, fn) {
+    const set = this.#listeners.get(type);
+    if (set) set.delete(fn);
+  }
+
+  /**
+   * Joins `room` (and rejoins it after every reconnect, with `since`).
+   * Resolves with the `joined` event. `since`: resume after this seq (for
+   * example one saved before a page reload); the server replays what follows.
+   */
+  join(room, { onMessage, onPresence, onReset, since } = {}) {
+    let r = this.#rooms.get(room);
+    if (!r) {
+      r = { name: room, lastSeq: since != null ? since : null, seen: new Set(), online: 0, waiters: [], handlers: {} };
+      this.#rooms.set(room, r);
+    }
+    r.handlers = { onMessage, onPresence, onReset };
+    const p = new Promise((resolve, reject) => r.waiters.push({ resolve, reject }));
+    if (this.#state === 'connected') this.#sendJoin(r);
+    else this.#ensureConnecting();
+    return p;
+  }
+
+  /** Leaves `room`: no more messages, no rejoin. Resolves with `left`. */
+  async leave(room) {
+    const r = this.#rooms.get(room);
+    this.#rooms.delete(room);
+    if (r) for (const w of r.waiters.splice(0)) w.reject(new SwitchboardError('left', `left room ${room}`));
+    // Commands queued for the room would only fail with not_joined.
+    if (this.#state !== 'connected') return { type: 'left', room };
+    try {
+      return await this.#request({ type: 'leave', room });
+    } catch (err) {
+      if (err.code === 'not_joined') return { type: 'left', room };
+      throw err;
+    }
+  }
+
+  /**
+   * Publishes `body` (any JSON value) to a joined room. Resolves with the
+   * `ack` {seq, delivered}. While offline the command waits and is sent on
+   * reconnect; `options.id` reuses an id (a safe retry of a failed publish).
+   */
+  publish(room, body, options = {}) {
+    return this.#request({ type: 'publish', room, body: body === undefined ? null : body }, options.id);
+  }
+
+  /** Sends a direct message to every connection of `user`. Resolves with the `ack` {seq, delivered, stored}. */
+  send(user, body, options = {}) {
+    return this.#request({ type: 'send', to: user, body: body === undefined ? null : body }, options.id);
+  }
+
+  /** Past messages: {room} or {with: user}, optional before, limit (≤ 100). Resolves with the `history` event. */
+  history(query) {
+    return this.#request({ ...query, type: 'history' });
+  }
+
+  /** Who is in `room` now. Resolves with {room, online, users}. */
+  presence(room) {
+    return this.#request({ type: 'presence', room });
+  }
+
+  /** Tells `from` that their direct messages up to inbox seq `upto` were read. No reply. */
+  read(from, upto) {
+    const key = `read\u0000${from}`;
+    const prev = this.#fireQueue.get(key);
+    if (prev && prev.upto >= upto) return;
+    this.#fire(key, { type: 'read', from, upto });
+  }
+
+  /** Sends an application ping; resolves with the round-trip time in ms. */
+  async ping() {
+    const start = Date.now();
+    await this.#request({ type: 'ping' });
+    return Date.now() - start;
+  }
+
+  // ---- connection --------------------------------------------------------
+
+  #ensureConnecting() {
+    if (this.#state === 'idle' && !this.#closed) this.#open();
+  }
+
+  #open() {
+    if (this.#closed || this.#fatal) return;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    if (this.#state === 'idle') this.#setState('connecting', {});
+    let ws;
+    try {
+      ws = new this.#WS(this.#url);
+    } catch (err) {
+      this.#scheduleReconnect(`cannot connect: ${err && err.message}`);
+      return;
+    }
+    this.#ws = ws;
+    this.#welcome = null;
+    this.#connectTimer = setTimeout(() => this.#drop(ws, 'connect timeout'), this.#o.connectTimeout);
+    ws.onopen = () => {
+      if (ws !== this.#ws) return;
+      this.#lastRx = Date.now();
+      const hello = { type: 'hello', id: `${this.#idPrefix}hello` };
+      if (this.#o.user != null) hello.user = this.#o.user;
+      if (this.#o.token != null) hello.token = this.#o.token;
+      if (this.#o.name != null) hello.name = this.#o.name;
+      ws.send(JSON.stringify(hello));
+    };
+    ws.onmessage = (e) => {
+      if (ws !== this.#ws) return;
+      this.#lastRx = Date.now();
+      this.#pingSentAt = 0;
+      let event;
+      try {
+        event = JSON.parse(typeof e.data === 'string' ? e.data : new TextDecoder().decode(e.data));
+      } catch {
+        return;
+      }
+      if (event && typeof event === 'object') this.#handle(ws, event);
+    };
+    ws.onclose = (e) => this.#drop(ws, e.reason || `closed (${e.code})`, e.code);
+    ws.onerror = () => { /* a close event follows */ };
+  }
+
+  /** The connection `ws` is gone (or must go): clean up and maybe reconnect. */
+  #drop(ws, reason, code) {
+    if (ws !== this.#ws) return;
+    detach(ws);
+    try {
+      if (typeof ws.terminate === 'function') ws.terminate();
+      else ws.close();
+    } catch { /* ignore */ }
+    this.#ws = null;
+    this.#welcome = null;
+    clearTimeout(this.#connectTimer);
+    clearTimeout(this.#heartbeatTimer);
+    clearTimeout(this.#stableTimer);
+    clearTimeout(this.#receivedTimer);
+    this.#receivedTimer = null;
+    // Everything sent on this socket and not answered is sent again on the
+    // next one (same ids); joins are redone by the rejoin.
+    for (const [id, p] of this.#pending) {
+      clearTimeout(p.timer);
+      p.timer = null;
+      p.sent = false;
+      if (p.join) this.#pending.delete(id);
+    }
+    if (code !== undefined && FATAL_CLOSE.has(code)) {
+      this.#fail(new SwitchboardError('unauthorized', reason || 'unauthorized'));
+      return;
+    }
+    if (this.#fatal) return;
+    this.#scheduleReconnect(reason);
+  }
+
+  #scheduleReconnect(reason) {
+    if (this.#closed || this.#fatal) return;
+    if (this.#o.reconnect === false) {
+      this.#setState('offline', { reason });
+      return;
+    }
+    const nav = globalThis.navigator;
+    if (this.#onlineListener && nav && nav.onLine === false) {
+      // Wait for the browser's `online` event instead of polling.
+      this.#setState('offline', { reason });
+      return;
+    }
+    const delay = this.backoff(this.#attempt);
+    this.#attempt += 1;
+    this.#setState('reconnecting', { reason, attempt: this.#attempt, delay });
+    this.#reconnectTimer = setTimeout(() => this.#open(), delay);
+  }
+
+  /**
+   * Delay before reconnect attempt `n` (0-based): exponential, capped, with
+   * "equal jitter" — uniformly random in [cap/2, cap] — so a server restart
+   * does not bring every client back in the same instant.
+   */
+  backoff(n) {
+    const { min, max, factor } = this.#o.reconnect || DEFAULTS.reconnect;
+    const cap = Math.min(max, min * factor ** n);
+    const random = this.#o.random || Math.random;
+    return Math.round(cap / 2 + random() * (cap / 2));
+  }
+
+  #networkOnline() {
+    if (this.#closed || this.#fatal || this.#state === 'connected' || this.#ws) return;
+    if (this.#state === 'offline' || this.#state === 'reconnecting') {
+      this.#attempt = 0;
+      this.#open();
+    }
+  }
+
+  #networkOffline() {
+    // The socket may look open for a long time: probe it now.
+    if (this.#state === 'connected' && this.#ws) {
+      this.#pingSentAt = Date.now();
+      this.#rawSend({ type: 'ping' });
+      this.#armHeartbeat();
+    } else if (this.#state === 'reconnecting') {
+      clearTimeout(this.#reconnectTimer);
+      this.#setState('offline', { reason: 'network offline' });
+    }
+  }
+
+  #onWelcome(ws, welcome) {
+    clearTimeout(this.#connectTimer);
+    this.#welcome = welcome;
+    if (welcome.heartbeat > 0) this.#heartbeatMs = welcome.heartbeat * 1000;
+    this.#stableTimer = setTimeout(() => { this.#attempt = 0; }, this.#o.stableAfter);
+    this.#setState('connected', { user: welcome.user, session: welcome.session });
+    this.#emit('welcome', welcome);
+    // Order on the new connection: rejoin rooms, then everything that waited.
+    for (const r of this.#rooms.values()) this.#sendJoin(r);
+    for (const p of this.#pending.values()) if (!p.sent) this.#transmit(p);
+    for (const [key, cmd] of this.#fireQueue) {
+      this.#fireQueue.delete(key);
+      this.#rawSend(cmd);
+    }
+    if (this.#inboxUpto > this.#receivedSent) this.#scheduleReceived();
+    this.#armHeartbeat();
+    for (const w of this.#connectWaiters.splice(0)) w.resolve(welcome);
+  }
+
+  #armHeartbeat() {
+    clearTimeout(this.#heartbeatTimer);
+    const ws = this.#ws;
+    if (!ws || this.#state !== 'connected') return;
+    const interval = this.#o.pingInterval || this.#heartbeatMs;
+    const now = Date.now();
+    let wait;
+    if (this.#pingSentAt) {
+      const deadline = this.#pingSentAt + this.#o.pingTimeout;
+      if (now >= deadline) {
+        this.#drop(ws, 'heartbeat timeout: no reply to ping');
+        return;
+      }
+      wait = deadline - now;
+    } else {
+      const due = this.#lastRx + interval;
+      if (now >= due) {
+        this.#pingSentAt = now;
+        this.#rawSend({ type: 'ping' });
+        wait = this.#o.pingTimeout;
+      } else {
+        wait = due - now;
+      }
+    }
+    this.#heartbeatTimer = setTimeout(() => this.#armHeartbeat(), wait);
+  }
+
+  #fail(err) {
+    this.#fatal = err;
+    this.#clearTimers();
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws) {
+      detach(ws);
+      try { ws.close(1000); } catch { /* ignore */ }
+    }
+    this.#failAll(err);
+    for (const w of this.#connectWaiters.splice(0)) w.reject(err);
+    this.#setState('offline', { reason: err.message, error: err });
+    this.#emit('error', err);
+  }
+
+  #failAll(err) {
+    for (const p of this.#pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.#pending.clear();
+    for (const r of this.#rooms.values()) for (const w of r.waiters.splice(0)) w.reject(err);
+  }
+
+  #clearTimers() {
+    clearTimeout(this.#reconnectTimer);
+    clearTimeout(this.#stableTimer);
+    clearTimeout(this.#connectTimer);
+    clearTimeout(this.#heartbeatTimer);
+    clearTimeout(this.#receivedTimer);
+  }
+
+  #setState(state, detail) {
+    if (this.#state === state && state !== 'reconnecting') return;
+    this.#state = state;
+    this.#emit('state', { state, ...detail });
+  }
+
+  #emit(type, value) {
+    const set = this.#listeners.get(type);
+    if (!set) return;
+    for (const fn of [...set]) callSafely(fn, value);
+  }
+
+  // ---- sending -----------------------------------------------------------
+
+  #rawSend(command) {
+    const ws = this.#ws;
+    if (!ws || this.#state !== 'connected') return false;
+    try {
+      ws.send(JSON.stringify(command));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  #request(command, id) {
+    if (this.#closed) return Promise.reject(new SwitchboardError('closed', 'client closed'));
+    if (this.#fatal) return Promise.reject(this.#fatal);
+    let unsent = 0;
+    for (const p of this.#pending.values()) if (!p.sent) unsent += 1;
+    if (unsent >= this.#o.maxQueue) {
+      return Promise.reject(new SwitchboardError('queue_full', `more than ${this.#o.maxQueue} commands wait for a connection`));
+    }
+    const full = { ...command, id: id != null ? id : `${this.#idPrefix}${++this.#nextId}` };
+    return new Promise((resolve, reject) => {
+      const p = { command: full, resolve, reject, timer: null, sent: false, join: command.type === 'join' };
+      this.#pending.set(full.id, p);
+      if (this.#state === 'connected') this.#transmit(p);
+      else this.#ensureConnecting();
+    });
+  }
+
+  #transmit(p) {
+    if (!this.#rawSend(p.command)) return;
+    p.sent = true;
+    clearTimeout(p.timer);
+    p.timer = setTimeout(() => {
+      this.#pending.delete(p.command.id);
+      p.reject(new SwitchboardError('timeout', `no reply to ${p.command.type} within ${this.#o.ackTimeout} ms`));
+    }, this.#o.ackTimeout);
+  }
+
+  #sendJoin(r) {
+    const join = { type: 'join', room: r.name };
+    if (r.lastSeq != null) join.since = r.lastSeq;
+    this.#request(join).then(
+      () => {},
+      (err) => {
+        // A refused join (forbidden, bad name) ends the membership; a
+        // timeout or lost connection does not (the rejoin retries).
+        if (this.#rooms.get(r.name) !== r) return;
+        if (err.code !== 'timeout' && err.code !== 'closed') this.#rooms.delete(r.name);
+        for (const w of r.waiters.splice(0)) w.reject(err);
+      },
+    );
+  }
+
+  #fire(key, command) {
+    if (this.#state === 'connected' && this.#rawSend(command)) return;
+    this.#fireQueue.set(key, command);
+    this.#ensureConnecting();
+  }
+
+  #scheduleReceived() {
+    if (this.#receivedTimer) return;
+    this.#receivedTimer = setTimeout(() => {
+      this.#receivedTimer = null;
+      const upto = this.#inboxUpto;
+      if (upto > this.#receivedSent && this.#rawSend({ type: 'received', upto })) this.#receivedSent = upto;
+    }, 0);
+  }
+
+  // ---- receiving ---------------------------------------------------------
+
+  #handle(ws, event) {
+    const pending = event.id != null ? this.#pending.get(event.id) : undefined;
+    switch (event.type) {
+      case 'welcome':
+        this.#onWelcome(ws, event);
+        break;
+      case 'message':
+        this.#onMessage(event);
+        break;
+      case 'presence':
+        if (event.event) {
+          const r = this.#rooms.get(event.room);
+          if (r) {
+            if (typeof event.online === 'number') r.online = event.online;
+            if (r.handlers.onPresence) callSafely(r.handlers.onPresence, event);
+            this.#emit('presence', event);
+          }
+        }
+        break;
+      case 'joined':
+        this.#onJoined(event);
+        break;
+      case 'reset': {
+        const r = this.#rooms.get(event.room);
+        if (r) this.#reset(r, event);
+        break;
+      }
+      case 'ack':
+        if (event.room != null) {
+          const r = this.#rooms.get(event.room);
+          // Our own message: the replay after a reconnect must not deliver it.
+          if (r && r.lastSeq != null) this.#accept(r, event.seq);
+        }
+        break;
+      case 'direct':
+        this.#onDirect(event);
+        break;
+      case 'read':
+        this.#emit('read', event);
+        break;
+      case 'error':
+        if (event.id === `${this.#idPrefix}hello`) {
+          this.#fail(new SwitchboardError(event.code, event.message, event));
+          return;
+        }
+        if (!pending) this.#emit('error', new SwitchboardError(event.code, event.message, event));
+        break;
+      default:
+        break;
+    }
+    this.#emit('event', event);
+    if (pending) {
+      this.#pending.delete(event.id);
+      clearTimeout(pending.timer);
+      if (event.type === 'error') pending.reject(new SwitchboardError(event.code, event.message, event));
+      else pending.resolve(event);
+    }
+  }
+
+  #onJoined(event) {
+    const r = this.#rooms.get(event.room);
+    if (!r) return;
+    if (typeof event.online === 'number') r.online = event.online;
+    if (r.lastSeq == null) {
+      r.lastSeq = event.seq;
+    } else if (event.seq < r.lastSeq) {
+      // The room's seq went backwards: the server lost its history (a
+      // restart without a store). Start over from its numbering.
+      this.#reset(r, { type: 'reset', room: r.name, seq: event.seq });
+    }
+    for (const w of r.waiters.splice(0)) w.resolve(event);
+    this.#emit('joined', event);
+  }
+
+  #reset(r, event) {
+    r.lastSeq = event.seq;
+    r.seen.clear();
+    if (r.handlers.onReset) callSafely(r.handlers.onReset, event);
+    this.#emit('reset', event);
+  }
+
+  #onMessage(event) {
+    const r = this.#rooms.get(event.room);
+    if (!r || typeof event.seq !== 'number') return;
+    if (r.lastSeq == null) r.lastSeq = event.seq - 1;
+    if (!this.#accept(r, event.seq)) return;
+    if (r.handlers.onMessage) callSafely(r.handlers.onMessage, event);
+    this.#emit('message', event);
+  }
+
+  /** Records `seq` as seen in room `r`; false if it was seen before. */
+  #accept(r, seq) {
+    if (seq <= r.lastSeq || r.seen.has(seq)) return false;
+    if (seq === r.lastSeq + 1) {
+      r.lastSeq = seq;
+      while (r.seen.delete(r.lastSeq + 1)) r.lastSeq += 1;
+    } else {
+      // Ahead of the watermark (a gap the replay will fill, or our own
+      // message acked before others' arrived).
+      r.seen.add(seq);
+      if (r.seen.size > SEEN_LIMIT) {
+        // Give up waiting for the gap: move the watermark to the oldest seen.
+        const min = Math.min(...r.seen);
+        r.lastSeq = min;
+        r.seen.delete(min);
+        while (r.seen.delete(r.lastSeq + 1)) r.lastSeq += 1;
+      }
+    }
+    return true;
+  }
+
+  #onDirect(event) {
+    // A direct message is identified by its recipient's inbox seq; ts guards
+    // against a server that lost its inbox numbering (restart without store).
+    const key = `${event.to}\u0000${event.seq}\u0000${event.ts}`;
+    if (this.#directSeen.has(key)) return;
+    this.#directSeen.add(key);
+    if (this.#directSeen.size > DIRECT_MEMORY) {
+      this.#directSeen.delete(this.#directSeen.values().next().value);
+    }
+    if (this.#welcome && event.to === this.#welcome.user && typeof event.seq === 'number') {
+      if (event.seq > this.#inboxUpto) this.#inboxUpto = event.seq;
+      this.#scheduleReceived();
+    }
+    this.#emit('direct', event);
+  }
+}
+
+function wsUrl(url) {
+  if (url == null) {
+    const loc = globalThis.location;
+    if (!loc) throw new TypeError('options.url is required outside a browser');
+    url = new URL('/ws', loc.href);
+  }
+  const u = new URL(String(url), globalThis.location ? globalThis.location.href : undefined);
+  if (u.protocol === 'http:') u.protocol = 'ws:';
+  else if (u.protocol === 'https:') u.protocol = 'wss:';
+  if (u.pathname === '/' || u.pathname === '') u.pathname = '/ws';
+  return u.toString();
+}
+
+function detach(ws) {
+  ws.onopen = null;
+  ws.onmessage = null;
+  ws.onclose = null;
+  // Keep an error handler: `ws` (Node) throws on an unhandled 'error'.
+  ws.onerror = () => {};
+}
+
+function callSafely(fn, value) {
+  try {
+    fn(value);
+  } catch (err) {
+    // A throwing handler must not break the client; report it asynchronously.
+    setTimeout(() => { throw err; }, 0);
+  }
+}
+
+function randomToken() {
+  const c = globalThis.crypto;
+  if (c && typeof c.getRandomValues === 'function') {
+    const bytes = c.getRandomValues(new Uint8Array(8));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+  }
+  return Math.random().toString(16).slice(2, 18).padEnd(16, '0');
+}
