@@ -297,6 +297,7 @@ export class Client {
     clearTimeout(this.#stableTimer);
     clearTimeout(this.#receivedTimer);
     this.#receivedTimer = null;
+    this.#receivedSent = 0; // confirm again on the next connection
     // Everything sent on this socket and not answered is sent again on the
     // next one (same ids); joins are redone by the rejoin.
     for (const [id, p] of this.#pending) {
@@ -459,6 +460,11 @@ export class Client {
     const ws = this.#ws;
     if (!ws || this.#state !== 'connected') return false;
     try {
+      // Confirm the inbox before anything else goes out.
+      if (this.#inboxUpto > this.#receivedSent && command.type !== 'received') {
+        ws.send(JSON.stringify({ type: 'received', upto: this.#inboxUpto }));
+        this.#receivedSent = this.#inboxUpto;
+      }
       ws.send(JSON.stringify(command));
       return true;
     } catch {
@@ -639,15 +645,16 @@ export class Client {
   #onDirect(event) {
     // A direct message is identified by its recipient's inbox seq; ts guards
     // against a server that lost its inbox numbering (restart without store).
+    if (this.#welcome && event.to === this.#welcome.user && typeof event.seq === 'number') {
+      // Confirmed even when it is a duplicate: the server redelivers until it hears `received`.
+      if (event.seq > this.#inboxUpto) this.#inboxUpto = event.seq;
+      if (this.#inboxUpto > this.#receivedSent) this.#scheduleReceived();
+    }
     const key = `${event.to}\u0000${event.seq}\u0000${event.ts}`;
     if (this.#directSeen.has(key)) return;
     this.#directSeen.add(key);
     if (this.#directSeen.size > DIRECT_MEMORY) {
       this.#directSeen.delete(this.#directSeen.values().next().value);
-    }
-    if (this.#welcome && event.to === this.#welcome.user && typeof event.seq === 'number') {
-      if (event.seq > this.#inboxUpto) this.#inboxUpto = event.seq;
-      this.#scheduleReceived();
     }
     this.#emit('direct', event);
   }

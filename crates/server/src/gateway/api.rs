@@ -92,7 +92,14 @@ struct Post {
     id: Option<Box<RawValue>>,
 }
 
-fn parse_post(bytes: &[u8]) -> Result<(Box<RawValue>, Arc<str>, Option<Id>), ApiError> {
+/// A validated POST body.
+struct Posted {
+    body: Box<RawValue>,
+    from: Arc<str>,
+    id: Option<Id>,
+}
+
+fn parse_post(bytes: &[u8]) -> Result<Posted, ApiError> {
     let post: Post = serde_json::from_slice(bytes)
         .map_err(|e| bad_request(format!("invalid JSON body: {e}")))?;
     let body = post
@@ -112,7 +119,11 @@ fn parse_post(bytes: &[u8]) -> Result<(Box<RawValue>, Arc<str>, Option<Id>), Api
         }
         Some(_) => return Err(bad_request("`id` must be a string or a number")),
     };
-    Ok((body, Arc::from(from), id))
+    Ok(Posted {
+        body,
+        from: Arc::from(from),
+        id,
+    })
 }
 
 async fn submit(
@@ -150,7 +161,7 @@ async fn publish(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
     validate_room(&room).map_err(bad_request)?;
-    let (body, from, id) = parse_post(&bytes)?;
+    let Posted { body, from, id } = parse_post(&bytes)?;
     let room: Arc<str> = Arc::from(room);
     let d = submit(&app, |reply| Job::Publish {
         room: room.clone(),
@@ -174,7 +185,7 @@ async fn send(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
     validate_user(&user).map_err(bad_request)?;
-    let (body, from, id) = parse_post(&bytes)?;
+    let Posted { body, from, id } = parse_post(&bytes)?;
     let to: Arc<str> = Arc::from(user);
     let d = submit(&app, |reply| Job::Send {
         to: to.clone(),

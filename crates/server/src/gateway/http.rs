@@ -244,37 +244,37 @@ where
         None => None,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // Register before answering 101: once the client sees the handshake
+    // complete, it is in its channel or identified, and misses nothing sent
+    // after that. Frames queued now are written when the socket loop starts.
+    app.hub.metrics.connections_accepted.increment(1);
+    let conn = app.hub.connect(config, app.config.max_queue);
+    let mut handler = make(app.clone(), conn.clone());
     tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
+        let parts = match on_upgrade.await {
+            // We served hyper a plain TcpStream, so this downcast recovers it
+            // and any bytes hyper read past the request head.
+            Ok(upgraded) => upgraded.downcast::<TokioIo<TcpStream>>().ok(),
             Err(err) => {
                 tracing::debug!(%err, "upgrade failed");
-                return;
+                None
             }
         };
-        // We served hyper a plain TcpStream, so this downcast recovers it and
-        // any bytes hyper read past the request head.
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => parts,
-            Err(_) => {
-                tracing::error!("upgraded connection is not a TcpStream");
-                return;
+        match parts {
+            Some(parts) => {
+                let stream = parts.io.into_inner();
+                socket::run(
+                    &app.hub,
+                    stream,
+                    parts.read_buf,
+                    conn,
+                    app.config.max_frame,
+                    &mut handler,
+                )
+                .await;
             }
-        };
-        let stream = parts.io.into_inner();
-        let leftover = parts.read_buf;
-        app.hub.metrics.connections_accepted.increment(1);
-        let conn = app.hub.connect(config, app.config.max_queue);
-        let mut handler = make(app.clone(), conn.clone());
-        socket::run(
-            &app.hub,
-            stream,
-            leftover,
-            conn,
-            app.config.max_frame,
-            &mut handler,
-        )
-        .await;
+            None => handler.on_close(),
+        }
         app.conn_closed.notify_waiters();
     });
     response
