@@ -106,8 +106,22 @@ impl Server {
     }
 
     pub async fn http_get(&self, path: &str) -> (u16, String) {
+        self.http("GET", path, None, None).await
+    }
+
+    /// One HTTP/1.1 request over a fresh connection; returns status and body.
+    pub async fn http(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String) {
         let mut stream = TcpStream::connect(self.addr).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(key) = bearer {
+            request.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || method == "POST" {
+            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut response = String::new();
         tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut response))
@@ -115,10 +129,7 @@ impl Server {
             .expect("http timeout")
             .expect("read");
         let status = response[9..12].parse().expect("status");
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)
     }
 
@@ -234,6 +245,22 @@ impl Client {
         let reply = self.recv().await;
         assert_eq!(reply["id"], id, "reply {reply} does not answer {id}");
         reply
+    }
+
+    /// Sends without panicking; false once the connection is gone.
+    pub async fn ws_send(&mut self, value: Value) -> bool {
+        self.ws.send(Message::text(value.to_string())).await.is_ok()
+    }
+
+    /// The next JSON event, or None once the connection has ended.
+    pub async fn try_recv(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("timed out waiting for an event") {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).ok(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
     }
 
     /// The next JSON event (ping/pong frames are skipped).
