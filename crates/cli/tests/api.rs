@@ -20,25 +20,56 @@ async fn api_publishes_sends_lists_and_disconnects() {
 
     // Publish to a room as the backend.
     let (status, body) = server
-        .http("POST", "/api/rooms/lobby/messages", Some(KEY), Some(r#"{"body":{"text":"deploy done"},"from":"ci"}"#))
+        .http(
+            "POST",
+            "/api/rooms/lobby/messages",
+            Some(KEY),
+            Some(r#"{"body":{"text":"deploy done"},"from":"ci"}"#),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let r = parse(&body);
-    assert_eq!((r["seq"].as_u64(), r["delivered"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (r["seq"].as_u64(), r["delivered"].as_u64()),
+        (Some(1), Some(1))
+    );
     let m = ann.expect("message").await;
-    assert_eq!((m["from"].as_str(), m["body"]["text"].as_str()), (Some("ci"), Some("deploy done")));
+    assert_eq!(
+        (m["from"].as_str(), m["body"]["text"].as_str()),
+        (Some("ci"), Some("deploy done"))
+    );
 
     // Send to a user; `from` defaults to "server".
-    let (status, body) = server.http("POST", "/api/users/bob/messages", Some(KEY), Some(r#"{"body":"hi"}"#)).await;
+    let (status, body) = server
+        .http(
+            "POST",
+            "/api/users/bob/messages",
+            Some(KEY),
+            Some(r#"{"body":"hi"}"#),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let r = parse(&body);
-    assert_eq!((r["delivered"].as_u64(), r["stored"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(
+        (r["delivered"].as_u64(), r["stored"].as_bool()),
+        (Some(1), Some(true))
+    );
     assert_eq!(bob.expect("direct").await["from"], "server");
 
     // Idempotency key.
     let post = r#"{"body":"once","id":"job-7"}"#;
-    let first = parse(&server.http("POST", "/api/rooms/lobby/messages", Some(KEY), Some(post)).await.1);
-    let again = parse(&server.http("POST", "/api/rooms/lobby/messages", Some(KEY), Some(post)).await.1);
+    let first = parse(
+        &server
+            .http("POST", "/api/rooms/lobby/messages", Some(KEY), Some(post))
+            .await
+            .1,
+    );
+    let again = parse(
+        &server
+            .http("POST", "/api/rooms/lobby/messages", Some(KEY), Some(post))
+            .await
+            .1,
+    );
     assert_eq!(first["seq"], again["seq"]);
     assert_eq!(again["duplicate"], true);
     assert_eq!(ann.expect("message").await["body"], "once");
@@ -46,17 +77,37 @@ async fn api_publishes_sends_lists_and_disconnects() {
 
     // Rooms, presence, history.
     let rooms = parse(&server.http("GET", "/api/rooms", Some(KEY), None).await.1);
-    assert_eq!(rooms["rooms"], json!([{"room": "lobby", "seq": 2, "online": 1}]));
-    let p = parse(&server.http("GET", "/api/rooms/lobby/presence", Some(KEY), None).await.1);
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"room": "lobby", "seq": 2, "online": 1}])
+    );
+    let p = parse(
+        &server
+            .http("GET", "/api/rooms/lobby/presence", Some(KEY), None)
+            .await
+            .1,
+    );
     assert_eq!(p, json!({"room": "lobby", "online": 1, "users": ["ann"]}));
-    let h = parse(&server.http("GET", "/api/rooms/lobby/messages?limit=1", Some(KEY), None).await.1);
+    let h = parse(
+        &server
+            .http("GET", "/api/rooms/lobby/messages?limit=1", Some(KEY), None)
+            .await
+            .1,
+    );
     assert_eq!(h["messages"].as_array().unwrap().len(), 1);
     assert_eq!(h["messages"][0]["seq"], 2);
-    let h = parse(&server.http("GET", "/api/rooms/lobby/messages?before=2", Some(KEY), None).await.1);
+    let h = parse(
+        &server
+            .http("GET", "/api/rooms/lobby/messages?before=2", Some(KEY), None)
+            .await
+            .1,
+    );
     assert_eq!(h["messages"][0]["body"]["text"], "deploy done");
 
     // Disconnect a user everywhere.
-    let (status, body) = server.http("DELETE", "/api/users/bob/connections", Some(KEY), None).await;
+    let (status, body) = server
+        .http("DELETE", "/api/users/bob/connections", Some(KEY), None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(parse(&body)["disconnected"], 1);
     assert_eq!(bob.expect_end().await, common::Ended::Close(4003));
@@ -65,14 +116,57 @@ async fn api_publishes_sends_lists_and_disconnects() {
 #[tokio::test]
 async fn api_errors_are_clear() {
     let server = Server::start_with(&["--api-key", KEY]);
-    let cases: Vec<(&str, &str, Option<&str>, Option<&str>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("GET", "/api/rooms", None, None, 401, "unauthorized"),
-        ("GET", "/api/rooms", Some("wrong"), None, 401, "unauthorized"),
-        ("POST", "/api/rooms/lobby/messages", Some(KEY), Some("{not json"), 400, "bad_request"),
-        ("POST", "/api/rooms/lobby/messages", Some(KEY), Some(r#"{"from":"x"}"#), 400, "bad_request"),
-        ("POST", "/api/rooms/lobby/messages", Some(KEY), Some(r#"{"body":1,"from":""}"#), 400, "bad_request"),
-        ("POST", "/api/users/bob/messages", Some(KEY), Some(r#"{"body":1,"id":[1]}"#), 400, "bad_request"),
-        ("GET", "/api/rooms/lobby/messages?limit=500", Some(KEY), None, 400, "bad_request"),
+        (
+            "GET",
+            "/api/rooms",
+            Some("wrong"),
+            None,
+            401,
+            "unauthorized",
+        ),
+        (
+            "POST",
+            "/api/rooms/lobby/messages",
+            Some(KEY),
+            Some("{not json"),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/rooms/lobby/messages",
+            Some(KEY),
+            Some(r#"{"from":"x"}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/rooms/lobby/messages",
+            Some(KEY),
+            Some(r#"{"body":1,"from":""}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/users/bob/messages",
+            Some(KEY),
+            Some(r#"{"body":1,"id":[1]}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/rooms/lobby/messages?limit=500",
+            Some(KEY),
+            None,
+            400,
+            "bad_request",
+        ),
     ];
     for (method, path, key, body, status, code) in cases {
         let (got, text) = server.http(method, path, key, body).await;
@@ -86,7 +180,9 @@ async fn api_errors_are_clear() {
 #[tokio::test]
 async fn api_is_off_without_a_key() {
     let server = Server::start();
-    let (status, body) = server.http("GET", "/api/rooms", Some("anything"), None).await;
+    let (status, body) = server
+        .http("GET", "/api/rooms", Some("anything"), None)
+        .await;
     assert_eq!(status, 404);
     assert!(body.contains("disabled"));
 }

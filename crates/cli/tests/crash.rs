@@ -25,7 +25,9 @@ async fn publish_until_killed(mut c: Client, who: usize) -> (BTreeMap<String, u6
         while in_flight.len() < 8 {
             n += 1;
             let id = format!("p{who}-{n}");
-            let sent = c.ws_send(json!({"type": "publish", "room": "crash", "body": id, "id": id})).await;
+            let sent = c
+                .ws_send(json!({"type": "publish", "room": "crash", "body": id, "id": id}))
+                .await;
             if !sent {
                 return (acked, in_flight);
             }
@@ -47,7 +49,10 @@ async fn publish_until_killed(mut c: Client, who: usize) -> (BTreeMap<String, u6
 
 #[tokio::test]
 async fn kill_9_under_load_loses_nothing_acknowledged() {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     let delay = Duration::from_millis(150 + u64::from(nanos % 600));
     eprintln!("crash test: kill -9 after {delay:?}");
 
@@ -97,7 +102,10 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     for r in readers {
         last_seen.push(r.await.unwrap());
     }
-    assert!(!acked.is_empty(), "nothing was acknowledged before the crash");
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the crash"
+    );
 
     // Restart on the same address and data.
     let server = Server::start_in(&dir, &addr.to_string(), &args, &[]);
@@ -107,7 +115,8 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         let mut c = server.connect(&format!("pub{who}")).await;
         c.join("crash").await;
         for (_, id) in unacked.iter().filter(|(w, _)| *w == who) {
-            c.send(json!({"type": "publish", "room": "crash", "body": id, "id": id})).await;
+            c.send(json!({"type": "publish", "room": "crash", "body": id, "id": id}))
+                .await;
             let ack = loop {
                 let e = c.recv().await;
                 match e["type"].as_str() {
@@ -116,7 +125,10 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                     _ => panic!("unexpected {e}"),
                 }
             };
-            resent.insert(id.clone(), (ack["seq"].as_u64().unwrap(), ack["duplicate"] == true));
+            resent.insert(
+                id.clone(),
+                (ack["seq"].as_u64().unwrap(), ack["duplicate"] == true),
+            );
         }
     }
 
@@ -129,7 +141,10 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         if let Some(b) = before {
             q["before"] = json!(b);
         }
-        let page = reader.request(q).await["messages"].as_array().unwrap().clone();
+        let page = reader.request(q).await["messages"]
+            .as_array()
+            .unwrap()
+            .clone();
         if page.is_empty() {
             break;
         }
@@ -144,18 +159,34 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let seqs: Vec<u64> = all.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     let max = *seqs.last().unwrap();
     if let Some((i, s)) = seqs.iter().enumerate().find(|(i, s)| **s != *i as u64 + 1) {
-        panic!("history is not gapless from 1: position {i} holds seq {s} (of {} messages)", seqs.len());
+        panic!(
+            "history is not gapless from 1: position {i} holds seq {s} (of {} messages)",
+            seqs.len()
+        );
     }
     let mut by_body: HashMap<String, u64> = HashMap::new();
     for m in &all {
         let body = m["body"].as_str().unwrap().to_string();
-        assert!(by_body.insert(body.clone(), m["seq"].as_u64().unwrap()).is_none(), "{body} stored twice");
+        assert!(
+            by_body
+                .insert(body.clone(), m["seq"].as_u64().unwrap())
+                .is_none(),
+            "{body} stored twice"
+        );
     }
     for (id, seq) in &acked {
-        assert_eq!(by_body.get(id), Some(seq), "acknowledged {id} (seq {seq}) missing or moved");
+        assert_eq!(
+            by_body.get(id),
+            Some(seq),
+            "acknowledged {id} (seq {seq}) missing or moved"
+        );
     }
     for (id, (seq, _)) in &resent {
-        assert_eq!(by_body.get(id), Some(seq), "resent {id} not stored at its acked seq");
+        assert_eq!(
+            by_body.get(id),
+            Some(seq),
+            "resent {id} not stored at its acked seq"
+        );
     }
     eprintln!(
         "crash test: {} acked before the kill, {} resent ({} were already stored), {} messages in history",
@@ -169,7 +200,8 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     for (i, since) in last_seen.into_iter().enumerate() {
         let mut s = Client::connect(&server.url(&format!("/ws?user=sub{i}"))).await;
         s.expect("welcome").await;
-        s.send(json!({"type": "join", "room": "crash", "since": since})).await;
+        s.send(json!({"type": "join", "room": "crash", "since": since}))
+            .await;
         s.expect("joined").await;
         for seq in since + 1..=max {
             let m = s.expect("message").await;

@@ -20,7 +20,11 @@ fn start_fails(data_dir: &std::path::Path) -> String {
         .output()
         .expect("run switchboard");
     assert!(!out.status.success(), "server started on a bad data dir");
-    assert_eq!(out.status.code(), Some(1), "exit code (a panic would be 101)");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit code (a panic would be 101)"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
@@ -62,7 +66,11 @@ impl Drop for Mount {
 async fn disk_full_gives_unavailable_and_recovers() {
     let dir = temp_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&dir).status().unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
     assert!(status.success(), "mounting a tmpfs needs root");
     let mount = Mount(dir.clone());
     let data = dir.join("data");
@@ -85,7 +93,9 @@ async fn disk_full_gives_unavailable_and_recovers() {
     let pad = "p".repeat(4000);
     let mut acked = Vec::new();
     let refused = loop {
-        let reply = ann.request(json!({"type": "publish", "room": "r", "body": {"pad": pad}})).await;
+        let reply = ann
+            .request(json!({"type": "publish", "room": "r", "body": {"pad": pad}}))
+            .await;
         match reply["type"].as_str() {
             Some("ack") => acked.push(reply["seq"].as_u64().unwrap()),
             Some("error") => break reply,
@@ -100,15 +110,27 @@ async fn disk_full_gives_unavailable_and_recovers() {
     ann.expect_nothing_pending().await;
     let (status, body) = server.http_get("/readyz").await;
     assert_eq!(status, 503, "{body}");
-    assert!(server.metric("switchboard_errors_total{code=\"unavailable\"}").await >= 1.0);
+    assert!(
+        server
+            .metric("switchboard_errors_total{code=\"unavailable\"}")
+            .await
+            >= 1.0
+    );
 
     // Space comes back: the next publish gets the next seq, no gap.
     std::fs::remove_file(&filler).unwrap();
     let ack = ann.publish("r", json!("after")).await;
     assert_eq!(ack["seq"], acked.len() as u64 + 1);
     assert_eq!(server.http_get("/readyz").await.0, 200);
-    let reply = ann.request(json!({"type": "history", "room": "r", "limit": 100})).await;
-    let seqs: Vec<u64> = reply["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let reply = ann
+        .request(json!({"type": "history", "room": "r", "limit": 100}))
+        .await;
+    let seqs: Vec<u64> = reply["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     let last = acked.len() as u64 + 1;
     let expected: Vec<u64> = (last.saturating_sub(99).max(1)..=last).collect();
     assert_eq!(seqs, expected);

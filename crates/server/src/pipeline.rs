@@ -314,8 +314,14 @@ impl Writer {
         // Retention by count, in the same transaction: each room or inbox
         // this batch wrote to keeps its newest `count` messages.
         let keep = self.settings.retention.count;
-        for (room, _) in &old_rooms {
-            let last = self.rooms.get(room).copied().unwrap_or(0);
+        let touched = |old: &[(Arc<str>, u64)]| {
+            let mut names: Vec<Arc<str>> = old.iter().map(|(name, _)| name.clone()).collect();
+            names.sort();
+            names.dedup();
+            names
+        };
+        for room in touched(&old_rooms) {
+            let last = self.rooms.get(&room).copied().unwrap_or(0);
             if last > keep {
                 writes.push(Write::TrimRoom {
                     room: room.to_string(),
@@ -323,8 +329,8 @@ impl Writer {
                 });
             }
         }
-        for (user, _) in &old_inboxes {
-            let last = self.inboxes.get(user).copied().unwrap_or(0);
+        for user in touched(&old_inboxes) {
+            let last = self.inboxes.get(&user).copied().unwrap_or(0);
             if last > keep {
                 writes.push(Write::TrimInbox {
                     user: user.to_string(),

@@ -110,7 +110,13 @@ impl Server {
     }
 
     /// One HTTP/1.1 request over a fresh connection; returns status and body.
-    pub async fn http(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String) {
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
         let mut stream = TcpStream::connect(self.addr).await.expect("connect");
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
         if let Some(key) = bearer {
@@ -118,7 +124,10 @@ impl Server {
         }
         let body = body.unwrap_or("");
         if !body.is_empty() || method == "POST" {
-            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
         }
         request.push_str("\r\n");
         request.push_str(body);
@@ -129,7 +138,10 @@ impl Server {
             .expect("http timeout")
             .expect("read");
         let status = response[9..12].parse().expect("status");
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -255,7 +267,10 @@ impl Client {
     /// The next JSON event, or None once the connection has ended.
     pub async fn try_recv(&mut self) -> Option<Value> {
         loop {
-            match tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("timed out waiting for an event") {
+            match tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("timed out waiting for an event")
+            {
                 Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).ok(),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 _ => return None,

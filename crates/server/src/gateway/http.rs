@@ -22,21 +22,14 @@ use super::{socket, App};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws))
         .route("/relay/{channel}", get(relay))
         .merge(super::api::routes())
+        .merge(super::web::routes())
         .with_state(app)
-}
-
-async fn index() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "Switchboard is running.\n\nWebSocket: /ws (JSON protocol), /relay/{channel} (raw relay)\nOps: /healthz, /metrics\n",
-    )
 }
 
 async fn healthz() -> &'static str {

@@ -10,6 +10,7 @@ mod relay;
 mod replay;
 mod session;
 mod socket;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
