@@ -92,6 +92,68 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// Turns authentication on: HS256 secret that client JWTs are signed
+    /// with (also used by `switchboard token`).
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Turns authentication on: PEM public key (RSA for RS256, EC P-256 for
+    /// ES256) that client JWTs are verified with.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Turns authentication on: a JWKS file (JSON Web Key Set); the token's
+    /// `kid` picks the key.
+    #[arg(long, env = "SWITCHBOARD_JWKS")]
+    pub jwks: Option<std::path::PathBuf>,
+
+    /// Clock skew tolerated when checking `exp` and `nbf`.
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Origins allowed to open WebSockets (browser `Origin` header): exact
+    /// (`https://chat.example.com`) or wildcard subdomains
+    /// (`https://*.example.com`), comma-separated. Others get 403. Unset:
+    /// any origin (fine for tokens in headers/queries; set it in production).
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// PEM certificate chain: serve https:// and wss:// (needs --tls-key).
+    /// Reloaded on SIGHUP.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Most simultaneous connections one user may hold (0 = unlimited).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
+
+    /// Most simultaneous connections from one IP address (0 = unlimited).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+
+    /// New WebSocket connections per second one IP may open (token bucket,
+    /// burst of twice this; 0 = unlimited).
+    #[arg(long, env = "SWITCHBOARD_CONNECT_RATE_PER_IP", default_value_t = 100)]
+    pub connect_rate_per_ip: u32,
+
+    /// Most rooms one connection may be in at once.
+    #[arg(long, env = "SWITCHBOARD_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: usize,
+
+    /// Largest `body` of a publish or send, in bytes of JSON (`too_large`
+    /// beyond). Units: B, KiB, MiB.
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY", default_value = "32KiB", value_parser = parse_size)]
+    pub max_body: usize,
+
+    /// Proxies (IP addresses) whose `X-Forwarded-For` is trusted for the
+    /// client address; from anyone else the header is ignored.
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// On SIGTERM/SIGINT, how long to wait for connections to close after
     /// sending them close 1001 before exiting anyway.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -119,6 +181,19 @@ impl Default for Config {
             dedupe_window: Duration::from_secs(300),
             replay_limit: 1000,
             api_key: None,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwks: None,
+            jwt_leeway: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            max_connections_per_user: 32,
+            max_connections_per_ip: 1000,
+            connect_rate_per_ip: 100,
+            max_rooms_per_connection: 100,
+            max_body: 32 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
