@@ -22,6 +22,27 @@ enum Command {
     Serve(Config),
     /// Load generator: measure a running server (or a baseline).
     Bench(bench::Args),
+    /// Mint a JWT for local development (HS256 with the server's secret).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Lifetime. Units: s, m, h, d.
+    #[arg(long, default_value = "1h", value_parser = switchboard_server::config::parse_duration)]
+    ttl: std::time::Duration,
+    /// Room patterns the token allows (`team-*`), comma-separated; all rooms when absent.
+    #[arg(long, value_delimiter = ',')]
+    rooms: Option<Vec<String>>,
+    /// Display name (`name` claim).
+    #[arg(long)]
+    name: Option<String>,
+    /// The HS256 secret the server verifies with.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    secret: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,7 +57,23 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => serve(config),
         Command::Bench(args) => bench::run(args),
+        Command::Token(args) => token(args),
     }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    switchboard_protocol::validate_user(&args.user).map_err(anyhow::Error::msg)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims = switchboard_server::auth::Claims {
+        sub: args.user,
+        exp: now + args.ttl.as_secs(),
+        nbf: None,
+        name: args.name,
+        rooms: args.rooms,
+    };
+    let token = switchboard_server::auth::mint(&args.secret, &claims).map_err(anyhow::Error::msg)?;
+    println!("{token}");
+    Ok(())
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -48,7 +85,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let addr = server.local_addr()?;
         tracing::info!(%addr, "listening");
         // Tests and scripts read this line to learn the port.
-        println!("switchboard listening on http://{addr}");
+        println!("switchboard listening on {}://{addr}", server.scheme());
         server.run(shutdown_signal()).await;
         anyhow::Ok(())
     })?;

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub fanout_seconds: Histogram,
     pub slow_consumer_disconnects: Counter,
     pub heartbeat_timeouts: Counter,
+    pub tls_handshake_failures: Counter,
+    pub tls_reloads: Counter,
+    pub tls_reload_failures: Counter,
     errors: Vec<(ErrorCode, Counter)>,
     _recorder: PrometheusRecorder,
 }
@@ -106,6 +109,18 @@ impl Metrics {
             heartbeat_timeouts: counter(
                 "switchboard_heartbeat_timeouts_total",
                 "connections closed for sending nothing for two heartbeat intervals",
+            ),
+            tls_handshake_failures: counter(
+                "switchboard_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out",
+            ),
+            tls_reloads: counter(
+                "switchboard_tls_reloads_total",
+                "TLS certificate reloads (SIGHUP) that succeeded",
+            ),
+            tls_reload_failures: counter(
+                "switchboard_tls_reload_failures_total",
+                "TLS certificate reloads (SIGHUP) that failed; the previous certificate stays",
             ),
             errors,
             _recorder: recorder,

@@ -82,7 +82,7 @@ impl Server {
             .expect("read listening line");
         let addr = line
             .trim()
-            .rsplit("http://")
+            .rsplit("://")
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
@@ -214,6 +214,11 @@ pub enum Ended {
 }
 
 impl Client {
+    /// Wraps an already-open WebSocket.
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client { ws, next_id: 0 }
+    }
+
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
             .await

@@ -10,14 +10,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use switchboard_protocol::{validate_device, validate_room, validate_user};
 use switchboard_ws::DeflateConfig;
-use tokio::net::TcpStream;
 
 use super::relay::RelaySession;
-use super::session::Session;
+use super::guard::{self, Refusal};
+use super::session::{Session, Start};
+use super::ConnectInfo;
+use crate::auth::Identity;
 use super::{socket, App};
 
 pub fn router(app: Arc<App>) -> Router {
@@ -76,6 +77,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 struct WsQuery {
     user: Option<String>,
     device: Option<String>,
+    token: Option<String>,
 }
 
 async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Request) -> Response {
@@ -89,14 +91,27 @@ async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Requ
             return refuse(&app, StatusCode::BAD_REQUEST, &message);
         }
     }
-    let user = match app.auth.authenticate(query.user.as_deref(), None) {
-        Ok(user) => user,
-        Err(message) => return refuse(&app, StatusCode::UNAUTHORIZED, &message),
+    // With auth on, identity comes only from a token: `Authorization:
+    // Bearer`, `?token=`, or (Pending) the first `hello`. A bad token still
+    // gets the upgrade, so a browser can read the `unauthorized` error.
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let token = bearer.or(query.token);
+    let start = match (app.auth.required(), token, query.user) {
+        (true, Some(token), _) => match app.auth.authenticate(None, Some(&token)) {
+            Ok(Some(identity)) => Start::Identified(identity),
+            Ok(None) => Start::Pending,
+            Err(message) => Start::Refused(message),
+        },
+        (true, None, _) | (false, _, None) => Start::Pending,
+        (false, _, Some(user)) => Start::Identified(Identity::named(&user)),
     };
     let device = query.device;
-    upgrade(app, req, move |app, conn| {
-        Box::new(Session::new(app, conn, user, device))
-    })
+    upgrade(app, req, move |app, conn| Box::new(Session::new(app, conn, start, device)))
 }
 
 #[derive(Deserialize)]
@@ -199,6 +214,10 @@ where
             "missing or invalid Sec-WebSocket-Key",
         );
     };
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if !guard::origin_allowed(&app.config.allowed_origins, origin) {
+        return refuse(&app, StatusCode::FORBIDDEN, "origin not allowed");
+    }
     if app.shutting_down.load(Ordering::Relaxed) {
         return refuse(
             &app,
@@ -236,6 +255,22 @@ where
         }
         None => None,
     };
+    // Per-IP limits last, so every refusal above leaves the counters alone.
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo>()
+        .map(|c| guard::client_ip(c.0, req.headers(), &app.config.trusted_proxies));
+    if let Some(ip) = ip {
+        match app.ip_limits.admit(ip) {
+            Ok(()) => {}
+            Err(Refusal::TooManyConnections) => {
+                return refuse(&app, StatusCode::TOO_MANY_REQUESTS, "too many connections from this address")
+            }
+            Err(Refusal::TooFast) => {
+                return refuse(&app, StatusCode::TOO_MANY_REQUESTS, "connecting too fast from this address")
+            }
+        }
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Register before answering 101: once the client sees the handshake
     // complete, it is in its channel or identified, and misses nothing sent
@@ -245,21 +280,20 @@ where
     let mut handler = make(app.clone(), conn.clone());
     tokio::spawn(async move {
         let parts = match on_upgrade.await {
-            // We served hyper a plain TcpStream, so this downcast recovers it
-            // and any bytes hyper read past the request head.
-            Ok(upgraded) => upgraded.downcast::<TokioIo<TcpStream>>().ok(),
+            // We served hyper a plain or TLS stream: recover it and any
+            // bytes hyper read past the request head.
+            Ok(upgraded) => socket::Stream::from_upgraded(upgraded),
             Err(err) => {
                 tracing::debug!(%err, "upgrade failed");
                 None
             }
         };
         match parts {
-            Some(parts) => {
-                let stream = parts.io.into_inner();
+            Some((stream, read_buf)) => {
                 socket::run(
                     &app.hub,
                     stream,
-                    parts.read_buf,
+                    read_buf,
                     conn,
                     app.config.max_frame,
                     &mut handler,
@@ -267,6 +301,9 @@ where
                 .await;
             }
             None => handler.on_close(),
+        }
+        if let Some(ip) = ip {
+            app.ip_limits.release(ip);
         }
         app.conn_closed.notify_waiters();
     });

@@ -5,11 +5,13 @@
 //! frames verbatim ([`relay`]). Both run the same socket loop ([`socket`]).
 
 mod api;
+mod guard;
 mod http;
 mod relay;
 mod replay;
 mod session;
 mod socket;
+mod tls;
 mod web;
 
 use std::future::Future;
@@ -19,10 +21,12 @@ use std::sync::Arc;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::auth::{Authenticator, NoAuth};
+use crate::auth::{Authenticator, JwtAuth, NoAuth};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -36,6 +40,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub pipeline: Pipeline,
     pub auth: Box<dyn Authenticator>,
+    /// Connections and connection rate per client IP.
+    pub ip_limits: guard::IpLimits,
     shutting_down: AtomicBool,
     /// Fired whenever a WebSocket connection ends (for shutdown draining).
     conn_closed: Notify,
@@ -44,12 +50,24 @@ pub struct App {
 pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
+    /// With `--tls-cert`: the TLS acceptor, and SIGHUP to reload it.
+    tls: Option<(Arc<tls::Tls>, Signal)>,
 }
 
 impl Server {
     /// Binds the listening socket (so the caller learns the real port when
     /// `listen` has port 0) without serving yet.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        // Certificates first: a bad file stops start-up before anything else.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = Arc::new(tls::Tls::load(cert, key)?);
+                // Installed before we serve, so a SIGHUP never kills us.
+                let hangup = signal(SignalKind::hangup())?;
+                Some((tls, hangup))
+            }
+            _ => None,
+        };
         let store: Arc<dyn Store> = match config.store.as_str() {
             "memory" => Arc::new(MemoryStore::new()),
             _ => Arc::new(SqliteStore::open(&config.data_dir).map_err(|e| {
@@ -59,6 +77,20 @@ impl Server {
                 )
             })?),
         };
+        let auth: Box<dyn Authenticator> =
+            if config.jwt_secret.is_some() || config.jwt_public_key.is_some() || config.jwks.is_some() {
+                Box::new(
+                    JwtAuth::new(
+                        config.jwt_secret.as_deref(),
+                        config.jwt_public_key.as_deref(),
+                        config.jwks.as_deref(),
+                        config.jwt_leeway,
+                    )
+                    .map_err(|e| anyhow::anyhow!("JWT configuration: {e}"))?,
+                )
+            } else {
+                Box::new(NoAuth)
+            };
         let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
         let settings = Settings {
             retention: Retention {
@@ -74,16 +106,26 @@ impl Server {
             hub,
             store,
             pipeline,
-            auth: Box::new(NoAuth),
+            auth,
+            ip_limits: guard::IpLimits::new(config.max_connections_per_ip, config.connect_rate_per_ip),
             config,
             shutting_down: AtomicBool::new(false),
             conn_closed: Notify::new(),
         });
-        Ok(Server { listener, app })
+        Ok(Server { listener, app, tls })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn app(&self) -> &Arc<App> {
@@ -93,15 +135,22 @@ impl Server {
     /// Serves until `shutdown` completes, then closes every WebSocket with
     /// 1001 and waits (bounded by `shutdown_timeout`) for them to go.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, app } = self;
+        let Server { listener, app, tls } = self;
         let router = http::router(app.clone());
         let heartbeat = tokio::spawn(heartbeat_loop(app.clone()));
+        let (tls, reloader) = match tls {
+            Some((tls, hangup)) => {
+                let reloader = tokio::spawn(reload_on_hangup(tls.clone(), hangup, app.clone()));
+                (Some(tls), Some(reloader))
+            }
+            None => (None, None),
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        tokio::spawn(serve_http(stream, peer, router.clone(), app.clone()));
+                        tokio::spawn(serve_connection(stream, peer, router.clone(), app.clone(), tls.clone()));
                     }
                     Err(err) => {
                         // Usually EMFILE: back off briefly instead of spinning.
@@ -141,6 +190,9 @@ impl Server {
             );
         }
         heartbeat.abort();
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         // Commit whatever is still queued before exiting.
         let pipeline_app = app.clone();
         let _ = tokio::task::spawn_blocking(move || pipeline_app.pipeline.stop()).await;
@@ -148,9 +200,33 @@ impl Server {
     }
 }
 
-async fn serve_http(stream: TcpStream, peer: SocketAddr, router: axum::Router, app: Arc<App>) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: axum::Router,
+    app: Arc<App>,
+    tls: Option<Arc<tls::Tls>>,
+) {
     // Small messages must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return serve_http(stream, peer, router, app).await;
+    };
+    match tls.accept(stream, app.config.handshake_timeout).await {
+        Ok(stream) => serve_http(stream, peer, router, app).await,
+        Err(err) => {
+            app.hub.metrics.tls_handshake_failures.increment(1);
+            tracing::debug!(%err, %peer, "TLS handshake failed");
+        }
+    }
+}
+
+/// HTTP/1.1 on a plain or TLS stream; a WebSocket upgrade takes the stream
+/// back from hyper (`socket::Stream::from_upgraded`).
+async fn serve_http<S>(stream: S, peer: SocketAddr, router: axum::Router, app: Arc<App>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = TowerToHyperService::new(router.layer(axum::Extension(ConnectInfo(peer))));
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -161,6 +237,27 @@ async fn serve_http(stream: TcpStream, peer: SocketAddr, router: axum::Router, a
         .await;
     if let Err(err) = result {
         tracing::debug!(%err, %peer, "http connection error");
+    }
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP (certificate
+/// renewals). Open connections keep the session they negotiated.
+async fn reload_on_hangup(tls: Arc<tls::Tls>, mut hangup: Signal, app: Arc<App>) {
+    while hangup.recv().await.is_some() {
+        let reloader = tls.clone();
+        let result = tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .unwrap_or_else(|err| Err(anyhow::anyhow!("reload task failed: {err}")));
+        match result {
+            Ok(()) => {
+                app.hub.metrics.tls_reloads.increment(1);
+                tracing::info!("SIGHUP: TLS certificate reloaded; new connections use it");
+            }
+            Err(err) => {
+                app.hub.metrics.tls_reload_failures.increment(1);
+                tracing::error!("SIGHUP: TLS certificate reload failed, keeping the previous one: {err:#}");
+            }
+        }
     }
 }
 
@@ -176,5 +273,6 @@ async fn heartbeat_loop(app: Arc<App>) {
     loop {
         ticker.tick().await;
         app.hub.heartbeat(period * 2);
+        app.ip_limits.sweep();
     }
 }

@@ -14,8 +14,21 @@ use tokio::time::Instant;
 use super::replay::{self, Target};
 use super::socket::{CloseWith, Handler};
 use super::App;
-use crate::hub::Conn;
+use crate::auth::Identity;
+use crate::hub::{Conn, IdentifyError};
 use crate::pipeline::{Job, Reply};
+
+/// How a connection starts, decided from the upgrade request.
+pub enum Start {
+    /// `?user=` (auth off) or a valid token in the request.
+    Identified(Identity),
+    /// Waiting for `hello` (or, with auth off, any command: then a guest).
+    Pending,
+    /// The request carried an invalid token: `unauthorized`, close 4001.
+    Refused(String),
+}
+
+const UNAUTHORIZED: CloseWith = CloseWith { code: close::UNAUTHORIZED, reason: "unauthorized" };
 
 pub struct Session {
     app: Arc<App>,
@@ -24,18 +37,18 @@ pub struct Session {
     /// The client's device id (`?device=` or `hello`); "" when not given.
     /// Inbox delivery is tracked per device.
     device: Arc<str>,
-    /// Until identified: when the connection becomes a guest.
+    identity: Option<Identity>,
+    /// Until identified: when the connection becomes a guest (auth off) or
+    /// is closed 4001 (auth on).
     hello_deadline: Option<Instant>,
+    /// When the token expires (plus leeway): closed 4001 unless a fresh
+    /// token arrives in a `hello` first.
+    expires: Option<Instant>,
     bucket: TokenBucket,
 }
 
 impl Session {
-    pub fn new(
-        app: Arc<App>,
-        conn: Arc<Conn>,
-        user: Option<String>,
-        device: Option<String>,
-    ) -> Session {
+    pub fn new(app: Arc<App>, conn: Arc<Conn>, start: Start, device: Option<String>) -> Session {
         let session_id = format!("{:016x}", rand::random::<u64>());
         let bucket = TokenBucket::new(app.config.rate_limit, app.config.rate_burst);
         let hello_deadline = Some(Instant::now() + app.config.hello_timeout);
@@ -45,40 +58,65 @@ impl Session {
             conn,
             session_id,
             device,
+            identity: None,
             hello_deadline,
+            expires: None,
             bucket,
         };
-        if let Some(user) = user {
-            session.identify(&user, None);
+        let outcome = match start {
+            Start::Identified(identity) => session.identify(identity, None),
+            Start::Pending => Ok(()),
+            Start::Refused(message) => {
+                session.error(None, ErrorCode::Unauthorized, &message);
+                Err(UNAUTHORIZED)
+            }
+        };
+        if let Err(close) = outcome {
+            session.conn.close(close.code, close.reason, true);
         }
         session
     }
 
-    fn identify(&mut self, user: &str, id: Option<&Id>) {
+    fn identify(&mut self, identity: Identity, id: Option<&Id>) -> Result<(), CloseWith> {
         self.hello_deadline = None;
         let heartbeat = self.app.config.heartbeat.as_secs().max(1);
-        let welcome = proto::encode(&proto::Welcome::new(id, user, &self.session_id, heartbeat));
-        if let Some(range) = self.app.hub.identify(&self.conn, user, welcome) {
-            replay::inbox(
-                self.app.clone(),
-                self.conn.clone(),
-                self.device.clone(),
-                range,
-            );
+        let welcome = proto::encode(&proto::Welcome::new(id, &identity.user, &self.session_id, heartbeat));
+        let limit = self.app.config.max_connections_per_user;
+        match self.app.hub.identify(&self.conn, &identity.user, welcome, limit) {
+            Ok(range) => {
+                replay::inbox(self.app.clone(), self.conn.clone(), self.device.clone(), range);
+            }
+            Err(IdentifyError::TooManyConnections) => {
+                self.error(
+                    id,
+                    ErrorCode::Forbidden,
+                    &format!("user `{}` already has {limit} connections", identity.user),
+                );
+                return Err(CloseWith { code: close::POLICY, reason: "too many connections for this user" });
+            }
+            Err(IdentifyError::AlreadyIdentified) => {}
         }
+        self.set_expiry(&identity);
+        self.identity = Some(identity);
+        Ok(())
     }
 
-    fn identify_guest(&mut self) {
+    fn set_expiry(&mut self, identity: &Identity) {
+        self.expires = identity.expires_at.map(|exp| {
+            let now = jsonwebtoken::get_current_timestamp();
+            let left = exp.saturating_add(self.app.config.jwt_leeway.as_secs()).saturating_sub(now);
+            Instant::now() + Duration::from_secs(left)
+        });
+    }
+
+    fn identify_guest(&mut self) -> Result<(), CloseWith> {
         let guest = format!("guest-{:08x}", rand::random::<u32>());
-        self.identify(&guest, None);
+        self.identify(Identity::named(&guest), None)
     }
 
     fn error(&self, id: Option<&Id>, code: ErrorCode, message: &str) {
         self.app.hub.metrics.error(code);
-        self.app.hub.reply(
-            &self.conn,
-            proto::encode(&proto::Error::new(id, code, message)),
-        );
+        self.app.hub.reply(&self.conn, proto::encode(&proto::Error::new(id, code, message)));
     }
 
     fn submit(&self, job: Job, id: Option<&Id>) {
@@ -87,53 +125,103 @@ impl Session {
         }
     }
 
-    fn handle(&mut self, text: &str) {
+    /// `hello` on an identified connection: with auth on, a fresh token for
+    /// the same user extends the session; anything else is refused.
+    fn refresh(&mut self, user: Option<&str>, token: Option<&str>, id: Option<&Id>) -> Result<(), CloseWith> {
+        let current = self.identity.as_ref().map(|i| i.user.clone()).unwrap_or_default();
+        if !self.app.auth.required() || token.is_none() {
+            self.error(id, ErrorCode::BadRequest, "already identified: hello is accepted once");
+            return Ok(());
+        }
+        match self.app.auth.authenticate(user, token) {
+            Ok(Some(identity)) if identity.user == current => {
+                self.set_expiry(&identity);
+                self.identity = Some(identity);
+                let heartbeat = self.app.config.heartbeat.as_secs().max(1);
+                let welcome = proto::Welcome::new(id, &current, &self.session_id, heartbeat);
+                self.app.hub.reply(&self.conn, proto::encode(&welcome));
+                Ok(())
+            }
+            Ok(_) => {
+                self.error(id, ErrorCode::Forbidden, "a refreshed token must be for the same user");
+                Ok(())
+            }
+            Err(message) => {
+                self.error(id, ErrorCode::Unauthorized, &message);
+                Err(UNAUTHORIZED)
+            }
+        }
+    }
+
+    /// Whether the token allows `room`; answers `forbidden` if not.
+    fn may_use(&self, room: &str, id: Option<&Id>) -> bool {
+        let allowed = self.identity.as_ref().is_none_or(|i| i.may_use(room));
+        if !allowed {
+            self.error(id, ErrorCode::Forbidden, &format!("your token does not allow room `{room}`"));
+        }
+        allowed
+    }
+
+    fn body_fits(&self, body: &serde_json::value::RawValue, id: Option<&Id>) -> bool {
+        let max = self.app.config.max_body;
+        let fits = body.get().len() <= max;
+        if !fits {
+            self.error(id, ErrorCode::TooLarge, &format!("body is larger than {max} bytes"));
+        }
+        fits
+    }
+
+    fn handle(&mut self, text: &str) -> Result<(), CloseWith> {
         let proto::Request { command, id } = match decode_command(text) {
             Ok(request) => request,
             Err(err) => {
                 self.error(err.id.as_ref(), err.code, &err.message);
-                return;
+                return Ok(());
             }
         };
-        if self.hello_deadline.is_some() {
+        if self.identity.is_none() {
             match &command {
-                Command::Hello {
-                    user,
-                    token,
-                    device,
-                    ..
-                } => {
+                Command::Hello { user, token, device, .. } => {
                     if let Some(device) = device {
                         self.device = Arc::from(device.as_ref());
                     }
-                    match self
-                        .app
-                        .auth
-                        .authenticate(user.as_deref(), token.as_deref())
-                    {
-                        Ok(Some(user)) => self.identify(&user, id.as_ref()),
+                    return match self.app.auth.authenticate(user.as_deref(), token.as_deref()) {
+                        Ok(Some(identity)) => self.identify(identity, id.as_ref()),
                         Ok(None) => {
                             let guest = format!("guest-{:08x}", rand::random::<u32>());
-                            self.identify(&guest, id.as_ref());
+                            self.identify(Identity::named(&guest), id.as_ref())
                         }
-                        Err(message) => self.error(id.as_ref(), ErrorCode::Unauthorized, &message),
-                    }
-                    return;
+                        Err(message) => {
+                            self.error(id.as_ref(), ErrorCode::Unauthorized, &message);
+                            Err(UNAUTHORIZED)
+                        }
+                    };
+                }
+                _ if self.app.auth.required() => {
+                    self.error(id.as_ref(), ErrorCode::Unauthorized, "send hello with a token first");
+                    return Err(UNAUTHORIZED);
                 }
                 // Any other first command: carry on as a guest.
-                _ => self.identify_guest(),
+                _ => self.identify_guest()?,
             }
         }
         let hub = &self.app.hub;
         let conn = &self.conn;
         let user = conn.user_arc().cloned().unwrap_or_else(|| Arc::from(""));
         match command {
-            Command::Hello { .. } => self.error(
-                id.as_ref(),
-                ErrorCode::BadRequest,
-                "already identified: hello is accepted once",
-            ),
+            Command::Hello { user, token, .. } => {
+                let (user, token) = (user.map(|u| u.into_owned()), token.map(|t| t.into_owned()));
+                return self.refresh(user.as_deref(), token.as_deref(), id.as_ref());
+            }
             Command::Join { room, since } => {
+                if !self.may_use(&room, id.as_ref()) {
+                    return Ok(());
+                }
+                let max = self.app.config.max_rooms_per_connection;
+                if !hub.is_member(conn, &room) && conn.rooms.lock().len() >= max {
+                    self.error(id.as_ref(), ErrorCode::Forbidden, &format!("a connection may be in at most {max} rooms"));
+                    return Ok(());
+                }
                 if let Some(range) = hub.join(conn, &room, since, id.as_ref()) {
                     replay::room(self.app.clone(), conn.clone(), room.into_owned(), range);
                 }
@@ -142,26 +230,18 @@ impl Session {
                 if hub.leave(conn, &room) {
                     hub.reply(conn, proto::encode(&proto::Left::new(id.as_ref(), &room)));
                 } else {
-                    self.error(
-                        id.as_ref(),
-                        ErrorCode::NotJoined,
-                        &format!("not joined to room `{room}`"),
-                    );
+                    self.error(id.as_ref(), ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
                 }
             }
             Command::Publish { room, body } => {
-                if !hub.is_member(conn, &room) {
-                    self.error(
-                        id.as_ref(),
-                        ErrorCode::NotJoined,
-                        &format!("not joined to room `{room}`"),
-                    );
-                    return;
+                if !self.may_use(&room, id.as_ref()) || !self.body_fits(body, id.as_ref()) {
+                    return Ok(());
                 }
-                let reply = Reply::Conn {
-                    conn: conn.clone(),
-                    id: id.clone(),
-                };
+                if !hub.is_member(conn, &room) {
+                    self.error(id.as_ref(), ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
+                    return Ok(());
+                }
+                let reply = Reply::Conn { conn: conn.clone(), id: id.clone() };
                 let job = Job::Publish {
                     room: Arc::from(room.as_ref()),
                     from: user,
@@ -173,10 +253,10 @@ impl Session {
                 self.submit(job, id.as_ref());
             }
             Command::Send { to, body } => {
-                let reply = Reply::Conn {
-                    conn: conn.clone(),
-                    id: id.clone(),
-                };
+                if !self.body_fits(body, id.as_ref()) {
+                    return Ok(());
+                }
+                let reply = Reply::Conn { conn: conn.clone(), id: id.clone() };
                 let job = Job::Send {
                     to: Arc::from(to.as_ref()),
                     from: user,
@@ -190,21 +270,18 @@ impl Session {
             Command::Received { upto } => {
                 // A device cannot confirm what was never sent.
                 let upto = upto.min(hub.inbox_seq(&user));
-                let job = Job::Cursor {
-                    user: user.to_string(),
-                    device: self.device.to_string(),
-                    upto,
-                };
+                let job = Job::Cursor { user: user.to_string(), device: self.device.to_string(), upto };
                 self.submit(job, id.as_ref());
             }
             Command::Read { from, upto } => hub.read_receipt(&from, &user, upto),
-            Command::History {
-                target,
-                before,
-                limit,
-            } => {
+            Command::History { target, before, limit } => {
                 let target = match target {
-                    HistoryTarget::Room(room) => Target::Room(room.into_owned()),
+                    HistoryTarget::Room(room) => {
+                        if !self.may_use(&room, id.as_ref()) {
+                            return Ok(());
+                        }
+                        Target::Room(room.into_owned())
+                    }
                     HistoryTarget::With(with) => Target::With(with.into_owned()),
                 };
                 replay::history(self.app.clone(), conn.clone(), id, target, before, limit);
@@ -212,13 +289,11 @@ impl Session {
             Command::Presence { room } => {
                 let users = hub.presence(&room);
                 let names: Vec<&str> = users.iter().map(|u| &**u).collect();
-                hub.reply(
-                    conn,
-                    proto::encode(&proto::PresenceList::new(id.as_ref(), &room, names)),
-                );
+                hub.reply(conn, proto::encode(&proto::PresenceList::new(id.as_ref(), &room, names)));
             }
             Command::Ping => hub.reply(conn, proto::encode(&proto::Pong::new(id.as_ref()))),
         }
+        Ok(())
     }
 }
 
@@ -253,7 +328,7 @@ impl Handler for Session {
         // The decoder validated UTF-8 already; this check is cheap and keeps
         // the code free of `unsafe`.
         match std::str::from_utf8(&payload) {
-            Ok(text) => self.handle(text),
+            Ok(text) => self.handle(text)?,
             Err(_) => {
                 return Err(CloseWith {
                     code: close::INVALID_DATA,
@@ -265,12 +340,22 @@ impl Handler for Session {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.hello_deadline
+        self.hello_deadline.or(self.expires)
     }
 
     fn on_deadline(&mut self) -> Result<(), CloseWith> {
         if self.hello_deadline.is_some() {
-            self.identify_guest();
+            if self.app.auth.required() {
+                self.hello_deadline = None;
+                self.error(None, ErrorCode::Unauthorized, "no valid token received in time");
+                return Err(UNAUTHORIZED);
+            }
+            return self.identify_guest();
+        }
+        if self.expires.is_some_and(|at| at <= Instant::now()) {
+            self.expires = None;
+            self.error(None, ErrorCode::Unauthorized, "token expired: send hello with a fresh token before expiry");
+            return Err(CloseWith { code: close::UNAUTHORIZED, reason: "token expired" });
         }
         Ok(())
     }

@@ -6,20 +6,31 @@
 //! a per-thread scratch buffer, so a connection keeps no read buffer unless a
 //! frame is split across reads; the writer's batch is empty until a frame is
 //! queued.
+//!
+//! The loop is generic over the stream: a plain `TcpStream` is split into
+//! its owned halves (readiness + `try_read`, `writev`); a TLS stream is split
+//! with `tokio::io::split` (rustls decrypts into the same scratch buffer and
+//! encrypts a whole vectored batch into few records).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use switchboard_protocol::close;
 use switchboard_ws::{close_frame, encode_frame, Decoder, Message, OpCode};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 
 use crate::hub::{Conn, Hub};
 
@@ -56,16 +67,56 @@ pub trait Handler {
     fn on_close(&mut self);
 }
 
+/// A WebSocket connection's byte stream, taken back from hyper.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Recovers the stream we served hyper (plain or TLS) and the bytes
+    /// hyper read past the request head.
+    pub fn from_upgraded(upgraded: Upgraded) -> Option<(Stream, Bytes)> {
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => return Some((Stream::Plain(parts.io.into_inner()), parts.read_buf)),
+            Err(upgraded) => upgraded,
+        };
+        let parts = upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>().ok()?;
+        Some((Stream::Tls(Box::new(parts.io.into_inner())), parts.read_buf))
+    }
+}
+
 pub async fn run<H: Handler>(
     hub: &Hub,
-    stream: TcpStream,
+    stream: Stream,
     leftover: Bytes,
     conn: Arc<Conn>,
     max_message: usize,
     handler: &mut H,
 ) {
-    let (reader, writer) = stream.into_split();
-    let mut writer_task = tokio::spawn(write_loop(writer, conn.clone(), hub.metrics.clone()));
+    match stream {
+        Stream::Plain(tcp) => {
+            let (reader, writer) = tcp.into_split();
+            let writer = tokio::spawn(write_loop(writer, conn.clone(), hub.metrics.clone()));
+            read_loop(hub, reader, writer, leftover, conn, max_message, handler).await;
+        }
+        Stream::Tls(tls) => {
+            let (reader, writer) = tokio::io::split(*tls);
+            let writer = tokio::spawn(write_loop(writer, conn.clone(), hub.metrics.clone()));
+            read_loop(hub, reader, writer, leftover, conn, max_message, handler).await;
+        }
+    }
+}
+
+async fn read_loop<H: Handler, R: ReadInto>(
+    hub: &Hub,
+    mut reader: R,
+    mut writer_task: tokio::task::JoinHandle<()>,
+    leftover: Bytes,
+    conn: Arc<Conn>,
+    max_message: usize,
+    handler: &mut H,
+) {
     let mut decoder = Decoder::new(max_message, conn.deflate);
     // Copy, then drop: `leftover` is a view into hyper's read buffer, which
     // would otherwise stay allocated for the life of the connection.
@@ -125,32 +176,15 @@ pub async fn run<H: Handler>(
             None
         };
         tokio::select! {
-            ready = reader.readable() => {
-                if ready.is_err() {
-                    break 'conn;
-                }
-                let read = SCRATCH_BUF.with(|scratch| {
-                    let mut scratch = scratch.borrow_mut();
-                    match reader.try_read(&mut scratch[..]) {
-                        Ok(n) => {
-                            buf.extend_from_slice(&scratch[..n]);
-                            Ok(n)
-                        }
-                        Err(e) => Err(e),
+            read = reader.read_into(&mut buf) => match read {
+                Ok(0) | Err(_) => break 'conn,
+                Ok(n) => {
+                    hub.metrics.bytes_in.increment(n as u64);
+                    if failed {
+                        buf.clear();
                     }
-                });
-                match read {
-                    Ok(0) => break 'conn,
-                    Ok(n) => {
-                        hub.metrics.bytes_in.increment(n as u64);
-                        if failed {
-                            buf.clear();
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break 'conn,
                 }
-            }
+            },
             _ = conn.closing.wait(), if close_deadline.is_none() => {}
             _ = sleep_until(close_deadline), if close_deadline.is_some() => break 'conn,
             _ = sleep_until(handler_deadline), if handler_deadline.is_some() => {
@@ -185,8 +219,49 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn write_loop(
-    mut writer: OwnedWriteHalf,
+/// The read half of a connection.
+trait ReadInto {
+    /// Waits for bytes and appends what arrived to `buf` (reading through
+    /// the per-thread scratch buffer); `Ok(0)` at the end of the stream.
+    /// Cancel-safe: bytes are never read without being appended.
+    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+impl ReadInto for OwnedReadHalf {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            let read: io::Result<usize> = SCRATCH_BUF.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let n = self.try_read(&mut scratch[..])?;
+                buf.extend_from_slice(&scratch[..n]);
+                Ok(n)
+            });
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
+}
+
+/// TLS: rustls decrypts what it has into the scratch buffer.
+impl<S: AsyncRead + Send> ReadInto for tokio::io::ReadHalf<S> {
+    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send {
+        poll_fn(move |cx| {
+            SCRATCH_BUF.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut read = ReadBuf::new(&mut scratch[..]);
+                ready!(Pin::new(&mut *self).poll_read(cx, &mut read))?;
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(read.filled().len()))
+            })
+        })
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
     conn: Arc<Conn>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
@@ -197,7 +272,7 @@ async fn write_loop(
             if !reason.graceful {
                 // Aborted (slow consumer, dead peer): the socket is probably
                 // full, so try the close frame once without waiting.
-                let _ = writer.try_write(&close_frame(reason.code, reason.reason));
+                write_once(&mut writer, &close_frame(reason.code, reason.reason)).await;
                 return;
             }
         }
@@ -245,9 +320,19 @@ async fn write_loop(
     }
 }
 
+/// One write attempt that never waits (a no-op when the socket is full).
+async fn write_once<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) {
+    poll_fn(|cx| {
+        let _ = Pin::new(&mut *writer).poll_write(cx, frame);
+        let _ = Pin::new(&mut *writer).poll_flush(cx);
+        Poll::Ready(())
+    })
+    .await
+}
+
 /// Writes every frame of `batch` with as few syscalls as possible.
-async fn write_batch(
-    writer: &mut OwnedWriteHalf,
+async fn write_batch<W: AsyncWrite + Unpin>(
+    writer: &mut W,
     batch: &mut VecDeque<Bytes>,
 ) -> io::Result<usize> {
     let mut total = 0;
@@ -279,5 +364,7 @@ async fn write_batch(
             }
         }
     }
+    // TLS buffers what it encrypted until flushed (a no-op for TCP).
+    writer.flush().await?;
     Ok(total)
 }

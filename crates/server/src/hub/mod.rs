@@ -58,6 +58,13 @@ pub struct Delivery {
     pub duplicate: bool,
 }
 
+/// Why [`Hub::identify`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentifyError {
+    AlreadyIdentified,
+    TooManyConnections,
+}
+
 /// Where a connection's replay must start and stop (exclusive, inclusive].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replay {
@@ -175,22 +182,39 @@ impl Hub {
     /// Gives a connection its user id and makes it reachable by `send`.
     /// `welcome` is queued first; live directs are held back (gated) until
     /// [`Hub::open_inbox`], so the inbox replay for `Replay` goes out first.
-    pub fn identify(&self, conn: &Arc<Conn>, user: &str, welcome: Vec<u8>) -> Option<Replay> {
+    pub fn identify(
+        &self,
+        conn: &Arc<Conn>,
+        user: &str,
+        welcome: Vec<u8>,
+        max_per_user: usize,
+    ) -> Result<Replay, IdentifyError> {
         let user: Arc<str> = match self.users.get(user) {
             Some(entry) => entry.key().clone(),
             None => Arc::from(user),
         };
-        if !conn.set_user(user.clone()) {
-            return None;
+        if conn.user_arc().is_some() {
+            return Err(IdentifyError::AlreadyIdentified);
         }
         let mut entry = self.users.entry(user.clone()).or_default();
+        if max_per_user > 0 && entry.len() >= max_per_user {
+            let empty = entry.is_empty();
+            drop(entry);
+            if empty {
+                self.users.remove_if(&user, |_, conns| conns.is_empty());
+            }
+            return Err(IdentifyError::TooManyConnections);
+        }
+        if !conn.set_user(user.clone()) {
+            return Err(IdentifyError::AlreadyIdentified);
+        }
         if entry.is_empty() {
             self.metrics.users.increment(1.0);
         }
         let upto = self.inbox_seq(&user);
         self.reply(conn, welcome);
         entry.push(Gated::new(conn.clone(), upto, true));
-        Some(Replay { after: 0, upto })
+        Ok(Replay { after: 0, upto })
     }
 
     /// Ends the inbox replay of `conn`: held directs go out, then live ones.
