@@ -171,6 +171,32 @@ impl<T: socket::Handler + ?Sized> socket::Handler for Box<T> {
     }
 }
 
+/// A connection's handler plus its per-IP slot, released as soon as the
+/// connection is unregistered (not when its task finally ends).
+struct Admitted {
+    inner: MakeHandler,
+    app: Arc<App>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl socket::Handler for Admitted {
+    fn on_message(&mut self, opcode: switchboard_ws::OpCode, payload: Bytes) -> Result<(), socket::CloseWith> {
+        self.inner.on_message(opcode, payload)
+    }
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.inner.deadline()
+    }
+    fn on_deadline(&mut self) -> Result<(), socket::CloseWith> {
+        self.inner.on_deadline()
+    }
+    fn on_close(&mut self) {
+        self.inner.on_close();
+        if let Some(ip) = self.ip.take() {
+            self.app.ip_limits.release(ip);
+        }
+    }
+}
+
 /// Validates the upgrade request, answers 101, and runs the socket loop on
 /// the raw TCP stream once hyper lets go of it.
 fn upgrade<F>(app: Arc<App>, mut req: Request, make: F) -> Response
@@ -277,7 +303,7 @@ where
     // after that. Frames queued now are written when the socket loop starts.
     app.hub.metrics.connections_accepted.increment(1);
     let conn = app.hub.connect(config, app.config.max_queue);
-    let mut handler = make(app.clone(), conn.clone());
+    let mut handler = Admitted { inner: make(app.clone(), conn.clone()), app: app.clone(), ip };
     tokio::spawn(async move {
         let parts = match on_upgrade.await {
             // We served hyper a plain or TLS stream: recover it and any
@@ -300,10 +326,7 @@ where
                 )
                 .await;
             }
-            None => handler.on_close(),
-        }
-        if let Some(ip) = ip {
-            app.ip_limits.release(ip);
+            None => socket::Handler::on_close(&mut handler),
         }
         app.conn_closed.notify_waiters();
     });

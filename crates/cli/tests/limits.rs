@@ -1,0 +1,116 @@
+//! Abuse limits, each configurable: per-IP connections and connection rate,
+//! connections per user, rooms per connection, body size, handshake timeout,
+//! and the browser origin check.
+
+mod common;
+
+use common::{Client, Ended, Server};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+async fn status_of(server: &Server, path: &str, origin: Option<&str>) -> u16 {
+    let mut request = server.url(path).into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, response)) => {
+            drop(ws);
+            response.status().as_u16()
+        }
+        Err(WsError::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn origins_outside_the_allow_list_get_403() {
+    let server = Server::start_with(&["--allowed-origins", "https://chat.example.com,https://*.example.org"]);
+    assert_eq!(status_of(&server, "/ws?user=a", Some("https://evil.example.net")).await, 403);
+    assert_eq!(status_of(&server, "/relay/x", Some("https://evil.example.net")).await, 403);
+    assert_eq!(status_of(&server, "/ws?user=a", Some("https://chat.example.com")).await, 101);
+    assert_eq!(status_of(&server, "/ws?user=a", Some("https://app.example.org")).await, 101);
+    // Non-browser clients send no Origin.
+    assert_eq!(status_of(&server, "/ws?user=a", None).await, 101);
+    // Default: any origin.
+    let open = Server::start();
+    assert_eq!(status_of(&open, "/ws?user=a", Some("https://anything.test")).await, 101);
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_limited() {
+    let server = Server::start_with(&["--max-connections-per-ip", "2"]);
+    let a = server.connect("a").await;
+    let _b = server.connect("b").await;
+    assert_eq!(status_of(&server, "/ws?user=c", None).await, 429);
+    drop(a);
+    // The slot frees when the connection is gone; wait for that through the
+    // connection gauge rather than a sleep.
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while server.metric("switchboard_connections").await > 1.0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(status_of(&server, "/ws?user=c", None).await, 101);
+}
+
+#[tokio::test]
+async fn connection_rate_per_ip_is_limited() {
+    let server = Server::start_with(&["--connect-rate-per-ip", "2"]);
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(status_of(&server, &format!("/ws?user=u{i}"), None).await);
+    }
+    // A burst of twice the rate, then 429 (the test runs far faster than 2/s).
+    assert_eq!(&statuses[..4], &[101, 101, 101, 101]);
+    assert!(statuses[4..].contains(&429), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn connections_per_user_are_limited() {
+    let server = Server::start_with(&["--max-connections-per-user", "2"]);
+    let _a1 = server.connect("ann").await;
+    let _a2 = server.connect("ann").await;
+    let mut a3 = Client::connect(&server.url("/ws?user=ann")).await;
+    let e = a3.expect("error").await;
+    assert_eq!(e["code"], "forbidden");
+    assert_eq!(a3.expect_end().await, Ended::Close(1008));
+    // Other users are unaffected.
+    server.connect("bob").await;
+}
+
+#[tokio::test]
+async fn rooms_per_connection_and_body_size_are_limited() {
+    let server = Server::start_with(&["--max-rooms-per-connection", "2", "--max-body", "100B"]);
+    let mut c = server.connect("ann").await;
+    c.join("a").await;
+    c.join("b").await;
+    c.join("a").await; // re-joining a room you are in is fine
+    let e = c.request(json!({"type": "join", "room": "c"})).await;
+    assert_eq!(e["code"], "forbidden");
+    c.request(json!({"type": "leave", "room": "b"})).await;
+    c.join("c").await;
+
+    let e = c.request(json!({"type": "publish", "room": "a", "body": "x".repeat(200)})).await;
+    assert_eq!(e["code"], "too_large");
+    let e = c.request(json!({"type": "send", "to": "bob", "body": "x".repeat(200)})).await;
+    assert_eq!(e["code"], "too_large");
+    c.publish("a", json!("x".repeat(50))).await;
+}
+
+/// A client that never finishes its request head is dropped.
+#[tokio::test]
+async fn slow_handshakes_time_out() {
+    let server = Server::start_with(&["--handshake-timeout", "300ms"]);
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /ws?user=slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(common::TIMEOUT, stream.read_to_end(&mut rest))
+        .await
+        .expect("the server kept a half-sent request open")
+        .ok();
+    // Others are served meanwhile and after.
+    server.connect("ok").await;
+}
