@@ -61,6 +61,11 @@ async fn send_all(app: &App, conn: &Conn, reset: Option<Vec<u8>>, events: Vec<Ve
 
 /// Replays `range` of `room` to `conn`, then opens its gate.
 pub fn room(app: Arc<App>, conn: Arc<Conn>, room: String, range: Replay) {
+    if range.after >= range.upto {
+        // Nothing missed (the common reconnect): no store read, no task.
+        app.hub.open_room(&conn, &room);
+        return;
+    }
     tokio::spawn(async move {
         let store = app.store.clone();
         let limit = app.config.replay_limit;
@@ -101,6 +106,11 @@ pub fn room(app: Arc<App>, conn: Arc<Conn>, room: String, range: Replay) {
 /// Delivers `user`'s inbox entries after this device's cursor, up to
 /// `range.upto`, then opens the inbox gate.
 pub fn inbox(app: Arc<App>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
+    if range.upto == 0 {
+        // The user never received a direct message: nothing to read.
+        app.hub.open_inbox(&conn);
+        return;
+    }
     tokio::spawn(async move {
         let store = app.store.clone();
         let limit = app.config.replay_limit;
