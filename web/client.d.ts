@@ -22,7 +22,9 @@ export type ErrorCode =
   | 'timeout'
   | 'closed'
   | 'queue_full'
-  | 'left';
+  | 'left'
+  /** closed by the server with 4003 (an operator disconnected the user): no reconnect */
+  | 'kicked';
 
 /** The minimal WHATWG WebSocket surface the client uses (browsers, Node 22+, the `ws` package). */
 export interface WebSocketLike {
@@ -49,10 +51,22 @@ export interface ClientOptions {
   url?: string | URL;
   /** The user id to connect as (auth off). Neither user nor token: a guest id. */
   user?: string;
-  /** A JWT (auth on); sent in the `hello` command, never in the URL. */
-  token?: string;
+  /**
+   * A JWT (auth on), sent in the `hello` command, never in the URL. A
+   * function is asked for a token before every connection and, when the
+   * JWT has an `exp`, shortly before it expires (the session is renewed
+   * with a `hello`, without reconnecting).
+   */
+  token?: string | (() => string | Promise<string>);
   /** A display name, sent in `hello`. */
   name?: string;
+  /**
+   * A stable id of this device (sent in `hello`): the server tracks inbox
+   * delivery per device, so each device gets every direct message once.
+   * Keep it across restarts (e.g. in localStorage). Default: none (all
+   * device-less connections of a user share one inbox cursor).
+   */
+  device?: string;
   /** WebSocket implementation; default `globalThis.WebSocket`. On Node < 22 pass the `ws` package's export. */
   WebSocket?: WebSocketConstructor;
   /** Ms to wait for the reply to a command once it was sent (default 10000). */
@@ -76,15 +90,19 @@ export interface ClientOptions {
 export interface Welcome { type: 'welcome'; user: string; session: string; heartbeat: number; id?: Id }
 export interface Joined { type: 'joined'; room: string; online: number; seq: number; id?: Id }
 export interface Left { type: 'left'; room: string; id?: Id }
-export interface PublishAck { type: 'ack'; room: string; seq: number; delivered: number; id?: Id }
-export interface SendAck { type: 'ack'; to: string; seq: number; delivered: number; stored: boolean; id?: Id }
+/** `duplicate`: the id repeated an earlier command; `seq` is the original's and nothing was delivered again. */
+export interface PublishAck { type: 'ack'; room: string; seq: number; delivered: number; duplicate?: true; id?: Id }
+export interface SendAck { type: 'ack'; to: string; seq: number; delivered: number; stored: boolean; duplicate?: true; id?: Id }
 export interface Message<B = Json> { type: 'message'; room: string; seq: number; from: string; ts: number; body: B }
-export interface Direct<B = Json> { type: 'direct'; from: string; to: string; seq: number; ts: number; body: B }
+/** `seq`: the recipient's inbox seq. `gid`: store-wide id ordering a conversation (the `before` cursor of history with `with`). */
+export interface Direct<B = Json> { type: 'direct'; from: string; to: string; seq: number; gid: number; ts: number; body: B }
 export interface PresenceEvent { type: 'presence'; room: string; event: 'join' | 'leave'; user: string; online: number }
 export interface PresenceList { type: 'presence'; room: string; online: number; users: string[]; id?: Id }
-export interface Reset { type: 'reset'; room: string; seq: number }
+/** Part of a stream cannot be replayed: everything up to `seq` is skipped, what follows continues from `seq + 1`. A room's (`room`) or this device's inbox (`inbox: true`). */
+export interface Reset { type: 'reset'; room?: string; inbox?: true; seq: number }
 export interface ReadReceipt { type: 'read'; by: string; upto: number }
-export interface History<B = Json> { type: 'history'; messages: Array<Message<B> | Direct<B>>; id?: Id; [field: string]: unknown }
+/** Reply to `history`: `message` events (room) or `direct` events (conversation), oldest first. */
+export interface History<B = Json> { type: 'history'; room?: string; with?: string; messages: Array<Message<B> | Direct<B>>; id?: Id }
 export interface ServerError { type: 'error'; code: ErrorCode; message: string; id?: Id }
 
 export interface StateChange {
@@ -112,12 +130,11 @@ export interface JoinOptions {
   since?: number;
 }
 
-export interface HistoryQuery {
-  room?: string;
-  with?: string;
-  before?: number;
-  limit?: number;
-}
+export type HistoryQuery =
+  /** A room's messages with seq < `before`, the newest `limit` (1–100, default 50). */
+  | { room: string; before?: number; limit?: number }
+  /** The conversation with a user: directs with gid < `before`. */
+  | { with: string; before?: number; limit?: number };
 
 export interface ClientEvents {
   state: StateChange;
@@ -132,6 +149,8 @@ export interface ClientEvents {
   error: SwitchboardError;
   /** Every event the server sends, after the client processed it. */
   event: { type: string; [field: string]: unknown };
+  /** The session was renewed with a fresh token; `expires`: its `exp` in ms. */
+  token: { expires?: number };
 }
 
 export declare class SwitchboardError extends Error {
@@ -168,6 +187,12 @@ export declare class Client {
   read(from: string, upto: number): void;
   /** Application ping; resolves with the round-trip time in ms. */
   ping(): Promise<number>;
+  /**
+   * Renews the session with a fresh token (auth on). `token` replaces the
+   * option; when connected it is sent in a `hello` at once (resolves with the
+   * new `welcome`), otherwise the next connection uses it (resolves undefined).
+   */
+  refreshToken(token?: string | (() => string | Promise<string>)): Promise<Welcome | undefined>;
   /** The reconnect delay in ms before attempt `n` (0-based), jitter included. */
   backoff(n: number): number;
 }

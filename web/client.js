@@ -33,8 +33,9 @@ const DEFAULTS = {
   reconnect: { min: 500, max: 30_000, factor: 2 },
 };
 
-// Close codes after which reconnecting cannot help (4001: unauthorized).
-const FATAL_CLOSE = new Set([4001]);
+// Close codes after which the client does not reconnect: the server refused
+// the identity, or an operator disconnected the user (HTTP API).
+const FATAL_CLOSE = new Map([[4001, 'unauthorized'], [4003, 'kicked']]);
 // How many direct-message identities are remembered for dedupe.
 const DIRECT_MEMORY = 4096;
 // A room's out-of-order seqs kept above its contiguous watermark.
@@ -70,6 +71,8 @@ export class Client {
   #connectWaiters = [];
   #onlineListener = null;
   #offlineListener = null;
+  #refreshTimer = null;
+  #helloToken = null;
 
   /**
    * @param {object} options see client.d.ts (ClientOptions)
@@ -96,9 +99,9 @@ export class Client {
 
   /** 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'offline' | 'closed' */
   get state() { return this.#state; }
-  /** The user id the server assigned (after `welcome`). */
+  /** The user id the server assigned (in the last `welcome`). */
   get user() { return this.#welcome ? this.#welcome.user : undefined; }
-  /** The server's session id for the current connection. */
+  /** The server's session id of the current (or last) connection. */
   get session() { return this.#welcome ? this.#welcome.session : undefined; }
   /** Rooms this client is a member of (it rejoins them after a reconnect). */
   get rooms() { return [...this.#rooms.keys()]; }
@@ -229,6 +232,22 @@ export class Client {
     this.#fire(key, { type: 'read', from, upto });
   }
 
+  /**
+   * Renews the session with a fresh token (auth on): `token` (a string, or a
+   * function returning one) replaces the one in the options; when connected
+   * it is sent in a `hello` at once, which resolves with the new `welcome`.
+   * With a token function this happens by itself before the JWT expires.
+   */
+  async refreshToken(token) {
+    if (token !== undefined) this.#o.token = token;
+    if (this.#state !== 'connected') return undefined;
+    const fresh = await this.#currentToken();
+    const welcome = await this.#request({ type: 'hello', token: fresh });
+    this.#armRefresh(fresh);
+    this.#emit('token', { expires: jwtExpiry(fresh) });
+    return welcome;
+  }
+
   /** Sends an application ping; resolves with the round-trip time in ms. */
   async ping() {
     const start = Date.now();
@@ -255,16 +274,20 @@ export class Client {
       return;
     }
     this.#ws = ws;
-    this.#welcome = null;
     this.#connectTimer = setTimeout(() => this.#drop(ws, 'connect timeout'), this.#o.connectTimeout);
     ws.onopen = () => {
       if (ws !== this.#ws) return;
       this.#lastRx = Date.now();
-      const hello = { type: 'hello', id: `${this.#idPrefix}hello` };
-      if (this.#o.user != null) hello.user = this.#o.user;
-      if (this.#o.token != null) hello.token = this.#o.token;
-      if (this.#o.name != null) hello.name = this.#o.name;
-      ws.send(JSON.stringify(hello));
+      this.#currentToken().then((token) => {
+        if (ws !== this.#ws) return;
+        const hello = { type: 'hello', id: `${this.#idPrefix}hello` };
+        if (this.#o.user != null) hello.user = this.#o.user;
+        if (token != null) hello.token = token;
+        if (this.#o.name != null) hello.name = this.#o.name;
+        if (this.#o.device != null) hello.device = this.#o.device;
+        ws.send(JSON.stringify(hello));
+        this.#helloToken = token;
+      }, (err) => this.#drop(ws, `no token: ${err && err.message}`));
     };
     ws.onmessage = (e) => {
       if (ws !== this.#ws) return;
@@ -291,10 +314,10 @@ export class Client {
       else ws.close();
     } catch { /* ignore */ }
     this.#ws = null;
-    this.#welcome = null;
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#heartbeatTimer);
     clearTimeout(this.#stableTimer);
+    clearTimeout(this.#refreshTimer);
     clearTimeout(this.#receivedTimer);
     this.#receivedTimer = null;
     this.#receivedSent = 0; // confirm again on the next connection
@@ -304,10 +327,16 @@ export class Client {
       clearTimeout(p.timer);
       p.timer = null;
       p.sent = false;
-      if (p.join) this.#pending.delete(id);
+      if (p.once) {
+        // Joins are redone by the rejoin; a token refresh by the next hello.
+        this.#pending.delete(id);
+        if (p.command.type === 'hello') p.resolve(undefined);
+      }
     }
-    if (code !== undefined && FATAL_CLOSE.has(code)) {
-      this.#fail(new SwitchboardError('unauthorized', reason || 'unauthorized'));
+    const renewable = code === 4001 && typeof this.#o.token === 'function';
+    if (code !== undefined && FATAL_CLOSE.has(code) && !renewable) {
+      const kind = FATAL_CLOSE.get(code);
+      this.#fail(new SwitchboardError(kind, reason || kind));
       return;
     }
     if (this.#fatal) return;
@@ -380,7 +409,25 @@ export class Client {
     }
     if (this.#inboxUpto > this.#receivedSent) this.#scheduleReceived();
     this.#armHeartbeat();
+    this.#armRefresh(this.#helloToken);
     for (const w of this.#connectWaiters.splice(0)) w.resolve(welcome);
+  }
+
+  #currentToken() {
+    const t = this.#o.token;
+    return new Promise((resolve) => resolve(typeof t === 'function' ? t() : t));
+  }
+
+  /** With a token function, renews the session shortly before the JWT's `exp`. */
+  #armRefresh(token) {
+    clearTimeout(this.#refreshTimer);
+    const expires = jwtExpiry(token);
+    if (expires === undefined || typeof this.#o.token !== 'function') return;
+    const left = expires - Date.now();
+    const delay = Math.max(1000, left - Math.min(60_000, left / 5));
+    this.#refreshTimer = setTimeout(() => {
+      this.refreshToken().catch((err) => this.#emit('error', err));
+    }, delay);
   }
 
   #armHeartbeat() {
@@ -435,6 +482,7 @@ export class Client {
   }
 
   #clearTimers() {
+    clearTimeout(this.#refreshTimer);
     clearTimeout(this.#reconnectTimer);
     clearTimeout(this.#stableTimer);
     clearTimeout(this.#connectTimer);
@@ -482,7 +530,7 @@ export class Client {
     }
     const full = { ...command, id: id != null ? id : `${this.#idPrefix}${++this.#nextId}` };
     return new Promise((resolve, reject) => {
-      const p = { command: full, resolve, reject, timer: null, sent: false, join: command.type === 'join' };
+      const p = { command: full, resolve, reject, timer: null, sent: false, once: command.type === 'join' || command.type === 'hello' };
       this.#pending.set(full.id, p);
       if (this.#state === 'connected') this.#transmit(p);
       else this.#ensureConnecting();
@@ -535,7 +583,8 @@ export class Client {
     const pending = event.id != null ? this.#pending.get(event.id) : undefined;
     switch (event.type) {
       case 'welcome':
-        this.#onWelcome(ws, event);
+        // A `welcome` answering a refresh (it has a pending id) is no new connection.
+        if (!pending) this.#onWelcome(ws, event);
         break;
       case 'message':
         this.#onMessage(event);
@@ -553,11 +602,17 @@ export class Client {
       case 'joined':
         this.#onJoined(event);
         break;
-      case 'reset': {
-        const r = this.#rooms.get(event.room);
-        if (r) this.#reset(r, event);
+      case 'reset':
+        if (event.inbox) {
+          // Inbox entries up to `seq` are gone (retention): confirm past them.
+          if (event.seq > this.#inboxUpto) this.#inboxUpto = event.seq;
+          if (this.#inboxUpto > this.#receivedSent) this.#scheduleReceived();
+          this.#emit('reset', event);
+        } else {
+          const r = this.#rooms.get(event.room);
+          if (r) this.#reset(r, event);
+        }
         break;
-      }
       case 'ack':
         if (event.room != null) {
           const r = this.#rooms.get(event.room);
@@ -671,6 +726,18 @@ function wsUrl(url) {
   else if (u.protocol === 'https:') u.protocol = 'wss:';
   if (u.pathname === '/' || u.pathname === '') u.pathname = '/ws';
   return u.toString();
+}
+
+/** The `exp` of a JWT in ms since the epoch, or undefined. The signature is the server's business. */
+function jwtExpiry(token) {
+  if (typeof token !== 'string') return undefined;
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const claims = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '=')));
+    return typeof claims.exp === 'number' ? claims.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function detach(ws) {

@@ -6,6 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket, { WebSocketServer } from 'ws';
+import { readFileSync } from 'node:fs';
 import { Client, SwitchboardError } from '../../web/client.js';
 import { Server, Proxy, waitFor, waitState, collector } from './client-helpers.mjs';
 
@@ -278,7 +279,7 @@ test('resume contract: rejoin with since = last seq, resend in-flight commands w
       if (cmd.type === 'publish' && n === 2) reply({ type: 'ack', id: cmd.id, room: 'r', seq: 4, delivered: 0 });
     });
   });
-  const me = new Client({ url: `ws://127.0.0.1:${wss.address().port}/ws`, user: 'me', WebSocket, reconnect: { min: 10, max: 50 } });
+  const me = new Client({ url: `ws://127.0.0.1:${wss.address().port}/ws`, user: 'me', device: 'laptop', WebSocket, reconnect: { min: 10, max: 50 } });
   clients.push(me);
   const got = collector();
   await me.join('r', { onMessage: got });
@@ -293,6 +294,8 @@ test('resume contract: rejoin with since = last seq, resend in-flight commands w
   const publishes = seen.filter(([, c]) => c.type === 'publish');
   assert.equal(publishes.length, 2);
   assert.equal(publishes[0][1].id, publishes[1][1].id, 'resent with the same id');
+  const hellos = seen.filter(([, c]) => c.type === 'hello').map(([, c]) => [c.user, c.device]);
+  assert.deepEqual(hellos, [['me', 'laptop'], ['me', 'laptop']]);
   // On the new connection the join goes before the resent publish.
   const second = seen.filter(([n]) => n === 2).map(([, c]) => c.type);
   assert.deepEqual(second, ['hello', 'join', 'publish']);
@@ -313,4 +316,33 @@ test('close(): unanswered and queued commands reject with `closed`, no reconnect
   await assert.rejects(ned.connect(), { code: 'closed' });
   assert.equal(proxy.accepted, accepted);
   await proxy.close();
+});
+
+test('the server serves the app and the library from the binary, as built from web/', async () => {
+  for (const [path, file, type] of [
+    ['/', 'index.html', 'text/html; charset=utf-8'],
+    ['/app.js', 'app.js', 'text/javascript; charset=utf-8'],
+    ['/i18n.js', 'i18n.js', 'text/javascript; charset=utf-8'],
+    ['/app.css', 'app.css', 'text/css; charset=utf-8'],
+    ['/favicon.svg', 'favicon.svg', 'image/svg+xml'],
+    ['/client.js', 'client.js', 'text/javascript; charset=utf-8'],
+    ['/client.d.ts', 'client.d.ts', 'application/typescript; charset=utf-8'],
+  ]) {
+    const res = await fetch(`${server.url}${path}`);
+    assert.equal(res.status, 200, path);
+    assert.equal(res.headers.get('content-type'), type, path);
+    assert.equal(res.headers.get('cache-control'), 'no-cache', path);
+    assert.equal(res.headers.get('x-content-type-options'), 'nosniff', path);
+    // Stale binary? Rebuild it (cargo build -p switchboard): the assets are embedded.
+    assert.equal(await res.text(), readFileSync(new URL(`../../web/${file}`, import.meta.url), 'utf8'), `${path} is web/${file}`);
+    const etag = res.headers.get('etag');
+    assert.match(etag, /^"[0-9a-f]{16}"$/);
+    const again = await fetch(`${server.url}${path}`, { headers: { 'if-none-match': etag } });
+    assert.equal(again.status, 304, `${path} revalidates`);
+  }
+  const page = await fetch(`${server.url}/`);
+  assert.match(page.headers.get('content-security-policy'), /script-src 'self'/);
+  assert.equal(page.headers.get('access-control-allow-origin'), null);
+  const lib = await fetch(`${server.url}/client.js`);
+  assert.equal(lib.headers.get('access-control-allow-origin'), '*', 'importable from other origins');
 });

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { startServer, connect, user, request, next, expectType } from './helpers.mjs';
 
 let server;
-before(async () => { server = await startServer(['--rate-limit', '0']); });
+before(async () => { server = await startServer(['--rate-limit', '0', '--max-body', '64KiB']); });
 after(async () => { await server.stop(); });
 
 async function metric(name) {

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Load generator: measure a running server (or a baseline).
     Bench(bench::Args),
     /// Mint a JWT for local development (HS256 with the server's secret).
@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => serve(*config),
         Command::Bench(args) => bench::run(args),
         Command::Token(args) => token(args),
     }
@@ -63,7 +63,9 @@ fn main() -> anyhow::Result<()> {
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     switchboard_protocol::validate_user(&args.user).map_err(anyhow::Error::msg)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let claims = switchboard_server::auth::Claims {
         sub: args.user,
         exp: now + args.ttl.as_secs(),
@@ -71,7 +73,8 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         name: args.name,
         rooms: args.rooms,
     };
-    let token = switchboard_server::auth::mint(&args.secret, &claims).map_err(anyhow::Error::msg)?;
+    let token =
+        switchboard_server::auth::mint(&args.secret, &claims).map_err(anyhow::Error::msg)?;
     println!("{token}");
     Ok(())
 }

@@ -271,6 +271,7 @@ async fn flooding_gets_rate_limited_then_closed_with_1008() {
                     Some("pong") => pongs += 1,
                     Some("error") => {
                         assert_eq!(v["code"], "rate_limited");
+                        assert!(v["id"].is_u64(), "the dropped command's id is echoed: {v}");
                         limited += 1;
                     }
                     other => panic!("unexpected {other:?}"),

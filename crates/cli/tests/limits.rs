@@ -13,7 +13,9 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 async fn status_of(server: &Server, path: &str, origin: Option<&str>) -> u16 {
     let mut request = server.url(path).into_client_request().unwrap();
     if let Some(origin) = origin {
-        request.headers_mut().insert("origin", origin.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok((ws, response)) => {
@@ -27,16 +29,37 @@ async fn status_of(server: &Server, path: &str, origin: Option<&str>) -> u16 {
 
 #[tokio::test]
 async fn origins_outside_the_allow_list_get_403() {
-    let server = Server::start_with(&["--allowed-origins", "https://chat.example.com,https://*.example.org"]);
-    assert_eq!(status_of(&server, "/ws?user=a", Some("https://evil.example.net")).await, 403);
-    assert_eq!(status_of(&server, "/relay/x", Some("https://evil.example.net")).await, 403);
-    assert_eq!(status_of(&server, "/ws?user=a", Some("https://chat.example.com")).await, 101);
-    assert_eq!(status_of(&server, "/ws?user=a", Some("https://app.example.org")).await, 101);
+    let server = Server::start_with(&[
+        "--allowed-origins",
+        "https://chat.example.com,https://*.example.org",
+    ]);
+    assert_eq!(
+        status_of(&server, "/ws?user=a", Some("https://evil.example.net")).await,
+        403
+    );
+    assert_eq!(
+        status_of(&server, "/relay/x", Some("https://evil.example.net")).await,
+        403
+    );
+    assert_eq!(
+        status_of(&server, "/ws?user=a", Some("https://chat.example.com")).await,
+        101
+    );
+    assert_eq!(
+        status_of(&server, "/ws?user=a", Some("https://app.example.org")).await,
+        101
+    );
+    // Pages the server serves itself (same origin) are always allowed.
+    let own = format!("http://{}", server.addr);
+    assert_eq!(status_of(&server, "/ws?user=a", Some(&own)).await, 101);
     // Non-browser clients send no Origin.
     assert_eq!(status_of(&server, "/ws?user=a", None).await, 101);
     // Default: any origin.
     let open = Server::start();
-    assert_eq!(status_of(&open, "/ws?user=a", Some("https://anything.test")).await, 101);
+    assert_eq!(
+        status_of(&open, "/ws?user=a", Some("https://anything.test")).await,
+        101
+    );
 }
 
 #[tokio::test]
@@ -93,9 +116,13 @@ async fn rooms_per_connection_and_body_size_are_limited() {
     c.request(json!({"type": "leave", "room": "b"})).await;
     c.join("c").await;
 
-    let e = c.request(json!({"type": "publish", "room": "a", "body": "x".repeat(200)})).await;
+    let e = c
+        .request(json!({"type": "publish", "room": "a", "body": "x".repeat(200)}))
+        .await;
     assert_eq!(e["code"], "too_large");
-    let e = c.request(json!({"type": "send", "to": "bob", "body": "x".repeat(200)})).await;
+    let e = c
+        .request(json!({"type": "send", "to": "bob", "body": "x".repeat(200)}))
+        .await;
     assert_eq!(e["code"], "too_large");
     c.publish("a", json!("x".repeat(50))).await;
 }
@@ -105,7 +132,10 @@ async fn rooms_per_connection_and_body_size_are_limited() {
 async fn slow_handshakes_time_out() {
     let server = Server::start_with(&["--handshake-timeout", "300ms"]);
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(b"GET /ws?user=slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /ws?user=slow HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     tokio::time::timeout(common::TIMEOUT, stream.read_to_end(&mut rest))
         .await

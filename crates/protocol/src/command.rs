@@ -189,6 +189,19 @@ pub struct Request<'a> {
     pub command: Command<'a>,
 }
 
+/// Reads only the `id` of a command (for replies to commands that are not
+/// otherwise processed, e.g. rate-limited ones). `None` if there is no
+/// readable id.
+pub fn peek_id(text: &str) -> Option<Id> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    let raw = serde_json::from_str::<IdOnly<'_>>(text).ok()?.id?;
+    decode_id(raw).ok()
+}
+
 /// Decodes one text frame into a command.
 pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
     let first = text.trim_start().as_bytes().first();
@@ -521,6 +534,17 @@ mod tests {
         ] {
             assert_eq!(err(text).code, ErrorCode::BadRequest, "{text}");
         }
+    }
+
+    #[test]
+    fn peek_id_reads_only_the_id() {
+        assert_eq!(
+            peek_id(r#"{"type":"x","id":"a","room":5}"#),
+            Id::from_json("\"a\"")
+        );
+        assert_eq!(peek_id(r#"{"id":7}"#), Id::from_json("7"));
+        assert_eq!(peek_id(r#"{"id":[1]}"#), None);
+        assert_eq!(peek_id("nope"), None);
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct Ack<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<&'a str>,
     pub seq: u64,
+    /// For `send`: the message's conversation-order id (as in `direct`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u64>,
     /// Connections the message was handed to (for `send`: the recipient's).
     pub delivered: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +115,7 @@ impl<'a> Ack<'a> {
             room: Some(room),
             to: None,
             seq,
+            gid: None,
             delivered,
             stored: None,
             duplicate: false,
@@ -125,6 +129,7 @@ impl<'a> Ack<'a> {
             room: None,
             to: Some(to),
             seq,
+            gid: None,
             delivered,
             stored: Some(stored),
             duplicate: false,

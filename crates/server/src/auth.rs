@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::validate_user;
 
@@ -29,7 +31,12 @@ pub struct Identity {
 impl Identity {
     /// An identity the client named itself (auth off).
     pub fn named(user: &str) -> Identity {
-        Identity { user: user.to_string(), name: None, rooms: None, expires_at: None }
+        Identity {
+            user: user.to_string(),
+            name: None,
+            rooms: None,
+            expires_at: None,
+        }
     }
 
     /// Whether the token allows `room`.
@@ -57,7 +64,11 @@ pub trait Authenticator: Send + Sync {
 
     /// `Ok(Some(identity))`: identified; `Ok(None)`: a guest (auth off, no
     /// user given); `Err(message)`: refused (`unauthorized`, close 4001).
-    fn authenticate(&self, user: Option<&str>, token: Option<&str>) -> Result<Option<Identity>, String>;
+    fn authenticate(
+        &self,
+        user: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Option<Identity>, String>;
 }
 
 /// Trusts the user id the client names (local development default).
@@ -68,7 +79,11 @@ impl Authenticator for NoAuth {
         false
     }
 
-    fn authenticate(&self, user: Option<&str>, _token: Option<&str>) -> Result<Option<Identity>, String> {
+    fn authenticate(
+        &self,
+        user: Option<&str>,
+        _token: Option<&str>,
+    ) -> Result<Option<Identity>, String> {
         Ok(user.map(Identity::named))
     }
 }
@@ -107,36 +122,59 @@ impl JwtAuth {
         let public = match public_key {
             None => None,
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 let key = DecodingKey::from_rsa_pem(&pem)
                     .map(|k| (k, Algorithm::RS256))
                     .or_else(|_| DecodingKey::from_ec_pem(&pem).map(|k| (k, Algorithm::ES256)))
-                    .map_err(|e| format!("{}: not an RSA or EC P-256 public key in PEM: {e}", path.display()))?;
+                    .map_err(|e| {
+                        format!(
+                            "{}: not an RSA or EC P-256 public key in PEM: {e}",
+                            path.display()
+                        )
+                    })?;
                 Some(key)
             }
         };
         let jwks = match jwks {
             None => None,
             Some(path) => {
-                let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                Some(serde_json::from_slice::<JwkSet>(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?)
+                let text = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                Some(
+                    serde_json::from_slice::<JwkSet>(&text)
+                        .map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?,
+                )
             }
         };
         if secret.is_some_and(str::is_empty) {
             return Err("the JWT secret must not be empty".into());
         }
-        Ok(JwtAuth { secret: secret.map(|s| DecodingKey::from_secret(s.as_bytes())), public, jwks, leeway: leeway.as_secs() })
+        Ok(JwtAuth {
+            secret: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+            public,
+            jwks,
+            leeway: leeway.as_secs(),
+        })
     }
 
     /// Verifies a token and returns its identity.
     pub fn verify(&self, token: &str) -> Result<Identity, String> {
         let header = decode_header(token).map_err(|_| "malformed token".to_string())?;
         let (key, alg) = match header.alg {
-            Algorithm::HS256 => (self.secret.as_ref().ok_or("HS256 tokens are not accepted")?, Algorithm::HS256),
+            Algorithm::HS256 => (
+                self.secret
+                    .as_ref()
+                    .ok_or("HS256 tokens are not accepted")?,
+                Algorithm::HS256,
+            ),
             Algorithm::RS256 | Algorithm::ES256 => {
                 let from_jwks = match (&self.jwks, &header.kid) {
                     (Some(set), Some(kid)) => match set.find(kid) {
-                        Some(jwk) => Some(DecodingKey::from_jwk(jwk).map_err(|e| format!("bad JWKS key `{kid}`: {e}"))?),
+                        Some(jwk) => Some(
+                            DecodingKey::from_jwk(jwk)
+                                .map_err(|e| format!("bad JWKS key `{kid}`: {e}"))?,
+                        ),
                         None => return Err(format!("unknown key id `{kid}`")),
                     },
                     _ => None,
@@ -161,13 +199,20 @@ impl JwtAuth {
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data = decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_string(),
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => "token not valid yet (nbf)".to_string(),
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                "token not valid yet (nbf)".to_string()
+            }
             jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad token signature".to_string(),
             _ => format!("invalid token: {e}"),
         })?;
         let claims = data.claims;
         validate_user(&claims.sub).map_err(|m| format!("token sub: {m}"))?;
-        Ok(Identity { user: claims.sub, name: claims.name, rooms: claims.rooms, expires_at: Some(claims.exp) })
+        Ok(Identity {
+            user: claims.sub,
+            name: claims.name,
+            rooms: claims.rooms,
+            expires_at: Some(claims.exp),
+        })
     }
 }
 
@@ -176,7 +221,11 @@ impl Authenticator for JwtAuth {
         true
     }
 
-    fn authenticate(&self, _user: Option<&str>, token: Option<&str>) -> Result<Option<Identity>, String> {
+    fn authenticate(
+        &self,
+        _user: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Option<Identity>, String> {
         match token {
             Some(token) => self.verify(token).map(Some),
             None => Err("a token is required".into()),
@@ -186,8 +235,12 @@ impl Authenticator for JwtAuth {
 
 /// Mints an HS256 token (`switchboard token`, tests).
 pub fn mint(secret: &str, claims: &Claims) -> Result<String, String> {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .map_err(|e| e.to_string())
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -199,7 +252,13 @@ mod tests {
     }
 
     fn claims(sub: &str, exp: u64) -> Claims {
-        Claims { sub: sub.into(), exp, nbf: None, name: Some("Ann".into()), rooms: Some(vec!["team-*".into()]) }
+        Claims {
+            sub: sub.into(),
+            exp,
+            nbf: None,
+            name: Some("Ann".into()),
+            rooms: Some(vec!["team-*".into()]),
+        }
     }
 
     #[test]
@@ -240,7 +299,12 @@ mod tests {
     fn public_key_only_server_rejects_hs256() {
         // A server with only a public key must not accept HS256 tokens
         // (the classic algorithm-confusion attack).
-        let auth = JwtAuth { secret: None, public: None, jwks: None, leeway: 0 };
+        let auth = JwtAuth {
+            secret: None,
+            public: None,
+            jwks: None,
+            leeway: 0,
+        };
         let token = mint("whatever", &claims("ann", now() + 60)).unwrap();
         assert!(auth.verify(&token).unwrap_err().contains("not accepted"));
     }

@@ -108,7 +108,7 @@ pub struct Config {
     pub jwks: Option<std::path::PathBuf>,
 
     /// Clock skew tolerated when checking `exp` and `nbf`.
-    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration_or_zero)]
     pub jwt_leeway: Duration,
 
     /// Origins allowed to open WebSockets (browser `Origin` header): exact
@@ -128,11 +128,19 @@ pub struct Config {
     pub tls_key: Option<std::path::PathBuf>,
 
     /// Most simultaneous connections one user may hold (0 = unlimited).
-    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 32
+    )]
     pub max_connections_per_user: usize,
 
     /// Most simultaneous connections from one IP address (0 = unlimited).
-    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1000
+    )]
     pub max_connections_per_ip: usize,
 
     /// New WebSocket connections per second one IP may open (token bucket,
@@ -141,7 +149,11 @@ pub struct Config {
     pub connect_rate_per_ip: u32,
 
     /// Most rooms one connection may be in at once.
-    #[arg(long, env = "SWITCHBOARD_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_ROOMS_PER_CONNECTION",
+        default_value_t = 100
+    )]
     pub max_rooms_per_connection: usize,
 
     /// Largest `body` of a publish or send, in bytes of JSON (`too_large`
@@ -226,6 +238,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Like [`parse_duration`], but `0` (any unit) is allowed.
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    let number = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if number.parse::<f64>().is_ok_and(|v| v == 0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
 /// Parses `65536`, `64KiB`, `1MiB` (also `KB`/`MB`, read as binary units).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
@@ -275,6 +298,11 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
         assert!(parse_duration("3w").is_err());
+        assert_eq!(parse_duration_or_zero("0s").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_duration_or_zero("5s").unwrap(),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

@@ -387,6 +387,7 @@ impl Writer {
                         let delivered = self.hub.deliver_room(&room, seq, &from, ts, &body, sender);
                         Ok(Delivery {
                             seq,
+                            gid: None,
                             delivered,
                             stored: true,
                             duplicate: false,
@@ -394,6 +395,7 @@ impl Writer {
                     }
                     Plan::Duplicate { seq, .. } => Ok(Delivery {
                         seq,
+                        gid: None,
                         delivered: 0,
                         stored: true,
                         duplicate: true,
@@ -426,6 +428,7 @@ impl Writer {
                             .deliver_direct(&to, &from, seq, gid, ts, &body, sender);
                         Ok(Delivery {
                             seq,
+                            gid: Some(gid),
                             delivered,
                             stored: true,
                             duplicate: false,
@@ -433,6 +436,7 @@ impl Writer {
                     }
                     Plan::Duplicate { seq, .. } => Ok(Delivery {
                         seq,
+                        gid: None,
                         delivered: 0,
                         stored: true,
                         duplicate: true,
@@ -443,6 +447,7 @@ impl Writer {
                     self.answer(conn, id.as_ref(), &result, |id, d| {
                         let mut ack = proto::Ack::send(id, &to, d.seq, d.delivered, d.stored);
                         ack.duplicate = d.duplicate;
+                        ack.gid = d.gid;
                         proto::encode(&ack)
                     });
                 }

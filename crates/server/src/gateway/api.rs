@@ -197,7 +197,7 @@ async fn send(
     })
     .await?;
     Ok(Json(
-        json!({"to": &*to, "seq": d.seq, "delivered": d.delivered, "stored": d.stored, "duplicate": d.duplicate}),
+        json!({"to": &*to, "seq": d.seq, "gid": d.gid, "delivered": d.delivered, "stored": d.stored, "duplicate": d.duplicate}),
     ))
 }
 

@@ -9,12 +9,23 @@ use axum::http::HeaderMap;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-/// Whether `origin` is allowed. An empty list allows every origin. Entries
+/// Whether `origin` is allowed. A page served by this server (the Origin's
+/// host equals the request's `Host`) is always allowed, so the built-in
+/// chat app works whatever the list says. An empty list allows every origin. Entries
 /// are exact origins (`https://chat.example.com`) or wildcard subdomains
 /// (`https://*.example.com`, which matches `https://a.example.com` and
 /// `https://a.b.example.com` but not `https://example.com`).
-pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
     if allowed.is_empty() {
+        return true;
+    }
+    let same_origin = match (origin, host) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        _ => false,
+    };
+    if same_origin {
         return true;
     }
     // Browsers always send Origin on WebSocket upgrades; cross-site
@@ -51,7 +62,11 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> I
         .flat_map(|v| v.split(','))
         .filter_map(|a| a.trim().parse().ok())
         .collect();
-    forwarded.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer_ip)
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer_ip)
 }
 
 /// Why an upgrade was refused by [`IpLimits::admit`].
@@ -76,7 +91,11 @@ pub struct IpLimits {
 
 impl IpLimits {
     pub fn new(max_connections: usize, rate_per_second: u32) -> IpLimits {
-        IpLimits { max_connections, rate: f64::from(rate_per_second), ips: DashMap::new() }
+        IpLimits {
+            max_connections,
+            rate: f64::from(rate_per_second),
+            ips: DashMap::new(),
+        }
     }
 
     /// Counts a new connection from `ip`, or refuses it. Every admitted
@@ -84,10 +103,13 @@ impl IpLimits {
     pub fn admit(&self, ip: IpAddr) -> Result<(), Refusal> {
         let now = Instant::now();
         let burst = self.rate * 2.0;
-        let entry = self
-            .ips
-            .entry(ip)
-            .or_insert_with(|| Mutex::new(IpState { connections: 0, tokens: burst, last: now }));
+        let entry = self.ips.entry(ip).or_insert_with(|| {
+            Mutex::new(IpState {
+                connections: 0,
+                tokens: burst,
+                last: now,
+            })
+        });
         let mut st = entry.lock();
         if self.max_connections > 0 && st.connections >= self.max_connections {
             return Err(Refusal::TooManyConnections);
@@ -119,7 +141,8 @@ impl IpLimits {
         let burst = self.rate * 2.0;
         self.ips.retain(|_, st| {
             let st = st.lock();
-            let refilled = st.tokens + now.saturating_duration_since(st.last).as_secs_f64() * self.rate;
+            let refilled =
+                st.tokens + now.saturating_duration_since(st.last).as_secs_f64() * self.rate;
             st.connections > 0 || refilled < burst
         });
     }
@@ -136,17 +159,51 @@ mod tests {
     #[test]
     fn origins() {
         let allowed = list(&["https://chat.example.com", "https://*.example.org"]);
-        assert!(origin_allowed(&allowed, Some("https://chat.example.com")));
-        assert!(origin_allowed(&allowed, Some("HTTPS://Chat.Example.com")));
-        assert!(origin_allowed(&allowed, Some("https://a.example.org")));
-        assert!(origin_allowed(&allowed, Some("https://a.b.example.org")));
-        assert!(!origin_allowed(&allowed, Some("https://example.org")));
-        assert!(!origin_allowed(&allowed, Some("http://a.example.org")));
-        assert!(!origin_allowed(&allowed, Some("https://evil.com")));
-        assert!(!origin_allowed(&allowed, Some("https://chat.example.com.evil.com")));
-        assert!(!origin_allowed(&allowed, Some("https://evilexample.org")));
-        assert!(origin_allowed(&allowed, None));
-        assert!(origin_allowed(&[], Some("https://anything")));
+        let allowed_one = |o| origin_allowed(&allowed, o, Some("switchboard.local:8080"));
+        assert!(
+            allowed_one(Some("https://switchboard.local:8080")),
+            "same origin"
+        );
+        assert!(!allowed_one(Some("https://switchboard.local:9999")));
+        assert!(origin_allowed(
+            &allowed,
+            Some("https://chat.example.com"),
+            None
+        ));
+        assert!(origin_allowed(
+            &allowed,
+            Some("HTTPS://Chat.Example.com"),
+            None
+        ));
+        assert!(origin_allowed(
+            &allowed,
+            Some("https://a.example.org"),
+            None
+        ));
+        assert!(origin_allowed(
+            &allowed,
+            Some("https://a.b.example.org"),
+            None
+        ));
+        assert!(!origin_allowed(&allowed, Some("https://example.org"), None));
+        assert!(!origin_allowed(
+            &allowed,
+            Some("http://a.example.org"),
+            None
+        ));
+        assert!(!origin_allowed(&allowed, Some("https://evil.com"), None));
+        assert!(!origin_allowed(
+            &allowed,
+            Some("https://chat.example.com.evil.com"),
+            None
+        ));
+        assert!(!origin_allowed(
+            &allowed,
+            Some("https://evilexample.org"),
+            None
+        ));
+        assert!(origin_allowed(&allowed, None, None));
+        assert!(origin_allowed(&[], Some("https://anything"), None));
     }
 
     #[test]
@@ -156,7 +213,10 @@ mod tests {
         headers.insert("x-forwarded-for", "1.2.3.4, 10.0.0.1".parse().unwrap());
         let from_proxy = SocketAddr::new(proxy, 1);
         let direct = SocketAddr::new("5.6.7.8".parse().unwrap(), 1);
-        assert_eq!(client_ip(from_proxy, &headers, &[proxy]), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(from_proxy, &headers, &[proxy]),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(direct, &headers, &[proxy]), direct.ip());
         assert_eq!(client_ip(from_proxy, &HeaderMap::new(), &[proxy]), proxy);
     }

@@ -14,12 +14,12 @@ use serde::Deserialize;
 use switchboard_protocol::{validate_device, validate_room, validate_user};
 use switchboard_ws::DeflateConfig;
 
-use super::relay::RelaySession;
 use super::guard::{self, Refusal};
+use super::relay::RelaySession;
 use super::session::{Session, Start};
 use super::ConnectInfo;
-use crate::auth::Identity;
 use super::{socket, App};
+use crate::auth::Identity;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -111,7 +111,9 @@ async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Requ
         (false, _, Some(user)) => Start::Identified(Identity::named(&user)),
     };
     let device = query.device;
-    upgrade(app, req, move |app, conn| Box::new(Session::new(app, conn, start, device)))
+    upgrade(app, req, move |app, conn| {
+        Box::new(Session::new(app, conn, start, device))
+    })
 }
 
 #[derive(Deserialize)]
@@ -180,7 +182,11 @@ struct Admitted {
 }
 
 impl socket::Handler for Admitted {
-    fn on_message(&mut self, opcode: switchboard_ws::OpCode, payload: Bytes) -> Result<(), socket::CloseWith> {
+    fn on_message(
+        &mut self,
+        opcode: switchboard_ws::OpCode,
+        payload: Bytes,
+    ) -> Result<(), socket::CloseWith> {
         self.inner.on_message(opcode, payload)
     }
     fn deadline(&self) -> Option<tokio::time::Instant> {
@@ -241,7 +247,8 @@ where
         );
     };
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    if !guard::origin_allowed(&app.config.allowed_origins, origin) {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !guard::origin_allowed(&app.config.allowed_origins, origin, host) {
         return refuse(&app, StatusCode::FORBIDDEN, "origin not allowed");
     }
     if app.shutting_down.load(Ordering::Relaxed) {
@@ -290,10 +297,18 @@ where
         match app.ip_limits.admit(ip) {
             Ok(()) => {}
             Err(Refusal::TooManyConnections) => {
-                return refuse(&app, StatusCode::TOO_MANY_REQUESTS, "too many connections from this address")
+                return refuse(
+                    &app,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                )
             }
             Err(Refusal::TooFast) => {
-                return refuse(&app, StatusCode::TOO_MANY_REQUESTS, "connecting too fast from this address")
+                return refuse(
+                    &app,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "connecting too fast from this address",
+                )
             }
         }
     }
@@ -303,7 +318,11 @@ where
     // after that. Frames queued now are written when the socket loop starts.
     app.hub.metrics.connections_accepted.increment(1);
     let conn = app.hub.connect(config, app.config.max_queue);
-    let mut handler = Admitted { inner: make(app.clone(), conn.clone()), app: app.clone(), ip };
+    let mut handler = Admitted {
+        inner: make(app.clone(), conn.clone()),
+        app: app.clone(),
+        ip,
+    };
     tokio::spawn(async move {
         let parts = match on_upgrade.await {
             // We served hyper a plain or TLS stream: recover it and any

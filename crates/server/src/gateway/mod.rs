@@ -77,20 +77,22 @@ impl Server {
                 )
             })?),
         };
-        let auth: Box<dyn Authenticator> =
-            if config.jwt_secret.is_some() || config.jwt_public_key.is_some() || config.jwks.is_some() {
-                Box::new(
-                    JwtAuth::new(
-                        config.jwt_secret.as_deref(),
-                        config.jwt_public_key.as_deref(),
-                        config.jwks.as_deref(),
-                        config.jwt_leeway,
-                    )
-                    .map_err(|e| anyhow::anyhow!("JWT configuration: {e}"))?,
+        let auth: Box<dyn Authenticator> = if config.jwt_secret.is_some()
+            || config.jwt_public_key.is_some()
+            || config.jwks.is_some()
+        {
+            Box::new(
+                JwtAuth::new(
+                    config.jwt_secret.as_deref(),
+                    config.jwt_public_key.as_deref(),
+                    config.jwks.as_deref(),
+                    config.jwt_leeway,
                 )
-            } else {
-                Box::new(NoAuth)
-            };
+                .map_err(|e| anyhow::anyhow!("JWT configuration: {e}"))?,
+            )
+        } else {
+            Box::new(NoAuth)
+        };
         let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
         let settings = Settings {
             retention: Retention {
@@ -107,7 +109,10 @@ impl Server {
             store,
             pipeline,
             auth,
-            ip_limits: guard::IpLimits::new(config.max_connections_per_ip, config.connect_rate_per_ip),
+            ip_limits: guard::IpLimits::new(
+                config.max_connections_per_ip,
+                config.connect_rate_per_ip,
+            ),
             config,
             shutting_down: AtomicBool::new(false),
             conn_closed: Notify::new(),
@@ -255,7 +260,9 @@ async fn reload_on_hangup(tls: Arc<tls::Tls>, mut hangup: Signal, app: Arc<App>)
             }
             Err(err) => {
                 app.hub.metrics.tls_reload_failures.increment(1);
-                tracing::error!("SIGHUP: TLS certificate reload failed, keeping the previous one: {err:#}");
+                tracing::error!(
+                    "SIGHUP: TLS certificate reload failed, keeping the previous one: {err:#}"
+                );
             }
         }
     }

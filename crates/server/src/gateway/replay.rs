@@ -115,9 +115,11 @@ pub fn inbox(app: Arc<App>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
         let store = app.store.clone();
         let limit = app.config.replay_limit;
         let user = conn.user().to_string();
+        // `received` positions not committed yet are known to the hub.
+        let known = app.hub.cursor(&user, &device);
         let read = tokio::task::spawn_blocking(
             move || -> store::Result<(Option<u64>, Vec<DirectRecord>)> {
-                let cursor = store.cursor(&user, &device)?;
+                let cursor = store.cursor(&user, &device)?.max(known);
                 let range = Replay {
                     after: cursor.max(range.after),
                     upto: range.upto,

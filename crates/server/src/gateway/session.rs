@@ -28,7 +28,10 @@ pub enum Start {
     Refused(String),
 }
 
-const UNAUTHORIZED: CloseWith = CloseWith { code: close::UNAUTHORIZED, reason: "unauthorized" };
+const UNAUTHORIZED: CloseWith = CloseWith {
+    code: close::UNAUTHORIZED,
+    reason: "unauthorized",
+};
 
 pub struct Session {
     app: Arc<App>,
@@ -80,11 +83,25 @@ impl Session {
     fn identify(&mut self, identity: Identity, id: Option<&Id>) -> Result<(), CloseWith> {
         self.hello_deadline = None;
         let heartbeat = self.app.config.heartbeat.as_secs().max(1);
-        let welcome = proto::encode(&proto::Welcome::new(id, &identity.user, &self.session_id, heartbeat));
+        let welcome = proto::encode(&proto::Welcome::new(
+            id,
+            &identity.user,
+            &self.session_id,
+            heartbeat,
+        ));
         let limit = self.app.config.max_connections_per_user;
-        match self.app.hub.identify(&self.conn, &identity.user, welcome, limit) {
+        match self
+            .app
+            .hub
+            .identify(&self.conn, &identity.user, welcome, limit)
+        {
             Ok(range) => {
-                replay::inbox(self.app.clone(), self.conn.clone(), self.device.clone(), range);
+                replay::inbox(
+                    self.app.clone(),
+                    self.conn.clone(),
+                    self.device.clone(),
+                    range,
+                );
             }
             Err(IdentifyError::TooManyConnections) => {
                 self.error(
@@ -92,7 +109,10 @@ impl Session {
                     ErrorCode::Forbidden,
                     &format!("user `{}` already has {limit} connections", identity.user),
                 );
-                return Err(CloseWith { code: close::POLICY, reason: "too many connections for this user" });
+                return Err(CloseWith {
+                    code: close::POLICY,
+                    reason: "too many connections for this user",
+                });
             }
             Err(IdentifyError::AlreadyIdentified) => {}
         }
@@ -104,7 +124,9 @@ impl Session {
     fn set_expiry(&mut self, identity: &Identity) {
         self.expires = identity.expires_at.map(|exp| {
             let now = jsonwebtoken::get_current_timestamp();
-            let left = exp.saturating_add(self.app.config.jwt_leeway.as_secs()).saturating_sub(now);
+            let left = exp
+                .saturating_add(self.app.config.jwt_leeway.as_secs())
+                .saturating_sub(now);
             Instant::now() + Duration::from_secs(left)
         });
     }
@@ -116,7 +138,10 @@ impl Session {
 
     fn error(&self, id: Option<&Id>, code: ErrorCode, message: &str) {
         self.app.hub.metrics.error(code);
-        self.app.hub.reply(&self.conn, proto::encode(&proto::Error::new(id, code, message)));
+        self.app.hub.reply(
+            &self.conn,
+            proto::encode(&proto::Error::new(id, code, message)),
+        );
     }
 
     fn submit(&self, job: Job, id: Option<&Id>) {
@@ -127,10 +152,23 @@ impl Session {
 
     /// `hello` on an identified connection: with auth on, a fresh token for
     /// the same user extends the session; anything else is refused.
-    fn refresh(&mut self, user: Option<&str>, token: Option<&str>, id: Option<&Id>) -> Result<(), CloseWith> {
-        let current = self.identity.as_ref().map(|i| i.user.clone()).unwrap_or_default();
+    fn refresh(
+        &mut self,
+        user: Option<&str>,
+        token: Option<&str>,
+        id: Option<&Id>,
+    ) -> Result<(), CloseWith> {
+        let current = self
+            .identity
+            .as_ref()
+            .map(|i| i.user.clone())
+            .unwrap_or_default();
         if !self.app.auth.required() || token.is_none() {
-            self.error(id, ErrorCode::BadRequest, "already identified: hello is accepted once");
+            self.error(
+                id,
+                ErrorCode::BadRequest,
+                "already identified: hello is accepted once",
+            );
             return Ok(());
         }
         match self.app.auth.authenticate(user, token) {
@@ -143,7 +181,11 @@ impl Session {
                 Ok(())
             }
             Ok(_) => {
-                self.error(id, ErrorCode::Forbidden, "a refreshed token must be for the same user");
+                self.error(
+                    id,
+                    ErrorCode::Forbidden,
+                    "a refreshed token must be for the same user",
+                );
                 Ok(())
             }
             Err(message) => {
@@ -157,7 +199,11 @@ impl Session {
     fn may_use(&self, room: &str, id: Option<&Id>) -> bool {
         let allowed = self.identity.as_ref().is_none_or(|i| i.may_use(room));
         if !allowed {
-            self.error(id, ErrorCode::Forbidden, &format!("your token does not allow room `{room}`"));
+            self.error(
+                id,
+                ErrorCode::Forbidden,
+                &format!("your token does not allow room `{room}`"),
+            );
         }
         allowed
     }
@@ -166,7 +212,11 @@ impl Session {
         let max = self.app.config.max_body;
         let fits = body.get().len() <= max;
         if !fits {
-            self.error(id, ErrorCode::TooLarge, &format!("body is larger than {max} bytes"));
+            self.error(
+                id,
+                ErrorCode::TooLarge,
+                &format!("body is larger than {max} bytes"),
+            );
         }
         fits
     }
@@ -181,11 +231,20 @@ impl Session {
         };
         if self.identity.is_none() {
             match &command {
-                Command::Hello { user, token, device, .. } => {
+                Command::Hello {
+                    user,
+                    token,
+                    device,
+                    ..
+                } => {
                     if let Some(device) = device {
                         self.device = Arc::from(device.as_ref());
                     }
-                    return match self.app.auth.authenticate(user.as_deref(), token.as_deref()) {
+                    return match self
+                        .app
+                        .auth
+                        .authenticate(user.as_deref(), token.as_deref())
+                    {
                         Ok(Some(identity)) => self.identify(identity, id.as_ref()),
                         Ok(None) => {
                             let guest = format!("guest-{:08x}", rand::random::<u32>());
@@ -198,7 +257,11 @@ impl Session {
                     };
                 }
                 _ if self.app.auth.required() => {
-                    self.error(id.as_ref(), ErrorCode::Unauthorized, "send hello with a token first");
+                    self.error(
+                        id.as_ref(),
+                        ErrorCode::Unauthorized,
+                        "send hello with a token first",
+                    );
                     return Err(UNAUTHORIZED);
                 }
                 // Any other first command: carry on as a guest.
@@ -219,7 +282,11 @@ impl Session {
                 }
                 let max = self.app.config.max_rooms_per_connection;
                 if !hub.is_member(conn, &room) && conn.rooms.lock().len() >= max {
-                    self.error(id.as_ref(), ErrorCode::Forbidden, &format!("a connection may be in at most {max} rooms"));
+                    self.error(
+                        id.as_ref(),
+                        ErrorCode::Forbidden,
+                        &format!("a connection may be in at most {max} rooms"),
+                    );
                     return Ok(());
                 }
                 if let Some(range) = hub.join(conn, &room, since, id.as_ref()) {
@@ -230,7 +297,11 @@ impl Session {
                 if hub.leave(conn, &room) {
                     hub.reply(conn, proto::encode(&proto::Left::new(id.as_ref(), &room)));
                 } else {
-                    self.error(id.as_ref(), ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
+                    self.error(
+                        id.as_ref(),
+                        ErrorCode::NotJoined,
+                        &format!("not joined to room `{room}`"),
+                    );
                 }
             }
             Command::Publish { room, body } => {
@@ -238,10 +309,17 @@ impl Session {
                     return Ok(());
                 }
                 if !hub.is_member(conn, &room) {
-                    self.error(id.as_ref(), ErrorCode::NotJoined, &format!("not joined to room `{room}`"));
+                    self.error(
+                        id.as_ref(),
+                        ErrorCode::NotJoined,
+                        &format!("not joined to room `{room}`"),
+                    );
                     return Ok(());
                 }
-                let reply = Reply::Conn { conn: conn.clone(), id: id.clone() };
+                let reply = Reply::Conn {
+                    conn: conn.clone(),
+                    id: id.clone(),
+                };
                 let job = Job::Publish {
                     room: Arc::from(room.as_ref()),
                     from: user,
@@ -256,7 +334,10 @@ impl Session {
                 if !self.body_fits(body, id.as_ref()) {
                     return Ok(());
                 }
-                let reply = Reply::Conn { conn: conn.clone(), id: id.clone() };
+                let reply = Reply::Conn {
+                    conn: conn.clone(),
+                    id: id.clone(),
+                };
                 let job = Job::Send {
                     to: Arc::from(to.as_ref()),
                     from: user,
@@ -270,11 +351,20 @@ impl Session {
             Command::Received { upto } => {
                 // A device cannot confirm what was never sent.
                 let upto = upto.min(hub.inbox_seq(&user));
-                let job = Job::Cursor { user: user.to_string(), device: self.device.to_string(), upto };
+                hub.set_cursor(&user, &self.device, upto);
+                let job = Job::Cursor {
+                    user: user.to_string(),
+                    device: self.device.to_string(),
+                    upto,
+                };
                 self.submit(job, id.as_ref());
             }
             Command::Read { from, upto } => hub.read_receipt(&from, &user, upto),
-            Command::History { target, before, limit } => {
+            Command::History {
+                target,
+                before,
+                limit,
+            } => {
                 let target = match target {
                     HistoryTarget::Room(room) => {
                         if !self.may_use(&room, id.as_ref()) {
@@ -289,7 +379,10 @@ impl Session {
             Command::Presence { room } => {
                 let users = hub.presence(&room);
                 let names: Vec<&str> = users.iter().map(|u| &**u).collect();
-                hub.reply(conn, proto::encode(&proto::PresenceList::new(id.as_ref(), &room, names)));
+                hub.reply(
+                    conn,
+                    proto::encode(&proto::PresenceList::new(id.as_ref(), &room, names)),
+                );
             }
             Command::Ping => hub.reply(conn, proto::encode(&proto::Pong::new(id.as_ref()))),
         }
@@ -302,8 +395,9 @@ impl Handler for Session {
         match self.bucket.take(Instant::now()) {
             Verdict::Allow => {}
             Verdict::Reject => {
+                let id = std::str::from_utf8(&payload).ok().and_then(proto::peek_id);
                 self.error(
-                    None,
+                    id.as_ref(),
                     ErrorCode::RateLimited,
                     "rate limit exceeded; command dropped",
                 );
@@ -347,15 +441,26 @@ impl Handler for Session {
         if self.hello_deadline.is_some() {
             if self.app.auth.required() {
                 self.hello_deadline = None;
-                self.error(None, ErrorCode::Unauthorized, "no valid token received in time");
+                self.error(
+                    None,
+                    ErrorCode::Unauthorized,
+                    "no valid token received in time",
+                );
                 return Err(UNAUTHORIZED);
             }
             return self.identify_guest();
         }
         if self.expires.is_some_and(|at| at <= Instant::now()) {
             self.expires = None;
-            self.error(None, ErrorCode::Unauthorized, "token expired: send hello with a fresh token before expiry");
-            return Err(CloseWith { code: close::UNAUTHORIZED, reason: "token expired" });
+            self.error(
+                None,
+                ErrorCode::Unauthorized,
+                "token expired: send hello with a fresh token before expiry",
+            );
+            return Err(CloseWith {
+                code: close::UNAUTHORIZED,
+                reason: "token expired",
+            });
         }
         Ok(())
     }

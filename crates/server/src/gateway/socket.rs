@@ -8,7 +8,7 @@
 //! queued.
 //!
 //! The loop is generic over the stream: a plain `TcpStream` is split into
-//! its owned halves (readiness + `try_read`, `writev`); a TLS stream is split
+//! its owned halves (one `recv` per read, `writev`); a TLS stream is split
 //! with `tokio::io::split` (rustls decrypts into the same scratch buffer and
 //! encrypts a whole vectored batch into few records).
 
@@ -22,12 +22,12 @@ use std::task::{ready, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::Either;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use switchboard_protocol::close;
 use switchboard_ws::{close_frame, encode_frame, Decoder, Message, OpCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
@@ -86,29 +86,48 @@ impl Stream {
     }
 }
 
-pub async fn run<H: Handler>(
-    hub: &Hub,
+/// Runs the connection until it ends: spawns the writer task and returns
+/// the reader loop (not an `async fn`, whose arguments would stay in every
+/// connection's future next to the loop's own).
+pub fn run<'a, H: Handler>(
+    hub: &'a Hub,
     stream: Stream,
     leftover: Bytes,
     conn: Arc<Conn>,
     max_message: usize,
-    handler: &mut H,
-) {
+    handler: &'a mut H,
+) -> impl Future<Output = ()> + 'a {
     match stream {
         Stream::Plain(tcp) => {
             let (reader, writer) = tcp.into_split();
             let writer = tokio::spawn(write_loop(writer, conn.clone(), hub.metrics.clone()));
-            read_loop(hub, reader, writer, leftover, conn, max_message, handler).await;
+            Either::Left(read_loop(
+                hub,
+                reader,
+                writer,
+                leftover,
+                conn,
+                max_message,
+                handler,
+            ))
         }
         Stream::Tls(tls) => {
             let (reader, writer) = tokio::io::split(*tls);
             let writer = tokio::spawn(write_loop(writer, conn.clone(), hub.metrics.clone()));
-            read_loop(hub, reader, writer, leftover, conn, max_message, handler).await;
+            Either::Right(read_loop(
+                hub,
+                reader,
+                writer,
+                leftover,
+                conn,
+                max_message,
+                handler,
+            ))
         }
     }
 }
 
-async fn read_loop<H: Handler, R: ReadInto>(
+async fn read_loop<H: Handler, R: AsyncRead + Unpin>(
     hub: &Hub,
     mut reader: R,
     mut writer_task: tokio::task::JoinHandle<()>,
@@ -176,7 +195,7 @@ async fn read_loop<H: Handler, R: ReadInto>(
             None
         };
         tokio::select! {
-            read = reader.read_into(&mut buf) => match read {
+            read = read_into(&mut reader, &mut buf) => match read {
                 Ok(0) | Err(_) => break 'conn,
                 Ok(n) => {
                     hub.metrics.bytes_in.increment(n as u64);
@@ -219,45 +238,23 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// The read half of a connection.
-trait ReadInto {
-    /// Waits for bytes and appends what arrived to `buf` (reading through
-    /// the per-thread scratch buffer); `Ok(0)` at the end of the stream.
-    /// Cancel-safe: bytes are never read without being appended.
-    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
-}
-
-impl ReadInto for OwnedReadHalf {
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
-            let read: io::Result<usize> = SCRATCH_BUF.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let n = self.try_read(&mut scratch[..])?;
-                buf.extend_from_slice(&scratch[..n]);
-                Ok(n)
-            });
-            match read {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return result,
-            }
-        }
-    }
-}
-
-/// TLS: rustls decrypts what it has into the scratch buffer.
-impl<S: AsyncRead + Send> ReadInto for tokio::io::ReadHalf<S> {
-    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send {
-        poll_fn(move |cx| {
-            SCRATCH_BUF.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let mut read = ReadBuf::new(&mut scratch[..]);
-                ready!(Pin::new(&mut *self).poll_read(cx, &mut read))?;
-                buf.extend_from_slice(read.filled());
-                Poll::Ready(Ok(read.filled().len()))
-            })
+/// Waits for bytes and appends what arrived to `buf`; `Ok(0)` at the end of
+/// the stream. The read goes into the per-thread scratch buffer (for TCP one
+/// `recv` once the socket is readable; TLS decrypts into it), so waiting
+/// holds no buffer. Cancel-safe: nothing is read unless it is appended.
+fn read_into<'a, R: AsyncRead + Unpin>(
+    reader: &'a mut R,
+    buf: &'a mut BytesMut,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    poll_fn(move |cx| {
+        SCRATCH_BUF.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut read = ReadBuf::new(&mut scratch[..]);
+            ready!(Pin::new(&mut *reader).poll_read(cx, &mut read))?;
+            buf.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
         })
-    }
+    })
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(

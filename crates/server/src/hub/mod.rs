@@ -52,6 +52,8 @@ impl HubError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     pub seq: u64,
+    /// Direct messages: the store-wide conversation id (absent on duplicates).
+    pub gid: Option<u64>,
     pub delivered: usize,
     pub stored: bool,
     /// The command repeated an earlier `id`: nothing new happened.
@@ -80,6 +82,10 @@ pub struct Hub {
     /// before it delivers (see `Room::join` for why that order is enough).
     room_seqs: DashMap<Arc<str>, u64>,
     inbox_seqs: DashMap<Arc<str>, u64>,
+    /// Inbox positions confirmed with `received`, kept here as soon as they
+    /// arrive (the store gets them with the next commit): a reconnect right
+    /// after `received` must not get those entries again.
+    cursors: DashMap<(Arc<str>, Arc<str>), u64>,
     /// Every live connection (both /ws and /relay), for heartbeat and shutdown.
     conns: DashMap<u64, Arc<Conn>>,
     pub relay: Relay,
@@ -109,6 +115,7 @@ impl Hub {
             users: DashMap::new(),
             room_seqs: DashMap::new(),
             inbox_seqs: DashMap::new(),
+            cursors: DashMap::new(),
             conns: DashMap::new(),
             relay: Relay::default(),
             metrics,
@@ -148,6 +155,23 @@ impl Hub {
     /// Last committed seq of a user's inbox (0 if none).
     pub fn inbox_seq(&self, user: &str) -> u64 {
         self.inbox_seqs.get(user).map(|s| *s).unwrap_or(0)
+    }
+
+    /// Records a device's `received` position.
+    pub fn set_cursor(&self, user: &Arc<str>, device: &Arc<str>, upto: u64) {
+        let mut entry = self
+            .cursors
+            .entry((user.clone(), device.clone()))
+            .or_insert(0);
+        *entry = (*entry).max(upto);
+    }
+
+    /// A device's confirmed position as known in memory (0 if unknown).
+    pub fn cursor(&self, user: &str, device: &str) -> u64 {
+        self.cursors
+            .get(&(Arc::from(user), Arc::from(device)))
+            .map(|c| *c)
+            .unwrap_or(0)
     }
 
     /// Records a committed room seq (pipeline only, before delivering).

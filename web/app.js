@@ -1,0 +1,733 @@
+// The Switchboard chat app, built on client.js. Every piece of user or
+// server text goes into the page through textContent / attributes: never
+// through innerHTML, so a message cannot inject markup.
+import { Client } from './client.js';
+import { LANGUAGES, pickLanguage, translate } from './i18n.js';
+
+const $ = (id) => document.getElementById(id);
+const HISTORY_PAGE = 50;
+
+// ---- storage (localStorage may be unavailable: private mode, quotas) ----
+const storage = {
+  get(key, area = localStorage) {
+    try { return area.getItem(key); } catch { return null; }
+  },
+  set(key, value, area = localStorage) {
+    try { area.setItem(key, value); } catch { /* ignore */ }
+  },
+  del(key, area = localStorage) {
+    try { area.removeItem(key); } catch { /* ignore */ }
+  },
+  json(key, fallback) {
+    try { return JSON.parse(storage.get(key)) ?? fallback; } catch { return fallback; }
+  },
+};
+
+function randomId(bytes = 12) {
+  const a = crypto.getRandomValues(new Uint8Array(bytes));
+  return Array.from(a, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** A stable id for this browser, so the server tracks inbox delivery per device. */
+function deviceId() {
+  let id = storage.get('sb.device');
+  if (!id) { id = `web-${randomId(8)}`; storage.set('sb.device', id); }
+  return id;
+}
+
+// ---- i18n ----
+let lang = pickLanguage(storage.get('sb.lang'), navigator.languages || [navigator.language]);
+const t = (key, params) => translate(lang, key, params);
+
+function applyStaticText() {
+  document.documentElement.lang = lang;
+  for (const node of document.querySelectorAll('[data-i18n]')) node.textContent = t(node.dataset.i18n);
+  for (const node of document.querySelectorAll('[data-i18n-placeholder]')) node.placeholder = t(node.dataset.i18nPlaceholder);
+  for (const node of document.querySelectorAll('[data-i18n-label]')) {
+    node.setAttribute('aria-label', t(node.dataset.i18nLabel));
+    node.title = t(node.dataset.i18nLabel);
+  }
+  for (const select of [$('lang'), $('lang-signin')]) {
+    if (!select.options.length) {
+      for (const [code, name] of LANGUAGES) select.append(new Option(name, code));
+    }
+    select.value = lang;
+  }
+}
+
+function setLanguage(next) {
+  lang = next;
+  storage.set('sb.lang', next);
+  applyStaticText();
+  if (me) renderAll();
+}
+
+// ---- DOM helper: text only ----
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (v == null || v === false) continue;
+    if (k === 'text') node.textContent = v;
+    else if (k === 'className') node.className = v;
+    else if (k === 'dataset') Object.assign(node.dataset, v);
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children) if (c != null) node.append(c);
+  return node;
+}
+
+// ---- state ----
+let client = null;
+let me = null;
+let active = null; // key of the open conversation
+const convs = new Map(); // 'r:<room>' | 'u:<user>' -> conversation
+let order = 0; // tie-breaker for items without a seq
+
+const userKey = (suffix) => `sb.u.${me}.${suffix}`;
+
+function makeConv(kind, name) {
+  const key = (kind === 'room' ? 'r:' : 'u:') + name;
+  const saved = kind === 'dm' ? storage.json(userKey(`dm.${name}`), {}) : {};
+  return {
+    key, kind, name,
+    items: [], keys: new Set(),
+    unread: 0, online: 0, members: new Set(),
+    history: 'idle', // idle | loading | done
+    loadedOnce: false,
+    maxSeq: 0, maxGid: 0,
+    lastInbox: 0, // dm: highest inbox seq of their messages to me
+    lastRead: saved.lastRead || 0, // dm: what I reported read
+    readUpto: saved.readUpto || 0, // dm: their receipt for my messages
+  };
+}
+
+function saveConvList() {
+  const rooms = []; const dms = [];
+  for (const c of convs.values()) (c.kind === 'room' ? rooms : dms).push(c.name);
+  storage.set(userKey('rooms'), JSON.stringify(rooms));
+  storage.set(userKey('dms'), JSON.stringify(dms));
+}
+
+function saveDm(conv) {
+  storage.set(userKey(`dm.${conv.name}`), JSON.stringify({ lastRead: conv.lastRead, readUpto: conv.readUpto }));
+}
+
+const isWide = () => window.matchMedia('(min-width: 721px)').matches;
+function isViewing(conv) {
+  return conv.key === active && document.visibilityState === 'visible' && (isWide() || $('chat').dataset.view === 'conv');
+}
+
+// ---- items ----
+const cmp = (a, b) => (a.sort[0] - b.sort[0]) || (a.sort[1] - b.sort[1]);
+
+function insertItem(conv, item) {
+  let i = conv.items.length;
+  while (i > 0 && cmp(conv.items[i - 1], item) > 0) i -= 1;
+  conv.items.splice(i, 0, item);
+  if (item.key) conv.keys.add(item.key);
+  if (conv.key === active) {
+    item.el = renderItem(conv, item);
+    const next = conv.items[i + 1];
+    $('messages').insertBefore(item.el, next ? next.el : null);
+  }
+}
+
+function removeItem(conv, item) {
+  const i = conv.items.indexOf(item);
+  if (i >= 0) conv.items.splice(i, 1);
+  if (item.key) conv.keys.delete(item.key);
+  if (item.el) item.el.remove();
+}
+
+function reposition(conv, item) {
+  removeItem(conv, item);
+  insertItem(conv, item);
+}
+
+function refreshItem(conv, item) {
+  if (conv.key !== active || !item.el) return;
+  const fresh = renderItem(conv, item);
+  item.el.replaceWith(fresh);
+  item.el = fresh;
+}
+
+function bodyText(body) {
+  if (typeof body === 'string') return body;
+  if (body && typeof body.text === 'string') return body.text;
+  return JSON.stringify(body);
+}
+
+const timeFormat = () => new Intl.DateTimeFormat(lang, { hour: '2-digit', minute: '2-digit' });
+const dayTimeFormat = () => new Intl.DateTimeFormat(lang, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+const fullFormat = () => new Intl.DateTimeFormat(lang, { dateStyle: 'full', timeStyle: 'medium' });
+
+function formatTime(ts) {
+  const d = new Date(ts);
+  const today = new Date();
+  const sameDay = d.toDateString() === today.toDateString();
+  return (sameDay ? timeFormat() : dayTimeFormat()).format(d);
+}
+
+function statusOf(conv, item) {
+  if (item.status === 'pending') return t(client && client.state === 'connected' ? 'status.sending' : 'status.queued');
+  if (item.status === 'failed') return t('status.failed');
+  if (conv.kind !== 'dm') return null;
+  if (item.seq && item.seq <= conv.readUpto) return t('status.read');
+  return t(item.delivered ? 'status.delivered' : 'status.sent');
+}
+
+function renderItem(conv, item) {
+  if (item.type === 'notice') {
+    return el('li', { className: 'notice', role: 'note', text: t(item.textKey, item.params) });
+  }
+  const classes = ['msg'];
+  if (item.own) classes.push('own');
+  if (item.status === 'pending') classes.push('pending');
+  if (item.status === 'failed') classes.push('failed');
+  const status = item.own ? statusOf(conv, item) : null;
+  if (status && item.seq && conv.kind === 'dm' && item.seq <= conv.readUpto) classes.push('read');
+  const date = new Date(item.ts);
+  const node = el('li', { className: classes.join(' '), dataset: { key: item.key } },
+    el('div', { className: 'meta' },
+      el('span', { className: 'from', text: item.own ? t('you') : item.from }),
+      el('time', { datetime: date.toISOString(), title: fullFormat().format(date), text: formatTime(item.ts) })),
+    el('div', { className: 'text', text: bodyText(item.body) }));
+  if (status) {
+    const line = el('div', { className: 'status', text: status });
+    if (item.status === 'failed') {
+      if (item.error) line.title = item.error.message;
+      line.append(el('button', { type: 'button', className: 'retry', text: t('status.retry'), onclick: () => retry(conv, item) }));
+    }
+    node.append(line);
+  }
+  return node;
+}
+
+function addNotice(conv, textKey, params) {
+  const stick = isNearBottom();
+  insertItem(conv, { type: 'notice', textKey, params, sort: [conv.kind === 'room' ? conv.maxSeq : conv.maxGid, ++order] });
+  if (stick) stickToBottom(conv);
+}
+
+// ---- rooms ----
+function ensureRoom(name) {
+  let conv = convs.get(`r:${name}`);
+  if (!conv) {
+    conv = makeConv('room', name);
+    convs.set(conv.key, conv);
+    saveConvList();
+  }
+  return conv;
+}
+
+async function joinRoom(name, open = true) {
+  const conv = ensureRoom(name);
+  if (open) openConv(conv.key);
+  renderSidebar();
+  try {
+    await client.join(name, {
+      onMessage: (m) => addRoomMessage(conv, m, true),
+      onPresence: (p) => onPresence(conv, p),
+      onReset: () => addNotice(conv, 'notice.reset'),
+    });
+  } catch (err) {
+    if (err.code === 'closed' || err.code === 'left') return;
+    convs.delete(conv.key);
+    saveConvList();
+    if (active === conv.key) openConv(null);
+    renderSidebar();
+    alertError(err);
+    return;
+  }
+  if (!conv.loadedOnce) loadHistory(conv);
+}
+
+function addRoomMessage(conv, m, live) {
+  const key = `seq:${m.seq}`;
+  if (conv.keys.has(key)) return;
+  const own = m.from === me;
+  const stick = isNearBottom();
+  insertItem(conv, { type: 'msg', key, seq: m.seq, from: m.from, ts: m.ts, body: m.body, own, status: own ? 'sent' : null, sort: [m.seq, 0] });
+  if (m.seq > conv.maxSeq) conv.maxSeq = m.seq;
+  if (live && !own) bumpUnread(conv);
+  if (live && stick) stickToBottom(conv);
+}
+
+function onPresence(conv, p) {
+  conv.online = p.online;
+  if (p.event === 'join') conv.members.add(p.user); else conv.members.delete(p.user);
+  addNotice(conv, p.event === 'join' ? 'notice.joined' : 'notice.left', { user: p.user });
+  renderSidebar();
+  if (conv.key === active) { renderHead(); renderMembers(); }
+}
+
+async function refreshMembers(conv) {
+  try {
+    const list = await client.presence(conv.name);
+    conv.members = new Set(list.users);
+    conv.online = list.online;
+  } catch { return; }
+  renderSidebar();
+  if (conv.key === active) { renderHead(); renderMembers(); }
+}
+
+async function leaveRoom(conv) {
+  convs.delete(conv.key);
+  saveConvList();
+  const next = [...convs.values()].find((c) => c.kind === 'room') || null;
+  openConv(next ? next.key : null);
+  if (!next) $('chat').dataset.view = 'list';
+  renderSidebar();
+  try { await client.leave(conv.name); } catch (err) { console.warn('leave failed', err); }
+}
+
+// ---- direct messages ----
+function ensureDm(user) {
+  let conv = convs.get(`u:${user}`);
+  if (!conv) {
+    conv = makeConv('dm', user);
+    convs.set(conv.key, conv);
+    saveConvList();
+  }
+  return conv;
+}
+
+function openDm(user) {
+  const conv = ensureDm(user);
+  openConv(conv.key);
+  renderSidebar();
+  if (!conv.loadedOnce) loadHistory(conv);
+}
+
+function onDirect(d) {
+  const other = d.from === me ? d.to : d.from;
+  const conv = ensureDm(other);
+  addDirect(conv, d, true);
+  renderSidebar();
+}
+
+function addDirect(conv, d, live) {
+  const key = `d:${d.to}:${d.seq}`;
+  if (conv.keys.has(key)) return;
+  const own = d.from === me;
+  const stick = isNearBottom();
+  const hasGid = typeof d.gid === 'number';
+  insertItem(conv, {
+    type: 'msg', key, seq: d.seq, gid: hasGid ? d.gid : undefined, from: d.from, ts: d.ts, body: d.body, own,
+    status: own ? 'sent' : null, sort: hasGid ? [d.gid, 0] : [conv.maxGid, ++order],
+  });
+  if (hasGid && d.gid > conv.maxGid) conv.maxGid = d.gid;
+  if (!own && d.seq > conv.lastInbox) conv.lastInbox = d.seq;
+  if (live && !own && d.seq > conv.lastRead) bumpUnread(conv);
+  if (live && stick) stickToBottom(conv);
+  markRead(conv);
+}
+
+function markRead(conv) {
+  if (!isViewing(conv)) return;
+  if (conv.unread) { conv.unread = 0; renderSidebar(); updateTitle(); }
+  if (conv.kind === 'dm' && conv.lastInbox > conv.lastRead) {
+    conv.lastRead = conv.lastInbox;
+    client.read(conv.name, conv.lastInbox);
+    saveDm(conv);
+  }
+}
+
+function onRead(r) {
+  const conv = convs.get(`u:${r.by}`);
+  if (!conv || r.upto <= conv.readUpto) return;
+  conv.readUpto = r.upto;
+  saveDm(conv);
+  for (const item of conv.items) if (item.own && item.seq) refreshItem(conv, item);
+}
+
+// ---- sending ----
+function sendText(text) {
+  const conv = convs.get(active);
+  if (!conv || !text.trim()) return;
+  const id = randomId();
+  const item = {
+    type: 'msg', key: `p:${id}`, id, from: me, ts: Date.now(), body: { text }, own: true,
+    status: 'pending', sort: [Infinity, ++order], sentAfter: conv.kind === 'room' ? conv.maxSeq : conv.maxGid,
+  };
+  insertItem(conv, item);
+  stickToBottom(conv);
+  transmit(conv, item);
+  renderConn();
+}
+
+function transmit(conv, item) {
+  const p = conv.kind === 'room'
+    ? client.publish(conv.name, item.body, { id: item.id })
+    : client.send(conv.name, item.body, { id: item.id });
+  p.then((ack) => acked(conv, item, ack), (err) => {
+    if (err.code === 'closed') return;
+    item.status = 'failed';
+    item.error = err;
+    refreshItem(conv, item);
+    renderConn();
+  });
+}
+
+function retry(conv, item) {
+  item.status = 'pending';
+  refreshItem(conv, item);
+  transmit(conv, item); // same id: the server's dedupe keeps it exactly-once
+  renderConn();
+}
+
+function acked(conv, item, ack) {
+  const key = conv.kind === 'room' ? `seq:${ack.seq}` : `d:${conv.name}:${ack.seq}`;
+  if (conv.keys.has(key)) { removeItem(conv, item); renderConn(); return; }
+  conv.keys.delete(item.key);
+  item.key = key;
+  item.seq = ack.seq;
+  item.status = 'sent';
+  item.delivered = ack.delivered > 0;
+  if (conv.kind === 'room') {
+    item.sort = [ack.seq, 0];
+    if (ack.seq > conv.maxSeq) conv.maxSeq = ack.seq;
+  } else {
+    // The ack carries no gid: keep it after what was there when it was sent.
+    item.sort = [item.sentAfter, ++order];
+  }
+  reposition(conv, item);
+  renderConn();
+}
+
+// ---- history ----
+async function loadHistory(conv) {
+  if (conv.history !== 'idle') return;
+  conv.history = 'loading';
+  if (conv.key === active) renderHistoryState(conv);
+  const query = conv.kind === 'room' ? { room: conv.name } : { with: conv.name };
+  query.limit = HISTORY_PAGE;
+  const oldest = conv.items.find((i) => i.type === 'msg' && (conv.kind === 'room' ? i.seq && i.sort[0] === i.seq : i.gid));
+  if (oldest) query.before = conv.kind === 'room' ? oldest.seq : oldest.gid;
+  let page;
+  try {
+    page = await client.history(query);
+  } catch (err) {
+    console.warn('history unavailable', err);
+    conv.history = 'idle';
+    if (conv.key === active) renderHistoryState(conv);
+    return;
+  }
+  if (convs.get(conv.key) !== conv) return;
+  conv.loadedOnce = true;
+  const scroller = $('scroller');
+  const viewing = conv.key === active;
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop;
+  const wasEmpty = !conv.items.some((i) => i.type === 'msg');
+  for (const m of page.messages) {
+    if (m.type === 'message') addRoomMessage(conv, m, false);
+    else if (m.type === 'direct') addDirect(conv, m, false);
+  }
+  conv.history = page.messages.length < query.limit ? 'done' : 'idle';
+  if (viewing) {
+    renderHistoryState(conv);
+    if (wasEmpty) scroller.scrollTop = scroller.scrollHeight;
+    else scroller.scrollTop = scroller.scrollHeight - fromBottom;
+    // Not enough to scroll yet: fetch another page.
+    if (conv.history === 'idle' && scroller.scrollHeight <= scroller.clientHeight) loadHistory(conv);
+  }
+}
+
+function renderHistoryState(conv) {
+  const node = $('history-state');
+  if (conv.history === 'loading') { node.hidden = false; node.textContent = t('history.loading'); }
+  else if (conv.history === 'done') { node.hidden = false; node.textContent = t('notice.noHistory'); }
+  else node.hidden = true;
+}
+
+// ---- rendering ----
+function bumpUnread(conv) {
+  if (isViewing(conv)) { markRead(conv); return; }
+  conv.unread += 1;
+  renderSidebar();
+  updateTitle();
+}
+
+function updateTitle() {
+  let total = 0;
+  for (const c of convs.values()) total += c.unread;
+  document.title = total ? `(${total}) ${t('app.name')}` : t('app.name');
+}
+
+function convButton(conv) {
+  const label = conv.kind === 'room' ? `# ${conv.name}` : conv.name;
+  const button = el('button', {
+    type: 'button', className: 'conv-item', 'aria-current': conv.key === active ? 'true' : 'false',
+    dataset: { key: conv.key }, onclick: () => (conv.kind === 'room' ? openConv(conv.key) : openDm(conv.name)),
+  }, el('span', { className: 'name', text: label }));
+  if (conv.kind === 'room') button.append(el('span', { className: 'count', title: t('rooms.online', { count: conv.online }), text: `${conv.online}` }));
+  if (conv.unread) button.append(el('span', { className: 'badge', 'aria-label': t('unread', { count: conv.unread }), text: String(conv.unread) }));
+  return el('li', {}, button);
+}
+
+function renderSidebar() {
+  const rooms = []; const dms = [];
+  for (const c of convs.values()) (c.kind === 'room' ? rooms : dms).push(c);
+  const byName = (a, b) => a.name.localeCompare(b.name);
+  $('room-list').replaceChildren(...(rooms.length ? rooms.sort(byName).map(convButton) : [el('li', { className: 'empty-note', text: t('rooms.empty') })]));
+  $('dm-list').replaceChildren(...(dms.length ? dms.sort(byName).map(convButton) : [el('li', { className: 'empty-note', text: t('directs.empty') })]));
+}
+
+function renderHead() {
+  const conv = convs.get(active);
+  if (!conv) return;
+  $('conv-title').textContent = conv.kind === 'room' ? `# ${conv.name}` : conv.name;
+  $('conv-sub').textContent = conv.kind === 'room' ? t('rooms.online', { count: conv.online }) : '';
+  $('members-toggle').hidden = conv.kind !== 'room';
+  $('leave').hidden = conv.kind !== 'room';
+  $('text').placeholder = t('composer.placeholder', { name: conv.kind === 'room' ? `# ${conv.name}` : conv.name });
+}
+
+let membersOpen = window.matchMedia('(min-width: 1000px)').matches;
+function renderMembers() {
+  const conv = convs.get(active);
+  const show = !!conv && conv.kind === 'room' && membersOpen;
+  $('members').hidden = !show;
+  $('members-toggle').setAttribute('aria-expanded', String(show));
+  if (!show) return;
+  const users = [...conv.members].sort((a, b) => a.localeCompare(b));
+  $('member-list').replaceChildren(...users.map((u) => el('li', {},
+    el('button', {
+      type: 'button', disabled: u === me, title: u === me ? null : t('members.message', { user: u }),
+      onclick: () => openDm(u),
+    }, el('span', { className: 'online-dot' }), el('span', { className: 'member-name', text: u }),
+    u === me ? el('span', { className: 'you', text: t('members.you') }) : null))));
+}
+
+function openConv(key) {
+  active = key;
+  storage.set(userKey('active'), key || '');
+  const conv = key && convs.get(key);
+  $('empty').hidden = !!conv;
+  $('conv-head').hidden = !conv;
+  $('conv-body').hidden = !conv;
+  $('composer').hidden = !conv;
+  if (!conv) {
+    $('empty-title').textContent = t('welcome.title', { user: me });
+    renderSidebar();
+    return;
+  }
+  $('chat').dataset.view = 'conv';
+  renderHead();
+  renderMembers();
+  for (const item of conv.items) item.el = renderItem(conv, item);
+  $('messages').replaceChildren(...conv.items.map((i) => i.el));
+  renderHistoryState(conv);
+  const scroller = $('scroller');
+  scroller.scrollTop = scroller.scrollHeight;
+  markRead(conv);
+  renderSidebar();
+  updateTitle();
+  if (conv.kind === 'room') refreshMembers(conv);
+  if (isWide()) $('text').focus();
+}
+
+function renderConn() {
+  const node = $('conn');
+  const state = client ? client.state : 'connecting';
+  const shown = { idle: 'connecting', connecting: 'connecting', connected: 'connected', reconnecting: 'reconnecting', offline: 'offline', closed: 'offline' }[state];
+  node.dataset.state = shown;
+  let unsent = 0;
+  for (const c of convs.values()) for (const i of c.items) if (i.status === 'pending') unsent += 1;
+  const label = t(`conn.${shown}`) + (unsent ? ` · ${t('conn.unsent', { count: unsent })}` : '');
+  node.querySelector('.conn-label').textContent = label;
+  node.dataset.unsent = String(unsent);
+}
+
+function renderAll() {
+  $('me').textContent = me;
+  renderConn();
+  renderSidebar();
+  openConv(active && convs.has(active) ? active : null);
+  if (!active) $('chat').dataset.view = 'list';
+}
+
+function isNearBottom() {
+  const s = $('scroller');
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+}
+
+function stickToBottom(conv) {
+  if (conv.key !== active) return;
+  const s = $('scroller');
+  s.scrollTop = s.scrollHeight;
+}
+
+function alertError(err) {
+  const conv = convs.get(active);
+  if (conv) addNotice(conv, 'error.refused', { message: err.message });
+}
+
+// ---- sign-in ----
+function showSignin(message) {
+  $('chat').hidden = true;
+  $('signin').hidden = false;
+  $('nickname').value = storage.get('sb.user') || $('nickname').value;
+  const error = $('signin-error');
+  error.hidden = !message;
+  error.textContent = message || '';
+  $('signin-submit').disabled = false;
+  $('signin-submit').textContent = t('signin.submit');
+  $('nickname').focus();
+}
+
+function signIn(user, token) {
+  if (client) client.close();
+  const c = new Client({ user, token: token || undefined, device: deviceId() });
+  client = c;
+  return new Promise((resolve, reject) => {
+    const offState = c.on('state', (s) => {
+      if (s.state === 'reconnecting') { offState(); resolve(c); } // unreachable for now: go in anyway
+    });
+    c.connect().then((welcome) => { offState(); me = welcome.user; resolve(c); }, (err) => { offState(); reject(err); });
+  });
+}
+
+async function enterChat(c, user) {
+  me = c.user || user;
+  storage.set('sb.user', me);
+  convs.clear();
+  active = null;
+  c.on('state', (s) => {
+    renderConn();
+    const conv = convs.get(active);
+    if (conv) for (const item of conv.items) if (item.status === 'pending') refreshItem(conv, item);
+    if (s.state === 'offline' && s.error) {
+      // The server refused us (for example an expired token).
+      showSignin(t('error.refused', { message: s.error.message }));
+    }
+  });
+  c.on('welcome', (w) => { me = w.user; $('me').textContent = me; });
+  c.on('joined', (j) => {
+    const conv = convs.get(`r:${j.room}`);
+    if (!conv) return;
+    conv.online = j.online;
+    renderSidebar();
+    if (conv.key === active) renderHead();
+    refreshMembers(conv);
+  });
+  c.on('direct', onDirect);
+  c.on('read', onRead);
+  c.on('error', (err) => console.warn('switchboard:', err.code, err.message));
+  $('signin').hidden = true;
+  $('chat').hidden = false;
+  $('chat').dataset.view = 'list';
+  const rooms = storage.json(userKey('rooms'), null);
+  for (const name of storage.json(userKey('dms'), [])) ensureDm(name);
+  const names = rooms && rooms.length ? rooms : (rooms ? [] : ['lobby']);
+  for (const name of names) joinRoom(name, false);
+  const saved = storage.get(userKey('active'));
+  renderAll();
+  const start = (saved && convs.get(saved)) || [...convs.values()].find((x) => x.kind === 'room');
+  if (start && (isWide() || saved)) {
+    if (start.kind === 'dm') openDm(start.name); else openConv(start.key);
+  }
+  if (!isWide() && !saved) $('chat').dataset.view = 'list';
+}
+
+async function submitSignin(e) {
+  e.preventDefault();
+  const user = $('nickname').value.trim();
+  const token = $('token').value.trim();
+  if (!user && !token) { $('nickname').focus(); return; }
+  $('signin-submit').disabled = true;
+  $('signin-submit').textContent = t('signin.connecting');
+  $('signin-error').hidden = true;
+  try {
+    const c = await signIn(user || undefined, token);
+    if (token) storage.set('sb.token', token, sessionStorage); else storage.del('sb.token', sessionStorage);
+    await enterChat(c, user);
+  } catch (err) {
+    if (err.code === 'unauthorized') $('token-box').open = true;
+    showSignin(err.code === 'unauthorized' && !token ? t('signin.tokenNeeded') : t('error.refused', { message: err.message }));
+  }
+}
+
+function signOut() {
+  if (client) client.close();
+  client = null;
+  me = null;
+  convs.clear();
+  active = null;
+  storage.del('sb.user');
+  storage.del('sb.token', sessionStorage);
+  document.title = t('app.name');
+  showSignin();
+}
+
+// ---- wiring ----
+function wire() {
+  $('signin-form').addEventListener('submit', submitSignin);
+  for (const select of [$('lang'), $('lang-signin')]) select.addEventListener('change', (e) => setLanguage(e.target.value));
+  $('signout').addEventListener('click', signOut);
+  $('join-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const name = $('join-input').value.trim();
+    if (!name) return;
+    $('join-input').value = '';
+    const existing = convs.get(`r:${name}`);
+    if (existing) openConv(existing.key); else joinRoom(name, true);
+  });
+  $('dm-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const name = $('dm-input').value.trim();
+    if (!name) return;
+    $('dm-input').value = '';
+    openDm(name);
+  });
+  $('composer').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = $('text').value;
+    if (!text.trim()) return;
+    $('text').value = '';
+    autosize();
+    sendText(text);
+  });
+  $('text').addEventListener('keydown', (e) => {
+    // Enter sends; Shift+Enter is a new line; never while an IME composes (Chinese input).
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+      e.preventDefault();
+      $('composer').requestSubmit();
+    }
+  });
+  $('text').addEventListener('input', autosize);
+  $('back').addEventListener('click', () => { $('chat').dataset.view = 'list'; renderSidebar(); });
+  $('leave').addEventListener('click', () => { const c = convs.get(active); if (c && c.kind === 'room') leaveRoom(c); });
+  $('members-toggle').addEventListener('click', () => { membersOpen = !membersOpen; renderMembers(); });
+  $('scroller').addEventListener('scroll', () => {
+    const conv = convs.get(active);
+    if (conv && $('scroller').scrollTop < 120) loadHistory(conv);
+  }, { passive: true });
+  document.addEventListener('visibilitychange', () => {
+    const conv = convs.get(active);
+    if (conv) markRead(conv);
+  });
+}
+
+function autosize() {
+  const area = $('text');
+  area.style.height = 'auto';
+  area.style.height = `${Math.min(area.scrollHeight + 2, 160)}px`;
+}
+
+async function main() {
+  applyStaticText();
+  wire();
+  const user = storage.get('sb.user');
+  const token = storage.get('sb.token', sessionStorage);
+  if (!user) { showSignin(); return; }
+  try {
+    const c = await signIn(user, token);
+    await enterChat(c, user);
+  } catch (err) {
+    showSignin(t('error.refused', { message: err.message }));
+  }
+}
+
+main();

@@ -1,0 +1,136 @@
+// UI strings of the chat app: English and Simplified Chinese.
+// `{name}` placeholders are filled by t(); values are inserted as text, never HTML.
+
+export const LANGUAGES = [
+  ['en', 'English'],
+  ['zh-CN', '简体中文'],
+];
+
+const en = {
+  'app.name': 'Switchboard',
+  'signin.lead': 'Real-time chat. Pick a nickname to start.',
+  'signin.nickname': 'Nickname',
+  'signin.nicknamePlaceholder': 'e.g. alice',
+  'signin.useToken': 'Sign in with a token',
+  'signin.token': 'Access token (JWT)',
+  'signin.submit': 'Sign in',
+  'signin.connecting': 'Connecting…',
+  'signin.tokenNeeded': 'This server needs an access token.',
+  'error.refused': 'The server refused: {message}',
+  'language': 'Language',
+  'signout': 'Sign out',
+  'conn.connected': 'Connected',
+  'conn.connecting': 'Connecting…',
+  'conn.reconnecting': 'Reconnecting…',
+  'conn.offline': 'Offline',
+  'conn.unsent': '{count} unsent',
+  'conn.retryIn': 'Reconnecting in {seconds} s',
+  'rooms': 'Rooms',
+  'rooms.joinPlaceholder': 'Join or create a room',
+  'rooms.join': 'Join',
+  'rooms.online': '{count} online',
+  'rooms.empty': 'No rooms yet: join one below.',
+  'directs': 'Direct messages',
+  'directs.placeholder': 'Message a user',
+  'directs.start': 'Open',
+  'directs.empty': 'No conversations yet.',
+  'unread': '{count} unread',
+  'members': 'Members',
+  'members.show': 'Members',
+  'members.you': '(you)',
+  'members.message': 'Send {user} a direct message',
+  'leave': 'Leave',
+  'back': 'Back',
+  'composer.placeholder': 'Message {name}',
+  'composer.send': 'Send',
+  'notice.joined': '{user} joined',
+  'notice.left': '{user} left',
+  'notice.reset': 'Some earlier messages are no longer available.',
+  'notice.noHistory': 'This is the beginning of the conversation.',
+  'history.loading': 'Loading earlier messages…',
+  'status.sending': 'Sending…',
+  'status.queued': 'Waiting for connection',
+  'status.sent': 'Sent',
+  'status.delivered': 'Delivered',
+  'status.read': 'Read',
+  'status.failed': 'Not sent',
+  'status.retry': 'Retry',
+  'you': 'You',
+  'welcome.title': 'Welcome, {user}',
+  'welcome.text': 'Pick a room on the left, or join a new one.',
+};
+
+const zhCN = {
+  'app.name': 'Switchboard',
+  'signin.lead': '实时聊天。输入昵称即可开始。',
+  'signin.nickname': '昵称',
+  'signin.nicknamePlaceholder': '例如：小明',
+  'signin.useToken': '使用令牌登录',
+  'signin.token': '访问令牌（JWT）',
+  'signin.submit': '登录',
+  'signin.connecting': '正在连接…',
+  'signin.tokenNeeded': '此服务器需要访问令牌。',
+  'error.refused': '服务器拒绝：{message}',
+  'language': '语言',
+  'signout': '退出',
+  'conn.connected': '已连接',
+  'conn.connecting': '正在连接…',
+  'conn.reconnecting': '正在重新连接…',
+  'conn.offline': '离线',
+  'conn.unsent': '{count} 条未发送',
+  'conn.retryIn': '{seconds} 秒后重新连接',
+  'rooms': '聊天室',
+  'rooms.joinPlaceholder': '加入或创建聊天室',
+  'rooms.join': '加入',
+  'rooms.online': '{count} 人在线',
+  'rooms.empty': '还没有聊天室：在下方加入一个。',
+  'directs': '私信',
+  'directs.placeholder': '给用户发私信',
+  'directs.start': '打开',
+  'directs.empty': '还没有私信。',
+  'unread': '{count} 条未读',
+  'members': '成员',
+  'members.show': '成员',
+  'members.you': '（你）',
+  'members.message': '给 {user} 发私信',
+  'leave': '退出聊天室',
+  'back': '返回',
+  'composer.placeholder': '发消息给 {name}',
+  'composer.send': '发送',
+  'notice.joined': '{user} 加入了',
+  'notice.left': '{user} 离开了',
+  'notice.reset': '部分较早的消息已无法获取。',
+  'notice.noHistory': '这是对话的开始。',
+  'history.loading': '正在加载更早的消息…',
+  'status.sending': '发送中…',
+  'status.queued': '等待连接',
+  'status.sent': '已发送',
+  'status.delivered': '已送达',
+  'status.read': '已读',
+  'status.failed': '未发送',
+  'status.retry': '重试',
+  'you': '你',
+  'welcome.title': '欢迎，{user}',
+  'welcome.text': '在左侧选择聊天室，或加入一个新的。',
+};
+
+export const STRINGS = { en, 'zh-CN': zhCN };
+
+/** The UI language: a saved choice, else the browser's (any zh-* → zh-CN), else English. */
+export function pickLanguage(saved, browserLanguages) {
+  if (saved && STRINGS[saved]) return saved;
+  for (const lang of browserLanguages || []) {
+    const l = String(lang).toLowerCase();
+    if (l.startsWith('zh')) return 'zh-CN';
+    if (l.startsWith('en')) return 'en';
+  }
+  return 'en';
+}
+
+/** The string `key` in `lang` with `{name}` placeholders filled from `params`. */
+export function translate(lang, key, params) {
+  const table = STRINGS[lang] || en;
+  const template = table[key] ?? en[key] ?? key;
+  if (!params) return template;
+  return template.replace(/\{(\w+)\}/g, (m, name) => (name in params ? String(params[name]) : m));
+}
