@@ -116,7 +116,14 @@ async fn api_publishes_sends_lists_and_disconnects() {
 #[tokio::test]
 async fn api_errors_are_clear() {
     let server = Server::start_with(&["--api-key", KEY]);
-    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, u16, &'a str);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         ("GET", "/api/rooms", None, None, 401, "unauthorized"),
         (

@@ -18,7 +18,12 @@ fn now() -> u64 {
 }
 
 fn token(claims: Value) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 fn ann(ttl: u64) -> String {
@@ -35,10 +40,18 @@ fn auth_server(extra: &[&str]) -> Server {
 async fn refused(c: &mut Client) -> (Vec<Value>, Ended) {
     let mut errors = Vec::new();
     loop {
-        match tokio::time::timeout(common::TIMEOUT, c.ws.next()).await.expect("not closed") {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => errors.push(serde_json::from_str(&t).unwrap()),
+        match tokio::time::timeout(common::TIMEOUT, c.ws.next())
+            .await
+            .expect("not closed")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                errors.push(serde_json::from_str(&t).unwrap())
+            }
             Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
-                return (errors, Ended::Close(f.map(|f| u16::from(f.code)).unwrap_or(0)))
+                return (
+                    errors,
+                    Ended::Close(f.map(|f| u16::from(f.code)).unwrap_or(0)),
+                )
             }
             Some(Ok(_)) => {}
             _ => return (errors, Ended::Dropped),
@@ -54,14 +67,20 @@ async fn token_in_query_header_or_hello() {
     assert_eq!(c.expect("welcome").await["user"], "ann");
     // Authorization: Bearer
     let mut request = server.url("/ws").into_client_request().unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {}", ann(60)).parse().unwrap());
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", ann(60)).parse().unwrap(),
+    );
     let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut c = Client::from_stream(ws);
     assert_eq!(c.expect("welcome").await["user"], "ann");
     // hello {token}; a user named in the query is ignored when auth is on.
     let mut c = Client::connect(&server.url("/ws?user=mallory")).await;
     let w = c.request(json!({"type": "hello", "token": ann(60)})).await;
-    assert_eq!((w["type"].as_str(), w["user"].as_str()), (Some("welcome"), Some("ann")));
+    assert_eq!(
+        (w["type"].as_str(), w["user"].as_str()),
+        (Some("welcome"), Some("ann"))
+    );
 }
 
 #[tokio::test]
@@ -88,23 +107,36 @@ async fn missing_or_bad_tokens_get_unauthorized_and_4001() {
         let (errors, end) = refused(&mut c).await;
         assert_eq!(end, Ended::Close(4001), "{why}");
         assert_eq!(errors[0]["code"], "unauthorized");
-        assert!(errors[0]["message"].as_str().unwrap().contains(why), "{errors:?}");
+        assert!(
+            errors[0]["message"].as_str().unwrap().contains(why),
+            "{errors:?}"
+        );
         // ...and in hello.
         let mut c = Client::connect(&server.url("/ws")).await;
-        c.send(json!({"type": "hello", "token": bad, "id": 1})).await;
+        c.send(json!({"type": "hello", "token": bad, "id": 1}))
+            .await;
         let (errors, end) = refused(&mut c).await;
         assert_eq!(end, Ended::Close(4001));
-        assert_eq!((errors[0]["code"].as_str(), errors[0]["id"].as_u64()), (Some("unauthorized"), Some(1)));
+        assert_eq!(
+            (errors[0]["code"].as_str(), errors[0]["id"].as_u64()),
+            (Some("unauthorized"), Some(1))
+        );
     }
     // Another command before hello.
     let mut c = Client::connect(&server.url("/ws")).await;
     c.send(json!({"type": "join", "room": "r"})).await;
     let (errors, end) = refused(&mut c).await;
-    assert_eq!((errors[0]["code"].as_str(), end), (Some("unauthorized"), Ended::Close(4001)));
+    assert_eq!(
+        (errors[0]["code"].as_str(), end),
+        (Some("unauthorized"), Ended::Close(4001))
+    );
     // Nothing at all within --hello-timeout.
     let mut c = Client::connect(&server.url("/ws")).await;
     let (errors, end) = refused(&mut c).await;
-    assert_eq!((errors[0]["code"].as_str(), end), (Some("unauthorized"), Ended::Close(4001)));
+    assert_eq!(
+        (errors[0]["code"].as_str(), end),
+        (Some("unauthorized"), Ended::Close(4001))
+    );
 }
 
 #[tokio::test]
@@ -135,11 +167,18 @@ async fn expiring_tokens_close_unless_refreshed() {
     stale.expect("welcome").await;
     let mut fresh = Client::connect(&server.url(&format!("/ws?token={}", ann(2)))).await;
     fresh.expect("welcome").await;
-    let w = fresh.request(json!({"type": "hello", "token": ann(600)})).await;
+    let w = fresh
+        .request(json!({"type": "hello", "token": ann(600)}))
+        .await;
     assert_eq!(w["type"], "welcome");
     // A token for someone else is not a refresh.
     let other = token(json!({"sub": "bob", "exp": now() + 600}));
-    assert_eq!(fresh.request(json!({"type": "hello", "token": other})).await["code"], "forbidden");
+    assert_eq!(
+        fresh
+            .request(json!({"type": "hello", "token": other}))
+            .await["code"],
+        "forbidden"
+    );
 
     let (errors, end) = refused(&mut stale).await;
     assert_eq!(end, Ended::Close(4001));
@@ -149,7 +188,10 @@ async fn expiring_tokens_close_unless_refreshed() {
 }
 
 fn openssl(args: &[&str]) {
-    let status = Command::new("openssl").args(args).status().expect("openssl");
+    let status = Command::new("openssl")
+        .args(args)
+        .status()
+        .expect("openssl");
     assert!(status.success(), "openssl {args:?}");
 }
 
@@ -158,10 +200,40 @@ async fn rs256_es256_and_jwks() {
     let dir = common::temp_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let path = |name: &str| dir.join(name).to_string_lossy().to_string();
-    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &path("rsa.pem")]);
-    openssl(&["pkey", "-in", &path("rsa.pem"), "-pubout", "-out", &path("rsa.pub")]);
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &path("ec.pem")]);
-    openssl(&["pkey", "-in", &path("ec.pem"), "-pubout", "-out", &path("ec.pub")]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &path("rsa.pem"),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        &path("rsa.pem"),
+        "-pubout",
+        "-out",
+        &path("rsa.pub"),
+    ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &path("ec.pem"),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        &path("ec.pem"),
+        "-pubout",
+        "-out",
+        &path("ec.pub"),
+    ]);
     let rsa = EncodingKey::from_rsa_pem(&std::fs::read(path("rsa.pem")).unwrap()).unwrap();
     let ec = EncodingKey::from_ec_pem(&std::fs::read(path("ec.pem")).unwrap()).unwrap();
     let claims = json!({"sub": "ann", "exp": now() + 60});
@@ -176,12 +248,18 @@ async fn rs256_es256_and_jwks() {
         ("ec.pub", Algorithm::ES256, &ec, Algorithm::RS256, &rsa),
     ] {
         let server = Server::start_with(&["--jwt-public-key", &path(public)]);
-        let mut c = Client::connect(&server.url(&format!("/ws?token={}", sign(alg, key, None)))).await;
+        let mut c =
+            Client::connect(&server.url(&format!("/ws?token={}", sign(alg, key, None)))).await;
         assert_eq!(c.expect("welcome").await["user"], "ann", "{alg:?}");
         // The other family, and HS256 signed with the public key text
         // (algorithm confusion), are refused.
         let pem = std::fs::read_to_string(path(public)).unwrap();
-        let confused = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(pem.as_bytes())).unwrap();
+        let confused = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(pem.as_bytes()),
+        )
+        .unwrap();
         for bad in [sign(other_alg, other_key, None), confused] {
             let mut c = Client::connect(&server.url(&format!("/ws?token={bad}"))).await;
             assert_eq!(refused(&mut c).await.1, Ended::Close(4001));
@@ -193,10 +271,15 @@ async fn rs256_es256_and_jwks() {
     rsa_jwk.common.key_id = Some("rsa-1".into());
     let mut ec_jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&ec, Algorithm::ES256).unwrap();
     ec_jwk.common.key_id = Some("ec-1".into());
-    let set = jsonwebtoken::jwk::JwkSet { keys: vec![rsa_jwk, ec_jwk] };
+    let set = jsonwebtoken::jwk::JwkSet {
+        keys: vec![rsa_jwk, ec_jwk],
+    };
     std::fs::write(path("jwks.json"), serde_json::to_vec(&set).unwrap()).unwrap();
     let server = Server::start_with(&["--jwks", &path("jwks.json")]);
-    for t in [sign(Algorithm::RS256, &rsa, Some("rsa-1")), sign(Algorithm::ES256, &ec, Some("ec-1"))] {
+    for t in [
+        sign(Algorithm::RS256, &rsa, Some("rsa-1")),
+        sign(Algorithm::ES256, &ec, Some("ec-1")),
+    ] {
         let mut c = Client::connect(&server.url(&format!("/ws?token={t}"))).await;
         assert_eq!(c.expect("welcome").await["user"], "ann");
     }
@@ -204,22 +287,42 @@ async fn rs256_es256_and_jwks() {
     let mut c = Client::connect(&server.url(&format!("/ws?token={unknown}"))).await;
     let (errors, end) = refused(&mut c).await;
     assert_eq!(end, Ended::Close(4001));
-    assert!(errors[0]["message"].as_str().unwrap().contains("unknown key id"));
+    assert!(errors[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown key id"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn token_command_mints_a_working_token() {
     let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["token", "--user", "dev", "--ttl", "10m", "--rooms", "team-*,lobby", "--name", "Dev"])
+        .args([
+            "token",
+            "--user",
+            "dev",
+            "--ttl",
+            "10m",
+            "--rooms",
+            "team-*,lobby",
+            "--name",
+            "Dev",
+        ])
         .env("SWITCHBOARD_JWT_SECRET", SECRET)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let minted = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let server = auth_server(&[]);
     let mut c = Client::connect(&server.url(&format!("/ws?token={minted}"))).await;
     assert_eq!(c.expect("welcome").await["user"], "dev");
     c.join("team-x").await;
-    assert_eq!(c.request(json!({"type": "join", "room": "other"})).await["code"], "forbidden");
+    assert_eq!(
+        c.request(json!({"type": "join", "room": "other"})).await["code"],
+        "forbidden"
+    );
 }

@@ -67,7 +67,10 @@ async fn user_id_routing() {
     assert_eq!(d["to"], "bob");
     assert_eq!(d["body"]["text"], "psst");
     assert_eq!(d["seq"], ack["seq"]);
-    assert_eq!(d["gid"], ack["gid"], "the ack places the message in the conversation");
+    assert_eq!(
+        d["gid"], ack["gid"],
+        "the ack places the message in the conversation"
+    );
     cy.expect_nothing_pending().await;
     ann.expect_nothing_pending().await;
     // Sending to a user who is not online delivers nothing.

@@ -404,3 +404,27 @@ fn bad_tls_files_stop_startup() {
     let err = startup_error(&files.cert(), &other_key);
     assert!(err.contains("cannot be used with certificate"), "{err}");
 }
+
+#[tokio::test]
+async fn shutdown_closes_wss_connections_with_1001() {
+    let pki = Pki::new("switchboard test CA");
+    let files = CertFiles::new(&pki);
+    let mut server = files.start_server();
+    let mut client = Wss::connect(server.addr, pki.client(), "erin").await;
+    server.signal("TERM");
+    let close = loop {
+        match tokio::time::timeout(TIMEOUT, client.ws.next())
+            .await
+            .expect("no close frame")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(1001));
+    // Reading on sends our close reply; the server then sees the close
+    // handshake complete and exits without waiting out its grace period.
+    while let Ok(Some(_)) = tokio::time::timeout(TIMEOUT, client.ws.next()).await {}
+    assert_eq!(server.wait_exit(TIMEOUT), Some(0));
+}

@@ -9,6 +9,37 @@ use serde_json::value::RawValue;
 use crate::names::{validate_device, validate_room, validate_user};
 use crate::ErrorCode;
 
+/// Deepest nesting of arrays/objects accepted in a `body`: deeper bodies
+/// would break recipients whose JSON parsers limit depth (serde_json's
+/// `Value` stops at 128, browsers and Python at around 1000).
+pub const MAX_BODY_DEPTH: usize = 64;
+
+/// Nesting depth of a JSON text (which is already known to be valid).
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Longest accepted command `id` string, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -419,8 +450,19 @@ impl<'a> Fields<'_, 'a> {
     }
 
     fn body(&self) -> Result<&'a RawValue, CommandError> {
-        self.raw("body")
-            .ok_or_else(|| bad(self.id, format!("{}: missing field `body`", self.command)))
+        let body = self
+            .raw("body")
+            .ok_or_else(|| bad(self.id, format!("{}: missing field `body`", self.command)))?;
+        if json_depth(body.get()) > MAX_BODY_DEPTH {
+            return Err(bad(
+                self.id,
+                format!(
+                    "{}: `body` is nested deeper than {MAX_BODY_DEPTH} levels",
+                    self.command
+                ),
+            ));
+        }
+        Ok(body)
     }
 }
 
@@ -534,6 +576,30 @@ mod tests {
         ] {
             assert_eq!(err(text).code, ErrorCode::BadRequest, "{text}");
         }
+    }
+
+    #[test]
+    fn deeply_nested_bodies_are_refused() {
+        let ok = format!(
+            "{}1{}",
+            "[".repeat(MAX_BODY_DEPTH),
+            "]".repeat(MAX_BODY_DEPTH)
+        );
+        let deep = format!(
+            "{}1{}",
+            "[".repeat(MAX_BODY_DEPTH + 1),
+            "]".repeat(MAX_BODY_DEPTH + 1)
+        );
+        assert!(decode_command(&format!(r#"{{"type":"publish","room":"r","body":{ok}}}"#)).is_ok());
+        let e = err(&format!(r#"{{"type":"publish","room":"r","body":{deep}}}"#));
+        assert!(e.message.contains("nested deeper"), "{}", e.message);
+        // Brackets inside strings do not count.
+        let text = format!(
+            r#"{{"type":"publish","room":"r","body":"{}\"]"}}"#,
+            "[".repeat(200)
+        );
+        assert!(decode_command(&text).is_ok());
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"]]]"}]}"#), 3);
     }
 
     #[test]

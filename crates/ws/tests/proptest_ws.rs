@@ -7,12 +7,12 @@
 //! `PROPTEST_CASES=100000 cargo test --release -p switchboard-ws --test proptest_ws`
 //! (see docs/TESTING.md).
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use switchboard_ws::{
     accept_key, close_code_allowed, negotiate_deflate, Bytes, BytesMut, Decoder, DeflateConfig,
-    Message, ProtocolError,
+    Message, OpCode, ProtocolError, SharedMessage,
 };
 
 // ---------------------------------------------------------------- client side (the reference)
@@ -521,6 +521,7 @@ fn arb_max() -> impl Strategy<Value = usize> {
         1 => 0usize..4,
         2 => 0usize..300,
         2 => Just(1usize << 20),
+        1 => Just(usize::MAX),
     ]
 }
 
@@ -708,6 +709,36 @@ proptest! {
         }
     }
 
+    /// The other direction of the same extension: every frame the server
+    /// sends for a negotiated window (9..=15 bits) inflates, with a client
+    /// inflater of exactly that window, to the original payload.
+    #[test]
+    fn server_frames_inflate_with_the_negotiated_window(
+        text in any::<bool>(),
+        payload in prop_oneof![
+            arb_payload(false, 3000),
+            (prop::collection::vec(any::<u8>(), 1..8), 0usize..70_000)
+                .prop_map(|(unit, n)| unit.iter().copied().cycle().take(n).collect()),
+        ],
+        bits in 9u8..=15,
+        compress_min in prop::sample::select(vec![0usize, 64]),
+    ) {
+        let (opcode, payload) = if text {
+            (OpCode::Text, String::from_utf8_lossy(&payload).into_owned().into_bytes())
+        } else {
+            (OpCode::Binary, payload)
+        };
+        let msg = SharedMessage::new(opcode, Bytes::from(payload.clone()));
+        let frame = msg.frame_for(Some(DeflateConfig { server_max_window_bits: bits, compress_min }));
+        let (b0, body) = parse_server_frame(&frame);
+        prop_assert_eq!(b0 & 0x8F, 0x80 | opcode.as_u8());
+        if b0 & 0x40 == 0 {
+            prop_assert_eq!(body, &payload[..]);
+        } else {
+            prop_assert_eq!(client_inflate(body, bits)?, payload);
+        }
+    }
+
     /// `accept_key` never panics, always gives 28 base64 characters and
     /// ignores surrounding whitespace.
     #[test]
@@ -721,6 +752,36 @@ proptest! {
         prop_assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)));
         let padded = [pre.as_bytes(), key.trim_ascii(), post.as_bytes()].concat();
         prop_assert_eq!(accept_key(&padded), accept_key(&key));
+    }
+}
+
+/// Splits one unmasked server frame into its first byte and payload.
+fn parse_server_frame(f: &[u8]) -> (u8, &[u8]) {
+    let (len, at) = match f[1] {
+        126 => (u16::from_be_bytes([f[2], f[3]]) as usize, 4),
+        127 => (
+            u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    assert_eq!(f.len(), at + len, "exactly one frame");
+    (f[0], &f[at..])
+}
+
+/// A client's raw inflater with `bits` window (as negotiated), tail appended.
+fn client_inflate(data: &[u8], bits: u8) -> Result<Vec<u8>, TestCaseError> {
+    let mut d = Decompress::new_with_window_bits(false, bits);
+    let input = [data, &TAIL].concat();
+    let mut out = Vec::with_capacity(data.len() * 4 + 1024);
+    loop {
+        let used = d.total_in() as usize;
+        d.decompress_vec(&input[used..], &mut out, FlushDecompress::Sync)
+            .map_err(|e| TestCaseError::fail(format!("client inflate ({bits} bits): {e}")))?;
+        if d.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return Ok(out);
+        }
+        out.reserve(out.capacity());
     }
 }
 

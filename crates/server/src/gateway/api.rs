@@ -13,7 +13,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use switchboard_protocol::{validate_room, validate_user, Id, MAX_HISTORY_LIMIT};
+use switchboard_protocol::{
+    json_depth, validate_room, validate_user, Id, MAX_BODY_DEPTH, MAX_HISTORY_LIMIT,
+};
 use tokio::sync::oneshot;
 
 use super::replay::{read_history, Target};
@@ -105,6 +107,11 @@ fn parse_post(bytes: &[u8]) -> Result<Posted, ApiError> {
     let body = post
         .body
         .ok_or_else(|| bad_request("missing field `body`"))?;
+    if json_depth(body.get()) > MAX_BODY_DEPTH {
+        return Err(bad_request(format!(
+            "`body` is nested deeper than {MAX_BODY_DEPTH} levels"
+        )));
+    }
     let from = post.from.unwrap_or_else(|| "server".into());
     validate_user(&from).map_err(|m| bad_request(format!("from: {m}")))?;
     let id = match post.id {
