@@ -47,6 +47,26 @@ fn plan(range: Replay, oldest: Option<u64>, limit: usize) -> (u64, Option<u64>) 
     (start, reset)
 }
 
+/// Reads the replayable part of `range` of one stream (a room or an inbox):
+/// the `reset` seq to announce first, if any, and the records to send.
+fn read_range<R>(
+    range: Replay,
+    limit: usize,
+    oldest: impl FnOnce() -> store::Result<Option<u64>>,
+    after: impl FnOnce(u64, usize) -> store::Result<Vec<R>>,
+) -> store::Result<(Option<u64>, Vec<R>)> {
+    if range.after >= range.upto {
+        return Ok((None, Vec::new()));
+    }
+    let (start, reset) = plan(range, oldest()?, limit);
+    let records = if start <= range.upto {
+        after(start - 1, (range.upto - start + 1) as usize)?
+    } else {
+        Vec::new()
+    };
+    Ok((reset, records))
+}
+
 async fn send_all(app: &App, conn: &Conn, reset: Option<Vec<u8>>, events: Vec<Vec<u8>>) {
     if let Some(reset) = reset {
         app.hub.reply(conn, reset);
@@ -72,16 +92,12 @@ pub fn room(app: Arc<App>, conn: Arc<Conn>, room: String, range: Replay) {
         let name = room.clone();
         let read = tokio::task::spawn_blocking(
             move || -> store::Result<(Option<u64>, Vec<RoomRecord>)> {
-                if range.after >= range.upto {
-                    return Ok((None, Vec::new()));
-                }
-                let (start, reset) = plan(range, store.room_oldest(&name)?, limit);
-                let records = if start <= range.upto {
-                    store.room_after(&name, start - 1, (range.upto - start + 1) as usize)?
-                } else {
-                    Vec::new()
-                };
-                Ok((reset, records))
+                read_range(
+                    range,
+                    limit,
+                    || store.room_oldest(&name),
+                    |after, n| store.room_after(&name, after, n),
+                )
             },
         )
         .await;
@@ -124,16 +140,12 @@ pub fn inbox(app: Arc<App>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
                     after: cursor.max(range.after),
                     upto: range.upto,
                 };
-                if range.after >= range.upto {
-                    return Ok((None, Vec::new()));
-                }
-                let (start, reset) = plan(range, store.inbox_oldest(&user)?, limit);
-                let records = if start <= range.upto {
-                    store.inbox_after(&user, start - 1, (range.upto - start + 1) as usize)?
-                } else {
-                    Vec::new()
-                };
-                Ok((reset, records))
+                read_range(
+                    range,
+                    limit,
+                    || store.inbox_oldest(&user),
+                    |after, n| store.inbox_after(&user, after, n),
+                )
             },
         )
         .await;
