@@ -71,14 +71,15 @@ impl Store for MemoryStore {
                         .or_default();
                     *c = (*c).max(*upto);
                 }
+                // split_off: O(log n + dropped), not a scan of what is kept.
                 Write::TrimRoom { room, upto } => {
                     if let Some(r) = st.rooms.get_mut(room) {
-                        r.1.retain(|seq, _| seq > upto);
+                        r.1 = r.1.split_off(&(upto + 1));
                     }
                 }
                 Write::TrimInbox { user, upto } => {
                     if let Some(i) = st.inboxes.get_mut(user) {
-                        i.1.retain(|seq, _| seq > upto);
+                        i.1 = i.1.split_off(&(upto + 1));
                     }
                 }
             }

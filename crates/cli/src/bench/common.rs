@@ -1,0 +1,305 @@
+//! What every scenario shares: connecting under a concurrency gate, closing
+//! politely, the timestamped bench body, CPU accounting over the measured
+//! window, latency summaries and the JSON result line.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+use super::wire::{self, Target, OP_CLOSE};
+
+/// Longest a connection may take to be upgraded (and, where a scenario
+/// joins a room, to be answered `joined`).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client waits for the server's side of the close handshake.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs a scenario on a multi-threaded Tokio runtime (one thread per core).
+pub fn block_on<F: Future<Output = anyhow::Result<()>>>(scenario: F) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(scenario);
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    outcome
+}
+
+/// Connects and upgrades, holding a permit of `gate` meanwhile (so a
+/// thousand clients do not all handshake at once). Errors are one line.
+pub async fn connect(
+    target: &Target,
+    source: Option<IpAddr>,
+    path: &str,
+    gate: &Semaphore,
+) -> Result<(TcpStream, Vec<u8>), String> {
+    let _permit = gate.acquire().await;
+    match timeout(HANDSHAKE_TIMEOUT, wire::connect(target, source, path)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(err)) => Err(format!("{err:#}")),
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+/// Sends a close frame (1000) and waits, at most [`CLOSE_WAIT`], for the
+/// server to finish the close handshake.
+pub async fn close_politely<R, W>(reader: &mut R, writer: &mut W, mask: [u8; 4])
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut frame = Vec::new();
+    wire::encode_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), mask);
+    let _ = timeout(CLOSE_WAIT, async {
+        writer.write_all(&frame).await?;
+        let mut sink = [0u8; 4096];
+        while reader.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
+/// Writes the bench body `{"t":T,"pad":"xx…"}`, `size` bytes when size
+/// allows (at least about 30).
+pub fn write_body(out: &mut Vec<u8>, t: u64, size: usize) {
+    let start = out.len();
+    let _ = write!(out, "{{\"t\":{t},\"pad\":\"");
+    let pad = size.saturating_sub(out.len() - start + 2);
+    out.resize(out.len() + pad, b'x');
+    out.extend_from_slice(b"\"}");
+}
+
+/// Finds the `{"t":` a bench body starts with and parses the number.
+pub fn stamp(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"{\"t\":";
+    let mut from = 0;
+    loop {
+        let at = from + payload[from..].iter().position(|&b| b == b'{')?;
+        if payload[at..].starts_with(KEY) {
+            return leading_u64(&payload[at + KEY.len()..]);
+        }
+        from = at + 1;
+    }
+}
+
+/// The unsigned integer after the first occurrence of `key` (such as
+/// `"seq":`) in a server event. Only for events whose other fields cannot
+/// contain `key` (acks, `joined`: no user-supplied text).
+pub fn field_u64(payload: &[u8], key: &[u8]) -> Option<u64> {
+    let at = payload.windows(key.len()).position(|w| w == key)?;
+    leading_u64(&payload[at + key.len()..])
+}
+
+fn leading_u64(bytes: &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    let mut digits = 0;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        digits += 1;
+    }
+    (digits > 0).then_some(value)
+}
+
+/// A latency histogram in µs: 1 µs to an hour, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    hist.auto(true);
+    hist
+}
+
+fn quantile(hist: &Histogram<u64>, q: f64) -> u64 {
+    if hist.is_empty() {
+        0
+    } else {
+        hist.value_at_quantile(q)
+    }
+}
+
+/// The `latency_us` object of a JSON result.
+pub fn latency_json(hist: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "samples": hist.len(),
+        "p50": quantile(hist, 0.5),
+        "p90": quantile(hist, 0.9),
+        "p99": quantile(hist, 0.99),
+        "p999": quantile(hist, 0.999),
+        "max": hist.max(),
+        "mean": (hist.mean() * 10.0).round() / 10.0,
+    })
+}
+
+/// `p50 … p90 … p99 … p99.9 … max … (N samples)`, for the human summary.
+pub fn latency_line(hist: &Histogram<u64>) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
+        quantile(hist, 0.5),
+        quantile(hist, 0.9),
+        quantile(hist, 0.99),
+        quantile(hist, 0.999),
+        hist.max(),
+        hist.len()
+    )
+}
+
+/// CPU use over the measured window, in percent of one core.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    /// This process (the load generator).
+    pub client: Option<f64>,
+    /// The server, when its PID was given.
+    pub server: Option<f64>,
+    /// Everything else the machine did meanwhile (other processes,
+    /// interrupts): a measurement is only clean when this is low.
+    pub other: Option<f64>,
+}
+
+impl Cpu {
+    /// `client 80%  server 110%  everything else 2% (of one core)`.
+    pub fn line(&self) -> String {
+        let pct = |v: Option<f64>| v.map(|v| format!("{v}%")).unwrap_or_else(|| "n/a".into());
+        format!(
+            "client {}  server {}  everything else {} (of one core)",
+            pct(self.client),
+            pct(self.server),
+            pct(self.other)
+        )
+    }
+}
+
+/// Readings taken at the start of the measured window.
+pub struct CpuProbe {
+    wall: Instant,
+    server_pid: Option<u32>,
+    client: Option<f64>,
+    server: Option<f64>,
+    machine: Option<f64>,
+}
+
+impl CpuProbe {
+    pub fn start(server_pid: Option<u32>) -> CpuProbe {
+        CpuProbe {
+            wall: Instant::now(),
+            server_pid,
+            client: cpu_seconds(None),
+            server: server_pid.and_then(|p| cpu_seconds(Some(p))),
+            machine: machine_busy_seconds(),
+        }
+    }
+
+    pub fn finish(self) -> Cpu {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let pct =
+            |a: Option<f64>, b: Option<f64>| Some(((b? - a?) / wall * 100.0 * 10.0).round() / 10.0);
+        let client = pct(self.client, cpu_seconds(None));
+        let server = pct(
+            self.server,
+            self.server_pid.and_then(|p| cpu_seconds(Some(p))),
+        );
+        let machine = pct(self.machine, machine_busy_seconds());
+        let other = match (machine, client, server) {
+            (Some(m), Some(c), s) => {
+                Some((((m - c - s.unwrap_or(0.0)) * 10.0).round() / 10.0).max(0.0))
+            }
+            _ => None,
+        };
+        Cpu {
+            client,
+            server,
+            other,
+        }
+    }
+}
+
+/// Process CPU time in seconds from /proc (Linux; None elsewhere).
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux configuration we run on.
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU time spent by the whole machine (all cores, not idle), in seconds.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let busy: f64 = ticks.iter().take(8).sum::<f64>() - ticks.get(3)? - ticks.get(4)?;
+    Some(busy / 100.0)
+}
+
+/// Prints the JSON result line and, with `--json FILE`, writes it there.
+pub fn emit_json(result: &serde_json::Value, path: Option<&Path>) -> anyhow::Result<()> {
+    let line = result.to_string();
+    println!("{line}");
+    if let Some(path) = path {
+        std::fs::write(path, format!("{line}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_have_the_requested_size_and_a_readable_stamp() {
+        for size in [0usize, 30, 100, 1000] {
+            let mut body = Vec::new();
+            write_body(&mut body, 1_234_567, size);
+            let text = std::str::from_utf8(&body).unwrap();
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(value["t"], 1_234_567);
+            if size >= 30 {
+                assert_eq!(body.len(), size);
+            }
+            assert_eq!(stamp(&body), Some(1_234_567));
+        }
+    }
+
+    #[test]
+    fn stamp_is_found_inside_room_messages_only() {
+        let message = br#"{"type":"message","room":"bench","seq":3,"from":"p0","ts":1700000000000,"body":{"t":42,"pad":"xx"}}"#;
+        assert_eq!(stamp(message), Some(42));
+        assert_eq!(
+            stamp(br#"{"type":"presence","room":"bench","event":"join","user":"s1","online":2}"#),
+            None
+        );
+        assert_eq!(
+            stamp(br#"{"type":"joined","room":"bench","online":2,"seq":0}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn fields_of_acks_and_joined() {
+        let ack = br#"{"type":"ack","room":"pub-3","seq":1234,"delivered":0}"#;
+        assert_eq!(field_u64(ack, b"\"seq\":"), Some(1234));
+        assert_eq!(field_u64(ack, b"\"delivered\":"), Some(0));
+        assert_eq!(field_u64(ack, b"\"id\":"), None);
+        let joined = br#"{"type":"joined","room":"pub-0","online":1,"seq":0}"#;
+        assert_eq!(field_u64(joined, b"\"seq\":"), Some(0));
+    }
+}
