@@ -3,6 +3,7 @@
 //! (the pipeline thread); readers take a connection from a small pool (WAL
 //! lets them read while the writer commits).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use parking_lot::Mutex;
@@ -181,15 +182,21 @@ impl Store for SqliteStore {
                 "INSERT INTO cursors (user, device, upto) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user, device) DO UPDATE SET upto = max(upto, excluded.upto)",
             )?;
+            // Last seqs are upserted once per room/inbox per batch, not per
+            // message.
+            let mut last_room: HashMap<&str, u64> = HashMap::new();
+            let mut last_inbox: HashMap<&str, u64> = HashMap::new();
             for write in batch {
                 match write {
                     Write::Room(m) => {
                         room.execute(params![m.room, m.seq, m.from, m.ts, m.body])?;
-                        room_seq.execute(params![m.room, m.seq])?;
+                        let last = last_room.entry(m.room.as_str()).or_insert(0);
+                        *last = (*last).max(m.seq);
                     }
                     Write::Direct(d) => {
                         direct.execute(params![d.gid, d.to, d.seq, d.from, d.ts, d.body])?;
-                        inbox_seq.execute(params![d.to, d.seq])?;
+                        let last = last_inbox.entry(d.to.as_str()).or_insert(0);
+                        *last = (*last).max(d.seq);
                     }
                     Write::Dedupe(d) => {
                         dedupe.execute(params![d.user, d.id, d.target, d.seq, d.ts])?;
@@ -204,6 +211,12 @@ impl Store for SqliteStore {
                         trim_inbox.execute(params![user, upto])?;
                     }
                 }
+            }
+            for (name, seq) in last_room {
+                room_seq.execute(params![name, seq])?;
+            }
+            for (user, seq) in last_inbox {
+                inbox_seq.execute(params![user, seq])?;
             }
         }
         tx.commit()?;
