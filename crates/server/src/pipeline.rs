@@ -370,8 +370,8 @@ impl Writer {
             Plan::Cursor => false,
             _ => !committed,
         };
-        let (reply, result) = match job {
-            Job::Cursor { .. } => return,
+        match job {
+            Job::Cursor { .. } => {}
             Job::Publish {
                 room,
                 from,
@@ -393,23 +393,14 @@ impl Writer {
                             duplicate: false,
                         })
                     }
-                    Plan::Duplicate { seq, .. } => Ok(Delivery {
-                        seq,
-                        gid: None,
-                        delivered: 0,
-                        stored: true,
-                        duplicate: true,
-                    }),
+                    Plan::Duplicate { seq, .. } => Ok(Delivery::duplicate(seq)),
                     _ => return,
                 };
-                if let Reply::Conn { conn, id } = &reply {
-                    self.answer(conn, id.as_ref(), &result, |id, d| {
-                        let mut ack = proto::Ack::publish(id, &room, d.seq, d.delivered);
-                        ack.duplicate = d.duplicate;
-                        proto::encode(&ack)
-                    });
-                }
-                (reply, result)
+                self.answer(reply, result, |id, d| {
+                    let mut ack = proto::Ack::publish(id, &room, d.seq, d.delivered);
+                    ack.duplicate = d.duplicate;
+                    proto::encode(&ack)
+                });
             }
             Job::Send {
                 to,
@@ -434,45 +425,37 @@ impl Writer {
                             duplicate: false,
                         })
                     }
-                    Plan::Duplicate { seq, .. } => Ok(Delivery {
-                        seq,
-                        gid: None,
-                        delivered: 0,
-                        stored: true,
-                        duplicate: true,
-                    }),
+                    Plan::Duplicate { seq, .. } => Ok(Delivery::duplicate(seq)),
                     _ => return,
                 };
-                if let Reply::Conn { conn, id } = &reply {
-                    self.answer(conn, id.as_ref(), &result, |id, d| {
-                        let mut ack = proto::Ack::send(id, &to, d.seq, d.delivered, d.stored);
-                        ack.duplicate = d.duplicate;
-                        ack.gid = d.gid;
-                        proto::encode(&ack)
-                    });
-                }
-                (reply, result)
+                self.answer(reply, result, |id, d| {
+                    let mut ack = proto::Ack::send(id, &to, d.seq, d.delivered, d.stored);
+                    ack.duplicate = d.duplicate;
+                    ack.gid = d.gid;
+                    proto::encode(&ack)
+                });
             }
-        };
-        if let Reply::Channel(tx) = reply {
-            let _ = tx.send(result);
         }
     }
 
+    /// Hands the result to whoever waits: an `ack` (or `error`) queued on
+    /// the connection, or the HTTP API's channel.
     fn answer(
         &self,
-        conn: &Conn,
-        id: Option<&Id>,
-        result: &Result<Delivery, HubError>,
+        reply: Reply,
+        result: Result<Delivery, HubError>,
         ack: impl FnOnce(Option<&Id>, &Delivery) -> Vec<u8>,
     ) {
-        match result {
-            Ok(d) => self.hub.reply(conn, ack(id, d)),
-            Err(e) => {
+        match (reply, &result) {
+            (Reply::Channel(tx), _) => {
+                let _ = tx.send(result);
+            }
+            (Reply::Conn { conn, id }, Ok(d)) => self.hub.reply(&conn, ack(id.as_ref(), d)),
+            (Reply::Conn { conn, id }, Err(e)) => {
                 self.hub.metrics.error(e.code);
                 self.hub.reply(
-                    conn,
-                    proto::encode(&proto::Error::new(id, e.code, &e.message)),
+                    &conn,
+                    proto::encode(&proto::Error::new(id.as_ref(), e.code, &e.message)),
                 );
             }
         }

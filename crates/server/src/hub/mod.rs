@@ -67,6 +67,19 @@ pub enum IdentifyError {
     TooManyConnections,
 }
 
+impl Delivery {
+    /// The answer to a repeated `id`: the original seq, nothing delivered.
+    pub fn duplicate(seq: u64) -> Delivery {
+        Delivery {
+            seq,
+            gid: None,
+            delivered: 0,
+            stored: true,
+            duplicate: true,
+        }
+    }
+}
+
 /// Where a connection's replay must start and stop (exclusive, inclusive].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replay {
