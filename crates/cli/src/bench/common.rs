@@ -303,3 +303,63 @@ mod tests {
         assert_eq!(field_u64(joined, b"\"seq\":"), Some(0));
     }
 }
+
+/// The timeline of one run, in µs since the run's epoch: the go signal, then
+/// `warmup`, then the measured window `[start, end)`.
+#[derive(Clone, Copy)]
+pub struct Window {
+    epoch: Instant,
+    pub go: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Window {
+    /// A window opening now (after `warmup`) on a run that began at `epoch`.
+    pub fn open(epoch: Instant, warmup: Duration, duration: Duration) -> Window {
+        let go = epoch.elapsed().as_micros() as u64;
+        let start = go + warmup.as_micros() as u64;
+        Window {
+            epoch,
+            go,
+            start,
+            end: start + duration.as_micros() as u64,
+        }
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// For the progress line.
+    pub fn phase(&self, now: u64) -> &'static str {
+        if now < self.start {
+            "warm-up"
+        } else if now < self.end {
+            "measuring"
+        } else {
+            "draining"
+        }
+    }
+
+    /// Seconds since the go signal.
+    pub fn elapsed_s(&self, now: u64) -> f64 {
+        now.saturating_sub(self.go) as f64 / 1e6
+    }
+
+    /// Reads CPU use over exactly the measured window.
+    pub fn spawn_cpu_probe(self, server_pid: Option<u32>) -> tokio::task::JoinHandle<Cpu> {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(
+                self.start.saturating_sub(self.now_us()),
+            ))
+            .await;
+            let probe = CpuProbe::start(server_pid);
+            tokio::time::sleep(Duration::from_micros(
+                self.end.saturating_sub(self.now_us()),
+            ))
+            .await;
+            probe.finish()
+        })
+    }
+}

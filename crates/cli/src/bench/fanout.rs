@@ -15,7 +15,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::time::timeout;
 
-use super::common::{self, CpuProbe, CLOSE_WAIT, HANDSHAKE_TIMEOUT};
+use super::common::{self, Window, CLOSE_WAIT, HANDSHAKE_TIMEOUT};
 use super::wire::{self, FrameBuf, Target};
 use super::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
@@ -804,21 +804,11 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         connect_started.elapsed().as_secs_f64()
     );
 
-    let go = sh.now_us();
-    let start = go + args.warmup.as_micros() as u64;
-    let end = start + args.duration.as_micros() as u64;
+    let window = Window::open(sh.epoch, args.warmup, args.duration);
+    let (start, end) = (window.start, window.end);
     sh.window_start.store(start, Ordering::SeqCst);
     sh.window_end.store(end, Ordering::SeqCst);
-    let cpu_probe = {
-        let sh = sh.clone();
-        let server_pid = args.server_pid;
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_micros(start.saturating_sub(sh.now_us()))).await;
-            let probe = CpuProbe::start(server_pid);
-            tokio::time::sleep(Duration::from_micros(end.saturating_sub(sh.now_us()))).await;
-            probe.finish()
-        })
-    };
+    let cpu_probe = window.spawn_cpu_probe(args.server_pid);
     let _ = go_tx.send(true);
     let ticker = {
         let sh = sh.clone();
@@ -828,19 +818,13 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
             let (mut last_pub, mut last_recv) = (0u64, 0u64);
             loop {
                 tick.tick().await;
-                let now = sh.now_us();
-                let phase = if now < start {
-                    "warm-up"
-                } else if now < end {
-                    "measuring"
-                } else {
-                    "draining"
-                };
+                let now = window.now_us();
+                let phase = window.phase(now);
                 let published = sh.published.load(Ordering::Relaxed);
                 let received = sh.received_total();
                 eprintln!(
                     "[{:5.1}s {phase:>9}] published {published} (+{}/s)  deliveries {received} (+{}/s)  live subscribers {}",
-                    now.saturating_sub(go) as f64 / 1e6,
+                    window.elapsed_s(now),
                     published.saturating_sub(last_pub),
                     received.saturating_sub(last_recv),
                     sh.live_subscribers(),

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
-use super::common::{self, CpuProbe, HANDSHAKE_TIMEOUT};
+use super::common::{self, Window, HANDSHAKE_TIMEOUT};
 use super::wire::{self, FrameBuf, Target};
 use super::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
@@ -509,21 +509,11 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
     // Let the presence events of the joins pass.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let go = sh.now_us();
-    let start = go + args.warmup.as_micros() as u64;
-    let end = start + args.duration.as_micros() as u64;
+    let window = Window::open(sh.epoch, args.warmup, args.duration);
+    let (start, end) = (window.start, window.end);
     sh.window_start.store(start, Ordering::SeqCst);
     sh.window_end.store(end, Ordering::SeqCst);
-    let cpu_probe = {
-        let sh = sh.clone();
-        let server_pid = args.server_pid;
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_micros(start.saturating_sub(sh.now_us()))).await;
-            let probe = CpuProbe::start(server_pid);
-            tokio::time::sleep(Duration::from_micros(end.saturating_sub(sh.now_us()))).await;
-            probe.finish()
-        })
-    };
+    let cpu_probe = window.spawn_cpu_probe(args.server_pid);
     let _ = go_tx.send(true);
     let ticker = {
         let sh = sh.clone();
@@ -533,19 +523,13 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
             let (mut last_sent, mut last_acked) = (0u64, 0u64);
             loop {
                 tick.tick().await;
-                let now = sh.now_us();
-                let phase = if now < start {
-                    "warm-up"
-                } else if now < end {
-                    "measuring"
-                } else {
-                    "draining"
-                };
+                let now = window.now_us();
+                let phase = window.phase(now);
                 let sent = sh.sent.load(Ordering::Relaxed);
                 let acked = sh.acked();
                 eprintln!(
                     "[{:5.1}s {phase:>9}] sent {sent} (+{}/s)  acked {acked} (+{}/s)",
-                    now.saturating_sub(go) as f64 / 1e6,
+                    window.elapsed_s(now),
                     sent.saturating_sub(last_sent),
                     acked.saturating_sub(last_acked),
                 );
