@@ -150,6 +150,17 @@ impl Session {
         }
     }
 
+    /// Submits a publish or send whose ack (or error) goes back to this
+    /// connection with the command's `id`.
+    fn submit_message(&self, id: Option<Id>, job: impl FnOnce(Option<Id>, Reply) -> Job) {
+        let reply = Reply::Conn {
+            conn: self.conn.clone(),
+            id: id.clone(),
+        };
+        let refused_id = id.clone();
+        self.submit(job(id, reply), refused_id.as_ref());
+    }
+
     /// `hello` on an identified connection: with auth on, a fresh token for
     /// the same user extends the session; anything else is refused.
     fn refresh(
@@ -316,37 +327,27 @@ impl Session {
                     );
                     return Ok(());
                 }
-                let reply = Reply::Conn {
-                    conn: conn.clone(),
-                    id: id.clone(),
-                };
-                let job = Job::Publish {
+                self.submit_message(id, |id, reply| Job::Publish {
                     room: Arc::from(room.as_ref()),
                     from: user,
                     sender: Some(conn.id),
                     body: body.to_owned(),
-                    id: id.clone(),
+                    id,
                     reply,
-                };
-                self.submit(job, id.as_ref());
+                });
             }
             Command::Send { to, body } => {
                 if !self.body_fits(body, id.as_ref()) {
                     return Ok(());
                 }
-                let reply = Reply::Conn {
-                    conn: conn.clone(),
-                    id: id.clone(),
-                };
-                let job = Job::Send {
+                self.submit_message(id, |id, reply| Job::Send {
                     to: Arc::from(to.as_ref()),
                     from: user,
                     sender: Some(conn.id),
                     body: body.to_owned(),
-                    id: id.clone(),
+                    id,
                     reply,
-                };
-                self.submit(job, id.as_ref());
+                });
             }
             Command::Received { upto } => {
                 // A device cannot confirm what was never sent.
