@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::Server;
 use switchboard_protocol::{validate_device, validate_room, validate_user};
@@ -211,6 +210,6 @@ async fn upgrade_query_and_path_parameters() {
             if bad { 400 } else { 101 }
         );
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server is still serving after all of that.
     assert_eq!(server.http_get("/healthz").await.0, 200);
 }
