@@ -10,7 +10,6 @@
 
 mod common;
 
-
 use common::Server;
 use switchboard_protocol::{validate_device, validate_room, validate_user};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
