@@ -171,6 +171,9 @@ impl<T: socket::Handler + ?Sized> socket::Handler for Box<T> {
     fn on_close(&mut self) {
         (**self).on_close()
     }
+    fn on_finish(&mut self) {
+        (**self).on_finish()
+    }
 }
 
 /// A connection's handler plus its per-IP slot, released as soon as the
@@ -200,6 +203,9 @@ impl socket::Handler for Admitted {
         if let Some(ip) = self.ip.take() {
             self.app.ip_limits.release(ip);
         }
+    }
+    fn on_finish(&mut self) {
+        self.app.conn_closed.notify_waiters();
     }
 }
 
@@ -333,21 +339,17 @@ where
                 None
             }
         };
-        match parts {
-            Some((stream, read_buf)) => {
-                socket::run(
-                    &app.hub,
-                    stream,
-                    read_buf,
-                    conn,
-                    app.config.max_frame,
-                    &mut handler,
-                )
-                .await;
-            }
-            None => socket::Handler::on_close(&mut handler),
-        }
-        app.conn_closed.notify_waiters();
+        let Some((stream, read_buf)) = parts else {
+            socket::Handler::on_close(&mut handler);
+            socket::Handler::on_finish(&mut handler);
+            return;
+        };
+        // A task of its own: this one's future keeps everything it
+        // captured to the end, so the connection would carry it all.
+        let hub = app.hub.clone();
+        let max_frame = app.config.max_frame;
+        drop(app);
+        tokio::spawn(socket::run(hub, stream, read_buf, conn, max_frame, handler));
     });
     response
         .body(Body::empty())

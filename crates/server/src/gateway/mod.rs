@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use hyper::body::Incoming;
+use tower_service::Service;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -232,7 +233,13 @@ async fn serve_http<S>(stream: S, peer: SocketAddr, router: axum::Router, app: A
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(router.layer(axum::Extension(ConnectInfo(peer))));
+    // The peer address goes into each request's extensions. Not with
+    // `router.layer(Extension(..))`: that rebuilds the route table for every
+    // connection (kilobytes, and CPU, per handshake).
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().call(req)
+    });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.handshake_timeout)

@@ -36,7 +36,8 @@ const UNAUTHORIZED: CloseWith = CloseWith {
 pub struct Session {
     app: Arc<App>,
     conn: Arc<Conn>,
-    session_id: String,
+    /// Shown to the client (hex) in `welcome`.
+    session_id: u64,
     /// The client's device id (`?device=` or `hello`); "" when not given.
     /// Inbox delivery is tracked per device.
     device: Arc<str>,
@@ -52,7 +53,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(app: Arc<App>, conn: Arc<Conn>, start: Start, device: Option<String>) -> Session {
-        let session_id = format!("{:016x}", rand::random::<u64>());
+        let session_id = rand::random::<u64>();
         let bucket = TokenBucket::new(app.config.rate_limit, app.config.rate_burst);
         let hello_deadline = Some(Instant::now() + app.config.hello_timeout);
         let device = Arc::from(device.unwrap_or_default());
@@ -86,7 +87,7 @@ impl Session {
         let welcome = proto::encode(&proto::Welcome::new(
             id,
             &identity.user,
-            &self.session_id,
+            &format!("{:016x}", self.session_id),
             heartbeat,
         ));
         let limit = self.app.config.max_connections_per_user;
@@ -187,7 +188,8 @@ impl Session {
                 self.set_expiry(&identity);
                 self.identity = Some(identity);
                 let heartbeat = self.app.config.heartbeat.as_secs().max(1);
-                let welcome = proto::Welcome::new(id, &current, &self.session_id, heartbeat);
+                let session = format!("{:016x}", self.session_id);
+                let welcome = proto::Welcome::new(id, &current, &session, heartbeat);
                 self.app.hub.reply(&self.conn, proto::encode(&welcome));
                 Ok(())
             }

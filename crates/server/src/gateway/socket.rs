@@ -1,41 +1,43 @@
-//! The socket loop shared by `/ws` and `/relay`: one reader (this task) that
-//! decodes frames and hands data messages to a [`Handler`], and one writer
-//! task that drains the connection's outbound queue with vectored writes.
+//! The socket loop shared by `/ws` and `/relay`: one task per connection
+//! that reads and decodes frames (handing data messages to a [`Handler`])
+//! and writes the connection's outbound queue with vectored writes.
 //!
-//! Idle connections are cheap: the reader waits for readiness and reads into
-//! a per-thread scratch buffer, so a connection keeps no read buffer unless a
-//! frame is split across reads; the writer's batch is empty until a frame is
-//! queued.
+//! Idle connections are what a messaging server mostly holds, so this loop is
+//! a hand-written future sized for them. One task, not a reader and a writer
+//! (a tokio task is at least 128 bytes of header before its future); reads go
+//! into a per-thread scratch buffer, so a connection keeps no read buffer
+//! unless a frame is split across reads; the write batch is given back once
+//! written; a timer exists only while a deadline does (hello, token expiry,
+//! closing). What is left per idle connection is measured in BENCHMARKS.md.
 //!
-//! The loop is generic over the stream: a plain `TcpStream` is split into
-//! its owned halves (one `recv` per read, `writev`); a TLS stream is split
-//! with `tokio::io::split` (rustls decrypts into the same scratch buffer and
-//! encrypts a whole vectored batch into few records).
+//! The loop is generic over the stream: a plain `TcpStream` (one `recv` per
+//! read, `writev` per batch) or a boxed TLS stream (rustls decrypts into the
+//! same scratch buffer and encrypts a whole batch into few records).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::Either;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_protocol::close;
 use switchboard_ws::{close_frame, encode_frame, Decoder, Message, OpCode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 
 use crate::hub::{Conn, Hub};
 
+
 /// How long we wait for the peer's close frame after sending ours, and for
-/// the writer to flush at the end.
+/// queued frames to go out once the peer has gone.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Size of the per-thread read buffer.
 const SCRATCH: usize = 64 * 1024;
@@ -65,6 +67,9 @@ pub trait Handler {
     }
     /// The connection is gone; undo every registration.
     fn on_close(&mut self);
+    /// The socket is closed too (after `on_close`, once the last frames
+    /// went out or were given up on).
+    fn on_finish(&mut self) {}
 }
 
 /// A WebSocket connection's byte stream, taken back from hyper.
@@ -86,282 +91,412 @@ impl Stream {
     }
 }
 
-/// Runs the connection until it ends: spawns the writer task and returns
-/// the reader loop (not an `async fn`, whose arguments would stay in every
-/// connection's future next to the loop's own).
-pub fn run<'a, H: Handler>(
-    hub: &'a Hub,
+/// Runs the connection until it ends: both directions are closed (or given
+/// up on after [`CLOSE_GRACE`]) and the handler's `on_close` has run.
+pub fn run<H: Handler + Unpin>(
+    hub: Arc<Hub>,
     stream: Stream,
     leftover: Bytes,
     conn: Arc<Conn>,
     max_message: usize,
-    handler: &'a mut H,
-) -> impl Future<Output = ()> + 'a {
+    handler: H,
+) -> impl Future<Output = ()> {
     match stream {
-        Stream::Plain(tcp) => {
-            let (reader, writer) = tcp.into_split();
-            let writer = tokio::spawn(write_loop(writer, conn.clone(), hub.metrics.clone()));
-            Either::Left(read_loop(
-                hub,
-                reader,
-                writer,
-                leftover,
-                conn,
-                max_message,
-                handler,
-            ))
-        }
-        Stream::Tls(tls) => {
-            let (reader, writer) = tokio::io::split(*tls);
-            let writer = tokio::spawn(write_loop(writer, conn.clone(), hub.metrics.clone()));
-            Either::Right(read_loop(
-                hub,
-                reader,
-                writer,
-                leftover,
-                conn,
-                max_message,
-                handler,
-            ))
-        }
+        Stream::Plain(tcp) => Either::Left(Driver::new(
+            hub,
+            tcp,
+            leftover,
+            conn,
+            max_message,
+            handler,
+        )),
+        Stream::Tls(tls) => Either::Right(Driver::new(
+            hub,
+            tls,
+            leftover,
+            conn,
+            max_message,
+            handler,
+        )),
     }
 }
 
-async fn read_loop<H: Handler, R: AsyncRead + Unpin>(
-    hub: &Hub,
-    mut reader: R,
-    mut writer_task: tokio::task::JoinHandle<()>,
-    leftover: Bytes,
-    conn: Arc<Conn>,
-    max_message: usize,
-    handler: &mut H,
-) {
-    let mut decoder = Decoder::new(max_message, conn.deflate);
-    // Copy, then drop: `leftover` is a view into hyper's read buffer, which
-    // would otherwise stay allocated for the life of the connection.
-    let mut buf = BytesMut::from(&leftover[..]);
-    drop(leftover);
-    // Set once we asked to close: from then on we only wait for the peer's
-    // close frame (or EOF) until this instant.
-    let mut close_deadline: Option<Instant> = None;
-    // After a protocol error the byte stream cannot be parsed any further.
-    let mut failed = false;
+/// Where the writing side is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writing {
+    /// Writing queued frames as they come.
+    Open,
+    /// Our close frame is in the batch: after it, FIN.
+    Closing,
+    /// Close frame written: shutting down our side of the stream.
+    ShuttingDown,
+    /// Nothing more to write (closed, failed, aborted or given up).
+    Done,
+}
 
-    'conn: loop {
-        while !failed {
-            match decoder.decode(&mut buf) {
-                Ok(None) => break,
+/// One connection: its stream, its decoder, and what is being written.
+struct Driver<S, H> {
+    hub: Arc<Hub>,
+    io: S,
+    conn: Arc<Conn>,
+    handler: H,
+    decoder: Decoder,
+    /// Received bytes not decoded yet (a frame split across reads).
+    received: BytesMut,
+    /// Frames taken from the connection's queue, front partly written.
+    batch: VecDeque<Bytes>,
+    /// Written since the last flush (TLS buffers until flushed).
+    unflushed: usize,
+    writing: Writing,
+    /// The reading side is over (close frame, EOF, error or timeout) and
+    /// the handler's `on_close` has run.
+    read_done: bool,
+    /// After a protocol error the byte stream cannot be parsed any further.
+    failed: bool,
+    /// Once a close is requested: until when we wait for the peer's close
+    /// frame (or EOF). Once the reading side is over: until when the writer
+    /// may still write.
+    closing_deadline: Option<Instant>,
+    /// Boxed and only while there is a deadline: an idle connection with
+    /// none carries no timer.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
+    fn new(
+        hub: Arc<Hub>,
+        io: S,
+        leftover: Bytes,
+        conn: Arc<Conn>,
+        max_message: usize,
+        handler: H,
+    ) -> Self {
+        Driver {
+            hub,
+            io,
+            decoder: Decoder::new(max_message, conn.deflate),
+            // Copy, then drop: `leftover` is a view into hyper's read
+            // buffer, which would otherwise stay allocated for the life of
+            // the connection.
+            received: BytesMut::from(&leftover[..]),
+            conn,
+            handler,
+            batch: VecDeque::new(),
+            unflushed: 0,
+            writing: Writing::Open,
+            read_done: false,
+            failed: false,
+            closing_deadline: None,
+            timer: None,
+        }
+    }
+
+    /// Decodes and reads until the socket has nothing more for now.
+    fn poll_read_side(&mut self, cx: &mut Context<'_>) {
+        loop {
+            self.decode_received();
+            if self.read_done {
+                return;
+            }
+            if self.received.is_empty() && self.received.capacity() > 0 {
+                // Give the memory back between messages: idle connections hold none.
+                self.received = BytesMut::new();
+            }
+            match poll_read_into(&mut self.io, &mut self.received, cx) {
+                Poll::Pending => return,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    // The peer is gone or half-closed: flush what is queued
+                    // (bounded by the flush deadline), then close.
+                    self.conn.close(0, "", true);
+                    self.end_read();
+                    return;
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.hub.metrics.bytes_in.increment(n as u64);
+                    if self.failed {
+                        self.received.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode_received(&mut self) {
+        while !self.failed {
+            match self.decoder.decode(&mut self.received) {
+                Ok(None) => return,
                 Ok(Some(message)) => {
-                    conn.touch(hub.clock_ms());
+                    self.conn.touch(self.hub.clock_ms());
+                    let closing = self.conn.is_closing();
                     match message {
-                        Message::Text(payload) if close_deadline.is_none() => {
-                            dispatch(hub, &conn, handler, OpCode::Text, payload);
+                        Message::Text(payload) if !closing => {
+                            self.dispatch(OpCode::Text, payload);
                         }
-                        Message::Binary(payload) if close_deadline.is_none() => {
-                            dispatch(hub, &conn, handler, OpCode::Binary, payload);
+                        Message::Binary(payload) if !closing => {
+                            self.dispatch(OpCode::Binary, payload);
                         }
                         Message::Text(_) | Message::Binary(_) => {}
                         Message::Ping(payload) => {
-                            conn.push(encode_frame(OpCode::Pong, &payload, false));
+                            self.conn.push(encode_frame(OpCode::Pong, &payload, false));
                         }
                         Message::Pong(_) => {}
                         Message::Close(status) => {
-                            if close_deadline.is_none() {
+                            if !closing {
                                 // Echo the peer's status code, as RFC 6455 §5.5.1 suggests.
                                 let code = status.map(|(code, _)| code).unwrap_or(0);
-                                conn.close(code, "", true);
+                                self.conn.close(code, "", true);
                             }
-                            break 'conn;
+                            self.end_read();
+                            return;
                         }
                     }
                 }
                 Err(err) => {
-                    failed = true;
-                    buf.clear();
-                    conn.close(err.code, err.reason, true);
-                }
-            }
-        }
-        if buf.is_empty() && buf.capacity() > 0 {
-            // Give the memory back between messages: idle connections hold none.
-            buf = BytesMut::new();
-        }
-        if close_deadline.is_none() && conn.closing.is_fired() {
-            close_deadline = Some(Instant::now() + CLOSE_GRACE);
-        }
-        let handler_deadline = if close_deadline.is_none() {
-            handler.deadline()
-        } else {
-            None
-        };
-        tokio::select! {
-            read = read_into(&mut reader, &mut buf) => match read {
-                Ok(0) | Err(_) => break 'conn,
-                Ok(n) => {
-                    hub.metrics.bytes_in.increment(n as u64);
-                    if failed {
-                        buf.clear();
-                    }
-                }
-            },
-            _ = conn.closing.wait(), if close_deadline.is_none() => {}
-            _ = sleep_until(close_deadline), if close_deadline.is_some() => break 'conn,
-            _ = sleep_until(handler_deadline), if handler_deadline.is_some() => {
-                if let Err(close) = handler.on_deadline() {
-                    conn.close(close.code, close.reason, true);
+                    self.failed = true;
+                    self.received.clear();
+                    self.conn.close(err.code, err.reason, true);
                 }
             }
         }
     }
 
-    handler.on_close();
-    // Let the writer flush (a close frame at least), but never hang on it.
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer_task)
-        .await
-        .is_err()
-    {
-        writer_task.abort();
-    }
-}
-
-fn dispatch<H: Handler>(hub: &Hub, conn: &Conn, handler: &mut H, opcode: OpCode, payload: Bytes) {
-    hub.metrics.messages_in.increment(1);
-    if let Err(close) = handler.on_message(opcode, payload) {
-        conn.close(close.code, close.reason, true);
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for bytes and appends what arrived to `buf`; `Ok(0)` at the end of
-/// the stream. The read goes into the per-thread scratch buffer (for TCP one
-/// `recv` once the socket is readable; TLS decrypts into it), so waiting
-/// holds no buffer. Cancel-safe: nothing is read unless it is appended.
-fn read_into<'a, R: AsyncRead + Unpin>(
-    reader: &'a mut R,
-    buf: &'a mut BytesMut,
-) -> impl Future<Output = io::Result<usize>> + 'a {
-    poll_fn(move |cx| {
-        SCRATCH_BUF.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let mut read = ReadBuf::new(&mut scratch[..]);
-            ready!(Pin::new(&mut *reader).poll_read(cx, &mut read))?;
-            buf.extend_from_slice(read.filled());
-            Poll::Ready(Ok(read.filled().len()))
-        })
-    })
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    conn: Arc<Conn>,
-    metrics: Arc<crate::metrics::Metrics>,
-) {
-    let mut batch: VecDeque<Bytes> = VecDeque::new();
-    loop {
-        let close = conn.take_batch(&mut batch);
-        if let Some(reason) = &close {
-            if !reason.graceful {
-                // Aborted (slow consumer, dead peer): the socket is probably
-                // full, so try the close frame once without waiting.
-                write_once(&mut writer, &close_frame(reason.code, reason.reason)).await;
-                return;
-            }
+    fn dispatch(&mut self, opcode: OpCode, payload: Bytes) {
+        self.hub.metrics.messages_in.increment(1);
+        if let Err(close) = self.handler.on_message(opcode, payload) {
+            self.conn.close(close.code, close.reason, true);
         }
-        if !batch.is_empty() {
-            let written = {
-                let write = write_batch(&mut writer, &mut batch);
-                tokio::pin!(write);
-                tokio::select! {
-                    result = &mut write => result,
-                    _ = conn.closing.wait() => {
-                        match conn.close_reason() {
-                            Some(r) if !r.graceful => return,
-                            _ => write.await,
-                        }
-                    }
-                }
-            };
-            match written {
-                Ok(n) => {
-                    metrics.bytes_out.increment(n as u64);
-                    conn.notify_drained();
-                }
-                Err(_) => {
-                    conn.close(close::GOING_AWAY, "write failed", false);
+    }
+
+    /// The reading side is over: unregister now (the connection leaves its
+    /// rooms at once) and give the writer a bounded time to finish.
+    fn end_read(&mut self) {
+        self.read_done = true;
+        self.received = BytesMut::new();
+        self.handler.on_close();
+        self.closing_deadline = Some(Instant::now() + CLOSE_GRACE);
+    }
+
+    /// Writes what is queued until the socket is full or nothing is left.
+    fn poll_write_side(&mut self, cx: &mut Context<'_>) {
+        while self.writing != Writing::Done {
+            if !self.batch.is_empty() {
+                if self.aborted() {
+                    // Slow consumer or dead peer: whatever is half written
+                    // stays so; the socket is dropped.
+                    self.finish_writing();
                     return;
                 }
+                match self.poll_write_batch(cx) {
+                    Poll::Pending => return,
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(_)) => {
+                        self.conn.close(
+                            switchboard_protocol::close::GOING_AWAY,
+                            "write failed",
+                            false,
+                        );
+                        self.finish_writing();
+                        return;
+                    }
+                }
             }
-            continue;
-        }
-        if let Some(reason) = close {
-            let frame = if reason.code == 0 {
-                encode_frame(OpCode::Close, b"", false)
-            } else {
-                close_frame(reason.code, reason.reason)
-            };
-            if writer.write_all(&frame).await.is_ok() {
-                metrics.bytes_out.increment(frame.len() as u64);
+            if self.unflushed > 0 {
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Pending => return,
+                    Poll::Ready(Ok(())) => {
+                        self.hub.metrics.bytes_out.increment(self.unflushed as u64);
+                        self.unflushed = 0;
+                        self.conn.notify_drained();
+                    }
+                    Poll::Ready(Err(_)) => {
+                        self.finish_writing();
+                        return;
+                    }
+                }
             }
-            // FIN after our close frame: RFC 6455 wants the server to close
-            // the TCP connection first.
-            let _ = writer.shutdown().await;
-            return;
+            match self.writing {
+                Writing::Open => {}
+                Writing::Closing => self.writing = Writing::ShuttingDown,
+                Writing::ShuttingDown => {
+                    // FIN after our close frame: RFC 6455 wants the server
+                    // to close the TCP connection first.
+                    if Pin::new(&mut self.io).poll_shutdown(cx).is_pending() {
+                        return;
+                    }
+                    self.finish_writing();
+                    return;
+                }
+                Writing::Done => return,
+            }
+            // Register before looking, so a frame queued in between wakes us.
+            self.conn.register_waker(cx.waker());
+            let close = self.conn.take_batch(&mut self.batch);
+            if !self.batch.is_empty() {
+                continue;
+            }
+            // Idle: give the batch's memory back.
+            self.batch = VecDeque::new();
+            match close {
+                None => return,
+                Some(reason) if !reason.graceful => {
+                    // Aborted: the socket is probably full, so try the close
+                    // frame once without waiting.
+                    let frame = close_frame(reason.code, reason.reason);
+                    let io = Pin::new(&mut self.io);
+                    let _ = io.poll_write(cx, &frame);
+                    let _ = Pin::new(&mut self.io).poll_flush(cx);
+                    self.finish_writing();
+                    return;
+                }
+                Some(reason) => {
+                    let frame = if reason.code == 0 {
+                        encode_frame(OpCode::Close, b"", false)
+                    } else {
+                        close_frame(reason.code, reason.reason)
+                    };
+                    self.batch.push_back(frame);
+                    self.writing = Writing::Closing;
+                }
+            }
         }
-        conn.wait_for_frames().await;
     }
-}
 
-/// One write attempt that never waits (a no-op when the socket is full).
-async fn write_once<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) {
-    poll_fn(|cx| {
-        let _ = Pin::new(&mut *writer).poll_write(cx, frame);
-        let _ = Pin::new(&mut *writer).poll_flush(cx);
-        Poll::Ready(())
-    })
-    .await
-}
+    /// Whether the connection was aborted (a close that drops queued frames).
+    fn aborted(&self) -> bool {
+        self.conn.is_closing() && self.conn.close_reason().is_some_and(|r| !r.graceful)
+    }
 
-/// Writes every frame of `batch` with as few syscalls as possible.
-async fn write_batch<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    batch: &mut VecDeque<Bytes>,
-) -> io::Result<usize> {
-    let mut total = 0;
-    while !batch.is_empty() {
-        // A heap Vec, not an array: the slices live across the await, so an
-        // array would sit in every idle connection's writer future.
-        let slices: Vec<IoSlice<'_>> = batch
-            .iter()
-            .take(MAX_IOVECS)
-            .map(|f| IoSlice::new(f))
-            .collect();
-        let written = writer.write_vectored(&slices).await;
-        drop(slices);
-        let mut n = written?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+    fn finish_writing(&mut self) {
+        self.writing = Writing::Done;
+        self.batch = VecDeque::new();
+    }
+
+    /// One vectored write of the batch's front frames.
+    fn poll_write_batch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(self.batch.iter()) {
+            *slot = IoSlice::new(frame);
+            count += 1;
         }
-        total += n;
+        let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(result) => result?,
+        };
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.unflushed += written;
+        let mut n = written;
         while n > 0 {
-            let Some(front) = batch.front_mut() else {
+            let Some(front) = self.batch.front_mut() else {
                 break;
             };
             if n >= front.len() {
                 n -= front.len();
-                batch.pop_front();
+                self.batch.pop_front();
             } else {
                 front.advance(n);
                 n = 0;
             }
         }
+        Poll::Ready(Ok(()))
     }
-    // TLS buffers what it encrypted until flushed (a no-op for TCP).
-    writer.flush().await?;
-    Ok(total)
+
+    /// The earliest deadline that matters now, if any.
+    fn next_deadline(&self) -> Option<Instant> {
+        if self.closing_deadline.is_some() {
+            return self.closing_deadline;
+        }
+        self.handler.deadline()
+    }
+
+    /// Acts on every deadline that has passed.
+    fn on_deadlines(&mut self, now: Instant) {
+        if let Some(at) = self.closing_deadline {
+            if at <= now {
+                if self.read_done {
+                    // The peer stopped reading: give up on the rest.
+                    self.finish_writing();
+                } else {
+                    // No close frame from the peer in time.
+                    self.end_read();
+                }
+            }
+            return;
+        }
+        if self.handler.deadline().is_some_and(|at| at <= now) {
+            if let Err(close) = self.handler.on_deadline() {
+                self.conn.close(close.code, close.reason, true);
+            }
+        }
+    }
+
+    /// Polls the timer for the next deadline, creating, moving or dropping
+    /// it as needed.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(at) = self.next_deadline() else {
+            self.timer = None;
+            return Poll::Pending;
+        };
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        timer.as_mut().poll(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler + Unpin> Future for Driver<S, H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if !this.read_done {
+                this.poll_read_side(cx);
+            }
+            if this.writing != Writing::Done {
+                this.poll_write_side(cx);
+            }
+            if this.read_done && this.writing == Writing::Done {
+                this.handler.on_finish();
+                return Poll::Ready(());
+            }
+            if this.closing_deadline.is_none() && this.conn.is_closing() {
+                this.closing_deadline = Some(Instant::now() + CLOSE_GRACE);
+            }
+            match this.poll_timer(cx) {
+                Poll::Ready(()) => this.on_deadlines(Instant::now()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Reads what the socket has and appends it to `buf`; `Ok(0)` at the end of
+/// the stream. The read goes into the per-thread scratch buffer (for TCP one
+/// `recv`; TLS decrypts into it), so waiting holds no buffer.
+fn poll_read_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    SCRATCH_BUF.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut read = ReadBuf::new(&mut scratch[..]);
+        match Pin::new(reader).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(read.filled().len()))
+            }
+        }
+    })
 }

@@ -1,6 +1,6 @@
 //! One client connection as the hub sees it: an identity and a bounded
 //! outbound queue of ready-to-write frames. No socket here; the gateway's
-//! writer task drains the queue.
+//! connection task (`gateway::socket`) drains the queue.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,36 +9,9 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_ws::DeflateConfig;
+use futures_util::task::AtomicWaker;
+use std::task::Waker;
 use tokio::sync::Notify;
-
-/// A one-shot, level-triggered signal that any number of tasks can await.
-#[derive(Default)]
-pub struct Signal {
-    fired: AtomicBool,
-    notify: Notify,
-}
-
-impl Signal {
-    pub fn fire(&self) {
-        self.fired.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    pub fn is_fired(&self) -> bool {
-        self.fired.load(Ordering::Acquire)
-    }
-
-    pub async fn wait(&self) {
-        let notified = self.notify.notified();
-        tokio::pin!(notified);
-        // Register before checking the flag so a fire() in between is not lost.
-        notified.as_mut().enable();
-        if self.is_fired() {
-            return;
-        }
-        notified.await;
-    }
-}
 
 /// Why and how a connection is being closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,13 +43,14 @@ pub struct Conn {
     pub deflate: Option<DeflateConfig>,
     queue_limit: usize,
     outbox: Mutex<Outbox>,
-    /// Wakes the writer when frames are queued or a close is requested.
-    wake: Notify,
-    /// Notified by the writer after each write: replays wait on it to stay
-    /// within the queue budget.
+    /// The connection's task, woken when frames are queued or a close is
+    /// requested (a waker, not a `Notify`: one task, and it is smaller).
+    waker: AtomicWaker,
+    /// Set once when a close is requested (by the server or the hub).
+    closing: AtomicBool,
+    /// Notified after each write and when a close is requested: replays
+    /// wait on it to stay within the queue budget.
     drained: Notify,
-    /// Fired once when a close is requested (by the server or the hub).
-    pub closing: Signal,
     /// Coarse clock (ms since hub start) of the last frame received.
     last_seen: AtomicU64,
     /// Rooms this connection joined; lets disconnect clean up without a scan.
@@ -95,9 +69,9 @@ impl Conn {
                 bytes: 0,
                 close: None,
             }),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+            closing: AtomicBool::new(false),
             drained: Notify::new(),
-            closing: Signal::default(),
             last_seen: AtomicU64::new(now_ms),
             rooms: Mutex::new(Vec::new()),
         }
@@ -141,8 +115,8 @@ impl Conn {
                 graceful: false,
             });
             drop(out);
-            self.wake.notify_one();
-            self.closing.fire();
+            self.waker.wake();
+            self.fire_closing();
             return Push::Overflow;
         }
         out.bytes += frame.len();
@@ -152,7 +126,7 @@ impl Conn {
         // The writer drains everything it finds, so only the push that makes
         // the queue non-empty needs to wake it.
         if first {
-            self.wake.notify_one();
+            self.waker.wake();
         }
         Push::Queued
     }
@@ -173,8 +147,18 @@ impl Conn {
             graceful,
         });
         drop(out);
-        self.wake.notify_one();
-        self.closing.fire();
+        self.waker.wake();
+        self.fire_closing();
+    }
+
+    fn fire_closing(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.drained.notify_waiters();
+    }
+
+    /// Whether a close was requested.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -185,13 +169,19 @@ impl Conn {
     /// request, if any, once the queue is empty.
     pub fn take_batch(&self, batch: &mut VecDeque<Bytes>) -> Option<CloseReason> {
         let mut out = self.outbox.lock();
-        std::mem::swap(&mut out.frames, batch);
-        out.bytes = 0;
+        // Swap only a non-empty queue: an idle connection's queue then
+        // holds no allocation (the caller frees its empty batch).
+        if !out.frames.is_empty() {
+            std::mem::swap(&mut out.frames, batch);
+            out.bytes = 0;
+        }
         out.close.clone()
     }
 
-    pub async fn wait_for_frames(&self) {
-        self.wake.notified().await
+    /// Registers the connection's task to be woken by `push` and `close`.
+    /// Register, then `take_batch`: a frame queued in between still wakes.
+    pub fn register_waker(&self, waker: &Waker) {
+        self.waker.register(waker);
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -214,14 +204,13 @@ impl Conn {
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
+            // Register before checking, so a write or close in between is
+            // not missed.
             drained.as_mut().enable();
-            if self.queued_bytes() <= self.queue_limit / 2 || self.closing.is_fired() {
+            if self.queued_bytes() <= self.queue_limit / 2 || self.is_closing() {
                 return;
             }
-            tokio::select! {
-                _ = drained => {}
-                _ = self.closing.wait() => return,
-            }
+            drained.await;
         }
     }
 }
@@ -236,7 +225,7 @@ mod tests {
         assert_eq!(conn.push(Bytes::from_static(b"123456")), Push::Queued);
         assert_eq!(conn.push(Bytes::from_static(b"123456")), Push::Overflow);
         assert_eq!(conn.queued_bytes(), 0);
-        assert!(conn.closing.is_fired());
+        assert!(conn.is_closing());
         assert_eq!(conn.push(Bytes::from_static(b"1")), Push::Closed);
         let reason = conn.close_reason().unwrap();
         assert_eq!(reason.code, 4008);

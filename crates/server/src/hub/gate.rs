@@ -18,8 +18,9 @@ pub(super) struct Gated {
     /// Events with a seq up to this were committed before the subscription
     /// started: the replay (or nothing) covers them, live delivery must not.
     pub from_seq: u64,
-    /// Frames held while the gate is closed, and their size.
-    held: Option<(Vec<Bytes>, usize)>,
+    /// Frames held while the gate is closed, and their size (boxed: most
+    /// subscriptions are open, and rooms hold one of these per member).
+    held: Option<Box<(Vec<Bytes>, usize)>>,
 }
 
 impl Gated {
@@ -27,7 +28,7 @@ impl Gated {
         Gated {
             conn,
             from_seq,
-            held: gated.then(|| (Vec::new(), 0)),
+            held: gated.then(|| Box::new((Vec::new(), 0))),
         }
     }
 
@@ -36,7 +37,8 @@ impl Gated {
         let frame = message.frame_for(self.conn.deflate);
         match &mut self.held {
             None => push_counted(&self.conn, frame, metrics),
-            Some((frames, bytes)) => {
+            Some(held) => {
+                let (frames, bytes) = &mut **held;
                 *bytes += frame.len();
                 frames.push(frame);
                 if *bytes > self.conn.queue_limit() {
@@ -57,8 +59,8 @@ impl Gated {
 
     /// Releases held frames, in order, and delivers live from now on.
     pub fn open(&mut self, metrics: &Metrics) {
-        if let Some((frames, _)) = self.held.take() {
-            for frame in frames {
+        if let Some(held) = self.held.take() {
+            for frame in held.0 {
                 push_counted(&self.conn, frame, metrics);
             }
         }

@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use switchboard_protocol::{self as proto, ErrorCode, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
-pub use conn::{CloseReason, Conn, Push, Signal};
+pub use conn::{CloseReason, Conn, Push};
 use gate::Gated;
 pub use relay::Relay;
 use room::Room;
@@ -250,6 +250,10 @@ impl Hub {
         }
         let upto = self.inbox_seq(&user);
         self.reply(conn, welcome);
+        if entry.capacity() == 0 {
+            // Most users have one connection: no room for four.
+            entry.reserve_exact(1);
+        }
         entry.push(Gated::new(conn.clone(), upto, true));
         Ok(Replay { after: 0, upto })
     }
