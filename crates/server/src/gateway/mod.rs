@@ -19,13 +19,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper::body::Incoming;
-use tower_service::Service;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
+use tower_service::Service;
 
 use crate::auth::{Authenticator, JwtAuth, NoAuth};
 use crate::config::Config;
@@ -104,7 +104,7 @@ impl Server {
         };
         let pipeline = Pipeline::start(store.clone(), hub.clone(), settings)
             .map_err(|e| anyhow::anyhow!("cannot recover the store: {e}"))?;
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = listen(config.listen)?;
         let app = Arc::new(App {
             hub,
             store,
@@ -273,6 +273,23 @@ async fn reload_on_hangup(tls: Arc<tls::Tls>, mut hangup: Signal, app: Arc<App>)
             }
         }
     }
+}
+
+/// Connections the kernel queues for `accept`. tokio's `bind` asks for 128,
+/// which a reconnect storm overflows: the SYNs dropped are retried by the
+/// clients after 1 s, 3 s, 7 s. The kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's `bind` do: restart without waiting out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The peer address of an HTTP connection.

@@ -35,7 +35,6 @@ use tokio_rustls::server::TlsStream;
 
 use crate::hub::{Conn, Hub};
 
-
 /// How long we wait for the peer's close frame after sending ours, and for
 /// queued frames to go out once the peer has gone.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -102,22 +101,12 @@ pub fn run<H: Handler + Unpin>(
     handler: H,
 ) -> impl Future<Output = ()> {
     match stream {
-        Stream::Plain(tcp) => Either::Left(Driver::new(
-            hub,
-            tcp,
-            leftover,
-            conn,
-            max_message,
-            handler,
-        )),
-        Stream::Tls(tls) => Either::Right(Driver::new(
-            hub,
-            tls,
-            leftover,
-            conn,
-            max_message,
-            handler,
-        )),
+        Stream::Plain(tcp) => {
+            Either::Left(Driver::new(hub, tcp, leftover, conn, max_message, handler))
+        }
+        Stream::Tls(tls) => {
+            Either::Right(Driver::new(hub, tls, leftover, conn, max_message, handler))
+        }
     }
 }
 
@@ -198,8 +187,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
             if self.read_done {
                 return;
             }
-            if self.received.is_empty() && self.received.capacity() > 0 {
-                // Give the memory back between messages: idle connections hold none.
+            if self.received.is_empty() {
+                // Give the memory back between messages: idle connections
+                // hold none. (Even at capacity 0 an emptied buffer may still
+                // share the allocation of the messages split off it.)
                 self.received = BytesMut::new();
             }
             match poll_read_into(&mut self.io, &mut self.received, cx) {
@@ -316,7 +307,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
             }
             match self.writing {
                 Writing::Open => {}
-                Writing::Closing => self.writing = Writing::ShuttingDown,
+                Writing::Closing => {
+                    self.writing = Writing::ShuttingDown;
+                    continue;
+                }
                 Writing::ShuttingDown => {
                     // FIN after our close frame: RFC 6455 wants the server
                     // to close the TCP connection first.
@@ -328,8 +322,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                 }
                 Writing::Done => return,
             }
-            // Register before looking, so a frame queued in between wakes us.
-            self.conn.register_waker(cx.waker());
             let close = self.conn.take_batch(&mut self.batch);
             if !self.batch.is_empty() {
                 continue;
@@ -457,6 +449,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler + Unpin> Future for Driver<S,
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        // First, so that a frame queued or a close requested from now on
+        // wakes this task, whatever it then waits for (a full socket too).
+        this.conn.register_waker(cx.waker());
         loop {
             if !this.read_done {
                 this.poll_read_side(cx);

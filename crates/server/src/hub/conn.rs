@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use switchboard_ws::DeflateConfig;
 use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 use std::task::Waker;
+use switchboard_ws::DeflateConfig;
 use tokio::sync::Notify;
 
 /// Why and how a connection is being closed.

@@ -328,7 +328,12 @@ impl Hub {
                     if first_member {
                         self.metrics.rooms.increment(1.0);
                     }
-                    conn.rooms.lock().push(entry.name.clone());
+                    let mut rooms = conn.rooms.lock();
+                    if rooms.capacity() == 0 {
+                        // Most connections join one room: no room for four.
+                        rooms.reserve_exact(1);
+                    }
+                    rooms.push(entry.name.clone());
                     return since.map(|after| Replay {
                         after,
                         upto: from_seq,
