@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod expiring;
 pub mod gateway;
 pub mod hub;
 pub mod metrics;

@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 use switchboard_protocol::{self as proto, ErrorCode, Id};
 use tokio::sync::oneshot;
 
+use crate::expiring::ExpiringMap;
 use crate::hub::{unix_ms, Conn, Delivery, Hub, HubError};
 use crate::store::{DedupeRecord, DirectRecord, Retention, RoomRecord, Store, StoreError, Write};
 
@@ -92,7 +93,7 @@ impl Pipeline {
             rooms: HashMap::new(),
             inboxes: HashMap::new(),
             last_gid: recovered.last_gid,
-            dedupe: HashMap::new(),
+            dedupe: ExpiringMap::new(),
         };
         for (room, seq) in recovered.rooms {
             let room: Arc<str> = Arc::from(room);
@@ -104,8 +105,10 @@ impl Pipeline {
             writer.hub.set_inbox_seq(&user, seq);
             writer.inboxes.insert(user, seq);
         }
-        for d in recovered.dedupe {
-            writer.dedupe.insert((d.user, d.id), (d.seq, d.ts));
+        let mut dedupe = recovered.dedupe;
+        dedupe.sort_by_key(|d| d.ts);
+        for d in dedupe {
+            writer.dedupe.insert((d.user, d.id), d.seq, d.ts);
         }
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -170,7 +173,7 @@ struct Writer {
     inboxes: HashMap<Arc<str>, u64>,
     last_gid: u64,
     /// (user, raw id JSON) → (seq, ts) of the original.
-    dedupe: HashMap<(String, String), (u64, u64)>,
+    dedupe: ExpiringMap<(String, String), u64>,
 }
 
 impl Writer {
@@ -204,7 +207,7 @@ impl Writer {
     fn trim(&mut self) {
         let now = unix_ms();
         let dedupe_before = now.saturating_sub(self.settings.dedupe_window.as_millis() as u64);
-        self.dedupe.retain(|_, (_, ts)| *ts >= dedupe_before);
+        self.dedupe.expire(dedupe_before);
         let older_than = now.saturating_sub(self.settings.retention.age_ms);
         if let Err(err) = self.store.trim(older_than, dedupe_before) {
             tracing::error!(%err, "store trim failed");
@@ -240,7 +243,7 @@ impl Writer {
                     let key = id
                         .as_ref()
                         .map(|id| (from.to_string(), id.as_json().to_string()));
-                    if let Some((seq, _)) = key.as_ref().and_then(|k| self.dedupe.get(k)) {
+                    if let Some(seq) = key.as_ref().and_then(|k| self.dedupe.get(k)) {
                         let tentative = key.as_ref().is_some_and(|k| new_keys.contains(k));
                         plans.push(Plan::Duplicate {
                             seq: *seq,
@@ -294,7 +297,7 @@ impl Writer {
                             seq,
                             ts: now,
                         }));
-                        self.dedupe.insert(key.clone(), (seq, now));
+                        self.dedupe.insert(key.clone(), seq, now);
                         new_keys.push(key);
                     }
                     plan

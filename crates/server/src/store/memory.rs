@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 
+use crate::expiring::ExpiringMap;
+
 use super::{DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, Write};
 
 #[derive(Default)]
@@ -12,7 +14,7 @@ struct State {
     rooms: HashMap<String, (u64, BTreeMap<u64, RoomRecord>)>,
     inboxes: HashMap<String, (u64, BTreeMap<u64, DirectRecord>)>,
     cursors: HashMap<(String, String), u64>,
-    dedupe: HashMap<(String, String), DedupeRecord>,
+    dedupe: ExpiringMap<(String, String), DedupeRecord>,
 }
 
 #[derive(Default)]
@@ -41,8 +43,8 @@ impl Store for MemoryStore {
             dedupe: st
                 .dedupe
                 .values()
-                .filter(|d| d.ts >= dedupe_since)
-                .cloned()
+                .filter(|(_, ts)| *ts >= dedupe_since)
+                .map(|(d, _)| d.clone())
                 .collect(),
         })
     }
@@ -62,7 +64,8 @@ impl Store for MemoryStore {
                     inbox.1.insert(d.seq, d.clone());
                 }
                 Write::Dedupe(d) => {
-                    st.dedupe.insert((d.user.clone(), d.id.clone()), d.clone());
+                    st.dedupe
+                        .insert((d.user.clone(), d.id.clone()), d.clone(), d.ts);
                 }
                 Write::Cursor { user, device, upto } => {
                     let c = st
@@ -183,14 +186,26 @@ impl Store for MemoryStore {
     }
 
     fn trim(&self, older_than: u64, dedupe_before: u64) -> Result<()> {
+        // Seqs are committed in time order, so the oldest messages are the
+        // first ones: pop them, rather than scan what is kept.
         let mut st = self.state.lock();
         for (_, msgs) in st.rooms.values_mut() {
-            msgs.retain(|_, m| m.ts >= older_than);
+            while let Some(first) = msgs.first_entry() {
+                if first.get().ts >= older_than {
+                    break;
+                }
+                first.remove();
+            }
         }
         for (_, msgs) in st.inboxes.values_mut() {
-            msgs.retain(|_, m| m.ts >= older_than);
+            while let Some(first) = msgs.first_entry() {
+                if first.get().ts >= older_than {
+                    break;
+                }
+                first.remove();
+            }
         }
-        st.dedupe.retain(|_, d| d.ts >= dedupe_before);
+        st.dedupe.expire(dedupe_before);
         Ok(())
     }
 
