@@ -237,6 +237,25 @@ done
 if $smoke; then
   PUB_DURATION=$DURATION
   measure_publish "publish-smoke-sqlite" sqlite 4 2 8
+  # --- smoke: bench direct, resume, churn (tiny, --strict; fresh server each) ---
+  # smoke_session_scenario NAME STORE SCENARIO [ARG...]
+  smoke_session_scenario() {
+    local name=$1 store=$2
+    shift 2
+    start_switchboard "$name" "$store"
+    say "switchboard --store $store: bench $*"
+    "$BIN" bench "$@" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
+      --label "$store" --json "$WORK/$name.json" --strict | tee "$WORK/$name.txt" >&2
+    server_notes "$name"
+    stop_server
+    rm -rf "${DATA_ROOT:?}/$name"
+  }
+  smoke_session_scenario direct-smoke-memory memory direct --pairs 10 \
+    --duration "$DURATION" --warmup "$WARMUP"
+  smoke_session_scenario resume-smoke-sqlite sqlite resume --clients 200 --rooms 10 \
+    --before 5 --offline 5 --during 5 --timeout 30s
+  smoke_session_scenario churn-smoke-sqlite sqlite churn --rate 50 --duration "$DURATION"
+  # --- end smoke: bench direct, resume, churn ---
   say "smoke run passed (BENCHMARKS.md not rewritten)"
   exit 0
 fi

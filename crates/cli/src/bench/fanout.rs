@@ -1,5 +1,6 @@
 //! `switchboard bench fanout`: N subscribers in one room (or relay channel),
-//! P publishers; deliveries per second and end-to-end latency.
+//! P publishers; deliveries per second and end-to-end latency. Also drives a
+//! Socket.IO server (`--mode socketio`, see [`super::socketio`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::time::timeout;
 
 use super::common::{self, Window, CLOSE_WAIT, HANDSHAKE_TIMEOUT};
+use super::socketio;
 use super::wire::{self, FrameBuf, Target};
 use super::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
@@ -36,6 +38,9 @@ pub enum Mode {
     /// Raw frames on /relay/CHANNEL, which any plain broadcast server
     /// (such as the Node.js baseline) also speaks.
     Relay,
+    /// Socket.IO v4 events on /socket.io/ (WebSocket transport), for
+    /// `bench/baselines/socketio-broadcast.js`.
+    Socketio,
 }
 
 impl Mode {
@@ -43,6 +48,7 @@ impl Mode {
         match self {
             Mode::Room => "room",
             Mode::Relay => "relay",
+            Mode::Socketio => "socketio",
         }
     }
 }
@@ -53,7 +59,8 @@ pub struct FanoutArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     url: String,
     /// `room`: /ws?user=… with join/publish/ack; `relay`: /relay/ROOM,
-    /// raw text frames (start Switchboard with `--rate-limit 0` for room).
+    /// raw text frames (start Switchboard with `--rate-limit 0` for room);
+    /// `socketio`: a Socket.IO v4 server's `msg` events.
     #[arg(long, value_enum, default_value_t = Mode::Room)]
     mode: Mode,
     /// Subscriber connections.
@@ -136,6 +143,15 @@ impl Cfg {
         match self.mode {
             Mode::Room => format!("/ws?user={user}"),
             Mode::Relay => self.relay_path.clone(),
+            Mode::Socketio => socketio::PATH.to_string(),
+        }
+    }
+
+    /// The send time stamped in a received message.
+    fn stamp(&self, payload: &[u8]) -> Option<u64> {
+        match self.mode {
+            Mode::Socketio => socketio::stamp(payload),
+            Mode::Room | Mode::Relay => common::stamp(payload),
         }
     }
 }
@@ -308,7 +324,7 @@ async fn subscriber(
     let mut joined = cfg.mode == Mode::Relay;
     if joined {
         sh.ready.fetch_add(1, Ordering::SeqCst);
-    } else {
+    } else if cfg.mode == Mode::Room {
         wire::encode_frame(&mut out, OP_TEXT, cfg.join.as_bytes(), mask);
         if let Err(err) = stream.write_all(&out).await {
             sh.fail(format!("subscriber {idx}: sending join: {err}"));
@@ -347,11 +363,20 @@ async fn subscriber(
             frames += 1;
             match frame.opcode {
                 OP_TEXT | OP_BINARY | OP_CONTINUATION => {
-                    if let Some(t) = common::stamp(frame.payload) {
+                    if let Some(t) = cfg.stamp(frame.payload) {
                         res.received += 1;
                         if measuring && t <= now {
                             res.in_window += 1;
                             samples.push(now - t);
+                        }
+                    } else if cfg.mode == Mode::Socketio {
+                        match socketio::on_packet(frame.payload, &mut out, mask) {
+                            socketio::Step::Connected if !joined => {
+                                joined = true;
+                                sh.ready.fetch_add(1, Ordering::SeqCst);
+                            }
+                            socketio::Step::Closed(how) => break 'conn End::Gone(how),
+                            _ => {}
                         }
                     } else if !joined && frame.payload.starts_with(b"{\"type\":\"joined\"") {
                         joined = true;
@@ -453,10 +478,15 @@ async fn publisher(
         joined_tx,
         stop_rx,
         mask,
+        cfg.mode,
     ));
-    if cfg.mode == Mode::Room {
+    if cfg.mode != Mode::Relay {
+        // Room: join, wait for `joined`. Socket.IO: the reader answers the
+        // open packet; wait for the namespace to be connected.
         let mut frame = Vec::new();
-        wire::encode_frame(&mut frame, OP_TEXT, cfg.join.as_bytes(), mask);
+        if cfg.mode == Mode::Room {
+            wire::encode_frame(&mut frame, OP_TEXT, cfg.join.as_bytes(), mask);
+        }
         let sent = writer.lock().await.write_all(&frame).await;
         let joined = match sent {
             Ok(()) => timeout(HANDSHAKE_TIMEOUT, joined_rx)
@@ -505,6 +535,7 @@ async fn publisher_reader(
     joined_tx: oneshot::Sender<()>,
     mut stop: oneshot::Receiver<()>,
     mask: [u8; 4],
+    mode: Mode,
 ) {
     let mut joined_tx = Some(joined_tx);
     let mut acked = 0u64;
@@ -534,7 +565,17 @@ async fn publisher_reader(
             match frame.opcode {
                 OP_TEXT | OP_BINARY | OP_CONTINUATION => {
                     let p = frame.payload;
-                    if p.starts_with(b"{\"type\":\"ack\"") {
+                    if mode == Mode::Socketio {
+                        match socketio::on_packet(p, &mut out, mask) {
+                            socketio::Step::Connected => {
+                                if let Some(tx) = joined_tx.take() {
+                                    let _ = tx.send(());
+                                }
+                            }
+                            socketio::Step::Closed(how) => break 'conn End::Gone(how),
+                            socketio::Step::Continue => {}
+                        }
+                    } else if p.starts_with(b"{\"type\":\"ack\"") {
                         acked += 1;
                     } else if p.starts_with(b"{\"type\":\"joined\"") {
                         if let Some(tx) = joined_tx.take() {
@@ -647,12 +688,14 @@ async fn publish_loop(
                 result.behind_max_us = result.behind_max_us.max(t.saturating_sub(scheduled));
             }
             message.clear();
-            if cfg.mode == Mode::Room {
-                message.extend_from_slice(cfg.publish_prefix.as_bytes());
-                common::write_body(&mut message, t, cfg.size);
-                message.push(b'}');
-            } else {
-                common::write_body(&mut message, t, cfg.size);
+            match cfg.mode {
+                Mode::Room => {
+                    message.extend_from_slice(cfg.publish_prefix.as_bytes());
+                    common::write_body(&mut message, t, cfg.size);
+                    message.push(b'}');
+                }
+                Mode::Relay => common::write_body(&mut message, t, cfg.size),
+                Mode::Socketio => socketio::write_event(&mut message, t, cfg.size),
             }
             wire::encode_frame(&mut batch, OP_TEXT, &message, mask);
             result.sent += 1;

@@ -14,9 +14,15 @@
 
 use clap::Subcommand;
 
+mod churn;
+mod client;
 mod common;
+mod connect;
+mod direct;
 mod fanout;
 mod publish;
+mod resume;
+mod socketio;
 mod wire;
 
 #[derive(clap::Args)]
@@ -34,11 +40,32 @@ enum Scenario {
     /// subscribers. Measures acked publishes per second and ack latency:
     /// what the write pipeline (and its store) sustains.
     Publish(publish::PublishArgs),
+    /// Connect: N idle connections opened and held (by several processes
+    /// past ~15 000). Measures the connect rate, handshake latency and the
+    /// server's RSS per connection.
+    Connect(connect::ConnectArgs),
+    /// Direct: N pairs of users sending each other direct messages, flat
+    /// out (window of un-acked sends) or at a rate. Measures deliveries per
+    /// second, end-to-end latency, lost and duplicated directs.
+    Direct(direct::DirectArgs),
+    /// Resume storm: N clients in R rooms disconnect, miss messages, then
+    /// all reconnect at once and join with `since`. Measures the time until
+    /// every replay is complete and per-client resume latency; counts
+    /// missing and duplicated messages.
+    Resume(resume::ResumeArgs),
+    /// Churn: short sessions (connect, join, publish one message, close)
+    /// started at a fixed rate. Measures completed sessions per second,
+    /// failures by kind and the latency of each step.
+    Churn(churn::ChurnArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Fanout(args) => fanout::run(args),
         Scenario::Publish(args) => publish::run(args),
+        Scenario::Connect(args) => connect::run(args),
+        Scenario::Direct(args) => direct::run(args),
+        Scenario::Resume(args) => resume::run(args),
+        Scenario::Churn(args) => churn::run(args),
     }
 }
