@@ -1,40 +1,73 @@
 #!/usr/bin/env bash
 # Benchmarks, one after the other on this machine, each server alone (and
 # freshly started, on a fresh data directory) while it is measured. Writes
-# BENCHMARKS.md.
+# BENCHMARKS.md, with a verdict against each target and every ratio taken
+# against baselines measured in the same run.
 #
-# 1. Fan-out: Switchboard (room mode and relay mode) against the Node.js `ws`
-#    broadcast baseline. Each target is measured twice: flat out (--rate 0:
-#    throughput, and the latency that comes with it) and at a fixed rate that
-#    every target sustains (--rate RATE: latency without a backlog).
-# 2. Publish (the cost of durability): acked publishes per second and ack
+# 1. Fan-out, SUBSCRIBERS (1000) subscribers: Switchboard (room mode and
+#    relay mode, SQLite store) against the Node.js `ws` broadcast baseline
+#    and the Socket.IO broadcast baseline. Each target is measured twice:
+#    flat out (--rate 0: throughput, and the latency that comes with it) and
+#    at a fixed rate that every target sustains (--rate RATE: latency
+#    without a backlog).
+# 2. Fan-out, SUBSCRIBERS_BIG (10,000) subscribers: the same four targets
+#    flat out; then Switchboard room and relay at a fixed rate of half the
+#    publishes/s Switchboard room reached flat out (BIG_RATE overrides it).
+#    Targets: room deliveries/s >= 10x Node ws; p99 < 10 ms at half peak.
+# 3. Connect: CONNECT_N (19,000) idle connections held at once, a fresh
+#    server each (Switchboard with the memory store): Switchboard /ws (no
+#    room), /ws + join, /relay; Node ws; Socket.IO. Connects/s, handshake
+#    latency, server RSS per connection. Target: <= 2048 B per connection.
+# 4. Direct: DIRECT_PAIRS (1000) pairs of users sending each other direct
+#    messages (memory store), flat out, then at a fixed rate of half that
+#    (DIRECT_RATE overrides it). Target: >= 100,000 delivered/s. No baseline
+#    speaks direct messages.
+# 5. Resume storm: RESUME_CLIENTS (10,000) clients in RESUME_ROOMS (100)
+#    rooms reconnect at once and replay what they missed (SQLite store).
+#    Target: all resumed within 5 s, nothing lost or duplicated.
+# 6. Churn: CHURN_RATE (200) short sessions per second (connect, join,
+#    publish, close) for CHURN_DURATION (10 s), SQLite store.
+# 7. Publish (the cost of durability): acked publishes per second and ack
 #    latency, Switchboard with the SQLite store (WAL, synchronous=FULL) and
 #    with the in-memory store, same pipeline, measurement by measurement
 #    side by side: 16 publishers in 16 rooms and in 1 room, ack windows 1
 #    and 64, plus 1 publisher with window 1 (one commit per publish); all of
 #    it three times over (rounds), the report taking medians.
+# BENCHMARKS.md ends with bench/profile-notes.md (hand-written), copied as is.
 #
-#   bench/run.sh           release build, 1000 subscribers, 10 s per
-#                          measurement; rewrites BENCHMARKS.md (~9 minutes)
-#   bench/run.sh --smoke   fan-out with 50 subscribers, 2 s per measurement,
-#                          and a 2 s publish run against the SQLite store, all
+#   bench/run.sh           release build, every measurement above (10 s
+#                          each); rewrites BENCHMARKS.md (~12 minutes on 2
+#                          cores: fan-out ~3.5, connect ~1, direct, resume and
+#                          churn ~1, publish rounds ~6). A measurement that
+#                          fails is marked in the report and the run goes on;
+#                          the script then exits 1.
+#   bench/run.sh --smoke   fan-out with 50 subscribers (Socket.IO flat out
+#                          only), 2 s per measurement, a 2 s publish run
+#                          against the SQLite store, 200 idle connections,
+#                          and tiny direct, resume and churn runs, all
 #                          --strict (fails on lost messages, missing acks,
-#                          dropped connections, server errors; never on
-#                          timing); writes nothing. Uses the debug build
-#                          unless SWITCHBOARD_BIN is set.
+#                          failed or dropped connections, server errors;
+#                          never on timing); writes nothing (~35 s). Uses
+#                          the debug build unless SWITCHBOARD_BIN is set.
 #
 #   bench/run.sh --report DIR
 #                          renders BENCHMARKS.md again from the raw results a
 #                          full run keeps (in target/bench-results, or
 #                          RESULTS_DIR), without measuring.
 #
-# Overrides (environment): SWITCHBOARD_BIN (skip the build), SUBSCRIBERS,
-# PUBLISHERS, DURATION, WARMUP, SIZE, WINDOW, LEAD, RATE (fan-out);
-# PUB_PUBLISHERS, PUB_WINDOW (the large window; the small one is 1),
-# PUB_RETENTION (--retention-count of those servers), PUB_ROUNDS (times each
-# publish measurement is made; the report takes medians) (publish);
-# DATA_PARENT (where the servers' fresh data directories are made; default
-# a new directory under ${TMPDIR:-/tmp}: put it on the disk you want to measure).
+# Overrides (environment): SWITCHBOARD_BIN (skip the build), RESULTS_DIR;
+# SUBSCRIBERS, PUBLISHERS, DURATION, WARMUP, SIZE, WINDOW, LEAD, RATE
+# (fan-out; DURATION and WARMUP also for direct and publish); SUBSCRIBERS_BIG,
+# BIG_RATE (msg/s per publisher at the fixed rate; default half of room's
+# peak) (fan-out at 10k); CONNECT_N (connect); DIRECT_PAIRS, DIRECT_RATE
+# (msg/s per connection at the fixed rate; default half the flat-out
+# throughput) (direct); RESUME_CLIENTS, RESUME_ROOMS (resume); CHURN_RATE,
+# CHURN_DURATION (churn); PUB_PUBLISHERS, PUB_WINDOW (the large window; the
+# small one is 1), PUB_RETENTION (--retention-count of those servers),
+# PUB_ROUNDS (times each publish measurement is made; the report takes
+# medians), PUB_DURATION (publish); DATA_PARENT (where the servers' fresh
+# data directories are made; default a new directory under ${TMPDIR:-/tmp}:
+# put it on the disk you want to measure).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -70,6 +103,15 @@ SIZE=${SIZE:-100}
 WINDOW=${WINDOW:-64}
 LEAD=${LEAD:-$WINDOW}
 RATE=${RATE:-100}
+SUBSCRIBERS_BIG=${SUBSCRIBERS_BIG:-10000}
+BIG_RATE=${BIG_RATE:-}
+CONNECT_N=${CONNECT_N:-19000}
+DIRECT_PAIRS=${DIRECT_PAIRS:-1000}
+DIRECT_RATE=${DIRECT_RATE:-}
+RESUME_CLIENTS=${RESUME_CLIENTS:-10000}
+RESUME_ROOMS=${RESUME_ROOMS:-100}
+CHURN_RATE=${CHURN_RATE:-200}
+CHURN_DURATION=${CHURN_DURATION:-10s}
 PUB_PUBLISHERS=${PUB_PUBLISHERS:-16}
 PUB_WINDOW=${PUB_WINDOW:-64}
 # Messages kept per room in the publish measurements: by default out of
@@ -80,7 +122,7 @@ PUB_ROUNDS=${PUB_ROUNDS:-3}
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-command -v node >/dev/null || { echo "bench/run.sh: node is needed for the baseline server" >&2; exit 1; }
+command -v node >/dev/null || { echo "bench/run.sh: node is needed for the baseline servers" >&2; exit 1; }
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ -n "${SWITCHBOARD_BIN:-}" ]; then
   BIN=$SWITCHBOARD_BIN
@@ -93,12 +135,14 @@ else
   cargo build --release -p switchboard --quiet
   BIN=$TARGET_DIR/release/switchboard
 fi
-if [ ! -d bench/baselines/node_modules/ws ]; then
-  say "installing ws for the Node baseline"
+if [ ! -d bench/baselines/node_modules/ws ] || [ ! -d bench/baselines/node_modules/socket.io ]; then
+  say "installing ws and socket.io for the baselines"
   (cd bench/baselines && npm ci --no-audit --no-fund --loglevel=error)
 fi
-# A thousand subscribers, plus the server's side of each connection.
+# Ten thousand subscribers, or 19,000 idle connections, plus the server's
+# side of each connection (in another process).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+RUN_STARTED_S=$(date +%s)
 
 WORK=$(mktemp -d)
 if [ -n "${DATA_PARENT:-}" ]; then
@@ -117,11 +161,27 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$WORK" "$DATA_ROOT"' EXIT
 
-# start_server NAME COMMAND...: starts it in the background and waits for its
-# "listening on SCHEME://HOST:PORT" line; sets SERVER_PID and PORT.
+# The commands of each section of the report, as run (with 127.0.0.1:$PORT
+# for the port, DIR for the data directory and `switchboard` for the
+# binary): servers in commands-SECTION.servers, bench commands in
+# commands-SECTION.bench. SECTION is set before each part of the run.
+SECTION=fanout
+record() {
+  local kind=$1 line=$2
+  local file="$WORK/commands-$SECTION.$kind"
+  line=$(printf '%s' "$line" | sed -e "s|$BIN|switchboard|g" -e "s|$DATA_ROOT/[^ ]*|DIR|g" \
+    -e 's/127\.0\.0\.1:[1-9][0-9]*/127.0.0.1:$PORT/g')
+  touch "$file"
+  grep -qxF -- "$line" "$file" || printf '%s\n' "$line" >>"$file"
+}
+
+# start_server NAME COMMENT COMMAND...: starts it in the background and
+# waits for its "listening on SCHEME://HOST:PORT" line; sets SERVER_PID and
+# PORT. COMMENT goes next to the command in the report.
 start_server() {
-  local name=$1
-  shift
+  local name=$1 comment=$2
+  shift 2
+  record servers "$*    # $comment"
   # Created here, not by the background job's redirection, which may not
   # have happened yet when we first look.
   : >"$WORK/$name.out"
@@ -140,20 +200,49 @@ start_server() {
   exit 1
 }
 
-# bench NAME LABEL MODE RATE: runs the fanout scenario against the running server.
-COMMANDS=()
-PUB_COMMANDS=()
-bench() {
-  local name=$1 label=$2 mode=$3 rate=$4
-  local args=(bench fanout --url "ws://127.0.0.1:$PORT" --mode "$mode"
-    --subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" --rate "$rate"
-    --duration "$DURATION" --warmup "$WARMUP" --size "$SIZE"
-    --window "$WINDOW" --lead "$LEAD")
-  COMMANDS+=("switchboard ${args[*]}")
-  say "$label: fanout --mode $mode --rate $rate, $SUBSCRIBERS subscribers, $DURATION"
-  local extra=(--label "$label" --server-pid "$SERVER_PID" --json "$WORK/$name.json")
+# run_bench NAME COMMENT ARG...: `switchboard ARG...` against the running
+# server, recorded for the report (with COMMENT), with --label, --server-pid,
+# --json and, in the smoke run, --strict added. Output in NAME.txt and
+# NAME.log; the result in NAME.json. A failure stops the smoke run; in a full
+# run it is noted in NAME.failed (and FAILED) and the run goes on.
+FAILED=()
+run_bench() {
+  local name=$1 comment=$2
+  shift 2
+  record bench "switchboard $*    # $comment"
+  local extra=(--label "$comment" --server-pid "$SERVER_PID" --json "$WORK/$name.json")
   if $smoke; then extra+=(--strict); fi
-  "$BIN" "${args[@]}" "${extra[@]}" | tee "$WORK/$name.txt" >&2
+  local status=0
+  "$BIN" "$@" "${extra[@]}" 2> >(tee "$WORK/$name.log" >&2) | tee "$WORK/$name.txt" >&2 || status=$?
+  if [ "$status" != 0 ]; then
+    if $smoke; then
+      echo "bench/run.sh: $name failed (exit status $status)" >&2
+      exit 1
+    fi
+    sleep 0.5 # for the tee of stderr to finish
+    local why
+    why=$(grep -E '^Error' "$WORK/$name.log" | tail -n1 || true)
+    why=${why:-exit status $status}
+    printf '%s\n' "$why" >"$WORK/$name.failed"
+    rm -f "$WORK/$name.json"
+    FAILED+=("$name: $why")
+    say "FAILED: $name: $why (going on)"
+  fi
+}
+
+# skipped NAME WHY: a measurement that could not be made.
+skipped() {
+  printf '%s\n' "$2" >"$WORK/$1.failed"
+  FAILED+=("$1: $2")
+  say "SKIPPED: $1: $2"
+}
+
+# json_field NAME EXPRESSION: a value computed from NAME.json (`r` is the
+# result), or nothing when there is no result.
+json_field() {
+  [ -f "$WORK/$1.json" ] || return 0
+  node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    process.stdout.write(String(eval(process.argv[2])));' "$WORK/$1.json" "$2"
 }
 
 # server_notes NAME: what Switchboard said about the run.
@@ -177,24 +266,60 @@ start_switchboard() {
   local name=$1 store=$2
   shift 2
   mkdir -p "$DATA_ROOT/$name"
-  start_server "$name" "$BIN" "${SB_SERVE[@]}" --store "$store" --data-dir "$DATA_ROOT/$name" "$@"
+  start_server "$name" "Switchboard, started afresh per measurement" \
+    "$BIN" "${SB_SERVE[@]}" --store "$store" --data-dir "$DATA_ROOT/$name" "$@"
 }
 
-# measure NAME LABEL MODE RATE [SERVER-COMMAND...]: one fanout measurement,
-# fresh server: Switchboard (SQLite store) for LABEL switchboard, else the
-# command given.
-measure() {
-  local name=$1 label=$2 mode=$3 rate=$4
-  shift 4
-  if [ "$label" = switchboard ]; then
-    start_switchboard "$name" sqlite
-  else
-    start_server "$name" "$@"
-  fi
-  bench "$name" "$label" "$mode" "$rate"
-  if [ "$label" = switchboard ]; then server_notes "$name"; fi
+# start_target NAME TARGET STORE [FLAG...]: a fresh server for TARGET
+# (switchboard: with STORE and the flags; node; socketio).
+start_target() {
+  local name=$1 target=$2 store=$3
+  shift 3
+  case $target in
+    switchboard) start_switchboard "$name" "$store" "$@" ;;
+    node) start_server "$name" "Node.js ws baseline (after npm ci in bench/baselines)" "${NODE_SERVE[@]}" ;;
+    socketio) start_server "$name" "Socket.IO baseline" "${SIO_SERVE[@]}" ;;
+  esac
+}
+
+# finish NAME TARGET: server notes (Switchboard), stop, drop the data.
+finish() {
+  if [ "$2" = switchboard ]; then server_notes "$1"; fi
   stop_server
-  rm -rf "${DATA_ROOT:?}/$name"
+  rm -rf "${DATA_ROOT:?}/$1"
+}
+
+# label TARGET MODE: what a measurement is called in the commands and JSON.
+label() {
+  case $1 in
+    switchboard) echo "switchboard $2" ;;
+    node) echo "node-ws" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+# fanout NAME TARGET MODE RATE SUBSCRIBERS: one fanout measurement, fresh
+# server (Switchboard with the SQLite store).
+fanout() {
+  local name=$1 target=$2 mode=$3 rate=$4 subscribers=$5
+  start_target "$name" "$target" sqlite
+  say "$target: fanout --mode $mode --rate $rate, $subscribers subscribers, $DURATION"
+  run_bench "$name" "$(label "$target" "$mode")" bench fanout --url "ws://127.0.0.1:$PORT" --mode "$mode" \
+    --subscribers "$subscribers" --publishers "$PUBLISHERS" --rate "$rate" \
+    --duration "$DURATION" --warmup "$WARMUP" --size "$SIZE" --window "$WINDOW" --lead "$LEAD"
+  finish "$name" "$target"
+}
+
+# connect NAME TARGET MODE [BENCH-FLAG...]: idle connections, fresh server
+# (Switchboard with the memory store).
+connect() {
+  local name=$1 target=$2 mode=$3
+  shift 3
+  start_target "$name" "$target" memory --max-connections 100000
+  say "$target: connect --mode $mode, $CONNECT_N connections"
+  run_bench "$name" "$(label "$target" "$mode")" bench connect --url "ws://127.0.0.1:$PORT" --mode "$mode" \
+    --connections "$CONNECT_N" "$@"
+  finish "$name" "$target"
 }
 
 # measure_publish NAME STORE PUBLISHERS ROOMS WINDOW: one publish
@@ -202,41 +327,46 @@ measure() {
 measure_publish() {
   local name=$1 store=$2 publishers=$3 rooms=$4 window=$5
   start_switchboard "$name" "$store" --retention-count "$PUB_RETENTION"
-  local args=(bench publish --url "ws://127.0.0.1:$PORT" --publishers "$publishers"
-    --rooms "$rooms" --window "$window" --duration "$PUB_DURATION" --warmup "$WARMUP" --size "$SIZE")
-  if [ "${round:-1}" = 1 ]; then PUB_COMMANDS+=("switchboard ${args[*]}    # --store $store"); fi
   say "${round:+round $round/$PUB_ROUNDS: }switchboard --store $store: publish, $publishers publishers, $rooms rooms, window $window, $PUB_DURATION"
-  local extra=(--label "$store" --server-pid "$SERVER_PID" --json "$WORK/$name.json")
-  if $smoke; then extra+=(--strict); fi
-  "$BIN" "${args[@]}" "${extra[@]}" | tee "$WORK/$name.txt" >&2
-  server_notes "$name"
-  stop_server
-  rm -rf "${DATA_ROOT:?}/$name"
+  run_bench "$name" "$store" bench publish --url "ws://127.0.0.1:$PORT" --publishers "$publishers" \
+    --rooms "$rooms" --window "$window" --duration "$PUB_DURATION" --warmup "$WARMUP" --size "$SIZE"
+  finish "$name" switchboard
   echo "$name" >>"$WORK/publish.list"
 }
 
 SB_SERVE=(serve --listen 127.0.0.1:0 --rate-limit 0 --max-queue 16MiB)
-# A thousand clients from one address: lift the per-IP limits where the
+# Thousands of clients from one address: lift the per-IP limits where the
 # server has them.
 if "$BIN" serve --help | grep -q -- '--connect-rate-per-ip'; then
   SB_SERVE+=(--max-connections-per-ip 0 --connect-rate-per-ip 0)
 fi
 NODE_SERVE=(node bench/baselines/node-ws-broadcast.js 0)
+SIO_SERVE=(node bench/baselines/socketio-broadcast.js 0)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
 
+# 1. Fan-out, SUBSCRIBERS subscribers: flat out, then at RATE.
+SECTION=fanout
 for rate in 0 "$RATE"; do
   if [ "$rate" = 0 ]; then set=flat; else set=fixed; fi
-  measure "$set-switchboard-room" switchboard room "$rate"
-  measure "$set-switchboard-relay" switchboard relay "$rate"
-  measure "$set-node" node-ws relay "$rate" "${NODE_SERVE[@]}"
+  fanout "$set-switchboard-room" switchboard room "$rate" "$SUBSCRIBERS"
+  fanout "$set-switchboard-relay" switchboard relay "$rate" "$SUBSCRIBERS"
+  fanout "$set-node" node relay "$rate" "$SUBSCRIBERS"
+  # The smoke run checks the Socket.IO client once (flat out: quickest).
+  if ! $smoke || [ "$set" = flat ]; then
+    fanout "$set-socketio" socketio socketio "$rate" "$SUBSCRIBERS"
+  fi
 done
 
-# The cost of durability: each configuration against SQLite, then at once
-# against the memory store.
 if $smoke; then
+  # The cost of durability, once, against SQLite.
+  SECTION=publish
   PUB_DURATION=$DURATION
   measure_publish "publish-smoke-sqlite" sqlite 4 2 8
+  # Idle connections, a few hundred.
+  SECTION=connect
+  CONNECT_N=200
+  connect connect-smoke-room switchboard room --hold 200ms --settle 1s
   # --- smoke: bench direct, resume, churn (tiny, --strict; fresh server each) ---
   # smoke_session_scenario NAME STORE SCENARIO [ARG...]
   smoke_session_scenario() {
@@ -256,9 +386,87 @@ if $smoke; then
     --before 5 --offline 5 --during 5 --timeout 30s
   smoke_session_scenario churn-smoke-sqlite sqlite churn --rate 50 --duration "$DURATION"
   # --- end smoke: bench direct, resume, churn ---
-  say "smoke run passed (BENCHMARKS.md not rewritten)"
+  say "smoke run passed in $(($(date +%s) - RUN_STARTED_S)) s (BENCHMARKS.md not rewritten)"
   exit 0
 fi
+
+# 2. Fan-out, SUBSCRIBERS_BIG subscribers: flat out; then Switchboard at
+# half of room's peak publish rate (--rate is per publisher).
+SECTION=fanout-big
+fanout big-flat-switchboard-room switchboard room 0 "$SUBSCRIBERS_BIG"
+fanout big-flat-switchboard-relay switchboard relay 0 "$SUBSCRIBERS_BIG"
+fanout big-flat-node node relay 0 "$SUBSCRIBERS_BIG"
+fanout big-flat-socketio socketio socketio 0 "$SUBSCRIBERS_BIG"
+if [ -n "$BIG_RATE" ]; then
+  BIG_RATE_FROM="set by BIG_RATE"
+else
+  BIG_RATE=$(json_field big-flat-switchboard-room \
+    "Math.max(1, Math.round(r.publishes_per_sec / 2 / $PUBLISHERS * 10) / 10)")
+  BIG_RATE_FROM="half of room's peak"
+fi
+if [ -n "$BIG_RATE" ]; then
+  say "fixed rate at $SUBSCRIBERS_BIG subscribers: $BIG_RATE msg/s per publisher ($BIG_RATE_FROM)"
+  fanout big-fixed-switchboard-room switchboard room "$BIG_RATE" "$SUBSCRIBERS_BIG"
+  fanout big-fixed-switchboard-relay switchboard relay "$BIG_RATE" "$SUBSCRIBERS_BIG"
+else
+  for name in big-fixed-switchboard-room big-fixed-switchboard-relay; do
+    skipped "$name" "no peak rate to halve: the flat-out room measurement failed"
+  done
+fi
+
+# 3. Connect: CONNECT_N idle connections, a fresh server each.
+SECTION=connect
+connect connect-switchboard-ws switchboard ws
+connect connect-switchboard-room switchboard room
+connect connect-switchboard-relay switchboard relay
+connect connect-node node relay
+connect connect-socketio socketio socketio
+
+# 4. Direct messages (memory store): flat out, then at half that.
+SECTION=direct
+direct() {
+  local name=$1 rate=$2
+  start_switchboard "$name" memory
+  say "switchboard --store memory: direct, $DIRECT_PAIRS pairs, rate $rate"
+  run_bench "$name" "memory" bench direct --url "ws://127.0.0.1:$PORT" --pairs "$DIRECT_PAIRS" \
+    --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --size "$SIZE"
+  finish "$name" switchboard
+}
+direct direct-flat 0
+if [ -n "$DIRECT_RATE" ]; then
+  DIRECT_RATE_FROM="set by DIRECT_RATE"
+else
+  # Every send is one delivery: half the flat-out deliveries/s, spread over
+  # the 2 × pairs connections.
+  DIRECT_RATE=$(json_field direct-flat \
+    "Math.max(1, Math.round(r.delivered_per_sec / 2 / (2 * $DIRECT_PAIRS) * 10) / 10)")
+  DIRECT_RATE_FROM="half of the flat-out throughput"
+fi
+if [ -n "$DIRECT_RATE" ]; then
+  direct direct-fixed "$DIRECT_RATE"
+else
+  skipped direct-fixed "no flat-out throughput to halve: the flat-out measurement failed"
+fi
+
+# 5. Resume storm (SQLite store).
+SECTION=resume
+start_switchboard resume sqlite
+say "switchboard --store sqlite: resume storm, $RESUME_CLIENTS clients"
+run_bench resume sqlite bench resume --url "ws://127.0.0.1:$PORT" --clients "$RESUME_CLIENTS" \
+  --rooms "$RESUME_ROOMS"
+finish resume switchboard
+
+# 6. Churn (SQLite store).
+SECTION=churn
+start_switchboard churn sqlite
+say "switchboard --store sqlite: churn, $CHURN_RATE sessions/s for $CHURN_DURATION"
+run_bench churn sqlite bench churn --url "ws://127.0.0.1:$PORT" --rate "$CHURN_RATE" \
+  --duration "$CHURN_DURATION"
+finish churn switchboard
+
+# 7. The cost of durability: each configuration against SQLite, then at
+# once against the memory store.
+SECTION=publish
 # The disk the data directories are on: what fsync costs there.
 probe_disk() {
   local probe="$DATA_ROOT/dsync-probe" dev
@@ -300,6 +508,7 @@ done
 
 BENCH_WORK=$WORK
 BENCH_STARTED=$STARTED
+BENCH_ELAPSED_S=$(($(date +%s) - RUN_STARTED_S))
 BENCH_LOAD_BEFORE=$LOAD_BEFORE
 BENCH_LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 BENCH_CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n1)
@@ -309,21 +518,27 @@ BENCH_MEM=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo 2>/
 BENCH_RUSTC=$(rustc --version 2>/dev/null || echo "?")
 BENCH_NODE=$(node --version)
 BENCH_WS=$(node -p 'require("./bench/baselines/node_modules/ws/package.json").version')
+BENCH_SOCKETIO=$(node -p 'require("./bench/baselines/node_modules/socket.io/package.json").version')
 BENCH_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
 git diff --quiet HEAD 2>/dev/null || BENCH_COMMIT="$BENCH_COMMIT (with uncommitted changes)"
 BENCH_SB_SERVE="switchboard ${SB_SERVE[*]}"
 BENCH_NODE_SERVE="${NODE_SERVE[*]}"
+BENCH_SIO_SERVE="${SIO_SERVE[*]}"
 BENCH_RATE=$RATE
+BENCH_BIG_RATE=$BIG_RATE
+BENCH_BIG_RATE_FROM=$BIG_RATE_FROM
+BENCH_DIRECT_RATE=$DIRECT_RATE
+BENCH_DIRECT_RATE_FROM=$DIRECT_RATE_FROM
 BENCH_PUB_RETENTION=$PUB_RETENTION
 BENCH_PUB_ROUNDS=$PUB_ROUNDS
-BENCH_COMMANDS=$(printf '%s\n' "${COMMANDS[@]}" | sed 's/127\.0\.0\.1:[0-9]*/127.0.0.1:$PORT/')
-BENCH_PUB_COMMANDS=$(printf '%s\n' "${PUB_COMMANDS[@]}" | sed 's/127\.0\.0\.1:[0-9]*/127.0.0.1:$PORT/')
-export BENCH_PUB_COMMANDS BENCH_PUB_RETENTION BENCH_PUB_ROUNDS BENCH_DISK_DF BENCH_DISK_MOUNT BENCH_DISK_CACHE BENCH_DISK_DSYNC_APPEND_S \
-  BENCH_DISK_DSYNC_OVERWRITE_S
+BENCH_FAILED=$(printf '%s\n' "${FAILED[@]}")
+export BENCH_PUB_RETENTION BENCH_PUB_ROUNDS BENCH_DISK_DF BENCH_DISK_MOUNT BENCH_DISK_CACHE BENCH_DISK_DSYNC_APPEND_S \
+  BENCH_DISK_DSYNC_OVERWRITE_S BENCH_ELAPSED_S BENCH_SOCKETIO BENCH_SIO_SERVE BENCH_BIG_RATE BENCH_BIG_RATE_FROM \
+  BENCH_DIRECT_RATE BENCH_DIRECT_RATE_FROM BENCH_FAILED
 export BENCH_WORK BENCH_STARTED BENCH_LOAD_BEFORE BENCH_LOAD_AFTER BENCH_CPU_MODEL BENCH_NPROC BENCH_KERNEL \
-  BENCH_MEM BENCH_RUSTC BENCH_NODE BENCH_WS BENCH_COMMIT BENCH_SB_SERVE BENCH_NODE_SERVE BENCH_RATE BENCH_COMMANDS
-# Keep the raw results (JSON lines, outputs, server notes, this environment),
-# so that `bench/run.sh --report DIR` can render them again.
+  BENCH_MEM BENCH_RUSTC BENCH_NODE BENCH_WS BENCH_COMMIT BENCH_SB_SERVE BENCH_NODE_SERVE BENCH_RATE
+# Keep the raw results (JSON lines, outputs, commands, server notes, this
+# environment), so that `bench/run.sh --report DIR` can render them again.
 for var in ${!BENCH_@}; do
   [ "$var" = BENCH_WORK ] || printf 'export %s=%q\n' "$var" "${!var}"
 done >"$WORK/bench.env"
@@ -336,4 +551,9 @@ if ! node bench/report.js >"$WORK/BENCHMARKS.md"; then
   exit 1
 fi
 mv "$WORK/BENCHMARKS.md" BENCHMARKS.md
-say "wrote BENCHMARKS.md (raw results in $RESULTS_DIR; bench/run.sh --report $RESULTS_DIR renders them again)"
+say "wrote BENCHMARKS.md in $((BENCH_ELAPSED_S / 60)) min $((BENCH_ELAPSED_S % 60)) s (raw results in $RESULTS_DIR; bench/run.sh --report $RESULTS_DIR renders them again)"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  say "${#FAILED[@]} measurement(s) failed (marked in BENCHMARKS.md):"
+  printf '    %s\n' "${FAILED[@]}" >&2
+  exit 1
+fi
