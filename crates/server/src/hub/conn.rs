@@ -35,6 +35,10 @@ struct Outbox {
     frames: VecDeque<Bytes>,
     bytes: usize,
     close: Option<CloseReason>,
+    /// Frames in the last batch taken. The queue holds no allocation between
+    /// batches (idle connections are most connections); a busy one gets
+    /// room for this many at its first push instead of growing 4, 8, 16, …
+    last_batch: u32,
 }
 
 pub struct Conn {
@@ -68,6 +72,7 @@ impl Conn {
                 frames: VecDeque::new(),
                 bytes: 0,
                 close: None,
+                last_batch: 0,
             }),
             waker: AtomicWaker::new(),
             closing: AtomicBool::new(false),
@@ -120,6 +125,10 @@ impl Conn {
             return Push::Overflow;
         }
         out.bytes += frame.len();
+        if out.frames.capacity() == 0 && out.last_batch > 4 {
+            let room = out.last_batch as usize;
+            out.frames.reserve_exact(room);
+        }
         out.frames.push_back(frame);
         let first = out.frames.len() == 1;
         drop(out);
@@ -172,6 +181,7 @@ impl Conn {
         // Swap only a non-empty queue: an idle connection's queue then
         // holds no allocation (the caller frees its empty batch).
         if !out.frames.is_empty() {
+            out.last_batch = out.frames.len().try_into().unwrap_or(u32::MAX);
             std::mem::swap(&mut out.frames, batch);
             out.bytes = 0;
         }
