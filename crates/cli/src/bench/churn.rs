@@ -14,7 +14,6 @@
 //! connect to the end of the close handshake).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,16 +64,8 @@ pub struct ChurnArgs {
     /// 127.0.0.3, … (loopback targets only).
     #[arg(long, default_value_t = 10_000)]
     conns_per_ip: usize,
-    /// PID of the server process: its CPU use while sessions are started is
-    /// reported (Linux).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Name of the target, copied into the JSON result.
-    #[arg(long)]
-    label: Option<String>,
-    /// Also write the JSON result line to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    output: common::Output,
     /// Exit with an error if any session failed (smoke tests; timing, and
     /// sessions skipped at --max-in-flight, are never judged).
     #[arg(long)]
@@ -308,7 +299,7 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
     );
     let overflows_before = client::listen_overflows();
     let window = Window::open(sh.epoch, Duration::ZERO, args.duration);
-    let cpu_probe = window.spawn_cpu_probe(args.server_pid);
+    let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
     let ticker = {
         let sh = sh.clone();
         tokio::spawn(async move {
@@ -370,7 +361,7 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
     let stats = sh.stats();
     let result = serde_json::json!({
         "scenario": "churn",
-        "label": args.label,
+        "label": args.output.label,
         "url": args.url,
         "rate": args.rate,
         "duration_s": seconds,
@@ -421,7 +412,7 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
         let sample = stats.samples.get(kind).map_or("", String::as_str);
         println!("  failed       {count} × {kind}: first {sample}");
     }
-    common::emit_json(&result, args.json.as_deref())?;
+    common::emit_json(&result, args.output.json.as_deref())?;
     if args.strict {
         let mut problems = Vec::new();
         if completed == 0 {

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -362,4 +362,20 @@ impl Window {
             probe.finish()
         })
     }
+}
+
+/// Where a scenario's result goes, and what it reports about the server:
+/// the same three flags for every scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Output {
+    /// PID of the server process: its CPU use (and, for `connect`, its
+    /// memory) is reported (Linux, from /proc).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Name of the target, copied into the JSON result.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Also write the JSON result line to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }

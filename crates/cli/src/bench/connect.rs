@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -132,18 +131,8 @@ pub struct ConnectArgs {
     /// after connecting, and again after closing. Units: ms, s, m.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     settle: Duration,
-    /// PID of the server process: its RSS (from /proc/PID/status) before
-    /// and after, and its CPU use while connecting, are reported. Measure
-    /// a freshly started server: memory freed by earlier connections is
-    /// kept by the allocator and reused, which hides the growth.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Name of the target, copied into the JSON result.
-    #[arg(long)]
-    label: Option<String>,
-    /// Also write the JSON result line to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    output: common::Output,
     /// Exit with an error if a connection failed or dropped.
     #[arg(long)]
     strict: bool,
@@ -616,7 +605,7 @@ impl Fleet {
         let mut fleet = Fleet {
             workers: Vec::with_capacity(procs),
             rx,
-            server_pid: args.server_pid,
+            server_pid: args.output.server_pid,
             epoch: Instant::now(),
             next_tick: Instant::now(),
             phase: "starting",
@@ -848,7 +837,7 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
     }
 
     // Connect.
-    let pid = args.server_pid;
+    let pid = args.output.server_pid;
     let before = match pid {
         Some(pid) => Some(read_rss(pid).with_context(|| format!("reading /proc/{pid}/status"))?),
         None => None,
@@ -936,7 +925,7 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         .map(|pct| (pct / 100.0 * seconds * 1e6 / ready as f64).round());
     let result = json!({
         "scenario": "connect",
-        "label": args.label,
+        "label": args.output.label,
         "mode": args.mode.name(),
         "url": args.url,
         "connections": n,
@@ -1032,7 +1021,7 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
     for (how, count) in &ends {
         println!("  ended early  {count} × {how}");
     }
-    common::emit_json(&result, args.json.as_deref())?;
+    common::emit_json(&result, args.output.json.as_deref())?;
     if args.strict {
         let mut problems = Vec::new();
         if ready < n {

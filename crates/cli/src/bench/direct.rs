@@ -16,7 +16,6 @@
 //! by the run tag and only counted.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,16 +77,8 @@ pub struct DirectArgs {
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 128)]
     connect_concurrency: usize,
-    /// PID of the server process: its CPU use over the measured window is
-    /// reported (Linux).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Name of the target, copied into the JSON result.
-    #[arg(long)]
-    label: Option<String>,
-    /// Also write the JSON result line to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    output: common::Output,
     /// Exit with an error on any lost or duplicated direct, `error` event,
     /// unanswered send or dropped connection (smoke tests; timing is never
     /// judged).
@@ -589,7 +580,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     let window = Window::open(sh.epoch, args.warmup, args.duration);
     sh.window_start.store(window.start, Ordering::SeqCst);
     sh.window_end.store(window.end, Ordering::SeqCst);
-    let cpu_probe = window.spawn_cpu_probe(args.server_pid);
+    let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
     let _ = go_tx.send(true);
     let ticker = {
         let sh = sh.clone();
@@ -687,7 +678,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     let events = std::mem::take(&mut *sh.events());
     let result = serde_json::json!({
         "scenario": "direct",
-        "label": args.label,
+        "label": args.output.label,
         "url": args.url,
         "pairs": args.pairs,
         "connections": conns,
@@ -763,7 +754,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     {
         println!("  hint         start the server with --rate-limit 0 to measure it");
     }
-    common::emit_json(&result, args.json.as_deref())?;
+    common::emit_json(&result, args.output.json.as_deref())?;
 
     if args.strict {
         let mut problems = Vec::new();

@@ -3,7 +3,6 @@
 //! Socket.IO server (`--mode socketio`, see [`super::socketio`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -102,16 +101,8 @@ pub struct FanoutArgs {
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 128)]
     connect_concurrency: usize,
-    /// PID of the server process: its CPU use over the measured window
-    /// is reported (Linux).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Name of the target, copied into the JSON result.
-    #[arg(long)]
-    label: Option<String>,
-    /// Also write the JSON result line to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    output: common::Output,
     /// Exit with an error if a message was lost, a connection dropped or
     /// the server answered with an error (smoke tests; timing is never
     /// judged).
@@ -851,7 +842,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let (start, end) = (window.start, window.end);
     sh.window_start.store(start, Ordering::SeqCst);
     sh.window_end.store(end, Ordering::SeqCst);
-    let cpu_probe = window.spawn_cpu_probe(args.server_pid);
+    let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
     let _ = go_tx.send(true);
     let ticker = {
         let sh = sh.clone();
@@ -929,7 +920,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let events = std::mem::take(&mut *sh.events());
     let result = serde_json::json!({
         "scenario": "fanout",
-        "label": args.label,
+        "label": args.output.label,
         "mode": args.mode.name(),
         "url": args.url,
         "subscribers": args.subscribers,
@@ -991,7 +982,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     for error in &publisher_errors {
         println!("  publisher    {error}");
     }
-    common::emit_json(&result, args.json.as_deref())?;
+    common::emit_json(&result, args.output.json.as_deref())?;
     if args.strict {
         let mut problems = Vec::new();
         if deliveries == 0 {

@@ -17,7 +17,6 @@
 //! connection, and gapless per room.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,16 +72,8 @@ pub struct PublishArgs {
     /// Room names are PREFIX-0, PREFIX-1, …
     #[arg(long, default_value = "pub")]
     room_prefix: String,
-    /// PID of the server process: its CPU use over the measured window is
-    /// reported (Linux).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Name of the target, copied into the JSON result.
-    #[arg(long)]
-    label: Option<String>,
-    /// Also write the JSON result line to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    output: common::Output,
     /// Exit with an error on any `error` event, missing ack, seq out of
     /// order, lost room message or dropped connection (smoke tests; timing
     /// is never judged).
@@ -513,7 +504,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
     let (start, end) = (window.start, window.end);
     sh.window_start.store(start, Ordering::SeqCst);
     sh.window_end.store(end, Ordering::SeqCst);
-    let cpu_probe = window.spawn_cpu_probe(args.server_pid);
+    let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
     let _ = go_tx.send(true);
     let ticker = {
         let sh = sh.clone();
@@ -621,7 +612,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
         .unwrap_or(0);
     let result = serde_json::json!({
         "scenario": "publish",
-        "label": args.label,
+        "label": args.output.label,
         "url": args.url,
         "publishers": args.publishers,
         "rooms": rooms,
@@ -676,7 +667,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
     if error_samples.iter().any(|e| e.contains("rate_limited")) {
         println!("  hint         start the server with --rate-limit 0 to measure it");
     }
-    common::emit_json(&result, args.json.as_deref())?;
+    common::emit_json(&result, args.output.json.as_deref())?;
 
     if args.strict {
         let mut problems = Vec::new();

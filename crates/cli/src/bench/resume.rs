@@ -21,7 +21,6 @@
 //! duplicated (a seq not above the last one), and `reset` events.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,16 +109,8 @@ pub struct ResumeArgs {
     /// Longest the storm may take (every client resumed). Units: ms, s, m.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     timeout: Duration,
-    /// PID of the server process: its CPU use during the storm is reported
-    /// (Linux).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Name of the target, copied into the JSON result.
-    #[arg(long)]
-    label: Option<String>,
-    /// Also write the JSON result line to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    output: common::Output,
     /// Exit with an error on any missing or duplicated message, `reset`,
     /// `error` event, failed or dropped connection, or a client not resumed
     /// within --timeout (smoke tests; timing is otherwise never judged).
@@ -847,7 +838,7 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
         at_storm.store(top.load(Ordering::SeqCst), Ordering::SeqCst);
     }
     let overflows_before = client::listen_overflows();
-    let probe = CpuProbe::start(args.server_pid);
+    let probe = CpuProbe::start(args.output.server_pid);
     let storm_start = sh.now_us();
     sh.storm_start.store(storm_start, Ordering::SeqCst);
     sh.phase.store(STORM, Ordering::SeqCst);
@@ -943,7 +934,7 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
     let events = std::mem::take(&mut *sh.events());
     let result = serde_json::json!({
         "scenario": "resume",
-        "label": args.label,
+        "label": args.output.label,
         "url": args.url,
         "clients": n,
         "rooms": args.rooms,
@@ -1029,7 +1020,7 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
     for problem in &publisher_problems {
         println!("  publisher    {problem}");
     }
-    common::emit_json(&result, args.json.as_deref())?;
+    common::emit_json(&result, args.output.json.as_deref())?;
 
     if args.strict {
         let mut problems = Vec::new();
