@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -378,4 +379,39 @@ pub struct Output {
     /// Also write the JSON result line to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Waits until `ready` counts `want` connections set up: fails at the first
+/// setup failure (`first_failure` names it, with the count of failures) or
+/// after a deadline that grows with `want` by `per_conn`. Polls the
+/// counters: the connections count themselves, and a 20 ms look is cheap
+/// next to a setup that takes seconds.
+pub async fn wait_ready(
+    ready: &AtomicUsize,
+    failed: &AtomicUsize,
+    first_failure: impl Fn() -> (usize, Option<String>),
+    want: usize,
+    what: &str,
+    per_conn: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT + per_conn * want as u32;
+    loop {
+        if failed.load(Ordering::SeqCst) > 0 {
+            let (count, first) = first_failure();
+            anyhow::bail!(
+                "{count} connection(s) failed while setting up {what}; first: {}",
+                first.as_deref().unwrap_or("?")
+            );
+        }
+        if ready.load(Ordering::SeqCst) >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "timed out setting up {what}: {} of {want} ready",
+                ready.load(Ordering::SeqCst)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

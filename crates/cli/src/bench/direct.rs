@@ -487,28 +487,17 @@ pub fn run(args: DirectArgs) -> anyhow::Result<()> {
     common::block_on(drive(args, target))
 }
 
-async fn wait_ready(sh: &Shared, want: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT + Duration::from_millis(10 * want as u64);
-    loop {
-        if sh.failed.load(Ordering::SeqCst) > 0 {
-            let events = sh.events();
-            bail!(
-                "{} connection(s) failed while setting up; first: {}",
-                events.failures.len(),
-                events.failures.first().map(String::as_str).unwrap_or("?")
-            );
-        }
-        if sh.ready.load(Ordering::SeqCst) >= want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "timed out setting up: {} of {want} connections ready",
-                sh.ready.load(Ordering::SeqCst)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_ready(
+    sh: &Shared,
+    want: usize,
+    what: &str,
+    per_conn: Duration,
+) -> anyhow::Result<()> {
+    let first_failure = || {
+        let events = sh.events();
+        (events.failures.len(), events.failures.first().cloned())
+    };
+    common::wait_ready(&sh.ready, &sh.failed, first_failure, want, what, per_conn).await
 }
 
 async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
@@ -571,7 +560,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    wait_ready(&sh, conns).await?;
+    wait_ready(&sh, conns, "connections", Duration::from_millis(10)).await?;
     eprintln!(
         "connected {conns} in {:.1}s; sending",
         connect_started.elapsed().as_secs_f64()

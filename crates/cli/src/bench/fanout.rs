@@ -718,28 +718,17 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     common::block_on(drive(args, target))
 }
 
-async fn wait_ready(sh: &Shared, want: usize, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT + Duration::from_millis(20 * want as u64);
-    loop {
-        if sh.failed.load(Ordering::SeqCst) > 0 {
-            let events = sh.events();
-            bail!(
-                "{} connection(s) failed while setting up {what}; first: {}",
-                events.failures.len(),
-                events.failures.first().map(String::as_str).unwrap_or("?")
-            );
-        }
-        if sh.ready.load(Ordering::SeqCst) >= want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "timed out setting up {what}: {} of {want} ready",
-                sh.ready.load(Ordering::SeqCst)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_ready(
+    sh: &Shared,
+    want: usize,
+    what: &str,
+    per_conn: Duration,
+) -> anyhow::Result<()> {
+    let first_failure = || {
+        let events = sh.events();
+        (events.failures.len(), events.failures.first().cloned())
+    };
+    common::wait_ready(&sh.ready, &sh.failed, first_failure, want, what, per_conn).await
 }
 
 async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
@@ -806,7 +795,13 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
             rx,
         )));
     }
-    wait_ready(&sh, args.subscribers, "subscribers").await?;
+    wait_ready(
+        &sh,
+        args.subscribers,
+        "subscribers",
+        Duration::from_millis(20),
+    )
+    .await?;
     let (go_tx, go_rx) = watch::channel(false);
     let pubs: Vec<_> = (0..args.publishers)
         .map(|idx| {
@@ -819,7 +814,13 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    wait_ready(&sh, args.subscribers + args.publishers, "publishers").await?;
+    wait_ready(
+        &sh,
+        args.subscribers + args.publishers,
+        "publishers",
+        Duration::from_millis(20),
+    )
+    .await?;
     // Let the join storm (presence events to every member) pass, and the
     // relay registrations (which follow the 101) complete.
     let mut last = u64::MAX;
