@@ -381,37 +381,74 @@ pub struct Output {
     pub json: Option<PathBuf>,
 }
 
-/// Waits until `ready` counts `want` connections set up: fails at the first
-/// setup failure (`first_failure` names it, with the count of failures) or
-/// after a deadline that grows with `want` by `per_conn`. Polls the
-/// counters: the connections count themselves, and a 20 ms look is cheap
-/// next to a setup that takes seconds.
-pub async fn wait_ready(
-    ready: &AtomicUsize,
-    failed: &AtomicUsize,
-    first_failure: impl Fn() -> (usize, Option<String>),
-    want: usize,
-    what: &str,
-    per_conn: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT + per_conn * want as u32;
-    loop {
-        if failed.load(Ordering::SeqCst) > 0 {
-            let (count, first) = first_failure();
-            anyhow::bail!(
-                "{count} connection(s) failed while setting up {what}; first: {}",
-                first.as_deref().unwrap_or("?")
-            );
+/// A scenario's connection setup, shared by its tasks: how many
+/// connections are ready, and which failed (and why).
+#[derive(Default)]
+pub struct Setup {
+    ready: AtomicUsize,
+    failed: AtomicUsize,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Setup {
+    /// One more connection is set up.
+    pub fn ready(&self) {
+        self.ready.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn ready_count(&self) -> usize {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// A connection failed to set up (or later, for the report).
+    pub fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        self.lock().push(what);
+    }
+
+    pub fn failed_count(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Every failure so far, in order.
+    pub fn failures(&self) -> Vec<String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `want` connections are ready: fails at the first setup
+    /// failure or after a deadline that grows with `want` by `per_conn`.
+    /// Polls the counters: the connections count themselves, and a 20 ms
+    /// look is cheap next to a setup that takes seconds.
+    pub async fn wait_ready(
+        &self,
+        want: usize,
+        what: &str,
+        per_conn: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT + per_conn * want as u32;
+        loop {
+            if self.failed_count() > 0 {
+                let failures = self.failures();
+                anyhow::bail!(
+                    "{} connection(s) failed while setting up {what}; first: {}",
+                    failures.len(),
+                    failures.first().map(String::as_str).unwrap_or("?")
+                );
+            }
+            if self.ready_count() >= want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "timed out setting up {what}: {} of {want} ready",
+                    self.ready_count()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if ready.load(Ordering::SeqCst) >= want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "timed out setting up {what}: {} of {want} ready",
-                ready.load(Ordering::SeqCst)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

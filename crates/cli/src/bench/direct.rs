@@ -110,7 +110,6 @@ struct Events {
     /// How connections ended early, e.g. "close 4008 slow consumer".
     ends: BTreeMap<String, u64>,
     error_samples: Vec<String>,
-    failures: Vec<String>,
 }
 
 struct Shared {
@@ -118,8 +117,8 @@ struct Shared {
     /// Measured window, µs since `epoch` (set before the go signal).
     window_start: AtomicU64,
     window_end: AtomicU64,
-    ready: AtomicUsize,
-    failed: AtomicUsize,
+    /// Connections set up, and failures.
+    setup: common::Setup,
     /// Connections done sending (every send answered, or given up).
     drained: AtomicUsize,
     sent: AtomicU64,
@@ -143,8 +142,7 @@ impl Shared {
     }
 
     fn fail(&self, what: String) {
-        self.failed.fetch_add(1, Ordering::SeqCst);
-        self.events().failures.push(what);
+        self.setup.fail(what);
     }
 
     fn record(hist: &Mutex<Histogram<u64>>, samples: &mut Vec<u64>) {
@@ -299,7 +297,7 @@ async fn connection(
         return res;
     }
     res.joined = true;
-    sh.ready.fetch_add(1, Ordering::SeqCst);
+    sh.setup.ready();
     if go.wait_for(|go| *go).await.is_err() {
         return res;
     }
@@ -487,19 +485,6 @@ pub fn run(args: DirectArgs) -> anyhow::Result<()> {
     common::block_on(drive(args, target))
 }
 
-async fn wait_ready(
-    sh: &Shared,
-    want: usize,
-    what: &str,
-    per_conn: Duration,
-) -> anyhow::Result<()> {
-    let first_failure = || {
-        let events = sh.events();
-        (events.failures.len(), events.failures.first().cloned())
-    };
-    common::wait_ready(&sh.ready, &sh.failed, first_failure, want, what, per_conn).await
-}
-
 async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     let conns = args.pairs * 2;
     let seconds = args.duration.as_secs_f64();
@@ -521,8 +506,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         epoch: Instant::now(),
         window_start: AtomicU64::new(u64::MAX),
         window_end: AtomicU64::new(u64::MAX),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
+        setup: common::Setup::default(),
         drained: AtomicUsize::new(0),
         sent: AtomicU64::new(0),
         acked: AtomicU64::new(0),
@@ -560,7 +544,9 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    wait_ready(&sh, conns, "connections", Duration::from_millis(10)).await?;
+    sh.setup
+        .wait_ready(conns, "connections", Duration::from_millis(10))
+        .await?;
     eprintln!(
         "connected {conns} in {:.1}s; sending",
         connect_started.elapsed().as_secs_f64()
@@ -665,6 +651,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let events = std::mem::take(&mut *sh.events());
+    let failures = sh.setup.failures();
     let result = serde_json::json!({
         "scenario": "direct",
         "label": args.output.label,
@@ -700,7 +687,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         "resets": resets,
         "dropped_connections": dropped,
         "connection_ends": events.ends,
-        "setup_failures": events.failures,
+        "setup_failures": failures,
         "client_cpu_pct": cpu.client,
         "server_cpu_pct": cpu.server,
         "other_cpu_pct": cpu.other,

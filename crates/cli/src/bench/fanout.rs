@@ -164,7 +164,6 @@ struct Events {
     ends: BTreeMap<String, u64>,
     server_errors: u64,
     error_samples: Vec<String>,
-    failures: Vec<String>,
 }
 
 struct Shared {
@@ -178,9 +177,8 @@ struct Shared {
     watch: AtomicUsize,
     /// Woken by acks and by the watched subscriber.
     progress: Notify,
-    /// Connections ready (handshaken; in room mode also joined).
-    ready: AtomicUsize,
-    failed: AtomicUsize,
+    /// Connections set up, and failures.
+    setup: common::Setup,
     /// Publishes written, all publishers.
     published: AtomicU64,
     events: Mutex<Events>,
@@ -196,8 +194,7 @@ impl Shared {
     }
 
     fn fail(&self, what: String) {
-        self.failed.fetch_add(1, Ordering::SeqCst);
-        self.events().failures.push(what);
+        self.setup.fail(what);
     }
 
     fn ended(&self, how: &str) {
@@ -314,7 +311,7 @@ async fn subscriber(
     let mut out = Vec::new();
     let mut joined = cfg.mode == Mode::Relay;
     if joined {
-        sh.ready.fetch_add(1, Ordering::SeqCst);
+        sh.setup.ready();
     } else if cfg.mode == Mode::Room {
         wire::encode_frame(&mut out, OP_TEXT, cfg.join.as_bytes(), mask);
         if let Err(err) = stream.write_all(&out).await {
@@ -364,14 +361,14 @@ async fn subscriber(
                         match socketio::on_packet(frame.payload, &mut out, mask) {
                             socketio::Step::Connected if !joined => {
                                 joined = true;
-                                sh.ready.fetch_add(1, Ordering::SeqCst);
+                                sh.setup.ready();
                             }
                             socketio::Step::Closed(how) => break 'conn End::Gone(how),
                             _ => {}
                         }
                     } else if !joined && frame.payload.starts_with(b"{\"type\":\"joined\"") {
                         joined = true;
-                        sh.ready.fetch_add(1, Ordering::SeqCst);
+                        sh.setup.ready();
                     } else if frame.payload.starts_with(b"{\"type\":\"error\"") {
                         sh.server_error(frame.payload);
                         if !joined {
@@ -494,7 +491,7 @@ async fn publisher(
             return PubResult::default();
         }
     }
-    sh.ready.fetch_add(1, Ordering::SeqCst);
+    sh.setup.ready();
     let mut result = PubResult::default();
     if go.wait_for(|go| *go).await.is_ok() {
         if let Err(err) = publish_loop(&sh, &cfg, &writer, &state, mask, &mut result).await {
@@ -718,19 +715,6 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     common::block_on(drive(args, target))
 }
 
-async fn wait_ready(
-    sh: &Shared,
-    want: usize,
-    what: &str,
-    per_conn: Duration,
-) -> anyhow::Result<()> {
-    let first_failure = || {
-        let events = sh.events();
-        (events.failures.len(), events.failures.first().cloned())
-    };
-    common::wait_ready(&sh.ready, &sh.failed, first_failure, want, what, per_conn).await
-}
-
 async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let room_json = serde_json::to_string(&args.room)?;
     let lead = args.lead.unwrap_or(args.window);
@@ -756,8 +740,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         latency: Mutex::new(common::latency_histogram()),
         watch: AtomicUsize::new(usize::MAX),
         progress: Notify::new(),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
+        setup: common::Setup::default(),
         published: AtomicU64::new(0),
         events: Mutex::new(Events::default()),
     });
@@ -795,13 +778,9 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
             rx,
         )));
     }
-    wait_ready(
-        &sh,
-        args.subscribers,
-        "subscribers",
-        Duration::from_millis(20),
-    )
-    .await?;
+    sh.setup
+        .wait_ready(args.subscribers, "subscribers", Duration::from_millis(20))
+        .await?;
     let (go_tx, go_rx) = watch::channel(false);
     let pubs: Vec<_> = (0..args.publishers)
         .map(|idx| {
@@ -814,13 +793,13 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    wait_ready(
-        &sh,
-        args.subscribers + args.publishers,
-        "publishers",
-        Duration::from_millis(20),
-    )
-    .await?;
+    sh.setup
+        .wait_ready(
+            args.subscribers + args.publishers,
+            "publishers",
+            Duration::from_millis(20),
+        )
+        .await?;
     // Let the join storm (presence events to every member) pass, and the
     // relay registrations (which follow the 101) complete.
     let mut last = u64::MAX;

@@ -149,7 +149,6 @@ impl Cfg {
 struct Events {
     ends: BTreeMap<String, u64>,
     error_samples: Vec<String>,
-    failures: Vec<String>,
 }
 
 struct Shared {
@@ -161,9 +160,8 @@ struct Shared {
     /// Each client's last seq.
     last: Box<[AtomicU64]>,
     phase: AtomicU8,
-    /// Clients joined (first connection).
-    ready: AtomicUsize,
-    failed: AtomicUsize,
+    /// Connections set up, and failures.
+    setup: common::Setup,
     /// Clients whose first connection is over.
     closed: AtomicUsize,
     /// Clients reconnected in the storm.
@@ -189,8 +187,7 @@ impl Shared {
     }
 
     fn fail(&self, what: String) {
-        self.failed.fetch_add(1, Ordering::SeqCst);
-        self.events().failures.push(what);
+        self.setup.fail(what);
     }
 
     fn ended(&self, how: String) {
@@ -331,7 +328,7 @@ async fn client(
             return res;
         }
     };
-    sh.ready.fetch_add(1, Ordering::SeqCst);
+    sh.setup.ready();
     let ended = loop {
         let read = tokio::select! {
             biased;
@@ -682,8 +679,7 @@ async fn drive(args: ResumeArgs, target: Target) -> anyhow::Result<()> {
         top_at_storm: (0..args.rooms).map(|_| AtomicU64::new(0)).collect(),
         last: (0..args.clients).map(|_| AtomicU64::new(0)).collect(),
         phase: AtomicU8::new(LIVE),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
+        setup: common::Setup::default(),
         closed: AtomicUsize::new(0),
         reconnected: AtomicUsize::new(0),
         resumed: AtomicUsize::new(0),
@@ -709,7 +705,7 @@ async fn drive(args: ResumeArgs, target: Target) -> anyhow::Result<()> {
                 let phase = sh.phase.load(Ordering::Relaxed);
                 let received = sh.received.load(Ordering::Relaxed);
                 let state = match phase {
-                    LIVE => format!("joined {}/{clients}", sh.ready.load(Ordering::Relaxed)),
+                    LIVE => format!("joined {}/{clients}", sh.setup.ready_count()),
                     OFFLINE => format!("closed {}/{clients}", sh.closed.load(Ordering::Relaxed)),
                     _ => format!(
                         "reconnected {}/{clients}  resumed {}",
@@ -769,24 +765,9 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
             ))
         })
         .collect();
-    let setup_limit = HANDSHAKE_TIMEOUT + Duration::from_millis(5 * n as u64);
-    let all_ready = wait_until(setup_limit, || {
-        sh.ready.load(Ordering::SeqCst) >= n || sh.failed.load(Ordering::SeqCst) > 0
-    })
-    .await;
-    if !all_ready || sh.failed.load(Ordering::SeqCst) > 0 {
-        let events = sh.events();
-        bail!(
-            "setting up: {} of {n} clients joined; {} failed (first: {})",
-            sh.ready.load(Ordering::SeqCst),
-            events.failures.len(),
-            events
-                .failures
-                .first()
-                .map(String::as_str)
-                .unwrap_or("none")
-        );
-    }
+    sh.setup
+        .wait_ready(n, "clients", Duration::from_millis(5))
+        .await?;
     let setup_s = setup_started.elapsed().as_secs_f64();
     eprintln!(
         "{n} clients joined in {setup_s:.1}s; publishing {} per room",
@@ -932,6 +913,7 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
     let missing = missing_live + missing_resume;
     let storm_s = (not_resumed == 0).then(|| (last_done - storm_start) as f64 / 1e6);
     let events = std::mem::take(&mut *sh.events());
+    let failures = sh.setup.failures();
     let result = serde_json::json!({
         "scenario": "resume",
         "label": args.output.label,
@@ -967,8 +949,8 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
         "publisher_problems": publisher_problems,
         "server_error_samples": events.error_samples,
         "connection_ends": events.ends,
-        "failures": events.failures.len(),
-        "failure_samples": events.failures.iter().take(5).collect::<Vec<_>>(),
+        "failures": failures.len(),
+        "failure_samples": failures.iter().take(5).collect::<Vec<_>>(),
         "live_complete": live_complete,
         "listen_overflows": listen_overflows,
         "client_cpu_pct": cpu.client,
@@ -1006,12 +988,12 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
         "  integrity    missing {missing} (live {missing_live}, resume {missing_resume}), duplicates {duplicates}, \
          resets {resets} ({reset_skipped} seqs skipped), joined seq mismatches {joined_mismatch}, errors {errors}, publishes refused {refused}, \
          failed connections {}",
-        events.failures.len()
+        failures.len()
     );
     for (how, count) in &events.ends {
         println!("  ended early  {count} × {how}");
     }
-    for failure in events.failures.iter().take(5) {
+    for failure in failures.iter().take(5) {
         println!("  failure      {failure}");
     }
     for sample in &events.error_samples {
@@ -1040,11 +1022,10 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
                 "{errors} error events, {refused} publishes refused, {joined_mismatch} joined seqs wrong"
             ));
         }
-        if !events.failures.is_empty() || !events.ends.is_empty() || !publisher_problems.is_empty()
-        {
+        if !failures.is_empty() || !events.ends.is_empty() || !publisher_problems.is_empty() {
             problems.push(format!(
                 "{} connections failed, ended early: {:?}, publishers: {publisher_problems:?}",
-                events.failures.len(),
+                failures.len(),
                 events.ends
             ));
         }
@@ -1066,8 +1047,7 @@ mod tests {
             top_at_storm: Box::new([]),
             last: Box::new([]),
             phase: AtomicU8::new(LIVE),
-            ready: AtomicUsize::new(0),
-            failed: AtomicUsize::new(0),
+            setup: common::Setup::default(),
             closed: AtomicUsize::new(0),
             reconnected: AtomicUsize::new(0),
             resumed: AtomicUsize::new(0),
