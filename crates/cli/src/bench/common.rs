@@ -349,6 +349,28 @@ impl Window {
     }
 
     /// Reads CPU use over exactly the measured window.
+    /// Prints a progress line on stderr every second, `[elapsed phase]`
+    /// then what `line` says, until aborted.
+    pub fn spawn_progress(
+        self,
+        mut line: impl FnMut() -> String + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let now = self.now_us();
+                eprintln!(
+                    "[{:5.1}s {:>9}] {}",
+                    self.elapsed_s(now),
+                    self.phase(now),
+                    line()
+                );
+            }
+        })
+    }
+
     pub fn spawn_cpu_probe(self, server_pid: Option<u32>) -> tokio::task::JoinHandle<Cpu> {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_micros(

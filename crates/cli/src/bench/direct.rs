@@ -557,30 +557,23 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     sh.window_end.store(window.end, Ordering::SeqCst);
     let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
     let _ = go_tx.send(true);
-    let ticker = {
+    let ticker = window.spawn_progress({
         let sh = sh.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            let (mut last_acked, mut last_delivered) = (0u64, 0u64);
-            loop {
-                tick.tick().await;
-                let now = window.now_us();
-                let phase = window.phase(now);
-                let sent = sh.sent.load(Ordering::Relaxed);
-                let acked = sh.acked.load(Ordering::Relaxed);
-                let delivered = sh.delivered.load(Ordering::Relaxed);
-                eprintln!(
-                    "[{:5.1}s {phase:>9}] sent {sent}  acked {acked} (+{}/s)  delivered {delivered} (+{}/s)",
-                    window.elapsed_s(now),
-                    acked.saturating_sub(last_acked),
-                    delivered.saturating_sub(last_delivered),
-                );
-                last_acked = acked;
-                last_delivered = delivered;
-            }
-        })
-    };
+        let (mut last_acked, mut last_delivered) = (0u64, 0u64);
+        move || {
+            let sent = sh.sent.load(Ordering::Relaxed);
+            let acked = sh.acked.load(Ordering::Relaxed);
+            let delivered = sh.delivered.load(Ordering::Relaxed);
+            let line = format!(
+                "sent {sent}  acked {acked} (+{}/s)  delivered {delivered} (+{}/s)",
+                acked.saturating_sub(last_acked),
+                delivered.saturating_sub(last_delivered),
+            );
+            last_acked = acked;
+            last_delivered = delivered;
+            line
+        }
+    });
 
     // Wait until every connection has its answers, then until the directs
     // acked have arrived (or nothing moves for a second).

@@ -824,30 +824,23 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     sh.window_end.store(end, Ordering::SeqCst);
     let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
     let _ = go_tx.send(true);
-    let ticker = {
+    let ticker = window.spawn_progress({
         let sh = sh.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            let (mut last_pub, mut last_recv) = (0u64, 0u64);
-            loop {
-                tick.tick().await;
-                let now = window.now_us();
-                let phase = window.phase(now);
-                let published = sh.published.load(Ordering::Relaxed);
-                let received = sh.received_total();
-                eprintln!(
-                    "[{:5.1}s {phase:>9}] published {published} (+{}/s)  deliveries {received} (+{}/s)  live subscribers {}",
-                    window.elapsed_s(now),
-                    published.saturating_sub(last_pub),
-                    received.saturating_sub(last_recv),
-                    sh.live_subscribers(),
-                );
-                last_pub = published;
-                last_recv = received;
-            }
-        })
-    };
+        let (mut last_pub, mut last_recv) = (0u64, 0u64);
+        move || {
+            let published = sh.published.load(Ordering::Relaxed);
+            let received = sh.received_total();
+            let line = format!(
+                "published {published} (+{}/s)  deliveries {received} (+{}/s)  live subscribers {}",
+                published.saturating_sub(last_pub),
+                received.saturating_sub(last_recv),
+                sh.live_subscribers(),
+            );
+            last_pub = published;
+            last_recv = received;
+            line
+        }
+    });
 
     let mut pub_results = Vec::with_capacity(pubs.len());
     for handle in pubs {

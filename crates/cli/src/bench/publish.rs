@@ -506,29 +506,22 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
     sh.window_end.store(end, Ordering::SeqCst);
     let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
     let _ = go_tx.send(true);
-    let ticker = {
+    let ticker = window.spawn_progress({
         let sh = sh.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            let (mut last_sent, mut last_acked) = (0u64, 0u64);
-            loop {
-                tick.tick().await;
-                let now = window.now_us();
-                let phase = window.phase(now);
-                let sent = sh.sent.load(Ordering::Relaxed);
-                let acked = sh.acked();
-                eprintln!(
-                    "[{:5.1}s {phase:>9}] sent {sent} (+{}/s)  acked {acked} (+{}/s)",
-                    window.elapsed_s(now),
-                    sent.saturating_sub(last_sent),
-                    acked.saturating_sub(last_acked),
-                );
-                last_sent = sent;
-                last_acked = acked;
-            }
-        })
-    };
+        let (mut last_sent, mut last_acked) = (0u64, 0u64);
+        move || {
+            let sent = sh.sent.load(Ordering::Relaxed);
+            let acked = sh.acked();
+            let line = format!(
+                "sent {sent} (+{}/s)  acked {acked} (+{}/s)",
+                sent.saturating_sub(last_sent),
+                acked.saturating_sub(last_acked),
+            );
+            last_sent = sent;
+            last_acked = acked;
+            line
+        }
+    });
 
     // Wait until every publisher has its answers, then until the room
     // messages they caused have arrived (or nothing moves for a second).
