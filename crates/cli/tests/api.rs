@@ -193,3 +193,28 @@ async fn api_is_off_without_a_key() {
     assert_eq!(status, 404);
     assert!(body.contains("disabled"));
 }
+
+/// The limits on a message hold on the HTTP API as on `/ws`: `--max-body`
+/// (413 `too_large`) and the nesting limit (400), for publish and send.
+#[tokio::test]
+async fn api_messages_obey_the_same_limits_as_websocket() {
+    let server = Server::start_with(&["--api-key", KEY, "--max-body", "1KiB"]);
+    let big = json!({ "body": "x".repeat(2000) }).to_string();
+    let deep = format!(r#"{{"body":{}1{}}}"#, "[".repeat(65), "]".repeat(65));
+    for path in ["/api/rooms/lobby/messages", "/api/users/bob/messages"] {
+        let (status, text) = server.http("POST", path, Some(KEY), Some(&big)).await;
+        assert_eq!(status, 413, "{path}: {text}");
+        assert_eq!(parse(&text)["error"]["code"], "too_large", "{text}");
+        let (status, text) = server.http("POST", path, Some(KEY), Some(&deep)).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert_eq!(parse(&text)["error"]["code"], "bad_request", "{text}");
+        let small = json!({ "body": "x".repeat(50) }).to_string();
+        let (status, text) = server.http("POST", path, Some(KEY), Some(&small)).await;
+        assert_eq!(status, 200, "{path}: {text}");
+    }
+    // Nothing refused was stored: the room holds the one accepted message.
+    let (_, text) = server
+        .http("GET", "/api/rooms/lobby/messages", Some(KEY), None)
+        .await;
+    assert_eq!(parse(&text)["messages"].as_array().map(Vec::len), Some(1));
+}

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod hub;
 pub mod metrics;
 pub mod pipeline;
+pub mod service;
 pub mod store;
 
 pub use config::Config;

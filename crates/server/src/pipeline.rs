@@ -21,7 +21,8 @@ use switchboard_protocol::{self as proto, ErrorCode, Id};
 use tokio::sync::oneshot;
 
 use crate::expiring::ExpiringMap;
-use crate::hub::{unix_ms, Conn, Delivery, Hub, HubError};
+use crate::hub::{unix_ms, Conn, Delivery, Hub};
+use crate::service::Rejection;
 use crate::store::{DedupeRecord, DirectRecord, Retention, RoomRecord, Store, StoreError, Write};
 
 const MAX_BATCH: usize = 1024;
@@ -33,27 +34,32 @@ pub enum Reply {
     /// Queue `ack` (or `error`) on the connection, echoing the command id.
     Conn { conn: Arc<Conn>, id: Option<Id> },
     /// Hand the result to a waiting task (HTTP API).
-    Channel(oneshot::Sender<Result<Delivery, HubError>>),
+    Channel(oneshot::Sender<Result<Delivery, Rejection>>),
+}
+
+/// Where a message goes: a room (`publish`) or a user's inbox (`send`).
+/// Each has its own seq counter; the rest of the path is shared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Room(Arc<str>),
+    User(Arc<str>),
+}
+
+/// A validated `publish` or `send` (see [`crate::service::message`]).
+pub struct Submission {
+    pub to: Destination,
+    pub from: Arc<str>,
+    /// The sending connection, which gets the ack instead of the message.
+    pub sender: Option<u64>,
+    /// The client's own JSON bytes, stored and delivered verbatim.
+    pub body: Box<RawValue>,
+    /// Idempotency key, deduplicated per `from` within the dedupe window.
+    pub id: Option<Id>,
+    pub reply: Reply,
 }
 
 pub enum Job {
-    Publish {
-        room: Arc<str>,
-        from: Arc<str>,
-        /// The sending connection, which gets the ack instead of the message.
-        sender: Option<u64>,
-        body: Box<RawValue>,
-        id: Option<Id>,
-        reply: Reply,
-    },
-    Send {
-        to: Arc<str>,
-        from: Arc<str>,
-        sender: Option<u64>,
-        body: Box<RawValue>,
-        id: Option<Id>,
-        reply: Reply,
-    },
+    Message(Submission),
     /// A device confirmed its inbox up to `upto`.
     Cursor {
         user: String,
@@ -146,13 +152,10 @@ impl Pipeline {
 
 /// What one job became inside a batch.
 enum Plan {
-    Room {
+    /// Sequenced and written: `gid` for direct messages only.
+    Stored {
         seq: u64,
-        ts: u64,
-    },
-    Direct {
-        seq: u64,
-        gid: u64,
+        gid: Option<u64>,
         ts: u64,
     },
     /// A repeated id: acknowledge with the original seq. `tentative` when the
@@ -226,23 +229,10 @@ impl Writer {
 
         for job in &batch {
             let plan = match job {
-                Job::Publish {
-                    room,
-                    from,
-                    body,
-                    id,
-                    ..
-                }
-                | Job::Send {
-                    to: room,
-                    from,
-                    body,
-                    id,
-                    ..
-                } => {
-                    let key = id
-                        .as_ref()
-                        .map(|id| (from.to_string(), id.as_json().to_string()));
+                Job::Message(m) => {
+                    let key =
+                        m.id.as_ref()
+                            .map(|id| (m.from.to_string(), id.as_json().to_string()));
                     if let Some(seq) = key.as_ref().and_then(|k| self.dedupe.get(k)) {
                         let tentative = key.as_ref().is_some_and(|k| new_keys.contains(k));
                         plans.push(Plan::Duplicate {
@@ -251,42 +241,36 @@ impl Writer {
                         });
                         continue;
                     }
-                    let is_room = matches!(job, Job::Publish { .. });
-                    let (counters, old) = if is_room {
-                        (&mut self.rooms, &mut old_rooms)
-                    } else {
-                        (&mut self.inboxes, &mut old_inboxes)
+                    let (name, counters, old) = match &m.to {
+                        Destination::Room(room) => (room, &mut self.rooms, &mut old_rooms),
+                        Destination::User(user) => (user, &mut self.inboxes, &mut old_inboxes),
                     };
-                    let counter = counters.entry(room.clone()).or_insert(0);
-                    old.push((room.clone(), *counter));
+                    let counter = counters.entry(name.clone()).or_insert(0);
+                    old.push((name.clone(), *counter));
                     *counter += 1;
                     let seq = *counter;
-                    let target;
-                    let plan = if is_room {
-                        target = format!("room:{room}");
-                        writes.push(Write::Room(RoomRecord {
-                            room: room.to_string(),
-                            seq,
-                            from: from.to_string(),
-                            ts: now,
-                            body: body.get().to_string(),
-                        }));
-                        Plan::Room { seq, ts: now }
-                    } else {
-                        target = format!("user:{room}");
-                        self.last_gid += 1;
-                        writes.push(Write::Direct(DirectRecord {
-                            gid: self.last_gid,
-                            to: room.to_string(),
-                            seq,
-                            from: from.to_string(),
-                            ts: now,
-                            body: body.get().to_string(),
-                        }));
-                        Plan::Direct {
-                            seq,
-                            gid: self.last_gid,
-                            ts: now,
+                    let (target, gid) = match &m.to {
+                        Destination::Room(room) => {
+                            writes.push(Write::Room(RoomRecord {
+                                room: room.to_string(),
+                                seq,
+                                from: m.from.to_string(),
+                                ts: now,
+                                body: m.body.get().to_string(),
+                            }));
+                            (format!("room:{room}"), None)
+                        }
+                        Destination::User(to) => {
+                            self.last_gid += 1;
+                            writes.push(Write::Direct(DirectRecord {
+                                gid: self.last_gid,
+                                to: to.to_string(),
+                                seq,
+                                from: m.from.to_string(),
+                                ts: now,
+                                body: m.body.get().to_string(),
+                            }));
+                            (format!("user:{to}"), Some(self.last_gid))
                         }
                     };
                     if let Some(key) = key {
@@ -300,7 +284,7 @@ impl Writer {
                         self.dedupe.insert(key.clone(), seq, now);
                         new_keys.push(key);
                     }
-                    plan
+                    Plan::Stored { seq, gid, ts: now }
                 }
                 Job::Cursor { user, device, upto } => {
                     writes.push(Write::Cursor {
@@ -368,76 +352,49 @@ impl Writer {
 
     /// Delivers one committed job and answers it (or answers `unavailable`).
     fn finish(&self, job: Job, plan: Plan, committed: bool) {
-        let failed = match plan {
-            Plan::Duplicate { tentative, .. } => tentative && !committed,
-            Plan::Cursor => false,
-            _ => !committed,
+        let Job::Message(m) = job else { return };
+        let result = match plan {
+            Plan::Duplicate { tentative, .. } if tentative && !committed => Err(unavailable()),
+            Plan::Duplicate { seq, .. } => Ok(Delivery::duplicate(seq)),
+            Plan::Stored { .. } if !committed => Err(unavailable()),
+            Plan::Stored { seq, gid, ts } => Ok(self.deliver(&m, seq, gid, ts)),
+            Plan::Cursor => return,
         };
-        match job {
-            Job::Cursor { .. } => {}
-            Job::Publish {
-                room,
-                from,
-                sender,
-                body,
-                reply,
-                ..
-            } => {
-                let result = match plan {
-                    _ if failed => Err(unavailable()),
-                    Plan::Room { seq, ts } => {
-                        self.hub.set_room_seq(&room, seq);
-                        let delivered = self.hub.deliver_room(&room, seq, &from, ts, &body, sender);
-                        Ok(Delivery {
-                            seq,
-                            gid: None,
-                            delivered,
-                            stored: true,
-                            duplicate: false,
-                        })
-                    }
-                    Plan::Duplicate { seq, .. } => Ok(Delivery::duplicate(seq)),
-                    _ => return,
-                };
-                self.answer(reply, result, |id, d| {
-                    let mut ack = proto::Ack::publish(id, &room, d.seq, d.delivered);
-                    ack.duplicate = d.duplicate;
-                    proto::encode(&ack)
-                });
-            }
-            Job::Send {
-                to,
-                from,
-                sender,
-                body,
-                reply,
-                ..
-            } => {
-                let result = match plan {
-                    _ if failed => Err(unavailable()),
-                    Plan::Direct { seq, gid, ts } => {
-                        self.hub.set_inbox_seq(&to, seq);
-                        let delivered = self
-                            .hub
-                            .deliver_direct(&to, &from, seq, gid, ts, &body, sender);
-                        Ok(Delivery {
-                            seq,
-                            gid: Some(gid),
-                            delivered,
-                            stored: true,
-                            duplicate: false,
-                        })
-                    }
-                    Plan::Duplicate { seq, .. } => Ok(Delivery::duplicate(seq)),
-                    _ => return,
-                };
-                self.answer(reply, result, |id, d| {
-                    let mut ack = proto::Ack::send(id, &to, d.seq, d.delivered, d.stored);
-                    ack.duplicate = d.duplicate;
+        self.answer(m.reply, result, |id, d| {
+            let mut ack = match &m.to {
+                Destination::Room(room) => proto::Ack::publish(id, room, d.seq, d.delivered),
+                Destination::User(to) => {
+                    let mut ack = proto::Ack::send(id, to, d.seq, d.delivered, d.stored);
                     ack.gid = d.gid;
-                    proto::encode(&ack)
-                });
+                    ack
+                }
+            };
+            ack.duplicate = d.duplicate;
+            proto::encode(&ack)
+        });
+    }
+
+    /// Fans a committed message out to the room's members or the user's
+    /// connections (and the sender's other devices).
+    fn deliver(&self, m: &Submission, seq: u64, gid: Option<u64>, ts: u64) -> Delivery {
+        let delivered = match (&m.to, gid) {
+            (Destination::Room(room), _) => {
+                self.hub.set_room_seq(room, seq);
+                let event = proto::Message::new(room, seq, &m.from, ts, &m.body);
+                self.hub.deliver_room(&event, m.sender)
             }
+            (Destination::User(to), gid) => {
+                self.hub.set_inbox_seq(to, seq);
+                let event = proto::Direct::new(&m.from, to, seq, gid.unwrap_or(0), ts, &m.body);
+                self.hub.deliver_direct(&event, m.sender)
+            }
+        };
+        Delivery {
+            seq,
+            gid,
+            delivered,
+            stored: true,
+            duplicate: false,
         }
     }
 
@@ -446,7 +403,7 @@ impl Writer {
     fn answer(
         &self,
         reply: Reply,
-        result: Result<Delivery, HubError>,
+        result: Result<Delivery, Rejection>,
         ack: impl FnOnce(Option<&Id>, &Delivery) -> Vec<u8>,
     ) {
         match (reply, &result) {
@@ -465,8 +422,8 @@ impl Writer {
     }
 }
 
-fn unavailable() -> HubError {
-    HubError::new(
+fn unavailable() -> Rejection {
+    Rejection::new(
         ErrorCode::Unavailable,
         "the message store is unavailable; nothing was stored, retry later",
     )

@@ -1,6 +1,8 @@
 //! The server HTTP API for backends (SPEC §6): publish, send, rooms,
 //! presence, history, disconnect. `Authorization: Bearer <api key>`; the
-//! whole API answers 404 when no key is configured.
+//! whole API answers 404 when no key is configured. An adapter: it decodes
+//! the request, calls the command layer as [`Caller::Backend`], and encodes
+//! the answer (a [`Rejection`] becomes a status and a JSON error).
 
 use std::sync::Arc;
 
@@ -13,14 +15,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use switchboard_protocol::{
-    json_depth, validate_room, validate_user, Id, MAX_BODY_DEPTH, MAX_HISTORY_LIMIT,
-};
+use switchboard_protocol::{ErrorCode, Id, DEFAULT_HISTORY_LIMIT};
 use tokio::sync::oneshot;
 
-use super::replay::{read_history, Target};
 use super::App;
-use crate::pipeline::{Job, Reply};
+use crate::hub::Delivery;
+use crate::pipeline::Reply;
+use crate::service::{Caller, Destination, HistoryTarget, Rejection};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -85,6 +86,22 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> ApiError {
+        let status = match r.code {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden | ErrorCode::NotJoined => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, r.code.as_str(), r.message)
+    }
+}
+
+/// The JSON body of a publish or send.
 #[derive(Deserialize)]
 struct Post {
     body: Option<Box<RawValue>>,
@@ -94,26 +111,14 @@ struct Post {
     id: Option<Box<RawValue>>,
 }
 
-/// A validated POST body.
-struct Posted {
-    body: Box<RawValue>,
-    from: Arc<str>,
-    id: Option<Id>,
-}
-
-fn parse_post(bytes: &[u8]) -> Result<Posted, ApiError> {
+/// Decodes a POST body; the command layer validates what it says.
+fn parse_post(bytes: &[u8]) -> Result<(Box<RawValue>, String, Option<Id>), ApiError> {
     let post: Post = serde_json::from_slice(bytes)
         .map_err(|e| bad_request(format!("invalid JSON body: {e}")))?;
     let body = post
         .body
         .ok_or_else(|| bad_request("missing field `body`"))?;
-    if json_depth(body.get()) > MAX_BODY_DEPTH {
-        return Err(bad_request(format!(
-            "`body` is nested deeper than {MAX_BODY_DEPTH} levels"
-        )));
-    }
     let from = post.from.unwrap_or_else(|| "server".into());
-    validate_user(&from).map_err(|m| bad_request(format!("from: {m}")))?;
     let id = match post.id {
         None => None,
         Some(raw)
@@ -126,32 +131,17 @@ fn parse_post(bytes: &[u8]) -> Result<Posted, ApiError> {
         }
         Some(_) => return Err(bad_request("`id` must be a string or a number")),
     };
-    Ok(Posted {
-        body,
-        from: Arc::from(from),
-        id,
-    })
+    Ok((body, from, id))
 }
 
-async fn submit(
-    app: &App,
-    job: impl FnOnce(Reply) -> Job,
-) -> Result<crate::hub::Delivery, ApiError> {
+/// Submits a publish or send as the backend and waits for its commit.
+async fn submit(app: &App, to: Destination, bytes: &[u8]) -> Result<Delivery, ApiError> {
+    let (body, from, id) = parse_post(bytes)?;
     let (tx, rx) = oneshot::channel();
-    if !app.pipeline.submit(job(Reply::Channel(tx))) {
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the server is shutting down".into(),
-        ));
-    }
+    let caller = Caller::Backend { from: &from };
+    app.submit(caller, to, body, id, Reply::Channel(tx))?;
     match rx.await {
-        Ok(Ok(delivery)) => Ok(delivery),
-        Ok(Err(e)) => Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.code.as_str(),
-            e.message,
-        )),
+        Ok(result) => Ok(result?),
         Err(_) => Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -167,20 +157,9 @@ async fn publish(
     bytes: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
-    validate_room(&room).map_err(bad_request)?;
-    let Posted { body, from, id } = parse_post(&bytes)?;
-    let room: Arc<str> = Arc::from(room);
-    let d = submit(&app, |reply| Job::Publish {
-        room: room.clone(),
-        from,
-        sender: None,
-        body,
-        id,
-        reply,
-    })
-    .await?;
+    let d = submit(&app, Destination::Room(Arc::from(room.as_str())), &bytes).await?;
     Ok(Json(
-        json!({"room": &*room, "seq": d.seq, "delivered": d.delivered, "duplicate": d.duplicate}),
+        json!({"room": room, "seq": d.seq, "delivered": d.delivered, "duplicate": d.duplicate}),
     ))
 }
 
@@ -191,20 +170,9 @@ async fn send(
     bytes: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
-    validate_user(&user).map_err(bad_request)?;
-    let Posted { body, from, id } = parse_post(&bytes)?;
-    let to: Arc<str> = Arc::from(user);
-    let d = submit(&app, |reply| Job::Send {
-        to: to.clone(),
-        from,
-        sender: None,
-        body,
-        id,
-        reply,
-    })
-    .await?;
+    let d = submit(&app, Destination::User(Arc::from(user.as_str())), &bytes).await?;
     Ok(Json(
-        json!({"to": &*to, "seq": d.seq, "gid": d.gid, "delivered": d.delivered, "stored": d.stored, "duplicate": d.duplicate}),
+        json!({"to": user, "seq": d.seq, "gid": d.gid, "delivered": d.delivered, "stored": d.stored, "duplicate": d.duplicate}),
     ))
 }
 
@@ -214,10 +182,9 @@ async fn rooms(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
     let rooms: Vec<serde_json::Value> = app
-        .hub
         .rooms()
         .into_iter()
-        .map(|(room, seq, online)| json!({"room": &*room, "seq": seq, "online": online}))
+        .map(|r| json!({"room": &*r.room, "seq": r.seq, "online": r.online}))
         .collect();
     Ok(Json(json!({ "rooms": rooms })))
 }
@@ -228,13 +195,7 @@ async fn presence(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
-    validate_room(&room).map_err(bad_request)?;
-    let users: Vec<String> = app
-        .hub
-        .presence(&room)
-        .iter()
-        .map(|u| u.to_string())
-        .collect();
+    let users: Vec<String> = app.presence(&room)?.iter().map(|u| u.to_string()).collect();
     Ok(Json(
         json!({"room": room, "online": users.len(), "users": users}),
     ))
@@ -253,22 +214,14 @@ async fn room_history(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    validate_room(&room).map_err(bad_request)?;
-    let limit = page.limit.unwrap_or(50);
-    if limit == 0 || limit > MAX_HISTORY_LIMIT {
-        return Err(bad_request(format!(
-            "`limit` must be between 1 and {MAX_HISTORY_LIMIT}"
-        )));
-    }
-    let messages = read_history(&app, "", &Target::Room(room.clone()), page.before, limit)
-        .await
-        .map_err(|e| {
-            ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
+    let limit = page.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    let read = app.history(
+        Caller::Backend { from: "server" },
+        HistoryTarget::Room(room.clone()),
+        page.before,
+        limit,
+    )?;
+    let messages = read.run().await?;
     Ok(Json(json!({"room": room, "messages": messages})).into_response())
 }
 
@@ -278,8 +231,7 @@ async fn disconnect(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
-    validate_user(&user).map_err(bad_request)?;
-    let n = app.hub.kick(&user);
+    let n = app.disconnect_user(&user)?;
     Ok(Json(json!({"user": user, "disconnected": n})))
 }
 

@@ -19,7 +19,6 @@ use super::relay::RelaySession;
 use super::session::{Session, Start};
 use super::ConnectInfo;
 use super::{socket, App};
-use crate::auth::Identity;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -91,28 +90,16 @@ async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Requ
             return refuse(&app, StatusCode::BAD_REQUEST, &message);
         }
     }
-    // With auth on, identity comes only from a token: `Authorization:
-    // Bearer`, `?token=`, or (Pending) the first `hello`. A bad token still
-    // gets the upgrade, so a browser can read the `unauthorized` error.
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let token = bearer.or(query.token);
-    let start = match (app.auth.required(), token, query.user) {
-        (true, Some(token), _) => match app.auth.authenticate(None, Some(&token)) {
-            Ok(Some(identity)) => Start::Identified(identity),
-            Ok(None) => Start::Pending,
-            Err(message) => Start::Refused(message),
-        },
-        (true, None, _) | (false, _, None) => Start::Pending,
-        (false, _, Some(user)) => Start::Identified(Identity::named(&user)),
-    };
+    let start = Start::from_request(&*app.auth, bearer.or(query.token), query.user);
     let device = query.device;
     upgrade(app, req, move |app, conn| {
-        Box::new(Session::new(app, conn, start, device))
+        Box::new(Session::new(app.service.clone(), conn, start, device))
     })
 }
 

@@ -8,7 +8,6 @@ mod api;
 mod guard;
 mod http;
 mod relay;
-mod replay;
 mod session;
 mod socket;
 mod tls;
@@ -25,27 +24,33 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
-use tower_service::Service;
+use tower_service::Service as _;
 
 use crate::auth::{Authenticator, JwtAuth, NoAuth};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Settings};
+use crate::service::Service;
 use crate::store::{MemoryStore, Retention, SqliteStore, Store};
 
-/// Everything a request handler needs.
+/// Everything a request handler needs: the command layer (which it derefs
+/// to, for `app.hub`, `app.config`, …) plus the network edge's own state.
 pub struct App {
-    pub config: Config,
-    pub hub: Arc<Hub>,
-    pub store: Arc<dyn Store>,
-    pub pipeline: Pipeline,
-    pub auth: Box<dyn Authenticator>,
+    pub service: Arc<Service>,
     /// Connections and connection rate per client IP.
     pub ip_limits: guard::IpLimits,
     shutting_down: AtomicBool,
     /// Fired whenever a WebSocket connection ends (for shutdown draining).
     conn_closed: Notify,
+}
+
+impl std::ops::Deref for App {
+    type Target = Service;
+
+    fn deref(&self) -> &Service {
+        &self.service
+    }
 }
 
 pub struct Server {
@@ -105,16 +110,17 @@ impl Server {
         let pipeline = Pipeline::start(store.clone(), hub.clone(), settings)
             .map_err(|e| anyhow::anyhow!("cannot recover the store: {e}"))?;
         let listener = listen(config.listen)?;
+        let ip_limits =
+            guard::IpLimits::new(config.max_connections_per_ip, config.connect_rate_per_ip);
         let app = Arc::new(App {
-            hub,
-            store,
-            pipeline,
-            auth,
-            ip_limits: guard::IpLimits::new(
-                config.max_connections_per_ip,
-                config.connect_rate_per_ip,
-            ),
-            config,
+            service: Arc::new(Service {
+                config,
+                hub,
+                store,
+                pipeline,
+                auth,
+            }),
+            ip_limits,
             shutting_down: AtomicBool::new(false),
             conn_closed: Notify::new(),
         });

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use serde_json::value::RawValue;
-use switchboard_protocol::{self as proto, ErrorCode, Id};
+use switchboard_protocol::{self as proto, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
 pub use conn::{CloseReason, Conn, Push};
@@ -31,22 +30,6 @@ pub use relay::Relay;
 use room::Room;
 
 use crate::metrics::Metrics;
-
-/// A refused command, to be sent back as an `error` event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl HubError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> HubError {
-        HubError {
-            code,
-            message: message.into(),
-        }
-    }
-}
 
 /// Result of a room publish or a direct send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,21 +359,14 @@ impl Hub {
         }
     }
 
-    /// Delivers a committed room message to the members (pipeline only).
-    pub fn deliver_room(
-        &self,
-        room: &str,
-        seq: u64,
-        from: &str,
-        ts: u64,
-        body: &RawValue,
-        sender: Option<u64>,
-    ) -> usize {
+    /// Delivers a committed room message to the members (pipeline only),
+    /// except the `sender` connection, which gets the ack instead.
+    pub fn deliver_room(&self, event: &proto::Message<'_>, sender: Option<u64>) -> usize {
         let started = Instant::now();
-        let Some(entry) = self.room(room) else {
+        let Some(entry) = self.room(event.room) else {
             return 0;
         };
-        let delivered = entry.deliver(seq, from, ts, body, sender, &self.metrics);
+        let delivered = entry.deliver(event, sender, &self.metrics);
         self.metrics.messages_out.increment(delivered as u64);
         self.metrics
             .fanout_seconds
@@ -398,23 +374,12 @@ impl Hub {
         delivered
     }
 
-    /// Delivers a committed direct message to every connection of `to`, and
-    /// a copy to the sender's other connections (pipeline only). Returns how
-    /// many of the recipient's connections got it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn deliver_direct(
-        &self,
-        to: &str,
-        from: &str,
-        seq: u64,
-        gid: u64,
-        ts: u64,
-        body: &RawValue,
-        sender: Option<u64>,
-    ) -> usize {
-        let message = text(proto::encode(&proto::Direct::new(
-            from, to, seq, gid, ts, body,
-        )));
+    /// Delivers a committed direct message to every connection of its
+    /// recipient, and a copy to the sender's other connections (pipeline
+    /// only). Returns how many of the recipient's connections got it.
+    pub fn deliver_direct(&self, event: &proto::Direct<'_>, sender: Option<u64>) -> usize {
+        let message = text(proto::encode(event));
+        let (to, from, seq) = (event.to, event.from, event.seq);
         let mut delivered = 0;
         if let Some(mut conns) = self.users.get_mut(to) {
             for member in conns.iter_mut() {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
 use switchboard_protocol::{self as proto, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
@@ -166,16 +165,12 @@ impl Room {
     /// before it, except the sending connection. Returns how many got it.
     pub(super) fn deliver(
         &self,
-        seq: u64,
-        from: &str,
-        ts: u64,
-        body: &RawValue,
+        event: &proto::Message<'_>,
         sender: Option<u64>,
         metrics: &Metrics,
     ) -> usize {
-        let message = text(proto::encode(&proto::Message::new(
-            &self.name, seq, from, ts, body,
-        )));
+        let message = text(proto::encode(event));
+        let seq = event.seq;
         let mut st = self.state.lock();
         let mut delivered = 0;
         for member in st.members.values_mut() {

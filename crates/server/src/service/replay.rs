@@ -1,19 +1,16 @@
-//! Reads from the store on behalf of a connection: the replay after `join`
-//! with `since`, the inbox delivery after identification, and `history`.
-//! Store reads run on the blocking pool; results are queued to the
-//! connection while its live events are held back (see `hub::gate`).
+//! Replays from the store to a connection: after `join` with `since`, and
+//! the inbox after identification. Store reads run on the blocking pool;
+//! results are queued to the connection while its live events are held
+//! back (see `hub::gate`), then the gate opens.
 
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use switchboard_protocol::{self as proto, ErrorCode, Id};
+use switchboard_protocol as proto;
 
-use super::App;
+use super::Service;
 use crate::hub::{Conn, Replay};
 use crate::store::{self, DirectRecord, RoomRecord};
-
-/// The largest value SQLite integers hold: "no upper bound" for cursors.
-const NO_BOUND: u64 = i64::MAX as u64;
 
 fn raw(body: String) -> Option<Box<RawValue>> {
     RawValue::from_string(body).ok()
@@ -67,7 +64,7 @@ fn read_range<R>(
     Ok((reset, records))
 }
 
-async fn send_all(app: &App, conn: &Conn, reset: Option<Vec<u8>>, events: Vec<Vec<u8>>) {
+async fn send_all(app: &Service, conn: &Conn, reset: Option<Vec<u8>>, events: Vec<Vec<u8>>) {
     if let Some(reset) = reset {
         app.hub.reply(conn, reset);
     }
@@ -80,7 +77,7 @@ async fn send_all(app: &App, conn: &Conn, reset: Option<Vec<u8>>, events: Vec<Ve
 }
 
 /// Replays `range` of `room` to `conn`, then opens its gate.
-pub fn room(app: Arc<App>, conn: Arc<Conn>, room: String, range: Replay) {
+pub fn room(app: Arc<Service>, conn: Arc<Conn>, room: String, range: Replay) {
     if range.after >= range.upto {
         // Nothing missed (the common reconnect): no store read, no task.
         app.hub.open_room(&conn, &room);
@@ -121,7 +118,7 @@ pub fn room(app: Arc<App>, conn: Arc<Conn>, room: String, range: Replay) {
 
 /// Delivers `user`'s inbox entries after this device's cursor, up to
 /// `range.upto`, then opens the inbox gate.
-pub fn inbox(app: Arc<App>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
+pub fn inbox(app: Arc<Service>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
     if range.upto == 0 {
         // The user never received a direct message: nothing to read.
         app.hub.open_inbox(&conn);
@@ -164,87 +161,6 @@ pub fn inbox(app: Arc<App>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
             .collect();
         send_all(&app, &conn, reset, events).await;
         app.hub.open_inbox(&conn);
-    });
-}
-
-/// What `history` reads.
-pub enum Target {
-    Room(String),
-    With(String),
-}
-
-/// Reads history from the store and answers with a `history` event.
-pub async fn read_history(
-    app: &App,
-    me: &str,
-    target: &Target,
-    before: Option<u64>,
-    limit: usize,
-) -> store::Result<Vec<Box<RawValue>>> {
-    let store = app.store.clone();
-    let before = before.unwrap_or(NO_BOUND).min(NO_BOUND);
-    let me = me.to_string();
-    let target = match target {
-        Target::Room(r) => Target::Room(r.clone()),
-        Target::With(w) => Target::With(w.clone()),
-    };
-    let events = tokio::task::spawn_blocking(move || -> store::Result<Vec<Vec<u8>>> {
-        Ok(match &target {
-            Target::Room(room) => store
-                .room_before(room, before, limit)?
-                .into_iter()
-                .filter_map(message_event)
-                .collect(),
-            Target::With(with) => store
-                .conversation(&me, with, before, limit)?
-                .into_iter()
-                .filter_map(direct_event)
-                .collect(),
-        })
-    })
-    .await
-    .map_err(|e| store::StoreError(e.to_string()))??;
-    Ok(events
-        .into_iter()
-        .filter_map(|e| String::from_utf8(e).ok().and_then(raw))
-        .collect())
-}
-
-pub fn history(
-    app: Arc<App>,
-    conn: Arc<Conn>,
-    id: Option<Id>,
-    target: Target,
-    before: Option<u64>,
-    limit: usize,
-) {
-    tokio::spawn(async move {
-        match read_history(&app, conn.user(), &target, before, limit).await {
-            Ok(messages) => {
-                let (room, with) = match &target {
-                    Target::Room(r) => (Some(r.as_str()), None),
-                    Target::With(w) => (None, Some(w.as_str())),
-                };
-                let reply = proto::History {
-                    kind: "history",
-                    id: id.as_ref(),
-                    room,
-                    with,
-                    messages,
-                };
-                app.hub.reply(&conn, proto::encode(&reply));
-            }
-            Err(err) => {
-                tracing::error!(%err, "history read failed");
-                app.hub.metrics.error(ErrorCode::Unavailable);
-                let e = proto::Error::new(
-                    id.as_ref(),
-                    ErrorCode::Unavailable,
-                    "history is unavailable right now",
-                );
-                app.hub.reply(&conn, proto::encode(&e));
-            }
-        }
     });
 }
 

@@ -1,0 +1,209 @@
+//! A client session, whatever carries it: decodes a JSON command, checks
+//! the rate and who is asking ([`Login`]), calls the [`Service`], and
+//! queues the reply or the `error` on the session's connection. The `/ws`
+//! transport (`gateway::session`) feeds it text messages; an HTTP fallback
+//! transport would feed it the same.
+
+use std::sync::Arc;
+
+use switchboard_protocol::{self as proto, decode_command, Command, ErrorCode, Id};
+use tokio::time::Instant;
+
+use super::login::{Ending, Hello, Login, Start};
+use super::rate::{TokenBucket, Verdict};
+use super::{Caller, Destination, HistoryTarget, Rejection, Service};
+use crate::hub::Conn;
+use crate::pipeline::Reply;
+
+pub struct ClientSession {
+    service: Arc<Service>,
+    conn: Arc<Conn>,
+    login: Login,
+    bucket: TokenBucket,
+}
+
+impl ClientSession {
+    /// Opens a session on a registered connection. `Err` when it must end
+    /// at once (a refused token, too many connections for the user): the
+    /// reason was already queued as an `error`.
+    pub fn new(
+        service: Arc<Service>,
+        conn: Arc<Conn>,
+        start: Start,
+        device: Option<String>,
+    ) -> (ClientSession, Result<(), Ending>) {
+        let bucket = TokenBucket::new(service.config.rate_limit, service.config.rate_burst);
+        let login = Login::new(&service, device);
+        let mut session = ClientSession {
+            service,
+            conn,
+            login,
+            bucket,
+        };
+        let started = session.login.start(&session.service, &session.conn, start);
+        (session, started)
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Charges one incoming message to the rate limit (`--rate-limit`):
+    /// `Ok(false)` means dropped (a `rate_limited` error, echoing the id if
+    /// `payload` has one, is queued).
+    pub fn admit(&mut self, payload: &[u8]) -> Result<bool, Ending> {
+        match self.bucket.take(Instant::now()) {
+            Verdict::Allow => Ok(true),
+            Verdict::Reject => {
+                let id = std::str::from_utf8(payload).ok().and_then(proto::peek_id);
+                let refusal = Rejection::new(
+                    ErrorCode::RateLimited,
+                    "rate limit exceeded; command dropped",
+                );
+                self.service.send_error(&self.conn, id.as_ref(), &refusal);
+                Ok(false)
+            }
+            Verdict::Close => {
+                self.service.hub.metrics.error(ErrorCode::RateLimited);
+                Err(Ending::RateLimited)
+            }
+        }
+    }
+
+    /// Queues an `error` on this session's connection.
+    pub fn reject(&self, id: Option<&Id>, refusal: &Rejection) {
+        self.service.send_error(&self.conn, id, refusal);
+    }
+
+    /// One JSON command.
+    pub fn handle(&mut self, text: &str) -> Result<(), Ending> {
+        let proto::Request { command, id } = match decode_command(text) {
+            Ok(request) => request,
+            Err(err) => {
+                self.reject(err.id.as_ref(), &Rejection::new(err.code, err.message));
+                return Ok(());
+            }
+        };
+        if let Command::Hello {
+            user,
+            token,
+            device,
+            ..
+        } = &command
+        {
+            let hello = Hello {
+                user: user.as_deref(),
+                token: token.as_deref(),
+                device: device.as_deref(),
+            };
+            return self
+                .login
+                .hello(&self.service, &self.conn, hello, id.as_ref());
+        }
+        self.login.require(&self.service, &self.conn, id.as_ref())?;
+        if let Err(refusal) = self.dispatch(command, id.as_ref()) {
+            self.reject(id.as_ref(), &refusal);
+        }
+        Ok(())
+    }
+
+    /// Calls the service for an identified client; replies are queued on
+    /// the connection.
+    fn dispatch(&self, command: Command<'_>, id: Option<&Id>) -> Result<(), Rejection> {
+        let service = &self.service;
+        let conn = &self.conn;
+        let Some(client) = self.login.client(conn) else {
+            // `require` identified the session or ended it.
+            return Ok(());
+        };
+        match command {
+            Command::Hello { .. } => {}
+            Command::Join { room, since } => service.join(client, &room, since, id)?,
+            Command::Leave { room } => {
+                service.leave(client, &room)?;
+                service
+                    .hub
+                    .reply(conn, proto::encode(&proto::Left::new(id, &room)));
+            }
+            Command::Publish { room, body } => service.submit(
+                Caller::Client(client),
+                Destination::Room(Arc::from(room.as_ref())),
+                body.to_owned(),
+                id.cloned(),
+                self.reply_to(id),
+            )?,
+            Command::Send { to, body } => service.submit(
+                Caller::Client(client),
+                Destination::User(Arc::from(to.as_ref())),
+                body.to_owned(),
+                id.cloned(),
+                self.reply_to(id),
+            )?,
+            Command::Received { upto } => service.received(client, upto)?,
+            Command::Read { from, upto } => service.read(client, &from, upto)?,
+            Command::History {
+                target,
+                before,
+                limit,
+            } => {
+                let target = match target {
+                    proto::HistoryTarget::Room(room) => HistoryTarget::Room(room.into_owned()),
+                    proto::HistoryTarget::With(with) => HistoryTarget::With(with.into_owned()),
+                };
+                let read = service.history(Caller::Client(client), target, before, limit)?;
+                let (service, conn, id) = (service.clone(), conn.clone(), id.cloned());
+                tokio::spawn(async move {
+                    let target = read.target().clone();
+                    match read.run().await {
+                        Ok(messages) => {
+                            let (room, with) = match &target {
+                                HistoryTarget::Room(r) => (Some(r.as_str()), None),
+                                HistoryTarget::With(w) => (None, Some(w.as_str())),
+                            };
+                            let reply = proto::History {
+                                kind: "history",
+                                id: id.as_ref(),
+                                room,
+                                with,
+                                messages,
+                            };
+                            service.hub.reply(&conn, proto::encode(&reply));
+                        }
+                        Err(refusal) => service.send_error(&conn, id.as_ref(), &refusal),
+                    }
+                });
+            }
+            Command::Presence { room } => {
+                let users = service.presence(&room)?;
+                let names: Vec<&str> = users.iter().map(|u| &**u).collect();
+                let list = proto::PresenceList::new(id, &room, names);
+                service.hub.reply(conn, proto::encode(&list));
+            }
+            Command::Ping => service
+                .hub
+                .reply(conn, proto::encode(&proto::Pong::new(id))),
+        }
+        Ok(())
+    }
+
+    /// Acks and errors for a publish or send come back to this connection.
+    fn reply_to(&self, id: Option<&Id>) -> Reply {
+        Reply::Conn {
+            conn: self.conn.clone(),
+            id: id.cloned(),
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.login.deadline()
+    }
+
+    pub fn on_deadline(&mut self) -> Result<(), Ending> {
+        self.login.on_deadline(&self.service, &self.conn)
+    }
+
+    /// The connection is gone: leave every room, drop the user's presence.
+    pub fn close(&mut self) {
+        self.service.hub.disconnect(&self.conn);
+    }
+}

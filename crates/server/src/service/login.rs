@@ -1,0 +1,290 @@
+//! Who a client session is: the hello / token / expiry state machine.
+//!
+//! A session starts identified (a token or, with auth off, `?user=` in the
+//! request), pending (waiting for `hello`), or refused (a bad token: the
+//! client still gets the `unauthorized` error before the close). Pending
+//! sessions become guests after `--hello-timeout` when auth is off, and are
+//! ended when it is on. With auth on, a `hello` with a fresh token for the
+//! same user extends the session before the token expires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_protocol::{self as proto, ErrorCode, Id};
+use tokio::time::Instant;
+
+use super::{Client, Rejection, Service};
+use crate::auth::{Authenticator, Identity};
+use crate::hub::{Conn, IdentifyError};
+
+/// How a session starts, decided from the request that opened it.
+pub enum Start {
+    /// A valid token, or `?user=` with auth off.
+    Identified(Identity),
+    /// Waiting for `hello` (or, with auth off, any command: then a guest).
+    Pending,
+    /// The request carried an invalid token: `unauthorized`, then the end.
+    Refused(String),
+}
+
+impl Start {
+    /// With auth on, identity comes only from a token (the `Authorization:
+    /// Bearer` header or `?token=`, else the first `hello`); a bad one is
+    /// refused after the session opens, so a browser can read why. With
+    /// auth off, `?user=` names the user.
+    pub fn from_request(
+        auth: &dyn Authenticator,
+        token: Option<String>,
+        user: Option<String>,
+    ) -> Start {
+        match (auth.required(), token, user) {
+            (true, Some(token), _) => match auth.authenticate(None, Some(&token)) {
+                Ok(Some(identity)) => Start::Identified(identity),
+                Ok(None) => Start::Pending,
+                Err(err) => Start::Refused(err.to_string()),
+            },
+            (true, None, _) | (false, _, None) => Start::Pending,
+            (false, _, Some(user)) => Start::Identified(Identity::named(&user)),
+        }
+    }
+}
+
+/// Why a client session must end (the transport picks the close code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// No valid token (bad, missing in time, or refused on `hello`).
+    Unauthorized,
+    /// The token expired without a fresh one arriving in a `hello`.
+    TokenExpired,
+    /// `--max-connections-per-user` reached.
+    TooManyConnections,
+    /// Far over `--rate-limit` for a second.
+    RateLimited,
+}
+
+pub struct Login {
+    /// Shown to the client (hex) in `welcome`.
+    session_id: u64,
+    /// The client's device id (`?device=` or `hello`); "" when not given.
+    /// Inbox delivery is tracked per device.
+    device: Arc<str>,
+    identity: Option<Identity>,
+    /// Until identified: when the session becomes a guest (auth off) or
+    /// ends (auth on).
+    hello_deadline: Option<Instant>,
+    /// When the token expires (plus leeway).
+    expires: Option<Instant>,
+}
+
+impl Login {
+    pub fn new(service: &Service, device: Option<String>) -> Login {
+        Login {
+            session_id: rand::random::<u64>(),
+            device: Arc::from(device.unwrap_or_default()),
+            identity: None,
+            hello_deadline: Some(Instant::now() + service.config.hello_timeout),
+            expires: None,
+        }
+    }
+
+    /// Applies how the session started.
+    pub fn start(
+        &mut self,
+        service: &Arc<Service>,
+        conn: &Arc<Conn>,
+        start: Start,
+    ) -> Result<(), Ending> {
+        match start {
+            Start::Identified(identity) => self.identify(service, conn, identity, None),
+            Start::Pending => Ok(()),
+            Start::Refused(message) => {
+                let refusal = Rejection::new(ErrorCode::Unauthorized, message);
+                service.send_error(conn, None, &refusal);
+                Err(Ending::Unauthorized)
+            }
+        }
+    }
+
+    /// The identified client, if the session is identified.
+    pub fn client<'a>(&'a self, conn: &'a Arc<Conn>) -> Option<Client<'a>> {
+        Some(Client {
+            conn,
+            identity: self.identity.as_ref()?,
+            device: &self.device,
+        })
+    }
+
+    /// `hello`: identifies a pending session; on an identified one, a fresh
+    /// token for the same user (auth on) extends it, anything else is
+    /// refused.
+    pub fn hello(
+        &mut self,
+        service: &Arc<Service>,
+        conn: &Arc<Conn>,
+        hello: Hello<'_>,
+        id: Option<&Id>,
+    ) -> Result<(), Ending> {
+        if self.identity.is_some() {
+            return self.refresh(service, conn, hello, id);
+        }
+        if let Some(device) = hello.device {
+            self.device = Arc::from(device);
+        }
+        match service.auth.authenticate(hello.user, hello.token) {
+            Ok(Some(identity)) => self.identify(service, conn, identity, id),
+            Ok(None) => self.identify(service, conn, guest(), id),
+            Err(err) => {
+                let refusal = Rejection::new(ErrorCode::Unauthorized, err.to_string());
+                service.send_error(conn, id, &refusal);
+                Err(Ending::Unauthorized)
+            }
+        }
+    }
+
+    /// Before any command but `hello`: with auth on, a pending session ends;
+    /// with auth off it carries on as a guest.
+    pub fn require(
+        &mut self,
+        service: &Arc<Service>,
+        conn: &Arc<Conn>,
+        id: Option<&Id>,
+    ) -> Result<(), Ending> {
+        if self.identity.is_some() {
+            return Ok(());
+        }
+        if service.auth.required() {
+            let refusal = Rejection::new(ErrorCode::Unauthorized, "send hello with a token first");
+            service.send_error(conn, id, &refusal);
+            return Err(Ending::Unauthorized);
+        }
+        self.identify(service, conn, guest(), None)
+    }
+
+    /// When [`Login::on_deadline`] should run next, if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.hello_deadline.or(self.expires)
+    }
+
+    pub fn on_deadline(&mut self, service: &Arc<Service>, conn: &Arc<Conn>) -> Result<(), Ending> {
+        if self.hello_deadline.is_some() {
+            if service.auth.required() {
+                self.hello_deadline = None;
+                let refusal =
+                    Rejection::new(ErrorCode::Unauthorized, "no valid token received in time");
+                service.send_error(conn, None, &refusal);
+                return Err(Ending::Unauthorized);
+            }
+            return self.identify(service, conn, guest(), None);
+        }
+        if self.expires.is_some_and(|at| at <= Instant::now()) {
+            self.expires = None;
+            let refusal = Rejection::new(
+                ErrorCode::Unauthorized,
+                "token expired: send hello with a fresh token before expiry",
+            );
+            service.send_error(conn, None, &refusal);
+            return Err(Ending::TokenExpired);
+        }
+        Ok(())
+    }
+
+    /// Registers the user with the hub (queuing `welcome`) and starts its
+    /// inbox delivery.
+    fn identify(
+        &mut self,
+        service: &Arc<Service>,
+        conn: &Arc<Conn>,
+        identity: Identity,
+        id: Option<&Id>,
+    ) -> Result<(), Ending> {
+        self.hello_deadline = None;
+        let welcome = self.welcome(service, &identity.user, id);
+        let limit = service.config.max_connections_per_user;
+        match service.hub.identify(conn, &identity.user, welcome, limit) {
+            Ok(range) => {
+                super::replay::inbox(service.clone(), conn.clone(), self.device.clone(), range);
+            }
+            Err(IdentifyError::TooManyConnections) => {
+                let refusal = Rejection::new(
+                    ErrorCode::Forbidden,
+                    format!("user `{}` already has {limit} connections", identity.user),
+                );
+                service.send_error(conn, id, &refusal);
+                return Err(Ending::TooManyConnections);
+            }
+            Err(IdentifyError::AlreadyIdentified) => {}
+        }
+        self.set_expiry(service, &identity);
+        self.identity = Some(identity);
+        Ok(())
+    }
+
+    fn refresh(
+        &mut self,
+        service: &Arc<Service>,
+        conn: &Arc<Conn>,
+        hello: Hello<'_>,
+        id: Option<&Id>,
+    ) -> Result<(), Ending> {
+        let current = self
+            .identity
+            .as_ref()
+            .map(|i| i.user.clone())
+            .unwrap_or_default();
+        if !service.auth.required() || hello.token.is_none() {
+            let refusal = Rejection::bad_request("already identified: hello is accepted once");
+            service.send_error(conn, id, &refusal);
+            return Ok(());
+        }
+        match service.auth.authenticate(hello.user, hello.token) {
+            Ok(Some(identity)) if identity.user == current => {
+                self.set_expiry(service, &identity);
+                self.identity = Some(identity);
+                service.hub.reply(conn, self.welcome(service, &current, id));
+                Ok(())
+            }
+            Ok(_) => {
+                let refusal = Rejection::new(
+                    ErrorCode::Forbidden,
+                    "a refreshed token must be for the same user",
+                );
+                service.send_error(conn, id, &refusal);
+                Ok(())
+            }
+            Err(err) => {
+                let refusal = Rejection::new(ErrorCode::Unauthorized, err.to_string());
+                service.send_error(conn, id, &refusal);
+                Err(Ending::Unauthorized)
+            }
+        }
+    }
+
+    fn welcome(&self, service: &Service, user: &str, id: Option<&Id>) -> Vec<u8> {
+        let heartbeat = service.config.heartbeat.as_secs().max(1);
+        let session = format!("{:016x}", self.session_id);
+        proto::encode(&proto::Welcome::new(id, user, &session, heartbeat))
+    }
+
+    fn set_expiry(&mut self, service: &Service, identity: &Identity) {
+        self.expires = identity.expires_at.map(|exp| {
+            let now = jsonwebtoken::get_current_timestamp();
+            let left = exp
+                .saturating_add(service.config.jwt_leeway.as_secs())
+                .saturating_sub(now);
+            Instant::now() + Duration::from_secs(left)
+        });
+    }
+}
+
+/// What a `hello` carries.
+#[derive(Clone, Copy, Default)]
+pub struct Hello<'a> {
+    pub user: Option<&'a str>,
+    pub token: Option<&'a str>,
+    pub device: Option<&'a str>,
+}
+
+/// A user for a session that named none (auth off).
+fn guest() -> Identity {
+    Identity::named(&format!("guest-{:08x}", rand::random::<u32>()))
+}

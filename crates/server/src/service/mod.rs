@@ -1,0 +1,147 @@
+//! The command layer: what a client or a backend may do, with every limit
+//! and validation in one place. Every entry point calls this and nothing
+//! below it: the `/ws` session ([`client::ClientSession`], fed by
+//! `gateway::session`), the HTTP API (`gateway::api`), and any future
+//! transport. A transport only decodes, names the caller, calls, and encodes
+//! the answer.
+//!
+//! Where a message goes from here: [`Service::submit`] validates it and
+//! queues it on the [`crate::pipeline`] (sequenced, stored, then fanned out
+//! by the [`crate::hub`]); joins, leaves and presence go to the hub
+//! directly; replays and history read the [`crate::store`].
+//!
+//! | command      | module       |
+//! |--------------|--------------|
+//! | publish/send | [`message`]  |
+//! | join/leave/presence, room list | [`rooms`] |
+//! | history      | [`history`]  |
+//! | received/read | [`inbox`]   |
+//! | hello/token/expiry | [`login`] |
+//! | per-connection rate | [`rate`] |
+
+pub mod client;
+pub mod history;
+pub mod inbox;
+pub mod login;
+pub mod message;
+pub mod rate;
+pub mod replay;
+pub mod rooms;
+
+use std::sync::Arc;
+
+use switchboard_protocol::{self as proto, ErrorCode, Id};
+
+use crate::auth::{Authenticator, Identity};
+use crate::config::Config;
+use crate::hub::{Conn, Hub};
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+
+pub use history::HistoryTarget;
+pub use message::Destination;
+
+/// The server's state as the commands see it. Shared (`Arc`) by every
+/// connection and request.
+pub struct Service {
+    /// Every limit comes from here (see `docs/SECURITY.md`).
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    /// Read side of the store (replays, history); writes go through `pipeline`.
+    pub store: Arc<dyn Store>,
+    pub pipeline: Pipeline,
+    pub auth: Box<dyn Authenticator>,
+}
+
+/// A refused command: sent back as an `error` event (WebSocket) or an HTTP
+/// status with the same code and message (API).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Rejection {
+        Rejection::new(ErrorCode::BadRequest, message)
+    }
+}
+
+/// An identified client connection issuing a command: its token's room
+/// grants apply, room commands need membership, and replies are queued on
+/// its connection.
+#[derive(Clone, Copy)]
+pub struct Client<'a> {
+    pub conn: &'a Arc<Conn>,
+    pub identity: &'a Identity,
+    /// The device id inbox delivery is tracked by ("" when not given).
+    pub device: &'a Arc<str>,
+}
+
+impl Client<'_> {
+    /// The user this connection was identified as.
+    pub fn user(&self) -> Arc<str> {
+        self.conn
+            .user_arc()
+            .cloned()
+            .unwrap_or_else(|| Arc::from(self.identity.user.as_str()))
+    }
+
+    /// Refuses a room the token does not allow.
+    pub fn check_room_access(&self, room: &str) -> Result<(), Rejection> {
+        if self.identity.may_use(room) {
+            Ok(())
+        } else {
+            Err(Rejection::new(
+                ErrorCode::Forbidden,
+                format!("your token does not allow room `{room}`"),
+            ))
+        }
+    }
+}
+
+/// Who issues a command.
+#[derive(Clone, Copy)]
+pub enum Caller<'a> {
+    /// A client connection.
+    Client(Client<'a>),
+    /// The backend, through the HTTP API (it holds the API key): any room,
+    /// no membership, `from` as it says.
+    Backend { from: &'a str },
+}
+
+fn not_joined(room: &str) -> Rejection {
+    Rejection::new(ErrorCode::NotJoined, format!("not joined to room `{room}`"))
+}
+
+fn validate_name(
+    check: fn(&str) -> Result<(), String>,
+    value: &str,
+    what: &str,
+) -> Result<(), Rejection> {
+    check(value).map_err(|m| {
+        if what.is_empty() {
+            Rejection::bad_request(m)
+        } else {
+            Rejection::bad_request(format!("{what}: {m}"))
+        }
+    })
+}
+
+impl Service {
+    /// Queues an `error` event (echoing the command's `id`) on `conn`, and
+    /// counts it.
+    pub fn send_error(&self, conn: &Conn, id: Option<&Id>, refusal: &Rejection) {
+        self.hub.metrics.error(refusal.code);
+        let event = proto::Error::new(id, refusal.code, &refusal.message);
+        self.hub.reply(conn, proto::encode(&event));
+    }
+}
