@@ -322,6 +322,40 @@ fn identify_replays_the_inbox_then_releases_held_directs() -> TestResult {
     Ok(())
 }
 
+/// As for rooms: a direct whose inbox seq was set before `identify` is
+/// the replay's to send, not live delivery's.
+#[test]
+fn a_direct_committed_before_identify_is_not_delivered_live() -> TestResult {
+    let hub = hub();
+    let store = MemoryStore::new();
+    let bob: Arc<str> = Arc::from("bob");
+    let other = user_conn(&hub, "bob", ROOMY);
+    send(&hub, &store, &bob, 1)?;
+
+    let body = body(2);
+    store.commit(&[Write::Direct(DirectRecord {
+        gid: 2,
+        to: bob.to_string(),
+        seq: 2,
+        from: "alice".into(),
+        ts: 1,
+        body: body.get().to_string(),
+    })])?;
+    hub.set_inbox_seq(&bob, 2);
+    let conn = hub.connect(None, ROOMY);
+    let range = hub
+        .identify(&conn, &bob, b"{\"type\":\"welcome\"}".to_vec(), 0)
+        .map_err(|e| format!("identify: {e:?}"))?;
+    assert_eq!(range, Replay { after: 0, upto: 2 });
+    let delivered = hub.deliver_direct(&bob, "alice", 2, 2, 1, &body, None);
+    assert_eq!(delivered, 1, "only the connection identified before it");
+    replay_inbox(&hub, &store, &conn, range)?;
+    send(&hub, &store, &bob, 3)?;
+    assert_eq!(seqs(&take_events(&conn), "direct"), [1, 2, 3]);
+    assert_eq!(seqs(&take_events(&other), "direct"), [1, 2, 3]);
+    Ok(())
+}
+
 #[test]
 fn presence_counts_users_not_connections() -> TestResult {
     let hub = hub();
