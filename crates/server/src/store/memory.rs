@@ -1,13 +1,13 @@
 //! An in-memory store (`--store memory`): same semantics as SQLite, nothing
 //! survives a restart. For tests, benchmarks and throwaway servers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use parking_lot::Mutex;
 
 use crate::expiring::ExpiringMap;
 
-use super::{DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, Write};
+use super::{DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, StoreError, Write};
 
 #[derive(Default)]
 struct State {
@@ -26,6 +26,38 @@ impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
+}
+
+/// A stored seq names one message for good: like SQLite's primary keys,
+/// a write that reuses one (stored, or earlier in the batch) fails the batch.
+fn reject_reused_seqs(st: &State, batch: &[Write]) -> Result<()> {
+    let mut rooms: HashSet<(&str, u64)> = HashSet::new();
+    let mut inboxes: HashSet<(&str, u64)> = HashSet::new();
+    for write in batch {
+        let reused = match write {
+            Write::Room(m) => {
+                !rooms.insert((&m.room, m.seq))
+                    || st
+                        .rooms
+                        .get(&m.room)
+                        .is_some_and(|r| r.1.contains_key(&m.seq))
+            }
+            Write::Direct(d) => {
+                !inboxes.insert((&d.to, d.seq))
+                    || st
+                        .inboxes
+                        .get(&d.to)
+                        .is_some_and(|i| i.1.contains_key(&d.seq))
+            }
+            _ => false,
+        };
+        if reused {
+            return Err(StoreError(
+                "commit rejected: a seq is already stored".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Store for MemoryStore {
@@ -51,6 +83,9 @@ impl Store for MemoryStore {
 
     fn commit(&self, batch: &[Write]) -> Result<()> {
         let mut st = self.state.lock();
+        // Validate before applying anything, so a rejected batch leaves no
+        // trace (SQLite gets that from its transaction).
+        reject_reused_seqs(&st, batch)?;
         for write in batch {
             match write {
                 Write::Room(m) => {

@@ -58,7 +58,8 @@ pub enum Write {
     Room(RoomRecord),
     Direct(DirectRecord),
     Dedupe(DedupeRecord),
-    /// A device confirmed its inbox up to `upto`.
+    /// A device confirmed its inbox up to `upto`. A cursor never moves
+    /// back: a lower `upto` than the stored one is ignored.
     Cursor {
         user: String,
         device: String,
@@ -122,7 +123,8 @@ pub trait Store: Send + Sync + 'static {
     /// `dedupe_since` (ms).
     fn recover(&self, dedupe_since: u64) -> Result<Recovered>;
 
-    /// Applies a batch atomically and durably (one transaction).
+    /// Applies a batch atomically and durably (one transaction). A room or
+    /// inbox seq that is already stored fails the whole batch.
     fn commit(&self, batch: &[Write]) -> Result<()>;
 
     /// Room messages with `after < seq`, oldest first, at most `limit`.
