@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use switchboard_protocol as proto;
+use switchboard_protocol::{self as proto, Direct, Message};
 use switchboard_server::hub::{Conn, Hub, Replay};
 use switchboard_server::metrics::Metrics;
 use switchboard_server::store::{DirectRecord, MemoryStore, RoomRecord, Store, Write};
@@ -55,7 +55,7 @@ fn publish(hub: &Hub, store: &dyn Store, room: &Arc<str>, seq: u64) -> TestResul
         body: body.get().to_string(),
     })])?;
     hub.set_room_seq(room, seq);
-    hub.deliver_room(room, seq, "alice", 1, &body, None);
+    hub.deliver_room(&Message::new(room, seq, "alice", 1, &body), None);
     Ok(())
 }
 
@@ -71,7 +71,7 @@ fn send(hub: &Hub, store: &dyn Store, to: &Arc<str>, seq: u64) -> TestResult {
         body: body.get().to_string(),
     })])?;
     hub.set_inbox_seq(to, seq);
-    hub.deliver_direct(to, "alice", seq, seq, 1, &body, None);
+    hub.deliver_direct(&Direct::new("alice", to, seq, seq, 1, &body), None);
     Ok(())
 }
 
@@ -163,7 +163,7 @@ fn a_message_committed_before_the_join_is_not_delivered_live() -> TestResult {
     hub.set_room_seq(&room, 2);
     let range = join(&hub, &conn, &room, Some(0)).ok_or("no replay range")?;
     assert_eq!(range, Replay { after: 0, upto: 2 });
-    let delivered = hub.deliver_room(&room, 2, "alice", 1, &body, None);
+    let delivered = hub.deliver_room(&Message::new(&room, 2, "alice", 1, &body), None);
     assert_eq!(delivered, 1, "only the member that joined before it");
     replay_room(&hub, &store, &conn, &room, range)?;
     publish(&hub, &store, &room, 3)?;
@@ -347,7 +347,7 @@ fn a_direct_committed_before_identify_is_not_delivered_live() -> TestResult {
         .identify(&conn, &bob, b"{\"type\":\"welcome\"}".to_vec(), 0)
         .map_err(|e| format!("identify: {e:?}"))?;
     assert_eq!(range, Replay { after: 0, upto: 2 });
-    let delivered = hub.deliver_direct(&bob, "alice", 2, 2, 1, &body, None);
+    let delivered = hub.deliver_direct(&Direct::new("alice", &bob, 2, 2, 1, &body), None);
     assert_eq!(delivered, 1, "only the connection identified before it");
     replay_inbox(&hub, &store, &conn, range)?;
     send(&hub, &store, &bob, 3)?;
@@ -432,7 +432,10 @@ fn a_slow_consumer_is_dropped_without_affecting_the_others() -> TestResult {
         body: body.get().to_string(),
     })])?;
     hub.set_room_seq(&room, 21);
-    assert_eq!(hub.deliver_room(&room, 21, "alice", 1, &body, None), 1);
+    assert_eq!(
+        hub.deliver_room(&Message::new(&room, 21, "alice", 1, &body), None),
+        1
+    );
     assert_eq!(seqs(&take_events(&fast), "message"), [21]);
     Ok(())
 }

@@ -16,9 +16,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use switchboard_protocol::{ErrorCode, Id};
-use switchboard_server::hub::{Conn, Delivery, Hub, HubError};
+use switchboard_server::hub::{Conn, Delivery, Hub};
 use switchboard_server::metrics::Metrics;
-use switchboard_server::pipeline::{Job, Pipeline, Reply, Settings};
+use switchboard_server::pipeline::{Destination, Job, Pipeline, Reply, Settings, Submission};
+use switchboard_server::service::Rejection;
 use switchboard_server::store::{
     self, MemoryStore, Recovered, Retention, RoomRecord, Store, StoreError, Write,
 };
@@ -27,7 +28,7 @@ use tokio::sync::oneshot;
 use common::{of_type, seqs, take_events};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-type Answer = oneshot::Receiver<Result<Delivery, HubError>>;
+type Answer = oneshot::Receiver<Result<Delivery, Rejection>>;
 
 /// A bounded wait for the writer thread: a failure, never a hang.
 const WAIT: Duration = Duration::from_secs(30);
@@ -45,21 +46,21 @@ fn id(raw: &str) -> Option<Id> {
 /// A publish to `room` by alice, answered on the returned channel.
 fn publish(room: &str, command_id: Option<&str>, n: u64) -> (Job, Answer) {
     let (tx, rx) = oneshot::channel();
-    let job = Job::Publish {
-        room: Arc::from(room),
+    let job = Job::Message(Submission {
+        to: Destination::Room(Arc::from(room)),
         from: Arc::from("alice"),
         sender: None,
         body: body(n),
         id: command_id.and_then(id),
         reply: Reply::Channel(tx),
-    };
+    });
     (job, rx)
 }
 
 /// A publish by `conn`'s user, acked (or refused) on `conn` itself.
 fn publish_from(conn: &Arc<Conn>, room: &str, command_id: &str, n: u64) -> Job {
-    Job::Publish {
-        room: Arc::from(room),
+    Job::Message(Submission {
+        to: Destination::Room(Arc::from(room)),
         from: Arc::from(conn.user()),
         sender: Some(conn.id),
         body: body(n),
@@ -68,20 +69,20 @@ fn publish_from(conn: &Arc<Conn>, room: &str, command_id: &str, n: u64) -> Job {
             conn: conn.clone(),
             id: id(command_id),
         },
-    }
+    })
 }
 
 /// A direct message from alice to `to`, answered on the returned channel.
 fn send(to: &str, command_id: Option<&str>, n: u64) -> (Job, Answer) {
     let (tx, rx) = oneshot::channel();
-    let job = Job::Send {
-        to: Arc::from(to),
+    let job = Job::Message(Submission {
+        to: Destination::User(Arc::from(to)),
         from: Arc::from("alice"),
         sender: None,
         body: body(n),
         id: command_id.and_then(id),
         reply: Reply::Channel(tx),
-    };
+    });
     (job, rx)
 }
 
@@ -283,7 +284,7 @@ fn identified(hub: &Hub, user: &str) -> Arc<Conn> {
 }
 
 /// The pipeline's answer on a channel, within [`WAIT`].
-fn wait(answer: Answer) -> Result<Result<Delivery, HubError>, Box<dyn std::error::Error>> {
+fn wait(answer: Answer) -> Result<Result<Delivery, Rejection>, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
@@ -295,7 +296,7 @@ fn succeeded(answer: Answer) -> Result<Delivery, Box<dyn std::error::Error>> {
     wait(answer)?.map_err(|e| format!("refused: {e:?}").into())
 }
 
-fn assert_unavailable(result: Result<Delivery, HubError>) {
+fn assert_unavailable(result: Result<Delivery, Rejection>) {
     match result {
         Err(e) => assert_eq!(e.code, ErrorCode::Unavailable),
         Ok(d) => panic!("expected unavailable, got {d:?}"),
