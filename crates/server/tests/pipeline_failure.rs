@@ -43,11 +43,11 @@ fn id(raw: &str) -> Option<Id> {
     Some(Id::from_json(&format!("\"{raw}\"")).unwrap_or_else(|| panic!("bad id {raw}")))
 }
 
-/// A publish to `room` by alice, answered on the returned channel.
-fn publish(room: &str, command_id: Option<&str>, n: u64) -> (Job, Answer) {
+/// A message from alice to `to`, answered on the returned channel.
+fn message(to: Destination, command_id: Option<&str>, n: u64) -> (Job, Answer) {
     let (tx, rx) = oneshot::channel();
     let job = Job::Message(Submission {
-        to: Destination::Room(Arc::from(room)),
+        to,
         from: Arc::from("alice"),
         sender: None,
         body: body(n),
@@ -55,6 +55,11 @@ fn publish(room: &str, command_id: Option<&str>, n: u64) -> (Job, Answer) {
         reply: Reply::Channel(tx),
     });
     (job, rx)
+}
+
+/// A publish to `room` by alice, answered on the returned channel.
+fn publish(room: &str, command_id: Option<&str>, n: u64) -> (Job, Answer) {
+    message(Destination::Room(Arc::from(room)), command_id, n)
 }
 
 /// A publish by `conn`'s user, acked (or refused) on `conn` itself.
@@ -74,16 +79,7 @@ fn publish_from(conn: &Arc<Conn>, room: &str, command_id: &str, n: u64) -> Job {
 
 /// A direct message from alice to `to`, answered on the returned channel.
 fn send(to: &str, command_id: Option<&str>, n: u64) -> (Job, Answer) {
-    let (tx, rx) = oneshot::channel();
-    let job = Job::Message(Submission {
-        to: Destination::User(Arc::from(to)),
-        from: Arc::from("alice"),
-        sender: None,
-        body: body(n),
-        id: command_id.and_then(id),
-        reply: Reply::Channel(tx),
-    });
-    (job, rx)
+    message(Destination::User(Arc::from(to)), command_id, n)
 }
 
 /// What the next commit should do.

@@ -97,11 +97,7 @@ impl Login {
         match start {
             Start::Identified(identity) => self.identify(service, conn, identity, None),
             Start::Pending => Ok(()),
-            Start::Refused(message) => {
-                let refusal = Rejection::new(ErrorCode::Unauthorized, message);
-                service.send_error(conn, None, &refusal);
-                Err(Ending::Unauthorized)
-            }
+            Start::Refused(message) => Err(unauthorized(service, conn, None, message)),
         }
     }
 
@@ -133,11 +129,7 @@ impl Login {
         match service.auth.authenticate(hello.user, hello.token) {
             Ok(Some(identity)) => self.identify(service, conn, identity, id),
             Ok(None) => self.identify(service, conn, guest(), id),
-            Err(err) => {
-                let refusal = Rejection::new(ErrorCode::Unauthorized, err.to_string());
-                service.send_error(conn, id, &refusal);
-                Err(Ending::Unauthorized)
-            }
+            Err(err) => Err(unauthorized(service, conn, id, err.to_string())),
         }
     }
 
@@ -153,9 +145,12 @@ impl Login {
             return Ok(());
         }
         if service.auth.required() {
-            let refusal = Rejection::new(ErrorCode::Unauthorized, "send hello with a token first");
-            service.send_error(conn, id, &refusal);
-            return Err(Ending::Unauthorized);
+            return Err(unauthorized(
+                service,
+                conn,
+                id,
+                "send hello with a token first",
+            ));
         }
         self.identify(service, conn, guest(), None)
     }
@@ -169,10 +164,8 @@ impl Login {
         if self.hello_deadline.is_some() {
             if service.auth.required() {
                 self.hello_deadline = None;
-                let refusal =
-                    Rejection::new(ErrorCode::Unauthorized, "no valid token received in time");
-                service.send_error(conn, None, &refusal);
-                return Err(Ending::Unauthorized);
+                let message = "no valid token received in time";
+                return Err(unauthorized(service, conn, None, message));
             }
             return self.identify(service, conn, guest(), None);
         }
@@ -251,11 +244,7 @@ impl Login {
                 service.send_error(conn, id, &refusal);
                 Ok(())
             }
-            Err(err) => {
-                let refusal = Rejection::new(ErrorCode::Unauthorized, err.to_string());
-                service.send_error(conn, id, &refusal);
-                Err(Ending::Unauthorized)
-            }
+            Err(err) => Err(unauthorized(service, conn, id, err.to_string())),
         }
     }
 
@@ -282,6 +271,17 @@ pub struct Hello<'a> {
     pub user: Option<&'a str>,
     pub token: Option<&'a str>,
     pub device: Option<&'a str>,
+}
+
+/// Queues the `unauthorized` error that precedes the end of a session.
+fn unauthorized(
+    service: &Service,
+    conn: &Conn,
+    id: Option<&Id>,
+    message: impl Into<String>,
+) -> Ending {
+    service.send_error(conn, id, &Rejection::new(ErrorCode::Unauthorized, message));
+    Ending::Unauthorized
 }
 
 /// A user for a session that named none (auth off).
