@@ -13,18 +13,15 @@
 # 2. Fan-out, SUBSCRIBERS_BIG (10,000) subscribers: the same four targets
 #    flat out; then Switchboard room and relay at a fixed rate of half the
 #    publishes/s Switchboard room reached flat out (BIG_RATE overrides it).
-#    Targets: room deliveries/s >= 10x Node ws; p99 < 10 ms at half peak.
 # 3. Connect: CONNECT_N (19,000) idle connections held at once, a fresh
 #    server each (Switchboard with the memory store): Switchboard /ws (no
 #    room), /ws + join, /relay; Node ws; Socket.IO. Connects/s, handshake
-#    latency, server RSS per connection. Target: <= 2048 B per connection.
+#    latency, server RSS per connection.
 # 4. Direct: DIRECT_PAIRS (1000) pairs of users sending each other direct
 #    messages (memory store), flat out, then at a fixed rate of half that
-#    (DIRECT_RATE overrides it). Target: >= 100,000 delivered/s. No baseline
-#    speaks direct messages.
+#    (DIRECT_RATE overrides it). No baseline speaks direct messages.
 # 5. Resume storm: RESUME_CLIENTS (10,000) clients in RESUME_ROOMS (100)
 #    rooms reconnect at once and replay what they missed (SQLite store).
-#    Target: all resumed within 5 s, nothing lost or duplicated.
 # 6. Churn: CHURN_RATE (200) short sessions per second (connect, join,
 #    publish, close) for CHURN_DURATION (10 s), SQLite store.
 # 7. Publish (the cost of durability): acked publishes per second and ack
@@ -33,6 +30,11 @@
 #    side by side: 16 publishers in 16 rooms and in 1 room, ack windows 1
 #    and 64, plus 1 publisher with window 1 (one commit per publish); all of
 #    it three times over (rounds), the report taking medians.
+# The targets the report judges (and the sizes they are stated for, the
+# defaults of SUBSCRIBERS_BIG, CONNECT_N and RESUME_CLIENTS) are in
+# bench/targets.json, and nowhere else. Every result, with its identity
+# (scenario, server, mode, store, label, parameters), or the identity and
+# why it failed, is one line of results.jsonl, which bench/report.js reads.
 # BENCHMARKS.md ends with bench/profile-notes.md (hand-written), copied as is.
 #
 #   bench/run.sh           release build, every measurement above (10 s
@@ -48,14 +50,16 @@
 #                          --strict (fails on lost messages, missing acks,
 #                          failed or dropped connections, server errors;
 #                          never on timing); writes nothing (~35 s). Uses
-#                          the debug build unless SWITCHBOARD_BIN is set.
+#                          the debug builds unless SWITCHBOARD_BIN and
+#                          SWITCHBOARD_BENCH_BIN are set.
 #
 #   bench/run.sh --report DIR
 #                          renders BENCHMARKS.md again from the raw results a
 #                          full run keeps (in target/bench-results, or
 #                          RESULTS_DIR), without measuring.
 #
-# Overrides (environment): SWITCHBOARD_BIN (skip the build), RESULTS_DIR;
+# Overrides (environment): SWITCHBOARD_BIN and SWITCHBOARD_BENCH_BIN (the
+# server and the load generator; both set: skip the build), RESULTS_DIR;
 # SUBSCRIBERS, PUBLISHERS, DURATION, WARMUP, SIZE, WINDOW, LEAD, RATE
 # (fan-out; DURATION and WARMUP also for direct and publish); SUBSCRIBERS_BIG,
 # BIG_RATE (msg/s per publisher at the fixed rate; default half of room's
@@ -103,12 +107,17 @@ SIZE=${SIZE:-100}
 WINDOW=${WINDOW:-64}
 LEAD=${LEAD:-$WINDOW}
 RATE=${RATE:-100}
-SUBSCRIBERS_BIG=${SUBSCRIBERS_BIG:-10000}
+# target KEY.FIELD: a value from bench/targets.json.
+target() {
+  node -p 'const [k, f] = process.argv[1].split("."); require("./bench/targets.json")[k][f]' "$1"
+}
+command -v node >/dev/null || { echo "bench/run.sh: node is needed for the baseline servers" >&2; exit 1; }
+SUBSCRIBERS_BIG=${SUBSCRIBERS_BIG:-$(target fanout_vs_node.subscribers)}
 BIG_RATE=${BIG_RATE:-}
-CONNECT_N=${CONNECT_N:-19000}
+CONNECT_N=${CONNECT_N:-$(target idle_memory.connections)}
 DIRECT_PAIRS=${DIRECT_PAIRS:-1000}
 DIRECT_RATE=${DIRECT_RATE:-}
-RESUME_CLIENTS=${RESUME_CLIENTS:-10000}
+RESUME_CLIENTS=${RESUME_CLIENTS:-$(target resume_storm.clients)}
 RESUME_ROOMS=${RESUME_ROOMS:-100}
 CHURN_RATE=${CHURN_RATE:-200}
 CHURN_DURATION=${CHURN_DURATION:-10s}
@@ -122,18 +131,21 @@ PUB_ROUNDS=${PUB_ROUNDS:-3}
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-command -v node >/dev/null || { echo "bench/run.sh: node is needed for the baseline servers" >&2; exit 1; }
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-if [ -n "${SWITCHBOARD_BIN:-}" ]; then
+# The server (BIN) and the load generator (BENCH_BIN) are separate binaries.
+if [ -n "${SWITCHBOARD_BIN:-}" ] && [ -n "${SWITCHBOARD_BENCH_BIN:-}" ]; then
   BIN=$SWITCHBOARD_BIN
-elif $smoke; then
-  say "building switchboard (debug)"
-  cargo build -p switchboard --quiet
-  BIN=$TARGET_DIR/debug/switchboard
+  BENCH_BIN=$SWITCHBOARD_BENCH_BIN
 else
-  say "building switchboard (release)"
-  cargo build --release -p switchboard --quiet
-  BIN=$TARGET_DIR/release/switchboard
+  if $smoke; then profile=debug; else profile=release; fi
+  say "building switchboard and switchboard-bench ($profile)"
+  if $smoke; then
+    cargo build -p switchboard -p switchboard-bench --quiet
+  else
+    cargo build --release -p switchboard -p switchboard-bench --quiet
+  fi
+  BIN=${SWITCHBOARD_BIN:-$TARGET_DIR/$profile/switchboard}
+  BENCH_BIN=${SWITCHBOARD_BENCH_BIN:-$TARGET_DIR/$profile/switchboard-bench}
 fi
 if [ ! -d bench/baselines/node_modules/ws ] || [ ! -d bench/baselines/node_modules/socket.io ]; then
   say "installing ws and socket.io for the baselines"
@@ -162,14 +174,14 @@ stop_server() {
 trap 'stop_server; rm -rf "$WORK" "$DATA_ROOT"' EXIT
 
 # The commands of each section of the report, as run (with 127.0.0.1:$PORT
-# for the port, DIR for the data directory and `switchboard` for the
-# binary): servers in commands-SECTION.servers, bench commands in
+# for the port, DIR for the data directory and `switchboard` and
+# `switchboard-bench` for the binaries): servers in commands-SECTION.servers, bench commands in
 # commands-SECTION.bench. SECTION is set before each part of the run.
 SECTION=fanout
 record() {
   local kind=$1 line=$2
   local file="$WORK/commands-$SECTION.$kind"
-  line=$(printf '%s' "$line" | sed -e "s|$BIN|switchboard|g" -e "s|$DATA_ROOT/[^ ]*|DIR|g" \
+  line=$(printf '%s' "$line" | sed -e "s|$BENCH_BIN|switchboard-bench|g" -e "s|$BIN|switchboard|g" -e "s|$DATA_ROOT/[^ ]*|DIR|g" \
     -e 's/127\.0\.0\.1:[1-9][0-9]*/127.0.0.1:$PORT/g')
   touch "$file"
   grep -qxF -- "$line" "$file" || printf '%s\n' "$line" >>"$file"
@@ -200,20 +212,58 @@ start_server() {
   exit 1
 }
 
-# run_bench NAME COMMENT ARG...: `switchboard ARG...` against the running
-# server, recorded for the report (with COMMENT), with --label, --server-pid,
-# --json and, in the smoke run, --strict added. Output in NAME.txt and
-# NAME.log; the result in NAME.json. A failure stops the smoke run; in a full
-# run it is noted in NAME.failed (and FAILED) and the run goes on.
+# collect NAME SERVER STORE LABEL WHY ARG...: appends the measurement NAME to
+# results.jsonl: its result (NAME.json, written by switchboard-bench with its
+# identity), or, when WHY says why there is none, the identity and parameters
+# read from its command line ARG... (`--subscribers 50` → "subscribers": 50).
+# `run` names the measurement's other files (NAME.server).
+collect() {
+  node -e '
+    const fs = require("fs");
+    const [json, name, server, store, label, why, scenario, ...args] = process.argv.slice(1);
+    let r;
+    if (!why) {
+      r = JSON.parse(fs.readFileSync(json, "utf8"));
+    } else {
+      r = { scenario, server, store: store || null, label };
+      for (let i = 0; i < args.length; i++) {
+        const flag = /^--(.+)$/.exec(args[i]);
+        if (!flag) continue;
+        const key = flag[1].replace(/-/g, "_");
+        const value = args[i + 1];
+        if (value === undefined || value.startsWith("--")) {
+          r[key] = true;
+        } else {
+          r[key] = value !== "" && Number.isFinite(Number(value)) ? Number(value) : value;
+          i++;
+        }
+      }
+      r.failure = why;
+    }
+    r.run = name;
+    fs.appendFileSync(process.env.RESULTS_FILE, JSON.stringify(r) + "\n");
+  ' "$WORK/$1.json" "$@"
+}
+RESULTS_FILE=$WORK/results.jsonl
+export RESULTS_FILE
+
+# run_bench NAME SERVER STORE COMMENT ARG...: `switchboard-bench ARG...`
+# against the running server SERVER (switchboard, node-ws, socketio; STORE:
+# sqlite, memory, or empty), recorded for the report (with COMMENT), with
+# --label, --server, --store, --server-pid, --json and, in the smoke run,
+# --strict added. Output in NAME.txt and NAME.log; the result in NAME.json and
+# results.jsonl. A failure stops the smoke run; in a full run it is noted in
+# results.jsonl (and FAILED) and the run goes on.
 FAILED=()
 run_bench() {
-  local name=$1 comment=$2
-  shift 2
-  record bench "switchboard $*    # $comment"
-  local extra=(--label "$comment" --server-pid "$SERVER_PID" --json "$WORK/$name.json")
+  local name=$1 server=$2 store=$3 comment=$4
+  shift 4
+  record bench "switchboard-bench $*    # $comment"
+  local extra=(--label "$comment" --server "$server" --server-pid "$SERVER_PID" --json "$WORK/$name.json")
+  if [ -n "$store" ]; then extra+=(--store "$store"); fi
   if $smoke; then extra+=(--strict); fi
   local status=0
-  "$BIN" "$@" "${extra[@]}" 2> >(tee "$WORK/$name.log" >&2) | tee "$WORK/$name.txt" >&2 || status=$?
+  "$BENCH_BIN" "$@" "${extra[@]}" 2> >(tee "$WORK/$name.log" >&2) | tee "$WORK/$name.txt" >&2 || status=$?
   if [ "$status" != 0 ]; then
     if $smoke; then
       echo "bench/run.sh: $name failed (exit status $status)" >&2
@@ -223,18 +273,23 @@ run_bench() {
     local why
     why=$(grep -E '^Error' "$WORK/$name.log" | tail -n1 || true)
     why=${why:-exit status $status}
-    printf '%s\n' "$why" >"$WORK/$name.failed"
     rm -f "$WORK/$name.json"
+    collect "$name" "$server" "$store" "$comment" "$why" "$@"
     FAILED+=("$name: $why")
     say "FAILED: $name: $why (going on)"
+  else
+    collect "$name" "$server" "$store" "$comment" "" "$@"
   fi
 }
 
-# skipped NAME WHY: a measurement that could not be made.
+# skipped NAME WHY SERVER STORE LABEL ARG...: a measurement that could not be
+# made, with the identity and parameters it would have had.
 skipped() {
-  printf '%s\n' "$2" >"$WORK/$1.failed"
-  FAILED+=("$1: $2")
-  say "SKIPPED: $1: $2"
+  local name=$1 why=$2
+  shift 2
+  collect "$name" "$1" "$2" "$3" "$why" "${@:4}"
+  FAILED+=("$name: $why")
+  say "SKIPPED: $name: $why"
 }
 
 # json_field NAME EXPRESSION: a value computed from NAME.json (`r` is the
@@ -298,13 +353,23 @@ label() {
   esac
 }
 
+# server_of TARGET: the `server` of its results (switchboard, node-ws, socketio).
+server_of() {
+  case $1 in
+    node) echo "node-ws" ;;
+    *) echo "$1" ;;
+  esac
+}
+
 # fanout NAME TARGET MODE RATE SUBSCRIBERS: one fanout measurement, fresh
 # server (Switchboard with the SQLite store).
 fanout() {
   local name=$1 target=$2 mode=$3 rate=$4 subscribers=$5
   start_target "$name" "$target" sqlite
   say "$target: fanout --mode $mode --rate $rate, $subscribers subscribers, $DURATION"
-  run_bench "$name" "$(label "$target" "$mode")" bench fanout --url "ws://127.0.0.1:$PORT" --mode "$mode" \
+  local store=""
+  if [ "$target" = switchboard ]; then store=sqlite; fi
+  run_bench "$name" "$(server_of "$target")" "$store" "$(label "$target" "$mode")" fanout --url "ws://127.0.0.1:$PORT" --mode "$mode" \
     --subscribers "$subscribers" --publishers "$PUBLISHERS" --rate "$rate" \
     --duration "$DURATION" --warmup "$WARMUP" --size "$SIZE" --window "$WINDOW" --lead "$LEAD"
   finish "$name" "$target"
@@ -317,7 +382,9 @@ connect() {
   shift 3
   start_target "$name" "$target" memory --max-connections 100000
   say "$target: connect --mode $mode, $CONNECT_N connections"
-  run_bench "$name" "$(label "$target" "$mode")" bench connect --url "ws://127.0.0.1:$PORT" --mode "$mode" \
+  local store=""
+  if [ "$target" = switchboard ]; then store=memory; fi
+  run_bench "$name" "$(server_of "$target")" "$store" "$(label "$target" "$mode")" connect --url "ws://127.0.0.1:$PORT" --mode "$mode" \
     --connections "$CONNECT_N" "$@"
   finish "$name" "$target"
 }
@@ -328,10 +395,9 @@ measure_publish() {
   local name=$1 store=$2 publishers=$3 rooms=$4 window=$5
   start_switchboard "$name" "$store" --retention-count "$PUB_RETENTION"
   say "${round:+round $round/$PUB_ROUNDS: }switchboard --store $store: publish, $publishers publishers, $rooms rooms, window $window, $PUB_DURATION"
-  run_bench "$name" "$store" bench publish --url "ws://127.0.0.1:$PORT" --publishers "$publishers" \
+  run_bench "$name" switchboard "$store" "$store" publish --url "ws://127.0.0.1:$PORT" --publishers "$publishers" \
     --rooms "$rooms" --window "$window" --duration "$PUB_DURATION" --warmup "$WARMUP" --size "$SIZE"
   finish "$name" switchboard
-  echo "$name" >>"$WORK/publish.list"
 }
 
 SB_SERVE=(serve --listen 127.0.0.1:0 --rate-limit 0 --max-queue 16MiB)
@@ -367,15 +433,16 @@ if $smoke; then
   SECTION=connect
   CONNECT_N=200
   connect connect-smoke-room switchboard room --hold 200ms --settle 1s
-  # --- smoke: bench direct, resume, churn (tiny, --strict; fresh server each) ---
+  # --- smoke: direct, resume, churn (tiny, --strict; fresh server each) ---
   # smoke_session_scenario NAME STORE SCENARIO [ARG...]
   smoke_session_scenario() {
     local name=$1 store=$2
     shift 2
     start_switchboard "$name" "$store"
-    say "switchboard --store $store: bench $*"
-    "$BIN" bench "$@" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
-      --label "$store" --json "$WORK/$name.json" --strict | tee "$WORK/$name.txt" >&2
+    say "switchboard --store $store: switchboard-bench $*"
+    "$BENCH_BIN" "$@" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
+      --label "$store" --server switchboard --store "$store" --json "$WORK/$name.json" --strict | tee "$WORK/$name.txt" >&2
+    collect "$name" switchboard "$store" "$store" "" "$@"
     server_notes "$name"
     stop_server
     rm -rf "${DATA_ROOT:?}/$name"
@@ -385,7 +452,11 @@ if $smoke; then
   smoke_session_scenario resume-smoke-sqlite sqlite resume --clients 200 --rooms 10 \
     --before 5 --offline 5 --during 5 --timeout 30s
   smoke_session_scenario churn-smoke-sqlite sqlite churn --rate 50 --duration "$DURATION"
-  # --- end smoke: bench direct, resume, churn ---
+  # --- end smoke: direct, resume, churn ---
+  # The report renders from the typed results (to nowhere: figures this small
+  # are not published).
+  BENCH_WORK=$WORK BENCH_SUBSCRIBERS=$SUBSCRIBERS BENCH_SUBSCRIBERS_BIG=$SUBSCRIBERS_BIG \
+    node bench/report.js >/dev/null
   say "smoke run passed in $(($(date +%s) - RUN_STARTED_S)) s (BENCHMARKS.md not rewritten)"
   exit 0
 fi
@@ -410,7 +481,9 @@ if [ -n "$BIG_RATE" ]; then
   fanout big-fixed-switchboard-relay switchboard relay "$BIG_RATE" "$SUBSCRIBERS_BIG"
 else
   for name in big-fixed-switchboard-room big-fixed-switchboard-relay; do
-    skipped "$name" "no peak rate to halve: the flat-out room measurement failed"
+    mode=${name##*-}
+    skipped "$name" "no peak rate to halve: the flat-out room measurement failed" \
+      switchboard sqlite "switchboard $mode" fanout --mode "$mode" --subscribers "$SUBSCRIBERS_BIG"
   done
 fi
 
@@ -428,7 +501,7 @@ direct() {
   local name=$1 rate=$2
   start_switchboard "$name" memory
   say "switchboard --store memory: direct, $DIRECT_PAIRS pairs, rate $rate"
-  run_bench "$name" "memory" bench direct --url "ws://127.0.0.1:$PORT" --pairs "$DIRECT_PAIRS" \
+  run_bench "$name" switchboard memory memory direct --url "ws://127.0.0.1:$PORT" --pairs "$DIRECT_PAIRS" \
     --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --size "$SIZE"
   finish "$name" switchboard
 }
@@ -445,14 +518,15 @@ fi
 if [ -n "$DIRECT_RATE" ]; then
   direct direct-fixed "$DIRECT_RATE"
 else
-  skipped direct-fixed "no flat-out throughput to halve: the flat-out measurement failed"
+  skipped direct-fixed "no flat-out throughput to halve: the flat-out measurement failed" \
+    switchboard memory memory direct --pairs "$DIRECT_PAIRS"
 fi
 
 # 5. Resume storm (SQLite store).
 SECTION=resume
 start_switchboard resume sqlite
 say "switchboard --store sqlite: resume storm, $RESUME_CLIENTS clients"
-run_bench resume sqlite bench resume --url "ws://127.0.0.1:$PORT" --clients "$RESUME_CLIENTS" \
+run_bench resume switchboard sqlite sqlite resume --url "ws://127.0.0.1:$PORT" --clients "$RESUME_CLIENTS" \
   --rooms "$RESUME_ROOMS"
 finish resume switchboard
 
@@ -460,7 +534,7 @@ finish resume switchboard
 SECTION=churn
 start_switchboard churn sqlite
 say "switchboard --store sqlite: churn, $CHURN_RATE sessions/s for $CHURN_DURATION"
-run_bench churn sqlite bench churn --url "ws://127.0.0.1:$PORT" --rate "$CHURN_RATE" \
+run_bench churn switchboard sqlite sqlite churn --url "ws://127.0.0.1:$PORT" --rate "$CHURN_RATE" \
   --duration "$CHURN_DURATION"
 finish churn switchboard
 
@@ -525,6 +599,8 @@ BENCH_SB_SERVE="switchboard ${SB_SERVE[*]}"
 BENCH_NODE_SERVE="${NODE_SERVE[*]}"
 BENCH_SIO_SERVE="${SIO_SERVE[*]}"
 BENCH_RATE=$RATE
+BENCH_SUBSCRIBERS=$SUBSCRIBERS
+BENCH_SUBSCRIBERS_BIG=$SUBSCRIBERS_BIG
 BENCH_BIG_RATE=$BIG_RATE
 BENCH_BIG_RATE_FROM=$BIG_RATE_FROM
 BENCH_DIRECT_RATE=$DIRECT_RATE
@@ -534,7 +610,7 @@ BENCH_PUB_ROUNDS=$PUB_ROUNDS
 BENCH_FAILED=$(printf '%s\n' "${FAILED[@]}")
 export BENCH_PUB_RETENTION BENCH_PUB_ROUNDS BENCH_DISK_DF BENCH_DISK_MOUNT BENCH_DISK_CACHE BENCH_DISK_DSYNC_APPEND_S \
   BENCH_DISK_DSYNC_OVERWRITE_S BENCH_ELAPSED_S BENCH_SOCKETIO BENCH_SIO_SERVE BENCH_BIG_RATE BENCH_BIG_RATE_FROM \
-  BENCH_DIRECT_RATE BENCH_DIRECT_RATE_FROM BENCH_FAILED
+  BENCH_DIRECT_RATE BENCH_DIRECT_RATE_FROM BENCH_FAILED BENCH_SUBSCRIBERS BENCH_SUBSCRIBERS_BIG
 export BENCH_WORK BENCH_STARTED BENCH_LOAD_BEFORE BENCH_LOAD_AFTER BENCH_CPU_MODEL BENCH_NPROC BENCH_KERNEL \
   BENCH_MEM BENCH_RUSTC BENCH_NODE BENCH_WS BENCH_COMMIT BENCH_SB_SERVE BENCH_NODE_SERVE BENCH_RATE
 # Keep the raw results (JSON lines, outputs, commands, server notes, this

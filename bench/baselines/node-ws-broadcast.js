@@ -1,4 +1,4 @@
-// Baseline for `switchboard bench fanout --mode relay`: the Node.js `ws`
+// Baseline for `switchboard-bench fanout --mode relay`: the Node.js `ws`
 // broadcast chat server from the tutorial in shared/seeds (001), as written
 // there; only the port (argv[2] or $PORT, 0 = any free port) and the
 // "listening" line for bench/run.sh are added. Every message goes to every

@@ -1,4 +1,4 @@
-// Baseline for `switchboard bench fanout --mode socketio` (and `bench connect
+// Baseline for `switchboard-bench fanout --mode socketio` (and `switchboard-bench connect
 // --mode socketio`): the Socket.IO v4 chat broadcast of the Socket.IO
 // tutorial, except that a message goes to everyone else
 // (`socket.broadcast.emit`) rather than to everyone. Only the WebSocket

@@ -1,7 +1,5 @@
 //! The `switchboard` binary.
 
-mod bench;
-
 use clap::{Parser, Subcommand};
 use switchboard_server::{Config, Server};
 
@@ -20,8 +18,6 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<Config>),
-    /// Load generator: measure a running server (or a baseline).
-    Bench(bench::Args),
     /// Mint a JWT for local development (HS256 with the server's secret).
     Token(TokenArgs),
 }
@@ -56,7 +52,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(config) => serve(*config),
-        Command::Bench(args) => bench::run(args),
         Command::Token(args) => token(args),
     }
 }

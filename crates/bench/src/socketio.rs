@@ -68,7 +68,7 @@ pub fn on_packet(payload: &[u8], out: &mut Vec<u8>, mask: [u8; 4]) -> Step {
 pub fn write_event(out: &mut Vec<u8>, t: u64, size: usize) {
     let _ = write!(out, "42[\"{EVENT}\",\"");
     let mut body = Vec::with_capacity(size + 32);
-    common::write_body(&mut body, t, size);
+    common::write_body(&mut body, t, None, size);
     for &b in &body {
         // The body holds no backslashes or control characters.
         if b == b'"' {

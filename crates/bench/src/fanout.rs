@@ -1,4 +1,4 @@
-//! `switchboard bench fanout`: N subscribers in one room (or relay channel),
+//! `switchboard-bench fanout`: N subscribers in one room (or relay channel),
 //! P publishers; deliveries per second and end-to-end latency. Also drives a
 //! Socket.IO server (`--mode socketio`, see [`super::socketio`]).
 
@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::duration::parse as parse_duration;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use switchboard_server::config::parse_duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{oneshot, watch, Notify, Semaphore};
@@ -17,8 +17,8 @@ use tokio::time::timeout;
 
 use super::common::{self, Window, CLOSE_WAIT, HANDSHAKE_TIMEOUT};
 use super::socketio;
+use super::wire::OP_TEXT;
 use super::wire::{self, FrameBuf, Target};
-use super::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// Read buffer per subscriber.
 const SUB_BUFFER: usize = 16 * 1024;
@@ -325,7 +325,7 @@ async fn subscriber(
     let mut samples: Vec<u64> = Vec::with_capacity(SAMPLE_BATCH);
     let mut frames = 0u64;
     let mut pending = !buf.is_empty();
-    let end = 'conn: loop {
+    let end = loop {
         if !pending {
             let read = tokio::select! {
                 biased;
@@ -342,45 +342,36 @@ async fn subscriber(
         let now = sh.now_us();
         let measuring = now >= sh.window_start.load(Ordering::Relaxed)
             && now < sh.window_end.load(Ordering::Relaxed);
-        loop {
-            let frame = match buf.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => break 'conn End::Gone(err),
-            };
+        let dispatched = wire::dispatch(&mut buf, &mut out, mask, |payload, out| {
             frames += 1;
-            match frame.opcode {
-                OP_TEXT | OP_BINARY | OP_CONTINUATION => {
-                    if let Some(t) = cfg.stamp(frame.payload) {
-                        res.received += 1;
-                        if measuring && t <= now {
-                            res.in_window += 1;
-                            samples.push(now - t);
-                        }
-                    } else if cfg.mode == Mode::Socketio {
-                        match socketio::on_packet(frame.payload, &mut out, mask) {
-                            socketio::Step::Connected if !joined => {
-                                joined = true;
-                                sh.setup.ready();
-                            }
-                            socketio::Step::Closed(how) => break 'conn End::Gone(how),
-                            _ => {}
-                        }
-                    } else if !joined && frame.payload.starts_with(b"{\"type\":\"joined\"") {
+            if let Some(t) = cfg.stamp(payload) {
+                res.received += 1;
+                if measuring && t <= now {
+                    res.in_window += 1;
+                    samples.push(now - t);
+                }
+            } else if cfg.mode == Mode::Socketio {
+                match socketio::on_packet(payload, out, mask) {
+                    socketio::Step::Connected if !joined => {
                         joined = true;
                         sh.setup.ready();
-                    } else if frame.payload.starts_with(b"{\"type\":\"error\"") {
-                        sh.server_error(frame.payload);
-                        if !joined {
-                            break 'conn End::Gone("join refused".into());
-                        }
                     }
+                    socketio::Step::Closed(how) => return Err(how),
+                    _ => {}
                 }
-                OP_PING => wire::encode_frame(&mut out, OP_PONG, frame.payload, mask),
-                OP_PONG => {}
-                OP_CLOSE => break 'conn End::Gone(wire::describe_close(frame.payload)),
-                other => break 'conn End::Gone(format!("protocol error: opcode {other}")),
+            } else if !joined && payload.starts_with(b"{\"type\":\"joined\"") {
+                joined = true;
+                sh.setup.ready();
+            } else if payload.starts_with(b"{\"type\":\"error\"") {
+                sh.server_error(payload);
+                if !joined {
+                    return Err("join refused".into());
+                }
             }
+            Ok(false)
+        });
+        if let Err(how) = dispatched {
+            break End::Gone(how);
         }
         if !out.is_empty() {
             if let Err(err) = stream.write_all(&out).await {
@@ -529,7 +520,7 @@ async fn publisher_reader(
     let mut acked = 0u64;
     let mut out = Vec::new();
     let mut pending = !buf.is_empty();
-    let end = 'conn: loop {
+    let end = loop {
         if !pending {
             let read = tokio::select! {
                 biased;
@@ -544,42 +535,32 @@ async fn publisher_reader(
         }
         pending = false;
         let before = acked;
-        loop {
-            let frame = match buf.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => break 'conn End::Gone(err),
-            };
-            match frame.opcode {
-                OP_TEXT | OP_BINARY | OP_CONTINUATION => {
-                    let p = frame.payload;
-                    if mode == Mode::Socketio {
-                        match socketio::on_packet(p, &mut out, mask) {
-                            socketio::Step::Connected => {
-                                if let Some(tx) = joined_tx.take() {
-                                    let _ = tx.send(());
-                                }
-                            }
-                            socketio::Step::Closed(how) => break 'conn End::Gone(how),
-                            socketio::Step::Continue => {}
-                        }
-                    } else if p.starts_with(b"{\"type\":\"ack\"") {
-                        acked += 1;
-                    } else if p.starts_with(b"{\"type\":\"joined\"") {
+        let dispatched = wire::dispatch(&mut buf, &mut out, mask, |p, out| {
+            if mode == Mode::Socketio {
+                match socketio::on_packet(p, out, mask) {
+                    socketio::Step::Connected => {
                         if let Some(tx) = joined_tx.take() {
                             let _ = tx.send(());
                         }
-                    } else if p.starts_with(b"{\"type\":\"error\"") {
-                        // A refused publish is answered too: it frees its slot.
-                        acked += 1;
-                        sh.server_error(p);
                     }
+                    socketio::Step::Closed(how) => return Err(how),
+                    socketio::Step::Continue => {}
                 }
-                OP_PING => wire::encode_frame(&mut out, OP_PONG, frame.payload, mask),
-                OP_PONG => {}
-                OP_CLOSE => break 'conn End::Gone(wire::describe_close(frame.payload)),
-                other => break 'conn End::Gone(format!("protocol error: opcode {other}")),
+            } else if p.starts_with(b"{\"type\":\"ack\"") {
+                acked += 1;
+            } else if p.starts_with(b"{\"type\":\"joined\"") {
+                if let Some(tx) = joined_tx.take() {
+                    let _ = tx.send(());
+                }
+            } else if p.starts_with(b"{\"type\":\"error\"") {
+                // A refused publish is answered too: it frees its slot.
+                acked += 1;
+                sh.server_error(p);
             }
+            Ok(false)
+        });
+        if let Err(how) = dispatched {
+            break End::Gone(how);
         }
         if !out.is_empty() {
             if let Err(err) = writer.lock().await.write_all(&out).await {
@@ -679,10 +660,10 @@ async fn publish_loop(
             match cfg.mode {
                 Mode::Room => {
                     message.extend_from_slice(cfg.publish_prefix.as_bytes());
-                    common::write_body(&mut message, t, cfg.size);
+                    common::write_body(&mut message, t, None, cfg.size);
                     message.push(b'}');
                 }
-                Mode::Relay => common::write_body(&mut message, t, cfg.size),
+                Mode::Relay => common::write_body(&mut message, t, None, cfg.size),
                 Mode::Socketio => socketio::write_event(&mut message, t, cfg.size),
             }
             wire::encode_frame(&mut batch, OP_TEXT, &message, mask);
@@ -893,7 +874,6 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let events = std::mem::take(&mut *sh.events());
     let result = serde_json::json!({
         "scenario": "fanout",
-        "label": args.output.label,
         "mode": args.mode.name(),
         "url": args.url,
         "subscribers": args.subscribers,
@@ -955,7 +935,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     for error in &publisher_errors {
         println!("  publisher    {error}");
     }
-    common::emit_json(&result, args.output.json.as_deref())?;
+    args.output.emit(result)?;
     if args.strict {
         let mut problems = Vec::new();
         if deliveries == 0 {

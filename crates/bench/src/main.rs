@@ -1,4 +1,5 @@
-//! `switchboard bench`: the load generator.
+//! `switchboard-bench`: the load generator, a binary of its own so that
+//! the server (`switchboard`) links none of it.
 //!
 //! One subcommand per scenario, each in its own module. Each drives any
 //! WebSocket server reachable at `--url`: Switchboard itself, or a baseline
@@ -12,21 +13,27 @@
 //! the load generator takes as little CPU as possible away from the server
 //! it measures. What the scenarios share beyond that is in [`common`].
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 
 mod churn;
 mod client;
 mod common;
 mod connect;
 mod direct;
+mod duration;
 mod fanout;
 mod publish;
 mod resume;
 mod socketio;
 mod wire;
 
-#[derive(clap::Args)]
-pub struct Args {
+#[derive(Parser)]
+#[command(
+    name = "switchboard-bench",
+    version,
+    about = "Load generator: measure a running Switchboard server (or a baseline)"
+)]
+struct Args {
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -59,8 +66,8 @@ enum Scenario {
     Churn(churn::ChurnArgs),
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    match args.scenario {
+fn main() -> anyhow::Result<()> {
+    match Args::parse().scenario {
         Scenario::Fanout(args) => fanout::run(args),
         Scenario::Publish(args) => publish::run(args),
         Scenario::Connect(args) => connect::run(args),

@@ -1,4 +1,4 @@
-//! `switchboard bench publish`: what the write pipeline sustains.
+//! `switchboard-bench publish`: what the write pipeline sustains.
 //!
 //! N publisher connections, each joined to one of R rooms (publisher `i`
 //! joins `ROOM-(i mod R)`), each keeping up to W publishes un-acked. There
@@ -21,17 +21,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::duration::parse as parse_duration;
 use anyhow::bail;
 use hdrhistogram::Histogram;
-use switchboard_server::config::parse_duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
-use tokio::time::timeout;
 
+use super::client::{self, Conn};
 use super::common::{self, Window, HANDSHAKE_TIMEOUT};
-use super::wire::{self, FrameBuf, Target};
-use super::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use super::wire::{self, Target};
 
 /// With publishes in flight and no frame from the server for this long, the
 /// publisher gives up (the server has stalled).
@@ -192,44 +189,6 @@ impl PubResult {
     }
 }
 
-/// One connection's reading state: its buffer, and pongs to send.
-struct Conn {
-    stream: TcpStream,
-    buf: FrameBuf,
-    out: Vec<u8>,
-    mask: [u8; 4],
-}
-
-impl Conn {
-    /// Reads once (waiting at most `wait`) and hands each complete text
-    /// frame to `on_text`; answers pings. `Err` ends the connection.
-    async fn read(&mut self, wait: Duration, mut on_text: impl FnMut(&[u8])) -> Result<(), String> {
-        match timeout(wait, self.buf.fill(&mut self.stream)).await {
-            Err(_) => return Err(format!("nothing from the server for {wait:?}")),
-            Ok(Ok(0)) => return Err("eof without close frame".into()),
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => return Err(format!("read error: {}", err.kind())),
-        }
-        while let Some(frame) = self.buf.next_frame()? {
-            match frame.opcode {
-                OP_TEXT | OP_BINARY | OP_CONTINUATION => on_text(frame.payload),
-                OP_PING => wire::encode_frame(&mut self.out, OP_PONG, frame.payload, self.mask),
-                OP_PONG => {}
-                OP_CLOSE => return Err(wire::describe_close(frame.payload)),
-                other => return Err(format!("protocol error: opcode {other}")),
-            }
-        }
-        if !self.out.is_empty() {
-            self.stream
-                .write_all(&self.out)
-                .await
-                .map_err(|err| format!("write error: {}", err.kind()))?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-}
-
 /// Connects as `p{idx}` and joins the room; returns the room's seq.
 async fn join(
     cfg: &Cfg,
@@ -239,45 +198,25 @@ async fn join(
 ) -> Result<(Conn, u64), String> {
     let (stream, leftover) =
         common::connect(&cfg.target, None, &format!("/ws?user=p{idx}"), gate).await?;
-    let mask = wire::mask_for(idx);
-    let mut conn = Conn {
-        stream,
-        buf: FrameBuf::new(BUFFER, leftover),
-        out: Vec::new(),
-        mask,
-    };
-    let mut frame = Vec::new();
+    let mut conn = Conn::new(stream, leftover, BUFFER, wire::mask_for(idx));
     let join = format!("{{\"type\":\"join\",\"room\":{room_json}}}");
-    wire::encode_frame(&mut frame, OP_TEXT, join.as_bytes(), mask);
-    conn.stream
-        .write_all(&frame)
+    conn.send_text(join.as_bytes())
         .await
         .map_err(|err| format!("sending join: {err}"))?;
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    let mut answer: Option<Result<u64, String>> = None;
-    loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        if wait.is_zero() {
-            return Err("join not answered".into());
-        }
-        conn.read(wait, |payload| {
-            if answer.is_some() {
-                return;
-            }
-            if payload.starts_with(b"{\"type\":\"joined\"") {
-                answer = Some(
-                    common::field_u64(payload, b"\"seq\":").ok_or("joined without seq".into()),
-                );
-            } else if payload.starts_with(b"{\"type\":\"error\"") {
+    let seq = conn
+        .wait_for(HANDSHAKE_TIMEOUT, |payload| {
+            if client::is(payload, b"joined") {
+                Some(common::field_u64(payload, b"\"seq\":").ok_or("joined without seq".into()))
+            } else if client::is(payload, b"error") {
                 let refusal = String::from_utf8_lossy(payload);
-                answer = Some(Err(format!("join refused: {refusal}")));
+                Some(Err(format!("join refused: {refusal}")))
+            } else {
+                None
             }
         })
-        .await?;
-        if let Some(answer) = answer.take() {
-            return answer.map(|seq| (conn, seq));
-        }
-    }
+        .await
+        .map_err(|err| format!("join not answered: {err}"))??;
+    Ok((conn, seq))
 }
 
 async fn publisher(
@@ -304,7 +243,6 @@ async fn publisher(
     let start = sh.window_start.load(Ordering::Acquire);
     let end = sh.window_end.load(Ordering::Acquire);
     let prefix = format!("{{\"type\":\"publish\",\"room\":{room_json},\"body\":");
-    let mut batch = Vec::with_capacity(MAX_BATCH as usize * (cfg.size + prefix.len() + 16));
     let mut message = Vec::with_capacity(cfg.size + prefix.len() + 2);
     // Send times of the publishes in flight, oldest first.
     let mut in_flight = std::collections::VecDeque::with_capacity(cfg.window as usize);
@@ -313,17 +251,16 @@ async fn publisher(
         let now = sh.now_us();
         let room_free = cfg.window - in_flight.len() as u64;
         if now < end && room_free > 0 {
-            batch.clear();
             for _ in 0..room_free.min(MAX_BATCH) {
                 message.clear();
                 message.extend_from_slice(prefix.as_bytes());
-                common::write_body(&mut message, now, cfg.size);
+                common::write_body(&mut message, now, None, cfg.size);
                 message.push(b'}');
-                wire::encode_frame(&mut batch, OP_TEXT, &message, conn.mask);
+                conn.push_text(&message);
                 in_flight.push_back(now);
             }
-            if let Err(err) = conn.stream.write_all(&batch).await {
-                break Err(format!("write error: {}", err.kind()));
+            if let Err(err) = conn.flush().await {
+                break Err(err);
             }
             let n = in_flight.len() as u64 - (cfg.window - room_free);
             res.sent += n;
@@ -414,8 +351,7 @@ async fn publisher(
             return Ok(res);
         }
     }
-    let (mut reader, mut writer) = conn.stream.split();
-    common::close_politely(&mut reader, &mut writer, conn.mask).await;
+    conn.close().await;
     Ok(res)
 }
 
@@ -605,7 +541,6 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
         .unwrap_or(0);
     let result = serde_json::json!({
         "scenario": "publish",
-        "label": args.output.label,
         "url": args.url,
         "publishers": args.publishers,
         "rooms": rooms,
@@ -660,7 +595,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
     if error_samples.iter().any(|e| e.contains("rate_limited")) {
         println!("  hint         start the server with --rate-limit 0 to measure it");
     }
-    common::emit_json(&result, args.output.json.as_deref())?;
+    args.output.emit(result)?;
 
     if args.strict {
         let mut problems = Vec::new();

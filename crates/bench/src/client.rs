@@ -1,5 +1,5 @@
 //! One JSON-protocol connection for the scenarios that drive many small
-//! sessions (`direct`, `resume`, `churn`): a [`FrameBuf`] over the stream,
+//! sessions (`direct`, `resume`, `churn`, `publish`): a [`FrameBuf`] over the stream,
 //! pongs for the server's pings, and the events a scenario tells apart by
 //! the start of their text (the server writes `"type"` first).
 
@@ -10,8 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::common;
-use super::wire::{self, FrameBuf};
-use super::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use super::wire::{self, FrameBuf, OP_TEXT};
 
 /// What a text frame from the server is, by the start of its JSON.
 pub fn is(payload: &[u8], kind: &[u8]) -> bool {
@@ -20,15 +19,6 @@ pub fn is(payload: &[u8], kind: &[u8]) -> bool {
         && payload.starts_with(b"{\"type\":\"")
         && payload[9..].starts_with(kind)
         && payload[9 + kind.len()] == b'"'
-}
-
-/// One frame out of the read buffer.
-enum Item<'a> {
-    Text(&'a [u8]),
-    /// A ping (its pong is queued) or a pong.
-    Control,
-    /// Nothing complete buffered.
-    Empty,
 }
 
 /// A connection: its read buffer, and frames waiting to be written.
@@ -85,35 +75,15 @@ impl Conn {
         }
     }
 
-    /// The next frame buffered, if any; queues a pong for a ping. A close
-    /// frame (or garbage) ends the connection: `Err` says how.
-    fn next_item(&mut self) -> Result<Item<'_>, String> {
-        let Some(frame) = self.buf.next_frame()? else {
-            return Ok(Item::Empty);
-        };
-        match frame.opcode {
-            OP_TEXT | OP_BINARY | OP_CONTINUATION => Ok(Item::Text(frame.payload)),
-            OP_PING => {
-                wire::encode_frame(&mut self.out, OP_PONG, frame.payload, self.mask);
-                Ok(Item::Control)
-            }
-            OP_PONG => Ok(Item::Control),
-            OP_CLOSE => Err(wire::describe_close(frame.payload)),
-            other => Err(format!("protocol error: opcode {other}")),
-        }
-    }
-
     /// Hands every complete text frame buffered to `on_text` and queues
     /// pongs for pings. A close frame (or garbage) ends the connection:
     /// `Err` says how.
     pub fn frames(&mut self, mut on_text: impl FnMut(&[u8])) -> Result<(), String> {
-        loop {
-            match self.next_item()? {
-                Item::Text(payload) => on_text(payload),
-                Item::Control => {}
-                Item::Empty => return Ok(()),
-            }
-        }
+        wire::dispatch(&mut self.buf, &mut self.out, self.mask, |payload, _| {
+            on_text(payload);
+            Ok(false)
+        })
+        .map(|_| ())
     }
 
     /// Reads once (waiting at most `wait`, after handing out what is
@@ -144,13 +114,10 @@ impl Conn {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut answer = None;
-            while answer.is_none() {
-                match self.next_item()? {
-                    Item::Text(payload) => answer = until(payload),
-                    Item::Control => {}
-                    Item::Empty => break,
-                }
-            }
+            wire::dispatch(&mut self.buf, &mut self.out, self.mask, |payload, _| {
+                answer = until(payload);
+                Ok(answer.is_some())
+            })?;
             self.flush().await?;
             if let Some(answer) = answer {
                 return Ok(answer);

@@ -1,4 +1,4 @@
-//! `switchboard bench direct`: direct messages between pairs of users.
+//! `switchboard-bench direct`: direct messages between pairs of users.
 //!
 //! N pairs of users (`PREFIX{i}a` and `PREFIX{i}b`, one connection each,
 //! device `bench`); each connection `send`s direct messages to its partner,
@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::duration::parse as parse_duration;
 use anyhow::bail;
 use hdrhistogram::Histogram;
-use switchboard_server::config::parse_duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
@@ -339,7 +339,7 @@ async fn connection(
             for _ in 0..n {
                 message.clear();
                 message.extend_from_slice(prefix.as_bytes());
-                write_body(&mut message, now, cfg.run, cfg.size);
+                common::write_body(&mut message, now, Some(cfg.run), cfg.size);
                 message.push(b'}');
                 conn.push_text(&message);
                 rx.in_flight.push_back(now);
@@ -451,16 +451,6 @@ async fn connection(
         conn.close().await;
     }
     res
-}
-
-/// `{"t":T,"r":RUN,"pad":"xx…"}`, `size` bytes when size allows.
-fn write_body(out: &mut Vec<u8>, t: u64, run: u64, size: usize) {
-    use std::io::Write as _;
-    let start = out.len();
-    let _ = write!(out, "{{\"t\":{t},\"r\":{run},\"pad\":\"");
-    let pad = size.saturating_sub(out.len() - start + 2);
-    out.resize(out.len() + pad, b'x');
-    out.extend_from_slice(b"\"}");
 }
 
 pub fn run(args: DirectArgs) -> anyhow::Result<()> {
@@ -647,7 +637,6 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     let failures = sh.setup.failures();
     let result = serde_json::json!({
         "scenario": "direct",
-        "label": args.output.label,
         "url": args.url,
         "pairs": args.pairs,
         "connections": conns,
@@ -723,7 +712,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     {
         println!("  hint         start the server with --rate-limit 0 to measure it");
     }
-    common::emit_json(&result, args.output.json.as_deref())?;
+    args.output.emit(result)?;
 
     if args.strict {
         let mut problems = Vec::new();
@@ -760,7 +749,7 @@ mod tests {
     #[test]
     fn bodies_carry_the_stamp_and_the_run() {
         let mut body = Vec::new();
-        write_body(&mut body, 1234, 99, 100);
+        common::write_body(&mut body, 1234, Some(99), 100);
         assert_eq!(body.len(), 100);
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(

@@ -1,4 +1,4 @@
-//! `switchboard bench resume`: a resume storm.
+//! `switchboard-bench resume`: a resume storm.
 //!
 //! N clients (users `PREFIX{i}`) spread over R rooms (client `i` joins room
 //! `i mod R`), and P publishers (`PREFIX-p{j}`, publisher `j` in rooms
@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::duration::parse as parse_duration;
 use anyhow::bail;
-use switchboard_server::config::parse_duration;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::timeout;
 
@@ -551,7 +551,7 @@ async fn publish(
             message.extend_from_slice(b"{\"type\":\"publish\",\"room\":");
             message.extend_from_slice(cfg.room_json[room].as_bytes());
             message.extend_from_slice(b",\"body\":");
-            common::write_body(&mut message, sh.now_us(), cfg.size);
+            common::write_body(&mut message, sh.now_us(), None, cfg.size);
             message.push(b'}');
             conn.push_text(&message);
             sent += 1;
@@ -916,7 +916,6 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
     let failures = sh.setup.failures();
     let result = serde_json::json!({
         "scenario": "resume",
-        "label": args.output.label,
         "url": args.url,
         "clients": n,
         "rooms": args.rooms,
@@ -1002,7 +1001,7 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
     for problem in &publisher_problems {
         println!("  publisher    {problem}");
     }
-    common::emit_json(&result, args.output.json.as_deref())?;
+    args.output.emit(result)?;
 
     if args.strict {
         let mut problems = Vec::new();

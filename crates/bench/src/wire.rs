@@ -246,6 +246,33 @@ impl FrameBuf {
     }
 }
 
+/// The one frame loop of every scenario: hands each complete data frame
+/// buffered in `buf` to `on_data` (which may queue replies in `out`), and
+/// queues a pong in `out` for each ping. `on_data` returns `Ok(true)` to stop
+/// there (the frames after stay buffered), or `Err` to end the connection;
+/// a close frame or garbage ends it too. `Ok(true)` if `on_data` stopped it.
+pub fn dispatch(
+    buf: &mut FrameBuf,
+    out: &mut Vec<u8>,
+    mask: [u8; 4],
+    mut on_data: impl FnMut(&[u8], &mut Vec<u8>) -> Result<bool, String>,
+) -> Result<bool, String> {
+    while let Some(frame) = buf.next_frame()? {
+        match frame.opcode {
+            OP_TEXT | OP_BINARY | OP_CONTINUATION => {
+                if on_data(frame.payload, out)? {
+                    return Ok(true);
+                }
+            }
+            OP_PING => encode_frame(out, OP_PONG, frame.payload, mask),
+            OP_PONG => {}
+            OP_CLOSE => return Err(describe_close(frame.payload)),
+            other => return Err(format!("protocol error: opcode {other}")),
+        }
+    }
+    Ok(false)
+}
+
 /// A close frame's status as text, e.g. `4008 slow consumer`.
 pub fn describe_close(payload: &[u8]) -> String {
     if payload.len() < 2 {
@@ -332,6 +359,39 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![(2, 3), (2, 200), (2, 70_000), (OP_PING, 1)]);
+    }
+
+    #[test]
+    fn dispatch_answers_pings_stops_on_request_and_ends_on_close() {
+        let mut stream = Vec::new();
+        for (opcode, payload) in [
+            (OP_TEXT, &b"one"[..]),
+            (OP_PING, b"hb"),
+            (OP_TEXT, b"two"),
+            (OP_TEXT, b"three"),
+            (OP_CLOSE, &[0x0F, 0xA0][..]),
+        ] {
+            stream.push(0x80 | opcode);
+            stream.push(payload.len() as u8);
+            stream.extend_from_slice(payload);
+        }
+        let mut buf = FrameBuf::new(64, stream);
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        let stopped = dispatch(&mut buf, &mut out, [0; 4], |payload, _| {
+            seen.push(payload.to_vec());
+            Ok(payload == b"two")
+        });
+        assert_eq!(stopped, Ok(true));
+        assert_eq!(seen, [b"one".to_vec(), b"two".to_vec()]);
+        // The pong, masked with an all-zero key: the ping's payload.
+        assert_eq!(out, [0x80 | OP_PONG, 0x82, 0, 0, 0, 0, b'h', b'b']);
+        let rest = dispatch(&mut buf, &mut out, [0; 4], |payload, _| {
+            seen.push(payload.to_vec());
+            Ok(false)
+        });
+        assert_eq!(rest, Err("close 4000".to_string()));
+        assert_eq!(seen.last().map(Vec::as_slice), Some(&b"three"[..]));
     }
 
     #[test]

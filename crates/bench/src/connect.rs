@@ -1,4 +1,4 @@
-//! `switchboard bench connect`: N idle connections, opened and held; the
+//! `switchboard-bench connect`: N idle connections, opened and held; the
 //! connect rate, handshake latency and the server's memory per connection.
 //!
 //! A process can hold fewer sockets than a server can take (on the machine
@@ -28,18 +28,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::duration::parse as parse_duration;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use switchboard_server::config::parse_duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch, Notify, Semaphore};
 
 use super::common::{self, CpuProbe, HANDSHAKE_TIMEOUT};
 use super::socketio;
+use super::wire::OP_TEXT;
 use super::wire::{self, FrameBuf, Target};
-use super::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// Connections per worker process when `--procs` is not given.
 const PER_PROC: usize = 15_000;
@@ -371,38 +371,28 @@ enum End {
     Gone(String),
 }
 
-/// Whether a frame from the server makes the connection ready; an error
-/// ends it (a close, or a refusal before it is ready). Replies (pongs, the
-/// Socket.IO connect) are queued in `out`.
-fn on_frame(
+/// Whether a data frame from the server makes the connection ready; an
+/// error ends it (a refusal before it is ready). Replies (the Socket.IO
+/// connect and pongs) are queued in `out`.
+fn on_data(
     mode: Mode,
     ready: bool,
-    opcode: u8,
     payload: &[u8],
     out: &mut Vec<u8>,
     mask: [u8; 4],
 ) -> Result<bool, String> {
-    match opcode {
-        OP_TEXT | OP_BINARY | OP_CONTINUATION => match mode {
-            Mode::Room if payload.starts_with(b"{\"type\":\"joined\"") => Ok(true),
-            Mode::Ws if payload.starts_with(b"{\"type\":\"welcome\"") => Ok(true),
-            Mode::Room | Mode::Ws if !ready && payload.starts_with(b"{\"type\":\"error\"") => Err(
-                format!("server error: {}", String::from_utf8_lossy(payload)),
-            ),
-            Mode::Socketio => match socketio::on_packet(payload, out, mask) {
-                socketio::Step::Connected => Ok(true),
-                socketio::Step::Closed(how) => Err(how),
-                socketio::Step::Continue => Ok(false),
-            },
-            _ => Ok(false),
+    match mode {
+        Mode::Room if payload.starts_with(b"{\"type\":\"joined\"") => Ok(true),
+        Mode::Ws if payload.starts_with(b"{\"type\":\"welcome\"") => Ok(true),
+        Mode::Room | Mode::Ws if !ready && payload.starts_with(b"{\"type\":\"error\"") => Err(
+            format!("server error: {}", String::from_utf8_lossy(payload)),
+        ),
+        Mode::Socketio => match socketio::on_packet(payload, out, mask) {
+            socketio::Step::Connected => Ok(true),
+            socketio::Step::Closed(how) => Err(how),
+            socketio::Step::Continue => Ok(false),
         },
-        OP_PING => {
-            wire::encode_frame(out, OP_PONG, payload, mask);
-            Ok(false)
-        }
-        OP_PONG => Ok(false),
-        OP_CLOSE => Err(wire::describe_close(payload)),
-        other => Err(format!("protocol error: opcode {other}")),
+        _ => Ok(false),
     }
 }
 
@@ -453,7 +443,7 @@ async fn idle_connection(
     let deadline = tokio::time::Instant::from_std(started + HANDSHAKE_TIMEOUT);
     let mut buf = FrameBuf::new(READ_BUFFER, leftover);
     let mut pending = !buf.is_empty();
-    let end = 'conn: loop {
+    let end = loop {
         if !out.is_empty() {
             if let Err(err) = stream.write_all(&out).await {
                 break End::Gone(format!("write error: {}", err.kind()));
@@ -474,21 +464,16 @@ async fn idle_connection(
             }
         }
         pending = false;
-        loop {
-            let frame = match buf.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => break 'conn End::Gone(err),
-            };
-            match on_frame(cfg.mode, ready, frame.opcode, frame.payload, &mut out, mask) {
-                Ok(true) if !ready => {
-                    ready = true;
-                    tally.is_ready(handshake, started.elapsed());
-                    permit = None;
-                }
-                Ok(_) => {}
-                Err(how) => break 'conn End::Gone(how),
+        let dispatched = wire::dispatch(&mut buf, &mut out, mask, |payload, out| {
+            if on_data(cfg.mode, ready, payload, out, mask)? && !ready {
+                ready = true;
+                tally.is_ready(handshake, started.elapsed());
+                permit = None;
             }
+            Ok(false)
+        });
+        if let Err(how) = dispatched {
+            break End::Gone(how);
         }
     };
     drop(permit);
@@ -616,7 +601,7 @@ impl Fleet {
             let first = n * w / procs;
             let count = n * (w + 1) / procs - first;
             let mut child = Command::new(&exe)
-                .args(["bench", "connect", "--url", &args.url, "--mode"])
+                .args(["connect", "--url", &args.url, "--mode"])
                 .arg(args.mode.name())
                 .args(["--connections", &n.to_string()])
                 .args(["--connect-concurrency", &concurrency.to_string()])
@@ -925,7 +910,6 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         .map(|pct| (pct / 100.0 * seconds * 1e6 / ready as f64).round());
     let result = json!({
         "scenario": "connect",
-        "label": args.output.label,
         "mode": args.mode.name(),
         "url": args.url,
         "connections": n,
@@ -1021,7 +1005,7 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
     for (how, count) in &ends {
         println!("  ended early  {count} × {how}");
     }
-    common::emit_json(&result, args.output.json.as_deref())?;
+    args.output.emit(result)?;
     if args.strict {
         let mut problems = Vec::new();
         if ready < n {
@@ -1097,34 +1081,25 @@ mod tests {
 
     #[test]
     fn frames_before_and_after_ready() {
+        // Pings and close frames are handled by `wire::dispatch` (tested there).
         let mut out = Vec::new();
         let joined = br#"{"type":"joined","room":"idle-0","online":1,"seq":0}"#;
         assert_eq!(
-            on_frame(Mode::Room, false, OP_TEXT, joined, &mut out, [0; 4]),
+            on_data(Mode::Room, false, joined, &mut out, [0; 4]),
             Ok(true)
         );
         let welcome = br#"{"type":"welcome","user":"c1","session":"s","heartbeat":25}"#;
         assert_eq!(
-            on_frame(Mode::Room, false, OP_TEXT, welcome, &mut out, [0; 4]),
+            on_data(Mode::Room, false, welcome, &mut out, [0; 4]),
             Ok(false)
         );
         assert_eq!(
-            on_frame(Mode::Ws, false, OP_TEXT, welcome, &mut out, [0; 4]),
+            on_data(Mode::Ws, false, welcome, &mut out, [0; 4]),
             Ok(true)
         );
         let error = br#"{"type":"error","code":"x"}"#;
-        assert!(on_frame(Mode::Ws, false, OP_TEXT, error, &mut out, [0; 4]).is_err());
-        assert_eq!(
-            on_frame(Mode::Ws, true, OP_TEXT, error, &mut out, [0; 4]),
-            Ok(false)
-        );
+        assert!(on_data(Mode::Ws, false, error, &mut out, [0; 4]).is_err());
+        assert_eq!(on_data(Mode::Ws, true, error, &mut out, [0; 4]), Ok(false));
         assert!(out.is_empty());
-        assert_eq!(
-            on_frame(Mode::Relay, false, OP_PING, b"hb", &mut out, [0; 4]),
-            Ok(false)
-        );
-        assert_eq!(out, [0x8A, 0x82, 0, 0, 0, 0, b'h', b'b']);
-        let close = 4009u16.to_be_bytes();
-        assert!(on_frame(Mode::Relay, true, OP_CLOSE, &close, &mut out, [0; 4]).is_err());
     }
 }

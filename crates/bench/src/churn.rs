@@ -1,4 +1,4 @@
-//! `switchboard bench churn`: short sessions, opened at a fixed rate.
+//! `switchboard-bench churn`: short sessions, opened at a fixed rate.
 //!
 //! Each session connects (user `PREFIX{k}`), joins room `ROOM-(k mod R)`,
 //! publishes one message, waits for its ack and closes (close handshake).
@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::duration::parse as parse_duration;
 use anyhow::bail;
 use hdrhistogram::Histogram;
-use switchboard_server::config::parse_duration;
 use tokio::time::timeout;
 
 use super::client::{self, Conn};
@@ -200,6 +200,7 @@ async fn steps(sh: &Shared, cfg: &Cfg, k: u64) -> Result<(Conn, Timings), Failur
     common::write_body(
         &mut message,
         sh.epoch.elapsed().as_micros() as u64,
+        None,
         cfg.size,
     );
     message.push(b'}');
@@ -361,7 +362,6 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
     let stats = sh.stats();
     let result = serde_json::json!({
         "scenario": "churn",
-        "label": args.output.label,
         "url": args.url,
         "rate": args.rate,
         "duration_s": seconds,
@@ -412,7 +412,7 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
         let sample = stats.samples.get(kind).map_or("", String::as_str);
         println!("  failed       {count} × {kind}: first {sample}");
     }
-    common::emit_json(&result, args.output.json.as_deref())?;
+    args.output.emit(result)?;
     if args.strict {
         let mut problems = Vec::new();
         if completed == 0 {

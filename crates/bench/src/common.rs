@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -68,11 +68,16 @@ where
     .await;
 }
 
-/// Writes the bench body `{"t":T,"pad":"xx…"}`, `size` bytes when size
-/// allows (at least about 30).
-pub fn write_body(out: &mut Vec<u8>, t: u64, size: usize) {
+/// Writes the bench body `{"t":T,"pad":"xx…"}` (with a run tag `run`:
+/// `{"t":T,"r":RUN,"pad":"xx…"}`), `size` bytes when size allows (at least
+/// about 30).
+pub fn write_body(out: &mut Vec<u8>, t: u64, run: Option<u64>, size: usize) {
     let start = out.len();
-    let _ = write!(out, "{{\"t\":{t},\"pad\":\"");
+    let _ = write!(out, "{{\"t\":{t},");
+    if let Some(run) = run {
+        let _ = write!(out, "\"r\":{run},");
+    }
+    out.extend_from_slice(b"\"pad\":\"");
     let pad = size.saturating_sub(out.len() - start + 2);
     out.resize(out.len() + pad, b'x');
     out.extend_from_slice(b"\"}");
@@ -250,17 +255,6 @@ fn machine_busy_seconds() -> Option<f64> {
     Some(busy / 100.0)
 }
 
-/// Prints the JSON result line and, with `--json FILE`, writes it there.
-pub fn emit_json(result: &serde_json::Value, path: Option<&Path>) -> anyhow::Result<()> {
-    let line = result.to_string();
-    println!("{line}");
-    if let Some(path) = path {
-        std::fs::write(path, format!("{line}\n"))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +263,7 @@ mod tests {
     fn bodies_have_the_requested_size_and_a_readable_stamp() {
         for size in [0usize, 30, 100, 1000] {
             let mut body = Vec::new();
-            write_body(&mut body, 1_234_567, size);
+            write_body(&mut body, 1_234_567, None, size);
             let text = std::str::from_utf8(&body).unwrap();
             let value: serde_json::Value = serde_json::from_str(text).unwrap();
             assert_eq!(value["t"], 1_234_567);
@@ -291,6 +285,40 @@ mod tests {
         assert_eq!(
             stamp(br#"{"type":"joined","room":"bench","online":2,"seq":0}"#),
             None
+        );
+    }
+
+    #[test]
+    fn results_carry_their_identity() {
+        let output = Output {
+            server_pid: None,
+            label: Some("switchboard room".into()),
+            server: Some("switchboard".into()),
+            store: None,
+            json: None,
+        };
+        let dir = std::env::temp_dir().join(format!("bench-output-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.json");
+        let output = Output {
+            json: Some(path.clone()),
+            ..output
+        };
+        output
+            .emit(serde_json::json!({"scenario": "fanout", "mode": "room"}))
+            .unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({
+                "scenario": "fanout",
+                "mode": "room",
+                "label": "switchboard room",
+                "server": "switchboard",
+                "store": null,
+            })
         );
     }
 
@@ -387,8 +415,9 @@ impl Window {
     }
 }
 
-/// Where a scenario's result goes, and what it reports about the server:
-/// the same three flags for every scenario.
+/// Where a scenario's result goes, what it reports about the server, and
+/// what identifies the result (so a report can find it by these keys rather
+/// than by file name or position): the same flags for every scenario.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Output {
     /// PID of the server process: its CPU use (and, for `connect`, its
@@ -398,9 +427,37 @@ pub struct Output {
     /// Name of the target, copied into the JSON result.
     #[arg(long)]
     pub label: Option<String>,
+    /// The server measured (e.g. `switchboard`, `node-ws`, `socketio`),
+    /// copied into the JSON result as `server`.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The server's store (`sqlite`, `memory`), copied into the JSON result
+    /// as `store`.
+    #[arg(long)]
+    pub store: Option<String>,
     /// Also write the JSON result line to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+impl Output {
+    /// Adds the result's identity (`label`, `server`, `store`) to a
+    /// scenario's result object, prints it as one JSON line and, with
+    /// `--json FILE`, writes it there.
+    pub fn emit(&self, mut result: serde_json::Value) -> anyhow::Result<()> {
+        if let Some(fields) = result.as_object_mut() {
+            fields.insert("label".into(), self.label.clone().into());
+            fields.insert("server".into(), self.server.clone().into());
+            fields.insert("store".into(), self.store.clone().into());
+        }
+        let line = result.to_string();
+        println!("{line}");
+        if let Some(path) = &self.json {
+            std::fs::write(path, format!("{line}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// A scenario's connection setup, shared by its tasks: how many
