@@ -48,8 +48,9 @@ pub enum Message {
     Binary(Bytes),
     Ping(Bytes),
     Pong(Bytes),
-    /// Close frame received. `None` = no status code. The payload was validated (code allowed by
-    /// [`CloseCode::allowed_on_wire`], reason valid UTF-8, length != 1), else ProtocolError 1002 / 1007.
+    /// Close frame received. `None` = no status code. The payload was validated (code allowed
+    /// by [`CloseCode::allowed_on_wire`], reason valid UTF-8, length != 1), else
+    /// ProtocolError 1002 / 1007.
     Close(Option<(CloseCode, String)>),
 }
 

@@ -23,13 +23,19 @@ pub const SUPPORTED_VERSION: &str = "13";
 /// The parts of an HTTP request the upgrade checks read. Header fields that may repeat are given
 /// as all their values; for `Sec-WebSocket-Version` and `Sec-WebSocket-Key` only the first
 /// value counts.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct UpgradeRequest<'a> {
+    /// The request method, e.g. `GET`.
     pub method: &'a str,
+    /// All `Upgrade` values.
     pub upgrade: &'a [&'a [u8]],
+    /// All `Connection` values.
     pub connection: &'a [&'a [u8]],
+    /// The first `Sec-WebSocket-Version` value.
     pub version: Option<&'a [u8]>,
+    /// The first `Sec-WebSocket-Key` value.
     pub key: Option<&'a [u8]>,
+    /// All `Sec-WebSocket-Extensions` values.
     pub extensions: &'a [&'a [u8]],
 }
 
