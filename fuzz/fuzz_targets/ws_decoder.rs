@@ -43,7 +43,7 @@ fn run(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    assert!(matches!(e.code, 1002 | 1007 | 1009), "{e:?}");
+                    assert!(matches!(e.code.as_u16(), 1002 | 1007 | 1009), "{e:?}");
                     return (out, Some(e));
                 }
             }

@@ -57,18 +57,48 @@ impl ErrorCode {
     }
 }
 
-/// WebSocket close codes Switchboard uses (see `docs/PROTOCOL.md`).
+/// WebSocket close codes Switchboard uses (see `docs/PROTOCOL.md`): the RFC 6455 codes it sends
+/// and its own application codes (4000-4999).
 pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub const UNAUTHORIZED: u16 = 4001;
-    pub const KICKED: u16 = 4003;
-    pub const SLOW_CONSUMER: u16 = 4008;
-    pub const HEARTBEAT_TIMEOUT: u16 = 4009;
+    pub use switchboard_ws::CloseCode;
+
+    pub const NORMAL: CloseCode = CloseCode::NORMAL;
+    pub const GOING_AWAY: CloseCode = CloseCode::GOING_AWAY;
+    pub const PROTOCOL_ERROR: CloseCode = CloseCode::PROTOCOL_ERROR;
+    pub const INVALID_DATA: CloseCode = CloseCode::INVALID_DATA;
+    pub const POLICY: CloseCode = CloseCode::POLICY;
+    pub const TOO_BIG: CloseCode = CloseCode::TOO_BIG;
+    pub const INTERNAL: CloseCode = CloseCode::INTERNAL;
+    pub const TRY_AGAIN_LATER: CloseCode = CloseCode::TRY_AGAIN_LATER;
+    pub const UNAUTHORIZED: CloseCode = CloseCode::application(4001);
+    pub const KICKED: CloseCode = CloseCode::application(4003);
+    pub const SLOW_CONSUMER: CloseCode = CloseCode::application(4008);
+    pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode::application(4009);
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The numbers are the contract with clients (docs/PROTOCOL.md).
+        #[test]
+        fn wire_values() {
+            for (code, n) in [
+                (NORMAL, 1000),
+                (GOING_AWAY, 1001),
+                (PROTOCOL_ERROR, 1002),
+                (INVALID_DATA, 1007),
+                (POLICY, 1008),
+                (TOO_BIG, 1009),
+                (INTERNAL, 1011),
+                (TRY_AGAIN_LATER, 1013),
+                (UNAUTHORIZED, 4001),
+                (KICKED, 4003),
+                (SLOW_CONSUMER, 4008),
+                (HEARTBEAT_TIMEOUT, 4009),
+            ] {
+                assert_eq!(code.as_u16(), n);
+                assert_eq!(CloseCode::from_wire(n), Some(code), "{n} may be sent");
+            }
+        }
+    }
 }

@@ -7,13 +7,13 @@ use flate2::Decompress;
 
 use crate::deflate::{inflate_into, inflate_message, new_inflater, too_big, DEFLATE_TAIL};
 use crate::utf8::Utf8Stream;
-use crate::DeflateConfig;
+use crate::{CloseCode, DeflateConfig};
 
 /// Why a connection must be failed: close code (1002 protocol error, 1007 invalid UTF-8,
 /// 1009 too big) and a short reason. Send `close_frame(code, reason)` and close the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {
-    pub code: u16,
+    pub code: CloseCode,
     pub reason: &'static str,
 }
 
@@ -26,12 +26,15 @@ impl fmt::Display for ProtocolError {
 impl std::error::Error for ProtocolError {}
 
 const fn proto(reason: &'static str) -> ProtocolError {
-    ProtocolError { code: 1002, reason }
+    ProtocolError {
+        code: CloseCode::PROTOCOL_ERROR,
+        reason,
+    }
 }
 
 const fn invalid_utf8() -> ProtocolError {
     ProtocolError {
-        code: 1007,
+        code: CloseCode::INVALID_DATA,
         reason: "invalid UTF-8",
     }
 }
@@ -45,16 +48,10 @@ pub enum Message {
     Binary(Bytes),
     Ping(Bytes),
     Pong(Bytes),
-    /// Close frame received. `None` = no status code. The payload was validated (code allowed by
-    /// RFC 6455 7.4, reason valid UTF-8, length != 1), else ProtocolError 1002 / 1007.
-    Close(Option<(u16, String)>),
-}
-
-/// Whether a close code may appear in a received close frame: 1000-1003, 1007-1011, the
-/// IANA-registered 1012-1014, and the 3000-4999 ranges for libraries and applications.
-/// (1004-1006, 1015 and everything else below 3000 is rejected.)
-pub fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    /// Close frame received. `None` = no status code. The payload was validated (code allowed
+    /// by [`CloseCode::allowed_on_wire`], reason valid UTF-8, length != 1), else
+    /// ProtocolError 1002 / 1007.
+    Close(Option<(CloseCode, String)>),
 }
 
 /// A fragmented data message in progress (allocated only while one is).
@@ -393,12 +390,11 @@ fn parse_close(p: &[u8]) -> Result<Message, ProtocolError> {
         0 => Ok(Message::Close(None)),
         1 => Err(proto("close payload of 1 byte")),
         _ => {
-            let code = u16::from_be_bytes([p[0], p[1]]);
-            if !close_code_allowed(code) {
+            let Some(code) = CloseCode::from_wire(u16::from_be_bytes([p[0], p[1]])) else {
                 return Err(proto("invalid close code"));
-            }
+            };
             let reason = std::str::from_utf8(&p[2..]).map_err(|_| ProtocolError {
-                code: 1007,
+                code: CloseCode::INVALID_DATA,
                 reason: "invalid UTF-8 in close reason",
             })?;
             Ok(Message::Close(Some((code, reason.to_owned()))))

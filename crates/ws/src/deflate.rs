@@ -4,7 +4,7 @@ use std::cell::RefCell;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use crate::ProtocolError;
+use crate::{CloseCode, ProtocolError};
 
 /// The 4 bytes an RFC 7692 sender strips from the end of a sync-flushed message (7.2.1) and the
 /// receiver appends again before inflating (7.2.2).
@@ -82,14 +82,14 @@ pub(crate) fn deflate_append(
 
 fn bad_data() -> ProtocolError {
     ProtocolError {
-        code: 1002,
+        code: CloseCode::PROTOCOL_ERROR,
         reason: "invalid compressed data",
     }
 }
 
 pub(crate) fn too_big() -> ProtocolError {
     ProtocolError {
-        code: 1009,
+        code: CloseCode::TOO_BIG,
         reason: "message too big",
     }
 }

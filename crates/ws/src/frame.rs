@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::CloseCode;
+
 /// WebSocket frame opcodes (RFC 6455 5.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpCode {
@@ -95,13 +97,17 @@ pub fn encode_frame(opcode: OpCode, payload: &[u8], rsv1: bool) -> Bytes {
 pub const MAX_CLOSE_REASON: usize = 123;
 
 /// A close frame with `code` and `reason` (reason truncated to 123 bytes on a char boundary).
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
+/// [`CloseCode::NO_STATUS`] gives a close frame without payload (1005 must not be sent).
+pub fn close_frame(code: CloseCode, reason: &str) -> Bytes {
+    if code == CloseCode::NO_STATUS {
+        return encode_frame(OpCode::Close, b"", false);
+    }
     let mut end = reason.len().min(MAX_CLOSE_REASON);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     let mut payload = [0u8; 125];
-    payload[..2].copy_from_slice(&code.to_be_bytes());
+    payload[..2].copy_from_slice(&code.as_u16().to_be_bytes());
     payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
     encode_frame(OpCode::Close, &payload[..2 + end], false)
 }

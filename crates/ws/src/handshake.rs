@@ -1,4 +1,6 @@
-//! Opening-handshake helpers: `Sec-WebSocket-Accept` and permessage-deflate negotiation.
+//! The opening handshake (RFC 6455 §4.2): validating an upgrade request, `Sec-WebSocket-Accept`
+//! and permessage-deflate negotiation. Plain inputs, no HTTP types: the server maps the result
+//! onto its response.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -13,6 +15,116 @@ pub fn accept_key(client_key: &[u8]) -> String {
     h.update(client_key.trim_ascii());
     h.update(WS_GUID);
     STANDARD.encode(h.finalize())
+}
+
+/// The one `Sec-WebSocket-Version` we speak.
+pub const SUPPORTED_VERSION: &str = "13";
+
+/// The parts of an HTTP request the upgrade checks read. Header fields that may repeat are given
+/// as all their values; for `Sec-WebSocket-Version` and `Sec-WebSocket-Key` only the first
+/// value counts.
+#[derive(Clone, Copy, Debug)]
+pub struct UpgradeRequest<'a> {
+    /// The request method, e.g. `GET`.
+    pub method: &'a str,
+    /// All `Upgrade` values.
+    pub upgrade: &'a [&'a [u8]],
+    /// All `Connection` values.
+    pub connection: &'a [&'a [u8]],
+    /// The first `Sec-WebSocket-Version` value.
+    pub version: Option<&'a [u8]>,
+    /// The first `Sec-WebSocket-Key` value.
+    pub key: Option<&'a [u8]>,
+    /// All `Sec-WebSocket-Extensions` values.
+    pub extensions: &'a [&'a [u8]],
+}
+
+/// What to answer a valid upgrade request with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    /// The `Sec-WebSocket-Accept` value.
+    pub accept: String,
+    /// The negotiated permessage-deflate config and its `Sec-WebSocket-Extensions` value, if any.
+    pub deflate: Option<(DeflateConfig, String)>,
+}
+
+/// Why an upgrade request is refused, in the order the checks run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not a GET with `Upgrade: websocket`.
+    NotUpgrade,
+    /// No `upgrade` token in `Connection`.
+    MissingConnectionUpgrade,
+    /// `Sec-WebSocket-Version` missing or not 13; answer with
+    /// `Sec-WebSocket-Version: 13` ([`SUPPORTED_VERSION`]).
+    UnsupportedVersion,
+    /// `Sec-WebSocket-Key` missing or not the base64 of 16 bytes.
+    BadKey,
+}
+
+impl Rejection {
+    /// The HTTP status to answer with.
+    pub fn status(self) -> u16 {
+        match self {
+            Rejection::NotUpgrade | Rejection::UnsupportedVersion => 426,
+            Rejection::MissingConnectionUpgrade | Rejection::BadKey => 400,
+        }
+    }
+
+    /// The response body's text (without a trailing newline).
+    pub fn message(self) -> &'static str {
+        match self {
+            Rejection::NotUpgrade => {
+                "this endpoint speaks WebSocket: send an Upgrade: websocket request"
+            }
+            Rejection::MissingConnectionUpgrade => "missing Connection: Upgrade",
+            Rejection::UnsupportedVersion => "unsupported Sec-WebSocket-Version (need 13)",
+            Rejection::BadKey => "missing or invalid Sec-WebSocket-Key",
+        }
+    }
+}
+
+/// Checks an upgrade request (RFC 6455 §4.2.1) and, when it is valid, computes the accept key
+/// and negotiates permessage-deflate.
+pub fn validate_upgrade(req: &UpgradeRequest<'_>) -> Result<Handshake, Rejection> {
+    if req.method != "GET" || !has_token(req.upgrade, b"websocket") {
+        return Err(Rejection::NotUpgrade);
+    }
+    if !has_token(req.connection, b"upgrade") {
+        return Err(Rejection::MissingConnectionUpgrade);
+    }
+    if req.version != Some(SUPPORTED_VERSION.as_bytes()) {
+        return Err(Rejection::UnsupportedVersion);
+    }
+    let Some(key) = req.key.filter(|k| valid_key(k)) else {
+        return Err(Rejection::BadKey);
+    };
+    Ok(Handshake {
+        accept: accept_key(key),
+        deflate: negotiate_deflate(req.extensions),
+    })
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive). A value with bytes
+/// other than visible ASCII or tab counts as empty, as `http::HeaderValue::to_str` would.
+fn has_token(values: &[&[u8]], token: &[u8]) -> bool {
+    values.iter().any(|value| {
+        value
+            .iter()
+            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            && value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
+}
+
+/// A Sec-WebSocket-Key is the base64 of 16 bytes: 24 characters ending in `==`.
+fn valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
 /// Negotiated permessage-deflate parameters for one connection.

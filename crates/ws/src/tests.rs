@@ -67,7 +67,7 @@ fn decode_all(d: &mut Decoder, bytes: &[u8]) -> Result<Vec<Message>, ProtocolErr
     Ok(out)
 }
 
-fn decode_err(d: &mut Decoder, bytes: &[u8]) -> u16 {
+fn decode_err(d: &mut Decoder, bytes: &[u8]) -> CloseCode {
     let mut buf = BytesMut::from(bytes);
     loop {
         match d.decode(&mut buf) {
@@ -178,6 +178,175 @@ fn accept_key_rfc_example() {
         accept_key(b" dGhlIHNhbXBsZSBub25jZQ== "),
         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     );
+}
+
+const SAMPLE_KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A valid upgrade request (RFC 6455 §1.3's sample key, no extensions).
+fn upgrade_request() -> UpgradeRequest<'static> {
+    UpgradeRequest {
+        method: "GET",
+        upgrade: &[b"websocket"],
+        connection: &[b"Upgrade"],
+        version: Some(b"13"),
+        key: Some(SAMPLE_KEY),
+        extensions: &[],
+    }
+}
+
+#[test]
+fn upgrade_accepts_the_rfc_sample() {
+    let hs = validate_upgrade(&upgrade_request()).unwrap();
+    assert_eq!(hs.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_eq!(hs.deflate, None);
+}
+
+#[test]
+fn upgrade_accepts_token_lists_in_any_case() {
+    let req = UpgradeRequest {
+        upgrade: &[b"h2c", b" WebSocket "],
+        connection: &[b"keep-alive, UPGRADE"],
+        ..upgrade_request()
+    };
+    assert_eq!(
+        validate_upgrade(&req).unwrap().accept,
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+}
+
+#[test]
+fn upgrade_negotiates_deflate() {
+    let req = UpgradeRequest {
+        extensions: &[b"x-foo", b"permessage-deflate; server_max_window_bits=10"],
+        ..upgrade_request()
+    };
+    let (config, value) = validate_upgrade(&req).unwrap().deflate.unwrap();
+    assert_eq!(config.server_max_window_bits, 10);
+    assert_eq!(value, format!("{BASE}; server_max_window_bits=10"));
+}
+
+#[test]
+fn upgrade_rejects_non_websocket_requests() {
+    let rejected = |req: UpgradeRequest<'_>| validate_upgrade(&req).unwrap_err();
+    for req in [
+        UpgradeRequest {
+            method: "POST",
+            ..upgrade_request()
+        },
+        UpgradeRequest {
+            upgrade: &[],
+            ..upgrade_request()
+        },
+        UpgradeRequest {
+            upgrade: &[b"websockets"],
+            ..upgrade_request()
+        },
+        // Not visible ASCII: the value counts as empty.
+        UpgradeRequest {
+            upgrade: &[b"websocket, \xff"],
+            ..upgrade_request()
+        },
+    ] {
+        assert_eq!(rejected(req), Rejection::NotUpgrade, "{req:?}");
+    }
+    let r = Rejection::NotUpgrade;
+    assert_eq!(r.status(), 426);
+    assert_eq!(
+        r.message(),
+        "this endpoint speaks WebSocket: send an Upgrade: websocket request"
+    );
+}
+
+#[test]
+fn upgrade_rejects_missing_connection_upgrade() {
+    for connection in [&[][..], &[&b"keep-alive"[..]][..], &[&b"upgrades"[..]][..]] {
+        let req = UpgradeRequest {
+            connection,
+            ..upgrade_request()
+        };
+        assert_eq!(
+            validate_upgrade(&req),
+            Err(Rejection::MissingConnectionUpgrade)
+        );
+    }
+    let r = Rejection::MissingConnectionUpgrade;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.message(), "missing Connection: Upgrade");
+}
+
+#[test]
+fn upgrade_rejects_other_versions() {
+    for version in [
+        None,
+        Some(&b"8"[..]),
+        Some(&b" 13"[..]),
+        Some(&b"13, 8"[..]),
+    ] {
+        let req = UpgradeRequest {
+            version,
+            ..upgrade_request()
+        };
+        assert_eq!(validate_upgrade(&req), Err(Rejection::UnsupportedVersion));
+    }
+    let r = Rejection::UnsupportedVersion;
+    assert_eq!(r.status(), 426);
+    assert_eq!(r.message(), "unsupported Sec-WebSocket-Version (need 13)");
+    assert_eq!(SUPPORTED_VERSION, "13");
+}
+
+#[test]
+fn upgrade_rejects_bad_keys() {
+    for key in [
+        None,
+        Some(&b""[..]),
+        Some(&b"dGhlIHNhbXBsZSBub25jZQ="[..]),
+        Some(&b"dGhlIHNhbXBsZSBub25jZQ==="[..]),
+        Some(&b" dGhlIHNhbXBsZSBub25jZQ=="[..]),
+        Some(&b"dGhlIHNhbXBsZSBub25jZ-=="[..]),
+        Some(&b"dGhlIHNhbXBsZSBub25jZQAA"[..]),
+    ] {
+        let req = UpgradeRequest {
+            key,
+            ..upgrade_request()
+        };
+        assert_eq!(validate_upgrade(&req), Err(Rejection::BadKey), "{key:?}");
+    }
+    let r = Rejection::BadKey;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.message(), "missing or invalid Sec-WebSocket-Key");
+}
+
+#[test]
+fn upgrade_checks_run_in_order() {
+    // Every check fails: the first one is reported.
+    let req = UpgradeRequest {
+        method: "POST",
+        upgrade: &[],
+        connection: &[],
+        version: None,
+        key: None,
+        extensions: &[],
+    };
+    assert_eq!(validate_upgrade(&req), Err(Rejection::NotUpgrade));
+    let req = UpgradeRequest {
+        method: "GET",
+        upgrade: &[b"websocket"],
+        ..req
+    };
+    assert_eq!(
+        validate_upgrade(&req),
+        Err(Rejection::MissingConnectionUpgrade)
+    );
+    let req = UpgradeRequest {
+        connection: &[b"upgrade"],
+        ..req
+    };
+    assert_eq!(validate_upgrade(&req), Err(Rejection::UnsupportedVersion));
+    let req = UpgradeRequest {
+        version: Some(b"13"),
+        ..req
+    };
+    assert_eq!(validate_upgrade(&req), Err(Rejection::BadKey));
 }
 
 const BASE: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
@@ -333,17 +502,20 @@ fn encode_frame_length_encodings() {
 
 #[test]
 fn close_frame_truncates_on_char_boundary() {
-    assert_eq!(&close_frame(1000, "")[..], &[0x88, 2, 0x03, 0xE8]);
-    let f = close_frame(1001, "bye");
+    assert_eq!(
+        &close_frame(CloseCode::NORMAL, "")[..],
+        &[0x88, 2, 0x03, 0xE8]
+    );
+    let f = close_frame(CloseCode::GOING_AWAY, "bye");
     assert_eq!(&f[..], &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
     // 61 two-byte chars = 122 bytes + one 3-byte char would be 125 > 123
     let reason = format!("{}€", "é".repeat(61));
-    let f = close_frame(4000, &reason);
+    let f = close_frame(CloseCode::application(4000), &reason);
     let (_, _, op, payload) = parse_server_frame(&f);
     assert_eq!(op, 8);
     assert_eq!(payload.len(), 2 + 122);
     assert!(std::str::from_utf8(&payload[2..]).is_ok());
-    let f = close_frame(4000, &"a".repeat(300));
+    let f = close_frame(CloseCode::application(4000), &"a".repeat(300));
     assert_eq!(parse_server_frame(&f).3.len(), 125);
 }
 
@@ -400,8 +572,8 @@ fn decode_control_frames() {
             Message::Ping(Bytes::from_static(b"ping!")),
             Message::Pong(Bytes::new()),
             Message::Close(None),
-            Message::Close(Some((1000, "bye ✓".into()))),
-            Message::Close(Some((4999, String::new()))),
+            Message::Close(Some((CloseCode::NORMAL, "bye ✓".into()))),
+            Message::Close(Some((CloseCode::application(4999), String::new()))),
             Message::Ping(Bytes::from(vec![7u8; 125])),
         ]
     );
@@ -415,7 +587,10 @@ fn close_codes() {
     ] {
         let mut d = dec();
         let m = decode_all(&mut d, &cframe(true, 8, &code.to_be_bytes())).unwrap();
-        assert_eq!(m, vec![Message::Close(Some((code, String::new())))]);
+        assert!(
+            matches!(&m[..], [Message::Close(Some((c, r)))] if *c == code && r.is_empty()),
+            "{code}: {m:?}"
+        );
     }
     for code in [
         0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
@@ -430,6 +605,67 @@ fn close_codes() {
     assert_eq!(
         decode_err(&mut dec(), &cframe(true, 8, &[0x03, 0xE8, 0xFF])),
         1007
+    );
+}
+
+#[test]
+fn close_code_wire_rule() {
+    for code in [
+        1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+        4000, 4999,
+    ] {
+        assert!(CloseCode::allowed_on_wire(code), "{code}");
+        assert_eq!(
+            CloseCode::from_wire(code).map(CloseCode::as_u16),
+            Some(code)
+        );
+    }
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+    ] {
+        assert!(!CloseCode::allowed_on_wire(code), "{code}");
+        assert_eq!(CloseCode::from_wire(code), None, "{code}");
+    }
+}
+
+#[test]
+fn close_code_constants_and_conversions() {
+    for (code, n) in [
+        (CloseCode::NORMAL, 1000u16),
+        (CloseCode::GOING_AWAY, 1001),
+        (CloseCode::PROTOCOL_ERROR, 1002),
+        (CloseCode::UNSUPPORTED_DATA, 1003),
+        (CloseCode::INVALID_DATA, 1007),
+        (CloseCode::POLICY, 1008),
+        (CloseCode::TOO_BIG, 1009),
+        (CloseCode::INTERNAL, 1011),
+        (CloseCode::TRY_AGAIN_LATER, 1013),
+        (CloseCode::application(4000), 4000),
+        (CloseCode::application(4999), 4999),
+    ] {
+        assert_eq!(code.as_u16(), n);
+        assert_eq!(u16::from(code), n);
+        assert_eq!(code.to_string(), n.to_string());
+        assert!(
+            CloseCode::allowed_on_wire(n),
+            "every named code may be sent: {n}"
+        );
+    }
+    assert_eq!(CloseCode::NO_STATUS, 1005);
+    assert!(!CloseCode::allowed_on_wire(CloseCode::NO_STATUS.as_u16()));
+}
+
+#[test]
+#[should_panic(expected = "application close codes are 4000-4999")]
+fn close_code_application_range() {
+    let _ = CloseCode::application(std::hint::black_box(3999));
+}
+
+#[test]
+fn close_frame_without_status() {
+    assert_eq!(
+        &close_frame(CloseCode::NO_STATUS, "ignored")[..],
+        &[0x88, 0]
     );
 }
 

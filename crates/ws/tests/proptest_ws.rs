@@ -1,7 +1,7 @@
 //! Property tests of everything in this crate that parses bytes from the
 //! network: the frame [`Decoder`] (framing, fragmentation, UTF-8, close
-//! payloads, permessage-deflate with its size limit) and the handshake helpers
-//! [`negotiate_deflate`] and [`accept_key`].
+//! payloads, permessage-deflate with its size limit) and the handshake:
+//! [`validate_upgrade`], [`negotiate_deflate`] and [`accept_key`].
 //!
 //! Default: 256 cases per property (fast enough for `cargo test`). Longer runs:
 //! `PROPTEST_CASES=100000 cargo test --release -p switchboard-ws --test proptest_ws`
@@ -11,8 +11,8 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use proptest::prelude::*;
 use proptest::sample::Index;
 use switchboard_ws::{
-    accept_key, close_code_allowed, negotiate_deflate, Bytes, BytesMut, Decoder, DeflateConfig,
-    Message, OpCode, ProtocolError, SharedMessage,
+    accept_key, negotiate_deflate, validate_upgrade, Bytes, BytesMut, CloseCode, Decoder,
+    DeflateConfig, Message, OpCode, ProtocolError, Rejection, SharedMessage, UpgradeRequest,
 };
 
 // ---------------------------------------------------------------- client side (the reference)
@@ -146,7 +146,7 @@ enum Item {
 struct Plan {
     items: Vec<Item>,
     /// A close frame at the end: code and reason.
-    close: Option<Option<(u16, String)>>,
+    close: Option<Option<(CloseCode, String)>>,
     seed: u64,
 }
 
@@ -225,9 +225,10 @@ fn arb_data(deflate: bool, max: usize) -> impl Strategy<Value = DataMsg> {
         })
 }
 
-fn arb_close() -> impl Strategy<Value = Option<(u16, String)>> {
+fn arb_close() -> impl Strategy<Value = Option<(CloseCode, String)>> {
     prop::option::of((
-        prop_oneof![1000u16..=1003, 1007u16..=1014, 3000u16..=4999],
+        prop_oneof![1000u16..=1003, 1007u16..=1014, 3000u16..=4999]
+            .prop_map(|code| CloseCode::from_wire(code).expect("an allowed code")),
         "\\PC{0,30}".prop_map(|mut s: String| {
             while s.len() > 123 {
                 s.pop();
@@ -346,7 +347,7 @@ impl Plan {
         if let Some(close) = &self.close {
             let mut payload = Vec::new();
             if let Some((code, reason)) = close {
-                payload.extend_from_slice(&code.to_be_bytes());
+                payload.extend_from_slice(&code.as_u16().to_be_bytes());
                 payload.extend_from_slice(reason.as_bytes());
             }
             put_frame(&mut out, 0x88, &payload, Some(rng.mask()), LenEnc::Minimal);
@@ -399,7 +400,7 @@ fn run(max: usize, deflate: bool, bytes: &[u8], cuts: &[Index]) -> Outcome {
                 Ok(None) => break,
                 Err(e) => {
                     assert!(
-                        matches!(e.code, 1002 | 1007 | 1009),
+                        matches!(e.code.as_u16(), 1002 | 1007 | 1009),
                         "unexpected close code {e:?}"
                     );
                     assert!(!e.reason.is_empty());
@@ -430,7 +431,7 @@ fn check_message(m: &Message, max: usize) {
         Message::Ping(p) | Message::Pong(p) => assert!(p.len() <= 125.min(max)),
         Message::Close(c) => {
             if let Some((code, reason)) = c {
-                assert!(close_code_allowed(*code));
+                assert!(CloseCode::allowed_on_wire(code.as_u16()));
                 assert!(reason.len() <= 123);
             }
         }
@@ -626,7 +627,7 @@ proptest! {
         if fits {
             prop_assert_eq!(out, Outcome { messages: built.expected, error: None, left: 0 });
         } else {
-            prop_assert_eq!(out.error.as_ref().map(|e| e.code), Some(1009));
+            prop_assert_eq!(out.error.as_ref().map(|e| e.code.as_u16()), Some(1009));
             prop_assert!(out.messages.len() < built.expected.len());
             prop_assert_eq!(&out.messages[..], &built.expected[..out.messages.len()]);
         }
@@ -658,12 +659,15 @@ proptest! {
             1 => (vec![], Some(1002)),
             _ if !allowed => (vec![], Some(1002)),
             _ => match std::str::from_utf8(&payload[2..]) {
-                Ok(r) => (vec![Message::Close(Some((code, r.to_string())))], None),
+                Ok(r) => {
+                    let code = CloseCode::from_wire(code).expect("an allowed code");
+                    (vec![Message::Close(Some((code, r.to_string())))], None)
+                }
                 Err(_) => (vec![], Some(1007)),
             },
         };
         prop_assert_eq!(out.messages, messages);
-        prop_assert_eq!(out.error.map(|e| e.code), error);
+        prop_assert_eq!(out.error.map(|e| e.code.as_u16()), error);
     }
 
     /// Any `Sec-WebSocket-Extensions` bytes: no panic; an accepted offer is
@@ -753,6 +757,76 @@ proptest! {
         let padded = [pre.as_bytes(), key.trim_ascii(), post.as_bytes()].concat();
         prop_assert_eq!(accept_key(&padded), accept_key(&key));
     }
+
+    /// Any method and header values: no panic; a refusal answers 400 or 426;
+    /// an acceptance has version 13, a 28-character accept key and the
+    /// deflate answer `negotiate_deflate` gives.
+    #[test]
+    fn validate_upgrade_any_headers(
+        method in prop_oneof!["GET", "POST", "\\PC{0,8}"],
+        upgrade in arb_header_values("websocket"),
+        connection in arb_header_values("Upgrade"),
+        version in prop::option::of(prop_oneof![
+            Just(b"13".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..4),
+        ]),
+        key in prop::option::of(prop_oneof![
+            "[A-Za-z0-9+/]{22}==".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..30),
+        ]),
+        extensions in prop::collection::vec(
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..60),
+                arb_offer_text().prop_map(String::into_bytes),
+            ],
+            0..3,
+        ),
+    ) {
+        let (upgrade, connection, extensions) =
+            (refs(&upgrade), refs(&connection), refs(&extensions));
+        let req = UpgradeRequest {
+            method: &method,
+            upgrade: &upgrade,
+            connection: &connection,
+            version: version.as_deref(),
+            key: key.as_deref(),
+            extensions: &extensions,
+        };
+        match validate_upgrade(&req) {
+            Ok(hs) => {
+                prop_assert_eq!(hs.accept.len(), 28);
+                prop_assert_eq!(version.as_deref(), Some(&b"13"[..]));
+                prop_assert_eq!(hs.deflate, negotiate_deflate(&extensions));
+            }
+            Err(r) => {
+                prop_assert!(matches!(r.status(), 400 | 426), "{:?}", r);
+                if r == Rejection::UnsupportedVersion {
+                    prop_assert_ne!(version.as_deref(), Some(&b"13"[..]));
+                }
+            }
+        }
+    }
+}
+
+fn refs(values: &[Vec<u8>]) -> Vec<&[u8]> {
+    values.iter().map(Vec::as_slice).collect()
+}
+
+/// Values of a token-list header: often containing `token` (random case,
+/// padding, other tokens), sometimes arbitrary bytes.
+fn arb_header_values(token: &'static str) -> impl Strategy<Value = Vec<Vec<u8>>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => (any::<bool>(), "[ \t]{0,2}", "(, ?[a-z0-9-]{1,8})?").prop_map(
+                move |(upper, pad, rest)| {
+                    let token = if upper { token.to_uppercase() } else { token.to_owned() };
+                    format!("{pad}{token}{pad}{rest}").into_bytes()
+                }
+            ),
+            1 => prop::collection::vec(any::<u8>(), 0..20),
+        ],
+        0..3,
+    )
 }
 
 /// Splits one unmasked server frame into its first byte and payload.

@@ -1,18 +1,19 @@
 //! HTTP routes and the WebSocket upgrade handshake (RFC 6455 §4.2).
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use serde::Deserialize;
 use switchboard_protocol::{validate_device, validate_room, validate_user};
-use switchboard_ws::DeflateConfig;
+use switchboard_ws::{DeflateConfig, Handshake, Rejection, UpgradeRequest};
 
 use super::guard::{self, Refusal};
 use super::relay::RelaySession;
@@ -168,7 +169,7 @@ impl<T: socket::Handler + ?Sized> socket::Handler for Box<T> {
 struct Admitted {
     inner: MakeHandler,
     app: Arc<App>,
-    ip: Option<std::net::IpAddr>,
+    ip: Option<IpAddr>,
 }
 
 impl socket::Handler for Admitted {
@@ -196,82 +197,108 @@ impl socket::Handler for Admitted {
     }
 }
 
-/// Validates the upgrade request, answers 101, and runs the socket loop on
-/// the raw TCP stream once hyper lets go of it.
-fn upgrade<F>(app: Arc<App>, mut req: Request, make: F) -> Response
+/// Answers an upgrade request: the RFC 6455 checks, then admission, then
+/// registration, the 101 and the socket task.
+fn upgrade<F>(app: Arc<App>, req: Request, make: F) -> Response
 where
     F: FnOnce(Arc<App>, Arc<crate::hub::Conn>) -> MakeHandler + Send + 'static,
 {
+    let handshake = match check_handshake(&req) {
+        Ok(handshake) => handshake,
+        Err(rejection) => return refuse_handshake(&app, rejection),
+    };
+    let ip = match admit(&app, &req) {
+        Ok(ip) => ip,
+        Err((status, message)) => return refuse(&app, status, message),
+    };
+    accept(app, req, handshake, ip, make)
+}
+
+/// The RFC 6455 §4.2.1 request checks and the handshake's answer
+/// (`switchboard_ws::validate_upgrade` on this request's headers).
+fn check_handshake(req: &Request) -> Result<Handshake, Rejection> {
     let headers = req.headers();
-    if req.method() != Method::GET || !header_has_token(headers, header::UPGRADE, "websocket") {
-        return refuse(
-            &app,
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket: send an Upgrade: websocket request",
-        );
-    }
-    if !header_has_token(headers, header::CONNECTION, "upgrade") {
-        return refuse(&app, StatusCode::BAD_REQUEST, "missing Connection: Upgrade");
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        let mut response = refuse(
-            &app,
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported Sec-WebSocket-Version (need 13)",
-        );
+    let all = |name: header::HeaderName| -> Vec<&[u8]> {
+        headers.get_all(name).iter().map(|v| v.as_bytes()).collect()
+    };
+    let first = |name: header::HeaderName| headers.get(name).map(|v| v.as_bytes());
+    let (upgrade, connection, extensions) = (
+        all(header::UPGRADE),
+        all(header::CONNECTION),
+        all(header::SEC_WEBSOCKET_EXTENSIONS),
+    );
+    switchboard_ws::validate_upgrade(&UpgradeRequest {
+        method: req.method().as_str(),
+        upgrade: &upgrade,
+        connection: &connection,
+        version: first(header::SEC_WEBSOCKET_VERSION),
+        key: first(header::SEC_WEBSOCKET_KEY),
+        extensions: &extensions,
+    })
+}
+
+fn refuse_handshake(app: &App, rejection: Rejection) -> Response {
+    let status = StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = refuse(app, status, rejection.message());
+    if rejection == Rejection::UnsupportedVersion {
         response.headers_mut().insert(
             header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
+            HeaderValue::from_static(switchboard_ws::SUPPORTED_VERSION),
         );
-        return response;
     }
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|k| valid_key(k.as_bytes()))
-    else {
-        return refuse(
-            &app,
-            StatusCode::BAD_REQUEST,
-            "missing or invalid Sec-WebSocket-Key",
-        );
-    };
+    response
+}
+
+/// Whether this server takes the connection now: origin, shutdown, capacity,
+/// then the per-IP limits. On success, the client IP whose slot was taken;
+/// else the status and text to refuse with.
+fn admit(app: &App, req: &Request) -> Result<Option<IpAddr>, (StatusCode, &'static str)> {
+    let headers = req.headers();
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !guard::origin_allowed(&app.config.allowed_origins, origin, host) {
-        return refuse(&app, StatusCode::FORBIDDEN, "origin not allowed");
+        return Err((StatusCode::FORBIDDEN, "origin not allowed"));
     }
     if app.shutting_down.load(Ordering::Relaxed) {
-        return refuse(
-            &app,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server is shutting down",
-        );
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"));
     }
     if app.hub.connection_count() >= app.config.max_connections {
-        return refuse(
-            &app,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection limit reached",
-        );
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "connection limit reached"));
     }
-    let accept = switchboard_ws::accept_key(key.as_bytes());
-    let offers: Vec<&[u8]> = headers
-        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    let deflate = switchboard_ws::negotiate_deflate(&offers);
+    // Per-IP limits last, so every refusal above leaves the counters alone.
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo>()
+        .map(|c| guard::client_ip(c.0, headers, &app.config.trusted_proxies));
+    if let Some(ip) = ip {
+        let message = match app.ip_limits.admit(ip) {
+            Ok(()) => return Ok(Some(ip)),
+            Err(Refusal::TooManyConnections) => "too many connections from this address",
+            Err(Refusal::TooFast) => "connecting too fast from this address",
+        };
+        return Err((StatusCode::TOO_MANY_REQUESTS, message));
+    }
+    Ok(None)
+}
 
+/// Registers the connection, answers 101 and runs the socket loop on the
+/// raw stream once hyper lets go of it.
+fn accept<F>(
+    app: Arc<App>,
+    mut req: Request,
+    handshake: Handshake,
+    ip: Option<IpAddr>,
+    make: F,
+) -> Response
+where
+    F: FnOnce(Arc<App>, Arc<crate::hub::Conn>) -> MakeHandler + Send + 'static,
+{
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "Upgrade")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
-    let config: Option<DeflateConfig> = match deflate {
+        .header(header::SEC_WEBSOCKET_ACCEPT, handshake.accept);
+    let config: Option<DeflateConfig> = match handshake.deflate {
         Some((config, value)) => {
             response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, value);
             Some(DeflateConfig {
@@ -281,41 +308,31 @@ where
         }
         None => None,
     };
-    // Per-IP limits last, so every refusal above leaves the counters alone.
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo>()
-        .map(|c| guard::client_ip(c.0, req.headers(), &app.config.trusted_proxies));
-    if let Some(ip) = ip {
-        match app.ip_limits.admit(ip) {
-            Ok(()) => {}
-            Err(Refusal::TooManyConnections) => {
-                return refuse(
-                    &app,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connections from this address",
-                )
-            }
-            Err(Refusal::TooFast) => {
-                return refuse(
-                    &app,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "connecting too fast from this address",
-                )
-            }
-        }
-    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Register before answering 101: once the client sees the handshake
     // complete, it is in its channel or identified, and misses nothing sent
     // after that. Frames queued now are written when the socket loop starts.
     app.hub.metrics.connections_accepted.increment(1);
     let conn = app.hub.connect(config, app.config.max_queue);
-    let mut handler = Admitted {
+    let handler = Admitted {
         inner: make(app.clone(), conn.clone()),
         app: app.clone(),
         ip,
     };
+    spawn_socket(app, on_upgrade, conn, handler);
+    response
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Waits for hyper to hand over the stream, then runs the socket loop on it;
+/// if the upgrade fails, undoes the registration.
+fn spawn_socket(
+    app: Arc<App>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    conn: Arc<crate::hub::Conn>,
+    mut handler: Admitted,
+) {
     tokio::spawn(async move {
         let parts = match on_upgrade.await {
             // We served hyper a plain or TLS stream: recover it and any
@@ -338,26 +355,4 @@ where
         drop(app);
         tokio::spawn(socket::run(hub, stream, read_buf, conn, max_frame, handler));
     });
-    response
-        .body(Body::empty())
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// Whether a comma-separated header contains `token` (case-insensitive).
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
-}
-
-/// A Sec-WebSocket-Key is the base64 of 16 bytes: 24 characters ending in `==`.
-fn valid_key(key: &[u8]) -> bool {
-    key.len() == 24
-        && key.ends_with(b"==")
-        && key[..22]
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }

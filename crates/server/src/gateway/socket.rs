@@ -27,7 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::Either;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_ws::{close_frame, encode_frame, Decoder, Message, OpCode};
+use switchboard_ws::{close_frame, encode_frame, CloseCode, Decoder, Message, OpCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -50,7 +50,7 @@ thread_local! {
 /// A request from a handler to close the connection.
 #[derive(Debug, Clone, Copy)]
 pub struct CloseWith {
-    pub code: u16,
+    pub code: CloseCode,
     pub reason: &'static str,
 }
 
@@ -198,7 +198,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     // The peer is gone or half-closed: flush what is queued
                     // (bounded by the flush deadline), then close.
-                    self.conn.close(0, "", true);
+                    self.conn.close(CloseCode::NO_STATUS, "", true);
                     self.end_read();
                     return;
                 }
@@ -234,7 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                         Message::Close(status) => {
                             if !closing {
                                 // Echo the peer's status code, as RFC 6455 §5.5.1 suggests.
-                                let code = status.map(|(code, _)| code).unwrap_or(0);
+                                let code = status.map_or(CloseCode::NO_STATUS, |(code, _)| code);
                                 self.conn.close(code, "", true);
                             }
                             self.end_read();
@@ -341,11 +341,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                     return;
                 }
                 Some(reason) => {
-                    let frame = if reason.code == 0 {
-                        encode_frame(OpCode::Close, b"", false)
-                    } else {
-                        close_frame(reason.code, reason.reason)
-                    };
+                    // Echoing a close without code (NO_STATUS) sends one without.
+                    let frame = close_frame(reason.code, reason.reason);
                     self.batch.push_back(frame);
                     self.writing = Writing::Closing;
                 }

@@ -10,13 +10,13 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::task::Waker;
-use switchboard_ws::DeflateConfig;
+use switchboard_ws::{CloseCode, DeflateConfig};
 use tokio::sync::Notify;
 
 /// Why and how a connection is being closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloseReason {
-    pub code: u16,
+    pub code: CloseCode,
     pub reason: &'static str,
     /// Graceful closes flush queued frames first; aborts drop them.
     pub graceful: bool,
@@ -141,7 +141,7 @@ impl Conn {
     }
 
     /// Requests a close. The first request wins; later ones are ignored.
-    pub fn close(&self, code: u16, reason: &'static str, graceful: bool) {
+    pub fn close(&self, code: CloseCode, reason: &'static str, graceful: bool) {
         let mut out = self.outbox.lock();
         if out.close.is_some() {
             return;
@@ -253,7 +253,7 @@ mod tests {
     fn graceful_close_keeps_queued_frames() {
         let conn = Conn::new(1, None, 100, 0);
         conn.push(Bytes::from_static(b"a"));
-        conn.close(1001, "bye", true);
+        conn.close(CloseCode::GOING_AWAY, "bye", true);
         let mut batch = VecDeque::new();
         let close = conn.take_batch(&mut batch);
         assert_eq!(batch.len(), 1);

@@ -465,7 +465,7 @@ impl Hub {
 
     /// Asks every connection to close with `code` (graceful: queued frames
     /// are flushed first).
-    pub fn close_all(&self, code: u16, reason: &'static str) {
+    pub fn close_all(&self, code: proto::close::CloseCode, reason: &'static str) {
         for entry in self.conns.iter() {
             entry.value().close(code, reason, true);
         }
