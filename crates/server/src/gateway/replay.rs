@@ -226,7 +226,6 @@ pub fn history(
                     Target::With(w) => (None, Some(w.as_str())),
                 };
                 let reply = proto::History {
-                    kind: "history",
                     id: id.as_ref(),
                     room,
                     with,
