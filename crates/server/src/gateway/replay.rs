@@ -203,7 +203,7 @@ pub async fn read_history(
         })
     })
     .await
-    .map_err(|e| store::StoreError(e.to_string()))??;
+    .map_err(|e| store::StoreError::Internal(e.to_string()))??;
     Ok(events
         .into_iter()
         .filter_map(|e| String::from_utf8(e).ok().and_then(raw))
