@@ -105,7 +105,7 @@ async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Requ
         (true, Some(token), _) => match app.auth.authenticate(None, Some(&token)) {
             Ok(Some(identity)) => Start::Identified(identity),
             Ok(None) => Start::Pending,
-            Err(message) => Start::Refused(message),
+            Err(message) => Start::Refused(message.to_string()),
         },
         (true, None, _) | (false, _, None) => Start::Pending,
         (false, _, Some(user)) => Start::Identified(Identity::named(&user)),

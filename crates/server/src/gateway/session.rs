@@ -202,7 +202,7 @@ impl Session {
                 Ok(())
             }
             Err(message) => {
-                self.error(id, ErrorCode::Unauthorized, &message);
+                self.error(id, ErrorCode::Unauthorized, &message.to_string());
                 Err(UNAUTHORIZED)
             }
         }
@@ -264,7 +264,7 @@ impl Session {
                             self.identify(Identity::named(&guest), id.as_ref())
                         }
                         Err(message) => {
-                            self.error(id.as_ref(), ErrorCode::Unauthorized, &message);
+                            self.error(id.as_ref(), ErrorCode::Unauthorized, &message.to_string());
                             Err(UNAUTHORIZED)
                         }
                     };
