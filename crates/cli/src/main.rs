@@ -68,8 +68,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         name: args.name,
         rooms: args.rooms,
     };
-    let token =
-        switchboard_server::auth::mint(&args.secret, &claims).map_err(anyhow::Error::msg)?;
+    let token = switchboard_server::auth::mint(&args.secret, &claims)?;
     println!("{token}");
     Ok(())
 }

@@ -1,23 +1,89 @@
-//! Server → client events. Each struct serializes to one JSON object whose
-//! first field is `type`; [`encode`] turns any of them into frame payload bytes.
-//! Fields borrow, so building an event copies nothing but the final bytes.
+//! Server → client events. [`Event`] is the only thing [`encode`] accepts:
+//! its serde tag writes each event's `type` as the object's first field, so
+//! no code spells a `type` string by hand. The per-event structs carry the
+//! other fields; they borrow, so building an event copies nothing but the
+//! final bytes.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::{ErrorCode, Id};
 
-/// Serializes an event to JSON bytes.
-pub fn encode<T: Serialize>(event: &T) -> Vec<u8> {
-    // Serializing these structs cannot fail: every field is a string, a
-    // number, or already-valid raw JSON.
-    serde_json::to_vec(event).unwrap_or_default()
+/// Every server → client event. Variants hold a reference so that
+/// `encode(&Pong::new(id))` needs neither a move nor a copy of the event.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event<'a> {
+    Welcome(&'a Welcome<'a>),
+    Joined(&'a Joined<'a>),
+    Left(&'a Left<'a>),
+    Ack(&'a Ack<'a>),
+    Message(&'a Message<'a>),
+    Direct(&'a Direct<'a>),
+    /// A presence change and a presence list share the wire type: the
+    /// fields tell them apart (`event` vs `users`).
+    #[serde(rename = "presence")]
+    PresenceChange(&'a PresenceChange<'a>),
+    #[serde(rename = "presence")]
+    PresenceList(&'a PresenceList<'a>),
+    Reset(&'a Reset<'a>),
+    #[serde(rename = "read")]
+    ReadReceipt(&'a ReadReceipt<'a>),
+    History(&'a History<'a>),
+    Pong(&'a Pong<'a>),
+    Error(&'a Error<'a>),
+}
+
+macro_rules! into_event {
+    ($($name:ident),* $(,)?) => {$(
+        impl<'a> From<&'a $name<'a>> for Event<'a> {
+            fn from(event: &'a $name<'a>) -> Self {
+                Event::$name(event)
+            }
+        }
+    )*};
+}
+
+into_event!(
+    Welcome,
+    Joined,
+    Left,
+    Ack,
+    Message,
+    Direct,
+    PresenceChange,
+    PresenceList,
+    Reset,
+    ReadReceipt,
+    History,
+    Pong,
+    Error,
+);
+
+/// Sent instead of an event that failed to serialize (see [`encode`]).
+const ENCODE_FAILED: &[u8] =
+    br#"{"type":"error","code":"unavailable","message":"the server could not encode a reply"}"#;
+
+/// Serializes an event to the JSON bytes of one frame, written straight into
+/// the output buffer (no intermediate `serde_json::Value`).
+pub fn encode<'a>(event: impl Into<Event<'a>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    match serde_json::to_writer(&mut out, &event.into()) {
+        Ok(()) => out,
+        // Cannot happen: every field is a string, a number, a bool or raw
+        // JSON already validated, and writing to a Vec cannot fail. Should a
+        // future field break that, the client still gets a well-formed
+        // `error` event, never an empty frame; debug builds (the tests) stop
+        // here. (This crate does no I/O, logging included.)
+        Err(err) => {
+            debug_assert!(false, "event failed to serialize: {err}");
+            ENCODE_FAILED.to_vec()
+        }
+    }
 }
 
 #[derive(Serialize)]
 pub struct Welcome<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a Id>,
     pub user: &'a str,
@@ -29,7 +95,6 @@ pub struct Welcome<'a> {
 impl<'a> Welcome<'a> {
     pub fn new(id: Option<&'a Id>, user: &'a str, session: &'a str, heartbeat: u64) -> Self {
         Welcome {
-            kind: "welcome",
             id,
             user,
             session,
@@ -40,8 +105,6 @@ impl<'a> Welcome<'a> {
 
 #[derive(Serialize)]
 pub struct Joined<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a Id>,
     pub room: &'a str,
@@ -54,7 +117,6 @@ pub struct Joined<'a> {
 impl<'a> Joined<'a> {
     pub fn new(id: Option<&'a Id>, room: &'a str, online: usize, seq: u64) -> Self {
         Joined {
-            kind: "joined",
             id,
             room,
             online,
@@ -65,8 +127,6 @@ impl<'a> Joined<'a> {
 
 #[derive(Serialize)]
 pub struct Left<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a Id>,
     pub room: &'a str,
@@ -74,19 +134,13 @@ pub struct Left<'a> {
 
 impl<'a> Left<'a> {
     pub fn new(id: Option<&'a Id>, room: &'a str) -> Self {
-        Left {
-            kind: "left",
-            id,
-            room,
-        }
+        Left { id, room }
     }
 }
 
 /// Reply to `publish` (with `room`) or `send` (with `to` and `stored`).
 #[derive(Serialize)]
 pub struct Ack<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a Id>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,7 +164,6 @@ pub struct Ack<'a> {
 impl<'a> Ack<'a> {
     pub fn publish(id: Option<&'a Id>, room: &'a str, seq: u64, delivered: usize) -> Self {
         Ack {
-            kind: "ack",
             id,
             room: Some(room),
             to: None,
@@ -124,7 +177,6 @@ impl<'a> Ack<'a> {
 
     pub fn send(id: Option<&'a Id>, to: &'a str, seq: u64, delivered: usize, stored: bool) -> Self {
         Ack {
-            kind: "ack",
             id,
             room: None,
             to: Some(to),
@@ -139,8 +191,6 @@ impl<'a> Ack<'a> {
 
 #[derive(Serialize)]
 pub struct Message<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub room: &'a str,
     pub seq: u64,
     pub from: &'a str,
@@ -152,7 +202,6 @@ pub struct Message<'a> {
 impl<'a> Message<'a> {
     pub fn new(room: &'a str, seq: u64, from: &'a str, ts: u64, body: &'a RawValue) -> Self {
         Message {
-            kind: "message",
             room,
             seq,
             from,
@@ -164,8 +213,6 @@ impl<'a> Message<'a> {
 
 #[derive(Serialize)]
 pub struct Direct<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub from: &'a str,
     pub to: &'a str,
     /// Per-recipient inbox seq.
@@ -187,7 +234,6 @@ impl<'a> Direct<'a> {
         body: &'a RawValue,
     ) -> Self {
         Direct {
-            kind: "direct",
             from,
             to,
             seq,
@@ -201,8 +247,6 @@ impl<'a> Direct<'a> {
 /// Presence change broadcast to a room.
 #[derive(Serialize)]
 pub struct PresenceChange<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub room: &'a str,
     /// `"join"` or `"leave"`.
     pub event: &'static str,
@@ -213,7 +257,6 @@ pub struct PresenceChange<'a> {
 impl<'a> PresenceChange<'a> {
     pub fn join(room: &'a str, user: &'a str, online: usize) -> Self {
         PresenceChange {
-            kind: "presence",
             room,
             event: "join",
             user,
@@ -223,7 +266,6 @@ impl<'a> PresenceChange<'a> {
 
     pub fn leave(room: &'a str, user: &'a str, online: usize) -> Self {
         PresenceChange {
-            kind: "presence",
             room,
             event: "leave",
             user,
@@ -235,8 +277,6 @@ impl<'a> PresenceChange<'a> {
 /// Reply to a `presence` query.
 #[derive(Serialize)]
 pub struct PresenceList<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a Id>,
     pub room: &'a str,
@@ -247,7 +287,6 @@ pub struct PresenceList<'a> {
 impl<'a> PresenceList<'a> {
     pub fn new(id: Option<&'a Id>, room: &'a str, users: Vec<&'a str>) -> Self {
         PresenceList {
-            kind: "presence",
             id,
             room,
             online: users.len(),
@@ -260,8 +299,6 @@ impl<'a> PresenceList<'a> {
 /// everything up to `seq` is skipped; what follows continues from `seq + 1`.
 #[derive(Serialize)]
 pub struct Reset<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub room: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -272,7 +309,6 @@ pub struct Reset<'a> {
 impl<'a> Reset<'a> {
     pub fn room(room: &'a str, seq: u64) -> Self {
         Reset {
-            kind: "reset",
             room: Some(room),
             inbox: false,
             seq,
@@ -281,7 +317,6 @@ impl<'a> Reset<'a> {
 
     pub fn inbox(seq: u64) -> Self {
         Reset {
-            kind: "reset",
             room: None,
             inbox: true,
             seq,
@@ -293,19 +328,13 @@ impl<'a> Reset<'a> {
 /// (their inbox seq).
 #[derive(Serialize)]
 pub struct ReadReceipt<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub by: &'a str,
     pub upto: u64,
 }
 
 impl<'a> ReadReceipt<'a> {
     pub fn new(by: &'a str, upto: u64) -> Self {
-        ReadReceipt {
-            kind: "read",
-            by,
-            upto,
-        }
+        ReadReceipt { by, upto }
     }
 }
 
@@ -313,8 +342,6 @@ impl<'a> ReadReceipt<'a> {
 /// events, oldest first.
 #[derive(Serialize)]
 pub struct History<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a Id>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -327,22 +354,18 @@ pub struct History<'a> {
 
 #[derive(Serialize)]
 pub struct Pong<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a Id>,
 }
 
 impl<'a> Pong<'a> {
     pub fn new(id: Option<&'a Id>) -> Self {
-        Pong { kind: "pong", id }
+        Pong { id }
     }
 }
 
 #[derive(Serialize)]
 pub struct Error<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a Id>,
     pub code: &'static str,
@@ -352,7 +375,6 @@ pub struct Error<'a> {
 impl<'a> Error<'a> {
     pub fn new(id: Option<&'a Id>, code: ErrorCode, message: &'a str) -> Self {
         Error {
-            kind: "error",
             id,
             code: code.as_str(),
             message,
@@ -363,6 +385,10 @@ impl<'a> Error<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(bytes: Vec<u8>) -> String {
+        String::from_utf8(bytes).unwrap()
+    }
 
     #[test]
     fn message_keeps_body_bytes_verbatim() {
@@ -400,5 +426,162 @@ mod tests {
         );
         let p = String::from_utf8(encode(&Ack::publish(None, "r", 9, 3))).unwrap();
         assert_eq!(p, r#"{"type":"ack","room":"r","seq":9,"delivered":3}"#);
+    }
+
+    #[test]
+    fn welcome_encoding() {
+        let id = Id::from_json("7").unwrap();
+        assert_eq!(
+            text(encode(&Welcome::new(Some(&id), "ann", "s1", 25))),
+            r#"{"type":"welcome","id":7,"user":"ann","session":"s1","heartbeat":25}"#
+        );
+        assert_eq!(
+            text(encode(&Welcome::new(None, "ann", "s1", 25))),
+            r#"{"type":"welcome","user":"ann","session":"s1","heartbeat":25}"#
+        );
+    }
+
+    #[test]
+    fn joined_and_left_encoding() {
+        let id = Id::from_json(r#""j""#).unwrap();
+        assert_eq!(
+            text(encode(&Joined::new(Some(&id), "lobby", 2, 40))),
+            r#"{"type":"joined","id":"j","room":"lobby","online":2,"seq":40}"#
+        );
+        assert_eq!(
+            text(encode(&Joined::new(None, "lobby", 1, 0))),
+            r#"{"type":"joined","room":"lobby","online":1,"seq":0}"#
+        );
+        assert_eq!(
+            text(encode(&Left::new(Some(&id), "lobby"))),
+            r#"{"type":"left","id":"j","room":"lobby"}"#
+        );
+        assert_eq!(
+            text(encode(&Left::new(None, "lobby"))),
+            r#"{"type":"left","room":"lobby"}"#
+        );
+    }
+
+    #[test]
+    fn ack_encoding_with_every_optional_field() {
+        let id = Id::from_json("1").unwrap();
+        let mut send = Ack::send(Some(&id), "bob", 4, 1, true);
+        send.gid = Some(99);
+        send.duplicate = true;
+        assert_eq!(
+            text(encode(&send)),
+            r#"{"type":"ack","id":1,"to":"bob","seq":4,"gid":99,"delivered":1,"stored":true,"duplicate":true}"#
+        );
+    }
+
+    #[test]
+    fn direct_keeps_body_bytes_verbatim() {
+        let body = RawValue::from_string(r#"[1, "two" ,{}]"#.into()).unwrap();
+        assert_eq!(
+            text(encode(&Direct::new("ann", "bob", 5, 12, 1700, &body))),
+            r#"{"type":"direct","from":"ann","to":"bob","seq":5,"gid":12,"ts":1700,"body":[1, "two" ,{}]}"#
+        );
+    }
+
+    #[test]
+    fn presence_change_and_list_share_the_presence_type() {
+        assert_eq!(
+            text(encode(&PresenceChange::join("lobby", "ann", 3))),
+            r#"{"type":"presence","room":"lobby","event":"join","user":"ann","online":3}"#
+        );
+        assert_eq!(
+            text(encode(&PresenceChange::leave("lobby", "ann", 2))),
+            r#"{"type":"presence","room":"lobby","event":"leave","user":"ann","online":2}"#
+        );
+        let id = Id::from_json(r#""p""#).unwrap();
+        assert_eq!(
+            text(encode(&PresenceList::new(
+                Some(&id),
+                "lobby",
+                vec!["ann", "bob"]
+            ))),
+            r#"{"type":"presence","id":"p","room":"lobby","online":2,"users":["ann","bob"]}"#
+        );
+        assert_eq!(
+            text(encode(&PresenceList::new(None, "lobby", vec![]))),
+            r#"{"type":"presence","room":"lobby","online":0,"users":[]}"#
+        );
+    }
+
+    #[test]
+    fn reset_encoding() {
+        assert_eq!(
+            text(encode(&Reset::room("lobby", 8))),
+            r#"{"type":"reset","room":"lobby","seq":8}"#
+        );
+        assert_eq!(
+            text(encode(&Reset::inbox(3))),
+            r#"{"type":"reset","inbox":true,"seq":3}"#
+        );
+    }
+
+    #[test]
+    fn read_receipt_encoding() {
+        assert_eq!(
+            text(encode(&ReadReceipt::new("bob", 17))),
+            r#"{"type":"read","by":"bob","upto":17}"#
+        );
+    }
+
+    #[test]
+    fn history_keeps_each_event_verbatim() {
+        let id = Id::from_json(r#""h""#).unwrap();
+        let past = RawValue::from_string(r#"{"type":"message", "seq":1}"#.into()).unwrap();
+        let room = History {
+            id: Some(&id),
+            room: Some("lobby"),
+            with: None,
+            messages: vec![past],
+        };
+        assert_eq!(
+            text(encode(&room)),
+            r#"{"type":"history","id":"h","room":"lobby","messages":[{"type":"message", "seq":1}]}"#
+        );
+        let conversation = History {
+            id: None,
+            room: None,
+            with: Some("bob"),
+            messages: Vec::new(),
+        };
+        assert_eq!(
+            text(encode(&conversation)),
+            r#"{"type":"history","with":"bob","messages":[]}"#
+        );
+    }
+
+    #[test]
+    fn error_encoding() {
+        let id = Id::from_json(r#"{"k":1}"#).unwrap();
+        assert_eq!(
+            text(encode(&Error::new(
+                Some(&id),
+                ErrorCode::NotJoined,
+                "join first"
+            ))),
+            r#"{"type":"error","id":{"k":1},"code":"not_joined","message":"join first"}"#
+        );
+        assert_eq!(
+            text(encode(&Error::new(
+                None,
+                ErrorCode::RateLimited,
+                "slow \"down\""
+            ))),
+            r#"{"type":"error","code":"rate_limited","message":"slow \"down\""}"#
+        );
+    }
+
+    #[test]
+    fn encode_failure_fallback_is_a_well_formed_error_event() {
+        let expected = Error::new(
+            None,
+            ErrorCode::Unavailable,
+            "the server could not encode a reply",
+        );
+        assert_eq!(encode(&expected), ENCODE_FAILED);
     }
 }

@@ -6,7 +6,7 @@
 //! leeway; an optional `rooms` claim (patterns like `team-*`) limits `join`
 //! and `publish`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
@@ -57,18 +57,78 @@ pub fn room_matches(pattern: &str, room: &str) -> bool {
     }
 }
 
+/// Why a token was refused. The text goes to the client in the
+/// `unauthorized` error, so it is part of the observable protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required")]
+    Missing,
+    #[error("malformed token")]
+    Malformed,
+    /// No key of this server verifies tokens signed with this algorithm.
+    #[error("{0:?} tokens are not accepted")]
+    AlgorithmNotAccepted(Algorithm),
+    #[error("unknown key id `{0}`")]
+    UnknownKeyId(String),
+    /// The JWKS entry the token names cannot be used as a key.
+    #[error("bad JWKS key `{kid}`: {error}")]
+    BadJwksKey {
+        kid: String,
+        error: jsonwebtoken::errors::Error,
+    },
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet (nbf)")]
+    NotYetValid,
+    #[error("bad token signature")]
+    BadSignature,
+    /// Any other failed check (a claim missing or of the wrong type, ...).
+    #[error("invalid token: {0}")]
+    Invalid(jsonwebtoken::errors::Error),
+    /// The `sub` claim is not a valid user id.
+    #[error("token sub: {0}")]
+    BadSubject(String),
+}
+
+/// Why the JWT keys could not be set up (a start-up error).
+#[derive(Debug, thiserror::Error)]
+pub enum JwtConfigError {
+    #[error("cannot read {}: {error}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: not an RSA or EC P-256 public key in PEM: {error}", path.display())]
+    NotAPublicKey {
+        path: PathBuf,
+        error: jsonwebtoken::errors::Error,
+    },
+    #[error("{}: not a JWKS: {error}", path.display())]
+    NotAJwks {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    #[error("the JWT secret must not be empty")]
+    EmptySecret,
+}
+
+/// Why a token could not be signed (`switchboard token`).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct MintError(#[from] jsonwebtoken::errors::Error);
+
 /// Decides who a connection is, from what the client presented.
 pub trait Authenticator: Send + Sync {
     /// Whether a token is required (auth on).
     fn required(&self) -> bool;
 
     /// `Ok(Some(identity))`: identified; `Ok(None)`: a guest (auth off, no
-    /// user given); `Err(message)`: refused (`unauthorized`, close 4001).
+    /// user given); `Err(why)`: refused (`unauthorized`, close 4001).
     fn authenticate(
         &self,
         user: Option<&str>,
         token: Option<&str>,
-    ) -> Result<Option<Identity>, String>;
+    ) -> Result<Option<Identity>, AuthError>;
 }
 
 /// Trusts the user id the client names (local development default).
@@ -83,7 +143,7 @@ impl Authenticator for NoAuth {
         &self,
         user: Option<&str>,
         _token: Option<&str>,
-    ) -> Result<Option<Identity>, String> {
+    ) -> Result<Option<Identity>, AuthError> {
         Ok(user.map(Identity::named))
     }
 }
@@ -118,20 +178,20 @@ impl JwtAuth {
         public_key: Option<&Path>,
         jwks: Option<&Path>,
         leeway: Duration,
-    ) -> Result<JwtAuth, String> {
+    ) -> Result<JwtAuth, JwtConfigError> {
         let public = match public_key {
             None => None,
             Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|error| JwtConfigError::Unreadable {
+                    path: path.to_owned(),
+                    error,
+                })?;
                 let key = DecodingKey::from_rsa_pem(&pem)
                     .map(|k| (k, Algorithm::RS256))
                     .or_else(|_| DecodingKey::from_ec_pem(&pem).map(|k| (k, Algorithm::ES256)))
-                    .map_err(|e| {
-                        format!(
-                            "{}: not an RSA or EC P-256 public key in PEM: {e}",
-                            path.display()
-                        )
+                    .map_err(|error| JwtConfigError::NotAPublicKey {
+                        path: path.to_owned(),
+                        error,
                     })?;
                 Some(key)
             }
@@ -139,16 +199,20 @@ impl JwtAuth {
         let jwks = match jwks {
             None => None,
             Some(path) => {
-                let text = std::fs::read(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                Some(
-                    serde_json::from_slice::<JwkSet>(&text)
-                        .map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?,
-                )
+                let text = std::fs::read(path).map_err(|error| JwtConfigError::Unreadable {
+                    path: path.to_owned(),
+                    error,
+                })?;
+                Some(serde_json::from_slice::<JwkSet>(&text).map_err(|error| {
+                    JwtConfigError::NotAJwks {
+                        path: path.to_owned(),
+                        error,
+                    }
+                })?)
             }
         };
         if secret.is_some_and(str::is_empty) {
-            return Err("the JWT secret must not be empty".into());
+            return Err(JwtConfigError::EmptySecret);
         }
         Ok(JwtAuth {
             secret: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
@@ -159,23 +223,25 @@ impl JwtAuth {
     }
 
     /// Verifies a token and returns its identity.
-    pub fn verify(&self, token: &str) -> Result<Identity, String> {
-        let header = decode_header(token).map_err(|_| "malformed token".to_string())?;
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         let (key, alg) = match header.alg {
             Algorithm::HS256 => (
                 self.secret
                     .as_ref()
-                    .ok_or("HS256 tokens are not accepted")?,
+                    .ok_or(AuthError::AlgorithmNotAccepted(Algorithm::HS256))?,
                 Algorithm::HS256,
             ),
             Algorithm::RS256 | Algorithm::ES256 => {
                 let from_jwks = match (&self.jwks, &header.kid) {
                     (Some(set), Some(kid)) => match set.find(kid) {
-                        Some(jwk) => Some(
-                            DecodingKey::from_jwk(jwk)
-                                .map_err(|e| format!("bad JWKS key `{kid}`: {e}"))?,
-                        ),
-                        None => return Err(format!("unknown key id `{kid}`")),
+                        Some(jwk) => Some(DecodingKey::from_jwk(jwk).map_err(|error| {
+                            AuthError::BadJwksKey {
+                                kid: kid.clone(),
+                                error,
+                            }
+                        })?),
+                        None => return Err(AuthError::UnknownKeyId(kid.clone())),
                     },
                     _ => None,
                 };
@@ -183,30 +249,28 @@ impl JwtAuth {
                     Some(key) => return self.check(token, &key, header.alg),
                     None => match &self.public {
                         Some((key, alg)) if *alg == header.alg => (key, *alg),
-                        _ => return Err(format!("{:?} tokens are not accepted", header.alg)),
+                        _ => return Err(AuthError::AlgorithmNotAccepted(header.alg)),
                     },
                 }
             }
-            other => return Err(format!("{other:?} tokens are not accepted")),
+            other => return Err(AuthError::AlgorithmNotAccepted(other)),
         };
         self.check(token, key, alg)
     }
 
-    fn check(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Identity, String> {
+    fn check(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Identity, AuthError> {
         let mut validation = Validation::new(alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data = decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_string(),
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
-                "token not valid yet (nbf)".to_string()
-            }
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad token signature".to_string(),
-            _ => format!("invalid token: {e}"),
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::BadSignature,
+            _ => AuthError::Invalid(e),
         })?;
         let claims = data.claims;
-        validate_user(&claims.sub).map_err(|m| format!("token sub: {m}"))?;
+        validate_user(&claims.sub).map_err(AuthError::BadSubject)?;
         Ok(Identity {
             user: claims.sub,
             name: claims.name,
@@ -225,22 +289,21 @@ impl Authenticator for JwtAuth {
         &self,
         _user: Option<&str>,
         token: Option<&str>,
-    ) -> Result<Option<Identity>, String> {
+    ) -> Result<Option<Identity>, AuthError> {
         match token {
             Some(token) => self.verify(token).map(Some),
-            None => Err("a token is required".into()),
+            None => Err(AuthError::Missing),
         }
     }
 }
 
 /// Mints an HS256 token (`switchboard token`, tests).
-pub fn mint(secret: &str, claims: &Claims) -> Result<String, String> {
-    jsonwebtoken::encode(
+pub fn mint(secret: &str, claims: &Claims) -> Result<String, MintError> {
+    Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
         &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .map_err(|e| e.to_string())
+    )?)
 }
 
 #[cfg(test)]
@@ -280,19 +343,32 @@ mod tests {
         assert!(id.may_use("team-a") && !id.may_use("lobby"));
 
         let wrong = mint("other", &claims("ann", now() + 60)).unwrap();
-        assert_eq!(auth.verify(&wrong).unwrap_err(), "bad token signature");
+        assert_eq!(
+            auth.verify(&wrong).unwrap_err().to_string(),
+            "bad token signature"
+        );
         let expired = mint("s3cret", &claims("ann", now() - 60)).unwrap();
-        assert_eq!(auth.verify(&expired).unwrap_err(), "token expired");
+        assert_eq!(
+            auth.verify(&expired).unwrap_err().to_string(),
+            "token expired"
+        );
         // Within the leeway is still fine.
         let just = mint("s3cret", &claims("ann", now() - 2)).unwrap();
         assert!(auth.verify(&just).is_ok());
         let mut early = claims("ann", now() + 600);
         early.nbf = Some(now() + 300);
         let early = mint("s3cret", &early).unwrap();
-        assert!(auth.verify(&early).unwrap_err().contains("nbf"));
-        assert_eq!(auth.verify("not.a.token").unwrap_err(), "malformed token");
+        assert!(auth.verify(&early).unwrap_err().to_string().contains("nbf"));
+        assert_eq!(
+            auth.verify("not.a.token").unwrap_err().to_string(),
+            "malformed token"
+        );
         let bad_sub = mint("s3cret", &claims("", now() + 60)).unwrap();
-        assert!(auth.verify(&bad_sub).unwrap_err().contains("sub"));
+        assert!(auth
+            .verify(&bad_sub)
+            .unwrap_err()
+            .to_string()
+            .contains("sub"));
     }
 
     #[test]
@@ -306,6 +382,59 @@ mod tests {
             leeway: 0,
         };
         let token = mint("whatever", &claims("ann", now() + 60)).unwrap();
-        assert!(auth.verify(&token).unwrap_err().contains("not accepted"));
+        assert!(auth
+            .verify(&token)
+            .unwrap_err()
+            .to_string()
+            .contains("not accepted"));
+    }
+
+    #[test]
+    fn refusal_kinds_keep_their_messages() {
+        let auth = JwtAuth::new(Some("s3cret"), None, None, Duration::from_secs(5)).unwrap();
+        let wrong = mint("other", &claims("ann", now() + 60)).unwrap();
+        assert!(matches!(auth.verify(&wrong), Err(AuthError::BadSignature)));
+        let expired = mint("s3cret", &claims("ann", now() - 60)).unwrap();
+        assert!(matches!(auth.verify(&expired), Err(AuthError::Expired)));
+        let mut early = claims("ann", now() + 600);
+        early.nbf = Some(now() + 300);
+        let early = mint("s3cret", &early).unwrap();
+        let refused = auth.verify(&early).unwrap_err();
+        assert!(matches!(refused, AuthError::NotYetValid));
+        assert_eq!(refused.to_string(), "token not valid yet (nbf)");
+        let bad_sub = mint("s3cret", &claims("", now() + 60)).unwrap();
+        assert!(matches!(
+            auth.verify(&bad_sub),
+            Err(AuthError::BadSubject(_))
+        ));
+        assert_eq!(
+            auth.authenticate(None, None).unwrap_err().to_string(),
+            "a token is required"
+        );
+        assert_eq!(
+            AuthError::AlgorithmNotAccepted(Algorithm::HS256).to_string(),
+            "HS256 tokens are not accepted"
+        );
+        assert_eq!(
+            AuthError::UnknownKeyId("k1".into()).to_string(),
+            "unknown key id `k1`"
+        );
+    }
+
+    #[test]
+    fn key_configuration_errors_name_the_file() {
+        let empty = JwtAuth::new(Some(""), None, None, Duration::ZERO);
+        assert_eq!(
+            empty.err().map(|e| e.to_string()).as_deref(),
+            Some("the JWT secret must not be empty")
+        );
+        let missing = Path::new("/nonexistent/switchboard-key.pem");
+        match JwtAuth::new(None, Some(missing), None, Duration::ZERO) {
+            Err(e @ JwtConfigError::Unreadable { .. }) => assert!(e
+                .to_string()
+                .starts_with("cannot read /nonexistent/switchboard-key.pem: ")),
+            Err(other) => panic!("expected Unreadable, got {other:?}"),
+            Ok(_) => panic!("loaded a missing key file"),
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 #[derive(Args, Clone, Debug)]
 pub struct Config {
@@ -67,8 +67,8 @@ pub struct Config {
 
     /// Store backend: `sqlite` (durable, in --data-dir) or `memory`
     /// (nothing survives a restart; for tests and benchmarks).
-    #[arg(long, env = "SWITCHBOARD_STORE", default_value = "sqlite", value_parser = ["sqlite", "memory"])]
-    pub store: String,
+    #[arg(long, env = "SWITCHBOARD_STORE", default_value = "sqlite", value_enum)]
+    pub store: StoreKind,
 
     /// Messages kept per room and per user inbox; older ones are dropped.
     #[arg(long, env = "SWITCHBOARD_RETENTION_COUNT", default_value_t = 10_000)]
@@ -187,7 +187,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             data_dir: "./switchboard-data".into(),
-            store: "sqlite".into(),
+            store: StoreKind::Sqlite,
             retention_count: 10_000,
             retention_age: Duration::from_secs(30 * 86_400),
             dedupe_window: Duration::from_secs(300),
@@ -208,6 +208,16 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
         }
     }
+}
+
+/// The `--store` backends. (Plain comments on the variants: doc comments
+/// would add per-value descriptions to `--help`.)
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    // Durable, in --data-dir.
+    Sqlite,
+    // Nothing survives a restart.
+    Memory,
 }
 
 /// Parses `500ms`, `25s`, `2m`, `12h`, `30d` or a bare number of seconds.
@@ -287,6 +297,28 @@ pub fn parse_size_or_zero(text: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn store_kinds() {
+        use clap::Parser;
+        let parse = |args: &[&str]| Serve::try_parse_from(["serve"].iter().chain(args));
+        assert_eq!(parse(&[]).unwrap().config.store, StoreKind::Sqlite);
+        let memory = parse(&["--store", "memory"]).unwrap();
+        assert_eq!(memory.config.store, StoreKind::Memory);
+        let sqlite = parse(&["--store", "sqlite"]).unwrap();
+        assert_eq!(sqlite.config.store, StoreKind::Sqlite);
+        let unknown = parse(&["--store", "redis"]).err().unwrap().to_string();
+        assert!(
+            unknown.contains("[possible values: sqlite, memory]"),
+            "{unknown}"
+        );
+    }
 
     #[test]
     fn durations() {

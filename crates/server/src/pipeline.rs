@@ -120,7 +120,7 @@ impl Pipeline {
         let thread = std::thread::Builder::new()
             .name("switchboard-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Pipeline {
             tx: Mutex::new(Some(tx)),
             healthy,

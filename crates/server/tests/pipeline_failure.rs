@@ -153,7 +153,7 @@ impl Store for FlakyStore {
             let _ = release.recv_timeout(WAIT);
         }
         if fail {
-            return Err(StoreError("injected commit failure".into()));
+            return Err(StoreError::Unavailable("injected commit failure".into()));
         }
         self.inner.commit(batch)
     }

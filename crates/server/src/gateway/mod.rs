@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tower_service::Service as _;
 
 use crate::auth::{Authenticator, JwtAuth, NoAuth};
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Settings};
@@ -74,9 +74,9 @@ impl Server {
             }
             _ => None,
         };
-        let store: Arc<dyn Store> = match config.store.as_str() {
-            "memory" => Arc::new(MemoryStore::new()),
-            _ => Arc::new(SqliteStore::open(&config.data_dir).map_err(|e| {
+        let store: Arc<dyn Store> = match config.store {
+            StoreKind::Memory => Arc::new(MemoryStore::new()),
+            StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot open the store in {}: {e}",
                     config.data_dir.display()

@@ -161,7 +161,6 @@ impl ClientSession {
                                 HistoryTarget::With(w) => (None, Some(w.as_str())),
                             };
                             let reply = proto::History {
-                                kind: "history",
                                 id: id.as_ref(),
                                 room,
                                 with,

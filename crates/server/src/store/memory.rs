@@ -52,7 +52,7 @@ fn reject_reused_seqs(st: &State, batch: &[Write]) -> Result<()> {
             _ => false,
         };
         if reused {
-            return Err(StoreError(
+            return Err(StoreError::Internal(
                 "commit rejected: a seq is already stored".into(),
             ));
         }

@@ -15,8 +15,6 @@ mod sqlite;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
-use std::fmt;
-
 /// A room message as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoomRecord {
@@ -99,21 +97,26 @@ pub struct Retention {
     pub age_ms: u64,
 }
 
-#[derive(Debug)]
-pub struct StoreError(pub String);
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
-    }
+/// Why a store operation failed, by what can be done about it. Each backend
+/// maps its own errors to these kinds; the text is the backend's own
+/// description (shown by `/readyz`, the HTTP API and start-up errors).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or written right now (an I/O error, a
+    /// lock held elsewhere, a file that cannot be opened): a retry may work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// No space left: writes work again once space is freed.
+    #[error("{0}")]
+    Full(String),
+    /// The stored data is damaged or is not a store at all: retrying will
+    /// not help, an operator has to.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A failure that is a bug rather than the environment's doing: a query
+    /// the backend rejected, unexpected data, a read task that panicked.
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

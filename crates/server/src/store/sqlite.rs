@@ -47,6 +47,30 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Code;
+        let message = e.to_string();
+        match e.sqlite_error_code() {
+            Some(Code::DiskFull) => StoreError::Full(message),
+            Some(Code::DatabaseCorrupt | Code::NotADatabase) => StoreError::Corrupt(message),
+            Some(
+                Code::CannotOpen
+                | Code::DatabaseBusy
+                | Code::DatabaseLocked
+                | Code::SystemIoFailure
+                | Code::ReadOnly
+                | Code::PermissionDenied
+                | Code::OutOfMemory
+                | Code::FileLockingProtocolFailed
+                | Code::NoLargeFileSupport
+                | Code::OperationInterrupted,
+            ) => StoreError::Unavailable(message),
+            _ => StoreError::Internal(message),
+        }
+    }
+}
+
 fn open(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -63,21 +87,19 @@ fn open(path: &Path) -> Result<Connection> {
 impl SqliteStore {
     /// Opens (creating if needed) `DIR/switchboard.db`.
     pub fn open(dir: &Path) -> Result<SqliteStore> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
         let path = dir.join("switchboard.db");
         let writer = open(&path)?;
         writer.execute_batch(SCHEMA)?;
         // Fail now, not on the first message, if the file is unusable.
-        writer
-            .query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
-            .and_then(|s| {
-                if s == "ok" {
-                    Ok(())
-                } else {
-                    Err(rusqlite::Error::InvalidQuery)
-                }
-            })?;
+        let check: String = writer.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(format!(
+                "database integrity check failed: {check}"
+            )));
+        }
         Ok(SqliteStore {
             path,
             writer: Mutex::new(writer),
@@ -327,5 +349,67 @@ impl Store for SqliteStore {
             c.query_row("SELECT count(*) FROM rooms", [], |r| r.get::<_, i64>(0))
                 .map(|_| ())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-sqlite-{name}-{}-{}",
+            std::process::id(),
+            crate::hub::unix_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_corrupt() {
+        let dir = temp_dir("corrupt");
+        std::fs::write(dir.join("switchboard.db"), vec![0x5a; 64 * 1024]).unwrap();
+        match SqliteStore::open(&dir) {
+            Err(StoreError::Corrupt(message)) => {
+                assert!(message.contains("not a database"), "{message}")
+            }
+            Err(other) => panic!("expected Corrupt, got {other:?}"),
+            Ok(_) => panic!("opened a corrupt database"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_created_is_unavailable() {
+        let dir = temp_dir("blocked");
+        let file = dir.join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        match SqliteStore::open(&file.join("data")) {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(message.starts_with("cannot create "), "{message}")
+            }
+            Err(other) => panic!("expected Unavailable, got {other:?}"),
+            Ok(_) => panic!("opened a store under a file"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn round_trip_through_a_fresh_database() {
+        let dir = temp_dir("fresh");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .commit(&[Write::Room(RoomRecord {
+                room: "r".into(),
+                seq: 1,
+                from: "ann".into(),
+                ts: 5,
+                body: "{}".into(),
+            })])
+            .unwrap();
+        assert_eq!(store.room_after("r", 0, 10).unwrap().len(), 1);
+        store.check().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
