@@ -299,7 +299,7 @@ async fn flooding_gets_rate_limited_then_closed_with_1008() {
 async fn slow_consumer_is_disconnected_without_slowing_the_room() {
     let server = Server::start_with(&["--max-queue", "256KiB", "--rate-limit", "0"]);
     let (mut watcher, mut speaker) = bystander(&server).await;
-    let mut slow = RawClient::connect(&server, "/ws?user=slow").await;
+    let mut slow = RawClient::connect_unread(&server, "/ws?user=slow").await;
     slow.send_text(r#"{"type":"join","room":"lobby"}"#).await;
     assert_eq!(watcher.expect("presence").await["user"], "slow");
     assert_eq!(speaker.expect("presence").await["user"], "slow");

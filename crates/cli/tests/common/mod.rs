@@ -363,7 +363,22 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(server: &Server, path: &str) -> RawClient {
-        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        let stream = TcpStream::connect(server.addr).await.expect("connect");
+        RawClient::handshake(stream, path).await
+    }
+
+    /// A client that will not read: its socket's receive buffer is fixed
+    /// at 64 KiB. Left to autotuning it grows (here up to
+    /// `net.ipv4.tcp_rmem`'s 32 MiB), and then a test's flood could fit in
+    /// the kernel without the server ever seeing a full queue.
+    pub async fn connect_unread(server: &Server, path: &str) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+        let stream = socket.connect(server.addr).await.expect("connect");
+        RawClient::handshake(stream, path).await
+    }
+
+    async fn handshake(mut stream: TcpStream, path: &str) -> RawClient {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
