@@ -562,6 +562,8 @@ mod suite {
         let recovered = store.recover(0)?;
         assert!(recovered.dedupe.is_empty());
         assert_eq!(sorted(recovered.rooms), pairs(&[("lobby", 4)]));
+        // Every direct message is gone, its gid is not: gids are never reused.
+        assert_eq!(recovered.last_gid, 4);
         Ok(())
     }
 

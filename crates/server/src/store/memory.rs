@@ -15,6 +15,9 @@ struct State {
     inboxes: HashMap<String, (u64, BTreeMap<u64, DirectRecord>)>,
     cursors: HashMap<(String, String), u64>,
     dedupe: ExpiringMap<(String, String), DedupeRecord>,
+    /// Highest gid ever committed: retention may drop the message, never
+    /// the number (gids must not be reused).
+    last_gid: u64,
 }
 
 #[derive(Default)]
@@ -66,12 +69,7 @@ impl Store for MemoryStore {
         Ok(Recovered {
             rooms: st.rooms.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
             inboxes: st.inboxes.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
-            last_gid: st
-                .inboxes
-                .values()
-                .flat_map(|v| v.1.values().map(|d| d.gid))
-                .max()
-                .unwrap_or(0),
+            last_gid: st.last_gid,
             dedupe: st
                 .dedupe
                 .values()
@@ -97,6 +95,7 @@ impl Store for MemoryStore {
                     let inbox = st.inboxes.entry(d.to.clone()).or_default();
                     inbox.0 = inbox.0.max(d.seq);
                     inbox.1.insert(d.seq, d.clone());
+                    st.last_gid = st.last_gid.max(d.gid);
                 }
                 Write::Dedupe(d) => {
                     st.dedupe

@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS dedupe (
     PRIMARY KEY (user, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedupe_ts ON dedupe (ts);
+-- Counters that must survive retention: `last_gid`, the highest direct
+-- message gid ever committed (gids are never reused, even when every
+-- direct message was trimmed).
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 pub struct SqliteStore {
@@ -152,8 +156,13 @@ impl Store for SqliteStore {
         };
         let rooms = pairs("SELECT room, last_seq FROM rooms")?;
         let inboxes = pairs("SELECT user, last_seq FROM inboxes")?;
-        let last_gid: Option<u64> =
-            conn.query_row("SELECT max(gid) FROM directs", [], |r| r.get(0))?;
+        // `max(gid)` too: a database written before `counters` existed.
+        let last_gid: Option<u64> = conn.query_row(
+            "SELECT max(coalesce((SELECT max(gid) FROM directs), 0),
+                        coalesce((SELECT value FROM counters WHERE name = 'last_gid'), 0))",
+            [],
+            |r| r.get(0),
+        )?;
         let mut stmt =
             conn.prepare("SELECT user, id, target, seq, ts FROM dedupe WHERE ts >= ?1")?;
         let dedupe = stmt
@@ -200,6 +209,10 @@ impl Store for SqliteStore {
                 tx.prepare_cached("DELETE FROM room_messages WHERE room = ?1 AND seq <= ?2")?;
             let mut trim_inbox =
                 tx.prepare_cached("DELETE FROM directs WHERE recipient = ?1 AND seq <= ?2")?;
+            let mut counter = tx.prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+            )?;
             let mut cursor = tx.prepare_cached(
                 "INSERT INTO cursors (user, device, upto) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user, device) DO UPDATE SET upto = max(upto, excluded.upto)",
@@ -208,6 +221,7 @@ impl Store for SqliteStore {
             // message.
             let mut last_room: HashMap<&str, u64> = HashMap::new();
             let mut last_inbox: HashMap<&str, u64> = HashMap::new();
+            let mut last_gid = None;
             for write in batch {
                 match write {
                     Write::Room(m) => {
@@ -219,6 +233,7 @@ impl Store for SqliteStore {
                         direct.execute(params![d.gid, d.to, d.seq, d.from, d.ts, d.body])?;
                         let last = last_inbox.entry(d.to.as_str()).or_insert(0);
                         *last = (*last).max(d.seq);
+                        last_gid = last_gid.max(Some(d.gid));
                     }
                     Write::Dedupe(d) => {
                         dedupe.execute(params![d.user, d.id, d.target, d.seq, d.ts])?;
@@ -239,6 +254,9 @@ impl Store for SqliteStore {
             }
             for (user, seq) in last_inbox {
                 inbox_seq.execute(params![user, seq])?;
+            }
+            if let Some(gid) = last_gid {
+                counter.execute(params!["last_gid", gid])?;
             }
         }
         tx.commit()?;
