@@ -1,8 +1,11 @@
 //! The network edge: an HTTP/1.1 server (hyper + axum routes) whose
 //! WebSocket endpoints hand the raw TCP stream to our own frame codec.
 //!
-//! `/ws` speaks the JSON protocol ([`session`]); `/relay/{channel}` forwards
-//! frames verbatim ([`relay`]). Both run the same socket loop ([`socket`]).
+//! Every adapter here is thin: `/ws` (`session.rs`) and the HTTP API
+//! (`api.rs`) decode, call the command layer ([`crate::service`]), and
+//! encode; no rule about what a client may do lives in this module.
+//! `/relay/{channel}` forwards frames verbatim (`relay.rs`). Both WebSocket
+//! endpoints run the same socket loop (`socket.rs`).
 
 mod api;
 mod guard;
