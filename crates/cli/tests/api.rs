@@ -212,6 +212,18 @@ async fn api_messages_obey_the_same_limits_as_websocket() {
         let (status, text) = server.http("POST", path, Some(KEY), Some(&small)).await;
         assert_eq!(status, 200, "{path}: {text}");
     }
+    // Ids are bounded as on `/ws` (128 bytes).
+    let long_id = json!({ "body": 1, "id": "i".repeat(129) }).to_string();
+    let (status, text) = server
+        .http(
+            "POST",
+            "/api/rooms/lobby/messages",
+            Some(KEY),
+            Some(&long_id),
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("longer than 128 bytes"), "{text}");
     // Nothing refused was stored: the room holds the one accepted message.
     let (_, text) = server
         .http("GET", "/api/rooms/lobby/messages", Some(KEY), None)

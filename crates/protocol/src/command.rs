@@ -372,7 +372,9 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
     Ok(Request { id, command })
 }
 
-fn decode_id(raw: &RawValue) -> Result<Id, CommandError> {
+/// Validates a command `id` (a string of at most [`MAX_ID_LEN`] bytes, or a
+/// number): the one check for every entry point that takes ids.
+pub fn decode_id(raw: &RawValue) -> Result<Id, CommandError> {
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'"') => {

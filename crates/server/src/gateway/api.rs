@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use switchboard_protocol::{ErrorCode, Id, DEFAULT_HISTORY_LIMIT};
+use switchboard_protocol::{decode_id, ErrorCode, Id, DEFAULT_HISTORY_LIMIT};
 use tokio::sync::oneshot;
 
 use super::App;
@@ -121,15 +121,7 @@ fn parse_post(bytes: &[u8]) -> Result<(Box<RawValue>, String, Option<Id>), ApiEr
     let from = post.from.unwrap_or_else(|| "server".into());
     let id = match post.id {
         None => None,
-        Some(raw)
-            if raw.get().starts_with('"')
-                || raw
-                    .get()
-                    .starts_with(|c: char| c == '-' || c.is_ascii_digit()) =>
-        {
-            Id::from_json(raw.get())
-        }
-        Some(_) => return Err(bad_request("`id` must be a string or a number")),
+        Some(raw) => Some(decode_id(&raw).map_err(|e| bad_request(e.message))?),
     };
     Ok((body, from, id))
 }
