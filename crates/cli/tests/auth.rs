@@ -326,3 +326,31 @@ async fn token_command_mints_a_working_token() {
         "forbidden"
     );
 }
+
+/// A token whose `exp` is practically never (2^63 seconds and more) must not
+/// overflow the expiry timer: the session works, and when it closes every
+/// registration is undone (presence leave, connection gauge).
+#[tokio::test]
+async fn a_far_future_exp_neither_panics_nor_leaks_the_connection() {
+    let server = auth_server(&[]);
+    let bob = token(json!({"sub": "bob", "exp": now() + 600}));
+    let mut watcher = Client::connect(&server.url(&format!("/ws?token={bob}"))).await;
+    watcher.expect("welcome").await;
+    watcher.join("lobby").await;
+    for exp in [1u64 << 63, u64::MAX] {
+        let t = token(json!({"sub": "ann", "exp": exp}));
+        let mut c = Client::connect(&server.url(&format!("/ws?token={t}"))).await;
+        assert_eq!(c.expect("welcome").await["user"], "ann");
+        c.join("lobby").await;
+        assert_eq!(watcher.expect("presence").await["event"], "join");
+        c.publish("lobby", json!("still here")).await;
+        assert_eq!(watcher.expect("message").await["body"], "still here");
+        c.ws.close(None).await.unwrap();
+        let leave = watcher.expect("presence").await;
+        assert_eq!(
+            (leave["event"].as_str(), leave["user"].as_str()),
+            (Some("leave"), Some("ann"))
+        );
+        assert_eq!(server.metric("switchboard_connections").await, 1.0);
+    }
+}

@@ -254,13 +254,15 @@ impl Login {
         proto::encode(&proto::Welcome::new(id, user, &session, heartbeat))
     }
 
+    /// An `exp` too far ahead for the clock to represent (≥ 2^63 s: a
+    /// token meant to never expire) sets no timer rather than overflowing.
     fn set_expiry(&mut self, service: &Service, identity: &Identity) {
-        self.expires = identity.expires_at.map(|exp| {
+        self.expires = identity.expires_at.and_then(|exp| {
             let now = jsonwebtoken::get_current_timestamp();
             let left = exp
                 .saturating_add(service.config.jwt_leeway.as_secs())
                 .saturating_sub(now);
-            Instant::now() + Duration::from_secs(left)
+            Instant::now().checked_add(Duration::from_secs(left))
         });
     }
 }
