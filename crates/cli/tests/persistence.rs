@@ -382,3 +382,57 @@ async fn readyz_reports_the_store() {
     let (status, body) = server.http_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Dedupe is keyed by (user, target, id): the same id for another room or
+/// another recipient is a new message, stored and delivered — two devices
+/// of one user that number their ids from 1 lose nothing. Also after a
+/// restart (the SQLite dedupe table is keyed the same way).
+#[tokio::test]
+async fn the_same_id_for_another_room_or_recipient_is_a_new_message() {
+    let dir = temp_dir();
+    let server = Server::start_in(&dir, "127.0.0.1:0", &[], &[]);
+    let mut ann = server.connect("ann").await;
+    ann.join("room-a").await;
+    ann.join("room-b").await;
+    let a = ann
+        .request(json!({"type": "publish", "room": "room-a", "body": "to a", "id": 7}))
+        .await;
+    let b = ann
+        .request(json!({"type": "publish", "room": "room-b", "body": "to b", "id": 7}))
+        .await;
+    assert_eq!(
+        (a["room"].as_str(), a["seq"].as_u64()),
+        (Some("room-a"), Some(1))
+    );
+    assert_eq!(
+        (b["room"].as_str(), b["seq"].as_u64()),
+        (Some("room-b"), Some(1))
+    );
+    assert!(b.get("duplicate").is_none(), "{b}");
+    let to_bob = ann
+        .request(json!({"type": "send", "to": "bob", "body": "hi bob", "id": 7}))
+        .await;
+    let to_cy = ann
+        .request(json!({"type": "send", "to": "cy", "body": "hi cy", "id": 7}))
+        .await;
+    assert!(to_bob.get("duplicate").is_none() && to_cy.get("duplicate").is_none());
+    let dir = server.kill();
+
+    let server = Server::start_in(&dir, "127.0.0.1:0", &[], &[]);
+    let mut ann = server.connect("ann").await;
+    ann.join("room-b").await;
+    // Still deduplicated per target after the restart…
+    let again = ann
+        .request(json!({"type": "publish", "room": "room-b", "body": "to b", "id": 7}))
+        .await;
+    assert_eq!(again["duplicate"], true);
+    // …and every message is stored where it was sent.
+    let h = history(&mut ann, json!({"room": "room-b"})).await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["body"], "to b");
+    let mut cy = server.connect("cy").await;
+    assert_eq!(cy.expect("direct").await["body"], "hi cy"); // the offline inbox
+    let h = history(&mut cy, json!({"with": "ann"})).await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["body"], "hi cy");
+}

@@ -114,7 +114,7 @@ impl Pipeline {
         let mut dedupe = recovered.dedupe;
         dedupe.sort_by_key(|d| d.ts);
         for d in dedupe {
-            writer.dedupe.insert((d.user, d.id), d.seq, d.ts);
+            writer.dedupe.insert((d.user, d.target, d.id), d.seq, d.ts);
         }
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -167,6 +167,11 @@ enum Plan {
     Cursor,
 }
 
+/// (user, target, raw id JSON). The target (`room:NAME`, `user:NAME`) is
+/// part of the key: an id reused for another destination is another
+/// message, not a duplicate (two devices numbering their ids from 1).
+type DedupeKey = (String, String, String);
+
 struct Writer {
     healthy: Arc<AtomicBool>,
     store: Arc<dyn Store>,
@@ -175,8 +180,8 @@ struct Writer {
     rooms: HashMap<Arc<str>, u64>,
     inboxes: HashMap<Arc<str>, u64>,
     last_gid: u64,
-    /// (user, raw id JSON) → (seq, ts) of the original.
-    dedupe: ExpiringMap<(String, String), u64>,
+    /// (user, target, raw id JSON) → (seq, ts) of the original.
+    dedupe: ExpiringMap<DedupeKey, u64>,
 }
 
 impl Writer {
@@ -225,14 +230,18 @@ impl Writer {
         let mut old_rooms: Vec<(Arc<str>, u64)> = Vec::new();
         let mut old_inboxes: Vec<(Arc<str>, u64)> = Vec::new();
         let old_gid = self.last_gid;
-        let mut new_keys: Vec<(String, String)> = Vec::new();
+        let mut new_keys: Vec<DedupeKey> = Vec::new();
 
         for job in &batch {
             let plan = match job {
                 Job::Message(m) => {
-                    let key =
-                        m.id.as_ref()
-                            .map(|id| (m.from.to_string(), id.as_json().to_string()));
+                    let key = m.id.as_ref().map(|id| {
+                        let target = match &m.to {
+                            Destination::Room(room) => format!("room:{room}"),
+                            Destination::User(user) => format!("user:{user}"),
+                        };
+                        (m.from.to_string(), target, id.as_json().to_string())
+                    });
                     if let Some(seq) = key.as_ref().and_then(|k| self.dedupe.get(k)) {
                         let tentative = key.as_ref().is_some_and(|k| new_keys.contains(k));
                         plans.push(Plan::Duplicate {
@@ -249,7 +258,7 @@ impl Writer {
                     old.push((name.clone(), *counter));
                     *counter += 1;
                     let seq = *counter;
-                    let (target, gid) = match &m.to {
+                    let gid = match &m.to {
                         Destination::Room(room) => {
                             writes.push(Write::Room(RoomRecord {
                                 room: room.to_string(),
@@ -258,7 +267,7 @@ impl Writer {
                                 ts: now,
                                 body: m.body.get().to_string(),
                             }));
-                            (format!("room:{room}"), None)
+                            None
                         }
                         Destination::User(to) => {
                             self.last_gid += 1;
@@ -270,14 +279,14 @@ impl Writer {
                                 ts: now,
                                 body: m.body.get().to_string(),
                             }));
-                            (format!("user:{to}"), Some(self.last_gid))
+                            Some(self.last_gid)
                         }
                     };
                     if let Some(key) = key {
                         writes.push(Write::Dedupe(DedupeRecord {
                             user: key.0.clone(),
-                            id: key.1.clone(),
-                            target,
+                            target: key.1.clone(),
+                            id: key.2.clone(),
                             seq,
                             ts: now,
                         }));

@@ -14,7 +14,8 @@ struct State {
     rooms: HashMap<String, (u64, BTreeMap<u64, RoomRecord>)>,
     inboxes: HashMap<String, (u64, BTreeMap<u64, DirectRecord>)>,
     cursors: HashMap<(String, String), u64>,
-    dedupe: ExpiringMap<(String, String), DedupeRecord>,
+    /// Keyed by (user, target, id), as in SQLite.
+    dedupe: ExpiringMap<(String, String, String), DedupeRecord>,
     /// Highest gid ever committed: retention may drop the message, never
     /// the number (gids must not be reused).
     last_gid: u64,
@@ -98,8 +99,8 @@ impl Store for MemoryStore {
                     st.last_gid = st.last_gid.max(d.gid);
                 }
                 Write::Dedupe(d) => {
-                    st.dedupe
-                        .insert((d.user.clone(), d.id.clone()), d.clone(), d.ts);
+                    let key = (d.user.clone(), d.target.clone(), d.id.clone());
+                    st.dedupe.insert(key, d.clone(), d.ts);
                 }
                 Write::Cursor { user, device, upto } => {
                     let c = st

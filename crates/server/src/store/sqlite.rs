@@ -33,10 +33,12 @@ CREATE TABLE IF NOT EXISTS cursors (
     user TEXT NOT NULL, device TEXT NOT NULL, upto INTEGER NOT NULL,
     PRIMARY KEY (user, device)
 ) WITHOUT ROWID;
+-- Keyed by what it protects: the same id for another room or user is
+-- another message, not a duplicate.
 CREATE TABLE IF NOT EXISTS dedupe (
-    user TEXT NOT NULL, id TEXT NOT NULL, target TEXT NOT NULL,
+    user TEXT NOT NULL, target TEXT NOT NULL, id TEXT NOT NULL,
     seq INTEGER NOT NULL, ts INTEGER NOT NULL,
-    PRIMARY KEY (user, id)
+    PRIMARY KEY (user, target, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedupe_ts ON dedupe (ts);
 -- Counters that must survive retention: `last_gid`, the highest direct
@@ -44,6 +46,33 @@ CREATE INDEX IF NOT EXISTS dedupe_ts ON dedupe (ts);
 -- direct message was trimmed).
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 ";
+
+/// Changes to databases written by earlier versions, in order; `PRAGMA
+/// user_version` counts those applied. Each runs in one transaction.
+const MIGRATIONS: &[&str] = &[
+    // 1: dedupe was keyed by (user, id) only, so an id reused for another
+    // room was acked as a duplicate and never stored.
+    "CREATE TABLE dedupe_v1 (
+         user TEXT NOT NULL, target TEXT NOT NULL, id TEXT NOT NULL,
+         seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+         PRIMARY KEY (user, target, id)
+     ) WITHOUT ROWID;
+     INSERT INTO dedupe_v1 (user, target, id, seq, ts) SELECT user, target, id, seq, ts FROM dedupe;
+     DROP TABLE dedupe;
+     ALTER TABLE dedupe_v1 RENAME TO dedupe;
+     CREATE INDEX dedupe_ts ON dedupe (ts);",
+];
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let applied: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", n + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
 
 pub struct SqliteStore {
     path: std::path::PathBuf,
@@ -95,8 +124,9 @@ impl SqliteStore {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
         let path = dir.join("switchboard.db");
-        let writer = open(&path)?;
+        let mut writer = open(&path)?;
         writer.execute_batch(SCHEMA)?;
+        migrate(&mut writer)?;
         // Fail now, not on the first message, if the file is unusable.
         let check: String = writer.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
@@ -203,7 +233,7 @@ impl Store for SqliteStore {
                  ON CONFLICT (user) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
             )?;
             let mut dedupe = tx.prepare_cached(
-                "INSERT OR REPLACE INTO dedupe (user, id, target, seq, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO dedupe (user, target, id, seq, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut trim_room =
                 tx.prepare_cached("DELETE FROM room_messages WHERE room = ?1 AND seq <= ?2")?;
@@ -236,7 +266,7 @@ impl Store for SqliteStore {
                         last_gid = last_gid.max(Some(d.gid));
                     }
                     Write::Dedupe(d) => {
-                        dedupe.execute(params![d.user, d.id, d.target, d.seq, d.ts])?;
+                        dedupe.execute(params![d.user, d.target, d.id, d.seq, d.ts])?;
                     }
                     Write::Cursor { user, device, upto } => {
                         cursor.execute(params![user, device, upto])?;
@@ -382,6 +412,44 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// A database written before dedupe was keyed by target is migrated:
+    /// its entries are kept, and the same id may then be used per target.
+    #[test]
+    fn an_old_dedupe_table_is_migrated_to_per_target_keys() {
+        let dir = temp_dir("migrate");
+        {
+            let old = Connection::open(dir.join("switchboard.db")).unwrap();
+            old.execute_batch(
+                "CREATE TABLE dedupe (
+                     user TEXT NOT NULL, id TEXT NOT NULL, target TEXT NOT NULL,
+                     seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+                     PRIMARY KEY (user, id)
+                 ) WITHOUT ROWID;
+                 CREATE INDEX dedupe_ts ON dedupe (ts);
+                 INSERT INTO dedupe VALUES ('ann', '7', 'room:a', 3, 100);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        let kept = store.recover(0).unwrap().dedupe;
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].target.as_str(), kept[0].seq), ("room:a", 3));
+        let again = DedupeRecord {
+            user: "ann".into(),
+            id: "7".into(),
+            target: "room:b".into(),
+            seq: 1,
+            ts: 200,
+        };
+        store.commit(&[Write::Dedupe(again)]).unwrap();
+        assert_eq!(store.recover(0).unwrap().dedupe.len(), 2);
+        drop(store);
+        // Opening again applies nothing twice.
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(store.recover(0).unwrap().dedupe.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
