@@ -2,6 +2,7 @@
 //! politely, the timestamped bench body, CPU accounting over the measured
 //! window, latency summaries and the JSON result line.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -360,6 +361,11 @@ impl Window {
         self.epoch.elapsed().as_micros() as u64
     }
 
+    /// Whether `now` is in the measured window.
+    pub fn contains(&self, now: u64) -> bool {
+        now >= self.start && now < self.end
+    }
+
     /// For the progress line.
     pub fn phase(&self, now: u64) -> &'static str {
         if now < self.start {
@@ -377,28 +383,6 @@ impl Window {
     }
 
     /// Reads CPU use over exactly the measured window.
-    /// Prints a progress line on stderr every second, `[elapsed phase]`
-    /// then what `line` says, until aborted.
-    pub fn spawn_progress(
-        self,
-        mut line: impl FnMut() -> String + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let now = self.now_us();
-                eprintln!(
-                    "[{:5.1}s {:>9}] {}",
-                    self.elapsed_s(now),
-                    self.phase(now),
-                    line()
-                );
-            }
-        })
-    }
-
     pub fn spawn_cpu_probe(self, server_pid: Option<u32>) -> tokio::task::JoinHandle<Cpu> {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_micros(
@@ -457,6 +441,60 @@ impl Output {
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
+    }
+}
+
+/// Server error events a run keeps in full (the rest are only counted).
+const ERROR_SAMPLES: usize = 5;
+
+/// What went wrong in a run, for the report: how connections ended early,
+/// and the server's `error` events.
+#[derive(Default)]
+pub struct Events(std::sync::Mutex<EventLog>);
+
+#[derive(Default)]
+pub struct EventLog {
+    /// How connections ended early, e.g. "close 4008 slow consumer", with
+    /// counts.
+    pub ends: BTreeMap<String, u64>,
+    pub server_errors: u64,
+    /// The first few error events, in full.
+    pub error_samples: Vec<String>,
+}
+
+impl Events {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EventLog> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection ended early.
+    pub fn ended(&self, how: impl Into<String>) {
+        *self.lock().ends.entry(how.into()).or_default() += 1;
+    }
+
+    /// The server sent an error event.
+    pub fn server_error(&self, payload: &[u8]) {
+        let mut log = self.lock();
+        log.server_errors += 1;
+        if log.error_samples.len() < ERROR_SAMPLES {
+            log.error_samples
+                .push(String::from_utf8_lossy(payload).into_owned());
+        }
+    }
+
+    /// Error events a connection kept (and counted) itself.
+    pub fn samples(&self, samples: impl IntoIterator<Item = String>) {
+        let mut log = self.lock();
+        for sample in samples {
+            if log.error_samples.len() < ERROR_SAMPLES {
+                log.error_samples.push(sample);
+            }
+        }
+    }
+
+    /// Everything so far, for the report.
+    pub fn take(&self) -> EventLog {
+        std::mem::take(&mut *self.lock())
     }
 }
 

@@ -20,6 +20,7 @@ mod client;
 mod common;
 mod connect;
 mod direct;
+mod driver;
 mod duration;
 mod fanout;
 mod publish;
