@@ -1,11 +1,9 @@
-//! What every scenario shares: connecting under a concurrency gate, closing
-//! politely, the timestamped bench body, CPU accounting over the measured
+//! What every scenario shares: closing politely, the timestamped bench body, CPU accounting over the measured
 //! window, latency summaries and the JSON result line.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -13,11 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
-use super::wire::{self, Target, OP_CLOSE};
+use super::wire::{self, OP_CLOSE};
 
 /// Longest a connection may take to be upgraded (and, where a scenario
 /// joins a room, to be answered `joined`).
@@ -33,22 +29,6 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(scenario: F) -> anyhow::
     let outcome = runtime.block_on(scenario);
     runtime.shutdown_timeout(Duration::from_millis(200));
     outcome
-}
-
-/// Connects and upgrades, holding a permit of `gate` meanwhile (so a
-/// thousand clients do not all handshake at once). Errors are one line.
-pub async fn connect(
-    target: &Target,
-    source: Option<IpAddr>,
-    path: &str,
-    gate: &Semaphore,
-) -> Result<(TcpStream, Vec<u8>), String> {
-    let _permit = gate.acquire().await;
-    match timeout(HANDSHAKE_TIMEOUT, wire::connect(target, source, path)).await {
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(err)) => Err(format!("{err:#}")),
-        Err(_) => Err("handshake timed out".into()),
-    }
 }
 
 /// Sends a close frame (1000) and waits, at most [`CLOSE_WAIT`], for the

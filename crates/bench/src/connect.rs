@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify, SemaphorePermit};
 
 use super::common::{self, CpuProbe, HANDSHAKE_TIMEOUT};
-use super::driver::{self, read_until, End, Frames, Run};
+use super::driver::{self, read_until, End, Frames, Problems, Run};
 use super::socketio;
 use super::wire::OP_TEXT;
 use super::wire::{self, FrameBuf, Target};
@@ -982,23 +982,15 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
     for (how, count) in &ends {
         println!("  ended early  {count} × {how}");
     }
-    args.output.emit(result)?;
-    if args.strict {
-        let mut problems = Vec::new();
-        if ready < n {
-            problems.push(format!(
-                "{} of {n} connections not ready ({failures:?})",
-                n - ready
-            ));
-        }
-        if dropped > 0 {
-            problems.push(format!("{dropped} connections dropped ({ends:?})"));
-        }
-        if !problems.is_empty() {
-            bail!("--strict: {}", problems.join("; "));
-        }
-    }
-    Ok(())
+    let mut problems = Problems::default();
+    problems.check(ready < n, || {
+        format!("{} of {n} connections not ready ({failures:?})", n - ready)
+    });
+    problems.check(dropped > 0, || {
+        format!("{dropped} connections dropped ({ends:?})")
+    });
+    // The CPU fields are the workers' and the server's while connecting.
+    driver::finish(&args.output, result, None, args.strict, problems.into_vec())
 }
 
 #[cfg(test)]
