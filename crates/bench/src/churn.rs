@@ -256,12 +256,7 @@ pub fn run(args: ChurnArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() || args.rooms == 0 || args.max_in_flight == 0 {
         bail!("--duration, --rooms and --max-in-flight must be more than 0");
     }
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if !valid(&args.user_prefix) || !valid(&args.room_prefix) {
+    if !common::plain_name(&args.user_prefix) || !common::plain_name(&args.room_prefix) {
         bail!("--user-prefix and --room-prefix: letters, digits, - and _ only");
     }
     let target = Target::parse(&args.url)?;

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -47,6 +46,15 @@ where
         std::io::Result::Ok(())
     })
     .await;
+}
+
+/// Whether `name` is fit for a user or room name prefix: letters, digits,
+/// `-` and `_` (no escaping needed anywhere).
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Writes the bench body `{"t":T,"pad":"xx…"}` (with a run tag `run`:
@@ -475,77 +483,5 @@ impl Events {
     /// Everything so far, for the report.
     pub fn take(&self) -> EventLog {
         std::mem::take(&mut *self.lock())
-    }
-}
-
-/// A scenario's connection setup, shared by its tasks: how many
-/// connections are ready, and which failed (and why).
-#[derive(Default)]
-pub struct Setup {
-    ready: AtomicUsize,
-    failed: AtomicUsize,
-    failures: std::sync::Mutex<Vec<String>>,
-}
-
-impl Setup {
-    /// One more connection is set up.
-    pub fn ready(&self) {
-        self.ready.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub fn ready_count(&self) -> usize {
-        self.ready.load(Ordering::SeqCst)
-    }
-
-    /// A connection failed to set up (or later, for the report).
-    pub fn fail(&self, what: String) {
-        self.failed.fetch_add(1, Ordering::SeqCst);
-        self.lock().push(what);
-    }
-
-    pub fn failed_count(&self) -> usize {
-        self.failed.load(Ordering::SeqCst)
-    }
-
-    /// Every failure so far, in order.
-    pub fn failures(&self) -> Vec<String> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until `want` connections are ready: fails at the first setup
-    /// failure or after a deadline that grows with `want` by `per_conn`.
-    /// Polls the counters: the connections count themselves, and a 20 ms
-    /// look is cheap next to a setup that takes seconds.
-    pub async fn wait_ready(
-        &self,
-        want: usize,
-        what: &str,
-        per_conn: Duration,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + HANDSHAKE_TIMEOUT + per_conn * want as u32;
-        loop {
-            if self.failed_count() > 0 {
-                let failures = self.failures();
-                anyhow::bail!(
-                    "{} connection(s) failed while setting up {what}; first: {}",
-                    failures.len(),
-                    failures.first().map(String::as_str).unwrap_or("?")
-                );
-            }
-            if self.ready_count() >= want {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!(
-                    "timed out setting up {what}: {} of {want} ready",
-                    self.ready_count()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }

@@ -70,13 +70,8 @@ pub struct DirectArgs {
     /// User names are PREFIX{i}a and PREFIX{i}b (letters, digits, - and _).
     #[arg(long, default_value = "d")]
     user_prefix: String,
-    /// Connections per source address; past it connections bind
-    /// 127.0.0.2, 127.0.0.3, … (loopback targets only).
-    #[arg(long, default_value_t = 20_000)]
-    conns_per_ip: usize,
-    /// Handshakes in flight at once while connecting.
-    #[arg(long, default_value_t = 128)]
-    connect_concurrency: usize,
+    #[command(flatten)]
+    dialing: driver::Dialing,
     #[command(flatten)]
     output: common::Output,
     /// Exit with an error on any lost or duplicated direct, `error` event,
@@ -419,12 +414,7 @@ pub fn run(args: DirectArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
-    if args.user_prefix.is_empty()
-        || !args
-            .user_prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !common::plain_name(&args.user_prefix) {
         bail!("--user-prefix: letters, digits, - and _ only");
     }
     let target = Target::parse(&args.url)?;
@@ -467,7 +457,11 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         args.url, args.pairs, args.window, args.size, args.warmup, args.duration
     );
 
-    let run = Run::new(target, args.connect_concurrency, args.conns_per_ip);
+    let run = Run::new(
+        target,
+        args.dialing.connect_concurrency,
+        args.dialing.conns_per_ip,
+    );
     let connect_started = Instant::now();
     let tasks = run.spawn(0..conns, |run, idx| {
         connection(run, sh.clone(), cfg.clone(), idx)
@@ -611,19 +605,8 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
             "  other        {stale} directs of an earlier run, {copies} copies, {resets} inbox resets"
         );
     }
-    for (how, count) in &events.ends {
-        println!("  ended early  {count} × {how}");
-    }
-    for sample in &events.error_samples {
-        println!("  server error {sample}");
-    }
-    if events
-        .error_samples
-        .iter()
-        .any(|e| e.contains("rate_limited"))
-    {
-        println!("  hint         start the server with --rate-limit 0 to measure it");
-    }
+    driver::print_events(&events.ends, &events.error_samples);
+    driver::print_rate_limit_hint(&events.error_samples);
     let mut problems = Problems::default();
     problems.check(delivered_in_window == 0, || {
         "no directs delivered in the measured window".into()

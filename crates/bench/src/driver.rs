@@ -12,6 +12,7 @@
 //! [`Frames`] callback into [`read_until`]), its progress line, what
 //! "drained" means and its result.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -23,7 +24,7 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::common::{Cpu, Output, Setup, Window, HANDSHAKE_TIMEOUT};
+use super::common::{Cpu, Output, Window, HANDSHAKE_TIMEOUT};
 use super::wire::{self, FrameBuf, Target};
 
 /// How often the progress line is printed.
@@ -32,6 +33,19 @@ const TICK: Duration = Duration::from_secs(1);
 const STILL: Duration = Duration::from_secs(1);
 /// How often a drain looks at its counter.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// How a scenario opens its connections: the same flags where the
+/// defaults are the same.
+#[derive(clap::Args, Debug)]
+pub struct Dialing {
+    /// Connections per source address; past it connections bind
+    /// 127.0.0.2, 127.0.0.3, … (loopback targets only).
+    #[arg(long, default_value_t = 20_000)]
+    pub conns_per_ip: usize,
+    /// Handshakes in flight at once while connecting.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+}
 
 /// One run of a scenario, shared by the driver and every connection task.
 pub struct Run {
@@ -120,14 +134,37 @@ impl Run {
         self.setup.fail(what);
     }
 
-    /// Waits until `want` connections are ready (see [`Setup::wait_ready`]).
+    /// Waits until `want` connections are ready: fails at the first setup
+    /// failure or after a deadline that grows with `want` by `per_conn`.
+    /// Polls the counters: the connections count themselves, and a 20 ms
+    /// look is cheap next to a setup that takes seconds.
     pub async fn wait_ready(
         &self,
         want: usize,
         what: &str,
         per_conn: Duration,
     ) -> anyhow::Result<()> {
-        self.setup.wait_ready(want, what, per_conn).await
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT + per_conn * want as u32;
+        loop {
+            if self.setup.failed_count() > 0 {
+                let failures = self.setup.failures();
+                anyhow::bail!(
+                    "{} connection(s) failed while setting up {what}; first: {}",
+                    failures.len(),
+                    failures.first().map(String::as_str).unwrap_or("?")
+                );
+            }
+            if self.setup.ready_count() >= want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "timed out setting up {what}: {} of {want} ready",
+                    self.setup.ready_count()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     // --- The measured window ----------------------------------------------
@@ -258,6 +295,45 @@ pub fn spawn_ticker(
     })
 }
 
+/// A scenario's connection setup, shared by its tasks: how many
+/// connections are ready, and which failed (and why).
+#[derive(Default)]
+pub struct Setup {
+    ready: AtomicUsize,
+    failed: AtomicUsize,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Setup {
+    /// One more connection is set up.
+    pub fn ready(&self) {
+        self.ready.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn ready_count(&self) -> usize {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// A connection failed to set up (or later, for the report).
+    pub fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        self.lock().push(what);
+    }
+
+    pub fn failed_count(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Every failure so far, in order.
+    pub fn failures(&self) -> Vec<String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 // --- Report ----------------------------------------------------------------
 
 /// The report of a run: the scenario has printed its human summary; this
@@ -280,6 +356,24 @@ pub fn finish(
         anyhow::bail!("--strict: {}", problems.join("; "));
     }
     Ok(())
+}
+
+/// How connections ended early, and the server's error events, for the
+/// human summary.
+pub fn print_events(ends: &BTreeMap<String, u64>, error_samples: &[String]) {
+    for (how, count) in ends {
+        println!("  ended early  {count} × {how}");
+    }
+    for sample in error_samples {
+        println!("  server error {sample}");
+    }
+}
+
+/// A hint when the server throttled the load generator.
+pub fn print_rate_limit_hint(error_samples: &[String]) {
+    if error_samples.iter().any(|e| e.contains("rate_limited")) {
+        println!("  hint         start the server with --rate-limit 0 to measure it");
+    }
 }
 
 /// A scenario's `--strict` problems.

@@ -96,13 +96,8 @@ pub struct FanoutArgs {
     /// Defaults to --window.
     #[arg(long)]
     lead: Option<u64>,
-    /// Connections per source address; past it connections bind
-    /// 127.0.0.2, 127.0.0.3, … (loopback targets only).
-    #[arg(long, default_value_t = 20_000)]
-    conns_per_ip: usize,
-    /// Handshakes in flight at once while connecting.
-    #[arg(long, default_value_t = 128)]
-    connect_concurrency: usize,
+    #[command(flatten)]
+    dialing: driver::Dialing,
     #[command(flatten)]
     output: common::Output,
     /// Exit with an error if a message was lost, a connection dropped or
@@ -746,8 +741,8 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
 
     let run = Run::new(
         cfg.target.clone(),
-        args.connect_concurrency,
-        args.conns_per_ip,
+        args.dialing.connect_concurrency,
+        args.dialing.conns_per_ip,
     );
     let connect_started = Instant::now();
     let subs = run.spawn(0..args.subscribers, |run, idx| {
@@ -876,12 +871,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         events.server_errors,
         publisher_errors.len()
     );
-    for (how, count) in &events.ends {
-        println!("  ended early  {count} × {how}");
-    }
-    for sample in &events.error_samples {
-        println!("  server error {sample}");
-    }
+    driver::print_events(&events.ends, &events.error_samples);
     for error in &publisher_errors {
         println!("  publisher    {error}");
     }

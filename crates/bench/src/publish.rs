@@ -500,18 +500,11 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
         "  integrity    sent {sent}, acked {acked}, errors {errors}, missing acks {missing_acks}, \
          seqs out of order {seq_out_of_order}, seq gaps {seq_gaps}, room messages {messages} ({messages_lost} lost)"
     );
-    for (how, count) in &ends {
-        println!("  ended early  {count} × {how}");
-    }
-    for sample in &error_samples {
-        println!("  server error {sample}");
-    }
+    driver::print_events(&ends, &error_samples);
     for failure in &failures {
         println!("  failure      {failure}");
     }
-    if error_samples.iter().any(|e| e.contains("rate_limited")) {
-        println!("  hint         start the server with --rate-limit 0 to measure it");
-    }
+    driver::print_rate_limit_hint(&error_samples);
     let mut problems = Problems::default();
     problems.check(acked_in_window == 0, || {
         "no acks in the measured window".into()

@@ -612,12 +612,7 @@ pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
     if args.before + args.offline + args.during == 0 {
         bail!("nothing to publish: --before, --offline and --during are all 0");
     }
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if !valid(&args.user_prefix) || !valid(&args.room_prefix) {
+    if !common::plain_name(&args.user_prefix) || !common::plain_name(&args.room_prefix) {
         bail!("--user-prefix and --room-prefix: letters, digits, - and _ only");
     }
     let target = Target::parse(&args.url)?;
