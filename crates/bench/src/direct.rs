@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::duration::parse as parse_duration;
 use anyhow::bail;
 use hdrhistogram::Histogram;
 use tokio::time::timeout;
@@ -58,12 +57,8 @@ pub struct DirectArgs {
     /// by the window.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Measured time, after the warm-up. Units: ms, s, m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Time sending before measuring starts. Units: ms, s, m.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    warmup: Duration,
+    #[command(flatten)]
+    timing: driver::Timing,
     /// Bytes of each message body, a JSON object {"t":µs,"r":run,"pad":"xx…"}.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -411,7 +406,7 @@ pub fn run(args: DirectArgs) -> anyhow::Result<()> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         bail!("--rate must be a number >= 0");
     }
-    if args.duration.is_zero() {
+    if args.timing.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
     if !common::plain_name(&args.user_prefix) {
@@ -423,7 +418,7 @@ pub fn run(args: DirectArgs) -> anyhow::Result<()> {
 
 async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     let conns = args.pairs * 2;
-    let seconds = args.duration.as_secs_f64();
+    let seconds = args.timing.duration.as_secs_f64();
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -454,7 +449,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     };
     eprintln!(
         "direct {}: {} pairs ({conns} connections), {pace}, window {}, {}-byte bodies, {:?} warm-up + {:?} measured",
-        args.url, args.pairs, args.window, args.size, args.warmup, args.duration
+        args.url, args.pairs, args.window, args.size, args.timing.warmup, args.timing.duration
     );
 
     let run = Run::new(
@@ -473,7 +468,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         connect_started.elapsed().as_secs_f64()
     );
 
-    let measuring = run.measure(args.warmup, args.duration, args.output.server_pid, {
+    let measuring = run.measure(&args.timing, args.output.server_pid, {
         let sh = sh.clone();
         let (mut last_acked, mut last_delivered) = (0u64, 0u64);
         move || {
@@ -552,7 +547,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         "window": args.window,
         "rate": args.rate,
         "size": args.size,
-        "warmup_s": args.warmup.as_secs_f64(),
+        "warmup_s": args.timing.warmup.as_secs_f64(),
         "duration_s": seconds,
         "delivered": delivered_in_window,
         "delivered_per_sec": (delivered_in_window as f64 / seconds).round(),

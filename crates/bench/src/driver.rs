@@ -47,6 +47,17 @@ pub struct Dialing {
     pub connect_concurrency: usize,
 }
 
+/// The measured window's flags: the same for every scenario that has one.
+#[derive(clap::Args, Debug)]
+pub struct Timing {
+    /// Measured time, after the warm-up. Units: ms, s, m.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    pub duration: Duration,
+    /// Time under load before measuring starts. Units: ms, s, m.
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse)]
+    pub warmup: Duration,
+}
+
 /// One run of a scenario, shared by the driver and every connection task.
 pub struct Run {
     /// Time zero of the run's timeline (µs stamps are relative to it).
@@ -169,19 +180,18 @@ impl Run {
 
     // --- The measured window ----------------------------------------------
 
-    /// Opens the measured window after `warmup` and gives the go signal;
+    /// Opens the measured window after the warm-up and gives the go signal;
     /// the CPU probe covers exactly the window, and `line` is the
     /// scenario's part of the progress line printed every second.
     pub fn measure(
         &self,
-        warmup: Duration,
-        duration: Duration,
+        timing: &Timing,
         server_pid: Option<u32>,
         line: impl FnMut() -> String + Send + 'static,
     ) -> Measuring {
         let window = *self
             .window
-            .get_or_init(|| Window::open(self.epoch, warmup, duration));
+            .get_or_init(|| Window::open(self.epoch, timing.warmup, timing.duration));
         let cpu = window.spawn_cpu_probe(server_pid);
         self.go.send_replace(true);
         let mut line = line;

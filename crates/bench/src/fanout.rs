@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::duration::parse as parse_duration;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use tokio::io::AsyncWriteExt;
@@ -74,12 +73,8 @@ pub struct FanoutArgs {
     /// the windows (see --window).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Measured time, after the warm-up. Units: ms, s, m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Time publishing before measuring starts. Units: ms, s, m.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    warmup: Duration,
+    #[command(flatten)]
+    timing: driver::Timing,
     /// Bytes of each message body, a JSON object {"t":µs,"pad":"xx…"}.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -735,8 +730,8 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         args.subscribers,
         args.publishers,
         args.size,
-        args.warmup,
-        args.duration
+        args.timing.warmup,
+        args.timing.duration
     );
 
     let run = Run::new(
@@ -777,7 +772,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         connect_started.elapsed().as_secs_f64()
     );
 
-    let measuring = run.measure(args.warmup, args.duration, args.output.server_pid, {
+    let measuring = run.measure(&args.timing, args.output.server_pid, {
         let sh = sh.clone();
         let (mut last_pub, mut last_recv) = (0u64, 0u64);
         move || {
@@ -806,7 +801,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let (sub_results, cpu) = run.finish(measuring, subs).await;
 
     // Results.
-    let seconds = args.duration.as_secs_f64();
+    let seconds = args.timing.duration.as_secs_f64();
     let published: u64 = pub_results.iter().map(|p| p.in_window).sum();
     let deliveries: u64 = sub_results.iter().map(|s| s.in_window).sum();
     let received_total: u64 = sub_results.iter().map(|s| s.received).sum();
@@ -830,7 +825,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         "window": args.window,
         "lead": lead,
         "size": args.size,
-        "warmup_s": args.warmup.as_secs_f64(),
+        "warmup_s": args.timing.warmup.as_secs_f64(),
         "duration_s": seconds,
         "published": published,
         "publishes_per_sec": (published as f64 / seconds).round(),

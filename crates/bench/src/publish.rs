@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::duration::parse as parse_duration;
 use anyhow::bail;
 use hdrhistogram::Histogram;
 
@@ -59,12 +58,8 @@ pub struct PublishArgs {
     /// a time (ack latency is the commit latency).
     #[arg(long, default_value_t = 64)]
     window: u64,
-    /// Measured time, after the warm-up. Units: ms, s, m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Time publishing before measuring starts. Units: ms, s, m.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    warmup: Duration,
+    #[command(flatten)]
+    timing: driver::Timing,
     /// Bytes of each message body, a JSON object {"t":µs,"pad":"xx…"}.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -344,7 +339,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     if args.window == 0 {
         bail!("--window must be at least 1");
     }
-    if args.duration.is_zero() {
+    if args.timing.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
     let target = Target::parse(&args.url)?;
@@ -352,7 +347,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
 }
 
 async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Result<()> {
-    let seconds = args.duration.as_secs_f64();
+    let seconds = args.timing.duration.as_secs_f64();
     let cfg = Arc::new(Cfg {
         rooms,
         room_prefix: args.room_prefix.clone(),
@@ -371,7 +366,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
     });
     eprintln!(
         "publish {}: {} publisher(s) over {rooms} room(s), window {}, {}-byte bodies, {:?} warm-up + {:?} measured",
-        args.url, args.publishers, args.window, args.size, args.warmup, args.duration
+        args.url, args.publishers, args.window, args.size, args.timing.warmup, args.timing.duration
     );
 
     // Connections from one source address, 64 handshakes at a time.
@@ -384,7 +379,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
     // Let the presence events of the joins pass.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let measuring = run.measure(args.warmup, args.duration, args.output.server_pid, {
+    let measuring = run.measure(&args.timing, args.output.server_pid, {
         let sh = sh.clone();
         let (mut last_sent, mut last_acked) = (0u64, 0u64);
         move || {
@@ -466,7 +461,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
         "rooms": rooms,
         "window": args.window,
         "size": args.size,
-        "warmup_s": args.warmup.as_secs_f64(),
+        "warmup_s": args.timing.warmup.as_secs_f64(),
         "duration_s": seconds,
         "acked": acked_in_window,
         "acks_per_sec": (acked_in_window as f64 / seconds).round(),
