@@ -25,7 +25,7 @@ use tokio::time::timeout;
 
 use super::client::{self, Conn};
 use super::common::{self, Window};
-use super::driver::{self, Problems};
+use super::driver::{self, Gain, Problems};
 use super::wire::{self, Target};
 
 /// Read buffer per session.
@@ -299,18 +299,16 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
     let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
     let ticker = driver::spawn_ticker({
         let sh = sh.clone();
-        let mut last_completed = 0u64;
+        let mut completed = Gain::default();
         move || {
             let now = window.now_us();
-            let completed = sh.completed.load(Ordering::Relaxed);
             let line = format!(
-                "started {}  completed {completed} (+{}/s)  failed {}  in flight {}",
+                "started {}  completed {}  failed {}  in flight {}",
                 sh.started.load(Ordering::Relaxed),
-                completed.saturating_sub(last_completed),
+                completed.show(sh.completed.load(Ordering::Relaxed)),
                 sh.failed.load(Ordering::Relaxed),
                 sh.in_flight.load(Ordering::Relaxed),
             );
-            last_completed = completed;
             let phase = if now < window.end {
                 "starting"
             } else {

@@ -35,10 +35,10 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify, SemaphorePermit};
 
 use super::common::{self, CpuProbe, HANDSHAKE_TIMEOUT};
-use super::driver::{self, read_until, End, Frames, Problems, Run};
+use super::driver::{self, End, Frames, Problems, Run};
 use super::socketio;
 use super::wire::OP_TEXT;
-use super::wire::{self, FrameBuf, Target};
+use super::wire::{self, Target};
 
 /// Connections per worker process when `--procs` is not given.
 const PER_PROC: usize = 15_000;
@@ -419,7 +419,7 @@ async fn idle_connection(run: Arc<Run>, tally: Arc<Tally>, cfg: Arc<ConnCfg>, n:
         connected = run.dial(n, &path) => connected,
         () = run.stopped() => return false,
     };
-    let (mut stream, leftover) = match connected {
+    let (stream, leftover) = match connected {
         Ok(connection) => connection,
         Err(err) => {
             tally.fail(cfg.reason(n, err));
@@ -445,26 +445,18 @@ async fn idle_connection(run: Arc<Run>, tally: Arc<Tally>, cfg: Arc<ConnCfg>, n:
     if cfg.mode == Mode::Relay {
         idle.now_ready();
     }
-    let mut buf = FrameBuf::new(READ_BUFFER, leftover);
-    let (mut reader, mut writer) = stream.split();
-    let end = read_until(
-        &mut reader,
-        &mut writer,
-        &mut buf,
-        &mut out,
+    let end = driver::hold(
+        stream,
+        leftover,
+        READ_BUFFER,
+        out,
         mask,
         run.stopped(),
         &mut idle,
     )
     .await;
-    let ready = idle.ready;
-    drop(idle);
     match end {
-        End::Stopped if ready => {
-            common::close_politely(&mut reader, &mut writer, mask).await;
-            true
-        }
-        End::Stopped => false,
+        End::Stopped => idle.ready,
         End::Deadline => {
             tally.fail(format!(
                 "upgraded but not ready ({}) within {HANDSHAKE_TIMEOUT:?}",
@@ -472,7 +464,7 @@ async fn idle_connection(run: Arc<Run>, tally: Arc<Tally>, cfg: Arc<ConnCfg>, n:
             ));
             false
         }
-        End::Gone(how) if ready => {
+        End::Gone(how) if idle.ready => {
             tally.dropped.fetch_add(1, Ordering::SeqCst);
             count_reason(&tally.ends, how);
             false

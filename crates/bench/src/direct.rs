@@ -26,7 +26,7 @@ use tokio::time::timeout;
 
 use super::client::{self, Conn};
 use super::common::{self, HANDSHAKE_TIMEOUT};
-use super::driver::{self, OnData, Problems, Run};
+use super::driver::{self, Gain, OnData, Problems, Run};
 use super::wire::{self, Target};
 
 /// With sends in flight and no frame from the server for this long, the
@@ -470,19 +470,14 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
 
     let measuring = run.measure(&args.timing, args.output.server_pid, {
         let sh = sh.clone();
-        let (mut last_acked, mut last_delivered) = (0u64, 0u64);
+        let (mut acked, mut delivered) = (Gain::default(), Gain::default());
         move || {
-            let sent = sh.sent.load(Ordering::Relaxed);
-            let acked = sh.acked.load(Ordering::Relaxed);
-            let delivered = sh.delivered.load(Ordering::Relaxed);
-            let line = format!(
-                "sent {sent}  acked {acked} (+{}/s)  delivered {delivered} (+{}/s)",
-                acked.saturating_sub(last_acked),
-                delivered.saturating_sub(last_delivered),
-            );
-            last_acked = acked;
-            last_delivered = delivered;
-            line
+            format!(
+                "sent {}  acked {}  delivered {}",
+                sh.sent.load(Ordering::Relaxed),
+                acked.show(sh.acked.load(Ordering::Relaxed)),
+                delivered.show(sh.delivered.load(Ordering::Relaxed)),
+            )
         }
     });
 

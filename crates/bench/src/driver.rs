@@ -24,7 +24,7 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::common::{Cpu, Output, Window, HANDSHAKE_TIMEOUT};
+use super::common::{self, Cpu, Output, Window, HANDSHAKE_TIMEOUT};
 use super::wire::{self, FrameBuf, Target};
 
 /// How often the progress line is printed.
@@ -294,6 +294,19 @@ pub fn every_second(mut tick: impl FnMut() + Send + 'static) -> JoinHandle<()> {
     })
 }
 
+/// A count in the progress line, with what it gained since the last line.
+#[derive(Default)]
+pub struct Gain(u64);
+
+impl Gain {
+    /// `value (+gain/s)`.
+    pub fn show(&mut self, value: u64) -> String {
+        let gain = value.saturating_sub(self.0);
+        self.0 = value;
+        format!("{value} (+{gain}/s)")
+    }
+}
+
 /// Prints a progress line on stderr every second, until aborted:
 /// `[elapsed state] text`, from what `line` says.
 pub fn spawn_ticker(
@@ -520,6 +533,35 @@ where
         }
         frames.after_read();
     }
+}
+
+/// A connection held by one task: [`read_until`] over its two halves and,
+/// once stopped, the polite close.
+pub async fn hold(
+    mut stream: TcpStream,
+    leftover: Vec<u8>,
+    capacity: usize,
+    mut out: Vec<u8>,
+    mask: [u8; 4],
+    stop: impl Future<Output = ()>,
+    frames: &mut impl Frames,
+) -> End {
+    let mut buf = FrameBuf::new(capacity, leftover);
+    let (mut reader, mut writer) = stream.split();
+    let end = read_until(
+        &mut reader,
+        &mut writer,
+        &mut buf,
+        &mut out,
+        mask,
+        stop,
+        frames,
+    )
+    .await;
+    if end == End::Stopped {
+        common::close_politely(&mut reader, &mut writer, mask).await;
+    }
+    end
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::timeout;
 
 use super::common::{self, Window, CLOSE_WAIT, HANDSHAKE_TIMEOUT};
-use super::driver::{self, read_until, Frames, Outbox, Problems, Run};
+use super::driver::{self, read_until, Frames, Gain, Outbox, Problems, Run};
 use super::socketio;
 use super::wire::OP_TEXT;
 use super::wire::{self, FrameBuf, Target};
@@ -318,7 +318,7 @@ async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -
         sh.progress.notify_waiters();
     };
     let path = cfg.path(&format!("s{idx}"));
-    let (mut stream, leftover) = match run.connect(idx, &path).await {
+    let (stream, leftover) = match run.connect(idx, &path).await {
         Ok(connection) => connection,
         Err(err) => {
             run.fail(format!("subscriber {idx}: {err}"));
@@ -347,13 +347,11 @@ async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -
     if cfg.mode == Mode::Relay {
         frames.joined();
     }
-    let mut buf = FrameBuf::new(SUB_BUFFER, leftover);
-    let (mut reader, mut writer) = stream.split();
-    let end = read_until(
-        &mut reader,
-        &mut writer,
-        &mut buf,
-        &mut out,
+    let end = driver::hold(
+        stream,
+        leftover,
+        SUB_BUFFER,
+        out,
         mask,
         run.stopped(),
         &mut frames,
@@ -362,10 +360,7 @@ async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -
     sh.record(&mut frames.samples);
     let (mut res, joined) = (frames.res, frames.joined);
     match end.unasked() {
-        None => {
-            res.alive = true;
-            common::close_politely(&mut reader, &mut writer, mask).await;
-        }
+        None => res.alive = true,
         Some(how) => {
             gone(&sh);
             if joined {
@@ -774,19 +769,14 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
 
     let measuring = run.measure(&args.timing, args.output.server_pid, {
         let sh = sh.clone();
-        let (mut last_pub, mut last_recv) = (0u64, 0u64);
+        let (mut published, mut received) = (Gain::default(), Gain::default());
         move || {
-            let published = sh.published.load(Ordering::Relaxed);
-            let received = sh.received_total();
-            let line = format!(
-                "published {published} (+{}/s)  deliveries {received} (+{}/s)  live subscribers {}",
-                published.saturating_sub(last_pub),
-                received.saturating_sub(last_recv),
+            format!(
+                "published {}  deliveries {}  live subscribers {}",
+                published.show(sh.published.load(Ordering::Relaxed)),
+                received.show(sh.received_total()),
                 sh.live_subscribers(),
-            );
-            last_pub = published;
-            last_recv = received;
-            line
+            )
         }
     });
 

@@ -26,7 +26,7 @@ use hdrhistogram::Histogram;
 
 use super::client::{self, Conn};
 use super::common::{self, HANDSHAKE_TIMEOUT};
-use super::driver::{self, OnData, Problems, Run};
+use super::driver::{self, Gain, OnData, Problems, Run};
 use super::wire::{self, Target};
 
 /// With publishes in flight and no frame from the server for this long, the
@@ -381,18 +381,13 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
 
     let measuring = run.measure(&args.timing, args.output.server_pid, {
         let sh = sh.clone();
-        let (mut last_sent, mut last_acked) = (0u64, 0u64);
+        let (mut sent, mut acked) = (Gain::default(), Gain::default());
         move || {
-            let sent = sh.sent.load(Ordering::Relaxed);
-            let acked = sh.acked();
-            let line = format!(
-                "sent {sent} (+{}/s)  acked {acked} (+{}/s)",
-                sent.saturating_sub(last_sent),
-                acked.saturating_sub(last_acked),
-            );
-            last_sent = sent;
-            last_acked = acked;
-            line
+            format!(
+                "sent {}  acked {}",
+                sent.show(sh.sent.load(Ordering::Relaxed)),
+                acked.show(sh.acked()),
+            )
         }
     });
 

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::client::{self, Conn};
 use super::common::{self, CpuProbe, HANDSHAKE_TIMEOUT};
-use super::driver::{self, Frames, Problems, Run};
+use super::driver::{self, Frames, Gain, Problems, Run};
 use super::wire::{self, Target};
 
 /// Read buffer per client (it grows when a frame needs more).
@@ -707,10 +707,9 @@ async fn drive(args: ResumeArgs, target: Target) -> anyhow::Result<()> {
     let ticker = driver::spawn_ticker({
         let sh = sh.clone();
         let clients = args.clients;
-        let mut last_received = 0u64;
+        let mut received = Gain::default();
         move || {
             let phase = sh.phase.load(Ordering::Relaxed);
-            let received = sh.received.load(Ordering::Relaxed);
             let state = match phase {
                 LIVE => format!("joined {}/{clients}", sh.run.setup.ready_count()),
                 OFFLINE => format!("closed {}/{clients}", sh.closed.load(Ordering::Relaxed)),
@@ -721,11 +720,10 @@ async fn drive(args: ResumeArgs, target: Target) -> anyhow::Result<()> {
                 ),
             };
             let line = format!(
-                "{state}  published {}  received {received} (+{}/s)",
+                "{state}  published {}  received {}",
                 sh.published.load(Ordering::Relaxed),
-                received.saturating_sub(last_received)
+                received.show(sh.received.load(Ordering::Relaxed))
             );
-            last_received = received;
             (
                 sh.run.epoch.elapsed().as_secs_f64(),
                 phase_name(phase),
