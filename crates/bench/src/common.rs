@@ -1,5 +1,6 @@
-//! What every scenario shares: closing politely, the timestamped bench body, CPU accounting over the measured
-//! window, latency summaries and the JSON result line.
+//! What every scenario shares besides the driver: closing politely, the
+//! timestamped bench body, the measured window's timeline and CPU
+//! accounting, latency summaries, the run's events and the JSON result line.
 
 use std::collections::BTreeMap;
 use std::future::Future;
