@@ -25,6 +25,7 @@ use tokio::time::timeout;
 
 use super::client::{self, Conn};
 use super::common::{self, Window};
+use super::driver::{self, Gain, Problems};
 use super::wire::{self, Target};
 
 /// Read buffer per session.
@@ -255,12 +256,7 @@ pub fn run(args: ChurnArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() || args.rooms == 0 || args.max_in_flight == 0 {
         bail!("--duration, --rooms and --max-in-flight must be more than 0");
     }
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if !valid(&args.user_prefix) || !valid(&args.room_prefix) {
+    if !common::plain_name(&args.user_prefix) || !common::plain_name(&args.room_prefix) {
         bail!("--user-prefix and --room-prefix: letters, digits, - and _ only");
     }
     let target = Target::parse(&args.url)?;
@@ -301,29 +297,26 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
     let overflows_before = client::listen_overflows();
     let window = Window::open(sh.epoch, Duration::ZERO, args.duration);
     let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
-    let ticker = {
+    let ticker = driver::spawn_ticker({
         let sh = sh.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            let mut last_completed = 0u64;
-            loop {
-                tick.tick().await;
-                let now = window.now_us();
-                let completed = sh.completed.load(Ordering::Relaxed);
-                eprintln!(
-                    "[{:5.1}s {:>9}] started {}  completed {completed} (+{}/s)  failed {}  in flight {}",
-                    window.elapsed_s(now),
-                    if now < window.end { "starting" } else { "finishing" },
-                    sh.started.load(Ordering::Relaxed),
-                    completed.saturating_sub(last_completed),
-                    sh.failed.load(Ordering::Relaxed),
-                    sh.in_flight.load(Ordering::Relaxed),
-                );
-                last_completed = completed;
-            }
-        })
-    };
+        let mut completed = Gain::default();
+        move || {
+            let now = window.now_us();
+            let line = format!(
+                "started {}  completed {}  failed {}  in flight {}",
+                sh.started.load(Ordering::Relaxed),
+                completed.show(sh.completed.load(Ordering::Relaxed)),
+                sh.failed.load(Ordering::Relaxed),
+                sh.in_flight.load(Ordering::Relaxed),
+            );
+            let phase = if now < window.end {
+                "starting"
+            } else {
+                "finishing"
+            };
+            (window.elapsed_s(now), phase, line)
+        }
+    });
 
     // The schedule: session k is due at go + k / rate.
     let go = tokio::time::Instant::now();
@@ -383,9 +376,6 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
         "join_us": common::latency_json(&stats.join),
         "publish_us": common::latency_json(&stats.publish),
         "session_us": common::latency_json(&stats.session),
-        "client_cpu_pct": cpu.client,
-        "server_cpu_pct": cpu.server,
-        "other_cpu_pct": cpu.other,
     });
     println!(
         "churn {} ({} sessions/s for {seconds} s, at most {} at once, {} room(s))",
@@ -412,20 +402,18 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
         let sample = stats.samples.get(kind).map_or("", String::as_str);
         println!("  failed       {count} × {kind}: first {sample}");
     }
-    args.output.emit(result)?;
-    if args.strict {
-        let mut problems = Vec::new();
-        if completed == 0 {
-            problems.push("no session completed".to_string());
-        }
-        if failed > 0 {
-            problems.push(format!("{failed} sessions failed: {:?}", stats.failures));
-        }
-        if !problems.is_empty() {
-            bail!("--strict: {}", problems.join("; "));
-        }
-    }
-    Ok(())
+    let mut problems = Problems::default();
+    problems.check(completed == 0, || "no session completed".into());
+    problems.check(failed > 0, || {
+        format!("{failed} sessions failed: {:?}", stats.failures)
+    });
+    driver::finish(
+        &args.output,
+        result,
+        Some(cpu),
+        args.strict,
+        problems.into_vec(),
+    )
 }
 
 #[cfg(test)]

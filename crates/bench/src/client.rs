@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::common;
+use super::driver::{self, End, Frames};
 use super::wire::{self, FrameBuf, OP_TEXT};
 
 /// What a text frame from the server is, by the start of its JSON.
@@ -127,6 +128,26 @@ impl Conn {
                 Err(_) => return Err(format!("no answer within {wait:?}")),
             }
         }
+    }
+
+    /// Reads until `stop` (see [`driver::read_until`]), handing the frames
+    /// to `frames`.
+    pub async fn read_until(
+        &mut self,
+        stop: impl std::future::Future<Output = ()>,
+        frames: &mut impl Frames,
+    ) -> End {
+        let (mut reader, mut writer) = self.stream.split();
+        driver::read_until(
+            &mut reader,
+            &mut writer,
+            &mut self.buf,
+            &mut self.out,
+            self.mask,
+            stop,
+            frames,
+        )
+        .await
     }
 
     /// Closes politely (close frame, then the server's side of the close).

@@ -1,22 +1,19 @@
-//! What every scenario shares: connecting under a concurrency gate, closing
-//! politely, the timestamped bench body, CPU accounting over the measured
-//! window, latency summaries and the JSON result line.
+//! What every scenario shares besides the driver: closing politely, the
+//! timestamped bench body, the measured window's timeline and CPU
+//! accounting, latency summaries, the run's events and the JSON result line.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
-use super::wire::{self, Target, OP_CLOSE};
+use super::wire::{self, OP_CLOSE};
 
 /// Longest a connection may take to be upgraded (and, where a scenario
 /// joins a room, to be answered `joined`).
@@ -32,22 +29,6 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(scenario: F) -> anyhow::
     let outcome = runtime.block_on(scenario);
     runtime.shutdown_timeout(Duration::from_millis(200));
     outcome
-}
-
-/// Connects and upgrades, holding a permit of `gate` meanwhile (so a
-/// thousand clients do not all handshake at once). Errors are one line.
-pub async fn connect(
-    target: &Target,
-    source: Option<IpAddr>,
-    path: &str,
-    gate: &Semaphore,
-) -> Result<(TcpStream, Vec<u8>), String> {
-    let _permit = gate.acquire().await;
-    match timeout(HANDSHAKE_TIMEOUT, wire::connect(target, source, path)).await {
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(err)) => Err(format!("{err:#}")),
-        Err(_) => Err("handshake timed out".into()),
-    }
 }
 
 /// Sends a close frame (1000) and waits, at most [`CLOSE_WAIT`], for the
@@ -66,6 +47,15 @@ where
         std::io::Result::Ok(())
     })
     .await;
+}
+
+/// Whether `name` is fit for a user or room name prefix: letters, digits,
+/// `-` and `_` (no escaping needed anywhere).
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Writes the bench body `{"t":T,"pad":"xx…"}` (with a run tag `run`:
@@ -360,6 +350,11 @@ impl Window {
         self.epoch.elapsed().as_micros() as u64
     }
 
+    /// Whether `now` is in the measured window.
+    pub fn contains(&self, now: u64) -> bool {
+        now >= self.start && now < self.end
+    }
+
     /// For the progress line.
     pub fn phase(&self, now: u64) -> &'static str {
         if now < self.start {
@@ -377,28 +372,6 @@ impl Window {
     }
 
     /// Reads CPU use over exactly the measured window.
-    /// Prints a progress line on stderr every second, `[elapsed phase]`
-    /// then what `line` says, until aborted.
-    pub fn spawn_progress(
-        self,
-        mut line: impl FnMut() -> String + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let now = self.now_us();
-                eprintln!(
-                    "[{:5.1}s {:>9}] {}",
-                    self.elapsed_s(now),
-                    self.phase(now),
-                    line()
-                );
-            }
-        })
-    }
-
     pub fn spawn_cpu_probe(self, server_pid: Option<u32>) -> tokio::task::JoinHandle<Cpu> {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_micros(
@@ -460,74 +433,56 @@ impl Output {
     }
 }
 
-/// A scenario's connection setup, shared by its tasks: how many
-/// connections are ready, and which failed (and why).
+/// Server error events a run keeps in full (the rest are only counted).
+const ERROR_SAMPLES: usize = 5;
+
+/// What went wrong in a run, for the report: how connections ended early,
+/// and the server's `error` events.
 #[derive(Default)]
-pub struct Setup {
-    ready: AtomicUsize,
-    failed: AtomicUsize,
-    failures: std::sync::Mutex<Vec<String>>,
+pub struct Events(std::sync::Mutex<EventLog>);
+
+#[derive(Default)]
+pub struct EventLog {
+    /// How connections ended early, e.g. "close 4008 slow consumer", with
+    /// counts.
+    pub ends: BTreeMap<String, u64>,
+    pub server_errors: u64,
+    /// The first few error events, in full.
+    pub error_samples: Vec<String>,
 }
 
-impl Setup {
-    /// One more connection is set up.
-    pub fn ready(&self) {
-        self.ready.fetch_add(1, Ordering::SeqCst);
+impl Events {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EventLog> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn ready_count(&self) -> usize {
-        self.ready.load(Ordering::SeqCst)
+    /// A connection ended early.
+    pub fn ended(&self, how: impl Into<String>) {
+        *self.lock().ends.entry(how.into()).or_default() += 1;
     }
 
-    /// A connection failed to set up (or later, for the report).
-    pub fn fail(&self, what: String) {
-        self.failed.fetch_add(1, Ordering::SeqCst);
-        self.lock().push(what);
-    }
-
-    pub fn failed_count(&self) -> usize {
-        self.failed.load(Ordering::SeqCst)
-    }
-
-    /// Every failure so far, in order.
-    pub fn failures(&self) -> Vec<String> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until `want` connections are ready: fails at the first setup
-    /// failure or after a deadline that grows with `want` by `per_conn`.
-    /// Polls the counters: the connections count themselves, and a 20 ms
-    /// look is cheap next to a setup that takes seconds.
-    pub async fn wait_ready(
-        &self,
-        want: usize,
-        what: &str,
-        per_conn: Duration,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + HANDSHAKE_TIMEOUT + per_conn * want as u32;
-        loop {
-            if self.failed_count() > 0 {
-                let failures = self.failures();
-                anyhow::bail!(
-                    "{} connection(s) failed while setting up {what}; first: {}",
-                    failures.len(),
-                    failures.first().map(String::as_str).unwrap_or("?")
-                );
-            }
-            if self.ready_count() >= want {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!(
-                    "timed out setting up {what}: {} of {want} ready",
-                    self.ready_count()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    /// The server sent an error event.
+    pub fn server_error(&self, payload: &[u8]) {
+        let mut log = self.lock();
+        log.server_errors += 1;
+        if log.error_samples.len() < ERROR_SAMPLES {
+            log.error_samples
+                .push(String::from_utf8_lossy(payload).into_owned());
         }
+    }
+
+    /// Error events a connection kept (and counted) itself.
+    pub fn samples(&self, samples: impl IntoIterator<Item = String>) {
+        let mut log = self.lock();
+        for sample in samples {
+            if log.error_samples.len() < ERROR_SAMPLES {
+                log.error_samples.push(sample);
+            }
+        }
+    }
+
+    /// Everything so far, for the report.
+    pub fn take(&self) -> EventLog {
+        std::mem::take(&mut *self.lock())
     }
 }

@@ -32,14 +32,13 @@ use crate::duration::parse as parse_duration;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, SemaphorePermit};
 
 use super::common::{self, CpuProbe, HANDSHAKE_TIMEOUT};
+use super::driver::{self, End, Frames, Problems, Run};
 use super::socketio;
 use super::wire::OP_TEXT;
-use super::wire::{self, FrameBuf, Target};
+use super::wire::{self, Target};
 
 /// Connections per worker process when `--procs` is not given.
 const PER_PROC: usize = 15_000;
@@ -215,9 +214,7 @@ impl Tally {
 }
 
 struct ConnCfg {
-    target: Target,
     mode: Mode,
-    conns_per_ip: usize,
     room: String,
     room_size: usize,
 }
@@ -264,26 +261,29 @@ async fn worker(
     first: usize,
     count: usize,
 ) -> anyhow::Result<()> {
+    let run = Run::new(target, args.connect_concurrency, args.conns_per_ip);
     // Stdin: `go`, then end of file = close everything.
     let (go_tx, go_rx) = oneshot::channel::<()>();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    std::thread::spawn(move || {
-        let mut go_tx = Some(go_tx);
-        let mut line = String::new();
-        let stdin = std::io::stdin();
-        loop {
-            line.clear();
-            match stdin.lock().read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if line.trim() == "go" => {
-                    if let Some(tx) = go_tx.take() {
-                        let _ = tx.send(());
+    std::thread::spawn({
+        let run = run.clone();
+        move || {
+            let mut go_tx = Some(go_tx);
+            let mut line = String::new();
+            let stdin = std::io::stdin();
+            loop {
+                line.clear();
+                match stdin.lock().read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line.trim() == "go" => {
+                        if let Some(tx) = go_tx.take() {
+                            let _ = tx.send(());
+                        }
                     }
+                    Ok(_) => {}
                 }
-                Ok(_) => {}
             }
+            run.stop();
         }
-        let _ = stop_tx.send(true);
     });
     report(&json!({"kind": "ready"}));
     if go_rx.await.is_err() {
@@ -293,36 +293,18 @@ async fn worker(
     let connecting = Instant::now();
 
     let cfg = Arc::new(ConnCfg {
-        target,
         mode: args.mode,
-        conns_per_ip: args.conns_per_ip,
         room: args.room.clone(),
         room_size: args.room_size,
     });
     let tally = Arc::new(Tally::default());
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let tasks: Vec<_> = (first..first + count)
-        .map(|n| {
-            tokio::spawn(idle_connection(
-                tally.clone(),
-                cfg.clone(),
-                n,
-                gate.clone(),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    let ticker = {
+    let tasks = run.spawn(first..first + count, |run, n| {
+        idle_connection(run, tally.clone(), cfg.clone(), n)
+    });
+    let ticker = driver::every_second({
         let tally = tally.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                report(&tally.status());
-            }
-        })
-    };
+        move || report(&tally.status())
+    });
     loop {
         let settled = tally.settled.notified();
         tokio::pin!(settled);
@@ -347,8 +329,7 @@ async fn worker(
         "ready_us": *lock(&tally.ready_us),
         "failures": *lock(&tally.failures),
     }));
-    let mut stop = stop_rx.clone();
-    let _ = stop.wait_for(|stop| *stop).await;
+    run.stopped().await;
     ticker.abort();
     let mut closed = 0usize;
     for task in tasks {
@@ -363,12 +344,6 @@ async fn worker(
         "ends": *lock(&tally.ends),
     }));
     Ok(())
-}
-
-enum End {
-    Stopped,
-    NotReady,
-    Gone(String),
 }
 
 /// Whether a data frame from the server makes the connection ready; an
@@ -396,37 +371,61 @@ fn on_data(
     }
 }
 
+/// An idle connection's frames: it becomes ready (and gives up its place
+/// among the handshakes) at the scenario's ready event, which must come
+/// within [`HANDSHAKE_TIMEOUT`] of the connect.
+struct Idle<'a> {
+    tally: &'a Tally,
+    mode: Mode,
+    mask: [u8; 4],
+    started: Instant,
+    handshake: Duration,
+    ready: bool,
+    permit: Option<SemaphorePermit<'a>>,
+}
+
+impl Idle<'_> {
+    fn now_ready(&mut self) {
+        if !self.ready {
+            self.ready = true;
+            self.tally.is_ready(self.handshake, self.started.elapsed());
+            self.permit = None;
+        }
+    }
+}
+
+impl Frames for Idle<'_> {
+    fn on_data(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        if on_data(self.mode, self.ready, payload, out, self.mask)? {
+            self.now_ready();
+        }
+        Ok(())
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        (!self.ready).then(|| tokio::time::Instant::from_std(self.started + HANDSHAKE_TIMEOUT))
+    }
+}
+
 /// One connection: connect, get ready, stay idle (answering pings) until
 /// told to stop, close politely. True if it was still open at the end.
-async fn idle_connection(
-    tally: Arc<Tally>,
-    cfg: Arc<ConnCfg>,
-    n: usize,
-    gate: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) -> bool {
-    let Ok(permit) = gate.acquire().await else {
+async fn idle_connection(run: Arc<Run>, tally: Arc<Tally>, cfg: Arc<ConnCfg>, n: usize) -> bool {
+    let Some(permit) = run.permit().await else {
         return false;
     };
     let started = Instant::now();
-    let source = cfg.target.source_for(n, cfg.conns_per_ip);
     let path = cfg.path(n);
     let connected = tokio::select! {
-        connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::connect(&cfg.target, source, &path)) => connected,
-        _ = stop.wait_for(|stop| *stop) => return false,
+        connected = run.dial(n, &path) => connected,
+        () = run.stopped() => return false,
     };
-    let (mut stream, leftover) = match connected {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(err)) => {
-            tally.fail(cfg.reason(n, format!("{err:#}")));
-            return false;
-        }
-        Err(_) => {
-            tally.fail("handshake timed out".into());
+    let (stream, leftover) = match connected {
+        Ok(connection) => connection,
+        Err(err) => {
+            tally.fail(cfg.reason(n, err));
             return false;
         }
     };
-    let handshake = started.elapsed();
     let mask = wire::mask_for(n);
     let mut out = Vec::new();
     if cfg.mode == Mode::Room {
@@ -434,63 +433,38 @@ async fn idle_connection(
         let join = format!("{{\"type\":\"join\",\"room\":{room}}}");
         wire::encode_frame(&mut out, OP_TEXT, join.as_bytes(), mask);
     }
-    let mut permit = Some(permit);
-    let mut ready = cfg.mode == Mode::Relay;
-    if ready {
-        tally.is_ready(handshake, handshake);
-        permit = None;
-    }
-    let deadline = tokio::time::Instant::from_std(started + HANDSHAKE_TIMEOUT);
-    let mut buf = FrameBuf::new(READ_BUFFER, leftover);
-    let mut pending = !buf.is_empty();
-    let end = loop {
-        if !out.is_empty() {
-            if let Err(err) = stream.write_all(&out).await {
-                break End::Gone(format!("write error: {}", err.kind()));
-            }
-            out.clear();
-        }
-        if !pending {
-            let read = tokio::select! {
-                biased;
-                _ = stop.wait_for(|stop| *stop) => break End::Stopped,
-                _ = tokio::time::sleep_until(deadline), if !ready => break End::NotReady,
-                read = buf.fill(&mut stream) => read,
-            };
-            match read {
-                Ok(0) => break End::Gone("eof without close frame".into()),
-                Ok(_) => {}
-                Err(err) => break End::Gone(format!("read error: {}", err.kind())),
-            }
-        }
-        pending = false;
-        let dispatched = wire::dispatch(&mut buf, &mut out, mask, |payload, out| {
-            if on_data(cfg.mode, ready, payload, out, mask)? && !ready {
-                ready = true;
-                tally.is_ready(handshake, started.elapsed());
-                permit = None;
-            }
-            Ok(false)
-        });
-        if let Err(how) = dispatched {
-            break End::Gone(how);
-        }
+    let mut idle = Idle {
+        tally: &tally,
+        mode: cfg.mode,
+        mask,
+        started,
+        handshake: started.elapsed(),
+        ready: false,
+        permit: Some(permit),
     };
-    drop(permit);
+    if cfg.mode == Mode::Relay {
+        idle.now_ready();
+    }
+    let end = driver::hold(
+        stream,
+        leftover,
+        READ_BUFFER,
+        out,
+        mask,
+        run.stopped(),
+        &mut idle,
+    )
+    .await;
     match end {
-        End::Stopped if ready => {
-            close(stream, mask).await;
-            true
-        }
-        End::Stopped => false,
-        End::NotReady => {
+        End::Stopped => idle.ready,
+        End::Deadline => {
             tally.fail(format!(
                 "upgraded but not ready ({}) within {HANDSHAKE_TIMEOUT:?}",
                 cfg.mode.ready_event()
             ));
             false
         }
-        End::Gone(how) if ready => {
+        End::Gone(how) if idle.ready => {
             tally.dropped.fetch_add(1, Ordering::SeqCst);
             count_reason(&tally.ends, how);
             false
@@ -500,11 +474,6 @@ async fn idle_connection(
             false
         }
     }
-}
-
-async fn close(mut stream: TcpStream, mask: [u8; 4]) {
-    let (mut reader, mut writer) = stream.split();
-    common::close_politely(&mut reader, &mut writer, mask).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1005,23 +974,15 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
     for (how, count) in &ends {
         println!("  ended early  {count} × {how}");
     }
-    args.output.emit(result)?;
-    if args.strict {
-        let mut problems = Vec::new();
-        if ready < n {
-            problems.push(format!(
-                "{} of {n} connections not ready ({failures:?})",
-                n - ready
-            ));
-        }
-        if dropped > 0 {
-            problems.push(format!("{dropped} connections dropped ({ends:?})"));
-        }
-        if !problems.is_empty() {
-            bail!("--strict: {}", problems.join("; "));
-        }
-    }
-    Ok(())
+    let mut problems = Problems::default();
+    problems.check(ready < n, || {
+        format!("{} of {n} connections not ready ({failures:?})", n - ready)
+    });
+    problems.check(dropped > 0, || {
+        format!("{dropped} connections dropped ({ends:?})")
+    });
+    // The CPU fields are the workers' and the server's while connecting.
+    driver::finish(&args.output, result, None, args.strict, problems.into_vec())
 }
 
 #[cfg(test)]
@@ -1058,9 +1019,7 @@ mod tests {
     #[test]
     fn paths_and_rooms() {
         let cfg = ConnCfg {
-            target: Target::parse("ws://127.0.0.1:1").unwrap(),
             mode: Mode::Relay,
-            conns_per_ip: 10,
             room: "idle".into(),
             room_size: 100,
         };

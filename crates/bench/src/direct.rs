@@ -15,19 +15,18 @@
 //! connect, which a run ends by confirming with `received`) are told apart
 //! by the run tag and only counted.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::duration::parse as parse_duration;
 use anyhow::bail;
 use hdrhistogram::Histogram;
-use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
 use super::client::{self, Conn};
-use super::common::{self, Window, HANDSHAKE_TIMEOUT};
+use super::common::{self, HANDSHAKE_TIMEOUT};
+use super::driver::{self, Gain, OnData, Problems, Run};
 use super::wire::{self, Target};
 
 /// With sends in flight and no frame from the server for this long, the
@@ -58,25 +57,16 @@ pub struct DirectArgs {
     /// by the window.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Measured time, after the warm-up. Units: ms, s, m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Time sending before measuring starts. Units: ms, s, m.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    warmup: Duration,
+    #[command(flatten)]
+    timing: driver::Timing,
     /// Bytes of each message body, a JSON object {"t":µs,"r":run,"pad":"xx…"}.
     #[arg(long, default_value_t = 100)]
     size: usize,
     /// User names are PREFIX{i}a and PREFIX{i}b (letters, digits, - and _).
     #[arg(long, default_value = "d")]
     user_prefix: String,
-    /// Connections per source address; past it connections bind
-    /// 127.0.0.2, 127.0.0.3, … (loopback targets only).
-    #[arg(long, default_value_t = 20_000)]
-    conns_per_ip: usize,
-    /// Handshakes in flight at once while connecting.
-    #[arg(long, default_value_t = 128)]
-    connect_concurrency: usize,
+    #[command(flatten)]
+    dialing: driver::Dialing,
     #[command(flatten)]
     output: common::Output,
     /// Exit with an error on any lost or duplicated direct, `error` event,
@@ -87,12 +77,10 @@ pub struct DirectArgs {
 }
 
 struct Cfg {
-    target: Target,
     prefix: String,
     window: u64,
     rate: f64,
     size: usize,
-    conns_per_ip: usize,
     /// Tags this run's bodies: `"r":RUN,`.
     run_tag: String,
     run: u64,
@@ -105,22 +93,7 @@ impl Cfg {
     }
 }
 
-#[derive(Default)]
-struct Events {
-    /// How connections ended early, e.g. "close 4008 slow consumer".
-    ends: BTreeMap<String, u64>,
-    error_samples: Vec<String>,
-}
-
 struct Shared {
-    epoch: Instant,
-    /// Measured window, µs since `epoch` (set before the go signal).
-    window_start: AtomicU64,
-    window_end: AtomicU64,
-    /// Connections set up, and failures.
-    setup: common::Setup,
-    /// Connections done sending (every send answered, or given up).
-    drained: AtomicUsize,
     sent: AtomicU64,
     acked: AtomicU64,
     /// Directs of this run from the partner, duplicates excluded.
@@ -129,22 +102,10 @@ struct Shared {
     per_second: Box<[AtomicU64]>,
     latency: Mutex<Histogram<u64>>,
     ack_latency: Mutex<Histogram<u64>>,
-    events: Mutex<Events>,
+    events: common::Events,
 }
 
 impl Shared {
-    fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
-
-    fn events(&self) -> std::sync::MutexGuard<'_, Events> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn fail(&self, what: String) {
-        self.setup.fail(what);
-    }
-
     fn record(hist: &Mutex<Histogram<u64>>, samples: &mut Vec<u64>) {
         if samples.is_empty() {
             return;
@@ -267,23 +228,15 @@ impl Receiver<'_> {
     }
 }
 
-async fn connection(
-    sh: Arc<Shared>,
-    cfg: Arc<Cfg>,
-    idx: usize,
-    gate: Arc<Semaphore>,
-    mut go: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) -> ConnResult {
+async fn connection(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -> ConnResult {
     let mut res = ConnResult::default();
     let me = cfg.user(idx);
     let partner = cfg.user(idx ^ 1);
-    let source = cfg.target.source_for(idx, cfg.conns_per_ip);
     let path = format!("/ws?user={me}&device=bench");
-    let mut conn = match common::connect(&cfg.target, source, &path, &gate).await {
+    let mut conn = match run.connect(idx, &path).await {
         Ok((stream, leftover)) => Conn::new(stream, leftover, BUFFER, wire::mask_for(idx)),
         Err(err) => {
-            sh.fail(format!("{me}: {err}"));
+            run.fail(format!("{me}: {err}"));
             return res;
         }
     };
@@ -293,16 +246,15 @@ async fn connection(
         })
         .await
     {
-        sh.fail(format!("{me}: waiting for welcome: {err}"));
+        run.fail(format!("{me}: waiting for welcome: {err}"));
         return res;
     }
     res.joined = true;
-    sh.setup.ready();
-    if go.wait_for(|go| *go).await.is_err() {
+    run.ready();
+    let Some(window) = run.go().await else {
         return res;
-    }
-    let start = sh.window_start.load(Ordering::Acquire);
-    let end = sh.window_end.load(Ordering::Acquire);
+    };
+    let (start, end) = (window.start, window.end);
     let prefix = format!("{{\"type\":\"send\",\"to\":\"{partner}\",\"body\":");
     let from_partner = format!("{{\"type\":\"direct\",\"from\":\"{partner}\",");
     let mut message = Vec::with_capacity(cfg.size + prefix.len() + 32);
@@ -320,11 +272,11 @@ async fn connection(
         last_seq: 0,
         last_ack_seq: 0,
     };
-    let started = sh.now_us();
+    let started = run.now_us();
     let mut drain_deadline = None;
     let mut pending = conn.has_buffered();
     let outcome: Result<(), String> = loop {
-        let now = sh.now_us();
+        let now = run.now_us();
         let mut next_due = None;
         if now < end {
             let mut n = (cfg.window - rx.in_flight.len() as u64).min(MAX_BATCH);
@@ -379,7 +331,7 @@ async fn connection(
             }
         }
         pending = false;
-        let at = sh.now_us();
+        let at = run.now_us();
         let measuring = at >= start && at < end;
         let (acked, delivered) = (rx.res.acked, rx.res.delivered);
         let window_before = rx.res.delivered_in_window;
@@ -409,36 +361,30 @@ async fn connection(
         }
     };
     rx.res.unanswered = rx.in_flight.len() as u64;
-    sh.drained.fetch_add(1, Ordering::SeqCst);
+    run.drained();
     // Keep receiving the partner's last directs until everyone is done.
-    let mut outcome = outcome;
-    while outcome.is_ok() {
-        let delivered = rx.res.delivered;
-        let read = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stop| *stop) => break,
-            read = conn.fill() => read,
-        };
-        let at = sh.now_us();
-        outcome = read.and_then(|()| conn.frames(|p| rx.on_text(p, at, false)));
-        sh.delivered
-            .fetch_add(rx.res.delivered - delivered, Ordering::Release);
-        if outcome.is_ok() {
-            outcome = conn.flush().await;
+    let outcome = match outcome {
+        Ok(()) => {
+            let end = conn
+                .read_until(
+                    run.stopped(),
+                    &mut OnData(|p: &[u8]| {
+                        let delivered = rx.res.delivered;
+                        rx.on_text(p, 0, false);
+                        sh.delivered
+                            .fetch_add(rx.res.delivered - delivered, Ordering::Release);
+                    }),
+                )
+                .await;
+            end.unasked().map_or(Ok(()), Err)
         }
-    }
+        Err(how) => Err(how),
+    };
     Shared::record(&sh.latency, rx.samples);
     Shared::record(&sh.ack_latency, rx.ack_samples);
-    {
-        let mut events = sh.events();
-        for sample in rx.error_samples.drain(..) {
-            if events.error_samples.len() < 5 {
-                events.error_samples.push(sample);
-            }
-        }
-        if let Err(how) = &outcome {
-            *events.ends.entry(how.clone()).or_default() += 1;
-        }
+    sh.events.samples(rx.error_samples.drain(..));
+    if let Err(how) = &outcome {
+        sh.events.ended(how.clone());
     }
     if outcome.is_ok() {
         res.alive = true;
@@ -460,15 +406,10 @@ pub fn run(args: DirectArgs) -> anyhow::Result<()> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         bail!("--rate must be a number >= 0");
     }
-    if args.duration.is_zero() {
+    if args.timing.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
-    if args.user_prefix.is_empty()
-        || !args
-            .user_prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !common::plain_name(&args.user_prefix) {
         bail!("--user-prefix: letters, digits, - and _ only");
     }
     let target = Target::parse(&args.url)?;
@@ -477,27 +418,20 @@ pub fn run(args: DirectArgs) -> anyhow::Result<()> {
 
 async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     let conns = args.pairs * 2;
-    let seconds = args.duration.as_secs_f64();
+    let seconds = args.timing.duration.as_secs_f64();
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
     let cfg = Arc::new(Cfg {
-        target,
         prefix: args.user_prefix.clone(),
         window: args.window,
         rate: args.rate,
         size: args.size,
-        conns_per_ip: args.conns_per_ip,
         run_tag: format!(",\"r\":{run},"),
         run,
     });
     let sh = Arc::new(Shared {
-        epoch: Instant::now(),
-        window_start: AtomicU64::new(u64::MAX),
-        window_end: AtomicU64::new(u64::MAX),
-        setup: common::Setup::default(),
-        drained: AtomicUsize::new(0),
         sent: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
@@ -506,7 +440,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
             .collect(),
         latency: Mutex::new(common::latency_histogram()),
         ack_latency: Mutex::new(common::latency_histogram()),
-        events: Mutex::new(Events::default()),
+        events: common::Events::default(),
     });
     let pace = if args.rate > 0.0 {
         format!("{} msg/s per connection", args.rate)
@@ -515,83 +449,48 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
     };
     eprintln!(
         "direct {}: {} pairs ({conns} connections), {pace}, window {}, {}-byte bodies, {:?} warm-up + {:?} measured",
-        args.url, args.pairs, args.window, args.size, args.warmup, args.duration
+        args.url, args.pairs, args.window, args.size, args.timing.warmup, args.timing.duration
     );
 
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let (go_tx, go_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = Run::new(
+        target,
+        args.dialing.connect_concurrency,
+        args.dialing.conns_per_ip,
+    );
     let connect_started = Instant::now();
-    let tasks: Vec<_> = (0..conns)
-        .map(|idx| {
-            tokio::spawn(connection(
-                sh.clone(),
-                cfg.clone(),
-                idx,
-                gate.clone(),
-                go_rx.clone(),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    sh.setup
-        .wait_ready(conns, "connections", Duration::from_millis(10))
+    let tasks = run.spawn(0..conns, |run, idx| {
+        connection(run, sh.clone(), cfg.clone(), idx)
+    });
+    run.wait_ready(conns, "connections", Duration::from_millis(10))
         .await?;
     eprintln!(
         "connected {conns} in {:.1}s; sending",
         connect_started.elapsed().as_secs_f64()
     );
 
-    let window = Window::open(sh.epoch, args.warmup, args.duration);
-    sh.window_start.store(window.start, Ordering::SeqCst);
-    sh.window_end.store(window.end, Ordering::SeqCst);
-    let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
-    let _ = go_tx.send(true);
-    let ticker = window.spawn_progress({
+    let measuring = run.measure(&args.timing, args.output.server_pid, {
         let sh = sh.clone();
-        let (mut last_acked, mut last_delivered) = (0u64, 0u64);
+        let (mut acked, mut delivered) = (Gain::default(), Gain::default());
         move || {
-            let sent = sh.sent.load(Ordering::Relaxed);
-            let acked = sh.acked.load(Ordering::Relaxed);
-            let delivered = sh.delivered.load(Ordering::Relaxed);
-            let line = format!(
-                "sent {sent}  acked {acked} (+{}/s)  delivered {delivered} (+{}/s)",
-                acked.saturating_sub(last_acked),
-                delivered.saturating_sub(last_delivered),
-            );
-            last_acked = acked;
-            last_delivered = delivered;
-            line
+            format!(
+                "sent {}  acked {}  delivered {}",
+                sh.sent.load(Ordering::Relaxed),
+                acked.show(sh.acked.load(Ordering::Relaxed)),
+                delivered.show(sh.delivered.load(Ordering::Relaxed)),
+            )
         }
     });
 
     // Wait until every connection has its answers, then until the directs
     // acked have arrived (or nothing moves for a second).
-    while sh.drained.load(Ordering::SeqCst) < conns && !tasks.iter().all(|t| t.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let missing = || {
+    run.wait_drained(conns, &tasks).await;
+    driver::drain(DRAIN, || {
         sh.acked
             .load(Ordering::Acquire)
             .saturating_sub(sh.delivered.load(Ordering::Acquire))
-    };
-    let drain_deadline = Instant::now() + DRAIN;
-    let mut last = (missing(), Instant::now());
-    while last.0 > 0 && Instant::now() < drain_deadline && last.1.elapsed() < Duration::from_secs(1)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now_missing = missing();
-        if now_missing != last.0 {
-            last = (now_missing, Instant::now());
-        }
-    }
-    let _ = stop_tx.send(true);
-    ticker.abort();
-    let mut results = Vec::with_capacity(conns);
-    for task in tasks {
-        results.push(task.await.unwrap_or_default());
-    }
-    let cpu = cpu_probe.await.unwrap_or_default();
+    })
+    .await;
+    let (results, cpu) = run.finish(measuring, tasks).await;
 
     // Results.
     let sum = |f: fn(&ConnResult) -> u64| results.iter().map(f).sum::<u64>();
@@ -633,8 +532,8 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let events = std::mem::take(&mut *sh.events());
-    let failures = sh.setup.failures();
+    let events = sh.events.take();
+    let failures = run.setup.failures();
     let result = serde_json::json!({
         "scenario": "direct",
         "url": args.url,
@@ -643,7 +542,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         "window": args.window,
         "rate": args.rate,
         "size": args.size,
-        "warmup_s": args.warmup.as_secs_f64(),
+        "warmup_s": args.timing.warmup.as_secs_f64(),
         "duration_s": seconds,
         "delivered": delivered_in_window,
         "delivered_per_sec": (delivered_in_window as f64 / seconds).round(),
@@ -670,9 +569,6 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         "dropped_connections": dropped,
         "connection_ends": events.ends,
         "setup_failures": failures,
-        "client_cpu_pct": cpu.client,
-        "server_cpu_pct": cpu.server,
-        "other_cpu_pct": cpu.other,
     });
 
     println!(
@@ -699,47 +595,29 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
             "  other        {stale} directs of an earlier run, {copies} copies, {resets} inbox resets"
         );
     }
-    for (how, count) in &events.ends {
-        println!("  ended early  {count} × {how}");
-    }
-    for sample in &events.error_samples {
-        println!("  server error {sample}");
-    }
-    if events
-        .error_samples
-        .iter()
-        .any(|e| e.contains("rate_limited"))
-    {
-        println!("  hint         start the server with --rate-limit 0 to measure it");
-    }
-    args.output.emit(result)?;
-
-    if args.strict {
-        let mut problems = Vec::new();
-        if delivered_in_window == 0 {
-            problems.push("no directs delivered in the measured window".to_string());
-        }
-        if lost > 0 || duplicates > 0 || seq_gaps > 0 {
-            problems.push(format!(
-                "{lost} lost, {duplicates} duplicated, {seq_gaps} inbox seqs skipped"
-            ));
-        }
-        if errors > 0 {
-            problems.push(format!("{errors} error events"));
-        }
-        if unanswered > 0 || ack_seq_out_of_order > 0 {
-            problems.push(format!(
-                "{unanswered} sends never answered, {ack_seq_out_of_order} acks out of order"
-            ));
-        }
-        if dropped > 0 || !events.ends.is_empty() {
-            problems.push(format!("{dropped} connections dropped: {:?}", events.ends));
-        }
-        if !problems.is_empty() {
-            bail!("--strict: {}", problems.join("; "));
-        }
-    }
-    Ok(())
+    driver::print_events(&events.ends, &events.error_samples);
+    driver::print_rate_limit_hint(&events.error_samples);
+    let mut problems = Problems::default();
+    problems.check(delivered_in_window == 0, || {
+        "no directs delivered in the measured window".into()
+    });
+    problems.check(lost > 0 || duplicates > 0 || seq_gaps > 0, || {
+        format!("{lost} lost, {duplicates} duplicated, {seq_gaps} inbox seqs skipped")
+    });
+    problems.check(errors > 0, || format!("{errors} error events"));
+    problems.check(unanswered > 0 || ack_seq_out_of_order > 0, || {
+        format!("{unanswered} sends never answered, {ack_seq_out_of_order} acks out of order")
+    });
+    problems.check(dropped > 0 || !events.ends.is_empty(), || {
+        format!("{dropped} connections dropped: {:?}", events.ends)
+    });
+    driver::finish(
+        &args.output,
+        result,
+        Some(cpu),
+        args.strict,
+        problems.into_vec(),
+    )
 }
 
 #[cfg(test)]
@@ -762,12 +640,10 @@ mod tests {
     #[test]
     fn receiver_counts_partner_directs_acks_and_the_rest() {
         let cfg = Cfg {
-            target: Target::parse("ws://127.0.0.1:1").unwrap(),
             prefix: "d".into(),
             window: 4,
             rate: 0.0,
             size: 60,
-            conns_per_ip: 1,
             run_tag: ",\"r\":7,".into(),
             run: 7,
         };

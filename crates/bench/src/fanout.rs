@@ -2,20 +2,19 @@
 //! P publishers; deliveries per second and end-to-end latency. Also drives a
 //! Socket.IO server (`--mode socketio`, see [`super::socketio`]).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::duration::parse as parse_duration;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{oneshot, watch, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::timeout;
 
 use super::common::{self, Window, CLOSE_WAIT, HANDSHAKE_TIMEOUT};
+use super::driver::{self, read_until, Frames, Gain, Outbox, Problems, Run};
 use super::socketio;
 use super::wire::OP_TEXT;
 use super::wire::{self, FrameBuf, Target};
@@ -26,6 +25,8 @@ const SUB_BUFFER: usize = 16 * 1024;
 const SAMPLE_BATCH: usize = 512;
 /// Most publishes put into one write.
 const MAX_BATCH: u64 = 16;
+/// Longest the run waits, after the window, for the last deliveries.
+const DRAIN: Duration = Duration::from_secs(10);
 /// Longest a waiting publisher sleeps before looking again (a safety net;
 /// it is normally woken by an ack or by the slowest subscriber).
 const RECHECK: Duration = Duration::from_millis(5);
@@ -72,12 +73,8 @@ pub struct FanoutArgs {
     /// the windows (see --window).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Measured time, after the warm-up. Units: ms, s, m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Time publishing before measuring starts. Units: ms, s, m.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    warmup: Duration,
+    #[command(flatten)]
+    timing: driver::Timing,
     /// Bytes of each message body, a JSON object {"t":µs,"pad":"xx…"}.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -94,13 +91,8 @@ pub struct FanoutArgs {
     /// Defaults to --window.
     #[arg(long)]
     lead: Option<u64>,
-    /// Connections per source address; past it connections bind
-    /// 127.0.0.2, 127.0.0.3, … (loopback targets only).
-    #[arg(long, default_value_t = 20_000)]
-    conns_per_ip: usize,
-    /// Handshakes in flight at once while connecting.
-    #[arg(long, default_value_t = 128)]
-    connect_concurrency: usize,
+    #[command(flatten)]
+    dialing: driver::Dialing,
     #[command(flatten)]
     output: common::Output,
     /// Exit with an error if a message was lost, a connection dropped or
@@ -120,7 +112,6 @@ struct Cfg {
     size: usize,
     window: u64,
     lead: u64,
-    conns_per_ip: usize,
     /// `/relay/ROOM`.
     relay_path: String,
     /// `{"type":"join","room":ROOM}`.
@@ -158,59 +149,19 @@ struct Slot {
     frames: AtomicU64,
 }
 
-#[derive(Default)]
-struct Events {
-    /// How connections ended early, e.g. "close 4008 slow consumer".
-    ends: BTreeMap<String, u64>,
-    server_errors: u64,
-    error_samples: Vec<String>,
-}
-
 struct Shared {
-    epoch: Instant,
     slots: Box<[Slot]>,
-    /// Measured window, µs since `epoch` (`u64::MAX` until known).
-    window_start: AtomicU64,
-    window_end: AtomicU64,
     latency: Mutex<Histogram<u64>>,
     /// The subscriber a waiting publisher watches (the slowest).
     watch: AtomicUsize,
     /// Woken by acks and by the watched subscriber.
     progress: Notify,
-    /// Connections set up, and failures.
-    setup: common::Setup,
     /// Publishes written, all publishers.
     published: AtomicU64,
-    events: Mutex<Events>,
+    events: common::Events,
 }
 
 impl Shared {
-    fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
-
-    fn events(&self) -> std::sync::MutexGuard<'_, Events> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn fail(&self, what: String) {
-        self.setup.fail(what);
-    }
-
-    fn ended(&self, how: &str) {
-        *self.events().ends.entry(how.to_string()).or_default() += 1;
-    }
-
-    fn server_error(&self, payload: &[u8]) {
-        let mut events = self.events();
-        events.server_errors += 1;
-        if events.error_samples.len() < 5 {
-            events
-                .error_samples
-                .push(String::from_utf8_lossy(payload).into_owned());
-        }
-    }
-
     fn record(&self, samples: &mut Vec<u64>) {
         if samples.is_empty() {
             return;
@@ -263,6 +214,16 @@ impl Shared {
             .sum()
     }
 
+    /// Deliveries still owed to the live subscribers, of `published`.
+    fn missing(&self, published: u64) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.received.load(Ordering::Relaxed))
+            .filter(|&r| r != u64::MAX)
+            .map(|r| published.saturating_sub(r))
+            .sum()
+    }
+
     fn frames_total(&self) -> u64 {
         self.slots
             .iter()
@@ -279,128 +240,133 @@ struct SubResult {
     alive: bool,
 }
 
-enum End {
-    Stopped,
-    Gone(String),
+/// What a subscriber does with each frame: counts bench messages (and
+/// their latency, in the window), and becomes ready at `joined` (room),
+/// the namespace connect (Socket.IO) or at once (relay).
+struct Subscriber<'a> {
+    run: &'a Run,
+    sh: &'a Shared,
+    cfg: &'a Cfg,
+    idx: usize,
+    mask: [u8; 4],
+    res: SubResult,
+    joined: bool,
+    frames: u64,
+    samples: Vec<u64>,
+    /// When the current read arrived, and whether in the window.
+    now: u64,
+    measuring: bool,
 }
 
-async fn subscriber(
-    sh: Arc<Shared>,
-    cfg: Arc<Cfg>,
-    idx: usize,
-    gate: Arc<Semaphore>,
-    mut stop: oneshot::Receiver<()>,
-) -> SubResult {
-    let mut res = SubResult::default();
+impl Subscriber<'_> {
+    fn joined(&mut self) {
+        if !self.joined {
+            self.joined = true;
+            self.run.ready();
+        }
+    }
+}
+
+impl Frames for Subscriber<'_> {
+    fn on_read(&mut self) {
+        self.now = self.run.now_us();
+        self.measuring = self.run.measuring(self.now);
+    }
+
+    fn on_data(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.frames += 1;
+        if let Some(t) = self.cfg.stamp(payload) {
+            self.res.received += 1;
+            if self.measuring && t <= self.now {
+                self.res.in_window += 1;
+                self.samples.push(self.now - t);
+            }
+        } else if self.cfg.mode == Mode::Socketio {
+            match socketio::on_packet(payload, out, self.mask) {
+                socketio::Step::Connected => self.joined(),
+                socketio::Step::Closed(how) => return Err(how),
+                socketio::Step::Continue => {}
+            }
+        } else if !self.joined && payload.starts_with(b"{\"type\":\"joined\"") {
+            self.joined();
+        } else if payload.starts_with(b"{\"type\":\"error\"") {
+            self.sh.events.server_error(payload);
+            if !self.joined {
+                return Err("join refused".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn after_read(&mut self) {
+        let slot = &self.sh.slots[self.idx];
+        slot.frames.store(self.frames, Ordering::Relaxed);
+        slot.received.store(self.res.received, Ordering::SeqCst);
+        if self.sh.watch.load(Ordering::SeqCst) == self.idx {
+            self.sh.progress.notify_waiters();
+        }
+        if self.samples.len() >= SAMPLE_BATCH {
+            self.sh.record(&mut self.samples);
+        }
+    }
+}
+
+async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -> SubResult {
     let slot = &sh.slots[idx];
     let gone = |sh: &Shared| {
         slot.received.store(u64::MAX, Ordering::SeqCst);
         sh.progress.notify_waiters();
     };
-    let source = cfg.target.source_for(idx, cfg.conns_per_ip);
     let path = cfg.path(&format!("s{idx}"));
-    let (mut stream, leftover) = match common::connect(&cfg.target, source, &path, &gate).await {
+    let (stream, leftover) = match run.connect(idx, &path).await {
         Ok(connection) => connection,
         Err(err) => {
-            sh.fail(format!("subscriber {idx}: {err}"));
+            run.fail(format!("subscriber {idx}: {err}"));
             gone(&sh);
-            return res;
+            return SubResult::default();
         }
     };
     let mask = wire::mask_for(idx);
     let mut out = Vec::new();
-    let mut joined = cfg.mode == Mode::Relay;
-    if joined {
-        sh.setup.ready();
-    } else if cfg.mode == Mode::Room {
+    if cfg.mode == Mode::Room {
         wire::encode_frame(&mut out, OP_TEXT, cfg.join.as_bytes(), mask);
-        if let Err(err) = stream.write_all(&out).await {
-            sh.fail(format!("subscriber {idx}: sending join: {err}"));
-            gone(&sh);
-            return res;
-        }
-        out.clear();
     }
-    let mut buf = FrameBuf::new(SUB_BUFFER, leftover);
-    let mut samples: Vec<u64> = Vec::with_capacity(SAMPLE_BATCH);
-    let mut frames = 0u64;
-    let mut pending = !buf.is_empty();
-    let end = loop {
-        if !pending {
-            let read = tokio::select! {
-                biased;
-                _ = &mut stop => break End::Stopped,
-                read = buf.fill(&mut stream) => read,
-            };
-            match read {
-                Ok(0) => break End::Gone("eof without close frame".into()),
-                Ok(_) => {}
-                Err(err) => break End::Gone(format!("read error: {}", err.kind())),
-            }
-        }
-        pending = false;
-        let now = sh.now_us();
-        let measuring = now >= sh.window_start.load(Ordering::Relaxed)
-            && now < sh.window_end.load(Ordering::Relaxed);
-        let dispatched = wire::dispatch(&mut buf, &mut out, mask, |payload, out| {
-            frames += 1;
-            if let Some(t) = cfg.stamp(payload) {
-                res.received += 1;
-                if measuring && t <= now {
-                    res.in_window += 1;
-                    samples.push(now - t);
-                }
-            } else if cfg.mode == Mode::Socketio {
-                match socketio::on_packet(payload, out, mask) {
-                    socketio::Step::Connected if !joined => {
-                        joined = true;
-                        sh.setup.ready();
-                    }
-                    socketio::Step::Closed(how) => return Err(how),
-                    _ => {}
-                }
-            } else if !joined && payload.starts_with(b"{\"type\":\"joined\"") {
-                joined = true;
-                sh.setup.ready();
-            } else if payload.starts_with(b"{\"type\":\"error\"") {
-                sh.server_error(payload);
-                if !joined {
-                    return Err("join refused".into());
-                }
-            }
-            Ok(false)
-        });
-        if let Err(how) = dispatched {
-            break End::Gone(how);
-        }
-        if !out.is_empty() {
-            if let Err(err) = stream.write_all(&out).await {
-                break End::Gone(format!("write error: {}", err.kind()));
-            }
-            out.clear();
-        }
-        slot.frames.store(frames, Ordering::Relaxed);
-        slot.received.store(res.received, Ordering::SeqCst);
-        if sh.watch.load(Ordering::SeqCst) == idx {
-            sh.progress.notify_waiters();
-        }
-        if samples.len() >= SAMPLE_BATCH {
-            sh.record(&mut samples);
-        }
+    let mut frames = Subscriber {
+        run: &run,
+        sh: &sh,
+        cfg: &cfg,
+        idx,
+        mask,
+        res: SubResult::default(),
+        joined: false,
+        frames: 0,
+        samples: Vec::with_capacity(SAMPLE_BATCH),
+        now: 0,
+        measuring: false,
     };
-    sh.record(&mut samples);
-    match end {
-        End::Stopped => {
-            res.alive = true;
-            let (mut reader, mut writer) = stream.split();
-            common::close_politely(&mut reader, &mut writer, mask).await;
-        }
-        End::Gone(how) => {
+    if cfg.mode == Mode::Relay {
+        frames.joined();
+    }
+    let end = driver::hold(
+        stream,
+        leftover,
+        SUB_BUFFER,
+        out,
+        mask,
+        run.stopped(),
+        &mut frames,
+    )
+    .await;
+    sh.record(&mut frames.samples);
+    let (mut res, joined) = (frames.res, frames.joined);
+    match end.unasked() {
+        None => res.alive = true,
+        Some(how) => {
             gone(&sh);
             if joined {
-                sh.ended(&format!("subscriber: {how}"));
+                sh.events.ended(format!("subscriber: {how}"));
             } else {
-                sh.fail(format!("subscriber {idx}: {how} before joining"));
+                run.fail(format!("subscriber {idx}: {how} before joining"));
             }
         }
     }
@@ -414,7 +380,16 @@ struct PubState {
     gone: AtomicBool,
 }
 
-type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+/// The publisher's write half, shared by its publish loop and its reader
+/// (pongs, the Socket.IO connect).
+#[derive(Clone)]
+struct Writer(Arc<tokio::sync::Mutex<OwnedWriteHalf>>);
+
+impl Outbox for Writer {
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.lock().await.write_all(bytes).await
+    }
+}
 
 #[derive(Default)]
 struct PubResult {
@@ -425,26 +400,19 @@ struct PubResult {
     error: Option<String>,
 }
 
-async fn publisher(
-    sh: Arc<Shared>,
-    cfg: Arc<Cfg>,
-    idx: usize,
-    gate: Arc<Semaphore>,
-    mut go: watch::Receiver<bool>,
-) -> PubResult {
+async fn publisher(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -> PubResult {
     let conn_no = cfg.subscribers + idx;
-    let source = cfg.target.source_for(conn_no, cfg.conns_per_ip);
     let path = cfg.path(&format!("p{idx}"));
-    let (stream, leftover) = match common::connect(&cfg.target, source, &path, &gate).await {
+    let (stream, leftover) = match run.connect(conn_no, &path).await {
         Ok(connection) => connection,
         Err(err) => {
-            sh.fail(format!("publisher {idx}: {err}"));
+            run.fail(format!("publisher {idx}: {err}"));
             return PubResult::default();
         }
     };
     let mask = wire::mask_for(conn_no);
     let (reader, writer) = stream.into_split();
-    let writer: Writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let mut writer = Writer(Arc::new(tokio::sync::Mutex::new(writer)));
     let state = Arc::new(PubState::default());
     let (joined_tx, joined_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -466,7 +434,7 @@ async fn publisher(
         if cfg.mode == Mode::Room {
             wire::encode_frame(&mut frame, OP_TEXT, cfg.join.as_bytes(), mask);
         }
-        let sent = writer.lock().await.write_all(&frame).await;
+        let sent = writer.send(&frame).await;
         let joined = match sent {
             Ok(()) => timeout(HANDSHAKE_TIMEOUT, joined_rx)
                 .await
@@ -476,16 +444,18 @@ async fn publisher(
             Err(_) => false,
         };
         if !joined {
-            sh.fail(format!("publisher {idx}: join not answered"));
+            run.fail(format!("publisher {idx}: join not answered"));
             let _ = stop_tx.send(());
             let _ = reader_task.await;
             return PubResult::default();
         }
     }
-    sh.setup.ready();
+    run.ready();
     let mut result = PubResult::default();
-    if go.wait_for(|go| *go).await.is_ok() {
-        if let Err(err) = publish_loop(&sh, &cfg, &writer, &state, mask, &mut result).await {
+    if let Some(window) = run.go().await {
+        if let Err(err) =
+            publish_loop(&run, &sh, &cfg, window, &writer, &state, mask, &mut result).await
+        {
             result.error = Some(format!("publisher {idx}: {err:#}"));
         }
         // Room mode: let the last acks come back before closing.
@@ -504,100 +474,119 @@ async fn publisher(
     result
 }
 
+/// What a publisher's reader does with each frame: counts acks (and
+/// refusals), and tells the publisher when it has joined.
+struct PublisherFrames<'a> {
+    sh: &'a Shared,
+    state: &'a PubState,
+    joined_tx: Option<oneshot::Sender<()>>,
+    mask: [u8; 4],
+    mode: Mode,
+    acked: u64,
+    before: u64,
+}
+
+impl PublisherFrames<'_> {
+    fn joined(&mut self) {
+        if let Some(tx) = self.joined_tx.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Frames for PublisherFrames<'_> {
+    fn on_read(&mut self) {
+        self.before = self.acked;
+    }
+
+    fn on_data(&mut self, p: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        if self.mode == Mode::Socketio {
+            match socketio::on_packet(p, out, self.mask) {
+                socketio::Step::Connected => self.joined(),
+                socketio::Step::Closed(how) => return Err(how),
+                socketio::Step::Continue => {}
+            }
+        } else if p.starts_with(b"{\"type\":\"ack\"") {
+            self.acked += 1;
+        } else if p.starts_with(b"{\"type\":\"joined\"") {
+            self.joined();
+        } else if p.starts_with(b"{\"type\":\"error\"") {
+            // A refused publish is answered too: it frees its slot.
+            self.acked += 1;
+            self.sh.events.server_error(p);
+        }
+        Ok(())
+    }
+
+    fn after_read(&mut self) {
+        if self.acked != self.before {
+            self.state.acked.store(self.acked, Ordering::Release);
+            self.sh.progress.notify_waiters();
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn publisher_reader(
     sh: Arc<Shared>,
     mut reader: tokio::net::tcp::OwnedReadHalf,
     mut buf: FrameBuf,
-    writer: Writer,
+    mut writer: Writer,
     state: Arc<PubState>,
     joined_tx: oneshot::Sender<()>,
-    mut stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
     mask: [u8; 4],
     mode: Mode,
 ) {
-    let mut joined_tx = Some(joined_tx);
-    let mut acked = 0u64;
-    let mut out = Vec::new();
-    let mut pending = !buf.is_empty();
-    let end = loop {
-        if !pending {
-            let read = tokio::select! {
-                biased;
-                _ = &mut stop => break End::Stopped,
-                read = buf.fill(&mut reader) => read,
-            };
-            match read {
-                Ok(0) => break End::Gone("eof without close frame".into()),
-                Ok(_) => {}
-                Err(err) => break End::Gone(format!("read error: {}", err.kind())),
-            }
-        }
-        pending = false;
-        let before = acked;
-        let dispatched = wire::dispatch(&mut buf, &mut out, mask, |p, out| {
-            if mode == Mode::Socketio {
-                match socketio::on_packet(p, out, mask) {
-                    socketio::Step::Connected => {
-                        if let Some(tx) = joined_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    socketio::Step::Closed(how) => return Err(how),
-                    socketio::Step::Continue => {}
-                }
-            } else if p.starts_with(b"{\"type\":\"ack\"") {
-                acked += 1;
-            } else if p.starts_with(b"{\"type\":\"joined\"") {
-                if let Some(tx) = joined_tx.take() {
-                    let _ = tx.send(());
-                }
-            } else if p.starts_with(b"{\"type\":\"error\"") {
-                // A refused publish is answered too: it frees its slot.
-                acked += 1;
-                sh.server_error(p);
-            }
-            Ok(false)
-        });
-        if let Err(how) = dispatched {
-            break End::Gone(how);
-        }
-        if !out.is_empty() {
-            if let Err(err) = writer.lock().await.write_all(&out).await {
-                break End::Gone(format!("write error: {}", err.kind()));
-            }
-            out.clear();
-        }
-        if acked != before {
-            state.acked.store(acked, Ordering::Release);
-            sh.progress.notify_waiters();
-        }
+    let mut frames = PublisherFrames {
+        sh: &sh,
+        state: &state,
+        joined_tx: Some(joined_tx),
+        mask,
+        mode,
+        acked: 0,
+        before: 0,
     };
-    match end {
-        End::Stopped => {
+    let stop = async {
+        let _ = stop.await;
+    };
+    let end = read_until(
+        &mut reader,
+        &mut writer,
+        &mut buf,
+        &mut Vec::new(),
+        mask,
+        stop,
+        &mut frames,
+    )
+    .await;
+    match end.unasked() {
+        None => {
             // The publish loop is over: nobody else wants the writer.
-            let mut writer = writer.lock().await;
+            let mut writer = writer.0.lock().await;
             common::close_politely(&mut reader, &mut *writer, mask).await;
         }
-        End::Gone(how) => {
+        Some(how) => {
             state.gone.store(true, Ordering::Release);
             sh.progress.notify_waiters();
-            sh.ended(&format!("publisher: {how}"));
+            sh.events.ended(format!("publisher: {how}"));
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn publish_loop(
+    run: &Run,
     sh: &Shared,
     cfg: &Cfg,
+    window: Window,
     writer: &Writer,
     state: &PubState,
     mask: [u8; 4],
     result: &mut PubResult,
 ) -> anyhow::Result<()> {
-    let window_start = sh.window_start.load(Ordering::Acquire);
-    let window_end = sh.window_end.load(Ordering::Acquire);
-    let started = sh.now_us();
+    let (window_start, window_end) = (window.start, window.end);
+    let started = run.now_us();
     let lead_limit = cfg.lead.saturating_mul(cfg.publishers as u64);
     let mut floor = 0u64;
     let mut batch = Vec::with_capacity(MAX_BATCH as usize * (cfg.size + 96));
@@ -610,7 +599,7 @@ async fn publish_loop(
         let notified = sh.progress.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let now = sh.now_us();
+        let now = run.now_us();
         if now >= window_end {
             return Ok(());
         }
@@ -673,6 +662,7 @@ async fn publish_loop(
             }
         }
         writer
+            .0
             .lock()
             .await
             .write_all(&batch)
@@ -708,22 +698,17 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         size: args.size,
         window: args.window,
         lead,
-        conns_per_ip: args.conns_per_ip,
         relay_path: format!("/relay/{}", args.room),
         join: format!("{{\"type\":\"join\",\"room\":{room_json}}}"),
         publish_prefix: format!("{{\"type\":\"publish\",\"room\":{room_json},\"body\":"),
     });
     let sh = Arc::new(Shared {
-        epoch: Instant::now(),
         slots: (0..args.subscribers).map(|_| Slot::default()).collect(),
-        window_start: AtomicU64::new(u64::MAX),
-        window_end: AtomicU64::new(u64::MAX),
         latency: Mutex::new(common::latency_histogram()),
         watch: AtomicUsize::new(usize::MAX),
         progress: Notify::new(),
-        setup: common::Setup::default(),
         published: AtomicU64::new(0),
-        events: Mutex::new(Events::default()),
+        events: common::Events::default(),
     });
     let mut pace = if args.rate > 0.0 {
         format!("{} msg/s per publisher", args.rate)
@@ -740,47 +725,30 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         args.subscribers,
         args.publishers,
         args.size,
-        args.warmup,
-        args.duration
+        args.timing.warmup,
+        args.timing.duration
     );
 
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let mut stops = Vec::with_capacity(args.subscribers);
-    let mut subs = Vec::with_capacity(args.subscribers);
+    let run = Run::new(
+        cfg.target.clone(),
+        args.dialing.connect_concurrency,
+        args.dialing.conns_per_ip,
+    );
     let connect_started = Instant::now();
-    for idx in 0..args.subscribers {
-        let (tx, rx) = oneshot::channel();
-        stops.push(tx);
-        subs.push(tokio::spawn(subscriber(
-            sh.clone(),
-            cfg.clone(),
-            idx,
-            gate.clone(),
-            rx,
-        )));
-    }
-    sh.setup
-        .wait_ready(args.subscribers, "subscribers", Duration::from_millis(20))
+    let subs = run.spawn(0..args.subscribers, |run, idx| {
+        subscriber(run, sh.clone(), cfg.clone(), idx)
+    });
+    run.wait_ready(args.subscribers, "subscribers", Duration::from_millis(20))
         .await?;
-    let (go_tx, go_rx) = watch::channel(false);
-    let pubs: Vec<_> = (0..args.publishers)
-        .map(|idx| {
-            tokio::spawn(publisher(
-                sh.clone(),
-                cfg.clone(),
-                idx,
-                gate.clone(),
-                go_rx.clone(),
-            ))
-        })
-        .collect();
-    sh.setup
-        .wait_ready(
-            args.subscribers + args.publishers,
-            "publishers",
-            Duration::from_millis(20),
-        )
-        .await?;
+    let pubs = run.spawn(0..args.publishers, |run, idx| {
+        publisher(run, sh.clone(), cfg.clone(), idx)
+    });
+    run.wait_ready(
+        args.subscribers + args.publishers,
+        "publishers",
+        Duration::from_millis(20),
+    )
+    .await?;
     // Let the join storm (presence events to every member) pass, and the
     // relay registrations (which follow the 101) complete.
     let mut last = u64::MAX;
@@ -799,27 +767,16 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         connect_started.elapsed().as_secs_f64()
     );
 
-    let window = Window::open(sh.epoch, args.warmup, args.duration);
-    let (start, end) = (window.start, window.end);
-    sh.window_start.store(start, Ordering::SeqCst);
-    sh.window_end.store(end, Ordering::SeqCst);
-    let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
-    let _ = go_tx.send(true);
-    let ticker = window.spawn_progress({
+    let measuring = run.measure(&args.timing, args.output.server_pid, {
         let sh = sh.clone();
-        let (mut last_pub, mut last_recv) = (0u64, 0u64);
+        let (mut published, mut received) = (Gain::default(), Gain::default());
         move || {
-            let published = sh.published.load(Ordering::Relaxed);
-            let received = sh.received_total();
-            let line = format!(
-                "published {published} (+{}/s)  deliveries {received} (+{}/s)  live subscribers {}",
-                published.saturating_sub(last_pub),
-                received.saturating_sub(last_recv),
+            format!(
+                "published {}  deliveries {}  live subscribers {}",
+                published.show(sh.published.load(Ordering::Relaxed)),
+                received.show(sh.received_total()),
                 sh.live_subscribers(),
-            );
-            last_pub = published;
-            last_recv = received;
-            line
+            )
         }
     });
 
@@ -827,38 +784,14 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     for handle in pubs {
         pub_results.push(handle.await.unwrap_or_default());
     }
-    // Drain: wait until every live subscriber has everything, or until
-    // nothing moves for a second.
+    // Drain: until every live subscriber has everything, or nothing moves
+    // for a second.
     let published_total = sh.published.load(Ordering::SeqCst);
-    let drain_deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = (sh.received_total(), Instant::now());
-    loop {
-        let complete = sh
-            .slots
-            .iter()
-            .all(|s| matches!(s.received.load(Ordering::Relaxed), r if r == u64::MAX || r >= published_total));
-        if complete || Instant::now() > drain_deadline || last.1.elapsed() > Duration::from_secs(1)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let received = sh.received_total();
-        if received != last.0 {
-            last = (received, Instant::now());
-        }
-    }
-    ticker.abort();
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    let mut sub_results = Vec::with_capacity(subs.len());
-    for handle in subs {
-        sub_results.push(handle.await.unwrap_or_default());
-    }
-    let cpu = cpu_probe.await.unwrap_or_default();
+    driver::drain(DRAIN, || sh.missing(published_total)).await;
+    let (sub_results, cpu) = run.finish(measuring, subs).await;
 
     // Results.
-    let seconds = args.duration.as_secs_f64();
+    let seconds = args.timing.duration.as_secs_f64();
     let published: u64 = pub_results.iter().map(|p| p.in_window).sum();
     let deliveries: u64 = sub_results.iter().map(|s| s.in_window).sum();
     let received_total: u64 = sub_results.iter().map(|s| s.received).sum();
@@ -871,7 +804,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let publisher_errors: Vec<String> =
         pub_results.iter().filter_map(|p| p.error.clone()).collect();
     let hist = sh.latency.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let events = std::mem::take(&mut *sh.events());
+    let events = sh.events.take();
     let result = serde_json::json!({
         "scenario": "fanout",
         "mode": args.mode.name(),
@@ -882,7 +815,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         "window": args.window,
         "lead": lead,
         "size": args.size,
-        "warmup_s": args.warmup.as_secs_f64(),
+        "warmup_s": args.timing.warmup.as_secs_f64(),
         "duration_s": seconds,
         "published": published,
         "publishes_per_sec": (published as f64 / seconds).round(),
@@ -898,9 +831,6 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         "server_error_samples": events.error_samples,
         "publisher_errors": publisher_errors,
         "behind_max_us": pub_results.iter().map(|p| p.behind_max_us).max().unwrap_or(0),
-        "client_cpu_pct": cpu.client,
-        "server_cpu_pct": cpu.server,
-        "other_cpu_pct": cpu.other,
     });
 
     println!(
@@ -926,39 +856,30 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         events.server_errors,
         publisher_errors.len()
     );
-    for (how, count) in &events.ends {
-        println!("  ended early  {count} × {how}");
-    }
-    for sample in &events.error_samples {
-        println!("  server error {sample}");
-    }
+    driver::print_events(&events.ends, &events.error_samples);
     for error in &publisher_errors {
         println!("  publisher    {error}");
     }
-    args.output.emit(result)?;
-    if args.strict {
-        let mut problems = Vec::new();
-        if deliveries == 0 {
-            problems.push("no deliveries measured".to_string());
-        }
-        if lost > 0 {
-            problems.push(format!("{lost} deliveries lost"));
-        }
-        if disconnected > 0 || !events.ends.is_empty() {
-            problems.push(format!(
-                "{disconnected} subscribers disconnected ({:?})",
-                events.ends
-            ));
-        }
-        if events.server_errors > 0 {
-            problems.push(format!("{} server errors", events.server_errors));
-        }
-        if !publisher_errors.is_empty() {
-            problems.push(format!("publisher errors: {publisher_errors:?}"));
-        }
-        if !problems.is_empty() {
-            bail!("--strict: {}", problems.join("; "));
-        }
-    }
-    Ok(())
+    let mut problems = Problems::default();
+    problems.check(deliveries == 0, || "no deliveries measured".into());
+    problems.check(lost > 0, || format!("{lost} deliveries lost"));
+    problems.check(disconnected > 0 || !events.ends.is_empty(), || {
+        format!(
+            "{disconnected} subscribers disconnected ({:?})",
+            events.ends
+        )
+    });
+    problems.check(events.server_errors > 0, || {
+        format!("{} server errors", events.server_errors)
+    });
+    problems.check(!publisher_errors.is_empty(), || {
+        format!("publisher errors: {publisher_errors:?}")
+    });
+    driver::finish(
+        &args.output,
+        result,
+        Some(cpu),
+        args.strict,
+        problems.into_vec(),
+    )
 }

@@ -11,7 +11,9 @@
 //! RFC 6455 client on a bare `TcpStream` that parses frame headers and the
 //! few fields a scenario needs and nothing else, so that on a small machine
 //! the load generator takes as little CPU as possible away from the server
-//! it measures. What the scenarios share beyond that is in [`common`].
+//! it measures. Every scenario runs through the phases of [`driver`]
+//! (connect, ready, measured window, drain, report) and reads its sockets
+//! with its one read loop; what else the scenarios share is in [`common`].
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +22,7 @@ mod client;
 mod common;
 mod connect;
 mod direct;
+mod driver;
 mod duration;
 mod fanout;
 mod publish;

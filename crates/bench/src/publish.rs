@@ -17,17 +17,16 @@
 //! connection, and gapless per room.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::duration::parse as parse_duration;
 use anyhow::bail;
 use hdrhistogram::Histogram;
-use tokio::sync::{watch, Semaphore};
 
 use super::client::{self, Conn};
-use super::common::{self, Window, HANDSHAKE_TIMEOUT};
+use super::common::{self, HANDSHAKE_TIMEOUT};
+use super::driver::{self, Gain, OnData, Problems, Run};
 use super::wire::{self, Target};
 
 /// With publishes in flight and no frame from the server for this long, the
@@ -35,6 +34,8 @@ use super::wire::{self, Target};
 const STALL: Duration = Duration::from_secs(10);
 /// Longest the run waits, after the window, for the last acks and messages.
 const DRAIN: Duration = Duration::from_secs(10);
+/// Setup time allowed per publisher, past the handshake timeout.
+const SETUP_PER_CONN: Duration = Duration::from_millis(500);
 /// Read buffer per publisher.
 const BUFFER: usize = 64 * 1024;
 /// Most publishes put into one write.
@@ -57,12 +58,8 @@ pub struct PublishArgs {
     /// a time (ack latency is the commit latency).
     #[arg(long, default_value_t = 64)]
     window: u64,
-    /// Measured time, after the warm-up. Units: ms, s, m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Time publishing before measuring starts. Units: ms, s, m.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    warmup: Duration,
+    #[command(flatten)]
+    timing: driver::Timing,
     /// Bytes of each message body, a JSON object {"t":µs,"pad":"xx…"}.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -90,24 +87,12 @@ struct RoomCounters {
 }
 
 struct Shared {
-    epoch: Instant,
-    /// Measured window, µs since `epoch` (set before the go signal).
-    window_start: AtomicU64,
-    window_end: AtomicU64,
     rooms: Box<[RoomCounters]>,
-    /// Publishers joined and waiting for the go signal.
-    ready: AtomicUsize,
     /// Publishes written, all publishers (for the progress line).
     sent: AtomicU64,
-    /// Publishers that have had every publish answered (or given up).
-    drained: AtomicUsize,
 }
 
 impl Shared {
-    fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
-
     fn acked(&self) -> u64 {
         self.rooms
             .iter()
@@ -129,7 +114,6 @@ impl Shared {
 }
 
 struct Cfg {
-    target: Target,
     rooms: usize,
     room_prefix: String,
     window: u64,
@@ -190,14 +174,8 @@ impl PubResult {
 }
 
 /// Connects as `p{idx}` and joins the room; returns the room's seq.
-async fn join(
-    cfg: &Cfg,
-    idx: usize,
-    room_json: &str,
-    gate: &Semaphore,
-) -> Result<(Conn, u64), String> {
-    let (stream, leftover) =
-        common::connect(&cfg.target, None, &format!("/ws?user=p{idx}"), gate).await?;
+async fn join(run: &Run, idx: usize, room_json: &str) -> Result<(Conn, u64), String> {
+    let (stream, leftover) = run.connect(idx, &format!("/ws?user=p{idx}")).await?;
     let mut conn = Conn::new(stream, leftover, BUFFER, wire::mask_for(idx));
     let join = format!("{{\"type\":\"join\",\"room\":{room_json}}}");
     conn.send_text(join.as_bytes())
@@ -219,36 +197,39 @@ async fn join(
     Ok((conn, seq))
 }
 
-async fn publisher(
-    sh: Arc<Shared>,
-    cfg: Arc<Cfg>,
-    idx: usize,
-    gate: Arc<Semaphore>,
-    mut go: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<PubResult, String> {
+/// One publisher: joins, publishes with up to `window` un-acked while the
+/// window lasts, waits for the answers, then reads the room's messages
+/// until the run stops. `None` if it never joined.
+async fn publisher(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -> Option<PubResult> {
     let room = idx % cfg.rooms;
     let mut res = PubResult::new(room, cfg.seconds);
-    let room_json =
-        serde_json::to_string(&format!("{}-{room}", cfg.room_prefix)).map_err(|e| e.to_string())?;
-    let (mut conn, joined_seq) = join(&cfg, idx, &room_json, &gate)
-        .await
-        .map_err(|err| format!("publisher {idx}: {err}"))?;
+    let joined = match serde_json::to_string(&format!("{}-{room}", cfg.room_prefix)) {
+        Ok(room_json) => join(&run, idx, &room_json)
+            .await
+            .map(|(conn, seq)| (conn, seq, room_json)),
+        Err(err) => Err(err.to_string()),
+    };
+    let (mut conn, joined_seq, room_json) = match joined {
+        Ok(joined) => joined,
+        Err(err) => {
+            run.fail(format!("publisher {idx}: {err}"));
+            return None;
+        }
+    };
     res.joined_seq = joined_seq;
-    sh.ready.fetch_add(1, Ordering::SeqCst);
-    if go.wait_for(|go| *go).await.is_err() {
-        return Ok(res);
-    }
+    run.ready();
+    let Some(window) = run.go().await else {
+        return Some(res);
+    };
+    let (start, end) = (window.start, window.end);
     let counters = &sh.rooms[room];
-    let start = sh.window_start.load(Ordering::Acquire);
-    let end = sh.window_end.load(Ordering::Acquire);
     let prefix = format!("{{\"type\":\"publish\",\"room\":{room_json},\"body\":");
     let mut message = Vec::with_capacity(cfg.size + prefix.len() + 2);
     // Send times of the publishes in flight, oldest first.
     let mut in_flight = std::collections::VecDeque::with_capacity(cfg.window as usize);
     let mut drain_deadline = None;
     let outcome: Result<(), String> = loop {
-        let now = sh.now_us();
+        let now = run.now_us();
         let room_free = cfg.window - in_flight.len() as u64;
         if now < end && room_free > 0 {
             for _ in 0..room_free.min(MAX_BATCH) {
@@ -295,7 +276,7 @@ async fn publisher(
                     res.error(payload);
                     return;
                 }
-                let at = sh.now_us();
+                let at = run.now_us();
                 res.acked += 1;
                 if (start..end).contains(&at) {
                     res.acked_in_window += 1;
@@ -322,37 +303,32 @@ async fn publisher(
             break Err(err);
         }
     };
-    sh.drained.fetch_add(1, Ordering::SeqCst);
+    run.drained();
     if let Err(err) = outcome {
         res.ended = Some(format!("publisher {idx}: {err}"));
-        return Ok(res);
+        return Some(res);
     }
     // Keep reading the room's messages until everyone is done.
-    loop {
-        let messages_before = res.messages;
-        let read = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stop| *stop) => break,
-            read = conn.read(DRAIN + STALL, |payload| {
+    let end = conn
+        .read_until(
+            run.stopped(),
+            &mut OnData(|payload: &[u8]| {
                 if payload.starts_with(b"{\"type\":\"message\"") {
                     res.messages += 1;
+                    counters.messages.fetch_add(1, Ordering::Release);
                 } else if payload.starts_with(b"{\"type\":\"error\"")
                     || payload.starts_with(b"{\"type\":\"ack\"")
                 {
                     res.error(payload);
                 }
-            }) => read,
-        };
-        counters
-            .messages
-            .fetch_add(res.messages - messages_before, Ordering::Release);
-        if let Err(err) = read {
-            res.ended = Some(format!("publisher {idx}: {err}"));
-            return Ok(res);
-        }
+            }),
+        )
+        .await;
+    match end.unasked() {
+        None => conn.close().await,
+        Some(how) => res.ended = Some(format!("publisher {idx}: {how}")),
     }
-    conn.close().await;
-    Ok(res)
+    Some(res)
 }
 
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
@@ -363,7 +339,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     if args.window == 0 {
         bail!("--window must be at least 1");
     }
-    if args.duration.is_zero() {
+    if args.timing.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
     let target = Target::parse(&args.url)?;
@@ -371,9 +347,8 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
 }
 
 async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Result<()> {
-    let seconds = args.duration.as_secs_f64();
+    let seconds = args.timing.duration.as_secs_f64();
     let cfg = Arc::new(Cfg {
-        target,
         rooms,
         room_prefix: args.room_prefix.clone(),
         window: args.window,
@@ -381,113 +356,48 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
         seconds: seconds.ceil() as usize,
     });
     let sh = Arc::new(Shared {
-        epoch: Instant::now(),
-        window_start: AtomicU64::new(u64::MAX),
-        window_end: AtomicU64::new(u64::MAX),
         rooms: (0..rooms)
             .map(|r| RoomCounters {
                 members: (r..args.publishers).step_by(rooms).count(),
                 ..RoomCounters::default()
             })
             .collect(),
-        ready: AtomicUsize::new(0),
         sent: AtomicU64::new(0),
-        drained: AtomicUsize::new(0),
     });
     eprintln!(
         "publish {}: {} publisher(s) over {rooms} room(s), window {}, {}-byte bodies, {:?} warm-up + {:?} measured",
-        args.url, args.publishers, args.window, args.size, args.warmup, args.duration
+        args.url, args.publishers, args.window, args.size, args.timing.warmup, args.timing.duration
     );
 
-    let gate = Arc::new(Semaphore::new(64));
-    let (go_tx, go_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut pubs: Vec<_> = (0..args.publishers)
-        .map(|idx| {
-            tokio::spawn(publisher(
-                sh.clone(),
-                cfg.clone(),
-                idx,
-                gate.clone(),
-                go_rx.clone(),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    // Wait for every publisher to have joined (or for one to fail).
-    let setup_deadline = Instant::now() + HANDSHAKE_TIMEOUT * 2;
-    while sh.ready.load(Ordering::SeqCst) < args.publishers {
-        if let Some(at) = pubs.iter().position(|p| p.is_finished()) {
-            let failed = pubs.swap_remove(at).await;
-            match failed {
-                Ok(Err(err)) => bail!("setting up: {err}"),
-                _ => bail!("setting up: a publisher stopped early"),
-            }
-        }
-        if Instant::now() > setup_deadline {
-            bail!(
-                "timed out setting up: {} of {} publishers joined",
-                sh.ready.load(Ordering::SeqCst),
-                args.publishers
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Connections from one source address, 64 handshakes at a time.
+    let run = Run::new(target, 64, 0);
+    let pubs = run.spawn(0..args.publishers, |run, idx| {
+        publisher(run, sh.clone(), cfg.clone(), idx)
+    });
+    run.wait_ready(args.publishers, "publishers", SETUP_PER_CONN)
+        .await?;
     // Let the presence events of the joins pass.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let window = Window::open(sh.epoch, args.warmup, args.duration);
-    let (start, end) = (window.start, window.end);
-    sh.window_start.store(start, Ordering::SeqCst);
-    sh.window_end.store(end, Ordering::SeqCst);
-    let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
-    let _ = go_tx.send(true);
-    let ticker = window.spawn_progress({
+    let measuring = run.measure(&args.timing, args.output.server_pid, {
         let sh = sh.clone();
-        let (mut last_sent, mut last_acked) = (0u64, 0u64);
+        let (mut sent, mut acked) = (Gain::default(), Gain::default());
         move || {
-            let sent = sh.sent.load(Ordering::Relaxed);
-            let acked = sh.acked();
-            let line = format!(
-                "sent {sent} (+{}/s)  acked {acked} (+{}/s)",
-                sent.saturating_sub(last_sent),
-                acked.saturating_sub(last_acked),
-            );
-            last_sent = sent;
-            last_acked = acked;
-            line
+            format!(
+                "sent {}  acked {}",
+                sent.show(sh.sent.load(Ordering::Relaxed)),
+                acked.show(sh.acked()),
+            )
         }
     });
 
     // Wait until every publisher has its answers, then until the room
     // messages they caused have arrived (or nothing moves for a second).
-    while sh.drained.load(Ordering::SeqCst) < args.publishers
-        && !pubs.iter().all(|p| p.is_finished())
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drain_deadline = Instant::now() + DRAIN;
-    let mut last = (sh.messages_missing(), Instant::now());
-    while last.0 > 0 && Instant::now() < drain_deadline && last.1.elapsed() < Duration::from_secs(1)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let missing = sh.messages_missing();
-        if missing != last.0 {
-            last = (missing, Instant::now());
-        }
-    }
-    let _ = stop_tx.send(true);
-    ticker.abort();
-    let mut results = Vec::with_capacity(pubs.len());
-    let mut failures = Vec::new();
-    for handle in pubs {
-        match handle.await {
-            Ok(Ok(result)) => results.push(result),
-            Ok(Err(err)) => failures.push(err),
-            Err(err) => failures.push(format!("publisher task: {err}")),
-        }
-    }
-    let cpu = cpu_probe.await.unwrap_or_default();
+    run.wait_drained(args.publishers, &pubs).await;
+    driver::drain(DRAIN, || sh.messages_missing()).await;
+    let (results, cpu) = run.finish(measuring, pubs).await;
+    let results: Vec<PubResult> = results.into_iter().flatten().collect();
+    let failures = run.setup.failures();
 
     // Results.
     let mut latency = common::latency_histogram();
@@ -546,7 +456,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
         "rooms": rooms,
         "window": args.window,
         "size": args.size,
-        "warmup_s": args.warmup.as_secs_f64(),
+        "warmup_s": args.timing.warmup.as_secs_f64(),
         "duration_s": seconds,
         "acked": acked_in_window,
         "acks_per_sec": (acked_in_window as f64 / seconds).round(),
@@ -564,9 +474,6 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
         "server_error_samples": error_samples,
         "connection_ends": ends,
         "setup_failures": failures,
-        "client_cpu_pct": cpu.client,
-        "server_cpu_pct": cpu.server,
-        "other_cpu_pct": cpu.other,
     });
 
     println!(
@@ -583,45 +490,33 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
         "  integrity    sent {sent}, acked {acked}, errors {errors}, missing acks {missing_acks}, \
          seqs out of order {seq_out_of_order}, seq gaps {seq_gaps}, room messages {messages} ({messages_lost} lost)"
     );
-    for (how, count) in &ends {
-        println!("  ended early  {count} × {how}");
-    }
-    for sample in &error_samples {
-        println!("  server error {sample}");
-    }
+    driver::print_events(&ends, &error_samples);
     for failure in &failures {
         println!("  failure      {failure}");
     }
-    if error_samples.iter().any(|e| e.contains("rate_limited")) {
-        println!("  hint         start the server with --rate-limit 0 to measure it");
-    }
-    args.output.emit(result)?;
-
-    if args.strict {
-        let mut problems = Vec::new();
-        if acked_in_window == 0 {
-            problems.push("no acks in the measured window".to_string());
-        }
-        if errors > 0 {
-            problems.push(format!("{errors} error events"));
-        }
-        if missing_acks > 0 {
-            problems.push(format!("{missing_acks} publishes never answered"));
-        }
-        if seq_out_of_order > 0 || seq_gaps > 0 {
-            problems.push(format!(
-                "seqs: {seq_out_of_order} out of order, {seq_gaps} missing or extra"
-            ));
-        }
-        if messages_lost > 0 {
-            problems.push(format!("{messages_lost} room messages lost"));
-        }
-        if !ends.is_empty() || !failures.is_empty() {
-            problems.push(format!("connections ended early: {ends:?} {failures:?}"));
-        }
-        if !problems.is_empty() {
-            bail!("--strict: {}", problems.join("; "));
-        }
-    }
-    Ok(())
+    driver::print_rate_limit_hint(&error_samples);
+    let mut problems = Problems::default();
+    problems.check(acked_in_window == 0, || {
+        "no acks in the measured window".into()
+    });
+    problems.check(errors > 0, || format!("{errors} error events"));
+    problems.check(missing_acks > 0, || {
+        format!("{missing_acks} publishes never answered")
+    });
+    problems.check(seq_out_of_order > 0 || seq_gaps > 0, || {
+        format!("seqs: {seq_out_of_order} out of order, {seq_gaps} missing or extra")
+    });
+    problems.check(messages_lost > 0, || {
+        format!("{messages_lost} room messages lost")
+    });
+    problems.check(!ends.is_empty() || !failures.is_empty(), || {
+        format!("connections ended early: {ends:?} {failures:?}")
+    });
+    driver::finish(
+        &args.output,
+        result,
+        Some(cpu),
+        args.strict,
+        problems.into_vec(),
+    )
 }

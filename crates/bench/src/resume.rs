@@ -20,18 +20,17 @@
 //! connections, messages missing (seqs skipped, or never received) and
 //! duplicated (a seq not above the last one), and `reset` events.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::duration::parse as parse_duration;
 use anyhow::bail;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tokio::time::timeout;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::client::{self, Conn};
 use super::common::{self, CpuProbe, HANDSHAKE_TIMEOUT};
+use super::driver::{self, Frames, Gain, Problems, Run};
 use super::wire::{self, Target};
 
 /// Read buffer per client (it grows when a frame needs more).
@@ -119,7 +118,6 @@ pub struct ResumeArgs {
 }
 
 struct Cfg {
-    target: Target,
     clients: usize,
     rooms: usize,
     publishers: usize,
@@ -128,7 +126,6 @@ struct Cfg {
     size: usize,
     room_prefix: String,
     user_prefix: String,
-    conns_per_ip: usize,
     storm_timeout: Duration,
     /// The rooms' names as JSON strings.
     room_json: Vec<String>,
@@ -145,14 +142,7 @@ impl Cfg {
     }
 }
 
-#[derive(Default)]
-struct Events {
-    ends: BTreeMap<String, u64>,
-    error_samples: Vec<String>,
-}
-
 struct Shared {
-    epoch: Instant,
     /// Highest seq acked (or answered in `joined`) per room.
     room_top: Box<[AtomicU64]>,
     /// Each room's top when the storm started.
@@ -160,8 +150,8 @@ struct Shared {
     /// Each client's last seq.
     last: Box<[AtomicU64]>,
     phase: AtomicU8,
-    /// Connections set up, and failures.
-    setup: common::Setup,
+    /// Connecting, and the connections set up (and failed).
+    run: Arc<Run>,
     /// Clients whose first connection is over.
     closed: AtomicUsize,
     /// Clients reconnected in the storm.
@@ -174,33 +164,24 @@ struct Shared {
     storm_start: AtomicU64,
     published: AtomicU64,
     received: AtomicU64,
-    events: Mutex<Events>,
+    events: common::Events,
 }
 
 impl Shared {
     fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
-
-    fn events(&self) -> std::sync::MutexGuard<'_, Events> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner())
+        self.run.now_us()
     }
 
     fn fail(&self, what: String) {
-        self.setup.fail(what);
+        self.run.fail(what);
     }
 
     fn ended(&self, how: String) {
-        *self.events().ends.entry(how).or_default() += 1;
+        self.events.ended(how);
     }
 
     fn server_error(&self, payload: &[u8]) {
-        let mut events = self.events();
-        if events.error_samples.len() < 5 {
-            events
-                .error_samples
-                .push(String::from_utf8_lossy(payload).into_owned());
-        }
+        self.events.server_error(payload);
     }
 }
 
@@ -289,13 +270,76 @@ async fn reached(rx: &mut watch::Receiver<u8>, phase: u8) -> bool {
     rx.wait_for(|p| *p >= phase).await.is_ok()
 }
 
+/// A client's frames: its room's seqs tracked, and shown to the run after
+/// each read; in the storm, also the rejoin's answer and when the replay is
+/// complete.
+struct ClientFrames<'a> {
+    sh: &'a Shared,
+    idx: usize,
+    track: Track,
+    received_before: u64,
+    storm: Option<Resuming>,
+}
+
+/// A reconnected client's progress.
+struct Resuming {
+    /// The room's last seq when the storm began.
+    top: u64,
+    /// Publishes during the storm: the replay ends at the `joined` seq.
+    during: bool,
+    joined: Option<u64>,
+    done_at: Option<u64>,
+}
+
+impl Frames for ClientFrames<'_> {
+    fn on_read(&mut self) {
+        self.received_before = self.track.received;
+    }
+
+    fn on_data(&mut self, p: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+        match (&mut self.storm, joined_seq(p)) {
+            (Some(storm), Some(Ok(seq))) if storm.joined.is_none() => storm.joined = Some(seq),
+            (Some(_), Some(_)) => {
+                self.track.errors += 1;
+                self.sh.server_error(p);
+            }
+            _ => self.track.on_event(self.sh, p),
+        }
+        Ok(())
+    }
+
+    fn after_read(&mut self) {
+        let sh = self.sh;
+        sh.last[self.idx].store(self.track.last, Ordering::Relaxed);
+        sh.received.fetch_add(
+            self.track.received - self.received_before,
+            Ordering::Relaxed,
+        );
+        let Some(storm) = &mut self.storm else {
+            return;
+        };
+        if let (None, Some(seq)) = (storm.done_at, storm.joined) {
+            let target = if storm.during {
+                seq
+            } else {
+                seq.max(storm.top)
+            };
+            if self.track.last >= target {
+                storm.done_at = Some(sh.now_us());
+                sh.resumed.fetch_add(1, Ordering::SeqCst);
+                sh.storm_over.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
 async fn client(
     sh: Arc<Shared>,
     cfg: Arc<Cfg>,
     idx: usize,
-    gate: Arc<Semaphore>,
     mut phase: watch::Receiver<u8>,
 ) -> ClientResult {
+    let run = &sh.run;
     let room = idx % cfg.rooms;
     let mut res = ClientResult {
         room,
@@ -307,48 +351,45 @@ async fn client(
     let mask = wire::mask_for(idx);
 
     // 1. Connect and join; receive the live messages.
-    let source = cfg.target.source_for(idx, cfg.conns_per_ip);
     let joined = async {
-        let (stream, leftover) = common::connect(&cfg.target, source, &path, &gate).await?;
+        let (stream, leftover) = run.connect(idx, &path).await?;
         let mut conn = Conn::new(stream, leftover, BUFFER, mask);
         conn.send_text(join.as_bytes()).await?;
         let seq = conn.wait_for(HANDSHAKE_TIMEOUT, joined_seq).await??;
         Ok::<_, String>((conn, seq))
     }
     .await;
-    let mut conn = match joined {
-        Ok((conn, seq)) => {
-            res.live.last = seq;
-            sh.last[idx].store(seq, Ordering::Relaxed);
-            conn
-        }
+    let (mut conn, seq) = match joined {
+        Ok(joined) => joined,
         Err(err) => {
             sh.fail(format!("{user}: {err}"));
             sh.closed.fetch_add(1, Ordering::SeqCst);
             return res;
         }
     };
-    sh.setup.ready();
-    let ended = loop {
-        let read = tokio::select! {
-            biased;
-            _ = reached(&mut phase, OFFLINE) => break None,
-            read = conn.fill() => read,
-        };
-        let before = res.live.received;
-        let read = read.and_then(|()| conn.frames(|p| res.live.on_event(&sh, p)));
-        sh.last[idx].store(res.live.last, Ordering::Relaxed);
-        sh.received
-            .fetch_add(res.live.received - before, Ordering::Relaxed);
-        if let Err(err) = read {
-            break Some(err);
-        }
-        if let Err(err) = conn.flush().await {
-            break Some(err);
-        }
+    sh.last[idx].store(seq, Ordering::Relaxed);
+    run.ready();
+    let mut frames = ClientFrames {
+        sh: &sh,
+        idx,
+        track: Track {
+            last: seq,
+            ..Track::default()
+        },
+        received_before: 0,
+        storm: None,
     };
+    let end = conn
+        .read_until(
+            async {
+                reached(&mut phase, OFFLINE).await;
+            },
+            &mut frames,
+        )
+        .await;
+    res.live = frames.track;
     // 2. Offline.
-    match ended {
+    match end.unasked() {
         None => conn.close().await,
         Some(err) => sh.ended(format!("first connection: {err}")),
     }
@@ -360,26 +401,14 @@ async fn client(
     // 3. The storm: reconnect, join with since.
     let since = res.live.last;
     res.since = since;
-    let mut track = Track {
-        last: since,
-        ..Track::default()
-    };
-    // Known at the start of the storm: where the replay must reach.
-    let top = sh.top_at_storm[room].load(Ordering::Acquire);
-    let source = cfg.target.source_for(cfg.clients + idx, cfg.conns_per_ip);
-    let permit = gate.acquire().await;
+    let permit = run.permit().await;
     let began = sh.now_us();
-    let connected = timeout(HANDSHAKE_TIMEOUT, wire::connect(&cfg.target, source, &path)).await;
+    let connected = run.dial(cfg.clients + idx, &path).await;
     drop(permit);
     let mut conn = match connected {
-        Ok(Ok((stream, leftover))) => Conn::new(stream, leftover, BUFFER, mask),
-        Ok(Err(err)) => {
-            sh.fail(format!("{user}: reconnecting: {err:#}"));
-            sh.storm_over.fetch_add(1, Ordering::SeqCst);
-            return res;
-        }
-        Err(_) => {
-            sh.fail(format!("{user}: reconnecting: handshake timed out"));
+        Ok((stream, leftover)) => Conn::new(stream, leftover, BUFFER, mask),
+        Err(err) => {
+            sh.fail(format!("{user}: reconnecting: {err}"));
             sh.storm_over.fetch_add(1, Ordering::SeqCst);
             return res;
         }
@@ -391,49 +420,40 @@ async fn client(
         "{{\"type\":\"join\",\"room\":{},\"since\":{since}}}",
         cfg.room_json[room]
     );
-    let mut ended = conn.send_text(rejoin.as_bytes()).await.err();
-    let mut joined: Option<u64> = None;
-    while ended.is_none() {
-        let read = tokio::select! {
-            biased;
-            _ = reached(&mut phase, STOP) => break,
-            read = conn.fill() => read,
-        };
-        let before = track.received;
-        let read = read.and_then(|()| {
-            conn.frames(|p| match joined_seq(p) {
-                Some(Ok(seq)) if joined.is_none() => joined = Some(seq),
-                Some(_) => {
-                    track.errors += 1;
-                    sh.server_error(p);
-                }
-                None => track.on_event(&sh, p),
-            })
-        });
-        sh.last[idx].store(track.last, Ordering::Relaxed);
-        sh.received
-            .fetch_add(track.received - before, Ordering::Relaxed);
-        if res.done_at.is_none() {
-            if let Some(seq) = joined {
-                // With publishes during the storm, the replay ends at the
-                // `joined` seq; else at the room's last seq.
-                let target = if cfg.during == 0 { seq.max(top) } else { seq };
-                if track.last >= target {
-                    let now = sh.now_us();
-                    res.done_at = Some(now);
-                    res.resume_us = Some(now - began);
-                    sh.resumed.fetch_add(1, Ordering::SeqCst);
-                    sh.storm_over.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }
-        ended = read.err();
-        if ended.is_none() {
-            ended = conn.flush().await.err();
-        }
+    let mut frames = ClientFrames {
+        sh: &sh,
+        idx,
+        track: Track {
+            last: since,
+            ..Track::default()
+        },
+        received_before: 0,
+        storm: Some(Resuming {
+            // Known at the start of the storm: where the replay must reach.
+            top: sh.top_at_storm[room].load(Ordering::Acquire),
+            during: cfg.during > 0,
+            joined: None,
+            done_at: None,
+        }),
+    };
+    let ended = match conn.send_text(rejoin.as_bytes()).await {
+        Err(err) => Some(err),
+        Ok(()) => conn
+            .read_until(
+                async {
+                    reached(&mut phase, STOP).await;
+                },
+                &mut frames,
+            )
+            .await
+            .unasked(),
+    };
+    res.storm = frames.track;
+    if let Some(storm) = frames.storm {
+        res.joined_seq = storm.joined;
+        res.done_at = storm.done_at;
+        res.resume_us = storm.done_at.map(|done| done - began);
     }
-    res.joined_seq = joined;
-    res.storm = track;
     match ended {
         None => conn.close().await,
         Some(err) => {
@@ -462,10 +482,9 @@ async fn publisher(
     let rooms: Vec<usize> = (j..cfg.rooms).step_by(cfg.publishers).collect();
     let conn_no = 2 * cfg.clients + j;
     let path = format!("/ws?user={}-p{j}", cfg.user_prefix);
-    let gate = Semaphore::new(1);
-    let source = cfg.target.source_for(conn_no, cfg.conns_per_ip);
     let joined = async {
-        let (stream, leftover) = common::connect(&cfg.target, source, &path, &gate).await?;
+        // The publishers connect one by one.
+        let (stream, leftover) = sh.run.dial(conn_no, &path).await?;
         let mut conn = Conn::new(stream, leftover, 64 * 1024, wire::mask_for(conn_no));
         for &room in &rooms {
             let join = format!("{{\"type\":\"join\",\"room\":{}}}", cfg.room_json[room]);
@@ -593,12 +612,7 @@ pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
     if args.before + args.offline + args.during == 0 {
         bail!("nothing to publish: --before, --offline and --during are all 0");
     }
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if !valid(&args.user_prefix) || !valid(&args.room_prefix) {
+    if !common::plain_name(&args.user_prefix) || !common::plain_name(&args.room_prefix) {
         bail!("--user-prefix and --room-prefix: letters, digits, - and _ only");
     }
     let target = Target::parse(&args.url)?;
@@ -658,7 +672,6 @@ async fn drive(args: ResumeArgs, target: Target) -> anyhow::Result<()> {
         .max(args.rooms.div_ceil(ROOMS_PER_PUBLISHER))
         .min(args.rooms);
     let cfg = Arc::new(Cfg {
-        target,
         clients: args.clients,
         rooms: args.rooms,
         publishers,
@@ -667,19 +680,17 @@ async fn drive(args: ResumeArgs, target: Target) -> anyhow::Result<()> {
         size: args.size,
         room_prefix: args.room_prefix.clone(),
         user_prefix: args.user_prefix.clone(),
-        conns_per_ip: args.conns_per_ip,
         storm_timeout: args.timeout,
         room_json: (0..args.rooms)
             .map(|r| serde_json::to_string(&format!("{}-{r}", args.room_prefix)))
             .collect::<Result<_, _>>()?,
     });
     let sh = Arc::new(Shared {
-        epoch: Instant::now(),
         room_top: (0..args.rooms).map(|_| AtomicU64::new(0)).collect(),
         top_at_storm: (0..args.rooms).map(|_| AtomicU64::new(0)).collect(),
         last: (0..args.clients).map(|_| AtomicU64::new(0)).collect(),
         phase: AtomicU8::new(LIVE),
-        setup: common::Setup::default(),
+        run: Run::new(target, args.connect_concurrency, args.conns_per_ip),
         closed: AtomicUsize::new(0),
         reconnected: AtomicUsize::new(0),
         resumed: AtomicUsize::new(0),
@@ -687,43 +698,39 @@ async fn drive(args: ResumeArgs, target: Target) -> anyhow::Result<()> {
         storm_start: AtomicU64::new(0),
         published: AtomicU64::new(0),
         received: AtomicU64::new(0),
-        events: Mutex::new(Events::default()),
+        events: common::Events::default(),
     });
     eprintln!(
         "resume {}: {} clients over {} rooms, {publishers} publisher(s); per room {} live, {} offline, {} during the storm; connect concurrency {}",
         args.url, args.clients, args.rooms, args.before, args.offline, args.during, args.connect_concurrency
     );
-    let ticker = {
+    let ticker = driver::spawn_ticker({
         let sh = sh.clone();
         let clients = args.clients;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            let mut last_received = 0u64;
-            loop {
-                tick.tick().await;
-                let phase = sh.phase.load(Ordering::Relaxed);
-                let received = sh.received.load(Ordering::Relaxed);
-                let state = match phase {
-                    LIVE => format!("joined {}/{clients}", sh.setup.ready_count()),
-                    OFFLINE => format!("closed {}/{clients}", sh.closed.load(Ordering::Relaxed)),
-                    _ => format!(
-                        "reconnected {}/{clients}  resumed {}",
-                        sh.reconnected.load(Ordering::Relaxed),
-                        sh.resumed.load(Ordering::Relaxed)
-                    ),
-                };
-                eprintln!(
-                    "[{:6.1}s {:>8}] {state}  published {}  received {received} (+{}/s)",
-                    sh.epoch.elapsed().as_secs_f64(),
-                    phase_name(phase),
-                    sh.published.load(Ordering::Relaxed),
-                    received.saturating_sub(last_received)
-                );
-                last_received = received;
-            }
-        })
-    };
+        let mut received = Gain::default();
+        move || {
+            let phase = sh.phase.load(Ordering::Relaxed);
+            let state = match phase {
+                LIVE => format!("joined {}/{clients}", sh.run.setup.ready_count()),
+                OFFLINE => format!("closed {}/{clients}", sh.closed.load(Ordering::Relaxed)),
+                _ => format!(
+                    "reconnected {}/{clients}  resumed {}",
+                    sh.reconnected.load(Ordering::Relaxed),
+                    sh.resumed.load(Ordering::Relaxed)
+                ),
+            };
+            let line = format!(
+                "{state}  published {}  received {}",
+                sh.published.load(Ordering::Relaxed),
+                received.show(sh.received.load(Ordering::Relaxed))
+            );
+            (
+                sh.run.epoch.elapsed().as_secs_f64(),
+                phase_name(phase),
+                line,
+            )
+        }
+    });
     let outcome = storm(&args, &cfg, &sh).await;
     ticker.abort();
     outcome
@@ -752,20 +759,11 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
             Err(_) => bail!("setting up: publisher {j} stopped"),
         }
     }
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let (phase_tx, phase_rx) = watch::channel(LIVE);
-    let tasks: Vec<_> = (0..n)
-        .map(|idx| {
-            tokio::spawn(client(
-                sh.clone(),
-                cfg.clone(),
-                idx,
-                gate.clone(),
-                phase_rx.clone(),
-            ))
-        })
-        .collect();
-    sh.setup
+    let tasks = sh.run.spawn(0..n, |_, idx| {
+        client(sh.clone(), cfg.clone(), idx, phase_rx.clone())
+    });
+    sh.run
         .wait_ready(n, "clients", Duration::from_millis(5))
         .await?;
     let setup_s = setup_started.elapsed().as_secs_f64();
@@ -912,8 +910,8 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
     }
     let missing = missing_live + missing_resume;
     let storm_s = (not_resumed == 0).then(|| (last_done - storm_start) as f64 / 1e6);
-    let events = std::mem::take(&mut *sh.events());
-    let failures = sh.setup.failures();
+    let events = sh.events.take();
+    let failures = sh.run.setup.failures();
     let result = serde_json::json!({
         "scenario": "resume",
         "url": args.url,
@@ -952,9 +950,6 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
         "failure_samples": failures.iter().take(5).collect::<Vec<_>>(),
         "live_complete": live_complete,
         "listen_overflows": listen_overflows,
-        "client_cpu_pct": cpu.client,
-        "server_cpu_pct": cpu.server,
-        "other_cpu_pct": cpu.other,
     });
 
     println!(
@@ -1001,38 +996,38 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
     for problem in &publisher_problems {
         println!("  publisher    {problem}");
     }
-    args.output.emit(result)?;
-
-    if args.strict {
-        let mut problems = Vec::new();
-        if missing > 0 || duplicates > 0 {
-            problems.push(format!(
-                "{missing} messages missing, {duplicates} duplicated"
-            ));
-        }
-        if resets > 0 {
-            problems.push(format!("{resets} resets ({reset_skipped} seqs skipped)"));
-        }
-        if not_resumed > 0 {
-            problems.push(format!("{not_resumed} clients not resumed"));
-        }
-        if errors > 0 || refused > 0 || joined_mismatch > 0 {
-            problems.push(format!(
-                "{errors} error events, {refused} publishes refused, {joined_mismatch} joined seqs wrong"
-            ));
-        }
-        if !failures.is_empty() || !events.ends.is_empty() || !publisher_problems.is_empty() {
-            problems.push(format!(
+    let mut problems = Problems::default();
+    problems.check(missing > 0 || duplicates > 0, || {
+        format!("{missing} messages missing, {duplicates} duplicated")
+    });
+    problems.check(resets > 0, || {
+        format!("{resets} resets ({reset_skipped} seqs skipped)")
+    });
+    problems.check(not_resumed > 0, || {
+        format!("{not_resumed} clients not resumed")
+    });
+    problems.check(errors > 0 || refused > 0 || joined_mismatch > 0, || {
+        format!(
+            "{errors} error events, {refused} publishes refused, {joined_mismatch} joined seqs wrong"
+        )
+    });
+    problems.check(
+        !failures.is_empty() || !events.ends.is_empty() || !publisher_problems.is_empty(),
+        || {
+            format!(
                 "{} connections failed, ended early: {:?}, publishers: {publisher_problems:?}",
                 failures.len(),
                 events.ends
-            ));
-        }
-        if !problems.is_empty() {
-            bail!("--strict: {}", problems.join("; "));
-        }
-    }
-    Ok(())
+            )
+        },
+    );
+    driver::finish(
+        &args.output,
+        result,
+        Some(cpu),
+        args.strict,
+        problems.into_vec(),
+    )
 }
 
 #[cfg(test)]
@@ -1041,12 +1036,11 @@ mod tests {
 
     fn shared() -> Shared {
         Shared {
-            epoch: Instant::now(),
             room_top: Box::new([]),
             top_at_storm: Box::new([]),
             last: Box::new([]),
             phase: AtomicU8::new(LIVE),
-            setup: common::Setup::default(),
+            run: Run::new(Target::parse("ws://127.0.0.1:1").unwrap(), 1, 0),
             closed: AtomicUsize::new(0),
             reconnected: AtomicUsize::new(0),
             resumed: AtomicUsize::new(0),
@@ -1054,7 +1048,7 @@ mod tests {
             storm_start: AtomicU64::new(0),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
-            events: Mutex::new(Events::default()),
+            events: common::Events::default(),
         }
     }
 
@@ -1095,7 +1089,6 @@ mod tests {
     #[test]
     fn room_names_map_back_to_indexes() {
         let cfg = Cfg {
-            target: Target::parse("ws://127.0.0.1:1").unwrap(),
             clients: 1,
             rooms: 3,
             publishers: 1,
@@ -1104,7 +1097,6 @@ mod tests {
             size: 10,
             room_prefix: "resume".into(),
             user_prefix: "r".into(),
-            conns_per_ip: 1,
             storm_timeout: Duration::from_secs(1),
             room_json: Vec::new(),
         };
