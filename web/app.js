@@ -424,7 +424,7 @@ async function loadHistory(conv) {
     if (m.type === 'message') addRoomMessage(conv, m, false);
     else if (m.type === 'direct') addDirect(conv, m, false);
   }
-  conv.history = page.messages.length < query.limit ? 'done' : 'idle';
+  conv.history = page.messages.length < query.limit && !page.truncated ? 'done' : 'idle';
   if (viewing) {
     renderHistoryState(conv);
     if (wasEmpty) scroller.scrollTop = scroller.scrollHeight;

@@ -101,8 +101,8 @@ export interface PresenceList { type: 'presence'; room: string; online: number; 
 /** Part of a stream cannot be replayed: everything up to `seq` is skipped, what follows continues from `seq + 1`. A room's (`room`) or this device's inbox (`inbox: true`). */
 export interface Reset { type: 'reset'; room?: string; inbox?: true; seq: number }
 export interface ReadReceipt { type: 'read'; by: string; upto: number }
-/** Reply to `history`: `message` events (room) or `direct` events (conversation), oldest first. */
-export interface History<B = Json> { type: 'history'; room?: string; with?: string; messages: Array<Message<B> | Direct<B>>; id?: Id }
+/** Reply to `history`: `message` events (room) or `direct` events (conversation), oldest first. `truncated`: the page was cut to fit the connection's queue; older messages remain (ask again with `before`). */
+export interface History<B = Json> { type: 'history'; room?: string; with?: string; messages: Array<Message<B> | Direct<B>>; truncated?: boolean; id?: Id }
 export interface ServerError { type: 'error'; code: ErrorCode; message: string; id?: Id }
 
 export interface StateChange {

@@ -354,3 +354,43 @@ async fn a_far_future_exp_neither_panics_nor_leaks_the_connection() {
         assert_eq!(server.metric("switchboard_connections").await, 1.0);
     }
 }
+
+/// Who is online in a room is the room's business: `presence` is refused
+/// for a room the token's `rooms` claim does not allow.
+#[tokio::test]
+async fn rooms_claim_limits_presence() {
+    let server = auth_server(&[]);
+    let t = token(json!({"sub": "ann", "exp": now() + 60, "rooms": ["lobby"]}));
+    let mut c = Client::connect(&server.url(&format!("/ws?token={t}"))).await;
+    c.expect("welcome").await;
+    let e = c
+        .request(json!({"type": "presence", "room": "secret"}))
+        .await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("forbidden"))
+    );
+    let p = c
+        .request(json!({"type": "presence", "room": "lobby"}))
+        .await;
+    assert_eq!(p["type"], "presence", "{p}");
+}
+
+/// The `Authorization` scheme is case-insensitive (RFC 9110 §11.1):
+/// `bearer` works like `Bearer`, for WebSocket tokens and the API key.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let server = auth_server(&["--api-key", "k-123"]);
+    let mut request = server.url("/ws").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("bearer {}", ann(60)).parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut c = Client::from_stream(ws);
+    assert_eq!(c.expect("welcome").await["user"], "ann");
+    let (status, body) = server
+        .http_with_auth("GET", "/api/rooms", "BEARER k-123")
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -144,3 +144,41 @@ async fn slow_handshakes_time_out() {
     // Others are served meanwhile and after.
     server.connect("ok").await;
 }
+
+/// A history page is bounded in bytes by `--max-queue` (half of it): a reply
+/// is one frame and must fit the queue. A cut page says `truncated`, keeps
+/// the newest messages, and paging on with `before` misses nothing.
+#[tokio::test]
+async fn history_pages_fit_the_outbound_queue() {
+    let server = Server::start_with(&["--max-queue", "64KiB", "--rate-limit", "0"]);
+    let mut c = server.connect("ann").await;
+    c.join("big").await;
+    let pad = "p".repeat(8 * 1024);
+    for n in 1..=10 {
+        c.publish("big", json!({"n": n, "pad": pad})).await;
+    }
+    let mut seen = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut query = json!({"type": "history", "room": "big", "limit": 10});
+        if let Some(b) = before {
+            query["before"] = json!(b);
+        }
+        let page = c.request(query).await;
+        assert_eq!(page["type"], "history", "{page}");
+        let messages = page["messages"].as_array().unwrap();
+        let bytes: usize = messages.iter().map(|m| m.to_string().len()).sum();
+        assert!(bytes <= 32 * 1024, "a page of {bytes} bytes");
+        let seqs: Vec<u64> = messages
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        seen.splice(0..0, seqs.iter().copied());
+        if page["truncated"] != true {
+            break;
+        }
+        assert!(!seqs.is_empty() && seqs.len() < 10);
+        before = seqs.first().copied();
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<u64>>());
+}

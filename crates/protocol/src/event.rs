@@ -350,6 +350,10 @@ pub struct History<'a> {
     pub with: Option<&'a str>,
     /// Each element is a complete event object.
     pub messages: Vec<Box<RawValue>>,
+    /// The page was cut short to fit the connection's outbound queue
+    /// (`--max-queue`): older messages remain; ask again with `before`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 #[derive(Serialize)]
@@ -537,6 +541,7 @@ mod tests {
             room: Some("lobby"),
             with: None,
             messages: vec![past],
+            truncated: false,
         };
         assert_eq!(
             text(encode(&room)),
@@ -547,10 +552,11 @@ mod tests {
             room: None,
             with: Some("bob"),
             messages: Vec::new(),
+            truncated: true,
         };
         assert_eq!(
             text(encode(&conversation)),
-            r#"{"type":"history","with":"bob","messages":[]}"#
+            r#"{"type":"history","with":"bob","messages":[],"truncated":true}"#
         );
     }
 

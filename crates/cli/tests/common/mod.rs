@@ -120,10 +120,32 @@ impl Server {
         bearer: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
+        let authorization = bearer.map(|key| format!("Bearer {key}"));
+        self.request(method, path, authorization.as_deref(), body)
+            .await
+    }
+
+    /// A body-less request with this `Authorization` header, verbatim.
+    pub async fn http_with_auth(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: &str,
+    ) -> (u16, String) {
+        self.request(method, path, Some(authorization), None).await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
         let mut stream = TcpStream::connect(self.addr).await.expect("connect");
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-        if let Some(key) = bearer {
-            request.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        if let Some(value) = authorization {
+            request.push_str(&format!("Authorization: {value}\r\n"));
         }
         let body = body.unwrap_or("");
         if !body.is_empty() || method == "POST" {

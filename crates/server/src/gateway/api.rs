@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -70,11 +70,7 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
             "the server API is disabled (no --api-key)".into(),
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = super::bearer(headers).unwrap_or("");
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         Ok(())
     } else {
@@ -187,7 +183,11 @@ async fn presence(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&app, &headers)?;
-    let users: Vec<String> = app.presence(&room)?.iter().map(|u| u.to_string()).collect();
+    let users: Vec<String> = app
+        .presence(Caller::Backend { from: "server" }, &room)?
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
     Ok(Json(
         json!({"room": room, "online": users.len(), "users": users}),
     ))
@@ -213,8 +213,12 @@ async fn room_history(
         page.before,
         limit,
     )?;
-    let messages = read.run().await?;
-    Ok(Json(json!({"room": room, "messages": messages})).into_response())
+    let page = read.run().await?;
+    let mut reply = json!({"room": room, "messages": page.messages});
+    if page.truncated {
+        reply["truncated"] = json!(true);
+    }
+    Ok(Json(reply).into_response())
 }
 
 async fn disconnect(

@@ -91,12 +91,7 @@ async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Requ
             return refuse(&app, StatusCode::BAD_REQUEST, &message);
         }
     }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let bearer = super::bearer(req.headers()).map(str::to_owned);
     let start = Start::from_request(&*app.auth, bearer.or(query.token), query.user);
     let device = query.device;
     upgrade(app, req, move |app, conn| {

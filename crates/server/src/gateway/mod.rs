@@ -301,6 +301,16 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The credentials of an `Authorization: Bearer …` header. The scheme is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` works too.
+pub(crate) fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
+    let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim_start())
+}
+
 /// The peer address of an HTTP connection.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectInfo(pub SocketAddr);

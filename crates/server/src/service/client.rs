@@ -155,7 +155,7 @@ impl ClientSession {
                 tokio::spawn(async move {
                     let target = read.target().clone();
                     match read.run().await {
-                        Ok(messages) => {
+                        Ok(page) => {
                             let (room, with) = match &target {
                                 HistoryTarget::Room(r) => (Some(r.as_str()), None),
                                 HistoryTarget::With(w) => (None, Some(w.as_str())),
@@ -164,7 +164,8 @@ impl ClientSession {
                                 id: id.as_ref(),
                                 room,
                                 with,
-                                messages,
+                                messages: page.messages,
+                                truncated: page.truncated,
                             };
                             service.hub.reply(&conn, proto::encode(&reply));
                         }
@@ -173,7 +174,7 @@ impl ClientSession {
                 });
             }
             Command::Presence { room } => {
-                let users = service.presence(&room)?;
+                let users = service.presence(Caller::Client(client), &room)?;
                 let names: Vec<&str> = users.iter().map(|u| &**u).collect();
                 let list = proto::PresenceList::new(id, &room, names);
                 service.hub.reply(conn, proto::encode(&list));

@@ -13,6 +13,16 @@ use crate::store::{self, Store};
 /// The largest value SQLite integers hold: "no upper bound" for cursors.
 const NO_BOUND: u64 = i64::MAX as u64;
 
+/// One page of history: complete `message` or `direct` events, oldest
+/// first.
+pub struct HistoryPage {
+    pub messages: Vec<Box<RawValue>>,
+    /// Older messages were left out to keep the page within its byte
+    /// budget (the newest ones are kept, so paging on with `before` from the
+    /// oldest one returned continues without a gap).
+    pub truncated: bool,
+}
+
 /// What `history` reads.
 #[derive(Clone, Debug)]
 pub enum HistoryTarget {
@@ -25,6 +35,9 @@ pub enum HistoryTarget {
 /// transport can run it on a task of its own).
 pub struct HistoryRead {
     store: Arc<dyn Store>,
+    /// Most bytes of events one page may carry (half of `--max-queue`): a
+    /// reply is one frame, and one frame must fit the connection's queue.
+    max_bytes: usize,
     me: String,
     target: HistoryTarget,
     before: u64,
@@ -62,6 +75,7 @@ impl Service {
         };
         Ok(HistoryRead {
             store: self.store.clone(),
+            max_bytes: self.config.max_queue / 2,
             me,
             target,
             before: before.unwrap_or(NO_BOUND).min(NO_BOUND),
@@ -75,11 +89,11 @@ impl HistoryRead {
         &self.target
     }
 
-    /// Reads the page (on the blocking pool): complete `message` or
-    /// `direct` events, oldest first.
-    pub async fn run(self) -> Result<Vec<Box<RawValue>>, Rejection> {
+    /// Reads the page (on the blocking pool).
+    pub async fn run(self) -> Result<HistoryPage, Rejection> {
         let HistoryRead {
             store,
+            max_bytes,
             me,
             target,
             before,
@@ -111,11 +125,67 @@ impl HistoryRead {
                 return Err(unavailable());
             }
         };
-        Ok(events
-            .into_iter()
-            .filter_map(|e| String::from_utf8(e).ok())
-            .filter_map(|e| RawValue::from_string(e).ok())
-            .collect())
+        Ok(within_budget(events, max_bytes))
+    }
+}
+
+/// Keeps the newest events whose total size fits `max_bytes` (at least one,
+/// which `--max-body` already bounds), oldest first.
+fn within_budget(events: Vec<Vec<u8>>, max_bytes: usize) -> HistoryPage {
+    let mut used = 0;
+    let mut keep = 0;
+    for event in events.iter().rev() {
+        if keep > 0 && used + event.len() > max_bytes {
+            break;
+        }
+        used += event.len();
+        keep += 1;
+    }
+    let truncated = keep < events.len();
+    let skip = events.len() - keep;
+    let messages = events
+        .into_iter()
+        .skip(skip)
+        .filter_map(|e| String::from_utf8(e).ok())
+        .filter_map(|e| RawValue::from_string(e).ok())
+        .collect();
+    HistoryPage {
+        messages,
+        truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_budget;
+
+    fn event(n: usize) -> Vec<u8> {
+        format!("{{\"n\":\"{}\"}}", "x".repeat(n)).into_bytes()
+    }
+
+    #[test]
+    fn a_page_within_budget_is_whole() {
+        let page = within_budget(vec![event(10), event(10)], 1000);
+        assert_eq!(page.messages.len(), 2);
+        assert!(!page.truncated);
+    }
+
+    #[test]
+    fn an_oversized_page_keeps_the_newest_that_fit() {
+        let events = vec![event(100), event(1), event(2), event(3)];
+        let sizes: Vec<usize> = events.iter().map(Vec::len).collect();
+        let budget = sizes[1] + sizes[2] + sizes[3];
+        let page = within_budget(events, budget);
+        assert!(page.truncated);
+        let kept: Vec<&str> = page.messages.iter().map(|m| m.get()).collect();
+        assert_eq!(kept, [r#"{"n":"x"}"#, r#"{"n":"xx"}"#, r#"{"n":"xxx"}"#]);
+    }
+
+    #[test]
+    fn one_event_is_sent_even_over_budget() {
+        let page = within_budget(vec![event(50), event(50)], 10);
+        assert_eq!(page.messages.len(), 1);
+        assert!(page.truncated);
     }
 }
 

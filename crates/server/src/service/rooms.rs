@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use switchboard_protocol::{validate_room, validate_user, ErrorCode, Id};
 
-use super::{not_joined, replay, validate_name, Client, Rejection, Service};
+use super::{not_joined, replay, validate_name, Caller, Client, Rejection, Service};
 
 /// A room in the backend's list.
 pub struct RoomInfo {
@@ -52,9 +52,13 @@ impl Service {
         }
     }
 
-    /// Users online in `room`, sorted.
-    pub fn presence(&self, room: &str) -> Result<Vec<Arc<str>>, Rejection> {
+    /// Users online in `room`, sorted. A client's token must allow the
+    /// room: who is online is the room's business.
+    pub fn presence(&self, caller: Caller<'_>, room: &str) -> Result<Vec<Arc<str>>, Rejection> {
         validate_name(validate_room, room, "")?;
+        if let Caller::Client(client) = caller {
+            client.check_room_access(room)?;
+        }
         Ok(self.hub.presence(room))
     }
 
