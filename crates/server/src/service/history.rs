@@ -155,6 +155,10 @@ fn within_budget(events: Vec<Vec<u8>>, max_bytes: usize) -> HistoryPage {
     }
 }
 
+fn unavailable() -> Rejection {
+    Rejection::new(ErrorCode::Unavailable, "history is unavailable right now")
+}
+
 #[cfg(test)]
 mod tests {
     use super::within_budget;
@@ -187,8 +191,4 @@ mod tests {
         assert_eq!(page.messages.len(), 1);
         assert!(page.truncated);
     }
-}
-
-fn unavailable() -> Rejection {
-    Rejection::new(ErrorCode::Unavailable, "history is unavailable right now")
 }
