@@ -4,6 +4,7 @@ mod common;
 
 use common::Server;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "test-key-123";
 
@@ -229,4 +230,58 @@ async fn api_messages_obey_the_same_limits_as_websocket() {
         .http("GET", "/api/rooms/lobby/messages", Some(KEY), None)
         .await;
     assert_eq!(parse(&text)["messages"].as_array().map(Vec::len), Some(1));
+}
+
+/// Sends a request head announcing a 2 MB body, then nothing; returns the
+/// status line the server answers with.
+async fn announce_big_body(server: &Server, authorization: Option<&str>) -> String {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n{{\"body\":\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = vec![0; 512];
+    let n = tokio::time::timeout(common::TIMEOUT, stream.read(&mut response))
+        .await
+        .expect("the server held the connection without answering")
+        .unwrap();
+    String::from_utf8_lossy(&response[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Nobody makes the API hold a body it will refuse: the key is checked
+/// before the body is read, a body is read within the handshake timeout,
+/// and never beyond `--max-body` (plus room for `from` and `id`).
+#[tokio::test]
+async fn api_bodies_are_authenticated_bounded_and_timed() {
+    let server = Server::start_with(&["--api-key", KEY, "--handshake-timeout", "1s"]);
+    // No key, or a wrong one: refused at once, the body never read.
+    assert!(announce_big_body(&server, None).await.contains(" 401 "));
+    assert!(announce_big_body(&server, Some("Bearer nope"))
+        .await
+        .contains(" 401 "));
+    // With the key: the body never arrives in full, so the read times out
+    // (or stops at the size bound) instead of waiting for 2 MB.
+    let status = announce_big_body(&server, Some(&format!("Bearer {KEY}"))).await;
+    assert!(
+        status.contains(" 408 ") || status.contains(" 413 "),
+        "{status}"
+    );
+    // A body over the bound, sent in full, is refused as too large.
+    let big = json!({ "body": "x".repeat(64 * 1024) }).to_string();
+    let (status, text) = server
+        .http("POST", "/api/rooms/lobby/messages", Some(KEY), Some(&big))
+        .await;
+    assert_eq!(status, 413, "{text}");
+    assert_eq!(parse(&text)["error"]["code"], "too_large");
+    // The server is fine.
+    let (status, _) = server.http("GET", "/api/rooms", Some(KEY), None).await;
+    assert_eq!(status, 200);
 }

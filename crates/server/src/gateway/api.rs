@@ -6,9 +6,10 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -23,7 +24,11 @@ use crate::hub::Delivery;
 use crate::pipeline::Reply;
 use crate::service::{Caller, Destination, HistoryTarget, Rejection};
 
-pub fn routes() -> Router<Arc<App>> {
+/// Room in a POST body for `from`, `id` and the JSON around the message
+/// `body` (which `--max-body` bounds).
+const ENVELOPE: usize = 1024;
+
+pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
         .route("/api/rooms", get(rooms))
         .route(
@@ -33,6 +38,36 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/rooms/{room}/presence", get(presence))
         .route("/api/users/{user}/messages", axum::routing::post(send))
         .route("/api/users/{user}/connections", delete(disconnect))
+        // The key is checked before anything else, the body included: an
+        // unauthenticated client cannot make the server hold its bytes.
+        .route_layer(middleware::from_fn_with_state(app, require_key))
+}
+
+async fn require_key(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    match authorize(&app, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Reads a POST body: at most `--max-body` plus [`ENVELOPE`], and within
+/// `--handshake-timeout` (a client trickling a body holds nothing for long).
+async fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
+    let limit = app.config.max_body + ENVELOPE;
+    let read = axum::body::to_bytes(body, limit);
+    match tokio::time::timeout(app.config.handshake_timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body larger than {limit} bytes, or cut off"),
+        )),
+        Err(_) => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            "bad_request",
+            "request body not received in time".into(),
+        )),
+    }
 }
 
 /// An API error: status plus `{"error": {"code", "message"}}`.
@@ -141,10 +176,9 @@ async fn submit(app: &App, to: Destination, bytes: &[u8]) -> Result<Delivery, Ap
 async fn publish(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&app, &headers)?;
+    let bytes = read_body(&app, body).await?;
     let d = submit(&app, Destination::Room(Arc::from(room.as_str())), &bytes).await?;
     Ok(Json(
         json!({"room": room, "seq": d.seq, "delivered": d.delivered, "duplicate": d.duplicate}),
@@ -154,21 +188,16 @@ async fn publish(
 async fn send(
     State(app): State<Arc<App>>,
     Path(user): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&app, &headers)?;
+    let bytes = read_body(&app, body).await?;
     let d = submit(&app, Destination::User(Arc::from(user.as_str())), &bytes).await?;
     Ok(Json(
         json!({"to": user, "seq": d.seq, "gid": d.gid, "delivered": d.delivered, "stored": d.stored, "duplicate": d.duplicate}),
     ))
 }
 
-async fn rooms(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&app, &headers)?;
+async fn rooms(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
     let rooms: Vec<serde_json::Value> = app
         .rooms()
         .into_iter()
@@ -180,9 +209,7 @@ async fn rooms(
 async fn presence(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&app, &headers)?;
     let users: Vec<String> = app
         .presence(Caller::Backend { from: "server" }, &room)?
         .iter()
@@ -203,9 +230,7 @@ async fn room_history(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
     Query(page): Query<Page>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     let limit = page.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     let read = app.history(
         Caller::Backend { from: "server" },
@@ -224,9 +249,7 @@ async fn room_history(
 async fn disconnect(
     State(app): State<Arc<App>>,
     Path(user): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&app, &headers)?;
     let n = app.disconnect_user(&user)?;
     Ok(Json(json!({"user": user, "disconnected": n})))
 }

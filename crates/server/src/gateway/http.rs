@@ -28,7 +28,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/ws", get(ws))
         .route("/relay/{channel}", get(relay))
-        .merge(super::api::routes())
+        .merge(super::api::routes(app.clone()))
         .merge(super::web::routes())
         .with_state(app)
 }
