@@ -120,8 +120,9 @@ impl Conn {
                 graceful: false,
             });
             drop(out);
-            self.waker.wake();
+            // `closing` first: the task woken must see it.
             self.fire_closing();
+            self.waker.wake();
             return Push::Overflow;
         }
         out.bytes += frame.len();
@@ -156,8 +157,10 @@ impl Conn {
             graceful,
         });
         drop(out);
-        self.waker.wake();
+        // `closing` first: the task woken must see it (else a shutdown
+        // could wait for an idle peer until the next wake-up).
         self.fire_closing();
+        self.waker.wake();
     }
 
     fn fire_closing(&self) {
