@@ -67,7 +67,8 @@ impl Service {
     }
 
     /// `--max-body` and the nesting limit: the one place a message body is
-    /// judged, whichever entry point it came through.
+    /// judged, whichever entry point it came through. (The `/ws` decoder
+    /// refuses an over-deep body too, as malformed input, before this.)
     pub fn check_body(&self, body: &RawValue) -> Result<(), Rejection> {
         let max = self.config.max_body;
         if body.get().len() > max {
