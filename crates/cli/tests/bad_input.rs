@@ -360,3 +360,46 @@ async fn slow_consumer_is_disconnected_without_slowing_the_room() {
     );
     drop(slow);
 }
+
+/// Sends a raw upgrade request and reads the answer up to `expected`.
+async fn raw_upgrade(server: &Server, request: &str, expected: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    let mut chunk = [0u8; 1024];
+    while !response.contains(expected) {
+        let n = tokio::time::timeout(common::TIMEOUT, raw.read(&mut chunk))
+            .await
+            .expect("timeout")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        response.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    response
+}
+
+/// RFC 6455: an upgrade needs HTTP/1.1 (§4.1), and the key and version are
+/// sent once (§11.3.1, §11.3.5). Anything else is refused with 400.
+#[tokio::test]
+async fn http10_upgrades_and_repeated_handshake_headers_are_refused() {
+    let server = Server::start();
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let version = "Sec-WebSocket-Version: 13\r\n";
+    let head = "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+    let old = format!("GET /ws?user=ann HTTP/1.0\r\n{head}{key}{version}\r\n");
+    let response = raw_upgrade(&server, &old, "need HTTP/1.1").await;
+    assert!(response.contains(" 400 "), "{response}");
+    assert!(response.contains("need HTTP/1.1"), "{response}");
+    for repeated in [
+        format!("GET /ws?user=ann HTTP/1.1\r\n{head}{key}{key}{version}\r\n"),
+        format!("GET /ws?user=ann HTTP/1.1\r\n{head}{key}{version}{version}\r\n"),
+    ] {
+        let response = raw_upgrade(&server, &repeated, "may each appear only once").await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    }
+    // A well-formed upgrade still works.
+    server.connect("ann").await;
+}

@@ -31,10 +31,13 @@ pub struct UpgradeRequest<'a> {
     pub upgrade: &'a [&'a [u8]],
     /// All `Connection` values.
     pub connection: &'a [&'a [u8]],
-    /// The first `Sec-WebSocket-Version` value.
-    pub version: Option<&'a [u8]>,
-    /// The first `Sec-WebSocket-Key` value.
-    pub key: Option<&'a [u8]>,
+    /// Whether the request is HTTP/1.1 or later (RFC 6455 §4.1: HTTP/1.0
+    /// cannot upgrade).
+    pub http11: bool,
+    /// All `Sec-WebSocket-Version` values (exactly one is valid).
+    pub version: &'a [&'a [u8]],
+    /// All `Sec-WebSocket-Key` values (exactly one is valid).
+    pub key: &'a [&'a [u8]],
     /// All `Sec-WebSocket-Extensions` values.
     pub extensions: &'a [&'a [u8]],
 }
@@ -60,6 +63,11 @@ pub enum Rejection {
     UnsupportedVersion,
     /// `Sec-WebSocket-Key` missing or not the base64 of 16 bytes.
     BadKey,
+    /// An HTTP/1.0 request: upgrades need HTTP/1.1.
+    OldHttp,
+    /// `Sec-WebSocket-Key` or `Sec-WebSocket-Version` sent more than once
+    /// (RFC 6455 §11.3.1, §11.3.5: each may appear once).
+    RepeatedHeader,
 }
 
 impl Rejection {
@@ -67,7 +75,10 @@ impl Rejection {
     pub fn status(self) -> u16 {
         match self {
             Rejection::NotUpgrade | Rejection::UnsupportedVersion => 426,
-            Rejection::MissingConnectionUpgrade | Rejection::BadKey => 400,
+            Rejection::MissingConnectionUpgrade
+            | Rejection::BadKey
+            | Rejection::OldHttp
+            | Rejection::RepeatedHeader => 400,
         }
     }
 
@@ -80,6 +91,10 @@ impl Rejection {
             Rejection::MissingConnectionUpgrade => "missing Connection: Upgrade",
             Rejection::UnsupportedVersion => "unsupported Sec-WebSocket-Version (need 13)",
             Rejection::BadKey => "missing or invalid Sec-WebSocket-Key",
+            Rejection::OldHttp => "WebSocket upgrades need HTTP/1.1",
+            Rejection::RepeatedHeader => {
+                "Sec-WebSocket-Key and Sec-WebSocket-Version may each appear only once"
+            }
         }
     }
 }
@@ -90,13 +105,19 @@ pub fn validate_upgrade(req: &UpgradeRequest<'_>) -> Result<Handshake, Rejection
     if req.method != "GET" || !has_token(req.upgrade, b"websocket") {
         return Err(Rejection::NotUpgrade);
     }
+    if !req.http11 {
+        return Err(Rejection::OldHttp);
+    }
     if !has_token(req.connection, b"upgrade") {
         return Err(Rejection::MissingConnectionUpgrade);
     }
-    if req.version != Some(SUPPORTED_VERSION.as_bytes()) {
+    if req.version.len() > 1 || req.key.len() > 1 {
+        return Err(Rejection::RepeatedHeader);
+    }
+    if req.version.first().copied() != Some(SUPPORTED_VERSION.as_bytes()) {
         return Err(Rejection::UnsupportedVersion);
     }
-    let Some(key) = req.key.filter(|k| valid_key(k)) else {
+    let Some(key) = req.key.first().copied().filter(|k| valid_key(k)) else {
         return Err(Rejection::BadKey);
     };
     Ok(Handshake {

@@ -188,8 +188,9 @@ fn upgrade_request() -> UpgradeRequest<'static> {
         method: "GET",
         upgrade: &[b"websocket"],
         connection: &[b"Upgrade"],
-        version: Some(b"13"),
-        key: Some(SAMPLE_KEY),
+        http11: true,
+        version: &[b"13"],
+        key: &[SAMPLE_KEY],
         extensions: &[],
     }
 }
@@ -276,12 +277,7 @@ fn upgrade_rejects_missing_connection_upgrade() {
 
 #[test]
 fn upgrade_rejects_other_versions() {
-    for version in [
-        None,
-        Some(&b"8"[..]),
-        Some(&b" 13"[..]),
-        Some(&b"13, 8"[..]),
-    ] {
+    for version in [&[][..], &[&b"8"[..]], &[&b" 13"[..]], &[&b"13, 8"[..]]] {
         let req = UpgradeRequest {
             version,
             ..upgrade_request()
@@ -297,13 +293,13 @@ fn upgrade_rejects_other_versions() {
 #[test]
 fn upgrade_rejects_bad_keys() {
     for key in [
-        None,
-        Some(&b""[..]),
-        Some(&b"dGhlIHNhbXBsZSBub25jZQ="[..]),
-        Some(&b"dGhlIHNhbXBsZSBub25jZQ==="[..]),
-        Some(&b" dGhlIHNhbXBsZSBub25jZQ=="[..]),
-        Some(&b"dGhlIHNhbXBsZSBub25jZ-=="[..]),
-        Some(&b"dGhlIHNhbXBsZSBub25jZQAA"[..]),
+        &[][..],
+        &[&b""[..]],
+        &[&b"dGhlIHNhbXBsZSBub25jZQ="[..]],
+        &[&b"dGhlIHNhbXBsZSBub25jZQ==="[..]],
+        &[&b" dGhlIHNhbXBsZSBub25jZQ=="[..]],
+        &[&b"dGhlIHNhbXBsZSBub25jZ-=="[..]],
+        &[&b"dGhlIHNhbXBsZSBub25jZQAA"[..]],
     ] {
         let req = UpgradeRequest {
             key,
@@ -323,14 +319,20 @@ fn upgrade_checks_run_in_order() {
         method: "POST",
         upgrade: &[],
         connection: &[],
-        version: None,
-        key: None,
+        http11: false,
+        version: &[],
+        key: &[],
         extensions: &[],
     };
     assert_eq!(validate_upgrade(&req), Err(Rejection::NotUpgrade));
     let req = UpgradeRequest {
         method: "GET",
         upgrade: &[b"websocket"],
+        ..req
+    };
+    assert_eq!(validate_upgrade(&req), Err(Rejection::OldHttp));
+    let req = UpgradeRequest {
+        http11: true,
         ..req
     };
     assert_eq!(
@@ -343,10 +345,34 @@ fn upgrade_checks_run_in_order() {
     };
     assert_eq!(validate_upgrade(&req), Err(Rejection::UnsupportedVersion));
     let req = UpgradeRequest {
-        version: Some(b"13"),
+        version: &[b"13"],
         ..req
     };
     assert_eq!(validate_upgrade(&req), Err(Rejection::BadKey));
+}
+
+/// RFC 6455 §4.1: the upgrade needs HTTP/1.1; §11.3.1 and §11.3.5: the key
+/// and the version are sent once (two keys make the accept ambiguous).
+#[test]
+fn upgrade_rejects_http10_and_repeated_headers() {
+    let old = UpgradeRequest {
+        http11: false,
+        ..upgrade_request()
+    };
+    assert_eq!(validate_upgrade(&old), Err(Rejection::OldHttp));
+    assert_eq!(Rejection::OldHttp.status(), 400);
+    let two_keys = UpgradeRequest {
+        key: &[SAMPLE_KEY, SAMPLE_KEY],
+        ..upgrade_request()
+    };
+    let two_versions = UpgradeRequest {
+        version: &[b"13", b"13"],
+        ..upgrade_request()
+    };
+    for req in [two_keys, two_versions] {
+        assert_eq!(validate_upgrade(&req), Err(Rejection::RepeatedHeader));
+    }
+    assert_eq!(Rejection::RepeatedHeader.status(), 400);
 }
 
 const BASE: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";

@@ -784,12 +784,15 @@ proptest! {
     ) {
         let (upgrade, connection, extensions) =
             (refs(&upgrade), refs(&connection), refs(&extensions));
+        let versions: Vec<&[u8]> = version.iter().map(Vec::as_slice).collect();
+        let keys: Vec<&[u8]> = key.iter().map(Vec::as_slice).collect();
         let req = UpgradeRequest {
             method: &method,
             upgrade: &upgrade,
             connection: &connection,
-            version: version.as_deref(),
-            key: key.as_deref(),
+            http11: true,
+            version: &versions,
+            key: &keys,
             extensions: &extensions,
         };
         match validate_upgrade(&req) {

@@ -216,18 +216,22 @@ fn check_handshake(req: &Request) -> Result<Handshake, Rejection> {
     let all = |name: header::HeaderName| -> Vec<&[u8]> {
         headers.get_all(name).iter().map(|v| v.as_bytes()).collect()
     };
-    let first = |name: header::HeaderName| headers.get(name).map(|v| v.as_bytes());
     let (upgrade, connection, extensions) = (
         all(header::UPGRADE),
         all(header::CONNECTION),
         all(header::SEC_WEBSOCKET_EXTENSIONS),
     );
+    let (version, key) = (
+        all(header::SEC_WEBSOCKET_VERSION),
+        all(header::SEC_WEBSOCKET_KEY),
+    );
     switchboard_ws::validate_upgrade(&UpgradeRequest {
         method: req.method().as_str(),
         upgrade: &upgrade,
         connection: &connection,
-        version: first(header::SEC_WEBSOCKET_VERSION),
-        key: first(header::SEC_WEBSOCKET_KEY),
+        http11: req.version() >= axum::http::Version::HTTP_11,
+        version: &version,
+        key: &key,
         extensions: &extensions,
     })
 }
