@@ -138,3 +138,30 @@ async fn disk_full_gives_unavailable_and_recovers() {
     drop(server);
     drop(mount);
 }
+
+/// A database whose pages are damaged (not a wholly foreign file) is found
+/// at start-up, and the error says it is damaged and what to do.
+#[test]
+fn a_damaged_page_is_a_clear_startup_error_with_advice() {
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    // A real database, written by the server (its schema, then shut down).
+    let mut server = Server::start_in(&dir, "127.0.0.1:0", &[], &[]);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(common::TIMEOUT), Some(0));
+    let path = dir.join("switchboard.db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes.len() > 3 * 4096,
+        "a database of {} bytes",
+        bytes.len()
+    );
+    // Keep page 1 (the header): damage the pages after it.
+    bytes[4096..3 * 4096].fill(0x5a);
+    std::fs::write(&path, bytes).unwrap();
+    let stderr = start_fails(&dir);
+    assert!(stderr.contains("cannot open the store"), "{stderr}");
+    assert!(stderr.contains("the database is damaged"), "{stderr}");
+    assert!(stderr.contains("from a backup"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

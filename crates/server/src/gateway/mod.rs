@@ -35,7 +35,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Settings};
 use crate::service::Service;
-use crate::store::{MemoryStore, Retention, SqliteStore, Store};
+use crate::store::{MemoryStore, Retention, SqliteStore, Store, StoreError};
 
 /// Everything a request handler needs: the command layer (which it derefs
 /// to, for `app.hub`, `app.config`, …) plus the network edge's own state.
@@ -80,10 +80,17 @@ impl Server {
         let store: Arc<dyn Store> = match config.store {
             StoreKind::Memory => Arc::new(MemoryStore::new()),
             StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot open the store in {}: {e}",
-                    config.data_dir.display()
-                )
+                let dir = config.data_dir.display();
+                // Corruption is the one failure a retry cannot fix: say
+                // what the operator can do.
+                let advice = match e {
+                    StoreError::Corrupt(_) => format!(
+                        "\nthe database is damaged: restore {dir}/switchboard.db from a backup, \
+                         or move it (with its -wal and -shm files) aside to start with an empty store"
+                    ),
+                    _ => String::new(),
+                };
+                anyhow::anyhow!("cannot open the store in {dir}: {e}{advice}")
             })?),
         };
         let auth: Box<dyn Authenticator> = if config.jwt_secret.is_some()
