@@ -182,3 +182,32 @@ async fn history_pages_fit_the_outbound_queue() {
     }
     assert_eq!(seen, (1..=10).collect::<Vec<u64>>());
 }
+
+/// History replies of up to half the queue each, asked for back to back,
+/// all arrive: each waits for room in the queue instead of overflowing it
+/// (which would drop a reader that keeps up as a slow consumer).
+#[tokio::test]
+async fn back_to_back_history_pages_do_not_overflow_the_queue() {
+    let server = Server::start_with(&["--max-queue", "64KiB", "--rate-limit", "0"]);
+    let mut c = server.connect("ann").await;
+    c.join("big").await;
+    let pad = "p".repeat(8 * 1024);
+    for n in 1..=10 {
+        c.publish("big", json!({"n": n, "pad": pad})).await;
+    }
+    for id in 1..=4 {
+        c.send(json!({"type": "history", "room": "big", "limit": 10, "id": id}))
+            .await;
+    }
+    // Replies may come in any order (each read runs on its own task).
+    let mut ids = Vec::new();
+    for _ in 1..=4 {
+        let page = c.expect("history").await;
+        assert_eq!(page["truncated"], true);
+        ids.push(page["id"].as_u64().unwrap());
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3, 4]);
+    // Still connected.
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+}

@@ -20,9 +20,8 @@ pub fn accept_key(client_key: &[u8]) -> String {
 /// The one `Sec-WebSocket-Version` we speak.
 pub const SUPPORTED_VERSION: &str = "13";
 
-/// The parts of an HTTP request the upgrade checks read. Header fields that may repeat are given
-/// as all their values; for `Sec-WebSocket-Version` and `Sec-WebSocket-Key` only the first
-/// value counts.
+/// The parts of an HTTP request the upgrade checks read. Header fields are given as all their
+/// values; `Sec-WebSocket-Version` and `Sec-WebSocket-Key` must appear exactly once.
 #[derive(Clone, Copy, Debug)]
 pub struct UpgradeRequest<'a> {
     /// The request method, e.g. `GET`.
@@ -51,7 +50,9 @@ pub struct Handshake {
     pub deflate: Option<(DeflateConfig, String)>,
 }
 
-/// Why an upgrade request is refused, in the order the checks run.
+/// Why an upgrade request is refused. The checks run in this order: [`Rejection::NotUpgrade`],
+/// [`Rejection::OldHttp`], [`Rejection::MissingConnectionUpgrade`],
+/// [`Rejection::RepeatedHeader`], [`Rejection::UnsupportedVersion`], [`Rejection::BadKey`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// Not a GET with `Upgrade: websocket`.

@@ -50,18 +50,31 @@ async fn require_key(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     }
 }
 
+/// Whether a body read stopped at its size limit (not a broken body).
+fn is_over_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Reads a POST body: at most `--max-body` plus [`ENVELOPE`], and within
 /// `--handshake-timeout` (a client trickling a body holds nothing for long).
 async fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
-    let limit = app.config.max_body + ENVELOPE;
+    let limit = app.config.max_body.saturating_add(ENVELOPE);
     let read = axum::body::to_bytes(body, limit);
     match tokio::time::timeout(app.config.handshake_timeout, read).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError(
+        Ok(Err(err)) if is_over_limit(&err) => Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("request body larger than {limit} bytes, or cut off"),
+            format!("request body larger than {limit} bytes"),
         )),
+        Ok(Err(err)) => Err(bad_request(format!("unreadable request body: {err}"))),
         Err(_) => Err(ApiError(
             StatusCode::REQUEST_TIMEOUT,
             "bad_request",

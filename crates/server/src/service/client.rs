@@ -167,7 +167,14 @@ impl ClientSession {
                                 messages: page.messages,
                                 truncated: page.truncated,
                             };
-                            service.hub.reply(&conn, proto::encode(&reply));
+                            let frame = proto::encode(&reply);
+                            // Up to half a queue in one frame: wait until
+                            // the queue has that room, as replays do, so a
+                            // reader that keeps up is never cut off.
+                            if conn.queued_bytes() + frame.len() > conn.queue_limit() {
+                                conn.wait_for_room().await;
+                            }
+                            service.hub.reply(&conn, frame);
                         }
                         Err(refusal) => service.send_error(&conn, id.as_ref(), &refusal),
                     }

@@ -10,6 +10,10 @@ use super::replay::{direct_event, message_event};
 use super::{validate_name, Caller, Rejection, Service};
 use crate::store::{self, Store};
 
+/// Bytes of a `history` reply around its events: type, id (≤ 128 B), room
+/// or user name (≤ 128 B), and the commas between events (a 100-event page).
+const REPLY_ENVELOPE: usize = 1024;
+
 /// The largest value SQLite integers hold: "no upper bound" for cursors.
 const NO_BOUND: u64 = i64::MAX as u64;
 
@@ -35,8 +39,9 @@ pub enum HistoryTarget {
 /// transport can run it on a task of its own).
 pub struct HistoryRead {
     store: Arc<dyn Store>,
-    /// Most bytes of events one page may carry (half of `--max-queue`): a
-    /// reply is one frame, and one frame must fit the connection's queue.
+    /// Most bytes of events one page may carry: half of `--max-queue`, less
+    /// room for the reply around them. A reply is one frame, and it is
+    /// queued once the queue is at most half full, so it always fits.
     max_bytes: usize,
     me: String,
     target: HistoryTarget,
@@ -75,7 +80,7 @@ impl Service {
         };
         Ok(HistoryRead {
             store: self.store.clone(),
-            max_bytes: self.config.max_queue / 2,
+            max_bytes: (self.config.max_queue / 2).saturating_sub(REPLY_ENVELOPE),
             me,
             target,
             before: before.unwrap_or(NO_BOUND).min(NO_BOUND),
