@@ -1165,6 +1165,13 @@ async fn check_history(
                 ran_out = true;
                 break;
             }
+            if before == Some(oldest_held) {
+                // The page brought nothing older: paging would not end.
+                sh.violations.add("history_stuck", || {
+                    format!("room {r}: paging before {oldest_held} brings nothing older")
+                });
+                break;
+            }
             before = Some(oldest_held);
         }
         for &&(room, seq, client, n) in &want {
