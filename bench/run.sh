@@ -49,7 +49,7 @@
 #                          and tiny direct, resume, churn and chaos runs, all
 #                          --strict (fails on lost messages, missing acks,
 #                          failed or dropped connections, server errors;
-#                          never on timing); writes nothing (~35 s). Uses
+#                          never on timing); writes nothing (~45 s). Uses
 #                          the debug builds unless SWITCHBOARD_BIN and
 #                          SWITCHBOARD_BENCH_BIN are set.
 #
