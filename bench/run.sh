@@ -46,10 +46,10 @@
 #   bench/run.sh --smoke   fan-out with 50 subscribers (Socket.IO flat out
 #                          only), 2 s per measurement, a 2 s publish run
 #                          against the SQLite store, 200 idle connections,
-#                          and tiny direct, resume and churn runs, all
+#                          and tiny direct, resume, churn and chaos runs, all
 #                          --strict (fails on lost messages, missing acks,
 #                          failed or dropped connections, server errors;
-#                          never on timing); writes nothing (~35 s). Uses
+#                          never on timing); writes nothing (~45 s). Uses
 #                          the debug builds unless SWITCHBOARD_BIN and
 #                          SWITCHBOARD_BENCH_BIN are set.
 #
@@ -433,7 +433,7 @@ if $smoke; then
   SECTION=connect
   CONNECT_N=200
   connect connect-smoke-room switchboard room --hold 200ms --settle 1s
-  # --- smoke: direct, resume, churn (tiny, --strict; fresh server each) ---
+  # --- smoke: direct, resume, churn, chaos (tiny, --strict; fresh server each) ---
   # smoke_session_scenario NAME STORE SCENARIO [ARG...]
   smoke_session_scenario() {
     local name=$1 store=$2
@@ -452,7 +452,9 @@ if $smoke; then
   smoke_session_scenario resume-smoke-sqlite sqlite resume --clients 200 --rooms 10 \
     --before 5 --offline 5 --during 5 --timeout 30s
   smoke_session_scenario churn-smoke-sqlite sqlite churn --rate 50 --duration "$DURATION"
-  # --- end smoke: direct, resume, churn ---
+  smoke_session_scenario chaos-smoke-memory memory chaos --clients 50 --duration 3s \
+    --warmup "$WARMUP" --max-rss 1024
+  # --- end smoke: direct, resume, churn, chaos ---
   # The report renders from the typed results (to nowhere: figures this small
   # are not published).
   BENCH_WORK=$WORK BENCH_SUBSCRIBERS=$SUBSCRIBERS BENCH_SUBSCRIBERS_BIG=$SUBSCRIBERS_BIG \

@@ -87,20 +87,27 @@ impl Conn {
         .map(|_| ())
     }
 
-    /// Reads once (waiting at most `wait`, after handing out what is
-    /// already buffered), hands out the frames, writes the pongs.
+    /// Hands out the frames already buffered or, when no whole frame is,
+    /// reads once (waiting at most `wait`) and hands out what came; writes
+    /// the pongs.
     pub async fn read(
         &mut self,
         wait: Duration,
         mut on_text: impl FnMut(&[u8]),
     ) -> Result<(), String> {
-        if !self.has_buffered() {
+        let buffered = self.buf.len();
+        if buffered > 0 {
+            self.frames(&mut on_text)?;
+        }
+        // Nothing buffered, or only part of a frame: that needs a read
+        // (handing out nothing and returning would make callers spin).
+        if buffered == 0 || self.buf.len() == buffered {
             match timeout(wait, self.fill()).await {
                 Err(_) => return Err(format!("nothing from the server for {wait:?}")),
                 Ok(read) => read?,
             }
+            self.frames(&mut on_text)?;
         }
-        self.frames(&mut on_text)?;
         self.flush().await
     }
 
@@ -184,6 +191,28 @@ pub fn listen_overflows() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn read_waits_for_the_rest_of_a_partial_frame() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut server, _) = server.unwrap();
+        let frame = [&[0x81, 5][..], b"hello"].concat();
+        // The upgrade left part of the first frame buffered.
+        let mut conn = Conn::new(client.unwrap(), frame[..3].to_vec(), 64, [0; 4]);
+        let rest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            server.write_all(&frame[3..]).await.unwrap();
+            server
+        });
+        let mut seen = Vec::new();
+        conn.read(Duration::from_secs(5), |p| seen.push(p.to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(seen, [b"hello".to_vec()]);
+        drop(rest.await.unwrap());
+    }
 
     #[test]
     fn kinds_and_string_fields() {

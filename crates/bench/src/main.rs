@@ -17,6 +17,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod chaos;
 mod churn;
 mod client;
 mod common;
@@ -67,6 +68,10 @@ enum Scenario {
     /// started at a fixed rate. Measures completed sessions per second,
     /// failures by kind and the latency of each step.
     Churn(churn::ChurnArgs),
+    /// Chaos: randomized clients (random and malformed commands, abrupt
+    /// disconnects and resumes, resends, slow readers) with the protocol's
+    /// invariants checked throughout and a well-behaved bystander timed.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,5 +82,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Direct(args) => direct::run(args),
         Scenario::Resume(args) => resume::run(args),
         Scenario::Churn(args) => churn::run(args),
+        Scenario::Chaos(args) => chaos::run(args),
     }
 }

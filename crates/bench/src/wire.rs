@@ -184,6 +184,11 @@ impl FrameBuf {
         self.start == self.end
     }
 
+    /// Bytes buffered and not handed out yet (a partial frame included).
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
     /// Reads once from `stream` (cancel-safe); `Ok(0)` is EOF.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, stream: &mut R) -> std::io::Result<usize> {
         if self.start == self.end {
