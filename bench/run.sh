@@ -445,6 +445,12 @@ if $smoke; then
     collect "$name" switchboard "$store" "$store" "" "$@"
     server_notes "$name"
     stop_server
+    # Whatever the scenario threw at it, the server must not have panicked.
+    if grep -q 'panicked' "$WORK/$name.err"; then
+      say "the server panicked during $name:"
+      grep -A5 'panicked' "$WORK/$name.err" >&2
+      exit 1
+    fi
     rm -rf "${DATA_ROOT:?}/$name"
   }
   smoke_session_scenario direct-smoke-memory memory direct --pairs 10 \
