@@ -285,3 +285,28 @@ async fn api_bodies_are_authenticated_bounded_and_timed() {
     let (status, _) = server.http("GET", "/api/rooms", Some(KEY), None).await;
     assert_eq!(status, 200);
 }
+
+/// A query string or path the router cannot decode gets the API's JSON
+/// error (after authentication), like every other bad request.
+#[tokio::test]
+async fn undecodable_api_queries_get_json_errors() {
+    let server = Server::start_with(&["--api-key", KEY]);
+    for path in [
+        "/api/rooms/lobby/messages?limit=abc",
+        "/api/rooms/lobby/messages?before=-1",
+        "/api/rooms/%FF/presence",
+    ] {
+        let (status, text) = server.http("GET", path, Some(KEY), None).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert_eq!(
+            parse(&text)["error"]["code"],
+            "bad_request",
+            "{path}: {text}"
+        );
+    }
+    // Without the key, the key is what is refused.
+    let (status, text) = server
+        .http("GET", "/api/rooms/lobby/messages?limit=abc", None, None)
+        .await;
+    assert_eq!(status, 401, "{text}");
+}

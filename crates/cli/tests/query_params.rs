@@ -212,3 +212,23 @@ async fn upgrade_query_and_path_parameters() {
     // The server is still serving after all of that.
     assert_eq!(server.http_get("/healthz").await.0, 200);
 }
+
+/// A query string the router cannot decode (a repeated key, a bad value) is
+/// refused like every other bad upgrade: 400, and counted as refused.
+#[tokio::test]
+async fn undecodable_queries_are_counted_refusals() {
+    let server = Server::start();
+    let refused = "switchboard_connections_refused_total";
+    assert_eq!(server.metric(refused).await, 0.0);
+    for (n, target) in [
+        "/ws?user=a&user=b",
+        "/ws?user=a&device=b&device=c",
+        "/relay/lobby?echo=maybe",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(upgrade_status(&server, target).await, 400, "{target}");
+        assert_eq!(server.metric(refused).await, (n + 1) as f64, "{target}");
+    }
+}

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -48,6 +49,13 @@ async fn require_key(State(app): State<Arc<App>>, req: Request, next: Next) -> R
         Ok(()) => next.run(req).await,
         Err(refusal) => refusal.into_response(),
     }
+}
+
+/// A path or query string the router could not decode (bad
+/// percent-encoding, a repeated or malformed parameter): our JSON 400, not
+/// axum's plain text.
+fn decoded<T, E: std::fmt::Display>(extracted: Result<T, E>) -> Result<T, ApiError> {
+    extracted.map_err(|e| bad_request(e.to_string()))
 }
 
 /// Whether a body read stopped at its size limit (not a broken body).
@@ -188,9 +196,10 @@ async fn submit(app: &App, to: Destination, bytes: &[u8]) -> Result<Delivery, Ap
 
 async fn publish(
     State(app): State<Arc<App>>,
-    Path(room): Path<String>,
+    room: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(room) = decoded(room)?;
     let bytes = read_body(&app, body).await?;
     let d = submit(&app, Destination::Room(Arc::from(room.as_str())), &bytes).await?;
     Ok(Json(
@@ -200,9 +209,10 @@ async fn publish(
 
 async fn send(
     State(app): State<Arc<App>>,
-    Path(user): Path<String>,
+    user: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(user) = decoded(user)?;
     let bytes = read_body(&app, body).await?;
     let d = submit(&app, Destination::User(Arc::from(user.as_str())), &bytes).await?;
     Ok(Json(
@@ -221,8 +231,9 @@ async fn rooms(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, A
 
 async fn presence(
     State(app): State<Arc<App>>,
-    Path(room): Path<String>,
+    room: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(room) = decoded(room)?;
     let users: Vec<String> = app
         .presence(Caller::Backend { from: "server" }, &room)?
         .iter()
@@ -241,9 +252,10 @@ struct Page {
 
 async fn room_history(
     State(app): State<Arc<App>>,
-    Path(room): Path<String>,
-    Query(page): Query<Page>,
+    room: Result<Path<String>, PathRejection>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let (Path(room), Query(page)) = (decoded(room)?, decoded(page)?);
     let limit = page.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     let read = app.history(
         Caller::Backend { from: "server" },
@@ -261,8 +273,9 @@ async fn room_history(
 
 async fn disconnect(
     State(app): State<Arc<App>>,
-    Path(user): Path<String>,
+    user: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(user) = decoded(user)?;
     let n = app.disconnect_user(&user)?;
     Ok(Json(json!({"user": user, "disconnected": n})))
 }

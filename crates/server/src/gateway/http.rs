@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -80,7 +81,22 @@ struct WsQuery {
     token: Option<String>,
 }
 
-async fn ws(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, req: Request) -> Response {
+/// A query string or path the router could not decode (a repeated key, bad
+/// percent-encoding): refused through [`refuse`], so it is counted and worded
+/// like every other refusal, not answered with axum's own text.
+fn undecodable(app: &App, err: impl std::fmt::Display) -> Response {
+    refuse(app, StatusCode::BAD_REQUEST, &err.to_string())
+}
+
+async fn ws(
+    State(app): State<Arc<App>>,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    req: Request,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(err) => return undecodable(&app, err),
+    };
     if let Some(user) = &query.user {
         if let Err(message) = validate_user(user) {
             return refuse(&app, StatusCode::BAD_REQUEST, &message);
@@ -107,10 +123,15 @@ struct RelayQuery {
 
 async fn relay(
     State(app): State<Arc<App>>,
-    Path(channel): Path<String>,
-    Query(query): Query<RelayQuery>,
+    channel: Result<Path<String>, PathRejection>,
+    query: Result<Query<RelayQuery>, QueryRejection>,
     req: Request,
 ) -> Response {
+    let (channel, query) = match (channel, query) {
+        (Ok(Path(channel)), Ok(Query(query))) => (channel, query),
+        (Err(err), _) => return undecodable(&app, err),
+        (_, Err(err)) => return undecodable(&app, err),
+    };
     if let Err(message) = validate_room(&channel) {
         return refuse(
             &app,
