@@ -369,6 +369,26 @@ struct ClientState {
 }
 
 impl ClientState {
+    /// A client that has seen nothing yet.
+    fn new(idx: usize, user: String, rooms: Vec<usize>, tracks: Vec<RoomTrack>) -> ClientState {
+        ClientState {
+            idx,
+            user,
+            rooms,
+            tracks,
+            inbox_last: 0,
+            inbox_conn_prev: 0,
+            inbox_replay_upto: 0,
+            inbox_confirmed: 0,
+            last_publish: None,
+            acked: Vec::new(),
+            received: 0,
+            next_n: 0,
+        }
+    }
+}
+
+impl ClientState {
     /// An event that is not the reply being waited for.
     fn on_event(&mut self, sh: &Shared, p: &[u8]) {
         if client::is(p, b"message") {
@@ -572,20 +592,8 @@ fn lost(sh: &Shared, st: &ClientState, how: &str) {
 async fn client(sh: Arc<Shared>, idx: usize) -> ClientOutcome {
     let cfg = &sh.cfg;
     let rooms = cfg.rooms_of(idx);
-    let mut st = ClientState {
-        idx,
-        user: cfg.user(idx),
-        rooms,
-        tracks: (0..cfg.rooms).map(|_| RoomTrack::default()).collect(),
-        inbox_last: 0,
-        inbox_conn_prev: 0,
-        inbox_replay_upto: 0,
-        inbox_confirmed: 0,
-        last_publish: None,
-        acked: Vec::new(),
-        received: 0,
-        next_n: 0,
-    };
+    let tracks = (0..cfg.rooms).map(|_| RoomTrack::default()).collect();
+    let mut st = ClientState::new(idx, cfg.user(idx), rooms, tracks);
     let mut rng = Rng::new(cfg.seed, idx as u64 + 1);
     let conn = match connect(&sh, &mut st, true).await {
         Ok(conn) => conn,
@@ -1605,25 +1613,13 @@ mod tests {
     #[test]
     fn events_reach_the_right_track() {
         let sh = shared(2);
-        let mut st = ClientState {
-            idx: 0,
-            user: "t-c0".into(),
-            rooms: vec![0, 1],
-            tracks: (0..2)
-                .map(|_| RoomTrack {
-                    joined: true,
-                    ..RoomTrack::default()
-                })
-                .collect(),
-            inbox_last: 0,
-            inbox_conn_prev: 0,
-            inbox_replay_upto: 0,
-            inbox_confirmed: 0,
-            last_publish: None,
-            acked: Vec::new(),
-            received: 0,
-            next_n: 0,
-        };
+        let tracks = (0..2)
+            .map(|_| RoomTrack {
+                joined: true,
+                ..RoomTrack::default()
+            })
+            .collect();
+        let mut st = ClientState::new(0, "t-c0".into(), vec![0, 1], tracks);
         st.on_event(
             &sh,
             br#"{"type":"message","room":"t-1","seq":1,"from":"t-c1","ts":1,"body":{"c":1,"n":0}}"#,

@@ -372,6 +372,19 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
     Ok(Request { id, command })
 }
 
+/// The nesting limit of a message `body` ([`MAX_BODY_DEPTH`]): a rule of
+/// the wire format, checked by every decoder of messages (the `/ws`
+/// commands here, the HTTP API's POST bodies) while decoding, so the body
+/// is scanned once.
+pub fn check_body_depth(body: &RawValue) -> Result<(), String> {
+    if json_depth(body.get()) > MAX_BODY_DEPTH {
+        return Err(format!(
+            "`body` is nested deeper than {MAX_BODY_DEPTH} levels"
+        ));
+    }
+    Ok(())
+}
+
 /// Validates a command `id` (a string of at most [`MAX_ID_LEN`] bytes, or a
 /// number): the one check for every entry point that takes ids.
 pub fn decode_id(raw: &RawValue) -> Result<Id, CommandError> {
@@ -455,15 +468,7 @@ impl<'a> Fields<'_, 'a> {
         let body = self
             .raw("body")
             .ok_or_else(|| bad(self.id, format!("{}: missing field `body`", self.command)))?;
-        if json_depth(body.get()) > MAX_BODY_DEPTH {
-            return Err(bad(
-                self.id,
-                format!(
-                    "{}: `body` is nested deeper than {MAX_BODY_DEPTH} levels",
-                    self.command
-                ),
-            ));
-        }
+        check_body_depth(body).map_err(|m| bad(self.id, format!("{}: {m}", self.command)))?;
         Ok(body)
     }
 }

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use switchboard_protocol::{decode_id, ErrorCode, Id, DEFAULT_HISTORY_LIMIT};
+use switchboard_protocol::{check_body_depth, decode_id, ErrorCode, Id, DEFAULT_HISTORY_LIMIT};
 use tokio::sync::oneshot;
 
 use super::App;
@@ -170,6 +170,7 @@ fn parse_post(bytes: &[u8]) -> Result<(Box<RawValue>, String, Option<Id>), ApiEr
     let body = post
         .body
         .ok_or_else(|| bad_request("missing field `body`"))?;
+    check_body_depth(&body).map_err(bad_request)?;
     let from = post.from.unwrap_or_else(|| "server".into());
     let id = match post.id {
         None => None,

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use switchboard_protocol::{
-    json_depth, validate_room, validate_user, ErrorCode, Id, MAX_BODY_DEPTH,
-};
+use switchboard_protocol::{validate_room, validate_user, ErrorCode, Id};
 
 pub use crate::pipeline::Destination;
 use crate::pipeline::{Job, Reply, Submission};
@@ -19,7 +17,7 @@ impl Service {
     /// `unavailable` error if the commit fails) arrives through `reply`.
     ///
     /// Checks, in order: the destination's name; for a client, its token's
-    /// room grant; the body (`--max-body`, nesting depth); for a client, room
+    /// room grant; the body's size (`--max-body`); for a client, room
     /// membership; for the backend, its `from` name.
     pub fn submit(
         &self,
@@ -66,9 +64,9 @@ impl Service {
         }
     }
 
-    /// `--max-body` and the nesting limit: the one place a message body is
-    /// judged, whichever entry point it came through. (The `/ws` decoder
-    /// refuses an over-deep body too, as malformed input, before this.)
+    /// `--max-body`: the one place a message body's size is judged,
+    /// whichever entry point it came through. (Its nesting is a wire-format
+    /// rule, checked while decoding: `protocol::check_body_depth`.)
     pub fn check_body(&self, body: &RawValue) -> Result<(), Rejection> {
         let max = self.config.max_body;
         if body.get().len() > max {
@@ -76,11 +74,6 @@ impl Service {
                 ErrorCode::TooLarge,
                 format!("body is larger than {max} bytes"),
             ));
-        }
-        if json_depth(body.get()) > MAX_BODY_DEPTH {
-            return Err(Rejection::bad_request(format!(
-                "`body` is nested deeper than {MAX_BODY_DEPTH} levels"
-            )));
         }
         Ok(())
     }
