@@ -211,3 +211,54 @@ async fn back_to_back_history_pages_do_not_overflow_the_queue() {
     // Still connected.
     assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
 }
+
+/// The red team's "30k distinct recipients, kept forever": rooms and inboxes
+/// with a seq counter are capped, and beyond the cap a new name is refused
+/// with a clear error while known ones keep working, on /ws and the API.
+#[tokio::test]
+async fn new_rooms_and_recipients_beyond_the_caps_are_refused_clearly() {
+    let server = Server::start_with(&["--max-rooms", "2", "--max-inboxes", "2", "--api-key", "k"]);
+    let mut ann = server.connect("ann").await;
+    for room in ["r1", "r2", "r3"] {
+        ann.join(room).await;
+    }
+    for room in ["r1", "r2"] {
+        let ack = ann.publish(room, json!("hi")).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let refused = ann
+        .request(json!({"type": "publish", "room": "r3", "body": "hi"}))
+        .await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "unavailable");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--max-rooms"),
+        "{refused}"
+    );
+    assert_eq!(ann.publish("r1", json!("again")).await["seq"], 2);
+
+    for to in ["u1", "u2"] {
+        let ack = ann
+            .request(json!({"type": "send", "to": to, "body": "hi", "id": to}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let (status, body) = server
+        .http(
+            "POST",
+            "/api/users/u3/messages",
+            Some("k"),
+            Some(r#"{"body":"hi"}"#),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--max-inboxes"), "{body}");
+    // Nothing was stored for the refused ones.
+    let history = ann
+        .request(json!({"type": "history", "room": "r3", "id": "h"}))
+        .await;
+    assert_eq!(history["messages"], json!([]), "{history}");
+}

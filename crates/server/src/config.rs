@@ -83,6 +83,22 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_DEDUPE_WINDOW", default_value = "5m", value_parser = parse_duration)]
     pub dedupe_window: Duration,
 
+    /// Most dedupe entries kept; beyond it the oldest are dropped early
+    /// (the window shrinks under a flood instead of memory growing).
+    #[arg(long, env = "SWITCHBOARD_MAX_DEDUPE", default_value_t = 1_000_000)]
+    pub max_dedupe: usize,
+
+    /// Most rooms with a seq counter (rooms holding messages or members);
+    /// a publish to a new room beyond it gets `unavailable`. A room is
+    /// forgotten once its messages expired and nobody is in it.
+    #[arg(long, env = "SWITCHBOARD_MAX_ROOMS", default_value_t = 1_000_000)]
+    pub max_rooms: usize,
+
+    /// Most user inboxes with a seq counter; a `send` to a new recipient
+    /// beyond it gets `unavailable`. Forgotten like rooms.
+    #[arg(long, env = "SWITCHBOARD_MAX_INBOXES", default_value_t = 1_000_000)]
+    pub max_inboxes: usize,
+
     /// Most messages replayed on `join` with `since` (and on inbox delivery);
     /// a client further behind gets `reset` and the newest ones.
     #[arg(long, env = "SWITCHBOARD_REPLAY_LIMIT", default_value_t = 1000)]
@@ -191,6 +207,9 @@ impl Default for Config {
             retention_count: 10_000,
             retention_age: Duration::from_secs(30 * 86_400),
             dedupe_window: Duration::from_secs(300),
+            max_dedupe: 1_000_000,
+            max_rooms: 1_000_000,
+            max_inboxes: 1_000_000,
             replay_limit: 1000,
             api_key: None,
             jwt_secret: None,

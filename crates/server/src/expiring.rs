@@ -57,6 +57,22 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
         }
     }
 
+    /// Drops the oldest entries until at most `max` are left; returns how
+    /// many went.
+    pub fn shrink_to(&mut self, max: usize) -> usize {
+        let mut dropped = 0;
+        while self.map.len() > max {
+            let Some((ts, key)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&key).is_some_and(|(_, t)| *t == ts) {
+                self.map.remove(&key);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// Values with their timestamps.
     pub fn values(&self) -> impl Iterator<Item = (&V, u64)> {
         self.map.values().map(|(v, ts)| (v, *ts))
@@ -98,5 +114,20 @@ mod tests {
         m.expire(40);
         assert!(m.is_empty());
         assert!(m.order.is_empty());
+    }
+
+    #[test]
+    fn shrink_to_drops_the_oldest_live_entries() {
+        let mut m = ExpiringMap::new();
+        m.insert("a", 1, 10);
+        m.insert("b", 2, 20);
+        m.remove(&"a");
+        m.insert("c", 3, 30);
+        m.insert("d", 4, 40);
+        // "a" is gone already: its stale queue entry costs nothing.
+        assert_eq!(m.shrink_to(2), 1);
+        assert_eq!(m.get(&"b"), None);
+        assert_eq!((m.get(&"c"), m.get(&"d")), (Some(&3), Some(&4)));
+        assert_eq!(m.shrink_to(5), 0);
     }
 }

@@ -66,11 +66,22 @@ pub enum Job {
         device: String,
         upto: u64,
     },
+    /// Run retention and forget idle counters now, then answer (tests and
+    /// tools; the writer also does it every `TRIM_EVERY`).
+    Sweep(oneshot::Sender<()>),
 }
 
 pub struct Settings {
     pub retention: Retention,
     pub dedupe_window: Duration,
+    /// Room counters kept (`--max-rooms`): a publish to a new room beyond
+    /// it is refused until idle rooms are forgotten.
+    pub max_rooms: usize,
+    /// Inbox counters kept (`--max-inboxes`), likewise for `send`.
+    pub max_inboxes: usize,
+    /// Dedupe entries kept (`--max-dedupe`): beyond it the oldest go
+    /// early, shortening the window rather than growing without end.
+    pub max_dedupe: usize,
 }
 
 /// Handle to the writer thread.
@@ -91,6 +102,7 @@ impl Pipeline {
         let window_ms = settings.dedupe_window.as_millis() as u64;
         let recovered = store.recover(unix_ms().saturating_sub(window_ms))?;
         let healthy = Arc::new(AtomicBool::new(true));
+        hub.restore_floors(&recovered.room_floors, &recovered.inbox_floors);
         let mut writer = Writer {
             healthy: healthy.clone(),
             store,
@@ -100,22 +112,24 @@ impl Pipeline {
             inboxes: HashMap::new(),
             last_gid: recovered.last_gid,
             dedupe: ExpiringMap::new(),
+            idle_before: 0,
         };
-        for (room, seq) in recovered.rooms {
-            let room: Arc<str> = Arc::from(room);
-            writer.hub.set_room_seq(&room, seq);
-            writer.rooms.insert(room, seq);
+        for c in recovered.rooms {
+            let room: Arc<str> = Arc::from(c.name);
+            writer.hub.set_room_seq(&room, c.seq);
+            writer.rooms.insert(room, Count::new(c.seq, c.last_ts));
         }
-        for (user, seq) in recovered.inboxes {
-            let user: Arc<str> = Arc::from(user);
-            writer.hub.set_inbox_seq(&user, seq);
-            writer.inboxes.insert(user, seq);
+        for c in recovered.inboxes {
+            let user: Arc<str> = Arc::from(c.name);
+            writer.hub.set_inbox_seq(&user, c.seq);
+            writer.inboxes.insert(user, Count::new(c.seq, c.last_ts));
         }
         let mut dedupe = recovered.dedupe;
         dedupe.sort_by_key(|d| d.ts);
         for d in dedupe {
             writer.dedupe.insert((d.user, d.target, d.id), d.seq, d.ts);
         }
+        writer.dedupe.shrink_to(writer.settings.max_dedupe);
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("switchboard-writer".into())
@@ -136,6 +150,13 @@ impl Pipeline {
         }
     }
 
+    /// Asks the writer to run retention and forget idle counters now; the
+    /// receiver resolves when it is done (`None`: the pipeline stopped).
+    pub fn sweep(&self) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Sweep(tx)).then_some(rx)
+    }
+
     /// Whether the last commit succeeded.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -153,18 +174,29 @@ impl Pipeline {
 /// What one job became inside a batch.
 enum Plan {
     /// Sequenced and written: `gid` for direct messages only.
-    Stored {
-        seq: u64,
-        gid: Option<u64>,
-        ts: u64,
-    },
+    Stored { seq: u64, gid: Option<u64>, ts: u64 },
     /// A repeated id: acknowledge with the original seq. `tentative` when the
     /// original is in this same batch (so it fails if the batch fails).
-    Duplicate {
-        seq: u64,
-        tentative: bool,
-    },
-    Cursor,
+    Duplicate { seq: u64, tentative: bool },
+    /// Nothing to answer (a cursor).
+    Silent,
+    /// Refused before anything was written (a cap was reached).
+    Refused(Rejection),
+}
+
+/// The writer's view of one room or inbox counter.
+#[derive(Clone, Copy, Debug)]
+struct Count {
+    seq: u64,
+    /// `ts` of the newest message written (0: none held): once it is older
+    /// than the retention age, the store holds nothing of it any more.
+    last_ts: u64,
+}
+
+impl Count {
+    fn new(seq: u64, last_ts: u64) -> Count {
+        Count { seq, last_ts }
+    }
 }
 
 /// (user, target, raw id JSON). The target (`room:NAME`, `user:NAME`) is
@@ -177,11 +209,15 @@ struct Writer {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     settings: Settings,
-    rooms: HashMap<Arc<str>, u64>,
-    inboxes: HashMap<Arc<str>, u64>,
+    rooms: HashMap<Arc<str>, Count>,
+    inboxes: HashMap<Arc<str>, Count>,
     last_gid: u64,
     /// (user, target, raw id JSON) → (seq, ts) of the original.
     dedupe: ExpiringMap<DedupeKey, u64>,
+    /// No counter went idle before this ts (the oldest `last_ts` seen by
+    /// the last scan; newer writes only raise it): the sweep skips the
+    /// scan of every counter until the retention cut-off passes it.
+    idle_before: u64,
 }
 
 impl Writer {
@@ -204,10 +240,24 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.process(batch);
-            if last_trim.elapsed() >= TRIM_EVERY {
+            let mut sweeps = Vec::new();
+            batch.retain_mut(|job| match job {
+                Job::Sweep(done) => {
+                    let (tx, _) = oneshot::channel();
+                    sweeps.push(std::mem::replace(done, tx));
+                    false
+                }
+                _ => true,
+            });
+            if !batch.is_empty() {
+                self.process(batch);
+            }
+            if !sweeps.is_empty() || last_trim.elapsed() >= TRIM_EVERY {
                 self.trim();
                 last_trim = Instant::now();
+            }
+            for done in sweeps {
+                let _ = done.send(());
             }
         }
     }
@@ -219,6 +269,82 @@ impl Writer {
         let older_than = now.saturating_sub(self.settings.retention.age_ms);
         if let Err(err) = self.store.trim(older_than, dedupe_before) {
             tracing::error!(%err, "store trim failed");
+            return;
+        }
+        self.forget_idle(older_than);
+    }
+
+    /// Forgets the counters of rooms and inboxes whose every message
+    /// expired (`last_ts` before `older_than`) and that nobody is connected
+    /// to, so counters do not grow with every name ever used (see
+    /// `hub::floors`). Memory first, then the store: if that commit fails,
+    /// the store keeps counters memory dropped, which is safe (a counter
+    /// read back at start-up is at least the floor it was folded into).
+    fn forget_idle(&mut self, older_than: u64) {
+        if older_than <= self.idle_before {
+            return;
+        }
+        let idle = |counters: &HashMap<Arc<str>, Count>| -> (Vec<(Arc<str>, u64)>, u64) {
+            let mut oldest_kept = u64::MAX;
+            let mut idle = Vec::new();
+            for (name, count) in counters {
+                if count.last_ts < older_than {
+                    idle.push((name.clone(), count.seq));
+                } else {
+                    oldest_kept = oldest_kept.min(count.last_ts);
+                }
+            }
+            (idle, oldest_kept)
+        };
+        let (rooms, oldest_room) = idle(&self.rooms);
+        let (inboxes, oldest_inbox) = idle(&self.inboxes);
+        // Until the cut-off passes the oldest kept `last_ts` nothing can go
+        // idle (later writes are stamped now or later). A live one kept by
+        // `retire` is looked at again at the next sweep.
+        self.idle_before = if rooms.is_empty() && inboxes.is_empty() {
+            oldest_room.min(oldest_inbox).min(unix_ms())
+        } else {
+            0
+        };
+        if rooms.is_empty() && inboxes.is_empty() {
+            return;
+        }
+        let retired = self.hub.retire(rooms, inboxes);
+        let now = unix_ms();
+        let mut writes = Vec::new();
+        for (room, _) in &retired.rooms.forgotten {
+            self.rooms.remove(room);
+            writes.push(Write::ForgetRoom {
+                room: room.to_string(),
+            });
+        }
+        for (user, _) in &retired.inboxes.forgotten {
+            self.inboxes.remove(user);
+            writes.push(Write::ForgetInbox {
+                user: user.to_string(),
+            });
+        }
+        for &(bucket, value) in &retired.rooms.floors {
+            writes.push(Write::RoomFloor { bucket, value });
+        }
+        for &(bucket, value) in &retired.inboxes.floors {
+            writes.push(Write::InboxFloor { bucket, value });
+        }
+        for (room, seq) in retired.rooms.pinned {
+            self.rooms.insert(room, Count::new(seq, now));
+        }
+        for (user, seq) in retired.inboxes.pinned {
+            self.inboxes.insert(user, Count::new(seq, now));
+        }
+        let (rooms, inboxes) = (
+            retired.rooms.forgotten.len(),
+            retired.inboxes.forgotten.len(),
+        );
+        match self.store.commit(&writes) {
+            Ok(()) => tracing::debug!(rooms, inboxes, "forgot idle counters"),
+            Err(err) => {
+                tracing::error!(%err, rooms, inboxes, "store: forgetting idle counters failed")
+            }
         }
     }
 
@@ -227,8 +353,8 @@ impl Writer {
         let mut writes = Vec::with_capacity(batch.len() * 2);
         let mut plans = Vec::with_capacity(batch.len());
         // What to undo if the commit fails.
-        let mut old_rooms: Vec<(Arc<str>, u64)> = Vec::new();
-        let mut old_inboxes: Vec<(Arc<str>, u64)> = Vec::new();
+        let mut old_rooms: Vec<(Arc<str>, Option<Count>)> = Vec::new();
+        let mut old_inboxes: Vec<(Arc<str>, Option<Count>)> = Vec::new();
         let old_gid = self.last_gid;
         let mut new_keys: Vec<DedupeKey> = Vec::new();
 
@@ -250,14 +376,31 @@ impl Writer {
                         });
                         continue;
                     }
-                    let (name, counters, old) = match &m.to {
-                        Destination::Room(room) => (room, &mut self.rooms, &mut old_rooms),
-                        Destination::User(user) => (user, &mut self.inboxes, &mut old_inboxes),
+                    let (name, counters, old, max, floor) = match &m.to {
+                        Destination::Room(room) => (
+                            room,
+                            &mut self.rooms,
+                            &mut old_rooms,
+                            self.settings.max_rooms,
+                            self.hub.room_floor(room),
+                        ),
+                        Destination::User(user) => (
+                            user,
+                            &mut self.inboxes,
+                            &mut old_inboxes,
+                            self.settings.max_inboxes,
+                            self.hub.inbox_floor(user),
+                        ),
                     };
-                    let counter = counters.entry(name.clone()).or_insert(0);
-                    old.push((name.clone(), *counter));
-                    *counter += 1;
-                    let seq = *counter;
+                    let previous = counters.get(name).copied();
+                    if previous.is_none() && counters.len() >= max {
+                        plans.push(Plan::Refused(full(&m.to)));
+                        continue;
+                    }
+                    old.push((name.clone(), previous));
+                    // A name without a counter numbers on from its floor.
+                    let seq = previous.map_or(floor, |c| c.seq) + 1;
+                    counters.insert(name.clone(), Count::new(seq, now));
                     let gid = match &m.to {
                         Destination::Room(room) => {
                             writes.push(Write::Room(RoomRecord {
@@ -292,6 +435,11 @@ impl Writer {
                         }));
                         self.dedupe.insert(key.clone(), seq, now);
                         new_keys.push(key);
+                        if self.dedupe.len() > self.settings.max_dedupe {
+                            // Oldest first; one of this batch only if the cap
+                            // is tiny (its rollback then finds nothing).
+                            self.dedupe.shrink_to(self.settings.max_dedupe);
+                        }
                     }
                     Plan::Stored { seq, gid, ts: now }
                 }
@@ -301,8 +449,10 @@ impl Writer {
                         device: device.clone(),
                         upto: *upto,
                     });
-                    Plan::Cursor
+                    Plan::Silent
                 }
+                // Taken out of the batch before `process`.
+                Job::Sweep(_) => Plan::Silent,
             };
             plans.push(plan);
         }
@@ -310,14 +460,14 @@ impl Writer {
         // Retention by count, in the same transaction: each room or inbox
         // this batch wrote to keeps its newest `count` messages.
         let keep = self.settings.retention.count;
-        let touched = |old: &[(Arc<str>, u64)]| {
+        let touched = |old: &[(Arc<str>, Option<Count>)]| {
             let mut names: Vec<Arc<str>> = old.iter().map(|(name, _)| name.clone()).collect();
             names.sort();
             names.dedup();
             names
         };
         for room in touched(&old_rooms) {
-            let last = self.rooms.get(&room).copied().unwrap_or(0);
+            let last = self.rooms.get(&room).map_or(0, |c| c.seq);
             if last > keep {
                 writes.push(Write::TrimRoom {
                     room: room.to_string(),
@@ -326,7 +476,7 @@ impl Writer {
             }
         }
         for user in touched(&old_inboxes) {
-            let last = self.inboxes.get(&user).copied().unwrap_or(0);
+            let last = self.inboxes.get(&user).map_or(0, |c| c.seq);
             if last > keep {
                 writes.push(Write::TrimInbox {
                     user: user.to_string(),
@@ -342,11 +492,11 @@ impl Writer {
         self.healthy.store(committed.is_ok(), Ordering::Relaxed);
         if let Err(err) = &committed {
             tracing::error!(%err, jobs = batch.len(), "store commit failed: answering unavailable");
-            for (room, seq) in old_rooms.into_iter().rev() {
-                self.rooms.insert(room, seq);
+            for (name, count) in old_rooms.into_iter().rev() {
+                restore(&mut self.rooms, name, count);
             }
-            for (user, seq) in old_inboxes.into_iter().rev() {
-                self.inboxes.insert(user, seq);
+            for (name, count) in old_inboxes.into_iter().rev() {
+                restore(&mut self.inboxes, name, count);
             }
             self.last_gid = old_gid;
             for key in &new_keys {
@@ -361,13 +511,23 @@ impl Writer {
 
     /// Delivers one committed job and answers it (or answers `unavailable`).
     fn finish(&self, job: Job, plan: Plan, committed: bool) {
-        let Job::Message(m) = job else { return };
+        let m = match job {
+            Job::Message(m) => m,
+            Job::Cursor { user, device, upto } => {
+                if committed {
+                    self.hub.cursor_committed(&user, &device, upto);
+                }
+                return;
+            }
+            Job::Sweep(_) => return,
+        };
         let result = match plan {
+            Plan::Refused(rejection) => Err(rejection),
             Plan::Duplicate { tentative, .. } if tentative && !committed => Err(unavailable()),
             Plan::Duplicate { seq, .. } => Ok(Delivery::duplicate(seq)),
             Plan::Stored { .. } if !committed => Err(unavailable()),
             Plan::Stored { seq, gid, ts } => Ok(self.deliver(&m, seq, gid, ts)),
-            Plan::Cursor => return,
+            Plan::Silent => return,
         };
         self.answer(m.reply, result, |id, d| {
             let mut ack = match &m.to {
@@ -429,6 +589,28 @@ impl Writer {
             }
         }
     }
+}
+
+/// Puts a counter back as it was before a failed batch.
+fn restore(counters: &mut HashMap<Arc<str>, Count>, name: Arc<str>, count: Option<Count>) {
+    match count {
+        Some(count) => counters.insert(name, count),
+        None => counters.remove(&name),
+    };
+}
+
+fn full(to: &Destination) -> Rejection {
+    let what = match to {
+        Destination::Room(_) => "rooms (--max-rooms)",
+        Destination::User(_) => "inboxes (--max-inboxes)",
+    };
+    Rejection::new(
+        ErrorCode::Unavailable,
+        format!(
+            "the server holds its maximum number of {what}; nothing was stored, \
+             retry once idle ones are forgotten"
+        ),
+    )
 }
 
 fn unavailable() -> Rejection {

@@ -227,6 +227,9 @@ impl Setup {
                     age_ms: u64::MAX,
                 },
                 dedupe_window: Duration::from_secs(3600),
+                max_rooms: usize::MAX,
+                max_inboxes: usize::MAX,
+                max_dedupe: usize::MAX,
             },
         )?;
         let watcher = identified(&hub, "watcher");

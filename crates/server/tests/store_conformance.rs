@@ -6,7 +6,8 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use switchboard_server::store::{
-    DedupeRecord, DirectRecord, MemoryStore, RoomRecord, SqliteStore, Store, Write,
+    Counter, DedupeRecord, DirectRecord, MemoryStore, RoomRecord, SqliteStore, Store, Write,
+    MAX_DEVICE_CURSORS,
 };
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -85,6 +86,9 @@ macro_rules! conformance {
             trim_room_and_trim_inbox_retain_by_count,
             trim_drops_what_is_older_than_the_cut_offs,
             check_succeeds_on_a_working_store,
+            counters_carry_the_newest_held_ts,
+            forgetting_drops_a_counter_and_its_leftovers_while_floors_only_rise,
+            device_cursors_are_capped_per_user,
             $($extra),*
         ]);
     };
@@ -158,9 +162,20 @@ fn gids(records: &[DirectRecord]) -> Vec<u64> {
 }
 
 /// `recover`'s per-room (or per-inbox) last seqs, sorted for comparison.
-fn sorted(mut pairs: Vec<(String, u64)>) -> Vec<(String, u64)> {
+fn sorted(counters: Vec<Counter>) -> Vec<(String, u64)> {
+    let mut pairs: Vec<(String, u64)> = counters.into_iter().map(|c| (c.name, c.seq)).collect();
     pairs.sort();
     pairs
+}
+
+/// `recover`'s counters as (name, seq, last_ts), sorted.
+fn sorted_counters(counters: Vec<Counter>) -> Vec<(String, u64, u64)> {
+    let mut out: Vec<(String, u64, u64)> = counters
+        .into_iter()
+        .map(|c| (c.name, c.seq, c.last_ts))
+        .collect();
+    out.sort();
+    out
 }
 
 fn pairs(list: &[(&str, u64)]) -> Vec<(String, u64)> {
@@ -455,6 +470,115 @@ mod suite {
         Ok(())
     }
 
+    /// The writer forgets a counter once its newest message is older than
+    /// the retention age, so `recover` says when that was (0: none held).
+    pub fn counters_carry_the_newest_held_ts(fixture: &Fixture) -> TestResult {
+        let store = fixture.open()?;
+        store.commit(&[
+            room("lobby", 1, 100),
+            room("lobby", 2, 250),
+            room("games", 1, 100),
+            direct(1, "alice", "bob", 1, 120),
+            direct(2, "carol", "bob", 2, 180),
+            direct(3, "bob", "alice", 1, 90),
+        ])?;
+        store.commit(&[Write::TrimRoom {
+            room: "games".into(),
+            upto: 1,
+        }])?;
+        let recovered = store.recover(0)?;
+        assert_eq!(
+            sorted_counters(recovered.rooms),
+            [("games".into(), 1, 0), ("lobby".into(), 2, 250)]
+        );
+        assert_eq!(
+            sorted_counters(recovered.inboxes),
+            [("alice".into(), 1, 90), ("bob".into(), 2, 180)]
+        );
+        Ok(())
+    }
+
+    pub fn forgetting_drops_a_counter_and_its_leftovers_while_floors_only_rise(
+        fixture: &Fixture,
+    ) -> TestResult {
+        let store = fixture.open()?;
+        store.commit(&[
+            room("lobby", 1, 100),
+            room("games", 1, 100),
+            room("games", 2, 100),
+            direct(1, "alice", "bob", 1, 100),
+            direct(2, "bob", "alice", 1, 100),
+            cursor("bob", "phone", 1),
+            cursor("alice", "phone", 1),
+        ])?;
+        store.commit(&[
+            Write::ForgetRoom {
+                room: "games".into(),
+            },
+            Write::RoomFloor {
+                bucket: 7,
+                value: 2,
+            },
+            Write::ForgetInbox { user: "bob".into() },
+            Write::InboxFloor {
+                bucket: 4095,
+                value: 1,
+            },
+        ])?;
+        // A lower value never lowers a floor.
+        store.commit(&[Write::RoomFloor {
+            bucket: 7,
+            value: 1,
+        }])?;
+        let recovered = store.recover(0)?;
+        assert_eq!(sorted(recovered.rooms), pairs(&[("lobby", 1)]));
+        assert_eq!(sorted(recovered.inboxes), pairs(&[("alice", 1)]));
+        assert_eq!(recovered.room_floors, [(7, 2)]);
+        assert_eq!(recovered.inbox_floors, [(4095, 1)]);
+        // What was left of them is gone; the rest is untouched.
+        assert!(store.room_after("games", 0, 10)?.is_empty());
+        assert_eq!(store.room_oldest("games")?, None);
+        assert!(store.inbox_after("bob", 0, 10)?.is_empty());
+        assert_eq!(store.cursor("bob", "phone")?, 0);
+        assert_eq!(store.cursor("alice", "phone")?, 1);
+        assert_eq!(seqs_of_directs(&store.inbox_after("alice", 0, 10)?), [1]);
+        // A forgotten name numbers on from the floor; its counter is new.
+        store.commit(&[room("games", 3, 200)])?;
+        assert_eq!(
+            sorted(store.recover(0)?.rooms),
+            pairs(&[("games", 3), ("lobby", 1)])
+        );
+        Ok(())
+    }
+
+    /// Device names are the client's choice: one user's cursors are bounded,
+    /// and the device furthest behind is the one dropped.
+    pub fn device_cursors_are_capped_per_user(fixture: &Fixture) -> TestResult {
+        let store = fixture.open()?;
+        let max = MAX_DEVICE_CURSORS as u64;
+        let batch: Vec<Write> = (1..=max)
+            .map(|n| cursor("bob", &format!("device-{n}"), n + 10))
+            .collect();
+        store.commit(&batch)?;
+        store.commit(&[cursor("alice", "phone", 1)])?;
+        assert_eq!(store.cursor("bob", "device-1")?, 11);
+        store.commit(&[cursor("bob", "one-more", 100)])?;
+        assert_eq!(store.cursor("bob", "one-more")?, 100);
+        assert_eq!(
+            store.cursor("bob", "device-1")?,
+            0,
+            "the one furthest behind goes"
+        );
+        assert_eq!(store.cursor("bob", "device-2")?, 12);
+        assert_eq!(store.cursor("bob", &format!("device-{max}"))?, max + 10);
+        assert_eq!(
+            store.cursor("alice", "phone")?,
+            1,
+            "another user keeps theirs"
+        );
+        Ok(())
+    }
+
     pub fn trim_room_and_trim_inbox_retain_by_count(fixture: &Fixture) -> TestResult {
         let store = fixture.open()?;
         let mut batch: Vec<Write> = (1..=5).map(|s| room("lobby", s, 100)).collect();
@@ -592,10 +716,22 @@ mod suite {
                 room: "games".into(),
                 upto: 1,
             }])?;
+            store.commit(&[
+                Write::RoomFloor {
+                    bucket: 3,
+                    value: 9,
+                },
+                Write::InboxFloor {
+                    bucket: 5,
+                    value: 4,
+                },
+            ])?;
         }
         let store = fixture.open()?;
         store.check()?;
         let recovered = store.recover(0)?;
+        assert_eq!(recovered.room_floors, [(3, 9)]);
+        assert_eq!(recovered.inbox_floors, [(5, 4)]);
         assert_eq!(
             sorted(recovered.rooms),
             pairs(&[("games", 1), ("lobby", 3)])

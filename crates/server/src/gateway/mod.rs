@@ -116,6 +116,9 @@ impl Server {
                 age_ms: config.retention_age.as_millis() as u64,
             },
             dedupe_window: config.dedupe_window,
+            max_rooms: config.max_rooms,
+            max_inboxes: config.max_inboxes,
+            max_dedupe: config.max_dedupe,
         };
         let pipeline = Pipeline::start(store.clone(), hub.clone(), settings)
             .map_err(|e| anyhow::anyhow!("cannot recover the store: {e}"))?;

@@ -11,6 +11,7 @@
 //! the other way round; a connection's outbox lock is innermost.
 
 mod conn;
+pub mod floors;
 mod gate;
 mod relay;
 mod room;
@@ -21,10 +22,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use parking_lot::RwLock;
 use switchboard_protocol::{self as proto, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
 pub use conn::{CloseReason, Conn, Push};
+use floors::Floors;
 use gate::Gated;
 pub use relay::Relay;
 use room::Room;
@@ -63,6 +66,67 @@ impl Delivery {
     }
 }
 
+/// What [`Hub::retire`] did to one kind of counter.
+#[derive(Debug, Default)]
+pub struct RetiredKind {
+    /// Counters forgotten, with their last seq.
+    pub forgotten: Vec<(Arc<str>, u64)>,
+    /// Floors raised: (bucket, new value).
+    pub floors: Vec<(u32, u64)>,
+    /// Live names without a counter in a raised bucket, pinned at the seq
+    /// they were shown: the writer must number on from there.
+    pub pinned: Vec<(Arc<str>, u64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Retired {
+    pub rooms: RetiredKind,
+    pub inboxes: RetiredKind,
+}
+
+fn retire_kind(
+    candidates: Vec<(Arc<str>, u64)>,
+    seqs: &DashMap<Arc<str>, u64>,
+    floors: &Floors,
+    is_live: impl Fn(&str) -> bool,
+    live_names: impl FnOnce() -> Vec<Arc<str>>,
+) -> RetiredKind {
+    let mut out = RetiredKind::default();
+    // bucket → floor before this call
+    let mut raised: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for (name, seq) in candidates {
+        if is_live(&name) {
+            continue;
+        }
+        let bucket = floors::bucket(&name);
+        raised.entry(bucket).or_insert_with(|| floors.at(bucket));
+        if floors.at(bucket) < seq {
+            floors.raise(bucket, seq);
+        }
+        seqs.remove(&name);
+        out.forgotten.push((name, seq));
+    }
+    for (&bucket, &before) in &raised {
+        let now = floors.at(bucket);
+        if now > before {
+            out.floors.push((bucket, now));
+        }
+    }
+    if !out.floors.is_empty() {
+        for name in live_names() {
+            let bucket = floors::bucket(&name);
+            let Some(&before) = raised.get(&bucket) else {
+                continue;
+            };
+            if floors.at(bucket) > before && !seqs.contains_key(&name) {
+                seqs.insert(name.clone(), before);
+                out.pinned.push((name, before));
+            }
+        }
+    }
+    out
+}
+
 /// Where a connection's replay must start and stop (exclusive, inclusive].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replay {
@@ -78,6 +142,15 @@ pub struct Hub {
     /// before it delivers (see `Room::join` for why that order is enough).
     room_seqs: DashMap<Arc<str>, u64>,
     inbox_seqs: DashMap<Arc<str>, u64>,
+    /// Where a room or inbox without a counter numbers from (see
+    /// [`floors`]).
+    room_floors: Floors,
+    inbox_floors: Floors,
+    /// Read while a join or identify reads a committed seq; written while
+    /// the writer forgets counters and raises floors. Without it a joiner
+    /// could read a floor that rises before its room's first message, and
+    /// see a gap.
+    counters_lock: RwLock<()>,
     /// Inbox positions confirmed with `received`, kept here as soon as they
     /// arrive (the store gets them with the next commit): a reconnect right
     /// after `received` must not get those entries again.
@@ -111,6 +184,9 @@ impl Hub {
             users: DashMap::new(),
             room_seqs: DashMap::new(),
             inbox_seqs: DashMap::new(),
+            room_floors: Floors::default(),
+            inbox_floors: Floors::default(),
+            counters_lock: RwLock::new(()),
             cursors: DashMap::new(),
             conns: DashMap::new(),
             relay: Relay::default(),
@@ -143,14 +219,84 @@ impl Hub {
         self.conns.len()
     }
 
-    /// Last committed seq of a room (0 if none).
+    /// Last committed seq of a room (its floor if it has no counter: 0
+    /// for a room never forgotten).
     pub fn room_seq(&self, room: &str) -> u64 {
-        self.room_seqs.get(room).map(|s| *s).unwrap_or(0)
+        match self.room_seqs.get(room) {
+            Some(seq) => *seq,
+            None => self.room_floors.of(room),
+        }
     }
 
-    /// Last committed seq of a user's inbox (0 if none).
+    /// Last committed seq of a user's inbox (its floor if it has none).
     pub fn inbox_seq(&self, user: &str) -> u64 {
-        self.inbox_seqs.get(user).map(|s| *s).unwrap_or(0)
+        match self.inbox_seqs.get(user) {
+            Some(seq) => *seq,
+            None => self.inbox_floors.of(user),
+        }
+    }
+
+    /// Where the writer starts numbering a room it has no counter for.
+    pub fn room_floor(&self, room: &str) -> u64 {
+        self.room_floors.of(room)
+    }
+
+    pub fn inbox_floor(&self, user: &str) -> u64 {
+        self.inbox_floors.of(user)
+    }
+
+    /// Floors as recovered from the store (start-up, before any client).
+    pub fn restore_floors(&self, rooms: &[(u32, u64)], inboxes: &[(u32, u64)]) {
+        for &(bucket, value) in rooms {
+            self.room_floors.raise(bucket, value);
+        }
+        for &(bucket, value) in inboxes {
+            self.inbox_floors.raise(bucket, value);
+        }
+    }
+
+    /// Forgets the counters of idle rooms and inboxes (writer only, after
+    /// retention emptied them): those with a member or a connection now
+    /// are kept. Each forgotten seq raises its bucket's floor; a live room
+    /// or inbox without a counter in a raised bucket is pinned at the floor
+    /// it was shown, so its numbering does not jump.
+    pub fn retire(&self, rooms: Vec<(Arc<str>, u64)>, inboxes: Vec<(Arc<str>, u64)>) -> Retired {
+        let _counters = self.counters_lock.write();
+        let mut retired = Retired::default();
+        let is_room_live = |name: &str| self.rooms.contains_key(name);
+        let is_user_live = |name: &str| self.users.contains_key(name);
+        retired.rooms = retire_kind(
+            rooms,
+            &self.room_seqs,
+            &self.room_floors,
+            is_room_live,
+            || self.rooms.iter().map(|e| e.key().clone()).collect(),
+        );
+        retired.inboxes = retire_kind(
+            inboxes,
+            &self.inbox_seqs,
+            &self.inbox_floors,
+            is_user_live,
+            || self.users.iter().map(|e| e.key().clone()).collect(),
+        );
+        if !retired.inboxes.forgotten.is_empty() {
+            let gone: std::collections::HashSet<&str> = retired
+                .inboxes
+                .forgotten
+                .iter()
+                .map(|(u, _)| &**u)
+                .collect();
+            self.cursors.retain(|(user, _), _| !gone.contains(&**user));
+        }
+        retired
+    }
+
+    /// Drops a cursor from memory once the store has it (writer only).
+    pub fn cursor_committed(&self, user: &str, device: &str, upto: u64) {
+        self.cursors
+            .remove_if(&(Arc::from(user), Arc::from(device)), |_, known| {
+                *known <= upto
+            });
     }
 
     /// Records a device's `received` position.
@@ -216,6 +362,8 @@ impl Hub {
         if conn.user_arc().is_some() {
             return Err(IdentifyError::AlreadyIdentified);
         }
+        // Held until the inbox seq is read (see `counters_lock`).
+        let _counters = self.counters_lock.read();
         let mut entry = self.users.entry(user.clone()).or_default();
         if max_per_user > 0 && entry.len() >= max_per_user {
             let empty = entry.is_empty();
@@ -290,6 +438,7 @@ impl Hub {
         id: Option<&Id>,
     ) -> Option<Replay> {
         loop {
+            let _counters = self.counters_lock.read();
             let entry = match self.room(room) {
                 Some(r) => r,
                 None => {

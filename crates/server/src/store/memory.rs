@@ -7,13 +7,20 @@ use parking_lot::Mutex;
 
 use crate::expiring::ExpiringMap;
 
-use super::{DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, StoreError, Write};
+use super::{
+    Counter, DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, StoreError, Write,
+    MAX_DEVICE_CURSORS,
+};
 
 #[derive(Default)]
 struct State {
     rooms: HashMap<String, (u64, BTreeMap<u64, RoomRecord>)>,
     inboxes: HashMap<String, (u64, BTreeMap<u64, DirectRecord>)>,
-    cursors: HashMap<(String, String), u64>,
+    /// user → device → confirmed inbox seq.
+    cursors: HashMap<String, HashMap<String, u64>>,
+    /// Seq floors by bucket (see [`Write::RoomFloor`]).
+    room_floors: HashMap<u32, u64>,
+    inbox_floors: HashMap<u32, u64>,
     /// Keyed by (user, target, id), as in SQLite.
     dedupe: ExpiringMap<(String, String, String), DedupeRecord>,
     /// Highest gid ever committed: retention may drop the message, never
@@ -67,9 +74,24 @@ fn reject_reused_seqs(st: &State, batch: &[Write]) -> Result<()> {
 impl Store for MemoryStore {
     fn recover(&self, dedupe_since: u64) -> Result<Recovered> {
         let st = self.state.lock();
+        fn counters<R>(
+            map: &HashMap<String, (u64, BTreeMap<u64, R>)>,
+            ts: impl Fn(&R) -> u64,
+        ) -> Vec<Counter> {
+            map.iter()
+                .map(|(name, (seq, held))| Counter {
+                    name: name.clone(),
+                    seq: *seq,
+                    last_ts: held.values().next_back().map(&ts).unwrap_or(0),
+                })
+                .collect()
+        }
+        let floors = |f: &HashMap<u32, u64>| f.iter().map(|(b, v)| (*b, *v)).collect();
         Ok(Recovered {
-            rooms: st.rooms.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
-            inboxes: st.inboxes.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
+            rooms: counters(&st.rooms, |m| m.ts),
+            inboxes: counters(&st.inboxes, |d| d.ts),
+            room_floors: floors(&st.room_floors),
+            inbox_floors: floors(&st.inbox_floors),
             last_gid: st.last_gid,
             dedupe: st
                 .dedupe
@@ -103,11 +125,35 @@ impl Store for MemoryStore {
                     st.dedupe.insert(key, d.clone(), d.ts);
                 }
                 Write::Cursor { user, device, upto } => {
-                    let c = st
-                        .cursors
-                        .entry((user.clone(), device.clone()))
-                        .or_default();
+                    let devices = st.cursors.entry(user.clone()).or_default();
+                    let c = devices.entry(device.clone()).or_default();
                     *c = (*c).max(*upto);
+                    if devices.len() > MAX_DEVICE_CURSORS {
+                        // The one furthest behind goes, as in SQLite (ties:
+                        // the greatest name).
+                        let behind = devices
+                            .iter()
+                            .min_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                            .map(|(d, _)| d.clone());
+                        if let Some(device) = behind {
+                            devices.remove(&device);
+                        }
+                    }
+                }
+                Write::ForgetRoom { room } => {
+                    st.rooms.remove(room);
+                }
+                Write::ForgetInbox { user } => {
+                    st.inboxes.remove(user);
+                    st.cursors.remove(user);
+                }
+                Write::RoomFloor { bucket, value } => {
+                    let floor = st.room_floors.entry(*bucket).or_default();
+                    *floor = (*floor).max(*value);
+                }
+                Write::InboxFloor { bucket, value } => {
+                    let floor = st.inbox_floors.entry(*bucket).or_default();
+                    *floor = (*floor).max(*value);
                 }
                 // split_off: O(log n + dropped), not a scan of what is kept.
                 Write::TrimRoom { room, upto } => {
@@ -215,7 +261,8 @@ impl Store for MemoryStore {
             .state
             .lock()
             .cursors
-            .get(&(user.to_string(), device.to_string()))
+            .get(user)
+            .and_then(|devices| devices.get(device))
             .copied()
             .unwrap_or(0))
     }

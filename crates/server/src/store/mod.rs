@@ -73,15 +73,56 @@ pub enum Write {
         user: String,
         upto: u64,
     },
+    /// Forget an idle room: its counter and any message still held (the
+    /// writer forgets only rooms whose messages all expired). Comes with a
+    /// [`Write::RoomFloor`] covering its last seq, so a seq is never reused.
+    ForgetRoom {
+        room: String,
+    },
+    /// Forget an idle inbox: its counter, any entry still held, and the
+    /// cursors of every device of `user`.
+    ForgetInbox {
+        user: String,
+    },
+    /// Raise a seq floor (never lowers it): a room or inbox without a
+    /// counter whose name falls in `bucket` continues above `value`.
+    RoomFloor {
+        bucket: u32,
+        value: u64,
+    },
+    InboxFloor {
+        bucket: u32,
+        value: u64,
+    },
+}
+
+/// Device cursors kept per user: a `received` from yet another device drops
+/// the cursor that is furthest behind (that device gets its backlog again).
+/// Device names are the client's choice, so without a bound one user could
+/// grow the table without end. Enforced by every backend at commit.
+pub const MAX_DEVICE_CURSORS: usize = 64;
+
+/// A room's or inbox's counter as recovered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counter {
+    pub name: String,
+    /// The last seq ever committed.
+    pub seq: u64,
+    /// `ts` of the newest message still held, 0 if none: the writer
+    /// forgets the counter once that is older than `--retention-age`.
+    pub last_ts: u64,
 }
 
 /// What the writer needs at start-up to continue the sequences.
 #[derive(Default, Debug)]
 pub struct Recovered {
-    /// Last seq of every room ever written.
-    pub rooms: Vec<(String, u64)>,
-    /// Last inbox seq of every user ever written to.
-    pub inboxes: Vec<(String, u64)>,
+    /// Every room counter not forgotten.
+    pub rooms: Vec<Counter>,
+    /// Every inbox counter not forgotten.
+    pub inboxes: Vec<Counter>,
+    /// Seq floors (bucket, value) left by forgotten rooms and inboxes.
+    pub room_floors: Vec<(u32, u64)>,
+    pub inbox_floors: Vec<(u32, u64)>,
     /// Highest direct-message gid.
     pub last_gid: u64,
     /// Dedupe entries newer than the requested cut-off.

@@ -9,7 +9,14 @@ use std::path::Path;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, StoreError, Write};
+use super::{
+    Counter, DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, StoreError, Write,
+    MAX_DEVICE_CURSORS,
+};
+
+/// `counters` names of the seq floors: `room_floor/BUCKET`, `inbox_floor/BUCKET`.
+const ROOM_FLOOR: &str = "room_floor";
+const INBOX_FLOOR: &str = "inbox_floor";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS room_messages (
@@ -18,8 +25,8 @@ CREATE TABLE IF NOT EXISTS room_messages (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS room_messages_ts ON room_messages (ts);
--- Last seq per room, kept even when retention dropped every message, so a
--- room's seq never goes back.
+-- Last seq per room, kept even when retention dropped every message, until
+-- the room is forgotten (its seq then lives on in a floor).
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS directs (
     gid INTEGER PRIMARY KEY, recipient TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -43,7 +50,8 @@ CREATE TABLE IF NOT EXISTS dedupe (
 CREATE INDEX IF NOT EXISTS dedupe_ts ON dedupe (ts);
 -- Counters that must survive retention: `last_gid`, the highest direct
 -- message gid ever committed (gids are never reused, even when every
--- direct message was trimmed).
+-- direct message was trimmed), and the seq floors of forgotten rooms and
+-- inboxes (`room_floor/BUCKET`, `inbox_floor/BUCKET`; at most 2 x 4096).
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
@@ -179,13 +187,45 @@ fn direct_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DirectRecord> {
 impl Store for SqliteStore {
     fn recover(&self, dedupe_since: u64) -> Result<Recovered> {
         let conn = self.writer.lock();
-        let pairs = |sql: &str| -> rusqlite::Result<Vec<(String, u64)>> {
+        let counters = |sql: &str| -> rusqlite::Result<Vec<Counter>> {
             let mut stmt = conn.prepare(sql)?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Counter {
+                    name: r.get(0)?,
+                    seq: r.get(1)?,
+                    last_ts: r.get(2)?,
+                })
+            })?;
             rows.collect()
         };
-        let rooms = pairs("SELECT room, last_seq FROM rooms")?;
-        let inboxes = pairs("SELECT user, last_seq FROM inboxes")?;
+        // The newest held message's ts through the (room, seq) keys: one
+        // index probe per counter.
+        let rooms = counters(
+            "SELECT r.room, r.last_seq, coalesce((SELECT m.ts FROM room_messages m
+                 WHERE m.room = r.room ORDER BY m.seq DESC LIMIT 1), 0) FROM rooms r",
+        )?;
+        let inboxes = counters(
+            "SELECT i.user, i.last_seq, coalesce((SELECT d.ts FROM directs d
+                 WHERE d.recipient = i.user ORDER BY d.seq DESC LIMIT 1), 0) FROM inboxes i",
+        )?;
+        let floors = |prefix: &str| -> rusqlite::Result<Vec<(u32, u64)>> {
+            let mut stmt =
+                conn.prepare("SELECT name, value FROM counters WHERE name >= ?1 AND name < ?2")?;
+            let rows = stmt
+                .query_map(params![format!("{prefix}/"), format!("{prefix}0")], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+                })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, value) = row?;
+                if let Some(bucket) = name.rsplit('/').next().and_then(|b| b.parse().ok()) {
+                    out.push((bucket, value));
+                }
+            }
+            Ok(out)
+        };
+        let room_floors = floors(ROOM_FLOOR)?;
+        let inbox_floors = floors(INBOX_FLOOR)?;
         // `max(gid)` too: a database written before `counters` existed.
         let last_gid: Option<u64> = conn.query_row(
             "SELECT max(coalesce((SELECT max(gid) FROM directs), 0),
@@ -209,6 +249,8 @@ impl Store for SqliteStore {
         Ok(Recovered {
             rooms,
             inboxes,
+            room_floors,
+            inbox_floors,
             last_gid: last_gid.unwrap_or(0),
             dedupe,
         })
@@ -247,11 +289,16 @@ impl Store for SqliteStore {
                 "INSERT INTO cursors (user, device, upto) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user, device) DO UPDATE SET upto = max(upto, excluded.upto)",
             )?;
+            let mut cap_cursors = tx.prepare_cached(
+                "DELETE FROM cursors WHERE user = ?1 AND device NOT IN
+                     (SELECT device FROM cursors WHERE user = ?1 ORDER BY upto DESC, device LIMIT ?2)",
+            )?;
             // Last seqs are upserted once per room/inbox per batch, not per
             // message.
             let mut last_room: HashMap<&str, u64> = HashMap::new();
             let mut last_inbox: HashMap<&str, u64> = HashMap::new();
             let mut last_gid = None;
+            let mut cursor_users: Vec<&str> = Vec::new();
             for write in batch {
                 match write {
                     Write::Room(m) => {
@@ -270,6 +317,7 @@ impl Store for SqliteStore {
                     }
                     Write::Cursor { user, device, upto } => {
                         cursor.execute(params![user, device, upto])?;
+                        cursor_users.push(user.as_str());
                     }
                     Write::TrimRoom { room, upto } => {
                         trim_room.execute(params![room, upto])?;
@@ -277,7 +325,27 @@ impl Store for SqliteStore {
                     Write::TrimInbox { user, upto } => {
                         trim_inbox.execute(params![user, upto])?;
                     }
+                    Write::ForgetRoom { room } => {
+                        tx.execute("DELETE FROM room_messages WHERE room = ?1", [room])?;
+                        tx.execute("DELETE FROM rooms WHERE room = ?1", [room])?;
+                    }
+                    Write::ForgetInbox { user } => {
+                        tx.execute("DELETE FROM directs WHERE recipient = ?1", [user])?;
+                        tx.execute("DELETE FROM inboxes WHERE user = ?1", [user])?;
+                        tx.execute("DELETE FROM cursors WHERE user = ?1", [user])?;
+                    }
+                    Write::RoomFloor { bucket, value } => {
+                        counter.execute(params![format!("{ROOM_FLOOR}/{bucket}"), value])?;
+                    }
+                    Write::InboxFloor { bucket, value } => {
+                        counter.execute(params![format!("{INBOX_FLOOR}/{bucket}"), value])?;
+                    }
                 }
+            }
+            cursor_users.sort_unstable();
+            cursor_users.dedup();
+            for user in cursor_users {
+                cap_cursors.execute(params![user, MAX_DEVICE_CURSORS as u64])?;
             }
             for (name, seq) in last_room {
                 room_seq.execute(params![name, seq])?;
