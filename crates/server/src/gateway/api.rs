@@ -73,7 +73,16 @@ fn is_over_limit(err: &axum::Error) -> bool {
 /// Reads a POST body: at most `--max-body` plus [`ENVELOPE`], and within
 /// `--handshake-timeout` (a client trickling a body holds nothing for long).
 async fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
-    let limit = app.config.max_body.saturating_add(ENVELOPE);
+    read_body_within(app, body, app.config.max_body.saturating_add(ENVELOPE)).await
+}
+
+/// Reads a request body of at most `limit` bytes within
+/// `--handshake-timeout` (413 past the limit, 408 past the deadline).
+pub(super) async fn read_body_within(
+    app: &App,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let read = axum::body::to_bytes(body, limit);
     match tokio::time::timeout(app.config.handshake_timeout, read).await {
         Ok(Ok(bytes)) => Ok(bytes),
@@ -92,7 +101,7 @@ async fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
 }
 
 /// An API error: status plus `{"error": {"code", "message"}}`.
-struct ApiError(StatusCode, &'static str, String);
+pub(super) struct ApiError(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

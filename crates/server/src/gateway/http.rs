@@ -29,6 +29,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/ws", get(ws))
         .route("/relay/{channel}", get(relay))
+        .merge(super::sse::routes())
         .merge(super::api::routes(app.clone()))
         .merge(super::web::routes())
         .with_state(app)
@@ -74,8 +75,9 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
+/// The query of a client session's opening request (`/ws`, `/sse`).
 #[derive(Deserialize)]
-struct WsQuery {
+pub(super) struct WsQuery {
     user: Option<String>,
     device: Option<String>,
     token: Option<String>,
@@ -84,8 +86,27 @@ struct WsQuery {
 /// A query string or path the router could not decode (a repeated key, bad
 /// percent-encoding): refused through [`refuse`], so it is counted and worded
 /// like every other refusal, not answered with axum's own text.
-fn undecodable(app: &App, err: impl std::fmt::Display) -> Response {
+pub(super) fn undecodable(app: &App, err: impl std::fmt::Display) -> Response {
     refuse(app, StatusCode::BAD_REQUEST, &err.to_string())
+}
+
+/// How a client session starts, from its opening request: the names are
+/// checked, the token comes from `Authorization: Bearer` or `?token=`.
+/// Also the device. `Err`: why the request is bad (a 400).
+pub(super) fn client_start(
+    app: &App,
+    query: WsQuery,
+    headers: &axum::http::HeaderMap,
+) -> Result<(Start, Option<String>), String> {
+    if let Some(user) = &query.user {
+        validate_user(user)?;
+    }
+    if let Some(device) = &query.device {
+        validate_device(device)?;
+    }
+    let bearer = super::bearer(headers).map(str::to_owned);
+    let start = Start::from_request(&*app.auth, bearer.or(query.token), query.user);
+    Ok((start, query.device))
 }
 
 async fn ws(
@@ -97,19 +118,10 @@ async fn ws(
         Ok(Query(query)) => query,
         Err(err) => return undecodable(&app, err),
     };
-    if let Some(user) = &query.user {
-        if let Err(message) = validate_user(user) {
-            return refuse(&app, StatusCode::BAD_REQUEST, &message);
-        }
-    }
-    if let Some(device) = &query.device {
-        if let Err(message) = validate_device(device) {
-            return refuse(&app, StatusCode::BAD_REQUEST, &message);
-        }
-    }
-    let bearer = super::bearer(req.headers()).map(str::to_owned);
-    let start = Start::from_request(&*app.auth, bearer.or(query.token), query.user);
-    let device = query.device;
+    let (start, device) = match client_start(&app, query, req.headers()) {
+        Ok(started) => started,
+        Err(message) => return refuse(&app, StatusCode::BAD_REQUEST, &message),
+    };
     upgrade(app, req, move |app, conn| {
         Box::new(Session::new(app.service.clone(), conn, start, device))
     })
@@ -150,7 +162,7 @@ async fn relay(
     })
 }
 
-fn refuse(app: &App, status: StatusCode, message: &str) -> Response {
+pub(super) fn refuse(app: &App, status: StatusCode, message: &str) -> Response {
     app.hub.metrics.connections_refused.increment(1);
     (status, format!("{message}\n")).into_response()
 }
@@ -272,7 +284,10 @@ fn refuse_handshake(app: &App, rejection: Rejection) -> Response {
 /// Whether this server takes the connection now: origin, shutdown, capacity,
 /// then the per-IP limits. On success, the client IP whose slot was taken;
 /// else the status and text to refuse with.
-fn admit(app: &App, req: &Request) -> Result<Option<IpAddr>, (StatusCode, &'static str)> {
+pub(super) fn admit(
+    app: &App,
+    req: &Request,
+) -> Result<Option<IpAddr>, (StatusCode, &'static str)> {
     let headers = req.headers();
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());

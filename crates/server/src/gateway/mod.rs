@@ -13,6 +13,7 @@ mod http;
 mod relay;
 mod session;
 mod socket;
+mod sse;
 mod tls;
 mod web;
 
@@ -46,6 +47,8 @@ pub struct App {
     shutting_down: AtomicBool,
     /// Fired whenever a WebSocket connection ends (for shutdown draining).
     conn_closed: Notify,
+    /// Sessions of the HTTP fallback transport (`/sse`).
+    sse: sse::SseSessions,
 }
 
 impl std::ops::Deref for App {
@@ -136,6 +139,7 @@ impl Server {
             ip_limits,
             shutting_down: AtomicBool::new(false),
             conn_closed: Notify::new(),
+            sse: sse::SseSessions::default(),
         });
         Ok(Server { listener, app, tls })
     }

@@ -35,7 +35,7 @@ impl Session {
 }
 
 /// The close code and reason for each way a session ends (`docs/PROTOCOL.md`).
-fn close_for(ending: Ending) -> CloseWith {
+pub(super) fn close_for(ending: Ending) -> CloseWith {
     match ending {
         Ending::Unauthorized => CloseWith {
             code: close::UNAUTHORIZED,

@@ -210,6 +210,19 @@ impl Conn {
         self.drained.notify_waiters();
     }
 
+    /// Waits until a close is requested.
+    pub async fn wait_closing(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     /// Waits until at most half the queue budget is in use (or the
     /// connection is closing), so a long replay never trips the slow-consumer
     /// limit on a reader that keeps up.
