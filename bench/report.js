@@ -103,6 +103,10 @@ const fanTargets = [
   { key: { server: 'node-ws', mode: 'relay' }, title: 'Node.js `ws` broadcast baseline', short: 'Node ws', baseline: true },
   { key: { server: 'socketio', mode: 'socketio' }, title: 'Socket.IO broadcast baseline', short: 'Socket.IO', baseline: true },
 ];
+// The HTTP fallback's subscribers (publisher on /ws), measured at the small
+// fan-out size only.
+const sseTarget = { key: { server: 'switchboard', mode: 'sse' }, title: 'Switchboard, room mode, subscribers over SSE (`/sse`, the HTTP fallback)', short: 'Switchboard SSE' };
+const fanTargetsSmall = [...fanTargets.slice(0, 2), sseTarget, ...fanTargets.slice(2)];
 const flatOut = (rate) => rate === 0;
 const atFixedRate = (rate) => rate !== 0;
 const fanSet = (query, list = fanTargets) =>
@@ -111,8 +115,8 @@ const fanSet = (query, list = fanTargets) =>
 const fanSmall = Number(env.BENCH_SUBSCRIBERS);
 const fanBig = Number(env.BENCH_SUBSCRIBERS_BIG);
 const sets = {
-  flat: fanSet({ subscribers: fanSmall, rate: flatOut }),
-  fixed: fanSet({ subscribers: fanSmall, rate: atFixedRate }),
+  flat: fanSet({ subscribers: fanSmall, rate: flatOut }, fanTargetsSmall),
+  fixed: fanSet({ subscribers: fanSmall, rate: atFixedRate }, fanTargetsSmall),
   bigFlat: fanSet({ subscribers: fanBig, rate: flatOut }),
   bigFixed: fanSet({ subscribers: fanBig, rate: atFixedRate }, fanTargets.filter((t) => !t.baseline)),
 };
@@ -121,6 +125,7 @@ const connectTargets = [
   { key: { server: 'switchboard', mode: 'ws' }, title: 'Switchboard `/ws?user=` (identified, no room)', short: 'Switchboard ws', sb: true },
   { key: { server: 'switchboard', mode: 'room' }, title: 'Switchboard `/ws?user=` + `join` (100 per room)', short: 'Switchboard room', sb: true },
   { key: { server: 'switchboard', mode: 'relay' }, title: 'Switchboard `/relay/CHANNEL` (100 per channel)', short: 'Switchboard relay', sb: true },
+  { key: { server: 'switchboard', mode: 'sse' }, title: 'Switchboard `/sse?user=` + POSTed `join` (the HTTP fallback, 100 per room)', short: 'Switchboard SSE', sb: true },
   { key: { server: 'node-ws', mode: 'relay' }, title: 'Node.js `ws` baseline (any path)', short: 'Node ws', baseline: true },
   { key: { server: 'socketio', mode: 'socketio' }, title: 'Socket.IO baseline (namespace connected)', short: 'Socket.IO', baseline: true },
 ].map((t) => ({ ...t, ...measurement({ scenario: 'connect', ...t.key }) }));

@@ -361,17 +361,18 @@ server_of() {
   esac
 }
 
-# fanout NAME TARGET MODE RATE SUBSCRIBERS: one fanout measurement, fresh
-# server (Switchboard with the SQLite store).
+# fanout NAME TARGET MODE RATE SUBSCRIBERS [BENCH-FLAG...]: one fanout
+# measurement, fresh server (Switchboard with the SQLite store).
 fanout() {
   local name=$1 target=$2 mode=$3 rate=$4 subscribers=$5
+  shift 5
   start_target "$name" "$target" sqlite
   say "$target: fanout --mode $mode --rate $rate, $subscribers subscribers, $DURATION"
   local store=""
   if [ "$target" = switchboard ]; then store=sqlite; fi
   run_bench "$name" "$(server_of "$target")" "$store" "$(label "$target" "$mode")" fanout --url "ws://127.0.0.1:$PORT" --mode "$mode" \
     --subscribers "$subscribers" --publishers "$PUBLISHERS" --rate "$rate" \
-    --duration "$DURATION" --warmup "$WARMUP" --size "$SIZE" --window "$WINDOW" --lead "$LEAD"
+    --duration "$DURATION" --warmup "$WARMUP" --size "$SIZE" --window "$WINDOW" --lead "$LEAD" "$@"
   finish "$name" "$target"
 }
 
@@ -417,6 +418,8 @@ for rate in 0 "$RATE"; do
   if [ "$rate" = 0 ]; then set=flat; else set=fixed; fi
   fanout "$set-switchboard-room" switchboard room "$rate" "$SUBSCRIBERS"
   fanout "$set-switchboard-relay" switchboard relay "$rate" "$SUBSCRIBERS"
+  # The HTTP fallback's cost against the WebSocket's, same run.
+  fanout "$set-switchboard-sse" switchboard room "$rate" "$SUBSCRIBERS" --transport sse
   fanout "$set-node" node relay "$rate" "$SUBSCRIBERS"
   # The smoke run checks the Socket.IO client once (flat out: quickest).
   if ! $smoke || [ "$set" = flat ]; then
@@ -500,6 +503,7 @@ SECTION=connect
 connect connect-switchboard-ws switchboard ws
 connect connect-switchboard-room switchboard room
 connect connect-switchboard-relay switchboard relay
+connect connect-switchboard-sse switchboard sse
 connect connect-node node relay
 connect connect-socketio socketio socketio
 

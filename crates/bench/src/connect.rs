@@ -37,6 +37,7 @@ use tokio::sync::{oneshot, Notify, SemaphorePermit};
 use super::common::{self, CpuProbe, HANDSHAKE_TIMEOUT};
 use super::driver::{self, End, Frames, Problems, Run};
 use super::socketio;
+use super::sse;
 use super::wire::OP_TEXT;
 use super::wire::{self, Target};
 
@@ -64,6 +65,9 @@ pub enum Mode {
     /// Socket.IO v4 on /socket.io/ (WebSocket transport): ready when the
     /// namespace is connected (`40{"sid":…}`).
     Socketio,
+    /// Switchboard's HTTP fallback: GET /sse?user=cN, `join` POSTed, ready
+    /// at `joined` (the idle chat client of `room`, without a WebSocket).
+    Sse,
 }
 
 impl Mode {
@@ -73,6 +77,7 @@ impl Mode {
             Mode::Ws => "ws",
             Mode::Relay => "relay",
             Mode::Socketio => "socketio",
+            Mode::Sse => "sse",
         }
     }
 
@@ -83,6 +88,7 @@ impl Mode {
             Mode::Ws => "welcome",
             Mode::Relay => "the 101",
             Mode::Socketio => "namespace connected",
+            Mode::Sse => "joined",
         }
     }
 }
@@ -232,7 +238,14 @@ impl ConnCfg {
             Mode::Room | Mode::Ws => format!("/ws?user=c{n}"),
             Mode::Relay => format!("/relay/{}", self.group(n)),
             Mode::Socketio => socketio::PATH.to_string(),
+            Mode::Sse => format!("/sse?user=c{n}"),
         }
+    }
+
+    /// The `join` a room-mode connection sends first.
+    fn join(&self, n: usize) -> String {
+        let room = serde_json::to_string(&self.group(n)).unwrap_or_default();
+        format!("{{\"type\":\"join\",\"room\":{room}}}")
     }
 
     /// A failure reason without what varies from one connection to the
@@ -242,6 +255,7 @@ impl ConnCfg {
             Mode::Room | Mode::Ws => "/ws?user=cN",
             Mode::Relay => "/relay/CHANNEL",
             Mode::Socketio => socketio::PATH,
+            Mode::Sse => "/sse?user=cN",
         };
         reason.replace(&self.path(n), pattern)
     }
@@ -357,9 +371,9 @@ fn on_data(
     mask: [u8; 4],
 ) -> Result<bool, String> {
     match mode {
-        Mode::Room if payload.starts_with(b"{\"type\":\"joined\"") => Ok(true),
+        Mode::Room | Mode::Sse if payload.starts_with(b"{\"type\":\"joined\"") => Ok(true),
         Mode::Ws if payload.starts_with(b"{\"type\":\"welcome\"") => Ok(true),
-        Mode::Room | Mode::Ws if !ready && payload.starts_with(b"{\"type\":\"error\"") => Err(
+        Mode::Room | Mode::Ws | Mode::Sse if !ready && payload.starts_with(b"{\"type\":\"error\"") => Err(
             format!("server error: {}", String::from_utf8_lossy(payload)),
         ),
         Mode::Socketio => match socketio::on_packet(payload, out, mask) {
@@ -414,6 +428,9 @@ async fn idle_connection(run: Arc<Run>, tally: Arc<Tally>, cfg: Arc<ConnCfg>, n:
         return false;
     };
     let started = Instant::now();
+    if cfg.mode == Mode::Sse {
+        return idle_sse(&run, &tally, &cfg, n, permit, started).await;
+    }
     let path = cfg.path(n);
     let connected = tokio::select! {
         connected = run.dial(n, &path) => connected,
@@ -429,9 +446,7 @@ async fn idle_connection(run: Arc<Run>, tally: Arc<Tally>, cfg: Arc<ConnCfg>, n:
     let mask = wire::mask_for(n);
     let mut out = Vec::new();
     if cfg.mode == Mode::Room {
-        let room = serde_json::to_string(&cfg.group(n)).unwrap_or_default();
-        let join = format!("{{\"type\":\"join\",\"room\":{room}}}");
-        wire::encode_frame(&mut out, OP_TEXT, join.as_bytes(), mask);
+        wire::encode_frame(&mut out, OP_TEXT, cfg.join(n).as_bytes(), mask);
     }
     let mut idle = Idle {
         tally: &tally,
@@ -462,6 +477,61 @@ async fn idle_connection(run: Arc<Run>, tally: Arc<Tally>, cfg: Arc<ConnCfg>, n:
                 "upgraded but not ready ({}) within {HANDSHAKE_TIMEOUT:?}",
                 cfg.mode.ready_event()
             ));
+            false
+        }
+        End::Gone(how) if idle.ready => {
+            tally.dropped.fetch_add(1, Ordering::SeqCst);
+            count_reason(&tally.ends, how);
+            false
+        }
+        End::Gone(how) => {
+            tally.fail(format!("before ready: {how}"));
+            false
+        }
+    }
+}
+
+/// [`idle_connection`] over the HTTP fallback transport ([`sse::hold`]).
+async fn idle_sse<'a>(
+    run: &'a Run,
+    tally: &'a Tally,
+    cfg: &ConnCfg,
+    n: usize,
+    permit: SemaphorePermit<'a>,
+    started: Instant,
+) -> bool {
+    let source = run.source_for(n);
+    let query = format!("?user=c{n}");
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, sse::open(run.target(), source, &query)) => opened,
+        () = run.stopped() => return false,
+    };
+    let opened = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(err)) => {
+            tally.fail(cfg.reason(n, format!("{err:#}")));
+            return false;
+        }
+        Err(_) => {
+            tally.fail("GET /sse timed out".into());
+            return false;
+        }
+    };
+    let mut idle = Idle {
+        tally,
+        mode: cfg.mode,
+        mask: [0; 4],
+        started,
+        handshake: started.elapsed(),
+        ready: false,
+        permit: Some(permit),
+    };
+    let first = Some(cfg.join(n));
+    let end = sse::hold(opened, run.target(), source, first, run.stopped(), &mut idle).await;
+    match end {
+        End::Stopped => idle.ready,
+        End::Deadline => {
+            tally.fail(format!("opened but not joined within {HANDSHAKE_TIMEOUT:?}"));
             false
         }
         End::Gone(how) if idle.ready => {

@@ -114,6 +114,17 @@ impl Run {
         }
     }
 
+    /// Where connections go.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The source address connection number `n` binds (see
+    /// [`Target::source_for`]).
+    pub fn source_for(&self, n: usize) -> Option<std::net::IpAddr> {
+        self.target.source_for(n, self.conns_per_ip)
+    }
+
     /// [`Run::dial`] holding a place among the handshakes meanwhile.
     pub async fn connect(&self, n: usize, path: &str) -> Result<(TcpStream, Vec<u8>), String> {
         let _permit = self.permit().await;

@@ -16,6 +16,7 @@ use tokio::time::timeout;
 use super::common::{self, Window, CLOSE_WAIT, HANDSHAKE_TIMEOUT};
 use super::driver::{self, read_until, Frames, Gain, Outbox, Problems, Run};
 use super::socketio;
+use super::sse;
 use super::wire::OP_TEXT;
 use super::wire::{self, FrameBuf, Target};
 
@@ -53,6 +54,15 @@ impl Mode {
     }
 }
 
+/// How subscribers connect in room mode (publishers always use /ws).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// WebSocket, /ws.
+    Ws,
+    /// The HTTP fallback: events over SSE (GET /sse), the join POSTed.
+    Sse,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct FanoutArgs {
     /// Server to measure: ws://HOST:PORT (the path is set by --mode).
@@ -66,6 +76,10 @@ pub struct FanoutArgs {
     /// Subscriber connections.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
+    /// Room mode: how subscribers connect (`sse`: the HTTP fallback
+    /// transport; its server-side cost against `ws` in the same run).
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
     /// Publisher connections.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
@@ -106,6 +120,7 @@ pub struct FanoutArgs {
 struct Cfg {
     target: Target,
     mode: Mode,
+    transport: Transport,
     subscribers: usize,
     publishers: usize,
     rate: f64,
@@ -317,6 +332,9 @@ async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -
         slot.received.store(u64::MAX, Ordering::SeqCst);
         sh.progress.notify_waiters();
     };
+    if cfg.transport == Transport::Sse {
+        return sse_subscriber(run, sh, cfg, idx).await;
+    }
     let path = cfg.path(&format!("s{idx}"));
     let (stream, leftover) = match run.connect(idx, &path).await {
         Ok(connection) => connection,
@@ -363,6 +381,56 @@ async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -
         None => res.alive = true,
         Some(how) => {
             gone(&sh);
+            if joined {
+                sh.events.ended(format!("subscriber: {how}"));
+            } else {
+                run.fail(format!("subscriber {idx}: {how} before joining"));
+            }
+        }
+    }
+    res
+}
+
+/// A room-mode subscriber over the HTTP fallback transport: the same
+/// [`Subscriber`] counting, fed by [`sse::hold`].
+async fn sse_subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -> SubResult {
+    let mut frames = Subscriber {
+        run: &run,
+        sh: &sh,
+        cfg: &cfg,
+        idx,
+        mask: [0; 4],
+        res: SubResult::default(),
+        joined: false,
+        frames: 0,
+        samples: Vec::with_capacity(SAMPLE_BATCH),
+        now: 0,
+        measuring: false,
+    };
+    let source = run.source_for(idx);
+    let opened = {
+        let _permit = run.permit().await;
+        timeout(
+            HANDSHAKE_TIMEOUT,
+            sse::open(run.target(), source, &format!("?user=s{idx}")),
+        )
+        .await
+    };
+    let end = match opened {
+        Ok(Ok(opened)) => {
+            let first = Some(cfg.join.clone());
+            sse::hold(opened, run.target(), source, first, run.stopped(), &mut frames).await
+        }
+        Ok(Err(err)) => driver::End::Gone(format!("{err:#}")),
+        Err(_) => driver::End::Gone("GET /sse timed out".into()),
+    };
+    sh.record(&mut frames.samples);
+    let (mut res, joined) = (frames.res, frames.joined);
+    match end.unasked() {
+        None => res.alive = true,
+        Some(how) => {
+            sh.slots[idx].received.store(u64::MAX, Ordering::SeqCst);
+            sh.progress.notify_waiters();
             if joined {
                 sh.events.ended(format!("subscriber: {how}"));
             } else {
@@ -692,6 +760,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let cfg = Arc::new(Cfg {
         target,
         mode: args.mode,
+        transport: args.transport,
         subscribers: args.subscribers,
         publishers: args.publishers,
         rate: args.rate,
@@ -717,6 +786,12 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     };
     if args.mode == Mode::Room {
         pace.push_str(&format!(", ack window {}", args.window));
+    }
+    if args.transport == Transport::Sse {
+        if args.mode != Mode::Room {
+            bail!("--transport sse needs --mode room");
+        }
+        pace.push_str(", subscribers over SSE");
     }
     eprintln!(
         "fanout {} {}: {} subscribers, {} publisher(s), {pace}, {}-byte bodies, {:?} warm-up + {:?} measured",
@@ -807,7 +882,11 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let events = sh.events.take();
     let result = serde_json::json!({
         "scenario": "fanout",
-        "mode": args.mode.name(),
+        // Room mode with SSE subscribers is its own target in the report.
+        "mode": match (args.mode, args.transport) {
+            (Mode::Room, Transport::Sse) => "sse",
+            (mode, _) => mode.name(),
+        },
         "url": args.url,
         "subscribers": args.subscribers,
         "publishers": args.publishers,

@@ -29,6 +29,7 @@ mod fanout;
 mod publish;
 mod resume;
 mod socketio;
+mod sse;
 mod wire;
 
 #[derive(Parser)]
