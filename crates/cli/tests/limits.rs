@@ -211,3 +211,53 @@ async fn back_to_back_history_pages_do_not_overflow_the_queue() {
     // Still connected.
     assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
 }
+
+/// Sends `head` on a fresh connection and reads what comes back until the
+/// server closes: the status line's code, or None when it closed without
+/// answering.
+async fn answer_to_head(server: &Server, head: String) -> Option<u16> {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut read, mut write) = stream.split();
+    let mut response = Vec::new();
+    // Written while reading: the server may stop reading (and close) before
+    // all of it is sent, which fails the write but not the test.
+    let (_, read) = tokio::join!(
+        write.write_all(head.as_bytes()),
+        tokio::time::timeout(common::TIMEOUT, read.read_to_end(&mut response))
+    );
+    read.expect("the server neither answered nor closed").ok();
+    let response = String::from_utf8_lossy(&response);
+    response.get(9..12).and_then(|code| code.parse().ok())
+}
+
+/// A request head larger than 16 KiB is refused with 431, whether one line
+/// is long or there are many lines; a head just under the bound is served.
+#[tokio::test]
+async fn request_heads_over_16_kib_get_431() {
+    let server = Server::start();
+    let request = |extra: &str| {
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let long_line = format!("X-Pad: {}\r\n", "a".repeat(100 * 1024));
+    assert_eq!(
+        answer_to_head(&server, request(&long_line)).await,
+        Some(431)
+    );
+    let long_line = format!("X-Pad: {}\r\n", "a".repeat(17 * 1024));
+    assert_eq!(
+        answer_to_head(&server, request(&long_line)).await,
+        Some(431)
+    );
+    // Fewer headers than hyper's count limit (100), 18 KiB together.
+    let many: String = (0..90)
+        .map(|i| format!("X-Pad-{i}: {}\r\n", "b".repeat(200)))
+        .collect();
+    assert_eq!(answer_to_head(&server, request(&many)).await, Some(431));
+    // Over the count limit, though small.
+    let count: String = (0..120).map(|i| format!("X-N-{i}: 1\r\n")).collect();
+    assert_eq!(answer_to_head(&server, request(&count)).await, Some(431));
+    let fits = format!("X-Pad: {}\r\n", "a".repeat(15 * 1024));
+    assert_eq!(answer_to_head(&server, request(&fits)).await, Some(200));
+    // Others are served meanwhile.
+    server.connect("ok").await;
+}

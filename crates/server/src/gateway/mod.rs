@@ -243,6 +243,14 @@ async fn serve_connection(
     }
 }
 
+/// Largest request head (request line and headers), answered 431 beyond.
+/// Node's default: room for a long JWT in `Authorization`; clients that need
+/// more put their token in `hello`. `max_buf_size` alone does not bound the
+/// head: hyper checks it only while a head is incomplete, so one that
+/// arrives in a single large read is accepted whatever its size. hyper's
+/// own limit of 100 header lines applies too (431 as well).
+const MAX_HEAD: usize = 16 * 1024;
+
 /// HTTP/1.1 on a plain or TLS stream; a WebSocket upgrade takes the stream
 /// back from hyper (`socket::Stream::from_upgraded`).
 async fn serve_http<S>(stream: S, peer: SocketAddr, router: axum::Router, app: Arc<App>)
@@ -258,7 +266,11 @@ where
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        // Also bounds an idle keep-alive connection: hyper starts this
+        // clock whenever it waits for a request head, the first one or the
+        // next.
         .header_read_timeout(app.config.handshake_timeout)
+        .max_header_size(MAX_HEAD)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
