@@ -11,11 +11,25 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 async fn status_of(server: &Server, path: &str, origin: Option<&str>) -> u16 {
+    status_with_host(server, path, origin, None).await
+}
+
+/// The upgrade's status with these `Origin` and `Host` headers (`Host`
+/// from the URL when None).
+async fn status_with_host(
+    server: &Server,
+    path: &str,
+    origin: Option<&str>,
+    host: Option<&str>,
+) -> u16 {
     let mut request = server.url(path).into_client_request().unwrap();
     if let Some(origin) = origin {
         request
             .headers_mut()
             .insert("origin", origin.parse().unwrap());
+    }
+    if let Some(host) = host {
+        request.headers_mut().insert("host", host.parse().unwrap());
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok((ws, response)) => {
@@ -49,9 +63,27 @@ async fn origins_outside_the_allow_list_get_403() {
         status_of(&server, "/ws?user=a", Some("https://app.example.org")).await,
         101
     );
-    // Pages the server serves itself (same origin) are always allowed.
+    // Pages the server serves itself at its address are allowed unlisted.
     let own = format!("http://{}", server.addr);
     assert_eq!(status_of(&server, "/ws?user=a", Some(&own)).await, 101);
+    let localhost = format!("localhost:{}", server.addr.port());
+    let origin = format!("http://{localhost}");
+    assert_eq!(
+        status_with_host(&server, "/ws?user=a", Some(&origin), Some(&localhost)).await,
+        101
+    );
+    // DNS rebinding: a page at a name that resolves to this server has
+    // Origin = Host too, but a name must be listed.
+    let rebound = format!("rebind.example.net:{}", server.addr.port());
+    let origin = format!("http://{rebound}");
+    assert_eq!(
+        status_with_host(&server, "/ws?user=a", Some(&origin), Some(&rebound)).await,
+        403
+    );
+    assert_eq!(
+        status_with_host(&server, "/relay/x", Some(&origin), Some(&rebound)).await,
+        403
+    );
     // Non-browser clients send no Origin.
     assert_eq!(status_of(&server, "/ws?user=a", None).await, 101);
     // Default: any origin.

@@ -113,8 +113,10 @@ pub struct Config {
 
     /// Origins allowed to open WebSockets (browser `Origin` header): exact
     /// (`https://chat.example.com`) or wildcard subdomains
-    /// (`https://*.example.com`), comma-separated. Others get 403. Unset:
-    /// any origin (fine for tokens in headers/queries; set it in production).
+    /// (`https://*.example.com`), comma-separated. Others get 403, except a
+    /// page this server serves at an IP address or `localhost`; list the
+    /// origin you serve the chat app at under a name. Unset: any origin
+    /// (fine for tokens in headers/queries; set it in production).
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 

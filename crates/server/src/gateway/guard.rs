@@ -2,27 +2,37 @@
 //! the client address (through trusted proxies), and per-IP connection
 //! limits.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use axum::http::HeaderMap;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-/// Whether `origin` is allowed. A page served by this server (the Origin's
-/// host equals the request's `Host`) is always allowed, so the built-in
-/// chat app works whatever the list says. An empty list allows every origin. Entries
+/// Whether `origin` is allowed. An empty list allows every origin. Entries
 /// are exact origins (`https://chat.example.com`) or wildcard subdomains
 /// (`https://*.example.com`, which matches `https://a.example.com` and
 /// `https://a.b.example.com` but not `https://example.com`).
+///
+/// A page served by this server (the Origin's authority equals `Host`) is
+/// allowed without being listed only when `Host` is an IP address or
+/// `localhost`, so the built-in chat app works when reached that way. A
+/// named host must be listed: with DNS rebinding, an attacker's page at
+/// `http://evil.example:8080`, whose name now resolves to this server, sends
+/// `Origin: http://evil.example:8080` and `Host: evil.example:8080`, which
+/// match; an attacker cannot make a browser send an IP literal or
+/// `localhost` as the host of its own page.
 pub fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
     if allowed.is_empty() {
         return true;
     }
     let same_origin = match (origin, host) {
-        (Some(origin), Some(host)) => origin
-            .split_once("://")
-            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        (Some(origin), Some(host)) => {
+            address_host(host)
+                && origin
+                    .split_once("://")
+                    .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+        }
         _ => false,
     };
     if same_origin {
@@ -46,6 +56,28 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&st
             None => false,
         }
     })
+}
+
+/// Whether a `Host` value names no DNS name: an IPv4 address, a bracketed
+/// IPv6 address or `localhost`, each with an optional port.
+fn address_host(host: &str) -> bool {
+    let (literal, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) => (v6.parse::<Ipv6Addr>().is_ok(), port),
+            None => return false,
+        },
+        None => {
+            let (name, port) = host.find(':').map_or((host, ""), |i| host.split_at(i));
+            let literal =
+                name.parse::<Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost");
+            (literal, port)
+        }
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    literal && port_ok
 }
 
 /// The client's address: the peer, or — when the peer is a trusted proxy —
@@ -159,12 +191,10 @@ mod tests {
     #[test]
     fn origins() {
         let allowed = list(&["https://chat.example.com", "https://*.example.org"]);
-        let allowed_one = |o| origin_allowed(&allowed, o, Some("switchboard.local:8080"));
-        assert!(
-            allowed_one(Some("https://switchboard.local:8080")),
-            "same origin"
-        );
-        assert!(!allowed_one(Some("https://switchboard.local:9999")));
+        let allowed_one = |o| origin_allowed(&allowed, o, Some("127.0.0.1:8080"));
+        assert!(allowed_one(Some("http://127.0.0.1:8080")), "same origin");
+        assert!(!allowed_one(Some("http://127.0.0.1:9999")));
+        assert!(!allowed_one(Some("http://switchboard.local:8080")));
         assert!(origin_allowed(
             &allowed,
             Some("https://chat.example.com"),
@@ -204,6 +234,40 @@ mod tests {
         ));
         assert!(origin_allowed(&allowed, None, None));
         assert!(origin_allowed(&[], Some("https://anything"), None));
+    }
+
+    /// DNS rebinding: a page whose own name resolves to us has Origin and
+    /// Host equal, so same-origin alone must not let a named host in.
+    #[test]
+    fn same_origin_is_exempt_only_for_addresses_and_localhost() {
+        let allowed = list(&["https://chat.example.com"]);
+        let same = |origin: &str, host: &str| origin_allowed(&allowed, Some(origin), Some(host));
+        assert!(same("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(same("http://10.1.2.3", "10.1.2.3"));
+        assert!(same("http://[::1]:8080", "[::1]:8080"));
+        assert!(same("http://[2001:db8::1]", "[2001:db8::1]"));
+        assert!(same("http://localhost:8080", "localhost:8080"));
+        assert!(same("http://LocalHost", "localhost"));
+        // Rebinding: the attacker's name, whatever it resolves to.
+        assert!(!same("http://evil.example:8080", "evil.example:8080"));
+        assert!(!same("http://evil.example", "evil.example"));
+        assert!(!same(
+            "http://127.0.0.1.nip.io:8080",
+            "127.0.0.1.nip.io:8080"
+        ));
+        assert!(!same(
+            "http://localhost.evil.example",
+            "localhost.evil.example"
+        ));
+        assert!(!same("http://1.2.3.4:80:80", "1.2.3.4:80:80"));
+        assert!(!same("http://[::1", "[::1"));
+        assert!(!same("http://[evil]:80", "[evil]:80"));
+        assert!(!same("http://1.2.3.4:", "1.2.3.4:"));
+        // Listed, the server's own name is allowed like any other origin.
+        assert!(same("https://chat.example.com", "chat.example.com"));
+        // No list: everything, rebinding included (the documented default).
+        let any = |origin, host| origin_allowed(&[], Some(origin), Some(host));
+        assert!(any("http://evil.example:8080", "evil.example:8080"));
     }
 
     #[test]
