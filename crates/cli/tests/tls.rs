@@ -468,3 +468,39 @@ async fn https_request_heads_over_16_kib_get_431() {
     let answer = https_answer_to_head(server.addr, pki.client(), request(15 * 1024)).await;
     assert_eq!(answer, Some(200));
 }
+
+/// A TLS connection holds its slot in `--max-connections` from accept,
+/// through the handshake: connections that never finish one fill the
+/// server, the next is closed at accept (no handshake), and the WebSocket
+/// already open is not disturbed.
+#[tokio::test]
+async fn unfinished_tls_handshakes_count_in_the_connection_limit() {
+    let pki = Pki::new("switchboard test CA");
+    let files = CertFiles::new(&pki);
+    let server = Server::start_with(&[
+        "--store",
+        "memory",
+        "--max-connections",
+        "2",
+        "--tls-cert",
+        path_str(&files.cert()),
+        "--tls-key",
+        path_str(&files.key()),
+    ]);
+    let mut bystander = Wss::connect(server.addr, pki.client(), "bystander").await;
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    // Accepted in order: `silent` holds the last slot by now.
+    assert!(
+        handshake(server.addr, pki.client()).await.is_err(),
+        "a connection past the limit got a TLS handshake"
+    );
+    bystander.send(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(bystander.expect("pong").await["id"], "p");
+    drop(silent);
+    // The slot frees once the server has seen `silent` go.
+    let deadline = Instant::now() + TIMEOUT;
+    while handshake(server.addr, pki.client()).await.is_err() {
+        assert!(Instant::now() < deadline, "no slot freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -41,8 +41,8 @@ use crate::store::{MemoryStore, Retention, SqliteStore, Store, StoreError};
 /// to, for `app.hub`, `app.config`, …) plus the network edge's own state.
 pub struct App {
     pub service: Arc<Service>,
-    /// Connections and connection rate per client IP.
-    pub ip_limits: guard::IpLimits,
+    /// Connection slots (global and per IP) and the connect rate per IP.
+    pub gate: Arc<guard::Gate>,
     shutting_down: AtomicBool,
     /// Fired whenever a WebSocket connection ends (for shutdown draining).
     conn_closed: Notify,
@@ -120,8 +120,13 @@ impl Server {
         let pipeline = Pipeline::start(store.clone(), hub.clone(), settings)
             .map_err(|e| anyhow::anyhow!("cannot recover the store: {e}"))?;
         let listener = listen(config.listen)?;
-        let ip_limits =
-            guard::IpLimits::new(config.max_connections_per_ip, config.connect_rate_per_ip);
+        let gate = Arc::new(guard::Gate::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.connect_rate_per_ip,
+            config.trusted_proxies.clone(),
+            hub.metrics.sockets.clone(),
+        ));
         let app = Arc::new(App {
             service: Arc::new(Service {
                 config,
@@ -130,7 +135,7 @@ impl Server {
                 pipeline,
                 auth,
             }),
-            ip_limits,
+            gate,
             shutting_down: AtomicBool::new(false),
             conn_closed: Notify::new(),
         });
@@ -171,9 +176,13 @@ impl Server {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(serve_connection(stream, peer, router.clone(), app.clone(), tls.clone()));
-                    }
+                    Ok((stream, peer)) => match app.gate.open(peer.ip()) {
+                        Ok(slot) => {
+                            let serve = serve_connection(stream, peer, slot, router.clone(), app.clone(), tls.clone());
+                            tokio::spawn(serve);
+                        }
+                        Err(refusal) => refuse_at_accept(&app, stream, refusal, tls.is_some()),
+                    },
                     Err(err) => {
                         // Usually EMFILE: back off briefly instead of spinning.
                         tracing::warn!(%err, "accept failed");
@@ -222,9 +231,43 @@ impl Server {
     }
 }
 
+/// Turns away a connection over the limits, at once and without waiting
+/// on the client: on plain HTTP with a canned 503/429 (what a WebSocket
+/// client or a load balancer can report), on TLS by closing (a handshake
+/// costs more than the refusal should).
+fn refuse_at_accept(app: &App, stream: TcpStream, refusal: guard::Refusal, tls: bool) {
+    app.hub.metrics.connections_refused.increment(1);
+    if tls {
+        return;
+    }
+    let response: &[u8] = match refusal {
+        guard::Refusal::Full => concat!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n",
+            "Content-Length: 25\r\nConnection: close\r\n\r\nconnection limit reached\n"
+        )
+        .as_bytes(),
+        guard::Refusal::TooManyConnections | guard::Refusal::TooFast => concat!(
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n",
+            "Content-Length: 39\r\nConnection: close\r\n\r\ntoo many connections from this address\n"
+        )
+        .as_bytes(),
+    };
+    // Whatever of the request has arrived is read first: closing a socket
+    // with unread input resets it, and the reset can overtake the answer.
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n == sink.len() => continue,
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(response);
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    slot: guard::Slot,
     router: axum::Router,
     app: Arc<App>,
     tls: Option<Arc<tls::Tls>>,
@@ -232,10 +275,11 @@ async fn serve_connection(
     // Small messages must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        return serve_http(stream, peer, router, app).await;
+        return serve_http(socket::Counted::new(stream, slot), peer, router, app).await;
     };
+    // The slot is held through the handshake too.
     match tls.accept(stream, app.config.handshake_timeout).await {
-        Ok(stream) => serve_http(stream, peer, router, app).await,
+        Ok(stream) => serve_http(socket::Counted::new(stream, slot), peer, router, app).await,
         Err(err) => {
             app.hub.metrics.tls_handshake_failures.increment(1);
             tracing::debug!(%err, %peer, "TLS handshake failed");
@@ -342,6 +386,6 @@ async fn heartbeat_loop(app: Arc<App>) {
     loop {
         ticker.tick().await;
         app.hub.heartbeat(period * 2);
-        app.ip_limits.sweep();
+        app.gate.sweep();
     }
 }
