@@ -373,9 +373,14 @@ fn on_data(
     match mode {
         Mode::Room | Mode::Sse if payload.starts_with(b"{\"type\":\"joined\"") => Ok(true),
         Mode::Ws if payload.starts_with(b"{\"type\":\"welcome\"") => Ok(true),
-        Mode::Room | Mode::Ws | Mode::Sse if !ready && payload.starts_with(b"{\"type\":\"error\"") => Err(
-            format!("server error: {}", String::from_utf8_lossy(payload)),
-        ),
+        Mode::Room | Mode::Ws | Mode::Sse
+            if !ready && payload.starts_with(b"{\"type\":\"error\"") =>
+        {
+            Err(format!(
+                "server error: {}",
+                String::from_utf8_lossy(payload)
+            ))
+        }
         Mode::Socketio => match socketio::on_packet(payload, out, mask) {
             socketio::Step::Connected => Ok(true),
             socketio::Step::Closed(how) => Err(how),
@@ -527,11 +532,21 @@ async fn idle_sse<'a>(
         permit: Some(permit),
     };
     let first = Some(cfg.join(n));
-    let end = sse::hold(opened, run.target(), source, first, run.stopped(), &mut idle).await;
+    let end = sse::hold(
+        opened,
+        run.target(),
+        source,
+        first,
+        run.stopped(),
+        &mut idle,
+    )
+    .await;
     match end {
         End::Stopped => idle.ready,
         End::Deadline => {
-            tally.fail(format!("opened but not joined within {HANDSHAKE_TIMEOUT:?}"));
+            tally.fail(format!(
+                "opened but not joined within {HANDSHAKE_TIMEOUT:?}"
+            ));
             false
         }
         End::Gone(how) if idle.ready => {

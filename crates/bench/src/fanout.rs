@@ -419,7 +419,15 @@ async fn sse_subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usiz
     let end = match opened {
         Ok(Ok(opened)) => {
             let first = Some(cfg.join.clone());
-            sse::hold(opened, run.target(), source, first, run.stopped(), &mut frames).await
+            sse::hold(
+                opened,
+                run.target(),
+                source,
+                first,
+                run.stopped(),
+                &mut frames,
+            )
+            .await
         }
         Ok(Err(err)) => driver::End::Gone(format!("{err:#}")),
         Err(_) => driver::End::Gone("GET /sse timed out".into()),

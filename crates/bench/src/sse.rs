@@ -36,7 +36,10 @@ pub async fn open(
     if !status.starts_with("HTTP/1.1 200") {
         bail!("GET /sse refused: {status}");
     }
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         bail!("GET /sse: expected a chunked event stream");
     }
     Ok((stream, rest))

@@ -677,3 +677,24 @@ async fn shutdown_ends_streams_with_a_close_event() {
     assert_eq!(code, 1001);
     assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// A session holds a place in the connection limits of its own (it outlives
+/// the HTTP connections that carry it), besides its stream's connection.
+#[tokio::test]
+async fn sessions_count_in_the_connection_limits() {
+    let server = Server::start_with(&["--max-connections", "3"]);
+
+    let mut ann = open_stream(&server, "?user=ann", &[]).await;
+    ann.session().await;
+    ann.expect("welcome").await;
+
+    // Its stream's connection and the session: 2 of 3. The next stream's
+    // connection is the third, and its session is refused.
+    match open(&server, "?user=bob", &[]).await {
+        Opened::Refused(status, body) => {
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("connection limit"), "{body}");
+        }
+        Opened::Stream(_) => panic!("a session beyond --max-connections"),
+    }
+}

@@ -428,3 +428,79 @@ async fn shutdown_closes_wss_connections_with_1001() {
     while let Ok(Some(_)) = tokio::time::timeout(TIMEOUT, client.ws.next()).await {}
     assert_eq!(server.wait_exit(TIMEOUT), Some(0));
 }
+
+/// Sends `head` over https and reads until the server closes: the status
+/// code, or None when it closed without answering.
+async fn https_answer_to_head(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    head: String,
+) -> Option<u16> {
+    let stream = handshake(addr, config).await.expect("TLS handshake");
+    let (mut read, mut write) = tokio::io::split(stream);
+    let mut response = Vec::new();
+    // Written while reading: the server may close before taking all of it.
+    let (_, read) = tokio::join!(
+        write.write_all(head.as_bytes()),
+        tokio::time::timeout(TIMEOUT, read.read_to_end(&mut response))
+    );
+    read.expect("the server neither answered nor closed").ok();
+    let response = String::from_utf8_lossy(&response);
+    response.get(9..12).and_then(|code| code.parse().ok())
+}
+
+/// The 16 KiB bound on request heads holds over TLS too. (Here the head
+/// arrives in records of at most 16 KiB, so hyper's read buffer bound, 64 KiB,
+/// refused 100 KiB heads but not 20 KiB ones.)
+#[tokio::test]
+async fn https_request_heads_over_16_kib_get_431() {
+    let pki = Pki::new("switchboard test CA");
+    let files = CertFiles::new(&pki);
+    let server = files.start_server();
+    let request = |pad: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(pad)
+        )
+    };
+    let answer = https_answer_to_head(server.addr, pki.client(), request(20 * 1024)).await;
+    assert_eq!(answer, Some(431));
+    let answer = https_answer_to_head(server.addr, pki.client(), request(15 * 1024)).await;
+    assert_eq!(answer, Some(200));
+}
+
+/// A TLS connection holds its slot in `--max-connections` from accept,
+/// through the handshake: connections that never finish one fill the
+/// server, the next is closed at accept (no handshake), and the WebSocket
+/// already open is not disturbed.
+#[tokio::test]
+async fn unfinished_tls_handshakes_count_in_the_connection_limit() {
+    let pki = Pki::new("switchboard test CA");
+    let files = CertFiles::new(&pki);
+    let server = Server::start_with(&[
+        "--store",
+        "memory",
+        "--max-connections",
+        "2",
+        "--tls-cert",
+        path_str(&files.cert()),
+        "--tls-key",
+        path_str(&files.key()),
+    ]);
+    let mut bystander = Wss::connect(server.addr, pki.client(), "bystander").await;
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    // Accepted in order: `silent` holds the last slot by now.
+    assert!(
+        handshake(server.addr, pki.client()).await.is_err(),
+        "a connection past the limit got a TLS handshake"
+    );
+    bystander.send(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(bystander.expect("pong").await["id"], "p");
+    drop(silent);
+    // The slot frees once the server has seen `silent` go.
+    let deadline = Instant::now() + TIMEOUT;
+    while handshake(server.addr, pki.client()).await.is_err() {
+        assert!(Instant::now() < deadline, "no slot freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

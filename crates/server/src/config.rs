@@ -44,7 +44,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_COMPRESS_MIN", default_value = "64B", value_parser = parse_size_or_zero)]
     pub compress_min: usize,
 
-    /// Maximum simultaneous WebSocket connections; upgrades past it get 503.
+    /// Maximum simultaneous client connections of every kind (WebSockets,
+    /// plain HTTP, TLS handshakes); connections past it are answered 503 and
+    /// closed at accept (with TLS: closed).
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
@@ -53,7 +55,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub hello_timeout: Duration,
 
-    /// Time an HTTP client has to send its request head (slowloris guard).
+    /// Time an HTTP client has to send its request head (slowloris guard);
+    /// also the longest an HTTP connection stays open idle between
+    /// requests, and the time for a TLS handshake and an API request body.
     #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
@@ -129,8 +133,10 @@ pub struct Config {
 
     /// Origins allowed to open WebSockets (browser `Origin` header): exact
     /// (`https://chat.example.com`) or wildcard subdomains
-    /// (`https://*.example.com`), comma-separated. Others get 403. Unset:
-    /// any origin (fine for tokens in headers/queries; set it in production).
+    /// (`https://*.example.com`), comma-separated. Others get 403, except a
+    /// page this server serves at an IP address or `localhost`; list the
+    /// origin you serve the chat app at under a name. Unset: any origin
+    /// (fine for tokens in headers/queries; set it in production).
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
@@ -151,7 +157,9 @@ pub struct Config {
     )]
     pub max_connections_per_user: usize,
 
-    /// Most simultaneous connections from one IP address (0 = unlimited).
+    /// Most simultaneous connections from one IP address, of every kind (0 =
+    /// unlimited); past it, 429 and closed at accept. Through a trusted
+    /// proxy, WebSockets count under the forwarded address instead.
     #[arg(
         long,
         env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",

@@ -11,6 +11,7 @@ use switchboard_protocol::ErrorCode;
 pub struct Metrics {
     handle: PrometheusHandle,
     pub connections: Gauge,
+    pub sockets: Gauge,
     pub users: Gauge,
     pub rooms: Gauge,
     pub connections_accepted: Counter,
@@ -75,6 +76,10 @@ impl Metrics {
         Metrics {
             handle: recorder.handle(),
             connections: gauge("switchboard_connections", "open WebSocket connections"),
+            sockets: gauge(
+                "switchboard_sockets",
+                "open client connections of every kind (HTTP, TLS handshakes, WebSockets); --max-connections bounds it",
+            ),
             users: gauge("switchboard_users", "distinct identified users online"),
             rooms: gauge("switchboard_rooms", "rooms with at least one member"),
             connections_accepted: counter(
@@ -83,7 +88,7 @@ impl Metrics {
             ),
             connections_refused: counter(
                 "switchboard_connections_refused_total",
-                "WebSocket upgrades refused (limits, bad handshakes)",
+                "connections refused at accept (connection limits) and WebSocket upgrades refused (limits, bad handshakes)",
             ),
             messages_in: counter(
                 "switchboard_messages_in_total",

@@ -224,6 +224,49 @@ impl Drop for Server {
     }
 }
 
+/// A TCP connection to the server from `source`, one of this machine's
+/// loopback addresses (all of 127.0.0.0/8), so that one test can be several
+/// clients to the per-IP limits.
+pub async fn tcp_from(source: &str, server: &Server) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    let source: std::net::IpAddr = source.parse().expect("source address");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind the source address");
+    socket.connect(server.addr).await.expect("connect")
+}
+
+/// A WebSocket upgrade to `path` from `source` with these extra headers:
+/// the client, or the status it was refused with.
+pub async fn upgrade_from(
+    source: &str,
+    server: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server.url(path).into_client_request().expect("request");
+    for (name, value) in headers {
+        let name: tokio_tungstenite::tungstenite::http::HeaderName =
+            name.parse().expect("header name");
+        request
+            .headers_mut()
+            .insert(name, value.parse().expect("header value"));
+    }
+    let stream = tcp_from(source, server).await;
+    let connect = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream));
+    match tokio::time::timeout(TIMEOUT, connect)
+        .await
+        .expect("upgrade timeout")
+    {
+        Ok((ws, _)) => Ok(Client::from_stream(ws)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(other) => panic!("upgrade failed without an HTTP answer: {other:?}"),
+    }
+}
+
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,

@@ -1,6 +1,5 @@
 //! HTTP routes and the WebSocket upgrade handshake (RFC 6455 §4.2).
 
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use serde::Deserialize;
 use switchboard_protocol::{validate_device, validate_room, validate_user};
 use switchboard_ws::{DeflateConfig, Handshake, Rejection, UpgradeRequest};
 
-use super::guard::{self, Refusal};
+use super::guard::{self, Refusal, Slot};
 use super::relay::RelaySession;
 use super::session::{Session, Start};
 use super::ConnectInfo;
@@ -192,12 +191,18 @@ impl<T: socket::Handler + ?Sized> socket::Handler for Box<T> {
     }
 }
 
-/// A connection's handler plus its per-IP slot, released as soon as the
-/// connection is unregistered (not when its task finally ends).
+/// A connection's handler plus its slots in the connection limits, given
+/// back as soon as the connection is unregistered (not when its task
+/// finally ends, up to `CLOSE_GRACE` later): a client that sees its
+/// connection end can connect again at once.
 struct Admitted {
     inner: MakeHandler,
     app: Arc<App>,
-    ip: Option<IpAddr>,
+    /// The connection's slot since accept (from hyper's stream once the
+    /// upgrade completes).
+    slot: Option<Slot>,
+    /// Through a trusted proxy: the forwarded client's per-IP count.
+    client: Option<Slot>,
 }
 
 impl socket::Handler for Admitted {
@@ -215,10 +220,11 @@ impl socket::Handler for Admitted {
         self.inner.on_deadline()
     }
     fn on_close(&mut self) {
+        // First, so the slots are free before anyone can see this
+        // connection leave.
+        self.slot = None;
+        self.client = None;
         self.inner.on_close();
-        if let Some(ip) = self.ip.take() {
-            self.app.ip_limits.release(ip);
-        }
     }
     fn on_finish(&mut self) {
         self.app.conn_closed.notify_waiters();
@@ -235,11 +241,11 @@ where
         Ok(handshake) => handshake,
         Err(rejection) => return refuse_handshake(&app, rejection),
     };
-    let ip = match admit(&app, &req) {
-        Ok(ip) => ip,
+    let client = match admit(&app, &req) {
+        Ok(client) => client,
         Err((status, message)) => return refuse(&app, status, message),
     };
-    accept(app, req, handshake, ip, make)
+    accept(app, req, handshake, client, make)
 }
 
 /// The RFC 6455 §4.2.1 request checks and the handshake's answer
@@ -281,13 +287,39 @@ fn refuse_handshake(app: &App, rejection: Rejection) -> Response {
     response
 }
 
-/// Whether this server takes the connection now: origin, shutdown, capacity,
-/// then the per-IP limits. On success, the client IP whose slot was taken;
-/// else the status and text to refuse with.
-pub(super) fn admit(
+/// Whether this server takes the WebSocket now: origin, shutdown, then the
+/// per-IP limits (the connection already holds its slot in
+/// `--max-connections`, since accept). On success, through a trusted proxy,
+/// the forwarded client's per-IP count; else the status and text to refuse
+/// with.
+fn admit(app: &App, req: &Request) -> Result<Option<Slot>, (StatusCode, &'static str)> {
+    let Some(peer) = may_open(app, req)? else {
+        return Ok(None);
+    };
+    app.gate.upgrade(peer, req.headers()).map_err(refusal)
+}
+
+/// Whether this server takes a session of the HTTP fallback transport now:
+/// origin, shutdown, then a slot of its own ([`guard::Gate::session`]).
+pub(super) fn admit_session(
     app: &App,
     req: &Request,
-) -> Result<Option<IpAddr>, (StatusCode, &'static str)> {
+) -> Result<Option<Slot>, (StatusCode, &'static str)> {
+    let Some(peer) = may_open(app, req)? else {
+        return Ok(None);
+    };
+    app.gate
+        .session(peer, req.headers())
+        .map(Some)
+        .map_err(refusal)
+}
+
+/// The checks before any count is taken: origin and shutdown. The peer, if
+/// known, for the per-IP limits (so every refusal here leaves them alone).
+fn may_open(
+    app: &App,
+    req: &Request,
+) -> Result<Option<std::net::SocketAddr>, (StatusCode, &'static str)> {
     let headers = req.headers();
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
@@ -297,23 +329,21 @@ pub(super) fn admit(
     if app.shutting_down.load(Ordering::Relaxed) {
         return Err((StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"));
     }
-    if app.hub.connection_count() >= app.config.max_connections {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "connection limit reached"));
+    Ok(req.extensions().get::<ConnectInfo>().map(|c| c.0))
+}
+
+fn refusal(refusal: Refusal) -> (StatusCode, &'static str) {
+    match refusal {
+        Refusal::Full => (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached"),
+        Refusal::TooManyConnections => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address",
+        ),
+        Refusal::TooFast => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "connecting too fast from this address",
+        ),
     }
-    // Per-IP limits last, so every refusal above leaves the counters alone.
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo>()
-        .map(|c| guard::client_ip(c.0, headers, &app.config.trusted_proxies));
-    if let Some(ip) = ip {
-        let message = match app.ip_limits.admit(ip) {
-            Ok(()) => return Ok(Some(ip)),
-            Err(Refusal::TooManyConnections) => "too many connections from this address",
-            Err(Refusal::TooFast) => "connecting too fast from this address",
-        };
-        return Err((StatusCode::TOO_MANY_REQUESTS, message));
-    }
-    Ok(None)
 }
 
 /// Registers the connection, answers 101 and runs the socket loop on the
@@ -322,7 +352,7 @@ fn accept<F>(
     app: Arc<App>,
     mut req: Request,
     handshake: Handshake,
-    ip: Option<IpAddr>,
+    client: Option<Slot>,
     make: F,
 ) -> Response
 where
@@ -352,7 +382,8 @@ where
     let handler = Admitted {
         inner: make(app.clone(), conn.clone()),
         app: app.clone(),
-        ip,
+        slot: None,
+        client,
     };
     spawn_socket(app, on_upgrade, conn, handler);
     response
@@ -378,11 +409,12 @@ fn spawn_socket(
                 None
             }
         };
-        let Some((stream, read_buf)) = parts else {
+        let Some((stream, slot, read_buf)) = parts else {
             socket::Handler::on_close(&mut handler);
             socket::Handler::on_finish(&mut handler);
             return;
         };
+        handler.slot = slot;
         // A task of its own: this one's future keeps everything it
         // captured to the end, so the connection would carry it all.
         let hub = app.hub.clone();

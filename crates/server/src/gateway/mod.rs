@@ -42,8 +42,8 @@ use crate::store::{MemoryStore, Retention, SqliteStore, Store, StoreError};
 /// to, for `app.hub`, `app.config`, …) plus the network edge's own state.
 pub struct App {
     pub service: Arc<Service>,
-    /// Connections and connection rate per client IP.
-    pub ip_limits: guard::IpLimits,
+    /// Connection slots (global and per IP) and the connect rate per IP.
+    pub gate: Arc<guard::Gate>,
     shutting_down: AtomicBool,
     /// Fired whenever a WebSocket connection ends (for shutdown draining).
     conn_closed: Notify,
@@ -126,8 +126,13 @@ impl Server {
         let pipeline = Pipeline::start(store.clone(), hub.clone(), settings)
             .map_err(|e| anyhow::anyhow!("cannot recover the store: {e}"))?;
         let listener = listen(config.listen)?;
-        let ip_limits =
-            guard::IpLimits::new(config.max_connections_per_ip, config.connect_rate_per_ip);
+        let gate = Arc::new(guard::Gate::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.connect_rate_per_ip,
+            config.trusted_proxies.clone(),
+            hub.metrics.sockets.clone(),
+        ));
         let app = Arc::new(App {
             service: Arc::new(Service {
                 config,
@@ -136,7 +141,7 @@ impl Server {
                 pipeline,
                 auth,
             }),
-            ip_limits,
+            gate,
             shutting_down: AtomicBool::new(false),
             conn_closed: Notify::new(),
             sse: sse::SseSessions::default(),
@@ -178,9 +183,13 @@ impl Server {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(serve_connection(stream, peer, router.clone(), app.clone(), tls.clone()));
-                    }
+                    Ok((stream, peer)) => match app.gate.open(peer.ip()) {
+                        Ok(slot) => {
+                            let serve = serve_connection(stream, peer, slot, router.clone(), app.clone(), tls.clone());
+                            tokio::spawn(serve);
+                        }
+                        Err(refusal) => refuse_at_accept(&app, stream, refusal, tls.is_some()),
+                    },
                     Err(err) => {
                         // Usually EMFILE: back off briefly instead of spinning.
                         tracing::warn!(%err, "accept failed");
@@ -229,9 +238,43 @@ impl Server {
     }
 }
 
+/// Turns away a connection over the limits, at once and without waiting
+/// on the client: on plain HTTP with a canned 503/429 (what a WebSocket
+/// client or a load balancer can report), on TLS by closing (a handshake
+/// costs more than the refusal should).
+fn refuse_at_accept(app: &App, stream: TcpStream, refusal: guard::Refusal, tls: bool) {
+    app.hub.metrics.connections_refused.increment(1);
+    if tls {
+        return;
+    }
+    let response: &[u8] = match refusal {
+        guard::Refusal::Full => concat!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n",
+            "Content-Length: 25\r\nConnection: close\r\n\r\nconnection limit reached\n"
+        )
+        .as_bytes(),
+        guard::Refusal::TooManyConnections | guard::Refusal::TooFast => concat!(
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n",
+            "Content-Length: 39\r\nConnection: close\r\n\r\ntoo many connections from this address\n"
+        )
+        .as_bytes(),
+    };
+    // Whatever of the request has arrived is read first: closing a socket
+    // with unread input resets it, and the reset can overtake the answer.
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n == sink.len() => continue,
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(response);
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    slot: guard::Slot,
     router: axum::Router,
     app: Arc<App>,
     tls: Option<Arc<tls::Tls>>,
@@ -239,16 +282,25 @@ async fn serve_connection(
     // Small messages must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        return serve_http(stream, peer, router, app).await;
+        return serve_http(socket::Counted::new(stream, slot), peer, router, app).await;
     };
+    // The slot is held through the handshake too.
     match tls.accept(stream, app.config.handshake_timeout).await {
-        Ok(stream) => serve_http(stream, peer, router, app).await,
+        Ok(stream) => serve_http(socket::Counted::new(stream, slot), peer, router, app).await,
         Err(err) => {
             app.hub.metrics.tls_handshake_failures.increment(1);
             tracing::debug!(%err, %peer, "TLS handshake failed");
         }
     }
 }
+
+/// Largest request head (request line and headers), answered 431 beyond.
+/// Node's default: room for a long JWT in `Authorization`; clients that need
+/// more put their token in `hello`. `max_buf_size` alone does not bound the
+/// head: hyper checks it only while a head is incomplete, so one that
+/// arrives in a single large read is accepted whatever its size. hyper's
+/// own limit of 100 header lines applies too (431 as well).
+const MAX_HEAD: usize = 16 * 1024;
 
 /// HTTP/1.1 on a plain or TLS stream; a WebSocket upgrade takes the stream
 /// back from hyper (`socket::Stream::from_upgraded`).
@@ -265,7 +317,11 @@ where
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        // Also bounds an idle keep-alive connection: hyper starts this
+        // clock whenever it waits for a request head, the first one or the
+        // next.
         .header_read_timeout(app.config.handshake_timeout)
+        .max_header_size(MAX_HEAD)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
@@ -337,6 +393,6 @@ async fn heartbeat_loop(app: Arc<App>) {
     loop {
         ticker.tick().await;
         app.hub.heartbeat(period * 2);
-        app.ip_limits.sweep();
+        app.gate.sweep();
     }
 }

@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 
+use super::guard::Slot;
 use crate::hub::{Conn, Hub};
 
 /// How long we wait for the peer's close frame after sending ours, and for
@@ -78,15 +79,80 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// Recovers the stream we served hyper (plain or TLS) and the bytes
-    /// hyper read past the request head.
-    pub fn from_upgraded(upgraded: Upgraded) -> Option<(Stream, Bytes)> {
-        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => return Some((Stream::Plain(parts.io.into_inner()), parts.read_buf)),
+    /// Recovers the stream we served hyper (plain or TLS), its connection
+    /// slot and the bytes hyper read past the request head.
+    pub fn from_upgraded(upgraded: Upgraded) -> Option<(Stream, Option<Slot>, Bytes)> {
+        let upgraded = match upgraded.downcast::<TokioIo<Counted<TcpStream>>>() {
+            Ok(parts) => {
+                let Counted { slot, io } = parts.io.into_inner();
+                return Some((Stream::Plain(io), slot, parts.read_buf));
+            }
             Err(upgraded) => upgraded,
         };
-        let parts = upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>().ok()?;
-        Some((Stream::Tls(Box::new(parts.io.into_inner())), parts.read_buf))
+        let parts = upgraded
+            .downcast::<TokioIo<Counted<TlsStream<TcpStream>>>>()
+            .ok()?;
+        let Counted { slot, io } = parts.io.into_inner();
+        Some((Stream::Tls(Box::new(io)), slot, parts.read_buf))
+    }
+}
+
+/// A stream served to hyper together with its connection's [`Slot`], so
+/// the slot lives exactly as long as hyper has the stream, and goes with it
+/// to the socket loop when the connection becomes a WebSocket.
+pub struct Counted<S> {
+    // Before `io`: fields drop in order, so the slot is free by the time
+    // the socket closes.
+    slot: Option<Slot>,
+    io: S,
+}
+
+impl<S> Counted<S> {
+    pub fn new(io: S, slot: Slot) -> Counted<S> {
+        Counted {
+            slot: Some(slot),
+            io,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

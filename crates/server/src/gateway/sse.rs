@@ -19,7 +19,6 @@
 //! See `docs/PROTOCOL.md`, "HTTP transport".
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,7 +39,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::api::{read_body_within, ApiError};
-use super::guard;
+use super::guard::{self, Slot};
 use super::http::{self, WsQuery};
 use super::session::close_for;
 use super::App;
@@ -76,8 +75,9 @@ struct SseSession {
     /// Wakes the session's driver: the deadline may have moved, or the
     /// stream detached.
     poke: Notify,
-    /// The per-IP slot taken at open, given back when the session ends.
-    ip: Option<IpAddr>,
+    /// The session's place in the connection limits, given back when it
+    /// ends ([`super::guard::Gate::session`]).
+    slot: Mutex<Option<Slot>>,
 }
 
 struct StreamState {
@@ -116,8 +116,8 @@ async fn open(
     if let Some(resumed) = reattach(&app, req.headers(), &start) {
         return with_cors(resumed, origin);
     }
-    let ip = match http::admit(&app, &req) {
-        Ok(ip) => ip,
+    let slot = match http::admit_session(&app, &req) {
+        Ok(slot) => slot,
         Err((status, message)) => return http::refuse(&app, status, message),
     };
     app.hub.metrics.connections_accepted.increment(1);
@@ -128,9 +128,7 @@ async fn open(
         // does not retry (it would for a stream that just ended).
         let mut client = client;
         client.close();
-        if let Some(ip) = ip {
-            app.ip_limits.release(ip);
-        }
+        drop(slot);
         let (status, code, message) = match ending {
             Ending::TooManyConnections => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -163,7 +161,7 @@ async fn open(
             ended: false,
         }),
         poke: Notify::new(),
-        ip,
+        slot: Mutex::new(slot),
     });
     app.sse.map.insert(id.clone(), session.clone());
     let hello = session_event(&app, &id, Some(0), false);
@@ -430,9 +428,7 @@ async fn drive(app: Arc<App>, session: Arc<SseSession>) {
     }
     app.sse.map.remove(&session.id);
     session.client.lock().close();
-    if let Some(ip) = session.ip {
-        app.ip_limits.release(ip);
-    }
+    drop(session.slot.lock().take());
     app.conn_closed.notify_waiters();
 }
 
