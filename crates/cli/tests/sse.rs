@@ -272,6 +272,10 @@ async fn an_sse_client_uses_every_command_with_websocket_clients() {
     assert_eq!(session.len(), 32, "{hello}");
     assert_eq!(hello["heartbeat"], 25_000);
     assert_eq!(hello["resumed"], false);
+    assert_eq!(
+        hello["user"], "ann",
+        "identified by the query: no hello needed"
+    );
     let welcome = ann.expect("welcome").await;
     assert_eq!(welcome["user"], "ann");
 
@@ -412,6 +416,7 @@ async fn a_broken_stream_resumes_by_last_event_id_without_loss_or_duplicates() {
     let (resumed_session, hello) = again.session().await;
     assert_eq!(resumed_session, session);
     assert_eq!(hello["resumed"], true);
+    assert_eq!(hello["user"], "ann");
     let mut ids = Vec::new();
     for seq in 2..=4 {
         let (id, m) = again.recv().await;
@@ -461,8 +466,9 @@ async fn auth_limits_and_origins_are_the_websocket_ones() {
 
     // No token: as on /ws, the session waits for a `hello` with one, and
     // ends when none comes in time.
-    let mut pending = open_stream(&server, "", &[]).await;
-    pending.session().await;
+    let mut pending = open_stream(&server, "?user=ann", &[]).await;
+    let (_, hello) = pending.session().await;
+    assert!(hello.get("user").is_none(), "waits for a hello: {hello}");
     assert_eq!(pending.expect("error").await["code"], "unauthorized");
     assert_eq!(pending.expect_close().await.0, 4001);
     // A bad token: refused with a status EventSource does not retry.
@@ -488,7 +494,8 @@ async fn auth_limits_and_origins_are_the_websocket_ones() {
         &[("Origin", "https://chat.example.com")],
     )
     .await;
-    let (session, _) = ann.session().await;
+    let (session, hello) = ann.session().await;
+    assert_eq!(hello["user"], "ann", "identified by the token");
     assert_eq!(ann.expect("welcome").await["user"], "ann");
 
     // POSTs need a token for the same user.
@@ -523,6 +530,25 @@ async fn auth_limits_and_origins_are_the_websocket_ones() {
     assert_eq!(
         post(&server, &session, &many, Some(&ann_token)).await.0,
         413
+    );
+}
+
+#[tokio::test]
+async fn a_session_opened_without_identity_says_so_and_takes_a_hello() {
+    let server = Server::start();
+    let mut anon = open_stream(&server, "", &[]).await;
+    let (session, hello) = anon.session().await;
+    assert!(hello.get("user").is_none(), "{hello}");
+    post_ok(
+        &server,
+        &session,
+        &[json!({"type": "hello", "user": "cid", "device": "tablet", "id": "h"})],
+    )
+    .await;
+    let welcome = anon.expect("welcome").await;
+    assert_eq!(
+        (welcome["user"].as_str(), welcome["id"].as_str()),
+        (Some("cid"), Some("h"))
     );
 }
 

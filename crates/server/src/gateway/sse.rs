@@ -166,7 +166,7 @@ async fn open(
         ip,
     });
     app.sse.map.insert(id.clone(), session.clone());
-    let hello = session_event(&app, &id, Some(0), false);
+    let hello = session_event(&app, &id, Some(0), false, session.conn.user());
     let stream = attach(&session, hello, Vec::new());
     tokio::spawn(drive(app.clone(), session));
     with_cors(stream_response(stream), origin)
@@ -209,18 +209,23 @@ fn reattach(
             .collect::<Vec<_>>()
     };
     session.conn.touch(app.hub.clock_ms());
-    let hello = session_event(app, &session.id, None, true);
+    let hello = session_event(app, &session.id, None, true, session.conn.user());
     Some(stream_response(attach(&session, hello, replay)))
 }
 
-/// The first event of a stream: the session id (the POST path) and the
-/// heartbeat the client must POST within.
-fn session_event(app: &App, id: &str, event_id: Option<u64>, resumed: bool) -> Bytes {
-    let data = serde_json::json!({
+/// The first event of a stream: the session id (the POST path), the
+/// heartbeat the client must POST within, and the user when the session is
+/// identified already (by the opening request's query or token: `welcome`
+/// follows and no `hello` is needed; without it the session waits for one).
+fn session_event(app: &App, id: &str, event_id: Option<u64>, resumed: bool, user: &str) -> Bytes {
+    let mut data = serde_json::json!({
         "session": id,
         "heartbeat": app.config.heartbeat.as_millis() as u64,
         "resumed": resumed,
     });
+    if !user.is_empty() {
+        data["user"] = serde_json::Value::from(user);
+    }
     let mut out = String::from("retry: 1000\nevent: session\n");
     if let Some(n) = event_id {
         out.push_str(&format!("id: {id}:{n}\n"));
