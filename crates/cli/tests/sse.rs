@@ -234,9 +234,19 @@ async fn post_raw(
     body: &str,
     bearer: Option<&str>,
 ) -> (u16, String) {
+    send_raw(server, "POST", session, body, bearer).await
+}
+
+async fn send_raw(
+    server: &Server,
+    method: &str,
+    session: &str,
+    body: &str,
+    bearer: Option<&str>,
+) -> (u16, String) {
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     let mut request = format!(
-        "POST /sse/{session} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
+        "{method} /sse/{session} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
         server.addr,
         body.len()
     );
@@ -647,6 +657,42 @@ async fn an_abandoned_session_leaves_its_rooms_after_the_grace_period() {
     );
     let (status, _) = post(&server, &session, &[json!({"type": "ping"})], None).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_delete_ends_the_session_at_once() {
+    // The default heartbeat: an abandoned session would stay for 50 s.
+    let server = Server::start();
+    let mut bob = server.connect("bob").await;
+    bob.join("lobby").await;
+    let mut ann = open_stream(&server, "?user=ann", &[]).await;
+    let (session, _) = ann.session().await;
+    ann.expect("welcome").await;
+    post_ok(
+        &server,
+        &session,
+        &[json!({"type": "join", "room": "lobby"})],
+    )
+    .await;
+    assert_eq!(bob.expect("presence").await["event"], "join");
+
+    assert_eq!(send_raw(&server, "DELETE", &session, "", None).await.0, 204);
+    assert_eq!(
+        ann.expect_close().await,
+        (1000, "client closed".to_string())
+    );
+    let leave = bob.expect("presence").await;
+    assert_eq!(
+        (leave["user"].as_str(), leave["event"].as_str()),
+        (Some("ann"), Some("leave"))
+    );
+    assert_eq!(
+        post(&server, &session, &[json!({"type": "ping"})], None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(send_raw(&server, "DELETE", &session, "", None).await.0, 404);
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@
 //!   (encoded once per fan-out); the stream takes the payload out of each
 //!   and frames it for SSE.
 //! - `POST /sse/SESSION` carries commands, one JSON object per line; replies
-//!   come on the stream.
+//!   come on the stream. `DELETE /sse/SESSION` ends the session (a client
+//!   that closes), as a WebSocket's close does.
 //! - A stream that breaks leaves the session alive for two heartbeat
 //!   intervals. A `GET /sse` with `Last-Event-ID: SESSION:N` (what an
 //!   `EventSource` sends when it reconnects) reattaches and gets every event
@@ -56,7 +57,7 @@ const MAX_COMMANDS_PER_POST: usize = 16;
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/sse", get(open)).route(
         "/sse/{session}",
-        axum::routing::post(commands).options(preflight),
+        axum::routing::post(commands).delete(end).options(preflight),
     )
 }
 
@@ -459,27 +460,28 @@ async fn commands(
     with_cors(response, origin)
 }
 
-async fn run_commands(
-    app: &Arc<App>,
+/// The live session a `POST` or `DELETE` names, if the request may act on
+/// it: an allowed origin and, with auth on, a token for the session's user.
+fn authorized(
+    app: &App,
     session: Result<Path<String>, PathRejection>,
-    req: Request,
-) -> Response {
+    headers: &HeaderMap,
+) -> Result<Arc<SseSession>, Response> {
     let Ok(Path(id)) = session else {
-        return gone();
+        return Err(gone());
     };
     let Some(session) = app.sse.map.get(&id).map(|s| s.value().clone()) else {
-        return gone();
+        return Err(gone());
     };
-    let headers = req.headers();
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !guard::origin_allowed(&app.config.allowed_origins, origin, host) {
-        return ApiError(
+        return Err(ApiError(
             StatusCode::FORBIDDEN,
             "forbidden",
             "origin not allowed".into(),
         )
-        .into_response();
+        .into_response());
     }
     if app.auth.required() {
         let user = super::bearer(headers)
@@ -487,14 +489,45 @@ async fn run_commands(
             .map(|identity| identity.user);
         let owner = session.conn.user();
         if user.is_none() || (!owner.is_empty() && user.as_deref() != Some(owner)) {
-            return ApiError(
+            return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid token for the session's user is required (Authorization: Bearer)".into(),
             )
-            .into_response();
+            .into_response());
         }
     }
+    Ok(session)
+}
+
+/// `DELETE /sse/SESSION`: the client is done. The session ends now (close
+/// 1000 on its stream, its rooms left), not after the grace period a broken
+/// stream gets. 204, or the statuses of a `POST`.
+async fn end(
+    State(app): State<Arc<App>>,
+    session: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Response {
+    let origin = allowed_origin(&app, req.headers());
+    let response = match authorized(&app, session, req.headers()) {
+        Ok(session) => {
+            session.conn.close(close::NORMAL, "client closed", true);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(refused) => refused,
+    };
+    with_cors(response, origin)
+}
+
+async fn run_commands(
+    app: &Arc<App>,
+    session: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Response {
+    let session = match authorized(app, session, req.headers()) {
+        Ok(session) => session,
+        Err(refused) => return refused,
+    };
     let limit = app.config.max_frame.saturating_mul(MAX_COMMANDS_PER_POST);
     let body = match read_body_within(app, req.into_body(), limit).await {
         Ok(body) => body,
@@ -568,7 +601,7 @@ async fn preflight(State(app): State<Arc<App>>, req: Request) -> Response {
         let headers = response.headers_mut();
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("POST"),
+            HeaderValue::from_static("POST, DELETE"),
         );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
