@@ -912,7 +912,8 @@ function sseUrl(ws) {
  * token. A broken stream is left to the EventSource, which reattaches by
  * `Last-Event-ID` with nothing lost or repeated; if the server opened a new
  * session instead, or a POST finds the session gone, this reports a close
- * and the client resumes as after any reconnect.
+ * and the client resumes as after any reconnect. `close()` ends the
+ * session with `DELETE /sse/SESSION`.
  */
 class SseTransport {
   onopen = null;
@@ -1072,9 +1073,19 @@ class SseTransport {
     });
   }
 
+  /** Ends the session on the server too (`DELETE`), so its rooms are left now, not after two heartbeats. */
   close() {
+    const open = !this.#done && this.#postUrl;
     this.#reported = true;
     this.#stop();
+    if (!open) return;
+    const headers = {};
+    if (this.#bearer != null) headers.Authorization = `Bearer ${this.#bearer}`;
+    try {
+      this.#fetch(this.#postUrl, { method: 'DELETE', headers, keepalive: true }).then((res) => {
+        if (res.body && typeof res.body.cancel === 'function') res.body.cancel().catch(() => {});
+      }, () => { /* the session ends by itself */ });
+    } catch { /* the session ends by itself */ }
   }
 
   #stop() {

@@ -86,6 +86,19 @@ test('over SSE: join, publish and send resolve with their acks; an SSE user and 
   assert.equal(states.length, 2, 'no reconnect');
 });
 
+test('close() over SSE ends the session at once: the others see the user leave (not two heartbeats later)', async () => {
+  const room = newRoom();
+  const kim = sseClient('kim');
+  const lou = client('lou', { transports: ['websocket'] });
+  await lou.join(room);
+  const joined = waitFor(lou, 'presence', (p) => p.user === 'kim' && p.event === 'join');
+  await kim.join(room);
+  await joined;
+  const left = waitFor(lou, 'presence', (p) => p.user === 'kim' && p.event === 'leave', 5_000);
+  kim.close();
+  assert.equal((await left).online, 1);
+});
+
 test('a stream that breaks is reattached by Last-Event-ID: no reconnect, what came meanwhile arrives once', async () => {
   const proxy = await new HttpProxy(server.port).listen();
   const room = newRoom();
