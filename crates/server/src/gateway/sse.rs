@@ -466,12 +466,12 @@ fn authorized(
     app: &App,
     session: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
-) -> Result<Arc<SseSession>, Response> {
+) -> Result<Arc<SseSession>, ApiError> {
     let Ok(Path(id)) = session else {
-        return Err(gone());
+        return Err(no_session());
     };
     let Some(session) = app.sse.map.get(&id).map(|s| s.value().clone()) else {
-        return Err(gone());
+        return Err(no_session());
     };
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
@@ -480,8 +480,7 @@ fn authorized(
             StatusCode::FORBIDDEN,
             "forbidden",
             "origin not allowed".into(),
-        )
-        .into_response());
+        ));
     }
     if app.auth.required() {
         let user = super::bearer(headers)
@@ -493,8 +492,7 @@ fn authorized(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid token for the session's user is required (Authorization: Bearer)".into(),
-            )
-            .into_response());
+            ));
         }
     }
     Ok(session)
@@ -514,7 +512,7 @@ async fn end(
             session.conn.close(close::NORMAL, "client closed", true);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     };
     with_cors(response, origin)
 }
@@ -526,7 +524,7 @@ async fn run_commands(
 ) -> Response {
     let session = match authorized(app, session, req.headers()) {
         Ok(session) => session,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let limit = app.config.max_frame.saturating_mul(MAX_COMMANDS_PER_POST);
     let body = match read_body_within(app, req.into_body(), limit).await {
@@ -585,12 +583,15 @@ async fn run_commands(
 }
 
 fn gone() -> Response {
+    no_session().into_response()
+}
+
+fn no_session() -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
         "not_found",
         "no such session: it ended or expired; open a new one with GET /sse".into(),
     )
-    .into_response()
 }
 
 /// CORS preflight for a cross-origin `POST` (it carries `Authorization`).
