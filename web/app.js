@@ -533,10 +533,16 @@ function renderConn() {
   const state = client ? client.state : 'connecting';
   const shown = { idle: 'connecting', connecting: 'connecting', connected: 'connected', reconnecting: 'reconnecting', offline: 'offline', closed: 'offline' }[state];
   node.dataset.state = shown;
+  // The transport in use: 'websocket', or 'sse' (the HTTP fallback).
+  const transport = (client && client.transport) || '';
+  node.dataset.transport = transport;
+  const fallback = shown === 'connected' && transport === 'sse';
   let unsent = 0;
   for (const c of convs.values()) for (const i of c.items) if (i.status === 'pending') unsent += 1;
-  const label = t(`conn.${shown}`) + (unsent ? ` · ${t('conn.unsent', { count: unsent })}` : '');
+  const label = t(fallback ? 'conn.connectedSse' : `conn.${shown}`) + (unsent ? ` · ${t('conn.unsent', { count: unsent })}` : '');
   node.querySelector('.conn-label').textContent = label;
+  if (fallback) node.title = t('conn.sseTitle');
+  else node.removeAttribute('title');
   node.dataset.unsent = String(unsent);
 }
 

@@ -37,6 +37,21 @@ export interface WebSocketLike {
 }
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
+/** How the client reaches the server: a WebSocket, or the HTTP transport (Server-Sent Events + POST). */
+export type Transport = 'websocket' | 'sse';
+
+/** The minimal WHATWG EventSource surface the HTTP transport uses (browsers, the `eventsource` package). */
+export interface EventSourceLike {
+  readonly readyState: number;
+  onmessage: ((event: { data: string }) => void) | null;
+  onerror: ((event: any) => void) | null;
+  addEventListener(type: string, listener: (event: { data: string }) => void): void;
+  close(): void;
+}
+export type EventSourceConstructor = new (url: string) => EventSourceLike;
+export type FetchLike = (url: string, init: { method?: string; headers?: Record<string, string>; body?: string; signal?: any }) =>
+  Promise<{ ok: boolean; status: number; body?: { cancel(): Promise<void> } | null }>;
+
 export interface BackoffOptions {
   /** First delay cap in ms (default 500). */
   min?: number;
@@ -52,7 +67,9 @@ export interface ClientOptions {
   /** The user id to connect as (auth off). Neither user nor token: a guest id. */
   user?: string;
   /**
-   * A JWT (auth on), sent in the `hello` command, never in the URL. A
+   * A JWT (auth on), sent in the `hello` command over a WebSocket; over the
+   * HTTP transport in the event stream's URL (`?token=`, as an EventSource
+   * cannot set headers) and in `Authorization: Bearer` on every POST. A
    * function is asked for a token before every connection and, when the
    * JWT has an `exp`, shortly before it expires (the session is renewed
    * with a `hello`, without reconnecting).
@@ -69,6 +86,22 @@ export interface ClientOptions {
   device?: string;
   /** WebSocket implementation; default `globalThis.WebSocket`. On Node < 22 pass the `ws` package's export. */
   WebSocket?: WebSocketConstructor;
+  /**
+   * The transports to use, in order of preference (default
+   * `['websocket', 'sse']`). When one cannot get a connection as far as
+   * `welcome` (a proxy answering the upgrade with 400/403/426, a timeout),
+   * the next is tried at once; the client stays on the one that worked and,
+   * while that is not the first, tries the first again every
+   * `transportRetry` ms, switching back when it opens. A transport this
+   * runtime lacks (no EventSource on Node) is left out.
+   */
+  transports?: Transport[];
+  /** Ms between tries of the first transport while on a fallback (default 60000; 0: never). */
+  transportRetry?: number;
+  /** EventSource implementation for the `sse` transport; default `globalThis.EventSource` (Node: the `eventsource` package). */
+  EventSource?: EventSourceConstructor;
+  /** fetch implementation for the `sse` transport's POSTs; default `globalThis.fetch`. */
+  fetch?: FetchLike;
   /** Ms to wait for the reply to a command once it was sent (default 10000). */
   ackTimeout?: number;
   /** Ms to wait for a new connection's `welcome` (default 10000). */
@@ -117,6 +150,8 @@ export interface StateChange {
   error?: SwitchboardError;
   user?: string;
   session?: string;
+  /** The transport of the new connection (connected). */
+  transport?: Transport;
 }
 
 export interface JoinOptions {
@@ -166,6 +201,8 @@ export declare class Client {
   readonly state: ConnectionState;
   readonly user: string | undefined;
   readonly session: string | undefined;
+  /** The transport of the current connection, or of the one being tried; undefined before the first. */
+  readonly transport: Transport | undefined;
   readonly rooms: string[];
   /** Commands not yet answered (sent, or waiting for a connection). */
   readonly pendingCount: number;

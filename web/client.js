@@ -10,7 +10,10 @@
 // message once (dedupe by room + seq), queues commands while offline and
 // resends them with the same `id` (the server's dedupe makes a resent
 // publish/send exactly-once), confirms inbox delivery with `received`, and
-// notices a dead connection with an application-level ping.
+// notices a dead connection with an application-level ping. Where a
+// WebSocket cannot open (a proxy that drops `Upgrade`) it falls back to the
+// HTTP transport (Server-Sent Events + POST) with the same guarantees, and
+// tries the WebSocket again every `transportRetry` ms.
 // Reference: docs/CLIENT.md. Wire protocol: docs/PROTOCOL.md.
 
 /** An `error` event from the server, or a client-side failure (`timeout`, `closed`, `queue_full`). */
@@ -31,7 +34,12 @@ const DEFAULTS = {
   maxQueue: 1000,
   stableAfter: 5_000,
   reconnect: { min: 500, max: 30_000, factor: 2 },
+  transports: ['websocket', 'sse'],
+  transportRetry: 60_000,
 };
+const TRANSPORTS = ['websocket', 'sse'];
+// Commands per POST of the HTTP transport (the server takes at most 16).
+const SSE_BATCH = 16;
 
 // Close codes after which the client does not reconnect: the server refused
 // the identity, or an operator disconnected the user (HTTP API).
@@ -44,8 +52,21 @@ const SEEN_LIMIT = 10_000;
 export class Client {
   #o;
   #WS;
+  #ES;
+  #fetch;
   #url;
+  #sseUrl;
   #ws = null;
+  // Transports, in order of preference; the index of the one in use (or
+  // being tried), of the last that reached `welcome`, and when the first
+  // one last failed.
+  #transports;
+  #tIdx = 0;
+  #preferred = 0;
+  #firstFailedAt = 0;
+  #welcomed = false;
+  #probe = null;
+  #probeTimer = null;
   #state = 'idle';
   #closed = false;
   #fatal = null;
@@ -81,10 +102,24 @@ export class Client {
     this.#o = { ...DEFAULTS, ...options };
     this.#o.reconnect = options.reconnect === false ? false : { ...DEFAULTS.reconnect, ...(options.reconnect || {}) };
     this.#WS = options.WebSocket || globalThis.WebSocket;
-    if (typeof this.#WS !== 'function') {
-      throw new TypeError('no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package) on Node.js < 22');
+    this.#ES = options.EventSource || globalThis.EventSource;
+    this.#fetch = options.fetch || (typeof globalThis.fetch === 'function' ? globalThis.fetch.bind(globalThis) : undefined);
+    const wanted = this.#o.transports;
+    if (!Array.isArray(wanted) || !wanted.length || wanted.some((t) => !TRANSPORTS.includes(t))) {
+      throw new TypeError(`options.transports: a non-empty list of ${TRANSPORTS.map((t) => `'${t}'`).join(', ')}`);
+    }
+    // A transport this runtime cannot carry is left out (Node.js without an
+    // EventSource: WebSocket only).
+    this.#transports = wanted.filter((t) => (t === 'websocket'
+      ? typeof this.#WS === 'function'
+      : typeof this.#ES === 'function' && typeof this.#fetch === 'function'));
+    if (!this.#transports.length) {
+      throw new TypeError(wanted.includes('websocket')
+        ? 'no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package) on Node.js < 22'
+        : 'no EventSource implementation: pass options.EventSource (e.g. the `eventsource` package) on Node.js');
     }
     this.#url = wsUrl(options.url);
+    this.#sseUrl = sseUrl(this.#url);
     this.#idPrefix = `${randomToken()}:`;
     const g = globalThis;
     if (typeof g.addEventListener === 'function' && g.navigator && 'onLine' in g.navigator) {
@@ -101,6 +136,11 @@ export class Client {
   get state() { return this.#state; }
   /** The user id the server assigned (in the last `welcome`). */
   get user() { return this.#welcome ? this.#welcome.user : undefined; }
+  /**
+   * The transport of the current connection, or of the one being tried:
+   * 'websocket' or 'sse' (undefined before the first connection).
+   */
+  get transport() { return this.#state === 'idle' ? undefined : this.#transports[this.#tIdx]; }
   /** The server's session id of the current (or last) connection. */
   get session() { return this.#welcome ? this.#welcome.session : undefined; }
   /** Rooms this client is a member of (it rejoins them after a reconnect). */
@@ -133,6 +173,7 @@ export class Client {
     if (this.#closed) return;
     this.#closed = true;
     this.#clearTimers();
+    this.#dropProbe();
     const ws = this.#ws;
     this.#ws = null;
     if (ws) {
@@ -261,32 +302,68 @@ export class Client {
     if (this.#state === 'idle' && !this.#closed) this.#open();
   }
 
-  #open() {
+  /**
+   * Opens a connection on transport `index` (default: the preferred one,
+   * or the first again once `transportRetry` passed since it failed).
+   */
+  #open(index = this.#startIndex()) {
     if (this.#closed || this.#fatal) return;
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
+    this.#tIdx = index;
     if (this.#state === 'idle') this.#setState('connecting', {});
     let ws;
     try {
-      ws = new this.#WS(this.#url);
+      ws = this.#create(index);
     } catch (err) {
-      this.#scheduleReconnect(`cannot connect: ${err && err.message}`);
+      this.#failed(index, `cannot connect: ${err && err.message}`);
       return;
     }
+    this.#attach(ws);
+  }
+
+  #startIndex() {
+    const retry = this.#o.transportRetry;
+    if (this.#preferred > 0 && retry > 0 && Date.now() - this.#firstFailedAt >= retry) return 0;
+    return this.#preferred;
+  }
+
+  /** A new connection object on transport `index`: a WebSocket, or one that looks like it. */
+  #create(index) {
+    if (this.#transports[index] === 'websocket') return new this.#WS(this.#url);
+    return new SseTransport(this.#sseUrl, {
+      EventSource: this.#ES,
+      fetch: this.#fetch,
+      token: this.#currentToken(),
+      user: this.#o.user,
+      device: this.#o.device,
+    });
+  }
+
+  /** Drives `ws` as the connection; `open`: it is open already (a probe). */
+  #attach(ws, open = false) {
     this.#ws = ws;
+    this.#welcomed = false;
     this.#connectTimer = setTimeout(() => this.#drop(ws, 'connect timeout'), this.#o.connectTimeout);
     ws.onopen = () => {
       if (ws !== this.#ws) return;
       this.#lastRx = Date.now();
-      this.#currentToken().then((token) => {
+      // The HTTP transport opened its stream with a token: that one.
+      const opened = ws instanceof SseTransport;
+      if (opened && ws.identified) {
+        // Identified by the stream's query already: `welcome` is on its way.
+        this.#helloToken = ws.openedWith;
+        return;
+      }
+      (opened ? Promise.resolve(ws.openedWith) : this.#currentToken()).then((token) => {
         if (ws !== this.#ws) return;
+        this.#helloToken = token;
         const hello = { type: 'hello', id: `${this.#idPrefix}hello` };
         if (this.#o.user != null) hello.user = this.#o.user;
         if (token != null) hello.token = token;
         if (this.#o.name != null) hello.name = this.#o.name;
         if (this.#o.device != null) hello.device = this.#o.device;
         ws.send(JSON.stringify(hello));
-        this.#helloToken = token;
       }, (err) => this.#drop(ws, `no token: ${err && err.message}`));
     };
     ws.onmessage = (e) => {
@@ -303,15 +380,15 @@ export class Client {
     };
     ws.onclose = (e) => this.#drop(ws, e.reason || `closed (${e.code})`, e.code);
     ws.onerror = () => { /* a close event follows */ };
+    if (open) ws.onopen();
   }
 
-  /** The connection `ws` is gone (or must go): clean up and maybe reconnect. */
-  #drop(ws, reason, code) {
-    if (ws !== this.#ws) return;
+  /** Lets the connection `ws` go: what was sent on it and not answered is sent again on the next. */
+  #release(ws) {
     detach(ws);
     try {
       if (typeof ws.terminate === 'function') ws.terminate();
-      else ws.close();
+      else ws.close(1000, 'client closed');
     } catch { /* ignore */ }
     this.#ws = null;
     clearTimeout(this.#connectTimer);
@@ -333,6 +410,14 @@ export class Client {
         if (p.command.type === 'hello') p.resolve(undefined);
       }
     }
+  }
+
+  /** The connection `ws` is gone (or must go): clean up and maybe reconnect. */
+  #drop(ws, reason, code) {
+    if (ws !== this.#ws) return;
+    const early = !this.#welcomed;
+    this.#release(ws);
+    this.#dropProbe();
     const renewable = code === 4001 && typeof this.#o.token === 'function';
     if (code !== undefined && FATAL_CLOSE.has(code) && !renewable) {
       const kind = FATAL_CLOSE.get(code);
@@ -340,7 +425,84 @@ export class Client {
       return;
     }
     if (this.#fatal) return;
-    this.#scheduleReconnect(reason);
+    if (early) this.#failed(this.#tIdx, reason);
+    else this.#scheduleReconnect(reason);
+  }
+
+  /** Transport `index` did not get as far as `welcome`: the next one at once, else backoff. */
+  #failed(index, reason) {
+    if (index === 0) this.#firstFailedAt = Date.now();
+    if (index + 1 < this.#transports.length && !this.#closed && !this.#fatal) this.#open(index + 1);
+    else this.#scheduleReconnect(reason);
+  }
+
+  // ---- back to the first transport ----------------------------------------
+
+  /** While connected on a fallback, tries the first transport every `transportRetry` ms. */
+  #armProbe() {
+    clearTimeout(this.#probeTimer);
+    this.#probeTimer = null;
+    if (this.#tIdx === 0 || !(this.#o.transportRetry > 0)) return;
+    this.#probeTimer = setTimeout(() => this.#runProbe(), this.#o.transportRetry);
+  }
+
+  #runProbe() {
+    this.#probeTimer = null;
+    if (this.#state !== 'connected' || this.#tIdx === 0 || this.#probe) return;
+    let probe;
+    try {
+      probe = this.#create(0);
+    } catch {
+      this.#firstFailedAt = Date.now();
+      this.#armProbe();
+      return;
+    }
+    this.#probe = probe;
+    const timer = setTimeout(() => failed(), this.#o.connectTimeout);
+    const failed = () => {
+      clearTimeout(timer);
+      if (this.#probe !== probe) return;
+      this.#dropProbe();
+      this.#firstFailedAt = Date.now();
+      this.#armProbe();
+    };
+    probe.onopen = () => {
+      clearTimeout(timer);
+      if (this.#probe !== probe) return;
+      this.#probe = null;
+      this.#switchTo(probe, 0);
+    };
+    probe.onclose = failed;
+    probe.onerror = () => {};
+  }
+
+  #dropProbe() {
+    clearTimeout(this.#probeTimer);
+    this.#probeTimer = null;
+    const probe = this.#probe;
+    this.#probe = null;
+    if (probe) {
+      detach(probe);
+      try { probe.close(1000, 'probe'); } catch { /* ignore */ }
+    }
+  }
+
+  /**
+   * Moves to `ws` (open, on transport `index`): the current connection goes
+   * as in a reconnect (its unanswered commands are resent on `ws` with their
+   * ids, rooms rejoined with `since`), without the backoff.
+   */
+  #switchTo(ws, index) {
+    const old = this.#ws;
+    if (!old || this.#state !== 'connected' || this.#closed || this.#fatal) {
+      detach(ws);
+      try { ws.close(1000, 'not needed'); } catch { /* ignore */ }
+      return;
+    }
+    this.#release(old);
+    this.#tIdx = index;
+    this.#setState('reconnecting', { reason: `switching to ${this.#transports[index]}`, attempt: 0, delay: 0 });
+    this.#attach(ws, true);
   }
 
   #scheduleReconnect(reason) {
@@ -396,9 +558,12 @@ export class Client {
   #onWelcome(ws, welcome) {
     clearTimeout(this.#connectTimer);
     this.#welcome = welcome;
+    this.#welcomed = true;
+    this.#preferred = this.#tIdx;
+    this.#armProbe();
     if (welcome.heartbeat > 0) this.#heartbeatMs = welcome.heartbeat * 1000;
     this.#stableTimer = setTimeout(() => { this.#attempt = 0; }, this.#o.stableAfter);
-    this.#setState('connected', { user: welcome.user, session: welcome.session });
+    this.#setState('connected', { user: welcome.user, session: welcome.session, transport: this.#transports[this.#tIdx] });
     this.#emit('welcome', welcome);
     // Order on the new connection: rejoin rooms, then everything that waited.
     for (const r of this.#rooms.values()) this.#sendJoin(r);
@@ -460,6 +625,7 @@ export class Client {
   #fail(err) {
     this.#fatal = err;
     this.#clearTimers();
+    this.#dropProbe();
     const ws = this.#ws;
     this.#ws = null;
     if (ws) {
@@ -726,6 +892,215 @@ function wsUrl(url) {
   else if (u.protocol === 'https:') u.protocol = 'wss:';
   if (u.pathname === '/' || u.pathname === '') u.pathname = '/ws';
   return u.toString();
+}
+
+/** The HTTP transport's URL next to the WebSocket's: `ws://host/ws` → `http://host/sse`. */
+function sseUrl(ws) {
+  const u = new URL(ws);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  u.pathname = /\/ws\/?$/.test(u.pathname) ? u.pathname.replace(/\/ws\/?$/, '/sse') : `${u.pathname.replace(/\/$/, '')}/sse`;
+  return u.toString();
+}
+
+/**
+ * The HTTP transport (docs/PROTOCOL.md, "HTTP transport"), shaped like the
+ * WebSocket the client drives: `send(text)`, `close()`, and `onopen`,
+ * `onmessage({data})`, `onclose({code, reason})`. Events come over an
+ * EventSource on `GET /sse?user&device&token` (an EventSource cannot set
+ * headers); commands go up in `POST /sse/SESSION`, one per line, batched
+ * while a POST is in flight, with `Authorization: Bearer` when there is a
+ * token. A broken stream is left to the EventSource, which reattaches by
+ * `Last-Event-ID` with nothing lost or repeated; if the server opened a new
+ * session instead, or a POST finds the session gone, this reports a close
+ * and the client resumes as after any reconnect. `close()` ends the
+ * session with `DELETE /sse/SESSION`.
+ */
+class SseTransport {
+  onopen = null;
+  onmessage = null;
+  onclose = null;
+  onerror = null;
+  /** The token the stream was opened with (from `options.token`). */
+  openedWith = undefined;
+  /** The opening request identified the session: no `hello` needed. */
+  identified = false;
+  session = null;
+  #ES;
+  #fetch;
+  #url;
+  #user;
+  #device;
+  #es = null;
+  #bearer = null;
+  #postUrl = null;
+  #queue = [];
+  #posting = false;
+  #lastPost = 0;
+  #heartbeat = 25_000;
+  #pingTimer = null;
+  #done = false;
+  #reported = false;
+
+  constructor(url, { EventSource, fetch, token, user, device }) {
+    this.#ES = EventSource;
+    this.#fetch = fetch;
+    this.#url = url;
+    this.#user = user;
+    this.#device = device;
+    Promise.resolve(token).then((t) => this.#start(t), (err) => this.#finish(1006, `no token: ${err && err.message}`));
+  }
+
+  #start(token) {
+    if (this.#done) return;
+    this.openedWith = token;
+    this.#bearer = token == null ? null : String(token);
+    const u = new URL(this.#url);
+    if (this.#user != null) u.searchParams.set('user', this.#user);
+    if (this.#device != null) u.searchParams.set('device', this.#device);
+    if (this.#bearer != null) u.searchParams.set('token', this.#bearer);
+    let es;
+    try {
+      es = new this.#ES(u.toString());
+    } catch (err) {
+      this.#finish(1006, `cannot open the event stream: ${err && err.message}`);
+      return;
+    }
+    this.#es = es;
+    es.addEventListener('session', (e) => this.#onSession(e));
+    es.addEventListener('close', (e) => {
+      let data = {};
+      try { data = JSON.parse(e.data); } catch { /* keep the defaults */ }
+      this.#finish(typeof data.code === 'number' ? data.code : 1006, data.reason || 'stream closed');
+    });
+    es.onmessage = (e) => {
+      if (!this.#done && this.session && this.onmessage) this.onmessage({ data: e.data });
+    };
+    es.onerror = (e) => {
+      if (this.#done) return;
+      if (!this.session) {
+        this.#refused(u.toString(), e);
+        return;
+      }
+      if (es.readyState === 2) {
+        this.#finish(1006, 'event stream failed');
+        return;
+      }
+      // The stream broke and the EventSource reattaches by itself. Is the
+      // session still there? A POST tells at once (a failure closes).
+      this.send('{"type":"ping"}');
+    };
+  }
+
+  /**
+   * The stream did not open. A refused token (401) must end the session
+   * like close 4001 on a WebSocket, not be retried for ever: Node's
+   * EventSource tells the status, a browser's does not, so it is asked once.
+   */
+  #refused(url, e) {
+    this.#stop();
+    const answer = (status) => this.#finish(
+      status === 401 ? 4001 : 1006,
+      status === 401 ? 'unauthorized: missing, invalid or expired token'
+        : status ? `GET /sse answered ${status}` : 'cannot open the event stream',
+    );
+    if (e && typeof e.code === 'number') {
+      answer(e.code);
+      return;
+    }
+    const abort = typeof AbortController === 'function' ? new AbortController() : null;
+    this.#fetch(url, { headers: { Accept: 'text/event-stream' }, signal: abort ? abort.signal : undefined }).then((res) => {
+      if (abort) abort.abort();
+      answer(res.status);
+    }, () => answer(0));
+  }
+
+  #onSession(e) {
+    let data;
+    try { data = JSON.parse(e.data); } catch { return; }
+    if (this.#done || !data || typeof data.session !== 'string') return;
+    if (!this.session) {
+      this.session = data.session;
+      this.identified = typeof data.user === 'string';
+      if (data.heartbeat > 0) this.#heartbeat = data.heartbeat;
+      const u = new URL(this.#url);
+      u.search = '';
+      u.pathname = `${u.pathname.replace(/\/$/, '')}/${data.session}`;
+      this.#postUrl = u.toString();
+      this.#lastPost = Date.now();
+      // The server wants a POST at least once per heartbeat: one every half.
+      const every = Math.max(250, Math.floor(this.#heartbeat / 4));
+      this.#pingTimer = setInterval(() => {
+        if (Date.now() - this.#lastPost >= this.#heartbeat / 2) this.send('{"type":"ping"}');
+      }, every);
+      if (this.onopen) this.onopen();
+      return;
+    }
+    // Reattached to the same session: events go on where they stopped.
+    if (data.session === this.session && data.resumed) return;
+    this.#finish(1006, 'session lost');
+  }
+
+  send(text) {
+    if (this.#done || !this.#postUrl) throw new Error('not open');
+    // A hello with a fresh token: the POSTs carry it from now on.
+    if (text.startsWith('{"type":"hello"')) {
+      try {
+        const { token } = JSON.parse(text);
+        if (typeof token === 'string') this.#bearer = token;
+      } catch { /* not JSON: the server says so */ }
+    }
+    this.#queue.push(text);
+    this.#post();
+  }
+
+  #post() {
+    if (this.#done || this.#posting || !this.#queue.length) return;
+    const lines = this.#queue.splice(0, SSE_BATCH);
+    this.#posting = true;
+    this.#lastPost = Date.now();
+    const headers = { 'Content-Type': 'text/plain;charset=UTF-8' };
+    if (this.#bearer != null) headers.Authorization = `Bearer ${this.#bearer}`;
+    this.#fetch(this.#postUrl, { method: 'POST', headers, body: `${lines.join('\n')}\n` }).then((res) => {
+      this.#posting = false;
+      if (res.body && typeof res.body.cancel === 'function') res.body.cancel().catch(() => {});
+      if (res.ok) this.#post();
+      else if (res.status === 401) this.#finish(4001, 'unauthorized: the token was refused');
+      else if (res.status === 404) this.#finish(1006, 'session ended');
+      else this.#finish(1011, `POST answered ${res.status}`);
+    }, (err) => {
+      this.#posting = false;
+      this.#finish(1006, `POST failed: ${err && err.message}`);
+    });
+  }
+
+  /** Ends the session on the server too (`DELETE`), so its rooms are left now, not after two heartbeats. */
+  close() {
+    const open = !this.#done && this.#postUrl;
+    this.#reported = true;
+    this.#stop();
+    if (!open) return;
+    const headers = {};
+    if (this.#bearer != null) headers.Authorization = `Bearer ${this.#bearer}`;
+    try {
+      this.#fetch(this.#postUrl, { method: 'DELETE', headers, keepalive: true }).then((res) => {
+        if (res.body && typeof res.body.cancel === 'function') res.body.cancel().catch(() => {});
+      }, () => { /* the session ends by itself */ });
+    } catch { /* the session ends by itself */ }
+  }
+
+  #stop() {
+    this.#done = true;
+    clearInterval(this.#pingTimer);
+    this.#queue = [];
+    if (this.#es) this.#es.close();
+  }
+
+  #finish(code, reason) {
+    this.#stop();
+    if (this.#reported) return;
+    this.#reported = true;
+    if (this.onclose) this.onclose({ code, reason, wasClean: false });
+  }
 }
 
 /** The `exp` of a JWT in ms since the epoch, or undefined. The signature is the server's business. */

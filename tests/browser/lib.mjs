@@ -2,8 +2,11 @@
 // loaded over http from the real binary (Chromium refuses WebSockets from
 // data: pages), and small waits on what the page shows.
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { ROOT } from '../node/client-helpers.mjs';
 
@@ -25,6 +28,16 @@ const FLAGS = [
   '--disable-component-update',
   '--disable-sync',
 ];
+
+// What Chromium logs by itself about connection attempts that fail while
+// the client reconnects: a refused WebSocket, a network error, and behind a
+// proxy whose upstream is down its 502 answers (to an EventSource too).
+const BROWSER_NETWORK_REPORT = new RegExp([
+  'WebSocket connection to .* failed',
+  'net::ERR_',
+  'Failed to load resource: the server responded with a status of 502',
+  "EventSource's response has a MIME type",
+].join('|'));
 
 /** Launches Chromium (playwright gives it a fresh, temporary --user-data-dir). */
 export function launch() {
@@ -56,7 +69,7 @@ export async function openPage(browser, server, { locale = 'en-US', viewport = D
   // Console errors too (a CSP violation shows up there), except the
   // browser's own reports of failed connection attempts while reconnecting.
   page.on('console', (m) => {
-    if (m.type() === 'error' && !/WebSocket connection to .* failed|net::ERR_/.test(m.text())) page.errors.push(m.text());
+    if (m.type() === 'error' && !BROWSER_NETWORK_REPORT.test(m.text())) page.errors.push(m.text());
   });
   page.on('dialog', (dialog) => { page.dialogs.push(dialog.message()); dialog.dismiss(); });
   await page.goto(`${server.url}/`);
@@ -109,4 +122,96 @@ export function allSent(page) {
 export async function screenshot(page, name) {
   mkdirSync(SCREENSHOTS, { recursive: true });
   await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`) });
+}
+
+export const NGINX = process.env.NGINX || '/usr/sbin/nginx';
+
+/**
+ * The nginx configuration of docs/OPERATIONS.md ("Behind nginx"), as
+ * written there, with `listen` and the `proxy_pass` address changed.
+ * `websockets: false` drops its two upgrade lines: a proxy that does not do
+ * WebSockets (it answers the upgrade request with the server's refusal).
+ */
+export function documentedNginx(listen, backend, { websockets = true } = {}) {
+  const doc = readFileSync(path.join(ROOT, 'docs/OPERATIONS.md'), 'utf8');
+  const section = doc.slice(doc.indexOf('## Behind nginx'));
+  const block = section.match(/```nginx\n([\s\S]*?)```/);
+  if (!block) throw new Error('no nginx block in docs/OPERATIONS.md, "Behind nginx"');
+  let conf = block[1]
+    .replace(/listen 80;/, `listen ${listen};`)
+    .replace(/proxy_pass http:\/\/127\.0\.0\.1:8080;/, `proxy_pass http://${backend};`);
+  if (!conf.includes(`listen ${listen};`) || !conf.includes(backend)) throw new Error('the documented block changed shape');
+  if (!websockets) conf = conf.split('\n').filter((l) => !/proxy_set_header (Upgrade|Connection)/.test(l)).join('\n');
+  return conf;
+}
+
+/** A free TCP port on 127.0.0.1 (bound and released). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  });
+}
+
+/** Resolves once `url` answers (any status): nginx is accepting. */
+async function answers(url, child, timeout = 10_000) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`nginx exited (${child.exitCode})`);
+    const ok = await new Promise((resolve) => {
+      const req = http.get(url, (res) => { res.resume(); resolve(true); });
+      req.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nginx did not answer on ${url}`);
+    await new Promise((resolve) => { child.once('exit', resolve); setTimeout(resolve, 50); });
+  }
+}
+
+/**
+ * Starts a real nginx (Debian's package) in front of `server` with the
+ * documented configuration, in the foreground as one process with its own
+ * temporary prefix; `stop()` kills it and removes the prefix.
+ */
+export async function startNginx(server, options = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'switchboard-nginx-'));
+  const port = await freePort();
+  const conf = `daemon off;
+master_process off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 512; }
+http {
+    access_log off;
+    client_body_temp_path ${dir}/body;
+    proxy_temp_path ${dir}/proxy;
+    fastcgi_temp_path ${dir}/fastcgi;
+    uwsgi_temp_path ${dir}/uwsgi;
+    scgi_temp_path ${dir}/scgi;
+${documentedNginx(`127.0.0.1:${port}`, server.addr, options)}
+}
+`;
+  writeFileSync(path.join(dir, 'nginx.conf'), conf);
+  const child = spawn(NGINX, ['-p', dir, '-c', path.join(dir, 'nginx.conf'), '-e', path.join(dir, 'error.log')], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const proxy = {
+    url: `http://127.0.0.1:${port}`,
+    addr: `127.0.0.1:${port}`,
+    errorLog: () => { try { return readFileSync(path.join(dir, 'error.log'), 'utf8'); } catch { return ''; } },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        await new Promise((done) => { child.once('exit', done); child.kill('SIGKILL'); });
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    await answers(`${proxy.url}/healthz`, child);
+  } catch (err) {
+    const log = proxy.errorLog();
+    await proxy.stop();
+    throw new Error(`${err.message}\n${log}`);
+  }
+  return proxy;
 }

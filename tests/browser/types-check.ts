@@ -1,7 +1,7 @@
 // Compiled (never run) by types.test.mjs: the declarations in web/client.d.ts
 // describe the API as documented, and catch misuse.
 import { Client, SwitchboardError } from '../../web/client.js';
-import type { Message, PublishAck, SendAck, History, StateChange, Direct } from '../../web/client.js';
+import type { Message, PublishAck, SendAck, History, StateChange, Direct, Transport } from '../../web/client.js';
 
 const client = new Client({ url: 'ws://127.0.0.1:8080/ws', user: 'alice', device: 'laptop', reconnect: { min: 500, max: 30_000 } });
 client.on('state', (s: StateChange) => console.log(s.state, s.attempt, s.delay));
@@ -30,6 +30,9 @@ async function main(): Promise<void> {
   if (renewed) console.log(renewed.session);
   const withFn = new Client({ token: () => Promise.resolve('jwt'), WebSocket: undefined });
   withFn.on('token', ({ expires }) => console.log(expires));
+  const http = new Client({ transports: ['sse', 'websocket'], transportRetry: 30_000, EventSource: undefined, fetch: undefined });
+  const transport: Transport | undefined = http.transport;
+  http.on('state', (s) => { if (s.state === 'connected') console.log(s.transport === 'sse' ? 'HTTP fallback' : 'WebSocket', transport); });
   console.log(user, online, stored, page.messages.length, who, rtt, client.lastSeq('lobby'), client.pendingCount);
   await client.leave('lobby');
   client.close();
@@ -43,5 +46,7 @@ client.publish('lobby', () => 1);
 client.history({ limit: 5 });
 // @ts-expect-error no such event
 client.on('nope', () => {});
+// @ts-expect-error no such transport
+new Client({ transports: ['long-polling'] });
 // @ts-expect-error state is read-only
 client.state = 'connected';

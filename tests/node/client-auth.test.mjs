@@ -1,10 +1,13 @@
 // client.js with authentication on (JWT, --jwt-secret): sign-in with a
 // token, a refused token, the session renewed before the token expires,
-// and an expired token ending the session.
+// and an expired token ending the session; the same over the HTTP
+// transport (SSE + POST: the token in the stream's query and in
+// `Authorization: Bearer` on every POST).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import WebSocket from 'ws';
+import { EventSource } from 'eventsource';
 import { Client } from '../../web/client.js';
 import { BIN, Server, waitFor, waitState } from './client-helpers.mjs';
 
@@ -64,4 +67,46 @@ test('a fixed token that expires ends the session: offline, `unauthorized`', asy
   assert.equal(s.error.code, 'unauthorized');
   assert.match(s.error.message, /expired/);
   await assert.rejects(vic.publish('lobby', 'x'), { code: 'unauthorized' });
+});
+
+// Over the HTTP transport (SSE + POST).
+const sse = (options) => client({ transports: ['sse'], EventSource, ...options });
+
+test('over SSE: a token names the user; a bad token, or none, is refused for good', async () => {
+  const ok = sse({ token: mint('wes'), user: 'someone-else' });
+  assert.equal((await ok.connect()).user, 'wes');
+  assert.equal(ok.transport, 'sse');
+  await ok.join('lobby');
+  assert.equal((await ok.publish('lobby', { text: 'via POST with Bearer' })).type, 'ack');
+
+  const states = [];
+  const bad = sse({ token: mint('wes', '1h', 'wrong-secret') });
+  bad.on('state', (s) => states.push(s.state));
+  await assert.rejects(bad.connect(), { code: 'unauthorized' });
+  assert.deepEqual(states, ['connecting', 'offline']);
+  // A nickname without a token: the hello POST is refused (401).
+  await assert.rejects(sse({ user: 'wes' }).connect(), { code: 'unauthorized' });
+});
+
+test('over SSE: a token function renews the session before the token expires, without reconnecting', async () => {
+  let minted = 0;
+  const xia = sse({ token: () => { minted += 1; return mint('xia', '2s'); } });
+  const states = [];
+  xia.on('state', (s) => states.push(s.state));
+  const first = await xia.connect();
+  await waitFor(xia, 'token');
+  await waitFor(xia, 'token');
+  assert.equal(minted, 3);
+  // The POSTs carry the renewed token (the first one has expired by now).
+  assert.ok((await xia.ping()) >= 0);
+  assert.equal(xia.session, first.session, 'same session');
+  assert.deepEqual(states, ['connecting', 'connected']);
+});
+
+test('over SSE: a fixed token that expires ends the session: offline, `unauthorized`', async () => {
+  const yan = sse({ token: mint('yan', '1s') });
+  await yan.connect();
+  const s = await waitState(yan, 'offline', 5_000);
+  assert.equal(s.error.code, 'unauthorized');
+  assert.match(s.error.message, /expired/);
 });

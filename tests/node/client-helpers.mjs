@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net from 'node:net';
+import http from 'node:http';
 import path from 'node:path';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -125,6 +126,97 @@ export class Proxy {
 
   /** Open connections carry client → server only. */
   muteDown() { for (const c of this.conns) c.down = false; }
+
+  close() {
+    this.cut();
+    return new Promise((resolve) => this.server.close(resolve));
+  }
+}
+
+/**
+ * An HTTP proxy in front of a server, for the HTTP transport (SSE + POST):
+ * WebSocket upgrades are refused with 403 (`upgrades = 'refuse'`, like a
+ * proxy that does not do WebSockets) or passed (`'pass'`). Event streams
+ * (`GET /sse`) can be cut, muted (the server's events are dropped, POSTs
+ * still pass) or reopened without their `Last-Event-ID` (the server then
+ * opens a new session); every connection can be cut and new ones refused.
+ */
+export class HttpProxy {
+  constructor(targetPort, { upgrades = 'refuse' } = {}) {
+    this.targetPort = targetPort;
+    this.upgrades = upgrades;
+    this.refusing = false;
+    this.muted = false;
+    this.stripLastEventId = false;
+    this.streams = new Set();
+    this.sockets = new Set();
+    this.upgradesRefused = 0;
+    this.server = http.createServer((req, res) => this.#request(req, res));
+    this.server.on('upgrade', (req, socket, head) => this.#upgrade(req, socket, head));
+    this.server.on('connection', (socket) => {
+      this.sockets.add(socket);
+      socket.on('close', () => this.sockets.delete(socket));
+    });
+  }
+
+  listen() {
+    return new Promise((resolve) => this.server.listen(0, '127.0.0.1', () => {
+      this.port = this.server.address().port;
+      resolve(this);
+    }));
+  }
+
+  get addr() { return `127.0.0.1:${this.port}`; }
+
+  #request(req, res) {
+    if (this.refusing) { req.socket.destroy(); return; }
+    const headers = { ...req.headers };
+    if (this.stripLastEventId) delete headers['last-event-id'];
+    const stream = req.method === 'GET' && req.url.startsWith('/sse');
+    const up = http.request({
+      host: '127.0.0.1', port: this.targetPort, method: req.method, path: req.url, headers, agent: false,
+    }, (upRes) => {
+      res.writeHead(upRes.statusCode, upRes.headers);
+      const entry = { req, upRes };
+      if (stream) this.streams.add(entry);
+      upRes.on('data', (d) => { if (!(stream && this.muted)) res.write(d); });
+      upRes.on('end', () => res.end());
+      upRes.on('close', () => this.streams.delete(entry));
+    });
+    up.on('error', () => res.destroy());
+    res.on('close', () => up.destroy());
+    req.pipe(up);
+  }
+
+  #upgrade(req, socket, head) {
+    if (this.refusing) { socket.destroy(); return; }
+    if (this.upgrades !== 'pass') {
+      this.upgradesRefused += 1;
+      socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      return;
+    }
+    const up = net.connect(this.targetPort, '127.0.0.1', () => {
+      let raw = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) raw += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      up.write(`${raw}\r\n`);
+      if (head && head.length) up.write(head);
+      socket.pipe(up).pipe(socket);
+    });
+    const end = () => { socket.destroy(); up.destroy(); };
+    up.on('error', end);
+    socket.on('error', end);
+    up.on('close', end);
+    socket.on('close', end);
+  }
+
+  /** Ends every open event stream (the client's EventSource sees it break). */
+  cutStreams() { for (const s of [...this.streams]) { s.req.socket.destroy(); s.upRes.destroy(); } }
+
+  /** Destroys every connection, streams, POSTs and WebSockets alike. */
+  cut() { for (const s of [...this.sockets]) s.destroy(); }
+
+  refuse() { this.refusing = true; }
+  pass() { this.refusing = false; }
 
   close() {
     this.cut();

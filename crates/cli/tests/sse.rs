@@ -234,9 +234,19 @@ async fn post_raw(
     body: &str,
     bearer: Option<&str>,
 ) -> (u16, String) {
+    send_raw(server, "POST", session, body, bearer).await
+}
+
+async fn send_raw(
+    server: &Server,
+    method: &str,
+    session: &str,
+    body: &str,
+    bearer: Option<&str>,
+) -> (u16, String) {
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     let mut request = format!(
-        "POST /sse/{session} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
+        "{method} /sse/{session} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
         server.addr,
         body.len()
     );
@@ -272,6 +282,10 @@ async fn an_sse_client_uses_every_command_with_websocket_clients() {
     assert_eq!(session.len(), 32, "{hello}");
     assert_eq!(hello["heartbeat"], 25_000);
     assert_eq!(hello["resumed"], false);
+    assert_eq!(
+        hello["user"], "ann",
+        "identified by the query: no hello needed"
+    );
     let welcome = ann.expect("welcome").await;
     assert_eq!(welcome["user"], "ann");
 
@@ -412,6 +426,7 @@ async fn a_broken_stream_resumes_by_last_event_id_without_loss_or_duplicates() {
     let (resumed_session, hello) = again.session().await;
     assert_eq!(resumed_session, session);
     assert_eq!(hello["resumed"], true);
+    assert_eq!(hello["user"], "ann");
     let mut ids = Vec::new();
     for seq in 2..=4 {
         let (id, m) = again.recv().await;
@@ -461,8 +476,9 @@ async fn auth_limits_and_origins_are_the_websocket_ones() {
 
     // No token: as on /ws, the session waits for a `hello` with one, and
     // ends when none comes in time.
-    let mut pending = open_stream(&server, "", &[]).await;
-    pending.session().await;
+    let mut pending = open_stream(&server, "?user=ann", &[]).await;
+    let (_, hello) = pending.session().await;
+    assert!(hello.get("user").is_none(), "waits for a hello: {hello}");
     assert_eq!(pending.expect("error").await["code"], "unauthorized");
     assert_eq!(pending.expect_close().await.0, 4001);
     // A bad token: refused with a status EventSource does not retry.
@@ -488,7 +504,8 @@ async fn auth_limits_and_origins_are_the_websocket_ones() {
         &[("Origin", "https://chat.example.com")],
     )
     .await;
-    let (session, _) = ann.session().await;
+    let (session, hello) = ann.session().await;
+    assert_eq!(hello["user"], "ann", "identified by the token");
     assert_eq!(ann.expect("welcome").await["user"], "ann");
 
     // POSTs need a token for the same user.
@@ -523,6 +540,25 @@ async fn auth_limits_and_origins_are_the_websocket_ones() {
     assert_eq!(
         post(&server, &session, &many, Some(&ann_token)).await.0,
         413
+    );
+}
+
+#[tokio::test]
+async fn a_session_opened_without_identity_says_so_and_takes_a_hello() {
+    let server = Server::start();
+    let mut anon = open_stream(&server, "", &[]).await;
+    let (session, hello) = anon.session().await;
+    assert!(hello.get("user").is_none(), "{hello}");
+    post_ok(
+        &server,
+        &session,
+        &[json!({"type": "hello", "user": "cid", "device": "tablet", "id": "h"})],
+    )
+    .await;
+    let welcome = anon.expect("welcome").await;
+    assert_eq!(
+        (welcome["user"].as_str(), welcome["id"].as_str()),
+        (Some("cid"), Some("h"))
     );
 }
 
@@ -621,6 +657,42 @@ async fn an_abandoned_session_leaves_its_rooms_after_the_grace_period() {
     );
     let (status, _) = post(&server, &session, &[json!({"type": "ping"})], None).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_delete_ends_the_session_at_once() {
+    // The default heartbeat: an abandoned session would stay for 50 s.
+    let server = Server::start();
+    let mut bob = server.connect("bob").await;
+    bob.join("lobby").await;
+    let mut ann = open_stream(&server, "?user=ann", &[]).await;
+    let (session, _) = ann.session().await;
+    ann.expect("welcome").await;
+    post_ok(
+        &server,
+        &session,
+        &[json!({"type": "join", "room": "lobby"})],
+    )
+    .await;
+    assert_eq!(bob.expect("presence").await["event"], "join");
+
+    assert_eq!(send_raw(&server, "DELETE", &session, "", None).await.0, 204);
+    assert_eq!(
+        ann.expect_close().await,
+        (1000, "client closed".to_string())
+    );
+    let leave = bob.expect("presence").await;
+    assert_eq!(
+        (leave["user"].as_str(), leave["event"].as_str()),
+        (Some("ann"), Some("leave"))
+    );
+    assert_eq!(
+        post(&server, &session, &[json!({"type": "ping"})], None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(send_raw(&server, "DELETE", &session, "", None).await.0, 404);
 }
 
 #[tokio::test]

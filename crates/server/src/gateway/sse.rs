@@ -10,7 +10,8 @@
 //!   (encoded once per fan-out); the stream takes the payload out of each
 //!   and frames it for SSE.
 //! - `POST /sse/SESSION` carries commands, one JSON object per line; replies
-//!   come on the stream.
+//!   come on the stream. `DELETE /sse/SESSION` ends the session (a client
+//!   that closes), as a WebSocket's close does.
 //! - A stream that breaks leaves the session alive for two heartbeat
 //!   intervals. A `GET /sse` with `Last-Event-ID: SESSION:N` (what an
 //!   `EventSource` sends when it reconnects) reattaches and gets every event
@@ -55,7 +56,7 @@ const MAX_COMMANDS_PER_POST: usize = 16;
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/sse", get(open)).route(
         "/sse/{session}",
-        axum::routing::post(commands).options(preflight),
+        axum::routing::post(commands).delete(end).options(preflight),
     )
 }
 
@@ -164,7 +165,7 @@ async fn open(
         slot: Mutex::new(slot),
     });
     app.sse.map.insert(id.clone(), session.clone());
-    let hello = session_event(&app, &id, Some(0), false);
+    let hello = session_event(&app, &id, Some(0), false, session.conn.user());
     let stream = attach(&session, hello, Vec::new());
     tokio::spawn(drive(app.clone(), session));
     with_cors(stream_response(stream), origin)
@@ -207,18 +208,23 @@ fn reattach(
             .collect::<Vec<_>>()
     };
     session.conn.touch(app.hub.clock_ms());
-    let hello = session_event(app, &session.id, None, true);
+    let hello = session_event(app, &session.id, None, true, session.conn.user());
     Some(stream_response(attach(&session, hello, replay)))
 }
 
-/// The first event of a stream: the session id (the POST path) and the
-/// heartbeat the client must POST within.
-fn session_event(app: &App, id: &str, event_id: Option<u64>, resumed: bool) -> Bytes {
-    let data = serde_json::json!({
+/// The first event of a stream: the session id (the POST path), the
+/// heartbeat the client must POST within, and the user when the session is
+/// identified already (by the opening request's query or token: `welcome`
+/// follows and no `hello` is needed; without it the session waits for one).
+fn session_event(app: &App, id: &str, event_id: Option<u64>, resumed: bool, user: &str) -> Bytes {
+    let mut data = serde_json::json!({
         "session": id,
         "heartbeat": app.config.heartbeat.as_millis() as u64,
         "resumed": resumed,
     });
+    if !user.is_empty() {
+        data["user"] = serde_json::Value::from(user);
+    }
     let mut out = String::from("retry: 1000\nevent: session\n");
     if let Some(n) = event_id {
         out.push_str(&format!("id: {id}:{n}\n"));
@@ -450,27 +456,27 @@ async fn commands(
     with_cors(response, origin)
 }
 
-async fn run_commands(
-    app: &Arc<App>,
+/// The live session a `POST` or `DELETE` names, if the request may act on
+/// it: an allowed origin and, with auth on, a token for the session's user.
+fn authorized(
+    app: &App,
     session: Result<Path<String>, PathRejection>,
-    req: Request,
-) -> Response {
+    headers: &HeaderMap,
+) -> Result<Arc<SseSession>, ApiError> {
     let Ok(Path(id)) = session else {
-        return gone();
+        return Err(no_session());
     };
     let Some(session) = app.sse.map.get(&id).map(|s| s.value().clone()) else {
-        return gone();
+        return Err(no_session());
     };
-    let headers = req.headers();
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !guard::origin_allowed(&app.config.allowed_origins, origin, host) {
-        return ApiError(
+        return Err(ApiError(
             StatusCode::FORBIDDEN,
             "forbidden",
             "origin not allowed".into(),
-        )
-        .into_response();
+        ));
     }
     if app.auth.required() {
         let user = super::bearer(headers)
@@ -478,14 +484,44 @@ async fn run_commands(
             .map(|identity| identity.user);
         let owner = session.conn.user();
         if user.is_none() || (!owner.is_empty() && user.as_deref() != Some(owner)) {
-            return ApiError(
+            return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid token for the session's user is required (Authorization: Bearer)".into(),
-            )
-            .into_response();
+            ));
         }
     }
+    Ok(session)
+}
+
+/// `DELETE /sse/SESSION`: the client is done. The session ends now (close
+/// 1000 on its stream, its rooms left), not after the grace period a broken
+/// stream gets. 204, or the statuses of a `POST`.
+async fn end(
+    State(app): State<Arc<App>>,
+    session: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Response {
+    let origin = allowed_origin(&app, req.headers());
+    let response = match authorized(&app, session, req.headers()) {
+        Ok(session) => {
+            session.conn.close(close::NORMAL, "client closed", true);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(refused) => refused.into_response(),
+    };
+    with_cors(response, origin)
+}
+
+async fn run_commands(
+    app: &Arc<App>,
+    session: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Response {
+    let session = match authorized(app, session, req.headers()) {
+        Ok(session) => session,
+        Err(refused) => return refused.into_response(),
+    };
     let limit = app.config.max_frame.saturating_mul(MAX_COMMANDS_PER_POST);
     let body = match read_body_within(app, req.into_body(), limit).await {
         Ok(body) => body,
@@ -543,12 +579,15 @@ async fn run_commands(
 }
 
 fn gone() -> Response {
+    no_session().into_response()
+}
+
+fn no_session() -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
         "not_found",
         "no such session: it ended or expired; open a new one with GET /sse".into(),
     )
-    .into_response()
 }
 
 /// CORS preflight for a cross-origin `POST` (it carries `Authorization`).
@@ -559,7 +598,7 @@ async fn preflight(State(app): State<Arc<App>>, req: Request) -> Response {
         let headers = response.headers_mut();
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("POST"),
+            HeaderValue::from_static("POST, DELETE"),
         );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
