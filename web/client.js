@@ -940,6 +940,8 @@ class SseTransport {
   #pingTimer = null;
   #done = false;
   #reported = false;
+  /** The id of the last event received: POSTs confirm it, so the server can forget what it kept for a reattach. */
+  #lastEventId = '';
 
   constructor(url, { EventSource, fetch, token, user, device }) {
     this.#ES = EventSource;
@@ -973,6 +975,7 @@ class SseTransport {
       this.#finish(typeof data.code === 'number' ? data.code : 1006, data.reason || 'stream closed');
     });
     es.onmessage = (e) => {
+      if (e.lastEventId) this.#lastEventId = e.lastEventId;
       if (!this.#done && this.session && this.onmessage) this.onmessage({ data: e.data });
     };
     es.onerror = (e) => {
@@ -1060,6 +1063,7 @@ class SseTransport {
     this.#lastPost = Date.now();
     const headers = { 'Content-Type': 'text/plain;charset=UTF-8' };
     if (this.#bearer != null) headers.Authorization = `Bearer ${this.#bearer}`;
+    if (this.#lastEventId) headers['Last-Event-ID'] = this.#lastEventId;
     this.#fetch(this.#postUrl, { method: 'POST', headers, body: `${lines.join('\n')}\n` }).then((res) => {
       this.#posting = false;
       if (res.body && typeof res.body.cancel === 'function') res.body.cancel().catch(() => {});

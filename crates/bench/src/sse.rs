@@ -88,11 +88,18 @@ pub async fn post(
     source: Option<IpAddr>,
     session: &str,
     lines: &str,
+    last_event_id: &str,
 ) -> anyhow::Result<u16> {
     let mut stream = dial(target, source).await?;
+    // Confirming what arrived lets the server forget it (as client.js does).
+    let confirm = if last_event_id.is_empty() {
+        String::new()
+    } else {
+        format!("Last-Event-ID: {last_event_id}\r\n")
+    };
     let request = format!(
         "POST /sse/{session} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
-         Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{lines}",
+         Content-Type: text/plain\r\n{confirm}Content-Length: {}\r\n\r\n{lines}",
         target.host,
         lines.len()
     );
@@ -127,10 +134,16 @@ pub struct EventBuf {
     chunk_left: Option<usize>,
     /// The zero-size chunk arrived.
     pub ended: bool,
+    /// The `id` of the last event split off.
+    pub last_id: String,
 }
 
 impl EventBuf {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if self.ended {
+            // The body is over (what follows is the last chunk's CRLF).
+            return Ok(());
+        }
         self.raw.extend_from_slice(bytes);
         let mut at = 0;
         loop {
@@ -188,7 +201,9 @@ impl EventBuf {
             let mut kind: &[u8] = b"message";
             let mut data: &[u8] = b"";
             for line in block.split(|&b| b == b'\n') {
-                if let Some(value) = line.strip_prefix(b"event: ") {
+                if let Some(value) = line.strip_prefix(b"id: ") {
+                    self.last_id = String::from_utf8_lossy(value).into_owned();
+                } else if let Some(value) = line.strip_prefix(b"event: ") {
                     kind = value;
                 } else if let Some(value) = line.strip_prefix(b"data: ") {
                     data = value;
@@ -252,7 +267,7 @@ pub async fn hold(
                     ping_every = Duration::from_millis(heartbeat_ms / 2);
                     next_ping = tokio::time::Instant::now() + ping_every;
                     if let Some(line) = first.take() {
-                        match post(target, source, &session, &format!("{line}\n")).await {
+                        match post(target, source, &session, &format!("{line}\n"), "").await {
                             Ok(204) => {}
                             Ok(status) => return End::Gone(format!("POST answered {status}")),
                             Err(err) => return End::Gone(format!("POST failed: {err:#}")),
@@ -275,7 +290,7 @@ pub async fn hold(
             () = tokio::time::sleep_until(next_ping), if ping_every != Duration::MAX => {
                 next_ping += ping_every;
                 let ping = "{\"type\":\"ping\"}\n";
-                if let Err(err) = post(target, source, &session, ping).await {
+                if let Err(err) = post(target, source, &session, ping, &events.last_id).await {
                     return End::Gone(format!("ping POST failed: {err:#}"));
                 }
             }

@@ -244,6 +244,17 @@ async fn send_raw(
     body: &str,
     bearer: Option<&str>,
 ) -> (u16, String) {
+    send_with(server, method, session, body, bearer, None).await
+}
+
+async fn send_with(
+    server: &Server,
+    method: &str,
+    session: &str,
+    body: &str,
+    bearer: Option<&str>,
+    last_event_id: Option<&str>,
+) -> (u16, String) {
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     let mut request = format!(
         "{method} /sse/{session} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
@@ -252,6 +263,9 @@ async fn send_raw(
     );
     if let Some(token) = bearer {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(id) = last_event_id {
+        request.push_str(&format!("Last-Event-ID: {id}\r\n"));
     }
     request.push_str("\r\n");
     tcp.write_all(request.as_bytes()).await.expect("write");
@@ -769,4 +783,44 @@ async fn sessions_count_in_the_connection_limits() {
         }
         Opened::Stream(_) => panic!("a session beyond --max-connections"),
     }
+}
+
+/// A POST's `Last-Event-ID` confirms events: the session forgets them, so
+/// a reattach from before that point gets a new session, from that point on
+/// the same one.
+#[tokio::test]
+async fn posts_confirm_events_the_session_then_forgets() {
+    let server = Server::start();
+    let mut ann = open_stream(&server, "?user=ann", &[]).await;
+    let (session, _) = ann.session().await;
+    let (welcome_id, _) = ann.recv().await;
+    post_ok(&server, &session, &[json!({"type": "ping", "id": 1})]).await;
+    let (pong_id, pong) = ann.recv().await;
+    assert_eq!(pong["type"], "pong");
+    let (status, _) = send_with(
+        &server,
+        "POST",
+        &session,
+        "{\"type\":\"ping\",\"id\":2}\n",
+        None,
+        Some(&pong_id),
+    )
+    .await;
+    assert_eq!(status, 204);
+    ann.expect("pong").await;
+    drop(ann);
+    // The welcome was confirmed: not kept, so no reattach from before it.
+    let mut before = open_stream(&server, "?user=ann", &[("Last-Event-ID", &welcome_id)]).await;
+    let (other, hello) = before.session().await;
+    assert_ne!(other, session);
+    assert_eq!(hello["resumed"], false);
+    drop(before);
+    // From the confirmed one on, the same session.
+    let mut after = open_stream(&server, "?user=ann", &[("Last-Event-ID", &pong_id)]).await;
+    let (same, hello) = after.session().await;
+    assert_eq!(
+        (same.as_str(), hello["resumed"].as_bool()),
+        (session.as_str(), Some(true))
+    );
+    assert_eq!(after.expect("pong").await["id"], 2);
 }

@@ -49,6 +49,14 @@ use crate::service::client::ClientSession;
 use crate::service::login::Ending;
 use crate::service::Rejection;
 
+/// Bytes of sent events a session keeps for a reattach, at most (and no
+/// more than `--max-queue`). A reattach needs what was lost in flight when a
+/// stream broke; a client that was further behind gets a new session and
+/// resumes with `since`, which loses nothing either. Measured: without
+/// confirmations and this cap, an idle member of a 100-user room kept 7 KB
+/// of presence events, up to `--max-queue` in a busy room.
+const RETAINED: usize = 64 * 1024;
+
 /// Commands per `POST` body, at most: with each line up to `--max-frame`,
 /// this bounds a body to 16 frames' worth.
 const MAX_COMMANDS_PER_POST: usize = 16;
@@ -84,8 +92,9 @@ struct SseSession {
 struct StreamState {
     /// Id of the next event (the `session` event is 0).
     next: u64,
-    /// Events written to a stream, newest last, kept for a reattach: at
-    /// most `--max-queue` bytes, as the queue before them.
+    /// Events written to a stream and not yet confirmed (a POST's
+    /// `Last-Event-ID`), newest last, kept for a reattach: at most
+    /// [`RETAINED`] bytes.
     sent: VecDeque<(u64, Bytes)>,
     sent_bytes: usize,
     /// The attached stream (a generation), or 0 when detached.
@@ -301,7 +310,7 @@ impl futures_util::Stream for SseStream {
             return Poll::Pending;
         }
         let mut chunk = BytesMut::new();
-        let limit = session.conn.queue_limit();
+        let limit = session.conn.queue_limit().min(RETAINED);
         for frame in this.batch.drain(..) {
             let Some((opcode, payload)) = unframe(&frame) else {
                 continue;
@@ -522,6 +531,7 @@ async fn run_commands(
         Ok(session) => session,
         Err(refused) => return refused.into_response(),
     };
+    let confirmed = confirmed(req.headers(), &session.id);
     let limit = app.config.max_frame.saturating_mul(MAX_COMMANDS_PER_POST);
     let body = match read_body_within(app, req.into_body(), limit).await {
         Ok(body) => body,
@@ -548,6 +558,9 @@ async fn run_commands(
         return gone();
     }
     session.conn.touch(app.hub.clock_ms());
+    if let Some(upto) = confirmed {
+        session.forget_sent(upto);
+    }
     let mut client = session.client.lock();
     for line in lines {
         if line.len() > app.config.max_frame {
@@ -578,6 +591,25 @@ async fn run_commands(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// The event a POST says its client has (`Last-Event-ID: SESSION:N`).
+fn confirmed(headers: &HeaderMap, session: &str) -> Option<u64> {
+    let last = headers.get("last-event-id")?.to_str().ok()?;
+    let (id, n) = last.split_once(':')?;
+    (id == session).then(|| n.parse().ok()).flatten()
+}
+
+impl SseSession {
+    /// Drops the kept events up to `upto`: the client has them.
+    fn forget_sent(&self, upto: u64) {
+        let mut st = self.stream.lock();
+        while st.sent.front().is_some_and(|(n, _)| *n <= upto) {
+            if let Some((_, event)) = st.sent.pop_front() {
+                st.sent_bytes -= event.len();
+            }
+        }
+    }
+}
+
 fn gone() -> Response {
     no_session().into_response()
 }
@@ -602,7 +634,7 @@ async fn preflight(State(app): State<Arc<App>>, req: Request) -> Response {
         );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization, content-type"),
+            HeaderValue::from_static("authorization, content-type, last-event-id"),
         );
         headers.insert(
             header::ACCESS_CONTROL_MAX_AGE,
