@@ -347,6 +347,22 @@ async fn an_sse_client_uses_every_command_with_websocket_clients() {
         (d["from"].as_str(), d["body"].as_str()),
         (Some("bob"), Some("psst"))
     );
+    // `received` and `read` from the SSE side: bob gets the receipt.
+    let upto = d["seq"].as_u64().unwrap_or(0);
+    post_ok(
+        &server,
+        &session,
+        &[
+            json!({"type": "received", "upto": upto}),
+            json!({"type": "read", "from": "bob", "upto": upto}),
+        ],
+    )
+    .await;
+    let receipt = bob.expect("read").await;
+    assert_eq!(
+        (receipt["by"].as_str(), receipt["upto"].as_u64()),
+        (Some("ann"), Some(upto))
+    );
 
     // The same presence: a user is a user, whatever carries them.
     let presence = bob
@@ -383,6 +399,20 @@ async fn an_sse_client_uses_every_command_with_websocket_clients() {
     let (status, _) = post_raw(&server, &session, "{not json\n", None).await;
     assert_eq!(status, 204);
     assert_eq!(ann.expect("error").await["code"], "bad_request");
+
+    // `leave` over SSE: bob sees ann go, ann gets `left`.
+    post_ok(
+        &server,
+        &session,
+        &[json!({"type": "leave", "room": "lobby", "id": "l"})],
+    )
+    .await;
+    assert_eq!(ann.expect("left").await["id"], "l");
+    let gone = bob.expect("presence").await;
+    assert_eq!(
+        (gone["user"].as_str(), gone["event"].as_str()),
+        (Some("ann"), Some("leave"))
+    );
 
     // Event ids count up by one, per session.
     post_ok(
