@@ -283,6 +283,15 @@ async fn send_with(
     (status, body)
 }
 
+/// A stream for `user` (auth off), past its `session` and `welcome`
+/// events; and the session id.
+async fn open_as(server: &Server, user: &str) -> (Stream, String) {
+    let mut stream = open_stream(server, &format!("?user={user}"), &[]).await;
+    let (session, _) = stream.session().await;
+    stream.expect("welcome").await;
+    (stream, session)
+}
+
 async fn post_ok(server: &Server, session: &str, lines: &[Value]) {
     let (status, body) = post(server, session, lines, None).await;
     assert_eq!(status, 204, "{body}");
@@ -446,9 +455,7 @@ async fn a_broken_stream_resumes_by_last_event_id_without_loss_or_duplicates() {
     let server = Server::start();
     let mut bob = server.connect("bob").await;
     bob.join("lobby").await;
-    let mut ann = open_stream(&server, "?user=ann", &[]).await;
-    let (session, _) = ann.session().await;
-    ann.expect("welcome").await;
+    let (mut ann, session) = open_as(&server, "ann").await;
     post_ok(
         &server,
         &session,
@@ -624,9 +631,7 @@ fn common_token(secret: &str, user: &str) -> String {
 #[tokio::test]
 async fn the_rate_limit_applies_per_session() {
     let server = Server::start_with(&["--rate-limit", "1", "--rate-burst", "2"]);
-    let mut ann = open_stream(&server, "?user=ann", &[]).await;
-    let (session, _) = ann.session().await;
-    ann.expect("welcome").await;
+    let (mut ann, session) = open_as(&server, "ann").await;
     let pings: Vec<Value> = (0..3).map(|n| json!({"type": "ping", "id": n})).collect();
     post_ok(&server, &session, &pings).await;
     ann.expect("pong").await;
@@ -679,9 +684,7 @@ async fn an_abandoned_session_leaves_its_rooms_after_the_grace_period() {
     let server = Server::start_with(&["--heartbeat", "200ms"]);
     let mut bob = server.connect("bob").await;
     bob.join("lobby").await;
-    let mut ann = open_stream(&server, "?user=ann", &[]).await;
-    let (session, _) = ann.session().await;
-    ann.expect("welcome").await;
+    let (ann, session) = open_as(&server, "ann").await;
     post_ok(
         &server,
         &session,
@@ -709,9 +712,7 @@ async fn a_delete_ends_the_session_at_once() {
     let server = Server::start();
     let mut bob = server.connect("bob").await;
     bob.join("lobby").await;
-    let mut ann = open_stream(&server, "?user=ann", &[]).await;
-    let (session, _) = ann.session().await;
-    ann.expect("welcome").await;
+    let (mut ann, session) = open_as(&server, "ann").await;
     post_ok(
         &server,
         &session,
@@ -742,9 +743,7 @@ async fn a_delete_ends_the_session_at_once() {
 #[tokio::test]
 async fn a_reader_that_stops_is_cut_off_without_slowing_the_room() {
     let server = Server::start_with(&["--max-queue", "64KiB", "--rate-limit", "0"]);
-    let mut stuck = open_stream(&server, "?user=stuck", &[]).await;
-    let (session, _) = stuck.session().await;
-    stuck.expect("welcome").await;
+    let (mut stuck, session) = open_as(&server, "stuck").await;
     post_ok(
         &server,
         &session,
