@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::driver::{End, Frames};
+use super::driver::{sleep_until, End, Frames};
 use super::wire::{dial, read_head, Target};
 
 /// Largest chunk or event accepted (a guard against garbage).
@@ -268,13 +268,6 @@ pub async fn hold(
                 Err(err) => return End::Gone(format!("read error: {}", err.kind())),
             },
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
