@@ -116,6 +116,17 @@ pub enum Refusal {
     TooFast,
 }
 
+impl Refusal {
+    /// What the client is told, and what the log says.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Full => "connection limit reached",
+            Refusal::TooManyConnections => "too many connections from this address",
+            Refusal::TooFast => "connecting too fast from this address",
+        }
+    }
+}
+
 /// The connection limits. Every accepted connection (plain or TLS, before
 /// and after its handshake, idle, serving a request, or a WebSocket) holds
 /// one [`Slot`] from accept until the server is done with its socket: one
@@ -215,6 +226,12 @@ impl Gate {
         headers: &HeaderMap,
     ) -> Result<Slot, Refusal> {
         self.take(client_ip(peer, headers, &self.trusted), Take::Both)
+    }
+
+    /// The client address the per-IP limits count `peer`'s request under
+    /// (its `X-Forwarded-For` entry when `peer` is a trusted proxy).
+    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        client_ip(peer, headers, &self.trusted)
     }
 
     /// Open slots.

@@ -188,7 +188,7 @@ impl Server {
                             let serve = serve_connection(stream, peer, slot, router.clone(), app.clone(), tls.clone());
                             tokio::spawn(serve);
                         }
-                        Err(refusal) => refuse_at_accept(&app, stream, refusal, tls.is_some()),
+                        Err(refusal) => refuse_at_accept(&app, stream, peer, refusal, tls.is_some()),
                     },
                     Err(err) => {
                         // Usually EMFILE: back off briefly instead of spinning.
@@ -242,8 +242,18 @@ impl Server {
 /// on the client: on plain HTTP with a canned 503/429 (what a WebSocket
 /// client or a load balancer can report), on TLS by closing (a handshake
 /// costs more than the refusal should).
-fn refuse_at_accept(app: &App, stream: TcpStream, refusal: guard::Refusal, tls: bool) {
+fn refuse_at_accept(
+    app: &App,
+    stream: TcpStream,
+    peer: SocketAddr,
+    refusal: guard::Refusal,
+    tls: bool,
+) {
     app.hub.metrics.connections_refused.increment(1);
+    // Per IP, only direct clients are limited here (a trusted proxy's
+    // connections count under their forwarded address at the upgrade), so
+    // the peer is the client.
+    tracing::debug!(client = %peer.ip(), %peer, reason = refusal.reason(), "connection refused at accept");
     if tls {
         return;
     }
