@@ -187,6 +187,7 @@ function siteForTest() {
   site = replaced(site, 'listen [::]:443 ssl http2;', '');
   site = replaced(site, `/etc/letsencrypt/live/${DOMAIN}/`, `${dir}/`);
   site = replaced(site, 'root /var/www/letsencrypt;', `root ${dir}/webroot;`);
+  site = replaced(site, 'access_log /var/log/nginx/switchboard.access.log', `access_log ${dir}/access.log`);
   return site;
 }
 
@@ -421,7 +422,25 @@ test('wss:// and the SSE stream over HTTP/2 through nginx: a WebSocket user and 
   ann.close();
   await once(ann, 'close');
   ben.close();
+
+  // The access log has the paths, never the query strings (tokens go there).
+  // nginx writes a line when its request ends, so wait for the stream's.
+  const access = await logged(path.join(dir, 'access.log'), /"GET \/sse HTTP\/2\.0" 200/);
+  assert.match(access, /"GET \/ws HTTP\/1\.1" 403/);
+  assert.ok(!/user=|token=/.test(access), `query strings logged:\n${access}`);
 });
+
+/** The file's text once it matches `re` (polled: nginx writes it on its own time). */
+async function logged(file, re) {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    let text = '';
+    try { text = readFileSync(file, 'utf8'); } catch { /* not written yet */ }
+    if (re.test(text)) return text;
+    if (Date.now() > deadline) throw new Error(`${file} never matched ${re}:\n${text}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
 
 test('behind nginx, the per-IP limits count the client address from X-Forwarded-For, and the log names it', async () => {
   // --max-connections-per-ip 1. Every connection reaches the server from
