@@ -49,7 +49,7 @@ const SUMMED = [
  */
 function sample(stats) {
   const nodes = Array.isArray(stats?.nodes) ? stats.nodes : [];
-  const s = { t: Number(nodes[0]?.uptime_seconds) || 0, errors: {}, les: [], buckets: [], fanouts: 0, rooms: new Map() };
+  const s = { t: Number(nodes[0]?.uptime_seconds) || 0, errors: {}, les: [], buckets: [], fanouts: 0, busiest: new Map() };
   for (const k of SUMMED) s[k] = 0;
   for (const node of nodes) {
     for (const k of SUMMED) s[k] += Number(node[k]) || 0;
@@ -61,10 +61,10 @@ function sample(stats) {
     });
     s.fanouts += Number(h.count) || 0;
     for (const r of node.busiest_rooms ?? []) {
-      const room = s.rooms.get(r.room) ?? { online: 0, seq: 0 };
+      const room = s.busiest.get(r.room) ?? { online: 0, seq: 0 };
       room.online += Number(r.online) || 0;
       room.seq = Math.max(room.seq, Number(r.seq) || 0);
-      s.rooms.set(String(r.room), room);
+      s.busiest.set(String(r.room), room);
     }
   }
   return s;
@@ -132,11 +132,11 @@ function fanoutQuantile(i, q) {
 // ---- formatting ----
 
 const fmtCount = (v) => Math.round(v).toLocaleString('en-US');
-const fmtRate = (v) => (v >= 10 ? fmtCount(v) : v === 0 ? '0' : v.toFixed(1));
+const fmtRate = (v) => (v >= 10 || Number.isInteger(v) ? fmtCount(v) : v.toFixed(1));
 function fmtSeconds(v) {
   if (v < 0.001) return `${Math.round(v * 1e6)} µs`;
-  if (v < 1) return `${(v * 1e3).toFixed(v < 0.01 ? 2 : 1)} ms`;
-  return `${v.toFixed(2)} s`;
+  if (v < 1) return `${Number((v * 1e3).toPrecision(3))} ms`;
+  return `${Number(v.toPrecision(3))} s`;
 }
 function fmtBytes(v) {
   if (v < 1000) return `${Math.round(v)} B`;
@@ -156,11 +156,12 @@ function fmtUptime(s) {
   return m ? `up ${m} min` : `up ${Math.floor(s)} s`;
 }
 
-/** The smallest of 1, 2, 2.5, 5 × 10^k at or above `v` (at least `floor`). */
+/** The top of a scale: the smallest round number (1, 1.5, 2, 2.5, 3, 4, 5,
+ * 6 or 8 × 10^k) at or above `v`, and at least `floor`. */
 function niceCeil(v, floor) {
   if (!(v > floor)) return floor;
   const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * p >= v) return m * p;
   return 10 * p;
 }
 
@@ -185,7 +186,7 @@ const CHARTS = [
       { name: 'in', value: perSecond('messages_in') },
       { name: 'out', value: perSecond('messages_out') },
     ] },
-  { id: 'fanout', title: `Fan-out latency (each point: the last ${LATENCY_S} s)`, format: fmtSeconds, floor: 0.0001,
+  { id: 'fanout', title: `Fan-out latency (over ${LATENCY_S} s)`, format: fmtSeconds, floor: 0.0001,
     series: () => [
       { name: 'p50', value: (i) => fanoutQuantile(i, 0.5) },
       { name: 'p99', value: (i) => fanoutQuantile(i, 0.99) },
@@ -197,8 +198,8 @@ const CHARTS = [
     ] },
   { id: 'disconnects', title: 'Disconnects per second', format: fmtRate, floor: 1,
     series: () => [
-      { name: 'slow consumer', value: perSecond('slow_consumer_disconnects') },
-      { name: 'heartbeat timeout', value: perSecond('heartbeat_timeouts') },
+      { name: 'slow consumers', value: perSecond('slow_consumer_disconnects') },
+      { name: 'timeouts', value: perSecond('heartbeat_timeouts') },
     ],
     footnote: (s) => `since start: ${fmtCount(s.slow_consumer_disconnects)} slow consumers, ${fmtCount(s.heartbeat_timeouts)} timeouts` },
   { id: 'errors', title: 'Errors per second, by code', format: fmtRate, floor: 1,
@@ -282,7 +283,8 @@ function draw() {
       for (let i = from; i <= last; i++) v.push(s.value(i));
       return v;
     });
-    const top = niceCeil(Math.max(0, ...values.flat().filter((v) => v !== null)), chart.floor);
+    // A tenth of headroom, so a line at its peak stays clear of the label.
+    const top = niceCeil(1.1 * Math.max(0, ...values.flat().filter((v) => v !== null)), chart.floor);
     const yOf = (v) => (v === null ? null : H - (Math.min(v, top) / top) * H);
     const shapes = [
       svgEl('line', { x1: 0, x2: W, y1: H / 2, y2: H / 2, class: 'gridline', 'vector-effect': 'non-scaling-stroke' }),
@@ -326,13 +328,13 @@ function drawRooms() {
   const now = ring[last];
   const j = before(last, ROOM_RATE_S);
   const then = j === null || j === last ? null : ring[j];
-  const rows = [...now.rooms.entries()]
+  const rows = [...now.busiest.entries()]
     .sort((a, b) => b[1].online - a[1].online || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
     .slice(0, BUSIEST)
     .map(([name, room]) => {
       const tr = el('tr');
       tr.dataset.room = name;
-      const old = then?.rooms.get(name);
+      const old = then?.busiest.get(name);
       const perSec = old && now.t > then.t ? Math.max(0, room.seq - old.seq) / (now.t - then.t) : null;
       tr.append(
         el('td', 'name', name),
