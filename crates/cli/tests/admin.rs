@@ -32,7 +32,12 @@ fn n(value: &Value) -> u64 {
 #[tokio::test]
 async fn everything_is_off_without_an_api_key() {
     let server = Server::start();
-    for path in ["/api/stats", "/admin", "/admin/admin.js", "/admin/admin.css"] {
+    for path in [
+        "/api/stats",
+        "/admin",
+        "/admin/admin.js",
+        "/admin/admin.css",
+    ] {
         let (status, body) = server.http("GET", path, Some("anything"), None).await;
         assert_eq!(status, 404, "{path}: {body}");
     }
@@ -67,7 +72,10 @@ async fn stats_move_with_traffic_and_agree_with_metrics() {
     assert_eq!(before["busiest_rooms"], json!([]));
     let buckets = before["fanout_seconds"]["buckets"].as_array().unwrap();
     assert!(!buckets.is_empty() && buckets.iter().all(|b| b["count"] == 0));
-    assert!(before["errors"].as_object().unwrap().contains_key("rate_limited"));
+    assert!(before["errors"]
+        .as_object()
+        .unwrap()
+        .contains_key("rate_limited"));
 
     let mut ann = server.connect("ann").await;
     let mut bob = server.connect("bob").await;

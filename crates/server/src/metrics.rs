@@ -138,10 +138,7 @@ impl Metrics {
         let errors = ErrorCode::ALL
             .iter()
             .map(|&code| {
-                let key = Key::from_parts(
-                    ERRORS,
-                    vec![Label::new("code", code.as_str())],
-                );
+                let key = Key::from_parts(ERRORS, vec![Label::new("code", code.as_str())]);
                 (code, recorder.register_counter(&key, &meta))
             })
             .collect();
@@ -294,7 +291,12 @@ mod tests {
         let empty = m.snapshot();
         assert_eq!(empty.messages_in, 0);
         assert_eq!(empty.errors.len(), ErrorCode::ALL.len());
-        assert_eq!(empty.fanout_seconds.buckets.len(), 13, "{:?}", empty.fanout_seconds);
+        assert_eq!(
+            empty.fanout_seconds.buckets.len(),
+            13,
+            "{:?}",
+            empty.fanout_seconds
+        );
 
         m.connections.increment(3.0);
         m.users.increment(2.0);
@@ -322,13 +324,17 @@ mod tests {
 
         // The same figures as the exposition, line for line.
         let text = m.render();
-        assert!(text.contains("switchboard_messages_out_total 15\n"), "{text}");
+        assert!(
+            text.contains("switchboard_messages_out_total 15\n"),
+            "{text}"
+        );
         assert!(text.contains("switchboard_errors_total{code=\"rate_limited\"} 2\n"));
     }
 
     #[test]
     fn samples_skip_comments_and_take_the_value_after_the_last_space() {
-        let text = "# HELP a x y\n# TYPE a counter\na 4\n\nb{k=\"v w\"} 1.5\nc_bucket{le=\"+Inf\"} +Inf\n";
+        let text =
+            "# HELP a x y\n# TYPE a counter\na 4\n\nb{k=\"v w\"} 1.5\nc_bucket{le=\"+Inf\"} +Inf\n";
         let s = samples(text);
         assert_eq!(s.len(), 3);
         assert_eq!(s["a"], 4.0);

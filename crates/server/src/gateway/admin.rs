@@ -89,27 +89,31 @@ pub(super) async fn stats(State(app): State<Arc<App>>) -> Response {
 
 /// The page and its files: `/admin`, `/admin/admin.js`, `/admin/admin.css`.
 pub fn routes() -> Router<Arc<App>> {
-    [
+    let files: [(&str, &'static Asset); 3] = [
         ("/admin", &web::ADMIN_HTML),
         ("/admin/admin.js", &web::ADMIN_JS),
         ("/admin/admin.css", &web::ADMIN_CSS),
-    ]
-    .into_iter()
-    .fold(Router::new(), |router, (path, asset): (_, &'static Asset)| {
-        router.route(
-            path,
-            get(
-                move |State(app): State<Arc<App>>, request: HeaderMap| async move {
-                    if app.config.api_key.is_none() {
-                        return (
-                            StatusCode::NOT_FOUND,
-                            "the dashboard is disabled (no --api-key)\n",
-                        )
-                            .into_response();
-                    }
-                    web::serve(asset, &request)
-                },
-            ),
+    ];
+    files
+        .into_iter()
+        .fold(Router::new(), |router, (path, asset)| {
+            router.route(
+                path,
+                get(move |State(app): State<Arc<App>>, request: HeaderMap| {
+                    page(app, asset, request)
+                }),
+            )
+        })
+}
+
+/// One of the page's files, or 404 without `--api-key` (as for `/api`).
+async fn page(app: Arc<App>, asset: &'static Asset, request: HeaderMap) -> Response {
+    if app.config.api_key.is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            "the dashboard is disabled (no --api-key)\n",
         )
-    })
+            .into_response();
+    }
+    web::serve(asset, &request)
 }

@@ -83,7 +83,8 @@ static FAVICON: Asset = asset!("favicon.svg", "image/svg+xml", Kind::AppFile);
 static CLIENT_JS: Asset = asset!("client.js", "text/javascript; charset=utf-8", Kind::Library);
 // The operator dashboard (`admin.rs` serves these, only with `--api-key`).
 pub(super) static ADMIN_HTML: Asset = asset!("admin.html", "text/html; charset=utf-8", Kind::Page);
-pub(super) static ADMIN_JS: Asset = asset!("admin.js", "text/javascript; charset=utf-8", Kind::AppFile);
+pub(super) static ADMIN_JS: Asset =
+    asset!("admin.js", "text/javascript; charset=utf-8", Kind::AppFile);
 pub(super) static ADMIN_CSS: Asset = asset!("admin.css", "text/css; charset=utf-8", Kind::AppFile);
 static CLIENT_DTS: Asset = asset!(
     "client.d.ts",

@@ -355,7 +355,8 @@ impl Hub {
             .iter()
             .map(|e| (e.key().clone(), e.value().online()))
             .collect();
-        let order = |a: &(Arc<str>, usize), b: &(Arc<str>, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        let order =
+            |a: &(Arc<str>, usize), b: &(Arc<str>, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
         if live.len() > n {
             live.select_nth_unstable_by(n, order);
             live.truncate(n);
