@@ -48,11 +48,11 @@ export const PHONE = { width: 390, height: 780 };
 
 /**
  * A fresh browser context (own storage, like another person's browser) with
- * one page on the server's `/`. Collects uncaught exceptions and console
- * errors in `page.errors`, and any `alert()` text in `page.dialogs` (an
- * injected script would call one).
+ * one page on the server's `/` (or `path`). Collects uncaught exceptions and
+ * console errors in `page.errors`, and any `alert()` text in `page.dialogs`
+ * (an injected script would call one).
  */
-export async function openPage(browser, server, { locale = 'en-US', viewport = DESKTOP, phone = false, timezoneId = 'UTC' } = {}) {
+export async function openPage(browser, server, { locale = 'en-US', viewport = DESKTOP, phone = false, timezoneId = 'UTC', path: at = '/' } = {}) {
   const context = await browser.newContext({
     locale,
     viewport,
@@ -71,7 +71,7 @@ export async function openPage(browser, server, { locale = 'en-US', viewport = D
     if (m.type() === 'error' && !BROWSER_NETWORK_REPORT.test(m.text())) page.errors.push(m.text());
   });
   page.on('dialog', (dialog) => { page.dialogs.push(dialog.message()); dialog.dismiss(); });
-  await page.goto(`${server.url}/`);
+  await page.goto(`${server.url}${at}`);
   return page;
 }
 

@@ -31,6 +31,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(super::sse::routes())
         .merge(super::api::routes(app.clone()))
         .merge(super::web::routes())
+        .merge(super::admin::routes())
         .with_state(app)
 }
 

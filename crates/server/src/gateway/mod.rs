@@ -7,6 +7,7 @@
 //! `/relay/{channel}` forwards frames verbatim (`relay.rs`). Both WebSocket
 //! endpoints run the same socket loop (`socket.rs`).
 
+mod admin;
 mod api;
 mod guard;
 mod http;
