@@ -7,6 +7,7 @@
 //! `/relay/{channel}` forwards frames verbatim (`relay.rs`). Both WebSocket
 //! endpoints run the same socket loop (`socket.rs`).
 
+mod admin;
 mod api;
 mod guard;
 mod http;
@@ -183,7 +184,7 @@ impl Server {
                             let serve = serve_connection(stream, peer, slot, router.clone(), app.clone(), tls.clone());
                             tokio::spawn(serve);
                         }
-                        Err(refusal) => refuse_at_accept(&app, stream, refusal, tls.is_some()),
+                        Err(refusal) => refuse_at_accept(&app, stream, peer, refusal, tls.is_some()),
                     },
                     Err(err) => {
                         // Usually EMFILE: back off briefly instead of spinning.
@@ -260,8 +261,18 @@ fn load_auth(config: &Config) -> anyhow::Result<Box<dyn Authenticator>> {
     Ok(Box::new(auth))
 }
 
-fn refuse_at_accept(app: &App, stream: TcpStream, refusal: guard::Refusal, tls: bool) {
+fn refuse_at_accept(
+    app: &App,
+    stream: TcpStream,
+    peer: SocketAddr,
+    refusal: guard::Refusal,
+    tls: bool,
+) {
     app.hub.metrics.connections_refused.increment(1);
+    // Per IP, only direct clients are limited here (a trusted proxy's
+    // connections count under their forwarded address at the upgrade), so
+    // the peer is the client.
+    tracing::debug!(client = %peer.ip(), %peer, reason = refusal.reason(), "connection refused at accept");
     if tls {
         return;
     }
