@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use switchboard_server::{Config, Server};
 
+mod connect;
+
 #[derive(Parser)]
 #[command(
     name = "switchboard",
@@ -20,6 +22,8 @@ enum Command {
     Serve(Box<Config>),
     /// Mint a JWT for local development (HS256 with the server's secret).
     Token(TokenArgs),
+    /// A terminal client: join rooms, chat, send direct messages (/help).
+    Connect(connect::ConnectArgs),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => serve(*config),
         Command::Token(args) => token(args),
+        Command::Connect(args) => connect::run(args),
     }
 }
 
