@@ -46,12 +46,13 @@
 #   bench/run.sh --smoke   fan-out with 50 subscribers (Socket.IO flat out
 #                          only), 2 s per measurement, a 2 s publish run
 #                          against the SQLite store, 200 idle connections,
-#                          and tiny direct, resume, churn and chaos runs, all
-#                          --strict (fails on lost messages, missing acks,
-#                          failed or dropped connections, server errors;
-#                          never on timing); writes nothing (~45 s). Uses
-#                          the debug builds unless SWITCHBOARD_BIN and
-#                          SWITCHBOARD_BENCH_BIN are set.
+#                          and tiny direct, resume, churn and chaos runs
+#                          (chaos twice: auth off, and on with expiring
+#                          tokens), all --strict (fails on lost messages,
+#                          missing acks, failed or dropped connections,
+#                          server errors; never on timing); writes nothing
+#                          (~55 s). Uses the debug builds unless
+#                          SWITCHBOARD_BIN and SWITCHBOARD_BENCH_BIN are set.
 #
 #   bench/run.sh --report DIR
 #                          renders BENCHMARKS.md again from the raw results a
@@ -442,11 +443,17 @@ if $smoke; then
   CONNECT_N=200
   connect connect-smoke-room switchboard room --hold 200ms --settle 1s
   # --- smoke: direct, resume, churn, chaos (tiny, --strict; fresh server each) ---
-  # smoke_session_scenario NAME STORE SCENARIO [ARG...]
+  # smoke_session_scenario NAME STORE [--serve FLAG... --] SCENARIO [ARG...]
+  # (the FLAGs go to the server)
   smoke_session_scenario() {
-    local name=$1 store=$2
+    local name=$1 store=$2 serve=()
     shift 2
-    start_switchboard "$name" "$store"
+    if [ "$1" = --serve ]; then
+      shift
+      while [ "$1" != -- ]; do serve+=("$1"); shift; done
+      shift
+    fi
+    start_switchboard "$name" "$store" "${serve[@]}"
     say "switchboard --store $store: switchboard-bench $*"
     "$BENCH_BIN" "$@" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
       --label "$store" --server switchboard --store "$store" --json "$WORK/$name.json" --strict | tee "$WORK/$name.txt" >&2
@@ -468,6 +475,12 @@ if $smoke; then
   smoke_session_scenario churn-smoke-sqlite sqlite churn --rate 50 --duration "$DURATION"
   smoke_session_scenario chaos-smoke-memory memory chaos --clients 50 --duration 3s \
     --warmup "$WARMUP" --max-rss 1024
+  # Auth on: tokens of 1-3 s, renewed with hello or left to expire (4001,
+  # then a resume with a fresh token).
+  smoke_session_scenario chaos-auth-smoke-sqlite sqlite \
+    --serve --jwt-secret chaos-smoke-secret --jwt-leeway 1s -- \
+    chaos --clients 50 --duration 4s --warmup "$WARMUP" --max-rss 1024 \
+    --jwt-secret chaos-smoke-secret --jwt-leeway 1s --token-ttl 1s..3s
   # --- end smoke: direct, resume, churn, chaos ---
   # The report renders from the typed results (to nowhere: figures this small
   # are not published).

@@ -2,13 +2,12 @@
 // loaded over http from the real binary (Chromium refuses WebSockets from
 // data: pages), and small waits on what the page shows.
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import http from 'node:http';
-import net from 'node:net';
 import path from 'node:path';
 import { ROOT } from '../node/client-helpers.mjs';
+import { freePort, runNginx } from '../node/nginx.mjs';
 
 export { Server, Proxy, ROOT } from '../node/client-helpers.mjs';
 
@@ -49,11 +48,11 @@ export const PHONE = { width: 390, height: 780 };
 
 /**
  * A fresh browser context (own storage, like another person's browser) with
- * one page on the server's `/`. Collects uncaught exceptions and console
- * errors in `page.errors`, and any `alert()` text in `page.dialogs` (an
- * injected script would call one).
+ * one page on the server's `/` (or `path`). Collects uncaught exceptions and
+ * console errors in `page.errors`, and any `alert()` text in `page.dialogs`
+ * (an injected script would call one).
  */
-export async function openPage(browser, server, { locale = 'en-US', viewport = DESKTOP, phone = false, timezoneId = 'UTC' } = {}) {
+export async function openPage(browser, server, { locale = 'en-US', viewport = DESKTOP, phone = false, timezoneId = 'UTC', path: at = '/' } = {}) {
   const context = await browser.newContext({
     locale,
     viewport,
@@ -72,7 +71,7 @@ export async function openPage(browser, server, { locale = 'en-US', viewport = D
     if (m.type() === 'error' && !BROWSER_NETWORK_REPORT.test(m.text())) page.errors.push(m.text());
   });
   page.on('dialog', (dialog) => { page.dialogs.push(dialog.message()); dialog.dismiss(); });
-  await page.goto(`${server.url}/`);
+  await page.goto(`${server.url}${at}`);
   return page;
 }
 
@@ -124,8 +123,6 @@ export async function screenshot(page, name) {
   await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`) });
 }
 
-export const NGINX = process.env.NGINX || '/usr/sbin/nginx';
-
 /**
  * The nginx configuration of docs/OPERATIONS.md ("Behind nginx"), as
  * written there, with `listen` and the `proxy_pass` address changed.
@@ -145,28 +142,12 @@ export function documentedNginx(listen, backend, { websockets = true } = {}) {
   return conf;
 }
 
-/** A free TCP port on 127.0.0.1 (bound and released). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+/** Whether `url` answers (any status). */
+function answers(url) {
+  return new Promise((resolve) => {
+    const req = http.get(url, (res) => { res.resume(); resolve(true); });
+    req.on('error', () => resolve(false));
   });
-}
-
-/** Resolves once `url` answers (any status): nginx is accepting. */
-async function answers(url, child, timeout = 10_000) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`nginx exited (${child.exitCode})`);
-    const ok = await new Promise((resolve) => {
-      const req = http.get(url, (res) => { res.resume(); resolve(true); });
-      req.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nginx did not answer on ${url}`);
-    await new Promise((resolve) => { child.once('exit', resolve); setTimeout(resolve, 50); });
-  }
 }
 
 /**
@@ -175,43 +156,11 @@ async function answers(url, child, timeout = 10_000) {
  * temporary prefix; `stop()` kills it and removes the prefix.
  */
 export async function startNginx(server, options = {}) {
-  const dir = mkdtempSync(path.join(tmpdir(), 'switchboard-nginx-'));
   const port = await freePort();
-  const conf = `daemon off;
-master_process off;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 512; }
-http {
-    access_log off;
-    client_body_temp_path ${dir}/body;
-    proxy_temp_path ${dir}/proxy;
-    fastcgi_temp_path ${dir}/fastcgi;
-    uwsgi_temp_path ${dir}/uwsgi;
-    scgi_temp_path ${dir}/scgi;
-${documentedNginx(`127.0.0.1:${port}`, server.addr, options)}
-}
-`;
-  writeFileSync(path.join(dir, 'nginx.conf'), conf);
-  const child = spawn(NGINX, ['-p', dir, '-c', path.join(dir, 'nginx.conf'), '-e', path.join(dir, 'error.log')], { stdio: ['ignore', 'inherit', 'inherit'] });
-  const proxy = {
-    url: `http://127.0.0.1:${port}`,
-    addr: `127.0.0.1:${port}`,
-    errorLog: () => { try { return readFileSync(path.join(dir, 'error.log'), 'utf8'); } catch { return ''; } },
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        await new Promise((done) => { child.once('exit', done); child.kill('SIGKILL'); });
-      }
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-  try {
-    await answers(`${proxy.url}/healthz`, child);
-  } catch (err) {
-    const log = proxy.errorLog();
-    await proxy.stop();
-    throw new Error(`${err.message}\n${log}`);
-  }
-  return proxy;
+  const url = `http://127.0.0.1:${port}`;
+  const nginx = await runNginx(
+    () => documentedNginx(`127.0.0.1:${port}`, server.addr, options),
+    () => answers(`${url}/healthz`),
+  );
+  return { url, addr: `127.0.0.1:${port}`, errorLog: nginx.errorLog, stop: nginx.stop };
 }

@@ -22,9 +22,34 @@
 //! its publisher had acked; the server's RSS stays under `--max-rss`; and
 //! the server answers `ping` at the end.
 //!
+//! Token expiry (`--jwt-secret`, the server's secret; `--jwt-leeway`, the
+//! server's leeway): every connection, the bystander's and the end-of-run
+//! checks' too, authenticates with an HS256 token for its user (`sub`,
+//! `exp`) signed by the bench, in `?token=` or in a first `hello` (drawn
+//! per connection), living a time drawn from `--token-ttl`. When a chaos
+//! client's token comes due, between its random actions, it either renews
+//! it (`hello` with a fresh token at 30–70 % of its life: a `welcome` for
+//! the same user is expected and the connection carries on, nothing lost)
+//! or, for 30 % of tokens, lets it lapse: it waits, reading, for the
+//! `unauthorized` error and the close 4001 "token expired", which must come
+//! no earlier than `exp` + leeway and at most 3 s after (the server counts
+//! whole seconds), then reconnects with a fresh token and resumes with
+//! `join … since` (the invariants above hold across it). A close for a
+//! lapsing token that comes during another action, or for a token whose
+//! renewal the client was too busy to send in time, is counted, not a
+//! violation. Violations: a 4001 close before `exp` + leeway
+//! (`expired_early`), no close 3 s after (`expiry_not_enforced`), a lapse
+//! ended by another close (`expiry_wrong_close`), a close although the
+//! renewal went out at least 1 s before `exp` + leeway (`renewal_ignored`),
+//! a renewal not answered with `welcome` (`renewal_refused`). The drain
+//! renews every token; the bystander renews in time and must never be
+//! closed.
+//!
 //! The random choices come from `--seed` (printed): a client's sequence of
 //! actions is a function of the seed and its index; what the server does
-//! meanwhile (timing, interleaving) is not.
+//! meanwhile (timing, interleaving) is not. The token choices (lifetimes,
+//! renew or lapse, query or `hello`) come from streams of their own; when
+//! they come due, among the actions, depends on the clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -93,6 +118,61 @@ pub struct ChaosArgs {
     /// Exit with an error on any violation (timing is never judged).
     #[arg(long)]
     strict: bool,
+    /// Auth on: every connection presents an HS256 token for its user
+    /// signed with SECRET (the server's --jwt-secret), and tokens are
+    /// renewed with `hello` or left to expire.
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// Token lifetimes, drawn uniformly from LO..HI (one duration: fixed).
+    /// With --jwt-secret.
+    #[arg(long, default_value = "2s..6s", value_parser = parse_ttl)]
+    token_ttl: TtlRange,
+    /// The server's --jwt-leeway (whole seconds): a lapsed token's
+    /// connection must be closed with 4001 from `exp` + this on, and
+    /// within a few seconds after.
+    #[arg(long, default_value = "1s", value_parser = parse_leeway)]
+    jwt_leeway: Duration,
+}
+
+/// `--token-ttl`: the range token lifetimes are drawn from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TtlRange {
+    lo: Duration,
+    hi: Duration,
+}
+
+/// `2s..6s`, or one duration (`4s`) for a fixed lifetime; at least 1 s.
+fn parse_ttl(text: &str) -> Result<TtlRange, String> {
+    let (lo, hi) = match text.split_once("..") {
+        Some((lo, hi)) => (crate::duration::parse(lo)?, crate::duration::parse(hi)?),
+        None => {
+            let ttl = crate::duration::parse(text)?;
+            (ttl, ttl)
+        }
+    };
+    if lo < Duration::from_secs(1) || hi < lo {
+        return Err(format!(
+            "token lifetimes `{text}`: LO..HI with 1s <= LO <= HI"
+        ));
+    }
+    Ok(TtlRange { lo, hi })
+}
+
+/// Whole seconds, zero allowed (the server counts its leeway in seconds).
+fn parse_leeway(text: &str) -> Result<Duration, String> {
+    let number = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if number.parse::<f64>().is_ok_and(|v| v == 0.0) {
+        return Ok(Duration::ZERO);
+    }
+    let leeway = crate::duration::parse(text)?;
+    if leeway.subsec_nanos() != 0 {
+        return Err(format!(
+            "leeway `{text}`: whole seconds (the server ignores fractions)"
+        ));
+    }
+    Ok(leeway)
 }
 
 // --- Randomness ----------------------------------------------------------------
@@ -144,6 +224,10 @@ enum Action {
     Malformed,
     Disconnect,
     SlowRead,
+    /// Auth on, when the token is due: `hello` with a fresh token.
+    Renew,
+    /// Auth on, when the token is due: wait for the server's 4001 close.
+    Lapse,
 }
 
 /// The actions' weights (out of their sum).
@@ -169,6 +253,189 @@ fn pick(rng: &mut Rng) -> Action {
         at -= weight;
     }
     Action::Ping
+}
+
+// --- Tokens (--jwt-secret) -------------------------------------------------------
+
+/// Share of the chaos clients' tokens left to expire (the rest are renewed).
+const LAPSE_SHARE: f64 = 0.3;
+/// A token kept alive is renewed when this share (drawn in between) of
+/// what was left of its lifetime when issued has passed: before `exp`.
+const RENEW_FROM: f64 = 0.3;
+const RENEW_TO: f64 = 0.7;
+/// A client letting its token lapse starts waiting for the close this long
+/// before `exp` + leeway (an action under way may run into the close too).
+const LAPSE_LEAD: Duration = Duration::from_millis(250);
+/// How long after `exp` + leeway the 4001 close may come: the server counts
+/// whole seconds (up to 1 s late), the rest is load.
+const LAPSE_GRACE: Duration = Duration::from_secs(3);
+/// A close this much before `exp` + leeway is early (clock reads apart).
+const EARLY_SLACK: Duration = Duration::from_millis(50);
+/// A renewal sent at least this long before `exp` + leeway must be honoured.
+const RENEW_RACE: Duration = Duration::from_secs(1);
+/// The end-of-run checks' tokens: long enough for the checks, never renewed.
+const CHECKER_TTL: Duration = Duration::from_secs(600);
+/// Rng streams of the clients' tokens (apart from their action streams).
+const TOKEN_STREAM: u64 = 1 << 32;
+
+/// Signs the run's tokens (`--jwt-secret`).
+struct Auth {
+    key: jsonwebtoken::EncodingKey,
+    ttl: TtlRange,
+    leeway: Duration,
+}
+
+/// A connection's token as its client sees it: from when the server must
+/// close the connection unless renewed, and what the client will do.
+#[derive(Clone, Copy, Debug)]
+struct Token {
+    /// The `exp` claim (seconds since the epoch).
+    exp: u64,
+    /// `exp` + leeway: from here on, not before, the server closes with 4001.
+    closes_at: Instant,
+    /// When a client keeping the token renews it.
+    renew_at: Instant,
+    /// Left to expire (chaos clients during the window; the drain renews).
+    lapse: bool,
+    /// When a `hello` with a fresh token went out (no `welcome` yet).
+    renewal_sent: Option<Instant>,
+}
+
+impl Token {
+    /// When the client acts on its token: renews it, or starts waiting for
+    /// the close.
+    fn due(&self) -> Instant {
+        if self.lapse {
+            self.closes_at
+                .checked_sub(LAPSE_LEAD)
+                .unwrap_or(self.closes_at)
+        } else {
+            self.renew_at
+        }
+    }
+
+    /// The token's action once it is due: renew or lapse.
+    fn step(&self, now: Instant) -> Option<Action> {
+        (now >= self.due()).then_some(if self.lapse {
+            Action::Lapse
+        } else {
+            Action::Renew
+        })
+    }
+}
+
+fn since_epoch() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// `exp` of a token issued at `now` (since the epoch) to live `ttl`:
+/// rounded up, so that it lives at least `ttl`.
+fn token_exp(now: Duration, ttl: Duration) -> u64 {
+    let at = now + ttl;
+    at.as_secs() + u64::from(at.subsec_nanos() > 0)
+}
+
+impl Auth {
+    fn new(secret: &str, ttl: TtlRange, leeway: Duration) -> Auth {
+        Auth {
+            key: jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            ttl,
+            leeway,
+        }
+    }
+
+    /// An HS256 JWT for `user` (`sub`) expiring at `exp`.
+    fn sign(&self, user: &str, exp: u64) -> Result<String, String> {
+        let claims = serde_json::json!({ "sub": user, "exp": exp });
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|err| format!("signing: {err}"))
+    }
+
+    /// A fresh token for `user`, living a time drawn from `--token-ttl`;
+    /// left to lapse ([`LAPSE_SHARE`] of them) when `may_lapse`.
+    fn issue(&self, user: &str, rng: &mut Rng, may_lapse: bool) -> Result<(String, Token), String> {
+        let ttl = rng.between(self.ttl.lo, self.ttl.hi);
+        let (renew, fate) = (rng.unit(), rng.unit());
+        let now = Instant::now();
+        let issued = since_epoch();
+        let exp = token_exp(issued, ttl);
+        let left = Duration::from_secs(exp).saturating_sub(issued);
+        let token = Token {
+            exp,
+            closes_at: now + left + self.leeway,
+            renew_at: now + left.mul_f64(RENEW_FROM + (RENEW_TO - RENEW_FROM) * renew),
+            lapse: may_lapse && fate < LAPSE_SHARE,
+            renewal_sent: None,
+        };
+        Ok((self.sign(user, exp)?, token))
+    }
+}
+
+/// `hello` carrying a token.
+fn hello_cmd(jwt: &str, id: &str) -> String {
+    format!("{{\"type\":\"hello\",\"token\":\"{jwt}\",\"id\":\"{id}\"}}")
+}
+
+/// `Ok` for a `welcome` to `user`, else the frame.
+fn check_welcome(p: &[u8], user: &str) -> Result<(), String> {
+    if client::is(p, b"welcome") && field_str(p, b"\"user\":") == Some(user.as_bytes()) {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(p).into_owned())
+    }
+}
+
+/// The close of a connection whose token expired.
+fn is_expiry_close(how: &str) -> bool {
+    how.starts_with("close 4001 token expired")
+}
+
+/// The `unauthorized` error the server sends before that close.
+fn is_expiry_notice(p: &[u8]) -> bool {
+    let has = |needle: &[u8]| p.windows(needle.len()).any(|w| w == needle);
+    client::is(p, b"error") && has(b"\"code\":\"unauthorized\"") && has(b"token expired")
+}
+
+/// What a connection's unasked end means.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// A slow consumer's close (4008): allowed.
+    SlowConsumer,
+    /// 4001 for a token the client let lapse, not before time.
+    Lapsed,
+    /// 4001 for a token the client meant to renew but did not in time (it
+    /// was busy elsewhere): allowed, counted.
+    MissedRenewal,
+    /// 4001 before `exp` + leeway: a violation.
+    ExpiredEarly,
+    /// 4001 although a renewal went out in time: a violation.
+    RenewalIgnored,
+    /// Anything else: a violation.
+    Lost,
+}
+
+/// Judges how a connection ended unasked, at `now`, `token` in force.
+fn judge_end(how: &str, token: Option<&Token>, now: Instant) -> Verdict {
+    if how.contains("4008") {
+        return Verdict::SlowConsumer;
+    }
+    let Some(t) = token.filter(|_| is_expiry_close(how)) else {
+        return Verdict::Lost;
+    };
+    if now + EARLY_SLACK < t.closes_at {
+        Verdict::ExpiredEarly
+    } else if t
+        .renewal_sent
+        .is_some_and(|sent| sent + RENEW_RACE <= t.closes_at)
+    {
+        Verdict::RenewalIgnored
+    } else if t.lapse {
+        Verdict::Lapsed
+    } else {
+        Verdict::MissedRenewal
+    }
 }
 
 // --- Violations ----------------------------------------------------------------
@@ -239,6 +506,10 @@ impl Cfg {
 struct Shared {
     run: Arc<Run>,
     cfg: Cfg,
+    /// Auth on (`--jwt-secret`).
+    auth: Option<Auth>,
+    /// From `exp` + leeway to the 4001 close, µs (lapses waited for).
+    expiry_delays: Mutex<Histogram<u64>>,
     violations: Violations,
     events: common::Events,
     /// Highest seq acked per room (what every member must reach).
@@ -261,6 +532,15 @@ struct Counts {
     slow_consumer_closes: AtomicU64,
     resets: AtomicU64,
     received: AtomicU64,
+    renewals: AtomicU64,
+    /// Lapses waited for and closed with 4001 in time.
+    lapses: AtomicU64,
+    /// Lapsed tokens whose close came while the client was doing something
+    /// else.
+    lapses_unwatched: AtomicU64,
+    /// Renewals too late because the client was busy (closed with 4001).
+    missed_renewals: AtomicU64,
+    bystander_renewals: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -366,6 +646,11 @@ struct ClientState {
     acked: Vec<(usize, u64, u64)>,
     received: u64,
     next_n: u64,
+    /// Auth on: the token of the current connection.
+    token: Option<Token>,
+    /// The token choices (apart from the actions, which stay a function
+    /// of the seed).
+    token_rng: Rng,
 }
 
 impl ClientState {
@@ -384,6 +669,8 @@ impl ClientState {
             acked: Vec::new(),
             received: 0,
             next_n: 0,
+            token: None,
+            token_rng: Rng::new(0, TOKEN_STREAM + idx as u64),
         }
     }
 }
@@ -426,6 +713,9 @@ impl ClientState {
                 self.tracks[r].reset(seq);
             }
         } else if client::is(p, b"error") {
+            if self.token.is_some() && is_expiry_notice(p) {
+                return; // the 4001 close that follows is judged
+            }
             sh.events.server_error(p);
             sh.violations.add("unexpected_error", || {
                 format!("{}: {}", self.user, String::from_utf8_lossy(p))
@@ -512,12 +802,37 @@ fn with_id<'a>(id: &'a str) -> impl Fn(&[u8]) -> bool + 'a {
 /// Connects and joins every room of the client (with `since` where it had
 /// joined before).
 async fn connect(sh: &Shared, st: &mut ClientState, first: bool) -> Result<Conn, String> {
-    let path = format!("/ws?user={}", st.user);
+    let mut hello = None;
+    let path = match &sh.auth {
+        None => format!("/ws?user={}", st.user),
+        Some(auth) => {
+            let (jwt, token) = auth.issue(&st.user, &mut st.token_rng, true)?;
+            st.token = Some(token);
+            // The token in the query, or in the first `hello`.
+            if st.token_rng.below(2) == 0 {
+                format!("/ws?token={jwt}")
+            } else {
+                hello = Some(hello_cmd(&jwt, "w"));
+                "/ws".to_string()
+            }
+        }
+    };
     let (stream, leftover) = sh.run.connect(st.idx, &path).await?;
     let mut conn = Conn::new(stream, leftover, BUFFER, wire::mask_for(st.idx));
     // The inbox delivered on connect may repeat what was not confirmed.
     st.inbox_conn_prev = 0;
     st.inbox_replay_upto = st.inbox_last;
+    if sh.auth.is_some() {
+        if let Some(hello) = hello {
+            conn.send_text(hello.as_bytes()).await?;
+        }
+        let user = st.user.clone();
+        conn.wait_for(REPLY_WAIT, |p| {
+            (client::is(p, b"welcome") || client::is(p, b"error")).then(|| check_welcome(p, &user))
+        })
+        .await?
+        .map_err(|text| format!("token refused: {text}"))?;
+    }
     for r in st.rooms.clone() {
         let room = sh.cfg.room(r);
         let id = format!("j{r}");
@@ -578,14 +893,46 @@ async fn reconnect(sh: &Shared, st: &mut ClientState) -> Option<Conn> {
     None
 }
 
-/// How a lost connection ended: a slow-consumer close is allowed.
+/// How a lost connection ended: a slow-consumer close is allowed, and so
+/// is a 4001 close once the token expired unrenewed (see [`judge_end`]).
 fn lost(sh: &Shared, st: &ClientState, how: &str) {
-    if how.contains("4008") {
-        bump(&sh.counts.slow_consumer_closes);
-    } else {
-        sh.events.ended(how.to_string());
-        sh.violations
-            .add("connection_lost", || format!("{}: {how}", st.user));
+    let now = Instant::now();
+    let token = st.token.as_ref();
+    // How far from `exp` + leeway the end came, and the token's story.
+    let when = || {
+        token.map_or_else(String::new, |t| {
+            let (sign, off) = match now.checked_duration_since(t.closes_at) {
+                Some(after) => ("+", after),
+                None => ("-", t.closes_at - now),
+            };
+            let renewal = t
+                .renewal_sent
+                .map(|sent| {
+                    format!(
+                        ", renewal sent {:?} before",
+                        t.closes_at.saturating_duration_since(sent)
+                    )
+                })
+                .unwrap_or_default();
+            format!(" at exp + leeway {sign}{off:?} (exp {}{renewal})", t.exp)
+        })
+    };
+    match judge_end(how, token, now) {
+        Verdict::SlowConsumer => bump(&sh.counts.slow_consumer_closes),
+        Verdict::Lapsed => bump(&sh.counts.lapses_unwatched),
+        Verdict::MissedRenewal => bump(&sh.counts.missed_renewals),
+        Verdict::ExpiredEarly => sh
+            .violations
+            .add("expired_early", || format!("{}: {how}{}", st.user, when())),
+        Verdict::RenewalIgnored => sh.violations.add("renewal_ignored", || {
+            format!("{}: {how}{}", st.user, when())
+        }),
+        Verdict::Lost => {
+            sh.events.ended(how.to_string());
+            sh.violations.add("connection_lost", || {
+                format!("{}: {how}{}", st.user, when())
+            });
+        }
     }
 }
 
@@ -595,6 +942,7 @@ async fn client(sh: Arc<Shared>, idx: usize) -> ClientOutcome {
     let tracks = (0..cfg.rooms).map(|_| RoomTrack::default()).collect();
     let mut st = ClientState::new(idx, cfg.user(idx), rooms, tracks);
     let mut rng = Rng::new(cfg.seed, idx as u64 + 1);
+    st.token_rng = Rng::new(cfg.seed, TOKEN_STREAM + idx as u64);
     let conn = match connect(&sh, &mut st, true).await {
         Ok(conn) => conn,
         Err(err) => {
@@ -611,8 +959,11 @@ async fn client(sh: Arc<Shared>, idx: usize) -> ClientOutcome {
     let mut reported = 0;
     while Instant::now() < end {
         let Some(c) = conn.as_mut() else { break };
-        // Think, reading meanwhile.
-        let think = rng.between(Duration::ZERO, cfg.think * 2);
+        // Think, reading meanwhile (not past the token's turn).
+        let mut think = rng.between(Duration::ZERO, cfg.think * 2);
+        if let Some(t) = &st.token {
+            think = think.min(t.due().saturating_duration_since(Instant::now()));
+        }
         let thought = c
             .read_until(
                 tokio::time::sleep(think),
@@ -626,7 +977,11 @@ async fn client(sh: Arc<Shared>, idx: usize) -> ClientOutcome {
         if outcome.is_ok() {
             st.confirm_inbox(c);
             bump(&sh.counts.actions);
-            let action = pick(&mut rng);
+            // The token's turn comes between the random actions.
+            let action = st
+                .token
+                .and_then(|t| t.step(Instant::now()))
+                .unwrap_or_else(|| pick(&mut rng));
             outcome = act(&sh, &mut st, c, &mut rng, action).await;
         }
         sh.counts
@@ -639,6 +994,10 @@ async fn client(sh: Arc<Shared>, idx: usize) -> ClientOutcome {
                 // The socket goes now, before the pause offline.
                 drop(conn.take());
                 tokio::time::sleep(rng.between(Duration::ZERO, Duration::from_millis(500))).await;
+                conn = reconnect(&sh, &mut st).await;
+            }
+            Err(how) if how == LAPSED => {
+                drop(conn.take());
                 conn = reconnect(&sh, &mut st).await;
             }
             Err(how) => {
@@ -661,6 +1020,14 @@ async fn client(sh: Arc<Shared>, idx: usize) -> ClientOutcome {
         let Some(c) = conn.as_mut() else { break };
         if sh.done.load(Ordering::SeqCst) >= cfg.clients && st.caught_up(&sh) {
             break;
+        }
+        // Every token is renewed now, lapsing ones too.
+        if st.token.is_some_and(|t| Instant::now() >= t.renew_at) {
+            if let Err(how) = act(&sh, &mut st, c, &mut rng, Action::Renew).await {
+                lost(&sh, &st, &how);
+                conn = None;
+                continue;
+            }
         }
         match c
             .read(Duration::from_millis(100), |p| st.on_event(&sh, p))
@@ -709,6 +1076,8 @@ async fn client(sh: Arc<Shared>, idx: usize) -> ClientOutcome {
 
 /// The `Err` of an action that dropped its own connection.
 const DISCONNECTED: &str = "disconnected on purpose";
+/// The `Err` of a lapse, judged already: the connection is to be replaced.
+const LAPSED: &str = "token lapsed";
 
 /// One action. `Err` if the connection is gone (`DISCONNECTED`: on purpose).
 async fn act(
@@ -898,8 +1267,94 @@ async fn act(
         }
         Action::SlowRead => {
             bump(&sh.counts.slow_reads);
-            tokio::time::sleep(rng.between(Duration::from_millis(500), Duration::from_secs(3)))
+            let mut pause = rng.between(Duration::from_millis(500), Duration::from_secs(3));
+            // Not past a renewal (a lapse may come in the middle).
+            if let Some(t) = st.token.filter(|t| !t.lapse) {
+                pause = pause.min(t.renew_at.saturating_duration_since(Instant::now()));
+            }
+            tokio::time::sleep(pause).await;
+        }
+        Action::Renew => {
+            let Some(auth) = &sh.auth else {
+                return Ok(());
+            };
+            let (jwt, fresh) = auth.issue(&st.user, &mut st.token_rng, true)?;
+            if let Some(t) = st.token.as_mut() {
+                t.renewal_sent = Some(Instant::now());
+            }
+            let user = st.user.clone();
+            let is_reply = with_id(&rid);
+            let welcome = request(conn, st, sh, hello_cmd(&jwt, &rid).as_bytes(), |p| {
+                is_reply(p).then(|| check_welcome(p, &user))
+            })
+            .await?;
+            match welcome {
+                Ok(()) => {
+                    st.token = Some(fresh);
+                    bump(&sh.counts.renewals);
+                }
+                Err(text) => {
+                    sh.violations
+                        .add("renewal_refused", || format!("{user}: {text}"));
+                    // Judged once: the close to come is the old token's.
+                    if let Some(t) = st.token.as_mut() {
+                        t.renewal_sent = None;
+                        t.lapse = true;
+                    }
+                }
+            }
+        }
+        Action::Lapse => {
+            let Some(t) = st.token else {
+                return Ok(());
+            };
+            let until = tokio::time::Instant::from_std(t.closes_at + LAPSE_GRACE);
+            let ended = conn
+                .read_until(
+                    tokio::time::sleep_until(until),
+                    &mut OnData(|p: &[u8]| st.on_event(sh, p)),
+                )
                 .await;
+            let now = Instant::now();
+            let Some(how) = ended.unasked() else {
+                sh.violations.add("expiry_not_enforced", || {
+                    format!(
+                        "{}: still open {:?} after exp + leeway (exp {})",
+                        st.user,
+                        now - t.closes_at,
+                        t.exp
+                    )
+                });
+                return Err(LAPSED.into());
+            };
+            if !is_expiry_close(&how) {
+                if how.contains("4008") {
+                    return Err(how); // allowed as ever
+                }
+                sh.events.ended(how.clone());
+                sh.violations.add("expiry_wrong_close", || {
+                    format!("{}: token lapsed, connection ended: {how}", st.user)
+                });
+                return Err(LAPSED.into());
+            }
+            if judge_end(&how, Some(&t), now) == Verdict::ExpiredEarly {
+                sh.violations.add("expired_early", || {
+                    format!(
+                        "{}: {how} {:?} before exp + leeway (exp {})",
+                        st.user,
+                        t.closes_at - now,
+                        t.exp
+                    )
+                });
+            } else {
+                bump(&sh.counts.lapses);
+                let delay = now.saturating_duration_since(t.closes_at).as_micros() as u64;
+                sh.expiry_delays
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .saturating_record(delay.max(1));
+            }
+            return Err(LAPSED.into());
         }
     }
     Ok(())
@@ -956,28 +1411,106 @@ struct Bystander {
     duplicates: u64,
 }
 
+/// What the bystander's listener heard: every seq after its join, once,
+/// in order.
+struct Heard {
+    /// Publish → this message, µs.
+    e2e: Histogram<u64>,
+    last: u64,
+    received: u64,
+    lost: u64,
+    duplicates: u64,
+}
+
+impl Heard {
+    fn message(&mut self, p: &[u8], epoch: Instant) {
+        if !client::is(p, b"message") {
+            return;
+        }
+        let Some(seq) = field_u64(p, b"\"seq\":") else {
+            return;
+        };
+        if seq <= self.last {
+            self.duplicates += 1;
+            return;
+        }
+        self.lost += seq - self.last - 1;
+        self.last = seq;
+        self.received += 1;
+        if let Some(t) = common::stamp(p) {
+            let now = epoch.elapsed().as_micros() as u64;
+            self.e2e.saturating_record(now.saturating_sub(t).max(1));
+        }
+    }
+}
+
 /// A well-behaved publisher and listener in a room of their own.
 async fn bystander(sh: Arc<Shared>, rate: f64) -> Result<Bystander, String> {
     let room = format!("{}-bystander", sh.cfg.prefix);
     let n = sh.cfg.clients;
     let join = format!("{{\"type\":\"join\",\"room\":\"{room}\"}}");
     let joined = |p: &[u8]| client::is(p, b"joined").then(|| field_u64(p, b"\"seq\":"));
-    let open = |k: usize, user: String| {
+    let (by, byl) = (
+        format!("{}-by", sh.cfg.prefix),
+        format!("{}-byl", sh.cfg.prefix),
+    );
+    let [mut publisher_rng, mut listener_rng] =
+        [1, 2].map(|k| Rng::new(sh.cfg.seed, TOKEN_STREAM - k));
+    // Auth on: a token in the query, renewed in time and never left to lapse.
+    let open = |k: usize, user: String, rng: &mut Rng| {
+        let issued = sh
+            .auth
+            .as_ref()
+            .map(|auth| auth.issue(&user, rng, false))
+            .transpose();
         let sh = sh.clone();
         let join = join.clone();
         async move {
-            let (stream, leftover) = sh.run.connect(n + k, &format!("/ws?user={user}")).await?;
+            let (path, token) = match issued? {
+                Some((jwt, token)) => (format!("/ws?token={jwt}"), Some(token)),
+                None => (format!("/ws?user={user}"), None),
+            };
+            let (stream, leftover) = sh.run.connect(n + k, &path).await?;
             let mut conn = Conn::new(stream, leftover, BUFFER, wire::mask_for(n + k));
             conn.send_text(join.as_bytes()).await?;
             let seq = conn.wait_for(HANDSHAKE_TIMEOUT, joined).await?.unwrap_or(0);
-            Ok::<_, String>((conn, seq))
+            Ok::<_, String>((conn, seq, token))
         }
     };
-    let (mut publisher, _) = open(0, format!("{}-by", sh.cfg.prefix)).await?;
-    let (mut listener, start) = open(1, format!("{}-byl", sh.cfg.prefix)).await?;
+    let (mut publisher, _, mut publisher_token) = open(0, by.clone(), &mut publisher_rng).await?;
+    let (mut listener, start, mut listener_token) = open(1, byl.clone(), &mut listener_rng).await?;
     sh.run.ready();
     sh.run.ready();
-    let Some(window) = sh.run.go().await else {
+    // The tokens are kept alive while the clients connect too (nobody
+    // publishes yet).
+    let (mut publisher_renewals, mut listener_renewals) = (0, 0);
+    let window = loop {
+        let due = [publisher_token, listener_token]
+            .iter()
+            .flatten()
+            .map(|t| tokio::time::Instant::from_std(t.renew_at))
+            .min();
+        let renewal_due = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            window = sh.run.go() => break window,
+            () = renewal_due => {
+                keep_token(&sh, &mut publisher, &by, &mut publisher_token,
+                    &mut publisher_rng, &mut publisher_renewals, |_| {})
+                    .await
+                    .map_err(|err| format!("bystander publisher: {err}"))?;
+                keep_token(&sh, &mut listener, &byl, &mut listener_token,
+                    &mut listener_rng, &mut listener_renewals, |_| {})
+                    .await
+                    .map_err(|err| format!("bystander listener: {err}"))?;
+            }
+        }
+    };
+    let Some(window) = window else {
         return Err("no go signal".into());
     };
     let acked_top = Arc::new(AtomicU64::new(start));
@@ -986,40 +1519,39 @@ async fn bystander(sh: Arc<Shared>, rate: f64) -> Result<Bystander, String> {
     let listen = {
         let (acked_top, publishing_done) = (acked_top.clone(), publishing_done.clone());
         let epoch = sh.run.epoch;
+        let sh = sh.clone();
         tokio::spawn(async move {
-            let mut e2e = common::latency_histogram();
-            let (mut last, mut received, mut lost, mut duplicates) = (start, 0u64, 0u64, 0u64);
+            let mut heard = Heard {
+                e2e: common::latency_histogram(),
+                last: start,
+                received: 0,
+                lost: 0,
+                duplicates: 0,
+            };
             let deadline_after_done = DRAIN;
             let mut done_at: Option<Instant> = None;
             loop {
                 if publishing_done.load(Ordering::SeqCst) > 0 {
                     let at = *done_at.get_or_insert_with(Instant::now);
-                    if last >= acked_top.load(Ordering::SeqCst)
+                    if heard.last >= acked_top.load(Ordering::SeqCst)
                         || at.elapsed() > deadline_after_done
                     {
                         break;
                     }
                 }
+                keep_token(
+                    &sh,
+                    &mut listener,
+                    &byl,
+                    &mut listener_token,
+                    &mut listener_rng,
+                    &mut listener_renewals,
+                    |p| heard.message(p, epoch),
+                )
+                .await
+                .map_err(|err| format!("bystander listener: {err}"))?;
                 let read = listener
-                    .read(Duration::from_millis(100), |p| {
-                        if !client::is(p, b"message") {
-                            return;
-                        }
-                        let Some(seq) = field_u64(p, b"\"seq\":") else {
-                            return;
-                        };
-                        if seq <= last {
-                            duplicates += 1;
-                            return;
-                        }
-                        lost += seq - last - 1;
-                        last = seq;
-                        received += 1;
-                        if let Some(t) = common::stamp(p) {
-                            let now = epoch.elapsed().as_micros() as u64;
-                            e2e.saturating_record(now.saturating_sub(t).max(1));
-                        }
-                    })
+                    .read(Duration::from_millis(100), |p| heard.message(p, epoch))
                     .await;
                 match read {
                     Ok(()) => {}
@@ -1027,9 +1559,9 @@ async fn bystander(sh: Arc<Shared>, rate: f64) -> Result<Bystander, String> {
                     Err(how) => return Err(format!("bystander listener: {how}")),
                 }
             }
-            lost += acked_top.load(Ordering::SeqCst).saturating_sub(last);
+            heard.lost += acked_top.load(Ordering::SeqCst).saturating_sub(heard.last);
             listener.close().await;
-            Ok::<_, String>((e2e, received, lost, duplicates))
+            Ok::<_, String>(heard)
         })
     };
     let mut rtt = common::latency_histogram();
@@ -1041,6 +1573,20 @@ async fn bystander(sh: Arc<Shared>, rate: f64) -> Result<Bystander, String> {
     let mut failure = None;
     while Instant::now() < end {
         ticks.tick().await;
+        let renewed = keep_token(
+            &sh,
+            &mut publisher,
+            &by,
+            &mut publisher_token,
+            &mut publisher_rng,
+            &mut publisher_renewals,
+            |_| {},
+        )
+        .await;
+        if let Err(err) = renewed {
+            failure = Some(format!("bystander publisher: {err}"));
+            break;
+        }
         let sent = sh.run.now_us();
         let id = format!("b{published}");
         let mut body = Vec::new();
@@ -1077,7 +1623,13 @@ async fn bystander(sh: Arc<Shared>, rate: f64) -> Result<Bystander, String> {
     }
     publishing_done.store(1, Ordering::SeqCst);
     publisher.close().await;
-    let (e2e, received, lost, duplicates) = listen
+    let Heard {
+        e2e,
+        received,
+        lost,
+        duplicates,
+        ..
+    } = listen
         .await
         .map_err(|err| format!("bystander listener: {err}"))??;
     if let Some(failure) = failure {
@@ -1091,6 +1643,56 @@ async fn bystander(sh: Arc<Shared>, rate: f64) -> Result<Bystander, String> {
         lost,
         duplicates,
     })
+}
+
+/// A bystander's token, renewed once due: `hello` with a fresh one, then
+/// its `welcome` (frames before it go to `other`). `Err` if the token is
+/// refused or the connection ends.
+async fn keep_token(
+    sh: &Shared,
+    conn: &mut Conn,
+    user: &str,
+    token: &mut Option<Token>,
+    rng: &mut Rng,
+    renewals: &mut u64,
+    mut other: impl FnMut(&[u8]),
+) -> Result<(), String> {
+    let (Some(auth), Some(t)) = (&sh.auth, token.as_ref()) else {
+        return Ok(());
+    };
+    if Instant::now() < t.renew_at {
+        return Ok(());
+    }
+    let (jwt, fresh) = auth.issue(user, rng, false)?;
+    let id = format!("r{renewals}");
+    conn.send_text(hello_cmd(&jwt, &id).as_bytes()).await?;
+    let is_reply = with_id(&id);
+    conn.wait_for(REPLY_WAIT, |p| {
+        if is_reply(p) {
+            Some(check_welcome(p, user))
+        } else {
+            other(p);
+            None
+        }
+    })
+    .await?
+    .map_err(|text| format!("renewal refused: {text}"))?;
+    *token = Some(fresh);
+    *renewals += 1;
+    bump(&sh.counts.bystander_renewals);
+    Ok(())
+}
+
+/// The path of an end-of-run check's connection: with auth on, a token
+/// good for [`CHECKER_TTL`] in the query.
+fn checker_path(sh: &Shared, user: &str) -> Result<String, String> {
+    match &sh.auth {
+        Some(auth) => {
+            let jwt = auth.sign(user, token_exp(since_epoch(), CHECKER_TTL))?;
+            Ok(format!("/ws?token={jwt}"))
+        }
+        None => Ok(format!("/ws?user={user}")),
+    }
 }
 
 // --- End-of-run checks -----------------------------------------------------------
@@ -1111,10 +1713,8 @@ async fn check_history(
 ) -> Result<HistoryCheck, String> {
     let mut check = HistoryCheck::default();
     let idx = sh.cfg.clients + 2;
-    let (stream, leftover) = sh
-        .run
-        .connect(idx, &format!("/ws?user={}-check", sh.cfg.prefix))
-        .await?;
+    let path = checker_path(sh, &format!("{}-check", sh.cfg.prefix))?;
+    let (stream, leftover) = sh.run.connect(idx, &path).await?;
     let mut conn = Conn::new(stream, leftover, BUFFER, wire::mask_for(idx));
     for r in 0..sh.cfg.rooms {
         let mut want: Vec<&(usize, u64, usize, u64)> = acked.iter().filter(|a| a.0 == r).collect();
@@ -1205,10 +1805,8 @@ async fn check_history(
 /// The server still answers `ping` on a fresh connection.
 async fn final_ping(sh: &Shared) -> Result<(), String> {
     let idx = sh.cfg.clients + 3;
-    let (stream, leftover) = sh
-        .run
-        .connect(idx, &format!("/ws?user={}-ping", sh.cfg.prefix))
-        .await?;
+    let path = checker_path(sh, &format!("{}-ping", sh.cfg.prefix))?;
+    let (stream, leftover) = sh.run.connect(idx, &path).await?;
     let mut conn = Conn::new(stream, leftover, BUFFER, wire::mask_for(idx));
     conn.send_text(br#"{"type":"ping","id":"last"}"#).await?;
     let pong = conn
@@ -1247,6 +1845,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     if !(args.actions > 0.0 && args.actions.is_finite()) {
         bail!("--actions must be positive");
     }
+    if args.jwt_secret.as_deref() == Some("") {
+        bail!("--jwt-secret must not be empty");
+    }
     common::block_on(chaos(args, target))
 }
 
@@ -1259,6 +1860,15 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
     // against one server).
     let prefix = format!("chaos{:x}", (clock.as_micros() as u64) & 0xFF_FFFF_FFFF);
     eprintln!("chaos: seed {seed} (--seed {seed} repeats the choices); names {prefix}-*");
+    let auth = args.jwt_secret.as_deref().map(|secret| {
+        eprintln!(
+            "chaos: auth on, tokens living {:?}..{:?}, server leeway {} s",
+            args.token_ttl.lo,
+            args.token_ttl.hi,
+            args.jwt_leeway.as_secs()
+        );
+        Auth::new(secret, args.token_ttl, args.jwt_leeway)
+    });
     let run = Run::new(
         target,
         args.dialing.connect_concurrency,
@@ -1273,6 +1883,8 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
             prefix,
             think: Duration::from_secs_f64(1.0 / args.actions),
         },
+        auth,
+        expiry_delays: Mutex::new(common::latency_histogram()),
         violations: Violations::default(),
         events: common::Events::default(),
         room_top: (0..args.rooms).map(|_| AtomicU64::new(0)).collect(),
@@ -1306,8 +1918,18 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
             let mut received = Gain::default();
             move || {
                 let c = &sh.counts;
+                let tokens = if sh.auth.is_some() {
+                    format!(
+                        "  renewals {}  lapses {}",
+                        c.renewals.load(Ordering::Relaxed),
+                        c.lapses.load(Ordering::Relaxed)
+                            + c.lapses_unwatched.load(Ordering::Relaxed)
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                "actions {}  published {}  received {}  reconnects {}  violations {}  rss {} MiB",
+                "actions {}  published {}  received {}  reconnects {}{tokens}  violations {}  rss {} MiB",
                 c.actions.load(Ordering::Relaxed),
                 c.published.load(Ordering::Relaxed),
                 received.show(c.received.load(Ordering::Relaxed)),
@@ -1395,6 +2017,22 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let rtt = by.rtt.unwrap_or_else(common::latency_histogram);
     let e2e = by.e2e.unwrap_or_else(common::latency_histogram);
+    let expiry = std::mem::replace(
+        &mut *sh.expiry_delays.lock().unwrap_or_else(|e| e.into_inner()),
+        common::latency_histogram(),
+    );
+    let tokens = sh.auth.as_ref().map(|auth| {
+        serde_json::json!({
+            "ttl_s": [auth.ttl.lo.as_secs_f64(), auth.ttl.hi.as_secs_f64()],
+            "leeway_s": auth.leeway.as_secs(),
+            "renewals": load(&c.renewals),
+            "lapses": load(&c.lapses),
+            "lapses_unwatched": load(&c.lapses_unwatched),
+            "missed_renewals": load(&c.missed_renewals),
+            "bystander_renewals": load(&c.bystander_renewals),
+            "expiry_close_after_us": common::latency_json(&expiry),
+        })
+    });
     let result = serde_json::json!({
         "scenario": "chaos",
         "url": args.url,
@@ -1415,6 +2053,7 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
         "slow_consumer_closes": load(&c.slow_consumer_closes),
         "resets": load(&c.resets),
         "received": load(&c.received),
+        "tokens": tokens,
         "history_checked": history.checked,
         "history_expired": history.expired,
         "history_pages": history.pages,
@@ -1437,8 +2076,12 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
         "failure_samples": failures.iter().take(5).collect::<Vec<_>>(),
     });
     println!(
-        "chaos {} ({} clients, {} rooms, {:?}, seed {seed})",
-        args.url, args.clients, args.rooms, args.timing.duration
+        "chaos {} ({} clients, {} rooms, {:?}, seed {seed}{})",
+        args.url,
+        args.clients,
+        args.rooms,
+        args.timing.duration,
+        if sh.auth.is_some() { ", auth on" } else { "" }
     );
     println!(
         "  actions      {} (published {}, resent {}, directs {}, malformed {}, disconnects {}, slow reads {})",
@@ -1456,6 +2099,20 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
         load(&c.slow_consumer_closes),
         load(&c.resets)
     );
+    if sh.auth.is_some() {
+        println!(
+            "  tokens       {} renewed, {} lapsed and closed 4001 (+{} mid-action), {} renewals missed while busy, bystander {} renewed",
+            load(&c.renewals),
+            load(&c.lapses),
+            load(&c.lapses_unwatched),
+            load(&c.missed_renewals),
+            load(&c.bystander_renewals)
+        );
+        println!(
+            "  expiry µs    close after exp + leeway: {}",
+            common::latency_line(&expiry)
+        );
+    }
     println!(
         "  history      {} acked seqs checked in {} pages ({} beyond retention)",
         history.checked, history.pages, history.expired
@@ -1516,6 +2173,8 @@ mod tests {
                 prefix: "t".into(),
                 think: Duration::from_millis(1),
             },
+            auth: None,
+            expiry_delays: Mutex::new(common::latency_histogram()),
             violations: Violations::default(),
             events: common::Events::default(),
             room_top: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
@@ -1608,6 +2267,217 @@ mod tests {
         )
         .is_err());
         assert!(check_history_page(br#"{"type":"error","code":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn token_flags_parse() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            parse_ttl("2s..6s"),
+            Ok(TtlRange {
+                lo: secs(2),
+                hi: secs(6)
+            })
+        );
+        assert_eq!(
+            parse_ttl("3s"),
+            Ok(TtlRange {
+                lo: secs(3),
+                hi: secs(3)
+            })
+        );
+        assert!(parse_ttl("6s..2s").is_err());
+        assert!(parse_ttl("500ms..2s").is_err());
+        assert!(parse_ttl("2s..").is_err());
+        assert_eq!(parse_leeway("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_leeway("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_leeway("1s"), Ok(secs(1)));
+        assert!(parse_leeway("1.5s").is_err());
+        assert!(parse_leeway("-1s").is_err());
+    }
+
+    #[test]
+    fn exp_is_rounded_up_to_live_at_least_the_ttl() {
+        let secs = Duration::from_secs;
+        assert_eq!(token_exp(secs(100), secs(5)), 105);
+        assert_eq!(token_exp(Duration::from_millis(100_200), secs(5)), 106);
+        assert_eq!(token_exp(Duration::from_millis(100_999), secs(2)), 103);
+    }
+
+    fn auth(lo: u64, hi: u64, leeway: u64) -> Auth {
+        let ttl = TtlRange {
+            lo: Duration::from_secs(lo),
+            hi: Duration::from_secs(hi),
+        };
+        Auth::new("s3cret", ttl, Duration::from_secs(leeway))
+    }
+
+    #[test]
+    fn tokens_carry_the_user_and_exp_signed_with_the_secret() {
+        let auth = auth(2, 6, 1);
+        let mut rng = Rng::new(7, TOKEN_STREAM);
+        let before = since_epoch();
+        let (jwt, token) = auth.issue("t-c3", &mut rng, true).unwrap();
+        let after = since_epoch();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let key = jsonwebtoken::DecodingKey::from_secret(b"s3cret");
+        let claims = jsonwebtoken::decode::<serde_json::Value>(&jwt, &key, &validation)
+            .unwrap()
+            .claims;
+        assert_eq!(claims["sub"], "t-c3");
+        assert_eq!(claims["exp"].as_u64(), Some(token.exp));
+        assert!(token.exp >= token_exp(before, Duration::from_secs(2)));
+        assert!(token.exp <= token_exp(after, Duration::from_secs(6)));
+        // Another secret does not verify it.
+        let other = jsonwebtoken::DecodingKey::from_secret(b"other");
+        assert!(jsonwebtoken::decode::<serde_json::Value>(&jwt, &other, &validation).is_err());
+    }
+
+    #[test]
+    fn renewals_come_before_exp_and_closes_after_the_leeway() {
+        let auth = auth(2, 6, 1);
+        let mut rng = Rng::new(3, TOKEN_STREAM);
+        for _ in 0..200 {
+            let issued = Instant::now();
+            let (_, t) = auth.issue("u", &mut rng, true).unwrap();
+            // What was left of the lifetime when issued: 2..7 s.
+            let left = t.closes_at - issued - Duration::from_secs(1);
+            assert!(left >= Duration::from_secs(2) && left <= Duration::from_secs(7));
+            let renew_in = t.renew_at.saturating_duration_since(issued);
+            assert!(renew_in >= left.mul_f64(RENEW_FROM) - Duration::from_millis(5));
+            assert!(renew_in <= left.mul_f64(RENEW_TO) + Duration::from_millis(5));
+            assert!(t.renewal_sent.is_none());
+        }
+    }
+
+    #[test]
+    fn a_share_of_tokens_lapses_the_same_for_the_same_seed() {
+        let auth = auth(2, 6, 1);
+        let fates = |seed, may_lapse| {
+            let mut rng = Rng::new(seed, TOKEN_STREAM);
+            (0..2000)
+                .map(|_| auth.issue("u", &mut rng, may_lapse).unwrap().1.lapse)
+                .collect::<Vec<bool>>()
+        };
+        let a = fates(11, true);
+        assert_eq!(a, fates(11, true));
+        assert_ne!(a, fates(12, true));
+        let share = a.iter().filter(|&&l| l).count() as f64 / a.len() as f64;
+        assert!((share - LAPSE_SHARE).abs() < 0.05, "{share}");
+        // The bystander's never lapse.
+        assert!(fates(11, false).iter().all(|&l| !l));
+    }
+
+    fn token(now: Instant, lapse: bool) -> Token {
+        Token {
+            exp: 0,
+            closes_at: now + Duration::from_secs(4),
+            renew_at: now + Duration::from_secs(2),
+            lapse,
+            renewal_sent: None,
+        }
+    }
+
+    #[test]
+    fn a_token_turns_into_renew_or_lapse_when_due() {
+        let now = Instant::now();
+        let secs = |s: f64| now + Duration::from_secs_f64(s);
+        let keep = token(now, false);
+        assert_eq!(keep.step(secs(1.9)), None);
+        assert_eq!(keep.step(secs(2.0)), Some(Action::Renew));
+        let lapse = token(now, true);
+        assert_eq!(lapse.step(secs(2.0)), None);
+        assert_eq!(lapse.step(secs(3.7)), None);
+        assert_eq!(lapse.step(secs(3.75)), Some(Action::Lapse));
+    }
+
+    #[test]
+    fn closes_are_judged_by_code_and_time() {
+        let now = Instant::now();
+        let at = |s: f64| now + Duration::from_secs_f64(s);
+        let expired = "close 4001 token expired";
+        let lapse = token(now, true);
+        let keep = token(now, false);
+        // Auth off, or any other end: lost; 4008 is allowed either way.
+        assert_eq!(judge_end(expired, None, at(5.0)), Verdict::Lost);
+        assert_eq!(
+            judge_end("close 4001 unauthorized", Some(&lapse), at(5.0)),
+            Verdict::Lost
+        );
+        assert_eq!(
+            judge_end("eof without close frame", Some(&lapse), at(5.0)),
+            Verdict::Lost
+        );
+        assert_eq!(
+            judge_end("close 4008 slow consumer", Some(&keep), at(1.0)),
+            Verdict::SlowConsumer
+        );
+        // Before exp + leeway: early, whatever the client meant to do.
+        assert_eq!(
+            judge_end(expired, Some(&lapse), at(3.9)),
+            Verdict::ExpiredEarly
+        );
+        assert_eq!(
+            judge_end(expired, Some(&keep), at(3.0)),
+            Verdict::ExpiredEarly
+        );
+        // After: a lapse, or a renewal the client did not send in time.
+        assert_eq!(judge_end(expired, Some(&lapse), at(4.0)), Verdict::Lapsed);
+        assert_eq!(
+            judge_end(expired, Some(&keep), at(4.5)),
+            Verdict::MissedRenewal
+        );
+        let late = Token {
+            renewal_sent: Some(at(3.5)),
+            ..keep
+        };
+        assert_eq!(
+            judge_end(expired, Some(&late), at(4.5)),
+            Verdict::MissedRenewal
+        );
+        // A renewal sent in time must be honoured.
+        let sent = Token {
+            renewal_sent: Some(at(2.0)),
+            ..keep
+        };
+        assert_eq!(
+            judge_end(expired, Some(&sent), at(4.5)),
+            Verdict::RenewalIgnored
+        );
+    }
+
+    #[test]
+    fn the_expiry_notice_is_not_an_unexpected_error_with_auth_on() {
+        let sh = shared(1);
+        let notice = br#"{"type":"error","code":"unauthorized","message":"token expired: send hello with a fresh token before expiry"}"#;
+        assert!(is_expiry_notice(notice));
+        assert!(!is_expiry_notice(
+            br#"{"type":"error","code":"unauthorized","message":"bad token signature"}"#
+        ));
+        let mut st = ClientState::new(0, "t-c0".into(), vec![0], vec![RoomTrack::default()]);
+        st.on_event(&sh, notice);
+        assert_eq!(kinds(&sh).get("unexpected_error"), Some(&1));
+        st.token = Some(token(Instant::now(), true));
+        st.on_event(&sh, notice);
+        assert!(kinds(&sh).is_empty());
+        assert_eq!(
+            hello_cmd("a.b.c", "r1"),
+            r#"{"type":"hello","token":"a.b.c","id":"r1"}"#
+        );
+        assert!(check_welcome(
+            br#"{"type":"welcome","user":"t-c0","session":"ab","heartbeat":25,"id":"r1"}"#,
+            "t-c0"
+        )
+        .is_ok());
+        assert!(check_welcome(
+            br#"{"type":"welcome","user":"t-c1","session":"ab","heartbeat":25}"#,
+            "t-c0"
+        )
+        .is_err());
+        assert!(
+            check_welcome(br#"{"type":"error","code":"forbidden","id":"r1"}"#, "t-c0").is_err()
+        );
     }
 
     #[test]

@@ -475,16 +475,23 @@ async fn idle_connection(run: Arc<Run>, tally: Arc<Tally>, cfg: Arc<ConnCfg>, n:
         &mut idle,
     )
     .await;
+    let ready = idle.ready;
+    held(&tally, end, ready, cfg.mode)
+}
+
+/// Whether a held connection was still open at the end; how it failed or
+/// ended otherwise goes into the tally.
+fn held(tally: &Tally, end: End, ready: bool, mode: Mode) -> bool {
     match end {
-        End::Stopped => idle.ready,
+        End::Stopped => ready,
         End::Deadline => {
             tally.fail(format!(
-                "upgraded but not ready ({}) within {HANDSHAKE_TIMEOUT:?}",
-                cfg.mode.ready_event()
+                "connected but not ready ({}) within {HANDSHAKE_TIMEOUT:?}",
+                mode.ready_event()
             ));
             false
         }
-        End::Gone(how) if idle.ready => {
+        End::Gone(how) if ready => {
             tally.dropped.fetch_add(1, Ordering::SeqCst);
             count_reason(&tally.ends, how);
             false
@@ -541,24 +548,8 @@ async fn idle_sse<'a>(
         &mut idle,
     )
     .await;
-    match end {
-        End::Stopped => idle.ready,
-        End::Deadline => {
-            tally.fail(format!(
-                "opened but not joined within {HANDSHAKE_TIMEOUT:?}"
-            ));
-            false
-        }
-        End::Gone(how) if idle.ready => {
-            tally.dropped.fetch_add(1, Ordering::SeqCst);
-            count_reason(&tally.ends, how);
-            false
-        }
-        End::Gone(how) => {
-            tally.fail(format!("before ready: {how}"));
-            false
-        }
-    }
+    let ready = idle.ready;
+    held(tally, end, ready, cfg.mode)
 }
 
 // ---------------------------------------------------------------------------

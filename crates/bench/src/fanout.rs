@@ -273,7 +273,23 @@ struct Subscriber<'a> {
     measuring: bool,
 }
 
-impl Subscriber<'_> {
+impl<'a> Subscriber<'a> {
+    fn new(run: &'a Run, sh: &'a Shared, cfg: &'a Cfg, idx: usize, mask: [u8; 4]) -> Self {
+        Subscriber {
+            run,
+            sh,
+            cfg,
+            idx,
+            mask,
+            res: SubResult::default(),
+            joined: false,
+            frames: 0,
+            samples: Vec::with_capacity(SAMPLE_BATCH),
+            now: 0,
+            measuring: false,
+        }
+    }
+
     fn joined(&mut self) {
         if !self.joined {
             self.joined = true;
@@ -349,19 +365,7 @@ async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -
     if cfg.mode == Mode::Room {
         wire::encode_frame(&mut out, OP_TEXT, cfg.join.as_bytes(), mask);
     }
-    let mut frames = Subscriber {
-        run: &run,
-        sh: &sh,
-        cfg: &cfg,
-        idx,
-        mask,
-        res: SubResult::default(),
-        joined: false,
-        frames: 0,
-        samples: Vec::with_capacity(SAMPLE_BATCH),
-        now: 0,
-        measuring: false,
-    };
+    let mut frames = Subscriber::new(&run, &sh, &cfg, idx, mask);
     if cfg.mode == Mode::Relay {
         frames.joined();
     }
@@ -394,19 +398,7 @@ async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -
 /// A room-mode subscriber over the HTTP fallback transport: the same
 /// [`Subscriber`] counting, fed by [`sse::hold`].
 async fn sse_subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -> SubResult {
-    let mut frames = Subscriber {
-        run: &run,
-        sh: &sh,
-        cfg: &cfg,
-        idx,
-        mask: [0; 4],
-        res: SubResult::default(),
-        joined: false,
-        frames: 0,
-        samples: Vec::with_capacity(SAMPLE_BATCH),
-        now: 0,
-        measuring: false,
-    };
+    let mut frames = Subscriber::new(&run, &sh, &cfg, idx, [0; 4]);
     let source = run.source_for(idx);
     let opened = {
         let _permit = run.permit().await;

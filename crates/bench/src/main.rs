@@ -70,8 +70,9 @@ enum Scenario {
     /// failures by kind and the latency of each step.
     Churn(churn::ChurnArgs),
     /// Chaos: randomized clients (random and malformed commands, abrupt
-    /// disconnects and resumes, resends, slow readers) with the protocol's
-    /// invariants checked throughout and a well-behaved bystander timed.
+    /// disconnects and resumes, resends, slow readers; with --jwt-secret,
+    /// tokens renewed or left to expire) with the protocol's invariants
+    /// checked throughout and a well-behaved bystander timed.
     Chaos(chaos::ChaosArgs),
 }
 

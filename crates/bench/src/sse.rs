@@ -5,15 +5,15 @@
 //! [`driver::hold`] does with WebSocket frames, so a scenario counts SSE
 //! deliveries with the code that counts WebSocket ones.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-use super::driver::{End, Frames};
-use super::wire::Target;
+use super::driver::{sleep_until, End, Frames};
+use super::wire::{dial, read_head, Target};
 
 /// Largest chunk or event accepted (a guard against garbage).
 const MAX_EVENT: usize = 64 << 20;
@@ -43,42 +43,6 @@ pub async fn open(
         bail!("GET /sse: expected a chunked event stream");
     }
     Ok((stream, rest))
-}
-
-async fn dial(target: &Target, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
-    let socket = if target.addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(ip) = source {
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .with_context(|| format!("bind {ip}"))?;
-    }
-    let stream = socket
-        .connect(target.addr)
-        .await
-        .with_context(|| format!("connect to {}", target.addr))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-async fn read_head(stream: &mut TcpStream) -> anyhow::Result<(String, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(512);
-    let end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        if buf.len() > 16 * 1024 {
-            bail!("response head too large");
-        }
-        if stream.read_buf(&mut buf).await? == 0 {
-            bail!("connection closed in the response head");
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    Ok((head, buf[end..].to_vec()))
 }
 
 /// `POST /sse/SESSION` with `lines` (one command each), on a connection of
@@ -304,13 +268,6 @@ pub async fn hold(
                 Err(err) => return End::Gone(format!("read error: {}", err.kind())),
             },
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

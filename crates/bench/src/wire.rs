@@ -83,6 +83,24 @@ pub async fn connect(
     source: Option<IpAddr>,
     path: &str,
 ) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let mut stream = dial(target, source).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        target.host
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let (head, rest) = read_head(&mut stream).await?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.starts_with("HTTP/1.1 101") {
+        bail!("upgrade of {path} refused: {status}");
+    }
+    Ok((stream, rest))
+}
+
+/// A TCP connection to `target` from `source` (the kernel's choice if
+/// `None`), without Nagle's delay.
+pub async fn dial(target: &Target, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
     let socket = if target.addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -93,35 +111,30 @@ pub async fn connect(
             .bind(SocketAddr::new(ip, 0))
             .with_context(|| format!("bind {ip}"))?;
     }
-    let mut stream = socket
+    let stream = socket
         .connect(target.addr)
         .await
         .with_context(|| format!("connect to {}", target.addr))?;
     stream.set_nodelay(true)?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        target.host
-    );
-    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
+/// Reads an HTTP response head: the head as text, and the bytes read past it.
+pub async fn read_head(stream: &mut TcpStream) -> anyhow::Result<(String, Vec<u8>)> {
     let mut buf = Vec::with_capacity(512);
-    let head_end = loop {
+    let end = loop {
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
         if buf.len() > 16 * 1024 {
-            bail!("handshake response head too large");
+            bail!("response head too large");
         }
         if stream.read_buf(&mut buf).await? == 0 {
-            bail!("connection closed during the handshake");
+            bail!("connection closed in the response head");
         }
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let status = head.lines().next().unwrap_or_default();
-    if !status.starts_with("HTTP/1.1 101") {
-        bail!("upgrade of {path} refused: {status}");
-    }
-    Ok((stream, buf[head_end..].to_vec()))
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    Ok((head, buf[end..].to_vec()))
 }
 
 /// Appends one masked client frame (FIN set) to `out`.

@@ -44,11 +44,17 @@ async fn relay_forwards_frames_unchanged() {
     b.ws.send(Message::text("from b")).await.unwrap();
     assert_eq!(next_data(&mut a).await, Message::text("from b"));
     assert_eq!(next_data(&mut c).await, Message::text("from b"));
-    other.ws.send(Message::text("video")).await.unwrap();
+    // Connected (registered before the 101) first, so the order is fixed:
+    // `other`'s frame, then its own echo.
     let mut echo = Client::connect(&server.url("/relay/video?echo=true")).await;
+    other.ws.send(Message::text("video")).await.unwrap();
+    assert_eq!(next_data(&mut echo).await, Message::text("video"));
     echo.ws.send(Message::text("me too")).await.unwrap();
     assert_eq!(next_data(&mut echo).await, Message::text("me too"));
     assert_eq!(next_data(&mut other).await, Message::text("me too"));
+    // None of the video frames reached the audio channel.
+    c.ws.send(Message::text("from c")).await.unwrap();
+    assert_eq!(next_data(&mut a).await, Message::text("from c"));
 }
 
 #[tokio::test]

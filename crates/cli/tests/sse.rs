@@ -283,6 +283,15 @@ async fn send_with(
     (status, body)
 }
 
+/// A stream for `user` (auth off), past its `session` and `welcome`
+/// events; and the session id.
+async fn open_as(server: &Server, user: &str) -> (Stream, String) {
+    let mut stream = open_stream(server, &format!("?user={user}"), &[]).await;
+    let (session, _) = stream.session().await;
+    stream.expect("welcome").await;
+    (stream, session)
+}
+
 async fn post_ok(server: &Server, session: &str, lines: &[Value]) {
     let (status, body) = post(server, session, lines, None).await;
     assert_eq!(status, 204, "{body}");
@@ -347,6 +356,22 @@ async fn an_sse_client_uses_every_command_with_websocket_clients() {
         (d["from"].as_str(), d["body"].as_str()),
         (Some("bob"), Some("psst"))
     );
+    // `received` and `read` from the SSE side: bob gets the receipt.
+    let upto = d["seq"].as_u64().unwrap_or(0);
+    post_ok(
+        &server,
+        &session,
+        &[
+            json!({"type": "received", "upto": upto}),
+            json!({"type": "read", "from": "bob", "upto": upto}),
+        ],
+    )
+    .await;
+    let receipt = bob.expect("read").await;
+    assert_eq!(
+        (receipt["by"].as_str(), receipt["upto"].as_u64()),
+        (Some("ann"), Some(upto))
+    );
 
     // The same presence: a user is a user, whatever carries them.
     let presence = bob
@@ -384,6 +409,20 @@ async fn an_sse_client_uses_every_command_with_websocket_clients() {
     assert_eq!(status, 204);
     assert_eq!(ann.expect("error").await["code"], "bad_request");
 
+    // `leave` over SSE: bob sees ann go, ann gets `left`.
+    post_ok(
+        &server,
+        &session,
+        &[json!({"type": "leave", "room": "lobby", "id": "l"})],
+    )
+    .await;
+    assert_eq!(ann.expect("left").await["id"], "l");
+    let gone = bob.expect("presence").await;
+    assert_eq!(
+        (gone["user"].as_str(), gone["event"].as_str()),
+        (Some("ann"), Some("leave"))
+    );
+
     // Event ids count up by one, per session.
     post_ok(
         &server,
@@ -416,9 +455,7 @@ async fn a_broken_stream_resumes_by_last_event_id_without_loss_or_duplicates() {
     let server = Server::start();
     let mut bob = server.connect("bob").await;
     bob.join("lobby").await;
-    let mut ann = open_stream(&server, "?user=ann", &[]).await;
-    let (session, _) = ann.session().await;
-    ann.expect("welcome").await;
+    let (mut ann, session) = open_as(&server, "ann").await;
     post_ok(
         &server,
         &session,
@@ -603,9 +640,7 @@ fn common_token(secret: &str, user: &str) -> String {
 #[tokio::test]
 async fn the_rate_limit_applies_per_session() {
     let server = Server::start_with(&["--rate-limit", "1", "--rate-burst", "2"]);
-    let mut ann = open_stream(&server, "?user=ann", &[]).await;
-    let (session, _) = ann.session().await;
-    ann.expect("welcome").await;
+    let (mut ann, session) = open_as(&server, "ann").await;
     let pings: Vec<Value> = (0..3).map(|n| json!({"type": "ping", "id": n})).collect();
     post_ok(&server, &session, &pings).await;
     ann.expect("pong").await;
@@ -658,9 +693,7 @@ async fn an_abandoned_session_leaves_its_rooms_after_the_grace_period() {
     let server = Server::start_with(&["--heartbeat", "200ms"]);
     let mut bob = server.connect("bob").await;
     bob.join("lobby").await;
-    let mut ann = open_stream(&server, "?user=ann", &[]).await;
-    let (session, _) = ann.session().await;
-    ann.expect("welcome").await;
+    let (ann, session) = open_as(&server, "ann").await;
     post_ok(
         &server,
         &session,
@@ -688,9 +721,7 @@ async fn a_delete_ends_the_session_at_once() {
     let server = Server::start();
     let mut bob = server.connect("bob").await;
     bob.join("lobby").await;
-    let mut ann = open_stream(&server, "?user=ann", &[]).await;
-    let (session, _) = ann.session().await;
-    ann.expect("welcome").await;
+    let (mut ann, session) = open_as(&server, "ann").await;
     post_ok(
         &server,
         &session,
@@ -721,9 +752,7 @@ async fn a_delete_ends_the_session_at_once() {
 #[tokio::test]
 async fn a_reader_that_stops_is_cut_off_without_slowing_the_room() {
     let server = Server::start_with(&["--max-queue", "64KiB", "--rate-limit", "0"]);
-    let mut stuck = open_stream(&server, "?user=stuck", &[]).await;
-    let (session, _) = stuck.session().await;
-    stuck.expect("welcome").await;
+    let (mut stuck, session) = open_as(&server, "stuck").await;
     post_ok(
         &server,
         &session,

@@ -1,5 +1,8 @@
 //! Server configuration: every flag of `switchboard serve`, each also settable
-//! through a `SWITCHBOARD_*` environment variable.
+//! through a `SWITCHBOARD_*` environment variable and a key of the
+//! `--config` file ([`file`]).
+
+pub mod file;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -140,13 +143,17 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    // The pair is checked by `Config::validate`, not clap's `requires`:
+    // clap only counts flags and environment variables, so one half given
+    // on the command line and the other in a `--config` file would be
+    // refused, and both halves missing one in the file would pass.
     /// PEM certificate chain: serve https:// and wss:// (needs --tls-key).
     /// Reloaded on SIGHUP.
-    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
     pub tls_cert: Option<std::path::PathBuf>,
 
     /// PEM private key for --tls-cert.
-    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
 
     /// Most simultaneous connections one user may hold (0 = unlimited).
@@ -194,6 +201,36 @@ pub struct Config {
     /// sending them close 1001 before exiting anyway.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Log format on stderr: `text` (for people; coloured only when stderr
+    /// is a terminal and NO_COLOR is unset) or `json` (one object per line,
+    /// for log shippers). `RUST_LOG` picks the level.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        default_value = "text",
+        value_enum
+    )]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Rules across settings, which clap does not check for us.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err(
+                "tls_cert (--tls-cert) is set but tls_key (--tls-key) is not: \
+                                    TLS needs both"
+                    .into(),
+            ),
+            (None, Some(_)) => Err(
+                "tls_key (--tls-key) is set but tls_cert (--tls-cert) is not: \
+                                    TLS needs both"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for Config {
@@ -233,6 +270,7 @@ impl Default for Config {
             max_rooms_per_connection: 100,
             max_body: 32 * 1024,
             trusted_proxies: Vec::new(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -245,6 +283,15 @@ pub enum StoreKind {
     Sqlite,
     // Nothing survives a restart.
     Memory,
+}
+
+/// The `--log-format` choices.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    // Human-readable lines.
+    Text,
+    // One JSON object per line.
+    Json,
 }
 
 /// Parses `500ms`, `25s`, `2m`, `12h`, `30d` or a bare number of seconds.

@@ -25,6 +25,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Server {
     pub addr: SocketAddr,
     child: Child,
+    /// The rest of stdout after the "listening" line; kept open so that a
+    /// later write does not fail on a closed pipe.
+    stdout: BufReader<std::process::ChildStdout>,
     /// The store's directory; removed when the server is dropped.
     pub data_dir: std::path::PathBuf,
 }
@@ -63,26 +66,41 @@ impl Server {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
+        Server::spawn(data_dir, listen, args, env, Stdio::inherit())
+    }
+
+    /// Starts a server whose stderr (its logs) goes to the file `log`.
+    /// `RUST_LOG` in `env` overrides the harness's level.
+    pub fn start_logging_to(log: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Server::spawn(&temp_dir(), "127.0.0.1:0", args, env, Stdio::from(file))
+    }
+
+    fn spawn(
+        data_dir: &std::path::Path,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("serve")
             .args(["--listen", listen])
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
-            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn switchboard");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
+        stdout.read_line(&mut line).expect("read listening line");
         let addr = line
             .trim()
             .rsplit("://")
@@ -92,6 +110,7 @@ impl Server {
         Server {
             addr,
             child,
+            stdout,
             data_dir: data_dir.to_path_buf(),
         }
     }
@@ -188,6 +207,15 @@ impl Server {
             status.map(|s| s.success()).unwrap_or(false),
             "kill -{signal} failed"
         );
+    }
+
+    /// What the process wrote to stdout after its "listening" line, up to
+    /// its exit (call after `wait_exit`).
+    pub fn rest_of_stdout(&mut self) -> String {
+        use std::io::Read;
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).expect("read stdout");
+        rest
     }
 
     /// Waits for the process to exit; returns its exit code.

@@ -1,8 +1,9 @@
 //! The server HTTP API for backends (SPEC §6): publish, send, rooms,
-//! presence, history, disconnect. `Authorization: Bearer <api key>`; the
-//! whole API answers 404 when no key is configured. An adapter: it decodes
-//! the request, calls the command layer as [`Caller::Backend`], and encodes
-//! the answer (a [`Rejection`] becomes a status and a JSON error).
+//! presence, history, disconnect, and the dashboard's stats.
+//! `Authorization: Bearer <api key>`; the whole API answers 404 when no key
+//! is configured. An adapter: it decodes the request, calls the command
+//! layer as [`Caller::Backend`], and encodes the answer (a [`Rejection`]
+//! becomes a status and a JSON error).
 
 use std::sync::Arc;
 
@@ -39,6 +40,8 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/api/rooms/{room}/presence", get(presence))
         .route("/api/users/{user}/messages", axum::routing::post(send))
         .route("/api/users/{user}/connections", delete(disconnect))
+        // The dashboard's numbers (`admin.rs`).
+        .route("/api/stats", get(super::admin::stats))
         // The key is checked before anything else, the body included: an
         // unauthenticated client cannot make the server hold its bytes.
         .route_layer(middleware::from_fn_with_state(app, require_key))

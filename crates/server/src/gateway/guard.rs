@@ -116,6 +116,17 @@ pub enum Refusal {
     TooFast,
 }
 
+impl Refusal {
+    /// What the client is told, and what the log says.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Full => "connection limit reached",
+            Refusal::TooManyConnections => "too many connections from this address",
+            Refusal::TooFast => "connecting too fast from this address",
+        }
+    }
+}
+
 /// The connection limits. Every accepted connection (plain or TLS, before
 /// and after its handshake, idle, serving a request, or a WebSocket) holds
 /// one [`Slot`] from accept until the server is done with its socket: one
@@ -156,6 +167,13 @@ impl Gate {
 
     /// A slot for a connection just accepted from `peer`, or why not.
     pub fn open(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Refusal> {
+        self.take(peer, Take::Connection)
+    }
+
+    /// One of `--max-connections` and, unless `ip` is a trusted proxy, one
+    /// of its `--max-connections-per-ip` (and with `Take::Both` a token of
+    /// its connect rate).
+    fn take(self: &Arc<Self>, ip: IpAddr, take: Take) -> Result<Slot, Refusal> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Full);
@@ -167,9 +185,9 @@ impl Gate {
             global: true,
             ip: None,
         };
-        if !self.trusted.contains(&peer) {
-            self.ips.admit(peer, Take::Connection)?;
-            slot.ip = Some(peer);
+        if !self.trusted.contains(&ip) {
+            self.ips.admit(ip, take)?;
+            slot.ip = Some(ip);
         }
         Ok(slot)
     }
@@ -207,22 +225,13 @@ impl Gate {
         peer: SocketAddr,
         headers: &HeaderMap,
     ) -> Result<Slot, Refusal> {
-        let client = client_ip(peer, headers, &self.trusted);
-        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::Full);
-        }
-        self.gauge.increment(1.0);
-        let mut slot = Slot {
-            gate: self.clone(),
-            global: true,
-            ip: None,
-        };
-        if !self.trusted.contains(&client) {
-            self.ips.admit(client, Take::Both)?;
-            slot.ip = Some(client);
-        }
-        Ok(slot)
+        self.take(client_ip(peer, headers, &self.trusted), Take::Both)
+    }
+
+    /// The client address the per-IP limits count `peer`'s request under
+    /// (its `X-Forwarded-For` entry when `peer` is a trusted proxy).
+    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        client_ip(peer, headers, &self.trusted)
     }
 
     /// Open slots.

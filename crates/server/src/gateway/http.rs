@@ -31,6 +31,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(super::sse::routes())
         .merge(super::api::routes(app.clone()))
         .merge(super::web::routes())
+        .merge(super::admin::routes())
         .with_state(app)
 }
 
@@ -296,7 +297,9 @@ fn admit(app: &App, req: &Request) -> Result<Option<Slot>, (StatusCode, &'static
     let Some(peer) = may_open(app, req)? else {
         return Ok(None);
     };
-    app.gate.upgrade(peer, req.headers()).map_err(refusal)
+    app.gate
+        .upgrade(peer, req.headers())
+        .map_err(|r| refused(app, "WebSocket", peer, req, r))
 }
 
 /// Whether this server takes a session of the HTTP fallback transport now:
@@ -311,7 +314,7 @@ pub(super) fn admit_session(
     app.gate
         .session(peer, req.headers())
         .map(Some)
-        .map_err(refusal)
+        .map_err(|r| refused(app, "SSE session", peer, req, r))
 }
 
 /// The checks before any count is taken: origin and shutdown. The peer, if
@@ -332,18 +335,25 @@ fn may_open(
     Ok(req.extensions().get::<ConnectInfo>().map(|c| c.0))
 }
 
-fn refusal(refusal: Refusal) -> (StatusCode, &'static str) {
-    match refusal {
-        Refusal::Full => (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached"),
-        Refusal::TooManyConnections => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from this address",
-        ),
-        Refusal::TooFast => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "connecting too fast from this address",
-        ),
-    }
+/// The answer to a refusal by the connection limits, logged (debug) with
+/// the address the limits counted: behind a trusted proxy the forwarded
+/// client's, which is the one an operator needs to find the culprit (the
+/// peer is the proxy).
+fn refused(
+    app: &App,
+    what: &'static str,
+    peer: std::net::SocketAddr,
+    req: &Request,
+    refusal: Refusal,
+) -> (StatusCode, &'static str) {
+    let reason = refusal.reason();
+    let client = app.gate.client(peer, req.headers());
+    tracing::debug!(%client, %peer, reason, "{what} refused");
+    let status = match refusal {
+        Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::TooManyConnections | Refusal::TooFast => StatusCode::TOO_MANY_REQUESTS,
+    };
+    (status, reason)
 }
 
 /// Registers the connection, answers 101 and runs the socket loop on the

@@ -7,6 +7,7 @@
 //! `/relay/{channel}` forwards frames verbatim (`relay.rs`). Both WebSocket
 //! endpoints run the same socket loop (`socket.rs`).
 
+mod admin;
 mod api;
 mod guard;
 mod http;
@@ -70,15 +71,15 @@ impl Server {
     /// Binds the listening socket (so the caller learns the real port when
     /// `listen` has port 0) without serving yet.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        config.validate().map_err(anyhow::Error::msg)?;
         // Certificates first: a bad file stops start-up before anything else.
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => {
-                let tls = Arc::new(tls::Tls::load(cert, key)?);
+        let tls = match load_tls(&config)? {
+            Some(tls) => {
                 // Installed before we serve, so a SIGHUP never kills us.
                 let hangup = signal(SignalKind::hangup())?;
-                Some((tls, hangup))
+                Some((Arc::new(tls), hangup))
             }
-            _ => None,
+            None => None,
         };
         let store: Arc<dyn Store> = match config.store {
             StoreKind::Memory => Arc::new(MemoryStore::new()),
@@ -96,22 +97,7 @@ impl Server {
                 anyhow::anyhow!("cannot open the store in {dir}: {e}{advice}")
             })?),
         };
-        let auth: Box<dyn Authenticator> = if config.jwt_secret.is_some()
-            || config.jwt_public_key.is_some()
-            || config.jwks.is_some()
-        {
-            Box::new(
-                JwtAuth::new(
-                    config.jwt_secret.as_deref(),
-                    config.jwt_public_key.as_deref(),
-                    config.jwks.as_deref(),
-                    config.jwt_leeway,
-                )
-                .map_err(|e| anyhow::anyhow!("JWT configuration: {e}"))?,
-            )
-        } else {
-            Box::new(NoAuth)
-        };
+        let auth = load_auth(&config)?;
         let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
         let settings = Settings {
             retention: Retention {
@@ -147,6 +133,16 @@ impl Server {
             sse: sse::SseSessions::default(),
         });
         Ok(Server { listener, app, tls })
+    }
+
+    /// What `bind` checks before it opens the store or the socket: the
+    /// settings' own rules, the TLS certificate and key, the JWT keys.
+    /// For `switchboard config check`.
+    pub fn check(config: &Config) -> anyhow::Result<()> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        load_tls(config)?;
+        load_auth(config)?;
+        Ok(())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -188,7 +184,7 @@ impl Server {
                             let serve = serve_connection(stream, peer, slot, router.clone(), app.clone(), tls.clone());
                             tokio::spawn(serve);
                         }
-                        Err(refusal) => refuse_at_accept(&app, stream, refusal, tls.is_some()),
+                        Err(refusal) => refuse_at_accept(&app, stream, peer, refusal, tls.is_some()),
                     },
                     Err(err) => {
                         // Usually EMFILE: back off briefly instead of spinning.
@@ -242,8 +238,41 @@ impl Server {
 /// on the client: on plain HTTP with a canned 503/429 (what a WebSocket
 /// client or a load balancer can report), on TLS by closing (a handshake
 /// costs more than the refusal should).
-fn refuse_at_accept(app: &App, stream: TcpStream, refusal: guard::Refusal, tls: bool) {
+/// The TLS acceptor, when `--tls-cert` and `--tls-key` are set.
+fn load_tls(config: &Config) -> anyhow::Result<Option<tls::Tls>> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(tls::Tls::load(cert, key)?)),
+        _ => Ok(None),
+    }
+}
+
+/// JWT verification when any of its keys is set, else everyone is trusted.
+fn load_auth(config: &Config) -> anyhow::Result<Box<dyn Authenticator>> {
+    if config.jwt_secret.is_none() && config.jwt_public_key.is_none() && config.jwks.is_none() {
+        return Ok(Box::new(NoAuth));
+    }
+    let auth = JwtAuth::new(
+        config.jwt_secret.as_deref(),
+        config.jwt_public_key.as_deref(),
+        config.jwks.as_deref(),
+        config.jwt_leeway,
+    )
+    .map_err(|e| anyhow::anyhow!("JWT configuration: {e}"))?;
+    Ok(Box::new(auth))
+}
+
+fn refuse_at_accept(
+    app: &App,
+    stream: TcpStream,
+    peer: SocketAddr,
+    refusal: guard::Refusal,
+    tls: bool,
+) {
     app.hub.metrics.connections_refused.increment(1);
+    // Per IP, only direct clients are limited here (a trusted proxy's
+    // connections count under their forwarded address at the upgrade), so
+    // the peer is the client.
+    tracing::debug!(client = %peer.ip(), %peer, reason = refusal.reason(), "connection refused at accept");
     if tls {
         return;
     }

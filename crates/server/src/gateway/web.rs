@@ -17,7 +17,7 @@ use axum::Router;
 
 use super::App;
 
-struct Asset {
+pub(super) struct Asset {
     body: &'static [u8],
     content_type: &'static str,
     etag: &'static str,
@@ -81,6 +81,11 @@ static I18N_JS: Asset = asset!("i18n.js", "text/javascript; charset=utf-8", Kind
 static APP_CSS: Asset = asset!("app.css", "text/css; charset=utf-8", Kind::AppFile);
 static FAVICON: Asset = asset!("favicon.svg", "image/svg+xml", Kind::AppFile);
 static CLIENT_JS: Asset = asset!("client.js", "text/javascript; charset=utf-8", Kind::Library);
+// The operator dashboard (`admin.rs` serves these, only with `--api-key`).
+pub(super) static ADMIN_HTML: Asset = asset!("admin.html", "text/html; charset=utf-8", Kind::Page);
+pub(super) static ADMIN_JS: Asset =
+    asset!("admin.js", "text/javascript; charset=utf-8", Kind::AppFile);
+pub(super) static ADMIN_CSS: Asset = asset!("admin.css", "text/css; charset=utf-8", Kind::AppFile);
 static CLIENT_DTS: Asset = asset!(
     "client.d.ts",
     "application/typescript; charset=utf-8",
@@ -113,7 +118,7 @@ pub fn routes() -> Router<Arc<App>> {
     })
 }
 
-fn serve(asset: &'static Asset, request: &HeaderMap) -> Response {
+pub(super) fn serve(asset: &'static Asset, request: &HeaderMap) -> Response {
     let fresh = request
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -169,7 +174,7 @@ mod tests {
 
     #[test]
     fn etags_are_quoted_hex_and_differ_per_file() {
-        for asset in [&INDEX, &APP_JS, &CLIENT_JS, &CLIENT_DTS] {
+        for asset in [&INDEX, &APP_JS, &CLIENT_JS, &CLIENT_DTS, &ADMIN_HTML] {
             assert_eq!(asset.etag.len(), 18);
             assert!(asset.etag.starts_with('"') && asset.etag.ends_with('"'));
             assert!(asset.etag[1..17].bytes().all(|b| b.is_ascii_hexdigit()));

@@ -345,6 +345,31 @@ impl Hub {
         out
     }
 
+    /// The `n` rooms with the most users online (ties by name), each with
+    /// its last seq and online count, busiest first. Only rooms with members
+    /// are looked at, not every room with a counter (up to `--max-rooms`):
+    /// the dashboard asks for this every second or two.
+    pub fn busiest_rooms(&self, n: usize) -> Vec<(Arc<str>, u64, usize)> {
+        let mut live: Vec<(Arc<str>, usize)> = self
+            .rooms
+            .iter()
+            .map(|e| (e.key().clone(), e.value().online()))
+            .collect();
+        let order =
+            |a: &(Arc<str>, usize), b: &(Arc<str>, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        if live.len() > n {
+            live.select_nth_unstable_by(n, order);
+            live.truncate(n);
+        }
+        live.sort_by(order);
+        live.into_iter()
+            .map(|(room, online)| {
+                let seq = self.room_seqs.get(&room).map(|s| *s).unwrap_or(0);
+                (room, seq, online)
+            })
+            .collect()
+    }
+
     /// Gives a connection its user id and makes it reachable by `send`.
     /// `welcome` is queued first; live directs are held back (gated) until
     /// [`Hub::open_inbox`], so the inbox replay for `Replay` goes out first.
