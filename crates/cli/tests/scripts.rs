@@ -46,6 +46,7 @@ fn scripts_print_usage_for_help_and_refuse_unknown_options() {
     for script in [
         "scripts/test",
         "scripts/test-web",
+        "scripts/test-deploy",
         "scripts/fuzz",
         "scripts/autobahn",
         "bench/run.sh",
