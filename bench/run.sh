@@ -78,8 +78,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 smoke=false
-usage() { echo "usage: bench/run.sh [--smoke | --report RESULTS-DIR]" >&2; exit 2; }
+usage() { echo "usage: bench/run.sh [--smoke | --report RESULTS-DIR] (bench/run.sh --help explains)" >&2; exit 2; }
 case "${1:-}" in
+  -h | --help)
+    # The header comment is the manual.
+    sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0"
+    exit 0
+    ;;
   --smoke) smoke=true ;;
   --report)
     # Re-render BENCHMARKS.md from the kept results of an earlier run.
@@ -95,7 +100,7 @@ case "${1:-}" in
     exit 0
     ;;
   "") ;;
-  *) usage ;;
+  *) echo "bench/run.sh: unknown option '$1'" >&2; usage ;;
 esac
 
 if $smoke; then

@@ -10,6 +10,8 @@ use switchboard_server::config::file::ConfigFile;
 use switchboard_server::config::LogFormat;
 use switchboard_server::{Config, Server};
 
+mod connect;
+
 #[derive(Parser)]
 #[command(
     name = "switchboard",
@@ -27,6 +29,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Mint a JWT for local development (HS256 with the server's secret).
     Token(TokenArgs),
+    /// A terminal client: join rooms, chat, send direct messages (/help).
+    Connect(connect::ConnectArgs),
     /// Check a configuration file, or show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Token(args) => token(args),
+        Command::Connect(args) => connect::run(args),
         Command::Config(ConfigCommand::Check { file: path }) => {
             // `parse` has loaded the file and parsed it with the
             // environment, as the `config print` settings.
@@ -161,7 +166,7 @@ fn parse(args: &[OsString]) -> Result<(Cli, Option<ArgMatches>, Option<ConfigFil
             ];
             (Some(file.clone()), serve)
         }
-        Command::Token(_) => return Ok((first, None, None)),
+        Command::Token(_) | Command::Connect(_) => return Ok((first, None, None)),
     };
     let file = match path {
         Some(path) => Some(ConfigFile::load(&path).map_err(|e| e.to_string())?),

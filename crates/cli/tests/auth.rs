@@ -75,7 +75,9 @@ async fn token_in_query_header_or_hello() {
     let mut c = Client::from_stream(ws);
     assert_eq!(c.expect("welcome").await["user"], "ann");
     // hello {token}; a user named in the query is ignored when auth is on.
+    // The client is told at once that a token is required (newcomer.rs).
     let mut c = Client::connect(&server.url("/ws?user=mallory")).await;
+    assert_eq!(c.expect("error").await["code"], "unauthorized");
     let w = c.request(json!({"type": "hello", "token": ann(60)})).await;
     assert_eq!(
         (w["type"].as_str(), w["user"].as_str()),

@@ -530,7 +530,16 @@ async fn auth_limits_and_origins_are_the_websocket_ones() {
     let mut pending = open_stream(&server, "?user=ann", &[]).await;
     let (_, hello) = pending.session().await;
     assert!(hello.get("user").is_none(), "waits for a hello: {hello}");
-    assert_eq!(pending.expect("error").await["code"], "unauthorized");
+    // Told at once that `?user=` is not enough...
+    let error = pending.expect("error").await;
+    assert_eq!(error["code"], "unauthorized");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("a token is required"));
+    // ...and ended when no token comes in time.
+    let error = pending.expect("error").await;
+    assert_eq!(error["message"], "no valid token received in time");
     assert_eq!(pending.expect_close().await.0, 4001);
     // A bad token: refused with a status EventSource does not retry.
     match open(&server, "?token=garbage", &[]).await {

@@ -90,6 +90,10 @@ pub struct Welcome<'a> {
     pub session: &'a str,
     /// Heartbeat interval in seconds.
     pub heartbeat: u64,
+    /// Something the client should know about how it was identified (auth
+    /// off: a token it sent was ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<&'a str>,
 }
 
 impl<'a> Welcome<'a> {
@@ -99,6 +103,7 @@ impl<'a> Welcome<'a> {
             user,
             session,
             heartbeat,
+            warning: None,
         }
     }
 }

@@ -111,7 +111,7 @@ impl Server {
         };
         let pipeline = Pipeline::start(store.clone(), hub.clone(), settings)
             .map_err(|e| anyhow::anyhow!("cannot recover the store: {e}"))?;
-        let listener = listen(config.listen)?;
+        let listener = listen(config.listen).map_err(|e| cannot_listen(config.listen, e))?;
         let gate = Arc::new(guard::Gate::new(
             config.max_connections,
             config.max_connections_per_ip,
@@ -398,6 +398,31 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// A bind failure that names the address and the way out: the bare OS
+/// error ("Address already in use") names neither, and the usual cause is
+/// a second server started on the default port.
+fn cannot_listen(addr: SocketAddr, err: std::io::Error) -> anyhow::Error {
+    let advice = match err.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            let other = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1).max(1));
+            format!(
+                "another process (perhaps another switchboard) is listening there: \
+                 stop it, or choose another address with --listen \
+                 (e.g. --listen {other}, or port 0 for any free port)"
+            )
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need privileges: choose another port with --listen".to_string()
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no interface of this machine has that address: choose another with --listen"
+                .to_string()
+        }
+        _ => "choose another address with --listen".to_string(),
+    };
+    anyhow::anyhow!("cannot listen on {addr}: {err}\n{advice}")
 }
 
 /// The credentials of an `Authorization: Bearer …` header. The scheme is

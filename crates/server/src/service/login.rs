@@ -23,6 +23,16 @@ pub enum Start {
     Identified(Identity),
     /// Waiting for `hello` (or, with auth off, any command: then a guest).
     Pending,
+    /// Auth on, and the request named a user (`?user=`) but carried no
+    /// token: the client evidently expects `?user=` to be enough, so it is
+    /// told at once (an `unauthorized` error) instead of waiting out
+    /// `--hello-timeout` in silence. It may still send a `hello` with a
+    /// token within the timeout.
+    TokenRequired,
+    /// Auth off, and the request carried a token: it is ignored (nothing
+    /// could verify it), and `welcome` says so. Identified when `?user=`
+    /// named a user, else pending.
+    TokenIgnored(Option<Identity>),
     /// The request carried an invalid token: `unauthorized`, then the end.
     Refused(String),
 }
@@ -43,8 +53,10 @@ impl Start {
                 Ok(None) => Start::Pending,
                 Err(err) => Start::Refused(err.to_string()),
             },
-            (true, None, _) | (false, _, None) => Start::Pending,
-            (false, _, Some(user)) => Start::Identified(Identity::named(&user)),
+            (true, None, Some(_)) => Start::TokenRequired,
+            (true, None, None) | (false, None, None) => Start::Pending,
+            (false, Some(_), user) => Start::TokenIgnored(user.map(|u| Identity::named(&u))),
+            (false, None, Some(user)) => Start::Identified(Identity::named(&user)),
         }
     }
 }
@@ -74,7 +86,15 @@ pub struct Login {
     hello_deadline: Option<Instant>,
     /// When the token expires (plus leeway).
     expires: Option<Instant>,
+    /// Said in the first `welcome` (`warning`): auth is off and the client
+    /// presented a token, which was ignored.
+    warning: Option<&'static str>,
 }
+
+/// Without this a client that sends a token to a server with auth off
+/// believes it is the token's user, while it is `?user=` or a guest.
+const TOKEN_IGNORED: &str = "authentication is off on this server: the token was ignored, \
+     and you are the user named by ?user= or hello.user (a guest when none is)";
 
 impl Login {
     pub fn new(service: &Service, device: Option<String>) -> Login {
@@ -84,6 +104,7 @@ impl Login {
             identity: None,
             hello_deadline: Some(Instant::now() + service.config.hello_timeout),
             expires: None,
+            warning: None,
         }
     }
 
@@ -97,6 +118,25 @@ impl Login {
         match start {
             Start::Identified(identity) => self.identify(service, conn, identity, None),
             Start::Pending => Ok(()),
+            Start::TokenRequired => {
+                let timeout = service.config.hello_timeout;
+                let message = format!(
+                    "a token is required: authentication is on and ?user= is ignored; \
+                     send {{\"type\":\"hello\",\"token\":\"…\"}} within {}, \
+                     or connect with ?token= or an Authorization: Bearer header",
+                    describe(timeout)
+                );
+                let refusal = Rejection::new(ErrorCode::Unauthorized, message);
+                service.send_error(conn, None, &refusal);
+                Ok(())
+            }
+            Start::TokenIgnored(identity) => {
+                self.warning = Some(TOKEN_IGNORED);
+                match identity {
+                    Some(identity) => self.identify(service, conn, identity, None),
+                    None => Ok(()),
+                }
+            }
             Start::Refused(message) => Err(unauthorized(service, conn, None, message)),
         }
     }
@@ -125,6 +165,9 @@ impl Login {
         }
         if let Some(device) = hello.device {
             self.device = Arc::from(device);
+        }
+        if hello.token.is_some() && !service.auth.required() {
+            self.warning = Some(TOKEN_IGNORED);
         }
         match service.auth.authenticate(hello.user, hello.token) {
             Ok(Some(identity)) => self.identify(service, conn, identity, id),
@@ -248,10 +291,12 @@ impl Login {
         }
     }
 
-    fn welcome(&self, service: &Service, user: &str, id: Option<&Id>) -> Vec<u8> {
+    fn welcome(&mut self, service: &Service, user: &str, id: Option<&Id>) -> Vec<u8> {
         let heartbeat = service.config.heartbeat.as_secs().max(1);
         let session = format!("{:016x}", self.session_id);
-        proto::encode(&proto::Welcome::new(id, user, &session, heartbeat))
+        let mut welcome = proto::Welcome::new(id, user, &session, heartbeat);
+        welcome.warning = self.warning.take();
+        proto::encode(&welcome)
     }
 
     /// An `exp` too far ahead for the clock to represent (≥ 2^63 s: a
@@ -284,6 +329,15 @@ fn unauthorized(
 ) -> Ending {
     service.send_error(conn, id, &Rejection::new(ErrorCode::Unauthorized, message));
     Ending::Unauthorized
+}
+
+/// `5 s`, `300 ms`: a duration as the client is told it.
+fn describe(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
 }
 
 /// A user for a session that named none (auth off).
