@@ -376,31 +376,40 @@ impl Writer {
                         });
                         continue;
                     }
-                    let (name, counters, old, max, floor) = match &m.to {
+                    let (name, counters, old, max) = match &m.to {
                         Destination::Room(room) => (
                             room,
                             &mut self.rooms,
                             &mut old_rooms,
                             self.settings.max_rooms,
-                            self.hub.room_floor(room),
                         ),
                         Destination::User(user) => (
                             user,
                             &mut self.inboxes,
                             &mut old_inboxes,
                             self.settings.max_inboxes,
-                            self.hub.inbox_floor(user),
                         ),
                     };
-                    let previous = counters.get(name).copied();
-                    if previous.is_none() && counters.len() >= max {
-                        plans.push(Plan::Refused(full(&m.to)));
-                        continue;
-                    }
-                    old.push((name.clone(), previous));
-                    // A name without a counter numbers on from its floor.
-                    let seq = previous.map_or(floor, |c| c.seq) + 1;
-                    counters.insert(name.clone(), Count::new(seq, now));
+                    // One lookup for a known name (the per-message path); a
+                    // new one is checked against the cap and numbers on
+                    // from its floor.
+                    let seq = if let Some(count) = counters.get_mut(name) {
+                        old.push((name.clone(), Some(*count)));
+                        *count = Count::new(count.seq + 1, now);
+                        count.seq
+                    } else {
+                        if counters.len() >= max {
+                            plans.push(Plan::Refused(full(&m.to)));
+                            continue;
+                        }
+                        let floor = match &m.to {
+                            Destination::Room(room) => self.hub.room_floor(room),
+                            Destination::User(user) => self.hub.inbox_floor(user),
+                        };
+                        old.push((name.clone(), None));
+                        counters.insert(name.clone(), Count::new(floor + 1, now));
+                        floor + 1
+                    };
                     let gid = match &m.to {
                         Destination::Room(room) => {
                             writes.push(Write::Room(RoomRecord {
