@@ -12,8 +12,8 @@ mod event;
 mod names;
 
 pub use command::{
-    check_body_depth, decode_command, decode_id, json_depth, peek_id, Command, CommandError,
-    HistoryTarget, Id, Request, DEFAULT_HISTORY_LIMIT, MAX_BODY_DEPTH, MAX_HISTORY_LIMIT,
+    check_body_depth, decode_command, decode_id, peek_id, Command, CommandError, HistoryTarget, Id,
+    Request, DEFAULT_HISTORY_LIMIT, MAX_BODY_DEPTH, MAX_HISTORY_LIMIT,
 };
 pub use event::*;
 pub use names::{validate_device, validate_room, validate_user, MAX_ROOM_LEN, MAX_USER_LEN};

@@ -255,11 +255,14 @@ fn an_idle_inbox_is_forgotten_with_its_device_cursors() -> TestResult {
     let node = Node::start(&dir, NO_CAPS)?;
     assert_eq!(node.send("bob")?, 1);
     assert_eq!(node.send("bob")?, 2);
-    node.pipeline.submit(Job::Cursor {
+    assert!(node.pipeline.submit(Job::Cursor {
         user: "bob".into(),
         device: "phone".into(),
         upto: 2,
-    });
+    }));
+    // Jobs commit in order: once a later send is acked, the cursor is stored.
+    node.send("carol")?;
+    assert_eq!(node.store.cursor("bob", "phone")?, 2);
     node.sweep_after_expiry()?;
     let recovered = node.store.recover(0)?;
     assert!(recovered.inboxes.iter().all(|c| c.name != "bob"));

@@ -192,14 +192,16 @@ fn reattach(
     let (id, n) = last.split_once(':')?;
     let n: u64 = n.parse().ok()?;
     let session = app.sse.map.get(id)?.value().clone();
-    // With auth on, the request must prove the same user again.
-    if app.auth.required() {
-        let crate::service::login::Start::Identified(identity) = start else {
-            return None;
-        };
-        if identity.user != session.conn.user() {
-            return None;
+    // The request must name the same user (auth on: prove it again with a
+    // token): a session id alone does not make another user this one.
+    match start {
+        crate::service::login::Start::Identified(identity) => {
+            if identity.user != session.conn.user() {
+                return None;
+            }
         }
+        _ if app.auth.required() => return None,
+        _ => {}
     }
     let replay = {
         let st = session.stream.lock();

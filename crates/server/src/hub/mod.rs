@@ -338,7 +338,8 @@ impl Hub {
             .collect();
         for entry in self.rooms.iter() {
             if !self.room_seqs.contains_key(entry.key()) {
-                out.push((entry.key().clone(), 0, entry.value().online()));
+                let seq = self.room_seq(entry.key());
+                out.push((entry.key().clone(), seq, entry.value().online()));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -364,7 +365,8 @@ impl Hub {
         live.sort_by(order);
         live.into_iter()
             .map(|(room, online)| {
-                let seq = self.room_seqs.get(&room).map(|s| *s).unwrap_or(0);
+                // With the floor for a room without a counter, as `joined` says.
+                let seq = self.room_seq(&room);
                 (room, seq, online)
             })
             .collect()
