@@ -195,11 +195,12 @@ fn reattach(
     // The request must name the same user (auth on: prove it again with a
     // token): a session id alone does not make another user this one.
     match start {
-        crate::service::login::Start::Identified(identity) => {
-            if identity.user != session.conn.user() {
-                return None;
-            }
+        crate::service::login::Start::Identified(identity)
+            if identity.user != session.conn.user() =>
+        {
+            return None
         }
+        crate::service::login::Start::Identified(_) => {}
         _ if app.auth.required() => return None,
         _ => {}
     }
