@@ -38,7 +38,7 @@ use rexpect::session::PtySession;
 const SKIPPED: &[(&str, &str)] = &[
     (
         "./scripts/test",
-        "the whole suite, which runs this test (and takes 10 minutes)",
+        "the whole suite, which runs this test (and takes about 16 minutes)",
     ),
     (
         "./scripts/test --quick",
