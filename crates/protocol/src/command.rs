@@ -112,10 +112,34 @@ pub enum Command<'a> {
     Received {
         upto: u64,
     },
-    /// The sender's messages to me up to `upto` (my inbox seq) were read.
+    /// I read a conversation up to `upto`: a direct one (the peer's
+    /// messages up to my inbox seq) or a room (up to its seq).
     Read {
-        from: Cow<'a, str>,
+        target: Target<'a>,
         upto: u64,
+    },
+    /// The sender replaces the body of their message `target` (a room seq,
+    /// or a direct message's gid).
+    Edit {
+        to: Target<'a>,
+        target: u64,
+        body: &'a RawValue,
+    },
+    /// The sender withdraws their message `target`.
+    Recall {
+        to: Target<'a>,
+        target: u64,
+    },
+    /// An ephemeral event (typing): fanned out, never stored.
+    Signal {
+        to: Target<'a>,
+        body: &'a RawValue,
+    },
+    /// The user's conversations and rooms, newest first.
+    Conversations {
+        /// The `next` of the previous page.
+        before: Option<Cow<'a, str>>,
+        limit: usize,
     },
     History {
         target: HistoryTarget<'a>,
@@ -124,6 +148,18 @@ pub enum Command<'a> {
     },
     Ping,
 }
+
+/// A room, or a user (`to` of a change or signal; `from` of a direct `read`:
+/// the peer of the conversation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target<'a> {
+    Room(Cow<'a, str>),
+    User(Cow<'a, str>),
+}
+
+/// Largest `body` of a `signal`, in bytes: signals are small by nature
+/// (typing flags), and every member of a room gets each one.
+pub const MAX_SIGNAL_BODY: usize = 1024;
 
 /// What a `history` command reads.
 #[derive(Debug)]
@@ -149,6 +185,10 @@ impl Command<'_> {
             Command::Presence { .. } => "presence",
             Command::Received { .. } => "received",
             Command::Read { .. } => "read",
+            Command::Edit { .. } => "edit",
+            Command::Recall { .. } => "recall",
+            Command::Signal { .. } => "signal",
+            Command::Conversations { .. } => "conversations",
             Command::History { .. } => "history",
             Command::Ping => "ping",
         }
@@ -197,6 +237,8 @@ struct Envelope<'a> {
     before: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     limit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    target: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` visible as `Some("null")` (plain `Option` would
@@ -322,13 +364,45 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
         "received" => Command::Received {
             upto: fields.required("upto", "a non-negative integer")?,
         },
-        "read" => {
-            let from: Cow<'_, str> = fields.required("from", "a string")?;
-            validate_user(&from).map_err(|m| bad(&id, format!("from: {m}")))?;
-            Command::Read {
-                from,
-                upto: fields.required("upto", "a non-negative integer")?,
+        "read" => Command::Read {
+            target: fields.room_or_user("from")?,
+            upto: fields.required("upto", "a non-negative integer")?,
+        },
+        "edit" => Command::Edit {
+            to: fields.room_or_user("to")?,
+            target: fields.required("target", "a non-negative integer")?,
+            body: fields.body()?,
+        },
+        "recall" => Command::Recall {
+            to: fields.room_or_user("to")?,
+            target: fields.required("target", "a non-negative integer")?,
+        },
+        "signal" => {
+            let to = fields.room_or_user("to")?;
+            let body = fields.body()?;
+            if body.get().len() > MAX_SIGNAL_BODY {
+                return Err(CommandError {
+                    id: id.clone(),
+                    code: ErrorCode::TooLarge,
+                    message: format!("signal: `body` is larger than {MAX_SIGNAL_BODY} bytes"),
+                });
             }
+            Command::Signal { to, body }
+        }
+        "conversations" => {
+            let limit: Option<usize> = fields.optional("limit", "a positive integer")?;
+            let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+            if limit == 0 || limit > MAX_HISTORY_LIMIT {
+                return Err(bad(
+                    &id,
+                    format!("conversations: `limit` must be between 1 and {MAX_HISTORY_LIMIT}"),
+                ));
+            }
+            let before: Option<Cow<'_, str>> = fields.optional("before", "a string")?;
+            if before.as_ref().is_some_and(|b| b.len() > 256) {
+                return Err(bad(&id, "conversations: `before` is not a `next` cursor".into()));
+            }
+            Command::Conversations { before, limit }
         }
         "history" => {
             let room: Option<Cow<'_, str>> = fields.optional("room", "a string")?;
@@ -428,6 +502,7 @@ impl<'a> Fields<'_, 'a> {
             "with" => self.env.with,
             "before" => self.env.before,
             "limit" => self.env.limit,
+            "target" => self.env.target,
             _ => None,
         }
     }
@@ -462,6 +537,29 @@ impl<'a> Fields<'_, 'a> {
         let room: Cow<'a, str> = self.required("room", "a string")?;
         validate_room(&room).map_err(|m| bad(self.id, m))?;
         Ok(room)
+    }
+
+    /// Exactly one of `room` or the user field `user_field` (`to`, `from`).
+    fn room_or_user(&self, user_field: &str) -> Result<Target<'a>, CommandError> {
+        let room: Option<Cow<'a, str>> = self.optional("room", "a string")?;
+        let user: Option<Cow<'a, str>> = self.optional(user_field, "a string")?;
+        match (room, user) {
+            (Some(room), None) => {
+                validate_room(&room).map_err(|m| bad(self.id, m))?;
+                Ok(Target::Room(room))
+            }
+            (None, Some(user)) => {
+                validate_user(&user).map_err(|m| bad(self.id, format!("{user_field}: {m}")))?;
+                Ok(Target::User(user))
+            }
+            _ => Err(bad(
+                self.id,
+                format!(
+                    "{}: give exactly one of `room` or `{user_field}`",
+                    self.command
+                ),
+            )),
+        }
     }
 
     fn body(&self) -> Result<&'a RawValue, CommandError> {
@@ -527,7 +625,7 @@ mod tests {
         ));
         assert!(matches!(
             decode_command(r#"{"type":"read","from":"bob","upto":3}"#).unwrap().command,
-            Command::Read { from, upto: 3 } if from == "bob"
+            Command::Read { target: Target::User(from), upto: 3 } if from == "bob"
         ));
         assert!(matches!(
             decode_command(r#"{"type":"history","room":"r","before":9,"limit":10}"#).unwrap().command,

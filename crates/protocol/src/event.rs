@@ -30,6 +30,12 @@ pub enum Event<'a> {
     #[serde(rename = "read")]
     ReadReceipt(&'a ReadReceipt<'a>),
     History(&'a History<'a>),
+    /// A stored change of a message by its sender (`edit` carries the new
+    /// body, `recall` none).
+    Edit(&'a Change<'a>),
+    Recall(&'a Change<'a>),
+    Signal(&'a Signal<'a>),
+    Conversations(&'a Conversations<'a>),
     Pong(&'a Pong<'a>),
     Error(&'a Error<'a>),
 }
@@ -56,6 +62,8 @@ into_event!(
     Reset,
     ReadReceipt,
     History,
+    Signal,
+    Conversations,
     Pong,
     Error,
 );
@@ -202,6 +210,13 @@ pub struct Message<'a> {
     /// Server time, milliseconds since the Unix epoch.
     pub ts: u64,
     pub body: &'a RawValue,
+    /// Current state, in replays and history (live messages are original):
+    /// when the message was last edited, or recalled (its body is then
+    /// `null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recalled: Option<u64>,
 }
 
 impl<'a> Message<'a> {
@@ -212,6 +227,8 @@ impl<'a> Message<'a> {
             from,
             ts,
             body,
+            edited: None,
+            recalled: None,
         }
     }
 }
@@ -227,6 +244,13 @@ pub struct Direct<'a> {
     pub gid: u64,
     pub ts: u64,
     pub body: &'a RawValue,
+    /// Current state, in replays and history (live messages are original):
+    /// when the message was last edited, or recalled (its body is then
+    /// `null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recalled: Option<u64>,
 }
 
 impl<'a> Direct<'a> {
@@ -245,8 +269,69 @@ impl<'a> Direct<'a> {
             gid,
             ts,
             body,
+            edited: None,
+            recalled: None,
         }
     }
+}
+
+/// `edit` or `recall` of a message, sequenced like a message: in a room
+/// (`room`, the room's `seq`, `target` the original's seq) or in a
+/// conversation (`to`, the recipient's inbox `seq`, a new `gid`, `target`
+/// the original's gid).
+#[derive(Serialize)]
+pub struct Change<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    pub from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<&'a str>,
+    pub seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u64>,
+    pub target: u64,
+    pub ts: u64,
+    /// The new body (`edit` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<&'a RawValue>,
+}
+
+/// An ephemeral event: to a room's members or to a user.
+#[derive(Serialize)]
+pub struct Signal<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    pub from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<&'a str>,
+    pub body: &'a RawValue,
+}
+
+/// Reply to `conversations`.
+#[derive(Serialize)]
+pub struct Conversations<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a Id>,
+    pub conversations: Vec<ConversationItem<'a>>,
+    /// Cursor of the next page (`before`), when more remain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// One entry of the conversation list.
+#[derive(Serialize)]
+pub struct ConversationItem<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    /// The newest message, a complete `message` or `direct` event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<Box<RawValue>>,
+    pub unread: u64,
+    pub read: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_read: Option<u64>,
 }
 
 /// Presence change broadcast to a room.
@@ -329,17 +414,41 @@ impl<'a> Reset<'a> {
     }
 }
 
-/// Read receipt: `by` read the messages they got from you up to `upto`
-/// (their inbox seq).
+/// A read position moved: `by` read `from`'s messages up to `upto` (an
+/// inbox seq of `by`; `seq` is the receipt's place in `from`'s inbox), or
+/// read `room` up to its seq `upto` (sent to `by`'s other devices only).
 #[derive(Serialize)]
 pub struct ReadReceipt<'a> {
     pub by: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
     pub upto: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 impl<'a> ReadReceipt<'a> {
-    pub fn new(by: &'a str, upto: u64) -> Self {
-        ReadReceipt { by, upto }
+    /// `by` read `from`'s messages; `seq`: the receipt's inbox seq of `from`.
+    pub fn direct(by: &'a str, from: &'a str, upto: u64, seq: u64) -> Self {
+        ReadReceipt {
+            by,
+            from: Some(from),
+            room: None,
+            upto,
+            seq: Some(seq),
+        }
+    }
+
+    pub fn room(by: &'a str, room: &'a str, upto: u64) -> Self {
+        ReadReceipt {
+            by,
+            from: None,
+            room: Some(room),
+            upto,
+            seq: None,
+        }
     }
 }
 
@@ -359,6 +468,12 @@ pub struct History<'a> {
     /// (`--max-queue`): older messages remain; ask again with `before`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// The user's stored read position (room seq, or own inbox seq).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<u64>,
+    /// The peer's read position of the user's messages (`with` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_read: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -532,8 +647,12 @@ mod tests {
     #[test]
     fn read_receipt_encoding() {
         assert_eq!(
-            text(encode(&ReadReceipt::new("bob", 17))),
-            r#"{"type":"read","by":"bob","upto":17}"#
+            text(encode(&ReadReceipt::direct("bob", "ann", 17, 4))),
+            r#"{"type":"read","by":"bob","from":"ann","upto":17,"seq":4}"#
+        );
+        assert_eq!(
+            text(encode(&ReadReceipt::room("bob", "lobby", 9))),
+            r#"{"type":"read","by":"bob","room":"lobby","upto":9}"#
         );
     }
 
@@ -547,10 +666,12 @@ mod tests {
             with: None,
             messages: vec![past],
             truncated: false,
+            read: Some(1),
+            peer_read: None,
         };
         assert_eq!(
             text(encode(&room)),
-            r#"{"type":"history","id":"h","room":"lobby","messages":[{"type":"message", "seq":1}]}"#
+            r#"{"type":"history","id":"h","room":"lobby","messages":[{"type":"message", "seq":1}],"read":1}"#
         );
         let conversation = History {
             id: None,
@@ -558,10 +679,63 @@ mod tests {
             with: Some("bob"),
             messages: Vec::new(),
             truncated: true,
+            read: None,
+            peer_read: None,
         };
         assert_eq!(
             text(encode(&conversation)),
             r#"{"type":"history","with":"bob","messages":[],"truncated":true}"#
+        );
+    }
+
+    #[test]
+    fn changes_signals_and_markers_encoding() {
+        let body = RawValue::from_string(r#"{"t":"hi!"}"#.into()).unwrap();
+        let edit = Change {
+            room: Some("lobby"),
+            from: "ann",
+            to: None,
+            seq: 60,
+            gid: None,
+            target: 58,
+            ts: 9,
+            body: Some(&body),
+        };
+        assert_eq!(
+            text(encode(Event::Edit(&edit))),
+            r#"{"type":"edit","room":"lobby","from":"ann","seq":60,"target":58,"ts":9,"body":{"t":"hi!"}}"#
+        );
+        let recall = Change {
+            room: None,
+            from: "ann",
+            to: Some("bob"),
+            seq: 5,
+            gid: Some(816),
+            target: 812,
+            ts: 9,
+            body: None,
+        };
+        assert_eq!(
+            text(encode(Event::Recall(&recall))),
+            r#"{"type":"recall","from":"ann","to":"bob","seq":5,"gid":816,"target":812,"ts":9}"#
+        );
+        let null = RawValue::from_string("null".into()).unwrap();
+        let mut gone = Message::new("lobby", 58, "ann", 1, &null);
+        gone.recalled = Some(9);
+        assert_eq!(
+            text(encode(&gone)),
+            r#"{"type":"message","room":"lobby","seq":58,"from":"ann","ts":1,"body":null,"recalled":9}"#
+        );
+        let typing = RawValue::from_string(r#"{"typing":true}"#.into()).unwrap();
+        let signal = Signal {
+            room: None,
+            from: "ann",
+            to: Some("bob"),
+            body: &typing,
+        };
+        assert_eq!(
+            text(encode(&signal)),
+            r#"{"type":"signal","from":"ann","to":"bob","body":{"typing":true}}"#
         );
     }
 

@@ -13,7 +13,7 @@ mod names;
 
 pub use command::{
     check_body_depth, decode_command, decode_id, peek_id, Command, CommandError, HistoryTarget, Id,
-    Request, DEFAULT_HISTORY_LIMIT, MAX_BODY_DEPTH, MAX_HISTORY_LIMIT,
+    Request, Target, DEFAULT_HISTORY_LIMIT, MAX_BODY_DEPTH, MAX_HISTORY_LIMIT, MAX_SIGNAL_BODY,
 };
 pub use event::*;
 pub use names::{validate_device, validate_room, validate_user, MAX_ROOM_LEN, MAX_USER_LEN};

@@ -10,17 +10,18 @@ use proptest::prelude::*;
 use serde_json::{Map, Number, Value};
 use switchboard_protocol::{
     decode_command, validate_device, validate_room, validate_user, Command, CommandError,
-    ErrorCode, HistoryTarget, Id, Request, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_ROOM_LEN,
-    MAX_USER_LEN,
+    ErrorCode, HistoryTarget, Id, Request, Target, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT,
+    MAX_ROOM_LEN, MAX_SIGNAL_BODY, MAX_USER_LEN,
 };
 
 /// Every field the decoder knows.
-const FIELDS: [&str; 15] = [
+const FIELDS: [&str; 16] = [
     "type", "id", "room", "body", "to", "user", "token", "name", "device", "since", "upto", "from",
-    "with", "before", "limit",
+    "with", "before", "limit", "target",
 ];
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 14] = [
     "hello", "join", "leave", "publish", "send", "presence", "received", "read", "history", "ping",
+    "edit", "recall", "signal", "conversations",
 ];
 
 // ---------------------------------------------------------------- strategies
@@ -355,7 +356,13 @@ impl Valid {
                 assert_eq!(Some(body.get()), body_text);
             }
             (Valid::Received { upto }, Command::Received { upto: u }) => assert_eq!(upto, u),
-            (Valid::Read { from, upto }, Command::Read { from: f, upto: u }) => {
+            (
+                Valid::Read { from, upto },
+                Command::Read {
+                    target: Target::User(f),
+                    upto: u,
+                },
+            ) => {
                 assert_eq!(from, f);
                 assert_eq!(upto, u);
             }
@@ -595,9 +602,44 @@ fn check_decoded<'v>(cmd: &Command<'_>, get: &dyn Fn(&str) -> Option<&'v Value>)
             );
         }
         Command::Received { upto } => assert_eq!(Some(*upto), u("upto")),
-        Command::Read { from, upto } => {
-            assert_eq!(Some(from.as_ref()), s("from"));
+        Command::Read { target, upto } => {
+            match target {
+                Target::Room(r) => assert_eq!(Some(r.as_ref()), s("room")),
+                Target::User(f) => assert_eq!(Some(f.as_ref()), s("from")),
+            }
             assert_eq!(Some(*upto), u("upto"));
+        }
+        Command::Edit { to, target, body } => {
+            match to {
+                Target::Room(r) => assert_eq!(Some(r.as_ref()), s("room")),
+                Target::User(t) => assert_eq!(Some(t.as_ref()), s("to")),
+            }
+            assert_eq!(Some(*target), u("target"));
+            assert_eq!(
+                Some(body.get().to_string()),
+                get("body").map(Value::to_string)
+            );
+        }
+        Command::Recall { to, target } => {
+            match to {
+                Target::Room(r) => assert_eq!(Some(r.as_ref()), s("room")),
+                Target::User(t) => assert_eq!(Some(t.as_ref()), s("to")),
+            }
+            assert_eq!(Some(*target), u("target"));
+        }
+        Command::Signal { to, body } => {
+            match to {
+                Target::Room(r) => assert_eq!(Some(r.as_ref()), s("room")),
+                Target::User(t) => assert_eq!(Some(t.as_ref()), s("to")),
+            }
+            assert!(body.get().len() <= MAX_SIGNAL_BODY);
+        }
+        Command::Conversations { before, limit } => {
+            assert_eq!(before.as_deref(), s("before"));
+            assert_eq!(
+                *limit as u64,
+                u("limit").unwrap_or(DEFAULT_HISTORY_LIMIT as u64)
+            );
         }
         Command::History {
             target,

@@ -90,6 +90,15 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_DEDUPE_WINDOW", default_value = "5m", value_parser = parse_duration)]
     pub dedupe_window: Duration,
 
+    /// How long after sending a user may `edit` their message (counted from
+    /// its `ts`). Units: s, m, h, d.
+    #[arg(long, env = "SWITCHBOARD_EDIT_WINDOW", default_value = "15m", value_parser = parse_duration)]
+    pub edit_window: Duration,
+
+    /// How long after sending a user may `recall` their message.
+    #[arg(long, env = "SWITCHBOARD_RECALL_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub recall_window: Duration,
+
     /// Most dedupe entries kept; beyond it the oldest are dropped early
     /// (the window shrinks under a flood instead of memory growing).
     #[arg(long, env = "SWITCHBOARD_MAX_DEDUPE", default_value_t = 1_000_000)]
@@ -252,6 +261,8 @@ impl Default for Config {
             retention_count: 10_000,
             retention_age: Duration::from_secs(30 * 86_400),
             dedupe_window: Duration::from_secs(300),
+            edit_window: Duration::from_secs(900),
+            recall_window: Duration::from_secs(120),
             max_dedupe: 1_000_000,
             max_rooms: 1_000_000,
             max_inboxes: 1_000_000,

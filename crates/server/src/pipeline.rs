@@ -23,7 +23,9 @@ use tokio::sync::oneshot;
 use crate::expiring::ExpiringMap;
 use crate::hub::{unix_ms, Conn, Delivery, Hub};
 use crate::service::Rejection;
-use crate::store::{DedupeRecord, DirectRecord, Retention, RoomRecord, Store, StoreError, Write};
+use crate::store::{
+    DedupeRecord, DirectRecord, Kind, Original, Retention, RoomRecord, Store, StoreError, Write,
+};
 
 const MAX_BATCH: usize = 1024;
 /// How often retention and the dedupe window are enforced.
@@ -56,10 +58,35 @@ pub struct Submission {
     /// Idempotency key, deduplicated per `from` within the dedupe window.
     pub id: Option<Id>,
     pub reply: Reply,
+    /// Set for an `edit` (body: the new body) or a `recall` (body `null`)
+    /// of the sender's message `target`.
+    pub change: Option<ChangeOf>,
+}
+
+/// What an `edit` or `recall` changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeOf {
+    /// The message: its room seq, or its gid.
+    pub target: u64,
+    /// Recall (else edit).
+    pub recall: bool,
+}
+
+/// A `read`: `user` read `to` (a room, or the conversation with a peer)
+/// up to `upto`.
+pub struct ReadMark {
+    pub user: Arc<str>,
+    pub to: Destination,
+    pub upto: u64,
+    /// The reading connection (its user's other connections are told).
+    pub conn: Option<u64>,
 }
 
 pub enum Job {
     Message(Submission),
+    /// A read position moved (stored; a direct one is also a receipt in the
+    /// peer's inbox).
+    Read(ReadMark),
     /// A device confirmed its inbox up to `upto`.
     Cursor {
         user: String,
@@ -82,6 +109,10 @@ pub struct Settings {
     /// Dedupe entries kept (`--max-dedupe`): beyond it the oldest go
     /// early, shortening the window rather than growing without end.
     pub max_dedupe: usize,
+    /// How long after sending a message may be edited (`--edit-window`).
+    pub edit_window: Duration,
+    /// ... and recalled (`--recall-window`).
+    pub recall_window: Duration,
 }
 
 /// Handle to the writer thread.
@@ -175,6 +206,9 @@ impl Pipeline {
 enum Plan {
     /// Sequenced and written: `gid` for direct messages only.
     Stored { seq: u64, gid: Option<u64>, ts: u64 },
+    /// A read position stored; for a direct conversation also a receipt at
+    /// `seq` (with `gid`) of the peer's inbox, if it could get one.
+    Read { upto: u64, receipt: Option<(u64, u64)> },
     /// A repeated id: acknowledge with the original seq. `tentative` when the
     /// original is in this same batch (so it fails if the batch fails).
     Duplicate { seq: u64, tentative: bool },
@@ -350,110 +384,23 @@ impl Writer {
 
     fn process(&mut self, batch: Vec<Job>) {
         let now = unix_ms();
-        let mut writes = Vec::with_capacity(batch.len() * 2);
-        let mut plans = Vec::with_capacity(batch.len());
-        // What to undo if the commit fails.
-        let mut old_rooms: Vec<(Arc<str>, Option<Count>)> = Vec::new();
-        let mut old_inboxes: Vec<(Arc<str>, Option<Count>)> = Vec::new();
+        let mut b = Batch {
+            writes: Vec::with_capacity(batch.len() * 2),
+            old_rooms: Vec::new(),
+            old_inboxes: Vec::new(),
+            new_keys: Vec::new(),
+            positions: HashMap::new(),
+            recalled: Vec::new(),
+        };
         let old_gid = self.last_gid;
-        let mut new_keys: Vec<DedupeKey> = Vec::new();
+        let mut plans = Vec::with_capacity(batch.len());
 
         for job in &batch {
             let plan = match job {
-                Job::Message(m) => {
-                    let key = m.id.as_ref().map(|id| {
-                        let target = match &m.to {
-                            Destination::Room(room) => format!("room:{room}"),
-                            Destination::User(user) => format!("user:{user}"),
-                        };
-                        (m.from.to_string(), target, id.as_json().to_string())
-                    });
-                    if let Some(seq) = key.as_ref().and_then(|k| self.dedupe.get(k)) {
-                        let tentative = key.as_ref().is_some_and(|k| new_keys.contains(k));
-                        plans.push(Plan::Duplicate {
-                            seq: *seq,
-                            tentative,
-                        });
-                        continue;
-                    }
-                    let (name, counters, old, max) = match &m.to {
-                        Destination::Room(room) => (
-                            room,
-                            &mut self.rooms,
-                            &mut old_rooms,
-                            self.settings.max_rooms,
-                        ),
-                        Destination::User(user) => (
-                            user,
-                            &mut self.inboxes,
-                            &mut old_inboxes,
-                            self.settings.max_inboxes,
-                        ),
-                    };
-                    // One lookup for a known name (the per-message path); a
-                    // new one is checked against the cap and numbers on
-                    // from its floor.
-                    let seq = if let Some(count) = counters.get_mut(name) {
-                        old.push((name.clone(), Some(*count)));
-                        *count = Count::new(count.seq + 1, now);
-                        count.seq
-                    } else {
-                        if counters.len() >= max {
-                            plans.push(Plan::Refused(full(&m.to)));
-                            continue;
-                        }
-                        let floor = match &m.to {
-                            Destination::Room(room) => self.hub.room_floor(room),
-                            Destination::User(user) => self.hub.inbox_floor(user),
-                        };
-                        old.push((name.clone(), None));
-                        counters.insert(name.clone(), Count::new(floor + 1, now));
-                        floor + 1
-                    };
-                    let gid = match &m.to {
-                        Destination::Room(room) => {
-                            writes.push(Write::Room(RoomRecord {
-                                room: room.to_string(),
-                                seq,
-                                from: m.from.to_string(),
-                                ts: now,
-                                body: m.body.get().to_string(),
-                            }));
-                            None
-                        }
-                        Destination::User(to) => {
-                            self.last_gid += 1;
-                            writes.push(Write::Direct(DirectRecord {
-                                gid: self.last_gid,
-                                to: to.to_string(),
-                                seq,
-                                from: m.from.to_string(),
-                                ts: now,
-                                body: m.body.get().to_string(),
-                            }));
-                            Some(self.last_gid)
-                        }
-                    };
-                    if let Some(key) = key {
-                        writes.push(Write::Dedupe(DedupeRecord {
-                            user: key.0.clone(),
-                            target: key.1.clone(),
-                            id: key.2.clone(),
-                            seq,
-                            ts: now,
-                        }));
-                        self.dedupe.insert(key.clone(), seq, now);
-                        new_keys.push(key);
-                        if self.dedupe.len() > self.settings.max_dedupe {
-                            // Oldest first; one of this batch only if the cap
-                            // is tiny (its rollback then finds nothing).
-                            self.dedupe.shrink_to(self.settings.max_dedupe);
-                        }
-                    }
-                    Plan::Stored { seq, gid, ts: now }
-                }
+                Job::Message(m) => self.plan_message(m, now, &mut b),
+                Job::Read(r) => self.plan_read(r, now, &mut b),
                 Job::Cursor { user, device, upto } => {
-                    writes.push(Write::Cursor {
+                    b.writes.push(Write::Cursor {
                         user: user.clone(),
                         device: device.clone(),
                         upto: *upto,
@@ -475,40 +422,40 @@ impl Writer {
             names.dedup();
             names
         };
-        for room in touched(&old_rooms) {
+        for room in touched(&b.old_rooms) {
             let last = self.rooms.get(&room).map_or(0, |c| c.seq);
             if last > keep {
-                writes.push(Write::TrimRoom {
+                b.writes.push(Write::TrimRoom {
                     room: room.to_string(),
                     upto: last - keep,
                 });
             }
         }
-        for user in touched(&old_inboxes) {
+        for user in touched(&b.old_inboxes) {
             let last = self.inboxes.get(&user).map_or(0, |c| c.seq);
             if last > keep {
-                writes.push(Write::TrimInbox {
+                b.writes.push(Write::TrimInbox {
                     user: user.to_string(),
                     upto: last - keep,
                 });
             }
         }
-        let committed = if writes.is_empty() {
+        let committed = if b.writes.is_empty() {
             Ok(())
         } else {
-            self.store.commit(&writes)
+            self.store.commit(&b.writes)
         };
         self.healthy.store(committed.is_ok(), Ordering::Relaxed);
         if let Err(err) = &committed {
             tracing::error!(%err, jobs = batch.len(), "store commit failed: answering unavailable");
-            for (name, count) in old_rooms.into_iter().rev() {
+            for (name, count) in b.old_rooms.into_iter().rev() {
                 restore(&mut self.rooms, name, count);
             }
-            for (name, count) in old_inboxes.into_iter().rev() {
+            for (name, count) in b.old_inboxes.into_iter().rev() {
                 restore(&mut self.inboxes, name, count);
             }
             self.last_gid = old_gid;
-            for key in &new_keys {
+            for key in &b.new_keys {
                 self.dedupe.remove(key);
             }
         }
@@ -516,6 +463,270 @@ impl Writer {
         for (job, plan) in batch.into_iter().zip(plans) {
             self.finish(job, plan, committed.is_ok());
         }
+    }
+
+    /// Plans a `publish`, `send`, `edit` or `recall`: dedupe, the change's
+    /// rules, the next seq, the records.
+    fn plan_message(&mut self, m: &Submission, now: u64, b: &mut Batch) -> Plan {
+        let key = m.id.as_ref().map(|id| {
+            let target = match &m.to {
+                Destination::Room(room) => format!("room:{room}"),
+                Destination::User(user) => format!("user:{user}"),
+            };
+            (m.from.to_string(), target, id.as_json().to_string())
+        });
+        if let Some(seq) = key.as_ref().and_then(|k| self.dedupe.get(k)) {
+            let tentative = key.as_ref().is_some_and(|k| b.new_keys.contains(k));
+            return Plan::Duplicate {
+                seq: *seq,
+                tentative,
+            };
+        }
+        let original = match m.change {
+            Some(change) => match self.check_change(m, change, now, b) {
+                Ok(original) => Some(original),
+                Err(rejection) => return Plan::Refused(rejection),
+            },
+            None => None,
+        };
+        let seq = match self.next_seq(&m.to, now, b) {
+            Ok(seq) => seq,
+            Err(rejection) => return Plan::Refused(rejection),
+        };
+        let (kind, target) = match m.change {
+            None => (Kind::Message, 0),
+            Some(c) if c.recall => (Kind::Recall, c.target),
+            Some(c) => (Kind::Edit, c.target),
+        };
+        let gid = match &m.to {
+            Destination::Room(room) => {
+                b.writes.push(Write::Room(RoomRecord {
+                    room: room.to_string(),
+                    seq,
+                    from: m.from.to_string(),
+                    ts: now,
+                    body: m.body.get().to_string(),
+                    kind,
+                    target,
+                    ..RoomRecord::default()
+                }));
+                None
+            }
+            Destination::User(to) => {
+                self.last_gid += 1;
+                b.writes.push(Write::Direct(DirectRecord {
+                    gid: self.last_gid,
+                    to: to.to_string(),
+                    seq,
+                    from: m.from.to_string(),
+                    ts: now,
+                    body: m.body.get().to_string(),
+                    kind,
+                    target,
+                    ..DirectRecord::default()
+                }));
+                Some(self.last_gid)
+            }
+        };
+        if let (Some(original), Some(change)) = (original, m.change) {
+            if change.recall {
+                b.recalled.push(original.clone());
+            }
+            b.writes.push(Write::Amend {
+                original,
+                body: (!change.recall).then(|| m.body.get().to_string()),
+                ts: now,
+            });
+        }
+        if let Some(key) = key {
+            b.writes.push(Write::Dedupe(DedupeRecord {
+                user: key.0.clone(),
+                target: key.1.clone(),
+                id: key.2.clone(),
+                seq,
+                ts: now,
+            }));
+            self.dedupe.insert(key.clone(), seq, now);
+            b.new_keys.push(key);
+            if self.dedupe.len() > self.settings.max_dedupe {
+                // Oldest first; one of this batch only if the cap is tiny
+                // (its rollback then finds nothing).
+                self.dedupe.shrink_to(self.settings.max_dedupe);
+            }
+        }
+        Plan::Stored { seq, gid, ts: now }
+    }
+
+    /// The rules of an `edit` or `recall`, judged here, in seq order, so a
+    /// change racing another is ordered: the message is held, was sent by
+    /// the caller (to `to`), is not recalled, and is within the window.
+    fn check_change(
+        &self,
+        m: &Submission,
+        change: ChangeOf,
+        now: u64,
+        b: &Batch,
+    ) -> Result<Original, Rejection> {
+        let what = if change.recall { "recall" } else { "edit" };
+        let (original, from, ts, recalled) = match &m.to {
+            Destination::Room(room) => match self.store.room_entry(room, change.target) {
+                Ok(Some(e)) if e.kind == Kind::Message => (
+                    Original::Room {
+                        room: room.to_string(),
+                        seq: change.target,
+                    },
+                    e.from,
+                    e.ts,
+                    e.recalled,
+                ),
+                Ok(_) => {
+                    return Err(Rejection::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "{what}: room `{room}` holds no message {}",
+                            change.target
+                        ),
+                    ))
+                }
+                Err(err) => return Err(store_failed(err)),
+            },
+            Destination::User(to) => match self.store.direct_entry(change.target) {
+                Ok(Some(e)) if e.kind == Kind::Message => {
+                    if e.to != **to && e.from == *m.from {
+                        return Err(Rejection::new(
+                            ErrorCode::Forbidden,
+                            format!("{what}: message {} was not sent to `{to}`", change.target),
+                        ));
+                    }
+                    (Original::Direct { gid: change.target }, e.from, e.ts, e.recalled)
+                }
+                Ok(_) => {
+                    return Err(Rejection::new(
+                        ErrorCode::NotFound,
+                        format!("{what}: no direct message {} is held", change.target),
+                    ))
+                }
+                Err(err) => return Err(store_failed(err)),
+            },
+        };
+        if from != *m.from {
+            return Err(Rejection::new(
+                ErrorCode::Forbidden,
+                format!("{what}: only the sender may change a message"),
+            ));
+        }
+        if recalled != 0 || b.recalled.contains(&original) {
+            return Err(Rejection::bad_request(format!(
+                "{what}: the message was recalled"
+            )));
+        }
+        let window = if change.recall {
+            self.settings.recall_window
+        } else {
+            self.settings.edit_window
+        };
+        if now.saturating_sub(ts) > window.as_millis() as u64 {
+            return Err(Rejection::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "{what}: the message is older than the {what} window ({} s)",
+                    window.as_secs()
+                ),
+            ));
+        }
+        Ok(original)
+    }
+
+    /// The next seq of a room or inbox; a new name is checked against its
+    /// cap and numbers on from its floor. What it changed is noted in the
+    /// batch, to be undone if the commit fails.
+    fn next_seq(&mut self, to: &Destination, now: u64, b: &mut Batch) -> Result<u64, Rejection> {
+        let (name, counters, old, max) = match to {
+            Destination::Room(room) => (
+                room,
+                &mut self.rooms,
+                &mut b.old_rooms,
+                self.settings.max_rooms,
+            ),
+            Destination::User(user) => (
+                user,
+                &mut self.inboxes,
+                &mut b.old_inboxes,
+                self.settings.max_inboxes,
+            ),
+        };
+        // One lookup for a known name (the per-message path).
+        if let Some(count) = counters.get_mut(name) {
+            old.push((name.clone(), Some(*count)));
+            *count = Count::new(count.seq + 1, now);
+            return Ok(count.seq);
+        }
+        if counters.len() >= max {
+            return Err(full(to));
+        }
+        let floor = match to {
+            Destination::Room(room) => self.hub.room_floor(room),
+            Destination::User(user) => self.hub.inbox_floor(user),
+        };
+        old.push((name.clone(), None));
+        counters.insert(name.clone(), Count::new(floor + 1, now));
+        Ok(floor + 1)
+    }
+
+    /// Plans a `read`: only a position that moves forward is stored, and
+    /// (direct) becomes a receipt in the peer's inbox.
+    fn plan_read(&mut self, r: &ReadMark, now: u64, b: &mut Batch) -> Plan {
+        let (key, latest) = match &r.to {
+            Destination::Room(room) => (
+                format!("room:{room}"),
+                self.rooms.get(room).map_or(0, |c| c.seq),
+            ),
+            Destination::User(peer) => (
+                format!("user:{peer}"),
+                self.inboxes.get(&r.user).map_or(0, |c| c.seq),
+            ),
+        };
+        let upto = r.upto.min(latest);
+        let stored = match b.positions.get(&(r.user.clone(), key.clone())) {
+            Some(upto) => *upto,
+            None => match self.store.read_position(&r.user, &key) {
+                Ok(upto) => upto,
+                Err(err) => {
+                    tracing::error!(%err, "store: reading a read position failed");
+                    return Plan::Silent;
+                }
+            },
+        };
+        if upto <= stored {
+            return Plan::Silent;
+        }
+        b.positions.insert((r.user.clone(), key.clone()), upto);
+        b.writes.push(Write::ReadPosition {
+            user: r.user.to_string(),
+            key,
+            upto,
+        });
+        let receipt = match &r.to {
+            Destination::Room(_) => None,
+            // A peer whose inbox cannot get a counter (`--max-inboxes`)
+            // gets no receipt; the position is stored all the same.
+            Destination::User(peer) => self.next_seq(&r.to, now, b).ok().map(|seq| {
+                self.last_gid += 1;
+                b.writes.push(Write::Direct(DirectRecord {
+                    gid: self.last_gid,
+                    to: peer.to_string(),
+                    seq,
+                    from: r.user.to_string(),
+                    ts: now,
+                    body: "null".into(),
+                    kind: Kind::Read,
+                    target: upto,
+                    ..DirectRecord::default()
+                }));
+                (seq, self.last_gid)
+            }),
+        };
+        Plan::Read { upto, receipt }
     }
 
     /// Delivers one committed job and answers it (or answers `unavailable`).
@@ -528,6 +739,12 @@ impl Writer {
                 }
                 return;
             }
+            Job::Read(r) => {
+                if committed {
+                    self.deliver_read(&r, plan);
+                }
+                return;
+            }
             Job::Sweep(_) => return,
         };
         let result = match plan {
@@ -536,7 +753,7 @@ impl Writer {
             Plan::Duplicate { seq, .. } => Ok(Delivery::duplicate(seq)),
             Plan::Stored { .. } if !committed => Err(unavailable()),
             Plan::Stored { seq, gid, ts } => Ok(self.deliver(&m, seq, gid, ts)),
-            Plan::Silent => return,
+            Plan::Silent | Plan::Read { .. } => return,
         };
         self.answer(m.reply, result, |id, d| {
             let mut ack = match &m.to {
@@ -555,16 +772,48 @@ impl Writer {
     /// Fans a committed message out to the room's members or the user's
     /// connections (and the sender's other devices).
     fn deliver(&self, m: &Submission, seq: u64, gid: Option<u64>, ts: u64) -> Delivery {
-        let delivered = match (&m.to, gid) {
-            (Destination::Room(room), _) => {
+        let delivered = match (&m.to, m.change) {
+            (Destination::Room(room), None) => {
                 self.hub.set_room_seq(room, seq);
                 let event = proto::Message::new(room, seq, &m.from, ts, &m.body);
                 self.hub.deliver_room(&event, m.sender)
             }
-            (Destination::User(to), gid) => {
+            (Destination::User(to), None) => {
                 self.hub.set_inbox_seq(to, seq);
                 let event = proto::Direct::new(&m.from, to, seq, gid.unwrap_or(0), ts, &m.body);
                 self.hub.deliver_direct(&event, m.sender)
+            }
+            (to, Some(change)) => {
+                let (room, user) = match to {
+                    Destination::Room(room) => (Some(&**room), None),
+                    Destination::User(user) => (None, Some(&**user)),
+                };
+                let event = proto::Change {
+                    room,
+                    from: &m.from,
+                    to: user,
+                    seq,
+                    gid,
+                    target: change.target,
+                    ts,
+                    body: (!change.recall).then_some(&*m.body),
+                };
+                let payload = if change.recall {
+                    proto::encode(proto::Event::Recall(&event))
+                } else {
+                    proto::encode(proto::Event::Edit(&event))
+                };
+                match to {
+                    Destination::Room(room) => {
+                        self.hub.set_room_seq(room, seq);
+                        self.hub.deliver_room_entry(room, seq, payload, m.sender)
+                    }
+                    Destination::User(user) => {
+                        self.hub.set_inbox_seq(user, seq);
+                        self.hub
+                            .deliver_inbox_entry(user, &m.from, seq, payload, m.sender)
+                    }
+                }
             }
         };
         Delivery {
@@ -573,6 +822,37 @@ impl Writer {
             delivered,
             stored: true,
             duplicate: false,
+        }
+    }
+
+    /// Tells a committed read position: a receipt to the peer (an inbox
+    /// entry), and to the reader's other connections.
+    fn deliver_read(&self, r: &ReadMark, plan: Plan) {
+        let Plan::Read { upto, receipt } = plan else {
+            return;
+        };
+        match (&r.to, receipt) {
+            (Destination::Room(room), _) => {
+                let event = proto::ReadReceipt::room(&r.user, room, upto);
+                self.hub.to_user(&r.user, proto::encode(&event), r.conn);
+            }
+            (Destination::User(peer), Some((seq, _gid))) => {
+                self.hub.set_inbox_seq(peer, seq);
+                let event = proto::ReadReceipt::direct(&r.user, peer, upto, seq);
+                self.hub
+                    .deliver_inbox_entry(peer, &r.user, seq, proto::encode(&event), r.conn);
+            }
+            (Destination::User(peer), None) => {
+                // No receipt entry: the reader's devices still learn it.
+                let event = proto::ReadReceipt {
+                    by: &r.user,
+                    from: Some(peer),
+                    room: None,
+                    upto,
+                    seq: None,
+                };
+                self.hub.to_user(&r.user, proto::encode(&event), r.conn);
+            }
         }
     }
 
@@ -598,6 +878,24 @@ impl Writer {
             }
         }
     }
+}
+
+/// What a batch changed so far: its writes, and what to undo if the
+/// commit fails.
+struct Batch {
+    writes: Vec<Write>,
+    old_rooms: Vec<(Arc<str>, Option<Count>)>,
+    old_inboxes: Vec<(Arc<str>, Option<Count>)>,
+    new_keys: Vec<DedupeKey>,
+    /// Read positions written by this batch, (user, key) → upto.
+    positions: HashMap<(Arc<str>, String), u64>,
+    /// Messages recalled by this batch.
+    recalled: Vec<Original>,
+}
+
+fn store_failed(err: StoreError) -> Rejection {
+    tracing::error!(%err, "store read failed");
+    unavailable()
 }
 
 /// Puts a counter back as it was before a failed batch.

@@ -84,6 +84,8 @@ impl Node {
                     age_ms: AGE_MS,
                 },
                 dedupe_window: Duration::from_secs(3600),
+                edit_window: Duration::from_secs(900),
+                recall_window: Duration::from_secs(120),
                 max_rooms: caps.rooms,
                 max_inboxes: caps.inboxes,
                 max_dedupe: caps.dedupe,
@@ -112,6 +114,7 @@ impl Node {
             body: RawValue::from_string("{\"text\":\"hi\"}".into())?,
             id,
             reply: Reply::Channel(tx),
+            change: None,
         });
         if !self.pipeline.submit(job) {
             return Err("the pipeline stopped".into());

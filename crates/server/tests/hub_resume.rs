@@ -53,6 +53,7 @@ fn publish(hub: &Hub, store: &dyn Store, room: &Arc<str>, seq: u64) -> TestResul
         from: "alice".into(),
         ts: 1,
         body: body.get().to_string(),
+        ..RoomRecord::default()
     })])?;
     hub.set_room_seq(room, seq);
     hub.deliver_room(&Message::new(room, seq, "alice", 1, &body), None);
@@ -69,6 +70,7 @@ fn send(hub: &Hub, store: &dyn Store, to: &Arc<str>, seq: u64) -> TestResult {
         from: "alice".into(),
         ts: 1,
         body: body.get().to_string(),
+        ..DirectRecord::default()
     })])?;
     hub.set_inbox_seq(to, seq);
     hub.deliver_direct(&Direct::new("alice", to, seq, seq, 1, &body), None);
@@ -159,6 +161,7 @@ fn a_message_committed_before_the_join_is_not_delivered_live() -> TestResult {
         from: "alice".into(),
         ts: 1,
         body: body.get().to_string(),
+        ..RoomRecord::default()
     })])?;
     hub.set_room_seq(&room, 2);
     let range = join(&hub, &conn, &room, Some(0)).ok_or("no replay range")?;
@@ -340,6 +343,7 @@ fn a_direct_committed_before_identify_is_not_delivered_live() -> TestResult {
         from: "alice".into(),
         ts: 1,
         body: body.get().to_string(),
+        ..DirectRecord::default()
     })])?;
     hub.set_inbox_seq(&bob, 2);
     let conn = hub.connect(None, ROOMY);
@@ -430,6 +434,7 @@ fn a_slow_consumer_is_dropped_without_affecting_the_others() -> TestResult {
         from: "alice".into(),
         ts: 1,
         body: body.get().to_string(),
+        ..RoomRecord::default()
     })])?;
     hub.set_room_seq(&room, 21);
     assert_eq!(

@@ -53,6 +53,7 @@ fn message(to: Destination, command_id: Option<&str>, n: u64) -> (Job, Answer) {
         body: body(n),
         id: command_id.and_then(id),
         reply: Reply::Channel(tx),
+        change: None,
     });
     (job, rx)
 }
@@ -74,6 +75,7 @@ fn publish_from(conn: &Arc<Conn>, room: &str, command_id: &str, n: u64) -> Job {
             conn: conn.clone(),
             id: id(command_id),
         },
+        change: None,
     })
 }
 
@@ -197,6 +199,34 @@ impl Store for FlakyStore {
         self.inner.cursor(user, device)
     }
 
+    fn room_entry(&self, room: &str, seq: u64) -> store::Result<Option<RoomRecord>> {
+        self.inner.room_entry(room, seq)
+    }
+
+    fn direct_entry(&self, gid: u64) -> store::Result<Option<store::DirectRecord>> {
+        self.inner.direct_entry(gid)
+    }
+
+    fn read_position(&self, user: &str, key: &str) -> store::Result<u64> {
+        self.inner.read_position(user, key)
+    }
+
+    fn read_positions(&self, user: &str) -> store::Result<Vec<(String, u64)>> {
+        self.inner.read_positions(user)
+    }
+
+    fn peers(&self, user: &str) -> store::Result<Vec<(String, store::DirectRecord)>> {
+        self.inner.peers(user)
+    }
+
+    fn unread_direct(&self, user: &str, peer: &str, after: u64) -> store::Result<u64> {
+        self.inner.unread_direct(user, peer, after)
+    }
+
+    fn unread_room(&self, room: &str, user: &str, after: u64) -> store::Result<u64> {
+        self.inner.unread_room(room, user, after)
+    }
+
     fn trim(&self, older_than: u64, dedupe_before: u64) -> store::Result<()> {
         self.inner.trim(older_than, dedupe_before)
     }
@@ -227,6 +257,8 @@ impl Setup {
                     age_ms: u64::MAX,
                 },
                 dedupe_window: Duration::from_secs(3600),
+                edit_window: Duration::from_secs(900),
+                recall_window: Duration::from_secs(120),
                 max_rooms: usize::MAX,
                 max_inboxes: usize::MAX,
                 max_dedupe: usize::MAX,

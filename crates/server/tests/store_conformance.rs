@@ -117,6 +117,7 @@ fn room(room: &str, seq: u64, ts: u64) -> Write {
         from: "alice".into(),
         ts,
         body: format!("{{\"n\":{seq}}}"),
+        ..RoomRecord::default()
     })
 }
 
@@ -128,6 +129,7 @@ fn direct(gid: u64, from: &str, to: &str, seq: u64, ts: u64) -> Write {
         from: from.into(),
         ts,
         body: format!("{{\"gid\":{gid}}}"),
+        ..DirectRecord::default()
     })
 }
 

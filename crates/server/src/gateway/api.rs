@@ -40,6 +40,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/api/rooms/{room}/presence", get(presence))
         .route("/api/users/{user}/messages", axum::routing::post(send))
         .route("/api/users/{user}/connections", delete(disconnect))
+        .route("/api/users/{user}/conversations", get(conversations))
         // The dashboard's numbers (`admin.rs`).
         .route("/api/stats", get(super::admin::stats))
         // The key is checked before anything else, the body included: an
@@ -280,6 +281,32 @@ async fn room_history(
     let mut reply = json!({"room": room, "messages": page.messages});
     if page.truncated {
         reply["truncated"] = json!(true);
+    }
+    Ok(Json(reply).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListPage {
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The user's conversation list, as their `conversations` command sees it
+/// (every room with a read position: the backend holds no token).
+async fn conversations(
+    State(app): State<Arc<App>>,
+    user: Result<Path<String>, PathRejection>,
+    page: Result<Query<ListPage>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (Path(user), Query(page)) = (decoded(user)?, decoded(page)?);
+    let limit = page.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    let read = app.conversations(&user, None, page.before.as_deref(), limit)?;
+    let page = read.run().await?;
+    let mut reply: serde_json::Value =
+        serde_json::from_slice(&page.encode(None)).unwrap_or_else(|_| json!({}));
+    if let Some(object) = reply.as_object_mut() {
+        object.remove("type");
+        object.insert("user".into(), json!(user));
     }
     Ok(Json(reply).into_response())
 }

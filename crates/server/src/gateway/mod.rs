@@ -108,6 +108,8 @@ impl Server {
             max_rooms: config.max_rooms,
             max_inboxes: config.max_inboxes,
             max_dedupe: config.max_dedupe,
+            edit_window: config.edit_window,
+            recall_window: config.recall_window,
         };
         let pipeline = Pipeline::start(store.clone(), hub.clone(), settings)
             .map_err(|e| anyhow::anyhow!("cannot recover the store: {e}"))?;

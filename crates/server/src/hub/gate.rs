@@ -57,6 +57,13 @@ impl Gated {
         }
     }
 
+    /// Whether an ephemeral signal may go to this subscription now: no
+    /// replay in progress, and little queued (a signal is stale by the time
+    /// a long queue drains).
+    pub fn takes_signals(&self) -> bool {
+        self.held.is_none() && self.conn.queued_bytes() <= super::SIGNAL_QUEUE_MAX
+    }
+
     /// Releases held frames, in order, and delivers live from now on.
     pub fn open(&mut self, metrics: &Metrics) {
         if let Some(held) = self.held.take() {

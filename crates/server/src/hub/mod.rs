@@ -34,6 +34,11 @@ use room::Room;
 
 use crate::metrics::Metrics;
 
+/// A connection with more than this queued gets no ephemeral signals
+/// (typing): by the time its queue drains they would be stale, and queuing
+/// them would only make a slow reader slower.
+pub(crate) const SIGNAL_QUEUE_MAX: usize = 16 * 1024;
+
 /// Result of a room publish or a direct send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -538,11 +543,23 @@ impl Hub {
     /// Delivers a committed room message to the members (pipeline only),
     /// except the `sender` connection, which gets the ack instead.
     pub fn deliver_room(&self, event: &proto::Message<'_>, sender: Option<u64>) -> usize {
+        self.deliver_room_entry(event.room, event.seq, proto::encode(event), sender)
+    }
+
+    /// Delivers a committed room entry (a message or a change of one),
+    /// already encoded, to the members that joined before `seq`.
+    pub fn deliver_room_entry(
+        &self,
+        room: &str,
+        seq: u64,
+        payload: Vec<u8>,
+        sender: Option<u64>,
+    ) -> usize {
         let started = Instant::now();
-        let Some(entry) = self.room(event.room) else {
+        let Some(entry) = self.room(room) else {
             return 0;
         };
-        let delivered = entry.deliver(event, sender, &self.metrics);
+        let delivered = entry.deliver(seq, payload, sender, &self.metrics);
         self.metrics.messages_out.increment(delivered as u64);
         self.metrics
             .fanout_seconds
@@ -554,8 +571,23 @@ impl Hub {
     /// recipient, and a copy to the sender's other connections (pipeline
     /// only). Returns how many of the recipient's connections got it.
     pub fn deliver_direct(&self, event: &proto::Direct<'_>, sender: Option<u64>) -> usize {
-        let message = text(proto::encode(event));
-        let (to, from, seq) = (event.to, event.from, event.seq);
+        self.deliver_inbox_entry(event.to, event.from, event.seq, proto::encode(event), sender)
+    }
+
+    /// Delivers a committed inbox entry of `to` (a direct, a change of one,
+    /// a read receipt), already encoded, to `to`'s connections (in inbox
+    /// order, behind any replay) and a copy to the other connections of
+    /// `from` (the sender, or the reader). Returns how many of `to`'s
+    /// connections got it.
+    pub fn deliver_inbox_entry(
+        &self,
+        to: &str,
+        from: &str,
+        seq: u64,
+        payload: Vec<u8>,
+        sender: Option<u64>,
+    ) -> usize {
+        let message = text(payload);
         let mut delivered = 0;
         if let Some(mut conns) = self.users.get_mut(to) {
             for member in conns.iter_mut() {
@@ -583,14 +615,46 @@ impl Hub {
         delivered
     }
 
-    /// Sends a read receipt to every connection of `to`.
-    pub fn read_receipt(&self, to: &str, by: &str, upto: u64) {
-        let message = text(proto::encode(&proto::ReadReceipt::new(by, upto)));
-        if let Some(conns) = self.users.get(to) {
-            for member in conns.iter() {
-                self.push(&member.conn, &message);
+    /// Queues an event to every connection of `user` but `except`
+    /// (a room read position, for the reader's other devices).
+    pub fn to_user(&self, user: &str, payload: Vec<u8>, except: Option<u64>) -> usize {
+        let message = text(payload);
+        let mut sent = 0;
+        if let Some(conns) = self.users.get(user) {
+            for member in conns.iter().filter(|m| Some(m.conn.id) != except) {
+                if self.push(&member.conn, &message) {
+                    sent += 1;
+                }
             }
         }
+        self.metrics.messages_out.increment(sent as u64);
+        sent
+    }
+
+    /// An ephemeral signal to the room's other members; dropped for
+    /// members replaying or slow ([`SIGNAL_QUEUE_MAX`]).
+    pub fn signal_room(&self, room: &str, payload: Vec<u8>, sender: u64) -> usize {
+        let sent = self
+            .room(room)
+            .map_or(0, |r| r.signal(payload, sender, &self.metrics));
+        self.metrics.messages_out.increment(sent as u64);
+        sent
+    }
+
+    /// An ephemeral signal to every live connection of `user`, with the
+    /// same dropping rule as [`Hub::signal_room`].
+    pub fn signal_user(&self, user: &str, payload: Vec<u8>) -> usize {
+        let message = text(payload);
+        let mut sent = 0;
+        if let Some(conns) = self.users.get(user) {
+            for member in conns.iter().filter(|m| m.takes_signals()) {
+                if self.push(&member.conn, &message) {
+                    sent += 1;
+                }
+            }
+        }
+        self.metrics.messages_out.increment(sent as u64);
+        sent
     }
 
     /// Closes every connection of `user` (HTTP API); returns how many.

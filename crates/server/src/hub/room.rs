@@ -165,12 +165,12 @@ impl Room {
     /// before it, except the sending connection. Returns how many got it.
     pub(super) fn deliver(
         &self,
-        event: &proto::Message<'_>,
+        seq: u64,
+        payload: Vec<u8>,
         sender: Option<u64>,
         metrics: &Metrics,
     ) -> usize {
-        let message = text(proto::encode(event));
-        let seq = event.seq;
+        let message = text(payload);
         let mut st = self.state.lock();
         let mut delivered = 0;
         for member in st.members.values_mut() {
@@ -179,6 +179,24 @@ impl Room {
                 && member.push(&message, metrics)
             {
                 delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Queues an ephemeral frame to every member but the sender whose
+    /// subscription is live (no replay running) and whose queue is short
+    /// (see [`super::SIGNAL_QUEUE_MAX`]): a signal is dropped, not held.
+    pub(super) fn signal(&self, payload: Vec<u8>, sender: u64, metrics: &Metrics) -> usize {
+        let message = text(payload);
+        let st = self.state.lock();
+        let mut delivered = 0;
+        for member in st.members.values() {
+            if member.conn.id != sender && member.takes_signals() {
+                let frame = message.frame_for(member.conn.deflate);
+                if super::push_counted(&member.conn, frame, metrics) {
+                    delivered += 1;
+                }
             }
         }
         delivered

@@ -10,16 +10,19 @@ use switchboard_protocol::{self as proto, decode_command, Command, ErrorCode, Id
 use tokio::time::Instant;
 
 use super::login::{Ending, Hello, Login, Start};
-use super::rate::{TokenBucket, Verdict};
+use super::rate::{TokenBucket, Verdict, SIGNAL_RATE};
 use super::{Caller, Destination, HistoryTarget, Rejection, Service};
 use crate::hub::Conn;
-use crate::pipeline::Reply;
+use crate::pipeline::{ChangeOf, Reply};
 
 pub struct ClientSession {
     service: Arc<Service>,
     conn: Arc<Conn>,
     login: Login,
     bucket: TokenBucket,
+    /// [`super::rate::SIGNAL_RATE`]: signals over it are refused (never a
+    /// reason to close: the command bucket judges floods).
+    signals: TokenBucket,
 }
 
 impl ClientSession {
@@ -39,6 +42,7 @@ impl ClientSession {
             conn,
             login,
             bucket,
+            signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_RATE),
         };
         let started = session.login.start(&session.service, &session.conn, start);
         (session, started)
@@ -101,6 +105,16 @@ impl ClientSession {
                 .hello(&self.service, &self.conn, hello, id.as_ref());
         }
         self.login.require(&self.service, &self.conn, id.as_ref())?;
+        if matches!(command, Command::Signal { .. })
+            && !matches!(self.signals.take(Instant::now()), Verdict::Allow)
+        {
+            let refusal = Rejection::new(
+                ErrorCode::RateLimited,
+                format!("more than {SIGNAL_RATE} signals per second; signal dropped"),
+            );
+            self.reject(id.as_ref(), &refusal);
+            return Ok(());
+        }
         if let Err(refusal) = self.dispatch(command, id.as_ref()) {
             self.reject(id.as_ref(), &refusal);
         }
@@ -140,7 +154,47 @@ impl ClientSession {
                 self.reply_to(id),
             )?,
             Command::Received { upto } => service.received(client, upto)?,
-            Command::Read { from, upto } => service.read(client, &from, upto)?,
+            Command::Read { target, upto } => service.read(client, destination(target), upto)?,
+            Command::Edit { to, target, body } => service.change(
+                client,
+                destination(to),
+                ChangeOf {
+                    target,
+                    recall: false,
+                },
+                body.to_owned(),
+                id.cloned(),
+                self.reply_to(id),
+            )?,
+            Command::Recall { to, target } => service.change(
+                client,
+                destination(to),
+                ChangeOf {
+                    target,
+                    recall: true,
+                },
+                recalled_body(),
+                id.cloned(),
+                self.reply_to(id),
+            )?,
+            Command::Signal { to, body } => service.signal(client, destination(to), body)?,
+            Command::Conversations { before, limit } => {
+                let list = service.conversations(
+                    &client.user(),
+                    Some(client.identity),
+                    before.as_deref(),
+                    limit,
+                )?;
+                let (service, conn, id) = (service.clone(), conn.clone(), id.cloned());
+                tokio::spawn(async move {
+                    match list.run().await {
+                        Ok(page) => service
+                            .hub
+                            .reply(&conn, page.encode(id.as_ref())),
+                        Err(refusal) => service.send_error(&conn, id.as_ref(), &refusal),
+                    }
+                });
+            }
             Command::History {
                 target,
                 before,
@@ -166,6 +220,8 @@ impl ClientSession {
                                 with,
                                 messages: page.messages,
                                 truncated: page.truncated,
+                                read: page.read,
+                                peer_read: page.peer_read,
                             };
                             let frame = proto::encode(&reply);
                             // Up to half a queue in one frame: wait until
@@ -193,7 +249,8 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Acks and errors for a publish or send come back to this connection.
+    /// Acks and errors for a publish, send, edit or recall come back to
+    /// this connection.
     fn reply_to(&self, id: Option<&Id>) -> Reply {
         Reply::Conn {
             conn: self.conn.clone(),
@@ -213,4 +270,17 @@ impl ClientSession {
     pub fn close(&mut self) {
         self.service.hub.disconnect(&self.conn);
     }
+}
+
+/// A command's room or user as the pipeline's destination.
+fn destination(target: proto::Target<'_>) -> Destination {
+    match target {
+        proto::Target::Room(room) => Destination::Room(Arc::from(room.as_ref())),
+        proto::Target::User(user) => Destination::User(Arc::from(user.as_ref())),
+    }
+}
+
+/// What a recall stores as its body: `null`.
+fn recalled_body() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::NULL.to_owned()
 }

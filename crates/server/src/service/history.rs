@@ -25,6 +25,10 @@ pub struct HistoryPage {
     /// budget (the newest ones are kept, so paging on with `before` from the
     /// oldest one returned continues without a gap).
     pub truncated: bool,
+    /// The caller's stored read position (clients only).
+    pub read: Option<u64>,
+    /// The peer's position in the conversation (`with` only).
+    pub peer_read: Option<u64>,
 }
 
 /// What `history` reads.
@@ -104,22 +108,36 @@ impl HistoryRead {
             before,
             limit,
         } = self;
-        let read = tokio::task::spawn_blocking(move || -> store::Result<Vec<Vec<u8>>> {
+        type Read = (Vec<Vec<u8>>, Option<u64>, Option<u64>);
+        let read = tokio::task::spawn_blocking(move || -> store::Result<Read> {
             Ok(match &target {
-                HistoryTarget::Room(room) => store
-                    .room_before(room, before, limit)?
-                    .into_iter()
-                    .filter_map(message_event)
-                    .collect(),
-                HistoryTarget::With(with) => store
-                    .conversation(&me, with, before, limit)?
-                    .into_iter()
-                    .filter_map(direct_event)
-                    .collect(),
+                HistoryTarget::Room(room) => {
+                    let events = store
+                        .room_before(room, before, limit)?
+                        .into_iter()
+                        .filter_map(message_event)
+                        .collect();
+                    let read = if me.is_empty() {
+                        None
+                    } else {
+                        Some(store.read_position(&me, &format!("room:{room}"))?)
+                    };
+                    (events, read, None)
+                }
+                HistoryTarget::With(with) => {
+                    let events = store
+                        .conversation(&me, with, before, limit)?
+                        .into_iter()
+                        .filter_map(direct_event)
+                        .collect();
+                    let read = store.read_position(&me, &format!("user:{with}"))?;
+                    let peer_read = store.read_position(with, &format!("user:{me}"))?;
+                    (events, Some(read), Some(peer_read))
+                }
             })
         })
         .await;
-        let events = match read {
+        let (events, read, peer_read) = match read {
             Ok(Ok(events)) => events,
             Ok(Err(err)) => {
                 tracing::error!(%err, "history read failed");
@@ -130,7 +148,10 @@ impl HistoryRead {
                 return Err(unavailable());
             }
         };
-        Ok(within_budget(events, max_bytes))
+        let mut page = within_budget(events, max_bytes);
+        page.read = read;
+        page.peer_read = peer_read;
+        Ok(page)
     }
 }
 
@@ -157,6 +178,8 @@ fn within_budget(events: Vec<Vec<u8>>, max_bytes: usize) -> HistoryPage {
     HistoryPage {
         messages,
         truncated,
+        read: None,
+        peer_read: None,
     }
 }
 

@@ -1,11 +1,13 @@
-//! Inbox positions and read receipts: `received` (a device confirms its
-//! inbox) and `read` (tell a sender how far their messages were read).
+//! Inbox positions and read positions: `received` (a device confirms its
+//! inbox) and `read` (how far the user read a conversation: stored, and a
+//! receipt to the peer).
 
-use switchboard_protocol::validate_user;
+use serde_json::value::RawValue;
+use switchboard_protocol as proto;
 
 use super::message::shutting_down;
-use super::{validate_name, Client, Rejection, Service};
-use crate::pipeline::Job;
+use super::{Client, Destination, Rejection, Service};
+use crate::pipeline::{Job, ReadMark};
 
 impl Service {
     /// Records that this device has its inbox up to `upto`: kept in memory
@@ -28,11 +30,62 @@ impl Service {
         }
     }
 
-    /// Tells every connection of `from` that this user read their messages
-    /// up to `upto` (live only: not stored).
-    pub fn read(&self, client: Client<'_>, from: &str, upto: u64) -> Result<(), Rejection> {
-        validate_name(validate_user, from, "")?;
-        self.hub.read_receipt(from, &client.user(), upto);
+    /// Moves this user's read position in a room or in the conversation
+    /// with a peer (names were validated by the decoder). The pipeline
+    /// stores it if it moves forward and tells the peer and the user's
+    /// other devices; a room needs the token's grant, not membership.
+    pub fn read(&self, client: Client<'_>, to: Destination, upto: u64) -> Result<(), Rejection> {
+        if let Destination::Room(room) = &to {
+            client.check_room_access(room)?;
+        }
+        let job = Job::Read(ReadMark {
+            user: client.user(),
+            to,
+            upto,
+            conn: Some(client.conn.id),
+        });
+        if self.pipeline.submit(job) {
+            Ok(())
+        } else {
+            Err(shutting_down())
+        }
+    }
+
+    /// Queues an ephemeral signal (names and body size were validated by
+    /// the decoder): to the room's other members (the sender must be one),
+    /// or to the user's live connections.
+    pub fn signal(
+        &self,
+        client: Client<'_>,
+        to: Destination,
+        body: &RawValue,
+    ) -> Result<(), Rejection> {
+        let from = client.user();
+        match &to {
+            Destination::Room(room) => {
+                if !self.hub.is_member(client.conn, room) {
+                    return Err(super::not_joined(room));
+                }
+                let event = proto::Signal {
+                    room: Some(room),
+                    from: &from,
+                    to: None,
+                    body,
+                };
+                self.hub
+                    .signal_room(room, proto::encode(&event), client.conn.id);
+            }
+            Destination::User(user) => {
+                let event = proto::Signal {
+                    room: None,
+                    from: &from,
+                    to: Some(user),
+                    body,
+                };
+                self.hub
+                    .signal_user(user, proto::encode(&event));
+            }
+        }
         Ok(())
     }
 }

@@ -8,9 +8,9 @@ use serde_json::value::RawValue;
 use switchboard_protocol::{validate_room, validate_user, ErrorCode, Id};
 
 pub use crate::pipeline::Destination;
-use crate::pipeline::{Job, Reply, Submission};
+use crate::pipeline::{ChangeOf, Job, Reply, Submission};
 
-use super::{not_joined, validate_name, Caller, Rejection, Service};
+use super::{not_joined, validate_name, Caller, Client, Rejection, Service};
 
 impl Service {
     /// Validates a message and queues it. `Ok` means queued: the ack (or an
@@ -26,6 +26,34 @@ impl Service {
         body: Box<RawValue>,
         id: Option<Id>,
         reply: Reply,
+    ) -> Result<(), Rejection> {
+        self.queue(caller, to, body, id, reply, None)
+    }
+
+    /// An `edit` (`body`: the new one) or a `recall` (`body`: `null`) of the
+    /// client's message: the checks of a message here; whose message it
+    /// is, whether it is held and the window are judged by the pipeline
+    /// when the change is sequenced.
+    pub fn change(
+        &self,
+        client: Client<'_>,
+        to: Destination,
+        change: ChangeOf,
+        body: Box<RawValue>,
+        id: Option<Id>,
+        reply: Reply,
+    ) -> Result<(), Rejection> {
+        self.queue(Caller::Client(client), to, body, id, reply, Some(change))
+    }
+
+    fn queue(
+        &self,
+        caller: Caller<'_>,
+        to: Destination,
+        body: Box<RawValue>,
+        id: Option<Id>,
+        reply: Reply,
+        change: Option<ChangeOf>,
     ) -> Result<(), Rejection> {
         match &to {
             Destination::Room(room) => validate_name(validate_room, room, "")?,
@@ -56,6 +84,7 @@ impl Service {
             body,
             id,
             reply,
+            change,
         });
         if self.pipeline.submit(job) {
             Ok(())

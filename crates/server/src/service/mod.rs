@@ -15,11 +15,14 @@
 //! | publish/send | [`message`]  |
 //! | join/leave/presence, room list | [`rooms`] |
 //! | history      | [`history`]  |
-//! | received/read | [`inbox`]   |
+//! | received/read/signal | [`inbox`] |
+//! | edit/recall  | [`message`]  |
+//! | conversations | [`conversations`] |
 //! | hello/token/expiry | [`login`] |
 //! | per-connection rate | [`rate`] |
 
 pub mod client;
+pub mod conversations;
 pub mod history;
 pub mod inbox;
 pub mod login;

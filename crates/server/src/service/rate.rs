@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Signals (`typing`) a connection may send per second, on top of the
+/// command rate: each one goes to every member of a room.
+pub const SIGNAL_RATE: u32 = 10;
+
 pub enum Verdict {
     /// Go ahead.
     Allow,

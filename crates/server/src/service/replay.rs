@@ -10,24 +10,70 @@ use switchboard_protocol as proto;
 
 use super::Service;
 use crate::hub::{Conn, Replay};
-use crate::store::{self, DirectRecord, RoomRecord};
+use crate::store::{self, DirectRecord, Kind, RoomRecord};
 
 fn raw(body: String) -> Option<Box<RawValue>> {
     RawValue::from_string(body).ok()
 }
 
-pub fn message_event(m: RoomRecord) -> Option<Vec<u8>> {
-    let body = raw(m.body)?;
-    Some(proto::encode(&proto::Message::new(
-        &m.room, m.seq, &m.from, m.ts, &body,
-    )))
+/// 0 means "never": no marker.
+fn marker(ts: u64) -> Option<u64> {
+    (ts != 0).then_some(ts)
 }
 
+/// The event of a stored room entry: a `message` in its current state, or
+/// an `edit`/`recall`.
+pub fn message_event(m: RoomRecord) -> Option<Vec<u8>> {
+    let body = raw(m.body)?;
+    let change = |recall: bool| proto::Change {
+        room: Some(&m.room),
+        from: &m.from,
+        to: None,
+        seq: m.seq,
+        gid: None,
+        target: m.target,
+        ts: m.ts,
+        body: (!recall).then_some(&*body),
+    };
+    Some(match m.kind {
+        Kind::Message => {
+            let mut event = proto::Message::new(&m.room, m.seq, &m.from, m.ts, &body);
+            event.edited = marker(m.edited);
+            event.recalled = marker(m.recalled);
+            proto::encode(&event)
+        }
+        Kind::Edit => proto::encode(proto::Event::Edit(&change(false))),
+        Kind::Recall => proto::encode(proto::Event::Recall(&change(true))),
+        Kind::Read => return None,
+    })
+}
+
+/// The event of a stored inbox entry: a `direct` in its current state, an
+/// `edit`/`recall`, or a `read` receipt.
 pub fn direct_event(d: DirectRecord) -> Option<Vec<u8>> {
     let body = raw(d.body)?;
-    Some(proto::encode(&proto::Direct::new(
-        &d.from, &d.to, d.seq, d.gid, d.ts, &body,
-    )))
+    let change = |recall: bool| proto::Change {
+        room: None,
+        from: &d.from,
+        to: Some(&d.to),
+        seq: d.seq,
+        gid: Some(d.gid),
+        target: d.target,
+        ts: d.ts,
+        body: (!recall).then_some(&*body),
+    };
+    Some(match d.kind {
+        Kind::Message => {
+            let mut event = proto::Direct::new(&d.from, &d.to, d.seq, d.gid, d.ts, &body);
+            event.edited = marker(d.edited);
+            event.recalled = marker(d.recalled);
+            proto::encode(&event)
+        }
+        Kind::Edit => proto::encode(proto::Event::Edit(&change(false))),
+        Kind::Recall => proto::encode(proto::Event::Recall(&change(true))),
+        // The inbox owner is `to`; the reader `from`.
+        Kind::Read => proto::encode(&proto::ReadReceipt::direct(&d.from, &d.to, d.target, d.seq)),
+    })
 }
 
 /// Which part of `(after, upto]` can be replayed: the first seq to send, and

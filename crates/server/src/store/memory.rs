@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 use crate::expiring::ExpiringMap;
 
 use super::{
-    Counter, DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, StoreError, Write,
-    MAX_DEVICE_CURSORS,
+    Counter, DedupeRecord, DirectRecord, Kind, Original, Recovered, Result, RoomRecord, Store,
+    StoreError, Write, MAX_DEVICE_CURSORS,
 };
 
 #[derive(Default)]
@@ -18,6 +18,8 @@ struct State {
     inboxes: HashMap<String, (u64, BTreeMap<u64, DirectRecord>)>,
     /// user → device → confirmed inbox seq.
     cursors: HashMap<String, HashMap<String, u64>>,
+    /// user → conversation key → read position.
+    reads: HashMap<String, HashMap<String, u64>>,
     /// Seq floors by bucket (see [`Write::RoomFloor`]).
     room_floors: HashMap<u32, u64>,
     inbox_floors: HashMap<u32, u64>,
@@ -140,12 +142,60 @@ impl Store for MemoryStore {
                         }
                     }
                 }
+                Write::Amend {
+                    original,
+                    body,
+                    ts,
+                } => {
+                    let (body, edited, recalled) = match body {
+                        Some(body) => (body.clone(), *ts, 0),
+                        None => ("null".to_string(), 0, *ts),
+                    };
+                    let found = match original {
+                        Original::Room { room, seq } => st
+                            .rooms
+                            .get_mut(room)
+                            .and_then(|r| r.1.get_mut(seq))
+                            .map(|m| (&mut m.body, &mut m.edited, &mut m.recalled)),
+                        Original::Direct { gid } => st
+                            .inboxes
+                            .values_mut()
+                            .flat_map(|i| i.1.values_mut())
+                            .find(|d| d.gid == *gid)
+                            .map(|d| (&mut d.body, &mut d.edited, &mut d.recalled)),
+                    };
+                    if let Some((b, e, r)) = found {
+                        *b = body;
+                        *e = (*e).max(edited);
+                        *r = recalled;
+                    }
+                }
+                Write::ReadPosition { user, key, upto } => {
+                    let upto_now = st
+                        .reads
+                        .entry(user.clone())
+                        .or_default()
+                        .entry(key.clone())
+                        .or_default();
+                    *upto_now = (*upto_now).max(*upto);
+                }
                 Write::ForgetRoom { room } => {
                     st.rooms.remove(room);
+                    let key = format!("room:{room}");
+                    for positions in st.reads.values_mut() {
+                        positions.remove(&key);
+                    }
+                    st.reads.retain(|_, positions| !positions.is_empty());
                 }
                 Write::ForgetInbox { user } => {
                     st.inboxes.remove(user);
                     st.cursors.remove(user);
+                    if let Some(positions) = st.reads.get_mut(user) {
+                        positions.retain(|key, _| !key.starts_with("user:"));
+                        if positions.is_empty() {
+                            st.reads.remove(user);
+                        }
+                    }
                 }
                 Write::RoomFloor { bucket, value } => {
                     let floor = st.room_floors.entry(*bucket).or_default();
@@ -193,6 +243,7 @@ impl Store for MemoryStore {
             .map(|r| {
                 r.1.range(..before)
                     .rev()
+                    .filter(|(_, m)| m.kind == Kind::Message)
                     .take(limit)
                     .map(|(_, m)| m.clone())
                     .collect()
@@ -247,7 +298,7 @@ impl Store for MemoryStore {
             .filter_map(|(to, from)| st.inboxes.get(*to).map(|i| (i, *from)))
             .flat_map(|(i, from)| {
                 i.1.values()
-                    .filter(move |d| d.from == from && d.gid < before)
+                    .filter(move |d| d.from == from && d.gid < before && d.kind == Kind::Message)
                     .cloned()
             })
             .collect();
@@ -265,6 +316,84 @@ impl Store for MemoryStore {
             .and_then(|devices| devices.get(device))
             .copied()
             .unwrap_or(0))
+    }
+
+    fn room_entry(&self, room: &str, seq: u64) -> Result<Option<RoomRecord>> {
+        let st = self.state.lock();
+        Ok(st.rooms.get(room).and_then(|r| r.1.get(&seq)).cloned())
+    }
+
+    fn direct_entry(&self, gid: u64) -> Result<Option<DirectRecord>> {
+        // A scan: edits and recalls are rare, and an index by gid would
+        // have to follow every trim.
+        let st = self.state.lock();
+        Ok(st
+            .inboxes
+            .values()
+            .flat_map(|i| i.1.values())
+            .find(|d| d.gid == gid)
+            .cloned())
+    }
+
+    fn read_position(&self, user: &str, key: &str) -> Result<u64> {
+        let st = self.state.lock();
+        Ok(st
+            .reads
+            .get(user)
+            .and_then(|positions| positions.get(key))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    fn read_positions(&self, user: &str) -> Result<Vec<(String, u64)>> {
+        let st = self.state.lock();
+        Ok(st
+            .reads
+            .get(user)
+            .map(|positions| positions.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default())
+    }
+
+    fn peers(&self, user: &str) -> Result<Vec<(String, DirectRecord)>> {
+        let st = self.state.lock();
+        let mut newest: HashMap<&str, &DirectRecord> = HashMap::new();
+        for (owner, (_, held)) in &st.inboxes {
+            for d in held.values().filter(|d| d.kind == Kind::Message) {
+                let peer = if owner == user {
+                    d.from.as_str()
+                } else if d.from == user {
+                    owner.as_str()
+                } else {
+                    continue;
+                };
+                let slot = newest.entry(peer).or_insert(d);
+                if d.gid > slot.gid {
+                    *slot = d;
+                }
+            }
+        }
+        Ok(newest
+            .into_iter()
+            .map(|(peer, d)| (peer.to_string(), d.clone()))
+            .collect())
+    }
+
+    fn unread_direct(&self, user: &str, peer: &str, after: u64) -> Result<u64> {
+        let st = self.state.lock();
+        Ok(st.inboxes.get(user).map_or(0, |i| {
+            i.1.range(after + 1..)
+                .filter(|(_, d)| d.from == peer && d.kind == Kind::Message && d.recalled == 0)
+                .count() as u64
+        }))
+    }
+
+    fn unread_room(&self, room: &str, user: &str, after: u64) -> Result<u64> {
+        let st = self.state.lock();
+        Ok(st.rooms.get(room).map_or(0, |r| {
+            r.1.range(after + 1..)
+                .filter(|(_, m)| m.from != user && m.kind == Kind::Message && m.recalled == 0)
+                .count() as u64
+        }))
     }
 
     fn trim(&self, older_than: u64, dedupe_before: u64) -> Result<()> {

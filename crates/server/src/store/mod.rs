@@ -15,20 +15,65 @@ mod sqlite;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
-/// A room message as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a stored entry of a room or an inbox is. Changes and receipts are
+/// sequenced with the messages, so a replay from any seq delivers them in
+/// order, and the same per-device cursors confirm them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    #[default]
+    Message,
+    /// The sender replaced the body of message `target` (seq or gid).
+    Edit,
+    /// The sender withdrew message `target`.
+    Recall,
+    /// Inbox only: `from` read the inbox owner's messages up to `target`
+    /// (an inbox seq of `from`).
+    Read,
+}
+
+impl Kind {
+    /// The stored code (SQLite column `kind`).
+    pub fn code(self) -> i64 {
+        match self {
+            Kind::Message => 0,
+            Kind::Edit => 1,
+            Kind::Recall => 2,
+            Kind::Read => 3,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Kind {
+        match code {
+            1 => Kind::Edit,
+            2 => Kind::Recall,
+            3 => Kind::Read,
+            _ => Kind::Message,
+        }
+    }
+}
+
+/// A room entry as stored: a message, or a change of one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoomRecord {
     pub room: String,
     pub seq: u64,
     pub from: String,
     pub ts: u64,
-    /// The body's JSON text, exactly as the sender wrote it.
+    /// The body's JSON text, exactly as the sender wrote it (current state:
+    /// `null` once recalled).
     pub body: String,
+    pub kind: Kind,
+    /// Edit/recall: the seq of the message changed.
+    pub target: u64,
+    /// A message's last edit time (0: never edited).
+    pub edited: u64,
+    /// When a message was recalled (0: it was not).
+    pub recalled: u64,
 }
 
-/// A direct message as stored: `seq` is the recipient's inbox seq, `gid` a
+/// An inbox entry as stored: `seq` is the recipient's inbox seq, `gid` a
 /// store-wide id that orders a conversation (both directions).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirectRecord {
     pub gid: u64,
     pub to: String,
@@ -36,6 +81,18 @@ pub struct DirectRecord {
     pub from: String,
     pub ts: u64,
     pub body: String,
+    pub kind: Kind,
+    /// Edit/recall: the gid of the message changed; read: the `upto`.
+    pub target: u64,
+    pub edited: u64,
+    pub recalled: u64,
+}
+
+/// The message an edit or recall changes in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Original {
+    Room { room: String, seq: u64 },
+    Direct { gid: u64 },
 }
 
 /// What a repeated command id maps to.
@@ -83,6 +140,21 @@ pub enum Write {
     /// cursors of every device of `user`.
     ForgetInbox {
         user: String,
+    },
+    /// Change a stored message in place: a new body (edit, `edited = ts`),
+    /// or none (recall: the body becomes `null`, `recalled = ts`). A
+    /// message no longer held is left alone.
+    Amend {
+        original: Original,
+        body: Option<String>,
+        ts: u64,
+    },
+    /// `user` read conversation `key` (`room:NAME` or `user:PEER`) up to
+    /// `upto`. Never moves back.
+    ReadPosition {
+        user: String,
+        key: String,
+        upto: u64,
     },
     /// Raise a seq floor (never lowers it): a room or inbox without a
     /// counter whose name falls in `bucket` continues above `value`.
@@ -174,8 +246,15 @@ pub trait Store: Send + Sync + 'static {
     /// Room messages with `after < seq`, oldest first, at most `limit`.
     fn room_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<RoomRecord>>;
 
-    /// The newest `limit` room messages with `seq < before`, oldest first.
+    /// The newest `limit` room **messages** (no change records) with
+    /// `seq < before`, oldest first, in their current state.
     fn room_before(&self, room: &str, before: u64, limit: usize) -> Result<Vec<RoomRecord>>;
+
+    /// One room entry by seq, if held.
+    fn room_entry(&self, room: &str, seq: u64) -> Result<Option<RoomRecord>>;
+
+    /// One inbox entry by gid, if held.
+    fn direct_entry(&self, gid: u64) -> Result<Option<DirectRecord>>;
 
     /// Oldest seq still held for the room, if any.
     fn room_oldest(&self, room: &str) -> Result<Option<u64>>;
@@ -186,8 +265,9 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest inbox seq still held for `user`, if any.
     fn inbox_oldest(&self, user: &str) -> Result<Option<u64>>;
 
-    /// The newest `limit` messages between `a` and `b` (both directions)
-    /// with `gid < before`, oldest first.
+    /// The newest `limit` **messages** (no change records or receipts)
+    /// between `a` and `b` (both directions) with `gid < before`, oldest
+    /// first, in their current state.
     fn conversation(
         &self,
         a: &str,
@@ -198,6 +278,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inbox position a device confirmed (0 if none).
     fn cursor(&self, user: &str, device: &str) -> Result<u64>;
+
+    /// `user`'s read position in conversation `key` (0 if none).
+    fn read_position(&self, user: &str, key: &str) -> Result<u64>;
+
+    /// Every read position of `user`: (`key`, `upto`).
+    fn read_positions(&self, user: &str) -> Result<Vec<(String, u64)>>;
+
+    /// The peers `user` exchanged messages with (either direction), each
+    /// with the newest message between them, in its current state.
+    fn peers(&self, user: &str) -> Result<Vec<(String, DirectRecord)>>;
+
+    /// Messages (not recalled) from `peer` in `user`'s inbox with
+    /// `seq > after`.
+    fn unread_direct(&self, user: &str, peer: &str, after: u64) -> Result<u64>;
+
+    /// Messages (not recalled) of `room` with `seq > after` not sent by
+    /// `user`.
+    fn unread_room(&self, room: &str, user: &str, after: u64) -> Result<u64>;
 
     /// Drops messages older than `older_than` (ms since the epoch) and
     /// dedupe entries older than `dedupe_before`. Called by the writer

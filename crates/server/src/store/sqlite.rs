@@ -10,8 +10,8 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    Counter, DedupeRecord, DirectRecord, Recovered, Result, RoomRecord, Store, StoreError, Write,
-    MAX_DEVICE_CURSORS,
+    Counter, DedupeRecord, DirectRecord, Kind, Original, Recovered, Result, RoomRecord, Store,
+    StoreError, Write, MAX_DEVICE_CURSORS,
 };
 
 /// `counters` names of the seq floors: `room_floor/BUCKET`, `inbox_floor/BUCKET`.
@@ -53,6 +53,13 @@ CREATE INDEX IF NOT EXISTS dedupe_ts ON dedupe (ts);
 -- direct message was trimmed), and the seq floors of forgotten rooms and
 -- inboxes (`room_floor/BUCKET`, `inbox_floor/BUCKET`; at most 2 x 4096).
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+-- Read positions: `key` is `room:NAME` (a room seq) or `user:PEER` (an
+-- inbox seq of `user`).
+CREATE TABLE IF NOT EXISTS reads (
+    user TEXT NOT NULL, key TEXT NOT NULL, upto INTEGER NOT NULL,
+    PRIMARY KEY (user, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reads_key ON reads (key);
 ";
 
 /// Changes to databases written by earlier versions, in order; `PRAGMA
@@ -69,7 +76,24 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE dedupe;
      ALTER TABLE dedupe_v1 RENAME TO dedupe;
      CREATE INDEX dedupe_ts ON dedupe (ts);",
+    // 2: edits, recalls and read receipts are entries of rooms and inboxes
+    // (`kind`, `target`), and a message records its last change. The
+    // index counts a conversation's unread messages.
+    "ALTER TABLE room_messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE room_messages ADD COLUMN target INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE room_messages ADD COLUMN edited INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE room_messages ADD COLUMN recalled INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE directs ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE directs ADD COLUMN target INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE directs ADD COLUMN edited INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE directs ADD COLUMN recalled INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX directs_unread ON directs (recipient, sender, seq);",
 ];
+
+/// The columns `room_row` reads, in its order.
+const ROOM_COLUMNS: &str = "room, seq, sender, ts, body, kind, target, edited, recalled";
+/// The columns `direct_row` reads, in its order.
+const DIRECT_COLUMNS: &str = "gid, recipient, seq, sender, ts, body, kind, target, edited, recalled";
 
 fn migrate(conn: &mut Connection) -> Result<()> {
     let applied: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -170,17 +194,30 @@ fn room_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomRecord> {
         from: r.get(2)?,
         ts: r.get(3)?,
         body: r.get(4)?,
+        kind: Kind::from_code(r.get(5)?),
+        target: r.get(6)?,
+        edited: r.get(7)?,
+        recalled: r.get(8)?,
     })
 }
 
 fn direct_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DirectRecord> {
+    direct_at(r, 0)
+}
+
+/// A `DIRECT_COLUMNS` record starting at column `i`.
+fn direct_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<DirectRecord> {
     Ok(DirectRecord {
-        gid: r.get(0)?,
-        to: r.get(1)?,
-        seq: r.get(2)?,
-        from: r.get(3)?,
-        ts: r.get(4)?,
-        body: r.get(5)?,
+        gid: r.get(i)?,
+        to: r.get(i + 1)?,
+        seq: r.get(i + 2)?,
+        from: r.get(i + 3)?,
+        ts: r.get(i + 4)?,
+        body: r.get(i + 5)?,
+        kind: Kind::from_code(r.get(i + 6)?),
+        target: r.get(i + 7)?,
+        edited: r.get(i + 8)?,
+        recalled: r.get(i + 9)?,
     })
 }
 
@@ -261,14 +298,16 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         {
             let mut room = tx.prepare_cached(
-                "INSERT INTO room_messages (room, seq, sender, ts, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO room_messages (room, seq, sender, ts, body, kind, target)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut room_seq = tx.prepare_cached(
                 "INSERT INTO rooms (room, last_seq) VALUES (?1, ?2)
                  ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
             )?;
             let mut direct = tx.prepare_cached(
-                "INSERT INTO directs (gid, recipient, seq, sender, ts, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO directs (gid, recipient, seq, sender, ts, body, kind, target)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             let mut inbox_seq = tx.prepare_cached(
                 "INSERT INTO inboxes (user, last_seq) VALUES (?1, ?2)
@@ -302,12 +341,29 @@ impl Store for SqliteStore {
             for write in batch {
                 match write {
                     Write::Room(m) => {
-                        room.execute(params![m.room, m.seq, m.from, m.ts, m.body])?;
+                        room.execute(params![
+                            m.room,
+                            m.seq,
+                            m.from,
+                            m.ts,
+                            m.body,
+                            m.kind.code(),
+                            m.target
+                        ])?;
                         let last = last_room.entry(m.room.as_str()).or_insert(0);
                         *last = (*last).max(m.seq);
                     }
                     Write::Direct(d) => {
-                        direct.execute(params![d.gid, d.to, d.seq, d.from, d.ts, d.body])?;
+                        direct.execute(params![
+                            d.gid,
+                            d.to,
+                            d.seq,
+                            d.from,
+                            d.ts,
+                            d.body,
+                            d.kind.code(),
+                            d.target
+                        ])?;
                         let last = last_inbox.entry(d.to.as_str()).or_insert(0);
                         *last = (*last).max(d.seq);
                         last_gid = last_gid.max(Some(d.gid));
@@ -325,14 +381,52 @@ impl Store for SqliteStore {
                     Write::TrimInbox { user, upto } => {
                         trim_inbox.execute(params![user, upto])?;
                     }
+                    Write::Amend {
+                        original,
+                        body,
+                        ts,
+                    } => {
+                        let (body, edited, recalled) = match body {
+                            Some(body) => (body.as_str(), *ts, 0),
+                            None => ("null", 0, *ts),
+                        };
+                        match original {
+                            Original::Room { room, seq } => tx.execute(
+                                "UPDATE room_messages SET body = ?3,
+                                     edited = max(edited, ?4), recalled = ?5
+                                 WHERE room = ?1 AND seq = ?2",
+                                params![room, seq, body, edited, recalled],
+                            )?,
+                            Original::Direct { gid } => tx.execute(
+                                "UPDATE directs SET body = ?2,
+                                     edited = max(edited, ?3), recalled = ?4
+                                 WHERE gid = ?1",
+                                params![gid, body, edited, recalled],
+                            )?,
+                        };
+                    }
+                    Write::ReadPosition { user, key, upto } => {
+                        tx.prepare_cached(
+                            "INSERT INTO reads (user, key, upto) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (user, key) DO UPDATE SET upto = max(upto, excluded.upto)",
+                        )?
+                        .execute(params![user, key, upto])?;
+                    }
                     Write::ForgetRoom { room } => {
                         tx.execute("DELETE FROM room_messages WHERE room = ?1", [room])?;
                         tx.execute("DELETE FROM rooms WHERE room = ?1", [room])?;
+                        tx.execute("DELETE FROM reads WHERE key = ?1", [format!("room:{room}")])?;
                     }
                     Write::ForgetInbox { user } => {
                         tx.execute("DELETE FROM directs WHERE recipient = ?1", [user])?;
                         tx.execute("DELETE FROM inboxes WHERE user = ?1", [user])?;
                         tx.execute("DELETE FROM cursors WHERE user = ?1", [user])?;
+                        // Positions in this user's inbox; its seqs go on
+                        // from the floor, so none of them can apply again.
+                        tx.execute(
+                            "DELETE FROM reads WHERE user = ?1 AND key >= 'user:' AND key < 'user;'",
+                            [user],
+                        )?;
                     }
                     Write::RoomFloor { bucket, value } => {
                         counter.execute(params![format!("{ROOM_FLOOR}/{bucket}"), value])?;
@@ -364,8 +458,8 @@ impl Store for SqliteStore {
     fn room_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<RoomRecord>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT room, seq, sender, ts, body FROM room_messages
-                 WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                &format!("SELECT {ROOM_COLUMNS} FROM room_messages
+                 WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
             )?;
             let rows = stmt.query_map(params![room, after, limit as u64], room_row)?;
             rows.collect()
@@ -375,8 +469,8 @@ impl Store for SqliteStore {
     fn room_before(&self, room: &str, before: u64, limit: usize) -> Result<Vec<RoomRecord>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT room, seq, sender, ts, body FROM room_messages
-                 WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                &format!("SELECT {ROOM_COLUMNS} FROM room_messages
+                 WHERE room = ?1 AND seq < ?2 AND kind = 0 ORDER BY seq DESC LIMIT ?3"),
             )?;
             let mut rows = stmt
                 .query_map(params![room, before, limit as u64], room_row)?
@@ -399,8 +493,8 @@ impl Store for SqliteStore {
     fn inbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<DirectRecord>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT gid, recipient, seq, sender, ts, body FROM directs
-                 WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                &format!("SELECT {DIRECT_COLUMNS} FROM directs
+                 WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
             )?;
             let rows = stmt.query_map(params![user, after, limit as u64], direct_row)?;
             rows.collect()
@@ -426,11 +520,11 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DirectRecord>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT gid, recipient, seq, sender, ts, body FROM (
-                   SELECT * FROM directs WHERE sender = ?1 AND recipient = ?2 AND gid < ?3
+                &format!("SELECT {DIRECT_COLUMNS} FROM (
+                   SELECT * FROM directs WHERE sender = ?1 AND recipient = ?2 AND gid < ?3 AND kind = 0
                    UNION ALL
-                   SELECT * FROM directs WHERE sender = ?2 AND recipient = ?1 AND gid < ?3
-                 ) ORDER BY gid DESC LIMIT ?4",
+                   SELECT * FROM directs WHERE sender = ?2 AND recipient = ?1 AND gid < ?3 AND kind = 0
+                 ) ORDER BY gid DESC LIMIT ?4"),
             )?;
             let mut rows = stmt
                 .query_map(params![a, b, before, limit as u64], direct_row)?
@@ -449,6 +543,85 @@ impl Store for SqliteStore {
             )
             .optional()
             .map(|v| v.unwrap_or(0))
+        })
+    }
+
+    fn room_entry(&self, room: &str, seq: u64) -> Result<Option<RoomRecord>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {ROOM_COLUMNS} FROM room_messages WHERE room = ?1 AND seq = ?2"
+            ))?
+            .query_row(params![room, seq], room_row)
+            .optional()
+        })
+    }
+
+    fn direct_entry(&self, gid: u64) -> Result<Option<DirectRecord>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {DIRECT_COLUMNS} FROM directs WHERE gid = ?1"
+            ))?
+            .query_row([gid], direct_row)
+            .optional()
+        })
+    }
+
+    fn read_position(&self, user: &str, key: &str) -> Result<u64> {
+        self.read(|c| {
+            c.prepare_cached("SELECT upto FROM reads WHERE user = ?1 AND key = ?2")?
+                .query_row([user, key], |r| r.get(0))
+                .optional()
+                .map(|v| v.unwrap_or(0))
+        })
+    }
+
+    fn read_positions(&self, user: &str) -> Result<Vec<(String, u64)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT key, upto FROM reads WHERE user = ?1")?;
+            let rows = stmt.query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    fn peers(&self, user: &str) -> Result<Vec<(String, DirectRecord)>> {
+        self.read(|c| {
+            // The newest gid per peer through the (sender, recipient, gid)
+            // and (recipient, seq) indexes, then that message.
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT p.peer, {DIRECT_COLUMNS} FROM (
+                     SELECT peer, max(gid) AS last FROM (
+                         SELECT recipient AS peer, gid FROM directs WHERE sender = ?1 AND kind = 0
+                         UNION ALL
+                         SELECT sender AS peer, gid FROM directs WHERE recipient = ?1 AND kind = 0
+                     ) GROUP BY peer
+                 ) p JOIN directs d ON d.gid = p.last"
+            ))?;
+            let rows = stmt.query_map([user], |r| {
+                let peer: String = r.get(0)?;
+                let d = direct_at(r, 1)?;
+                Ok((peer, d))
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn unread_direct(&self, user: &str, peer: &str, after: u64) -> Result<u64> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT count(*) FROM directs WHERE recipient = ?1 AND sender = ?2
+                 AND seq > ?3 AND kind = 0 AND recalled = 0",
+            )?
+            .query_row(params![user, peer, after], |r| r.get(0))
+        })
+    }
+
+    fn unread_room(&self, room: &str, user: &str, after: u64) -> Result<u64> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT count(*) FROM room_messages WHERE room = ?1 AND seq > ?3
+                 AND kind = 0 AND recalled = 0 AND sender != ?2",
+            )?
+            .query_row(params![room, user, after], |r| r.get(0))
         })
     }
 
@@ -560,6 +733,7 @@ mod tests {
                 from: "ann".into(),
                 ts: 5,
                 body: "{}".into(),
+                ..RoomRecord::default()
             })])
             .unwrap();
         assert_eq!(store.room_after("r", 0, 10).unwrap().len(), 1);
