@@ -400,7 +400,10 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
             }
             let before: Option<Cow<'_, str>> = fields.optional("before", "a string")?;
             if before.as_ref().is_some_and(|b| b.len() > 256) {
-                return Err(bad(&id, "conversations: `before` is not a `next` cursor".into()));
+                return Err(bad(
+                    &id,
+                    "conversations: `before` is not a `next` cursor".into(),
+                ));
             }
             Command::Conversations { before, limit }
         }

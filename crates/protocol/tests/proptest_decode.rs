@@ -20,8 +20,20 @@ const FIELDS: [&str; 16] = [
     "with", "before", "limit", "target",
 ];
 const COMMANDS: [&str; 14] = [
-    "hello", "join", "leave", "publish", "send", "presence", "received", "read", "history", "ping",
-    "edit", "recall", "signal", "conversations",
+    "hello",
+    "join",
+    "leave",
+    "publish",
+    "send",
+    "presence",
+    "received",
+    "read",
+    "history",
+    "ping",
+    "edit",
+    "recall",
+    "signal",
+    "conversations",
 ];
 
 // ---------------------------------------------------------------- strategies

@@ -208,7 +208,10 @@ enum Plan {
     Stored { seq: u64, gid: Option<u64>, ts: u64 },
     /// A read position stored; for a direct conversation also a receipt at
     /// `seq` (with `gid`) of the peer's inbox, if it could get one.
-    Read { upto: u64, receipt: Option<(u64, u64)> },
+    Read {
+        upto: u64,
+        receipt: Option<(u64, u64)>,
+    },
     /// A repeated id: acknowledge with the original seq. `tentative` when the
     /// original is in this same batch (so it fails if the batch fails).
     Duplicate { seq: u64, tentative: bool },
@@ -582,10 +585,7 @@ impl Writer {
                 Ok(_) => {
                     return Err(Rejection::new(
                         ErrorCode::NotFound,
-                        format!(
-                            "{what}: room `{room}` holds no message {}",
-                            change.target
-                        ),
+                        format!("{what}: room `{room}` holds no message {}", change.target),
                     ))
                 }
                 Err(err) => return Err(store_failed(err)),
@@ -598,7 +598,12 @@ impl Writer {
                             format!("{what}: message {} was not sent to `{to}`", change.target),
                         ));
                     }
-                    (Original::Direct { gid: change.target }, e.from, e.ts, e.recalled)
+                    (
+                        Original::Direct { gid: change.target },
+                        e.from,
+                        e.ts,
+                        e.recalled,
+                    )
                 }
                 Ok(_) => {
                     return Err(Rejection::new(

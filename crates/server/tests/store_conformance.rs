@@ -6,8 +6,8 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use switchboard_server::store::{
-    Counter, DedupeRecord, DirectRecord, MemoryStore, RoomRecord, SqliteStore, Store, Write,
-    MAX_DEVICE_CURSORS,
+    Counter, DedupeRecord, DirectRecord, Kind, MemoryStore, Original, RoomRecord, SqliteStore,
+    Store, Write, MAX_DEVICE_CURSORS,
 };
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -89,6 +89,9 @@ macro_rules! conformance {
             counters_carry_the_newest_held_ts,
             forgetting_drops_a_counter_and_its_leftovers_while_floors_only_rise,
             device_cursors_are_capped_per_user,
+            amend_changes_a_message_in_place_and_pages_skip_change_records,
+            read_positions_only_move_forward_and_unread_counts_follow_them,
+            forgetting_drops_the_read_positions_that_name_it,
             $($extra),*
         ]);
     };
@@ -131,6 +134,43 @@ fn direct(gid: u64, from: &str, to: &str, seq: u64, ts: u64) -> Write {
         body: format!("{{\"gid\":{gid}}}"),
         ..DirectRecord::default()
     })
+}
+
+/// An edit (or recall) entry of `room` at `seq`, changing message `target`.
+fn room_change(room: &str, seq: u64, kind: Kind, target: u64) -> Write {
+    Write::Room(RoomRecord {
+        room: room.into(),
+        seq,
+        from: "alice".into(),
+        ts: 50,
+        body: "null".into(),
+        kind,
+        target,
+        ..RoomRecord::default()
+    })
+}
+
+/// An inbox entry of `to` that is not a message (a change or a receipt).
+fn inbox_entry(gid: u64, from: &str, to: &str, seq: u64, kind: Kind, target: u64) -> Write {
+    Write::Direct(DirectRecord {
+        gid,
+        to: to.into(),
+        seq,
+        from: from.into(),
+        ts: 50,
+        body: "null".into(),
+        kind,
+        target,
+        ..DirectRecord::default()
+    })
+}
+
+fn read_position(user: &str, key: &str, upto: u64) -> Write {
+    Write::ReadPosition {
+        user: user.into(),
+        key: key.into(),
+        upto,
+    }
 }
 
 fn dedupe(user: &str, id: &str, target: &str, seq: u64, ts: u64) -> DedupeRecord {
@@ -698,6 +738,161 @@ mod suite {
         store.check()?;
         store.commit(&[room("lobby", 1, 100)])?;
         store.check()?;
+        Ok(())
+    }
+
+    pub fn amend_changes_a_message_in_place_and_pages_skip_change_records(
+        fixture: &Fixture,
+    ) -> TestResult {
+        let store = fixture.open()?;
+        store.commit(&[
+            room("r", 1, 10),
+            room("r", 2, 11),
+            room_change("r", 3, Kind::Edit, 1),
+            Write::Amend {
+                original: Original::Room {
+                    room: "r".into(),
+                    seq: 1,
+                },
+                body: Some("{\"n\":9}".into()),
+                ts: 12,
+            },
+            room_change("r", 4, Kind::Recall, 2),
+            Write::Amend {
+                original: Original::Room {
+                    room: "r".into(),
+                    seq: 2,
+                },
+                body: None,
+                ts: 13,
+            },
+            direct(5, "alice", "bob", 1, 10),
+            inbox_entry(6, "alice", "bob", 2, Kind::Edit, 5),
+            Write::Amend {
+                original: Original::Direct { gid: 5 },
+                body: Some("\"fixed\"".into()),
+                ts: 14,
+            },
+            // A message no longer held: nothing to change, not an error.
+            Write::Amend {
+                original: Original::Direct { gid: 99 },
+                body: None,
+                ts: 14,
+            },
+        ])?;
+        // Replays see every entry, the originals in their current state.
+        let all = store.room_after("r", 0, 10)?;
+        let kinds: Vec<Kind> = all.iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            [Kind::Message, Kind::Message, Kind::Edit, Kind::Recall]
+        );
+        assert_eq!(
+            (all[0].body.as_str(), all[0].edited, all[0].recalled),
+            ("{\"n\":9}", 12, 0)
+        );
+        assert_eq!((all[1].body.as_str(), all[1].recalled), ("null", 13));
+        assert_eq!((all[2].target, all[3].target), (1, 2));
+        // History pages hold messages only.
+        assert_eq!(
+            seqs_of_rooms(&store.room_before("r", NO_BOUND, 10)?),
+            [1, 2]
+        );
+        assert_eq!(store.room_entry("r", 1)?.as_ref(), Some(&all[0]));
+        assert_eq!(store.room_entry("r", 3)?.map(|e| e.kind), Some(Kind::Edit));
+        assert_eq!(store.room_entry("r", 9)?, None);
+        let original = store.direct_entry(5)?.ok_or("gid 5 is held")?;
+        assert_eq!((original.body.as_str(), original.edited), ("\"fixed\"", 14));
+        assert_eq!(store.direct_entry(6)?.map(|e| e.kind), Some(Kind::Edit));
+        assert_eq!(store.direct_entry(99)?, None);
+        assert_eq!(seqs_of_directs(&store.inbox_after("bob", 0, 10)?), [1, 2]);
+        assert_eq!(
+            gids(&store.conversation("bob", "alice", NO_BOUND, 10)?),
+            [5]
+        );
+        Ok(())
+    }
+
+    pub fn read_positions_only_move_forward_and_unread_counts_follow_them(
+        fixture: &Fixture,
+    ) -> TestResult {
+        let store = fixture.open()?;
+        store.commit(&[
+            direct(1, "ann", "bob", 1, 10),
+            direct(2, "ann", "bob", 2, 11),
+            direct(3, "ann", "bob", 3, 12),
+            direct(4, "carol", "bob", 4, 13),
+            direct(5, "bob", "ann", 1, 14),
+            // Bob's receipt in Ann's inbox: not a message, not a peer's newest.
+            inbox_entry(6, "bob", "ann", 2, Kind::Read, 2),
+            read_position("bob", "user:ann", 2),
+            room("r", 1, 10),
+            room("r", 2, 11),
+            Write::Room(RoomRecord {
+                room: "r".into(),
+                seq: 3,
+                from: "bob".into(),
+                ts: 12,
+                body: "{}".into(),
+                ..RoomRecord::default()
+            }),
+            read_position("bob", "room:r", 1),
+        ])?;
+        store.commit(&[read_position("bob", "user:ann", 1)])?;
+        assert_eq!(store.read_position("bob", "user:ann")?, 2);
+        assert_eq!(store.read_position("bob", "user:carol")?, 0);
+        assert_eq!(store.read_position("ann", "user:bob")?, 0);
+        let mut positions = store.read_positions("bob")?;
+        positions.sort();
+        assert_eq!(positions, pairs(&[("room:r", 1), ("user:ann", 2)]));
+        assert_eq!(store.unread_direct("bob", "ann", 2)?, 1);
+        assert_eq!(store.unread_direct("bob", "carol", 0)?, 1);
+        assert_eq!(store.unread_direct("ann", "bob", 0)?, 1);
+        // Bob's own message in the room is not unread for him.
+        assert_eq!(store.unread_room("r", "bob", 1)?, 1);
+        assert_eq!(store.unread_room("r", "carol", 0)?, 3);
+        // A recalled message is not unread.
+        store.commit(&[Write::Amend {
+            original: Original::Direct { gid: 3 },
+            body: None,
+            ts: 20,
+        }])?;
+        assert_eq!(store.unread_direct("bob", "ann", 2)?, 0);
+        let mut peers: Vec<(String, u64)> = store
+            .peers("bob")?
+            .into_iter()
+            .map(|(peer, last)| (peer, last.gid))
+            .collect();
+        peers.sort();
+        assert_eq!(peers, pairs(&[("ann", 5), ("carol", 4)]));
+        let ann: Vec<(String, u64)> = store
+            .peers("ann")?
+            .into_iter()
+            .map(|(peer, last)| (peer, last.gid))
+            .collect();
+        assert_eq!(ann, pairs(&[("bob", 5)]));
+        assert!(store.peers("dave")?.is_empty());
+        Ok(())
+    }
+
+    pub fn forgetting_drops_the_read_positions_that_name_it(fixture: &Fixture) -> TestResult {
+        let store = fixture.open()?;
+        store.commit(&[
+            room("r", 1, 10),
+            read_position("bob", "room:r", 1),
+            read_position("ann", "room:r", 1),
+            read_position("bob", "user:ann", 3),
+            read_position("ann", "user:bob", 2),
+        ])?;
+        store.commit(&[
+            Write::ForgetRoom { room: "r".into() },
+            Write::ForgetInbox { user: "bob".into() },
+        ])?;
+        assert_eq!(store.read_position("bob", "room:r")?, 0);
+        assert_eq!(store.read_position("ann", "room:r")?, 0);
+        // Bob's positions are in Bob's inbox, which is gone; Ann's are not.
+        assert_eq!(store.read_position("bob", "user:ann")?, 0);
+        assert_eq!(store.read_position("ann", "user:bob")?, 2);
         Ok(())
     }
 

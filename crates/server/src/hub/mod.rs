@@ -571,7 +571,13 @@ impl Hub {
     /// recipient, and a copy to the sender's other connections (pipeline
     /// only). Returns how many of the recipient's connections got it.
     pub fn deliver_direct(&self, event: &proto::Direct<'_>, sender: Option<u64>) -> usize {
-        self.deliver_inbox_entry(event.to, event.from, event.seq, proto::encode(event), sender)
+        self.deliver_inbox_entry(
+            event.to,
+            event.from,
+            event.seq,
+            proto::encode(event),
+            sender,
+        )
     }
 
     /// Delivers a committed inbox entry of `to` (a direct, a change of one,

@@ -188,9 +188,7 @@ impl ClientSession {
                 let (service, conn, id) = (service.clone(), conn.clone(), id.cloned());
                 tokio::spawn(async move {
                     match list.run().await {
-                        Ok(page) => service
-                            .hub
-                            .reply(&conn, page.encode(id.as_ref())),
+                        Ok(page) => service.hub.reply(&conn, page.encode(id.as_ref())),
                         Err(refusal) => service.send_error(&conn, id.as_ref(), &refusal),
                     }
                 });

@@ -82,8 +82,7 @@ impl Service {
                     to: Some(user),
                     body,
                 };
-                self.hub
-                    .signal_user(user, proto::encode(&event));
+                self.hub.signal_user(user, proto::encode(&event));
             }
         }
         Ok(())

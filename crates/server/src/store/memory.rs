@@ -142,11 +142,7 @@ impl Store for MemoryStore {
                         }
                     }
                 }
-                Write::Amend {
-                    original,
-                    body,
-                    ts,
-                } => {
+                Write::Amend { original, body, ts } => {
                     let (body, edited, recalled) = match body {
                         Some(body) => (body.clone(), *ts, 0),
                         None => ("null".to_string(), 0, *ts),

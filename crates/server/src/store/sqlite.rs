@@ -93,7 +93,8 @@ const MIGRATIONS: &[&str] = &[
 /// The columns `room_row` reads, in its order.
 const ROOM_COLUMNS: &str = "room, seq, sender, ts, body, kind, target, edited, recalled";
 /// The columns `direct_row` reads, in its order.
-const DIRECT_COLUMNS: &str = "gid, recipient, seq, sender, ts, body, kind, target, edited, recalled";
+const DIRECT_COLUMNS: &str =
+    "gid, recipient, seq, sender, ts, body, kind, target, edited, recalled";
 
 fn migrate(conn: &mut Connection) -> Result<()> {
     let applied: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -381,11 +382,7 @@ impl Store for SqliteStore {
                     Write::TrimInbox { user, upto } => {
                         trim_inbox.execute(params![user, upto])?;
                     }
-                    Write::Amend {
-                        original,
-                        body,
-                        ts,
-                    } => {
+                    Write::Amend { original, body, ts } => {
                         let (body, edited, recalled) = match body {
                             Some(body) => (body.as_str(), *ts, 0),
                             None => ("null", 0, *ts),
@@ -457,10 +454,10 @@ impl Store for SqliteStore {
 
     fn room_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<RoomRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                &format!("SELECT {ROOM_COLUMNS} FROM room_messages
-                 WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ROOM_COLUMNS} FROM room_messages
+                 WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
             let rows = stmt.query_map(params![room, after, limit as u64], room_row)?;
             rows.collect()
         })
@@ -468,10 +465,10 @@ impl Store for SqliteStore {
 
     fn room_before(&self, room: &str, before: u64, limit: usize) -> Result<Vec<RoomRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                &format!("SELECT {ROOM_COLUMNS} FROM room_messages
-                 WHERE room = ?1 AND seq < ?2 AND kind = 0 ORDER BY seq DESC LIMIT ?3"),
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ROOM_COLUMNS} FROM room_messages
+                 WHERE room = ?1 AND seq < ?2 AND kind = 0 ORDER BY seq DESC LIMIT ?3"
+            ))?;
             let mut rows = stmt
                 .query_map(params![room, before, limit as u64], room_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -492,10 +489,10 @@ impl Store for SqliteStore {
 
     fn inbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<DirectRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                &format!("SELECT {DIRECT_COLUMNS} FROM directs
-                 WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DIRECT_COLUMNS} FROM directs
+                 WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
             let rows = stmt.query_map(params![user, after, limit as u64], direct_row)?;
             rows.collect()
         })
@@ -690,6 +687,42 @@ mod tests {
         // Opening again applies nothing twice.
         let store = SqliteStore::open(&dir).unwrap();
         assert_eq!(store.recover(0).unwrap().dedupe.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A database of version 1 (before edits, recalls and receipts) gets
+    /// the new columns; what it held reads as plain messages.
+    #[test]
+    fn a_version_1_database_gains_kinds_and_keeps_its_messages() {
+        let dir = temp_dir("migrate-v2");
+        {
+            let old = Connection::open(dir.join("switchboard.db")).unwrap();
+            old.execute_batch(
+                "CREATE TABLE room_messages (
+                     room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+                     ts INTEGER NOT NULL, body TEXT NOT NULL,
+                     PRIMARY KEY (room, seq)
+                 ) WITHOUT ROWID;
+                 CREATE TABLE directs (
+                     gid INTEGER PRIMARY KEY, recipient TEXT NOT NULL, seq INTEGER NOT NULL,
+                     sender TEXT NOT NULL, ts INTEGER NOT NULL, body TEXT NOT NULL
+                 );
+                 INSERT INTO room_messages VALUES ('r', 1, 'ann', 5, '{\"n\":1}');
+                 INSERT INTO directs VALUES (7, 'bob', 1, 'ann', 5, '\"hi\"');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        let room = store.room_after("r", 0, 10).unwrap();
+        assert_eq!(room.len(), 1);
+        assert_eq!(
+            (room[0].kind, room[0].edited, room[0].recalled),
+            (Kind::Message, 0, 0)
+        );
+        let inbox = store.inbox_after("bob", 0, 10).unwrap();
+        assert_eq!((inbox[0].gid, inbox[0].kind), (7, Kind::Message));
+        assert_eq!(store.unread_direct("bob", "ann", 0).unwrap(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
