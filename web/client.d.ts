@@ -125,17 +125,74 @@ export interface Joined { type: 'joined'; room: string; online: number; seq: num
 export interface Left { type: 'left'; room: string; id?: Id }
 /** `duplicate`: the id repeated an earlier command; `seq` is the original's and nothing was delivered again. */
 export interface PublishAck { type: 'ack'; room: string; seq: number; delivered: number; duplicate?: true; id?: Id }
-export interface SendAck { type: 'ack'; to: string; seq: number; delivered: number; stored: boolean; duplicate?: true; id?: Id }
-export interface Message<B = Json> { type: 'message'; room: string; seq: number; from: string; ts: number; body: B }
-/** `seq`: the recipient's inbox seq. `gid`: store-wide id ordering a conversation (the `before` cursor of history with `with`). */
-export interface Direct<B = Json> { type: 'direct'; from: string; to: string; seq: number; gid: number; ts: number; body: B }
+export interface SendAck { type: 'ack'; to: string; seq: number; gid?: number; delivered: number; stored: boolean; duplicate?: true; id?: Id }
+/**
+ * A room message. `edited`: when its sender last edited it (ms; `body` is the
+ * new one); `recalled`: when it was recalled (`body` is then null). Both
+ * describe its current state, in replays and history.
+ */
+export interface Message<B = Json> { type: 'message'; room: string; seq: number; from: string; ts: number; body: B; edited?: number; recalled?: number }
+/** `seq`: the recipient's inbox seq. `gid`: store-wide id ordering a conversation (the `before` cursor of history with `with`). `edited`/`recalled` as in Message. */
+export interface Direct<B = Json> { type: 'direct'; from: string; to: string; seq: number; gid: number; ts: number; body: B; edited?: number; recalled?: number }
+/** A change to a room message: `seq` is the change's own room seq, `target` the message's seq. */
+export interface RoomEdit<B = Json> { type: 'edit'; room: string; seq: number; target: number; from: string; ts: number; body: B }
+/** A change to a direct: `seq`/`gid` are the change's own (an entry of `to`'s inbox), `target` the message's gid. */
+export interface DirectEdit<B = Json> { type: 'edit'; from: string; to: string; seq: number; gid: number; target: number; ts: number; body: B }
+export interface RoomRecall { type: 'recall'; room: string; seq: number; target: number; from: string; ts: number }
+export interface DirectRecall { type: 'recall'; from: string; to: string; seq: number; gid: number; target: number; ts: number }
+/** Apply to the message named by `target` (room seq, or gid): applying one it already shows changes nothing. */
+export type Edit<B = Json> = RoomEdit<B> | DirectEdit<B>;
+export type Recall = RoomRecall | DirectRecall;
+/** The ack of an edit/recall: as for publish (room) or send (direct). */
+export type ChangeAck = PublishAck | SendAck;
+/**
+ * What edit()/recall() change: a room message `{room, seq}` or a direct
+ * `{to, gid}` you sent — the `message`/`direct` event itself, the `ack` of
+ * its publish/send, or an earlier `edit` event of it.
+ */
+export type ChangeTarget =
+  | { room: string; seq: number }
+  | { to: string; gid: number }
+  | Edit | Recall;
+/** Where a signal goes: a joined room's other members, or a user's live connections (`with` is taken for `to`). */
+export type SignalTarget = { room: string } | { to: string } | { with: string };
+/** A conversation: a room, or the direct conversation with a user. */
+export type ConversationRef = { room: string } | { with: string };
+/** An ephemeral signal (typing…): never stored or replayed. Room signals name `room`; directs `to` (you). */
+export interface Signal<B = Json> { type: 'signal'; room?: string; from: string; to?: string; body: B }
+/** Who is typing in a conversation, after every change (a user started, stopped, sent a message, or 5 s passed). */
+export type TypingEvent = ({ room: string } | { with: string }) & { users: string[] };
 export interface PresenceEvent { type: 'presence'; room: string; event: 'join' | 'leave'; user: string; online: number }
 export interface PresenceList { type: 'presence'; room: string; online: number; users: string[]; id?: Id }
 /** Part of a stream cannot be replayed: everything up to `seq` is skipped, what follows continues from `seq + 1`. A room's (`room`) or this device's inbox (`inbox: true`). */
 export interface Reset { type: 'reset'; room?: string; inbox?: true; seq: number }
-export interface ReadReceipt { type: 'read'; by: string; upto: number }
-/** Reply to `history`: `message` events (room) or `direct` events (conversation), oldest first. `truncated`: the page was cut to fit the connection's queue; older messages remain (ask again with `before`). */
-export interface History<B = Json> { type: 'history'; room?: string; with?: string; messages: Array<Message<B> | Direct<B>>; truncated?: boolean; id?: Id }
+/**
+ * `by` read `from`'s direct messages up to `from`'s inbox seq `upto` (the
+ * `seq` of the send acks). As a receipt (`from` is you) it is an entry of
+ * your inbox (`seq`).
+ */
+export interface ReadReceipt { type: 'read'; by: string; from?: string; upto: number; seq?: number }
+/** You read a conversation on another device: the direct conversation with `from` (up to your inbox seq `upto`), or `room` (up to its seq). */
+export type ReadMark =
+  | { type: 'read'; by: string; from: string; upto: number; seq?: number }
+  | { type: 'read'; by: string; room: string; upto: number };
+/**
+ * Reply to `history`: `message` events (room) or `direct` events (conversation), oldest first. `truncated`: the page was cut to fit the connection's queue; older messages remain (ask again with `before`).
+ * `read`: your stored read position (room seq, or your inbox seq); `peer_read` (with `with`): how far the peer read your messages (their inbox seq).
+ */
+export interface History<B = Json> { type: 'history'; room?: string; with?: string; messages: Array<Message<B> | Direct<B>>; truncated?: boolean; read?: number; peer_read?: number; id?: Id }
+/** An entry of the conversation list. `read`: your stored position; `unread`: messages after it from others, not recalled. */
+export type Conversation<B = Json> =
+  | { with: string; last: Direct<B>; unread: number; read: number; peer_read: number }
+  | { room: string; last: Message<B>; unread: number; read: number };
+/** Reply to `conversations`: newest first; `next`: pass as `before` for the next page. */
+export interface Conversations<B = Json> { type: 'conversations'; conversations: Array<Conversation<B>>; next?: string; id?: Id }
+export interface ConversationsQuery {
+  /** 1–100 (default 50). */
+  limit?: number;
+  /** The `next` of the previous page. */
+  before?: string;
+}
 export interface ServerError { type: 'error'; code: ErrorCode; message: string; id?: Id }
 
 export interface StateChange {
@@ -161,6 +218,12 @@ export interface JoinOptions {
   onPresence?: (event: PresenceEvent) => void;
   /** The server could not replay what was missed (history does not reach back far enough). */
   onReset?: (event: Reset) => void;
+  /** A message of the room was edited (once per change, replays included). */
+  onEdit?: (event: RoomEdit) => void;
+  /** A message of the room was recalled. */
+  onRecall?: (event: RoomRecall) => void;
+  /** A signal in the room (typing…). */
+  onSignal?: (event: Signal) => void;
   /** Resume after this seq (for example one saved before a page reload). */
   since?: number;
 }
@@ -178,7 +241,14 @@ export interface ClientEvents {
   message: Message;
   presence: PresenceEvent;
   direct: Direct;
+  /** A read receipt: someone read your direct messages. */
   read: ReadReceipt;
+  /** You read a conversation on another device: clear its unread badge up to `upto`. */
+  myread: ReadMark;
+  edit: Edit;
+  recall: Recall;
+  signal: Signal;
+  typing: TypingEvent;
   reset: Reset;
   /** A server error not tied to a command of yours (e.g. `rate_limited`), or a fatal one. */
   error: SwitchboardError;
@@ -220,8 +290,22 @@ export declare class Client {
   send(user: string, body: Json, options?: { id?: Id }): Promise<SendAck>;
   history(query: HistoryQuery): Promise<History>;
   presence(room: string): Promise<PresenceList>;
-  /** Read receipt: tells `from` their direct messages up to inbox seq `upto` were read. */
+  /** Marks the conversation with `from` read up to your inbox seq `upto`: stored; `from` gets a receipt, your other devices a `myread`. */
   read(from: string, upto: number): void;
+  /** Marks `room` read up to its seq `upto`: stored; your other devices get a `myread`. */
+  readRoom(room: string, upto: number): void;
+  /** Replaces the body of a message you sent; resolves with the ack of the change. */
+  edit(target: ChangeTarget, body: Json, options?: { id?: Id }): Promise<ChangeAck>;
+  /** Withdraws a message you sent (its body is erased); resolves with the ack of the change. */
+  recall(target: ChangeTarget, options?: { id?: Id }): Promise<ChangeAck>;
+  /** An ephemeral signal: no ack, not stored, not queued. False when not connected (nothing sent). */
+  signal(target: SignalTarget, body: Json): boolean;
+  /** Typing indicator: true on keystrokes (sent at most every 3 s), false when stopped (sent if true was). Returns whether a signal went out. */
+  typing(target: SignalTarget, on?: boolean): boolean;
+  /** Who is typing in a conversation now (sorted). */
+  typingUsers(conversation: ConversationRef | { to: string }): string[];
+  /** The conversation list with unread counts and read positions. */
+  conversations(query?: ConversationsQuery): Promise<Conversations>;
   /** Application ping; resolves with the round-trip time in ms. */
   ping(): Promise<number>;
   /**

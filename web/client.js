@@ -10,7 +10,10 @@
 // message once (dedupe by room + seq), queues commands while offline and
 // resends them with the same `id` (the server's dedupe makes a resent
 // publish/send exactly-once), confirms inbox delivery with `received`, and
-// notices a dead connection with an application-level ping. Where a
+// notices a dead connection with an application-level ping. It also marks
+// conversations read (resending a read mark the connection may have lost),
+// edits and recalls messages, sends signals (throttled typing) and tracks
+// who is typing. Where a
 // WebSocket cannot open (a proxy that drops `Upgrade`) it falls back to the
 // HTTP transport (Server-Sent Events + POST) with the same guarantees, and
 // tries the WebSocket again every `transportRetry` ms.
@@ -48,6 +51,13 @@ const FATAL_CLOSE = new Map([[4001, 'unauthorized'], [4003, 'kicked']]);
 const DIRECT_MEMORY = 4096;
 // A room's out-of-order seqs kept above its contiguous watermark.
 const SEEN_LIMIT = 10_000;
+// Typing (docs/PROTOCOL.md, `signal`): `{"typing":true}` at most this often
+// while typing; someone else's "typing" expires this long after their last signal.
+const TYPING_EVERY = 3_000;
+const TYPING_TTL = 5_000;
+// After read marks were sent, a ping confirms them this much later (the
+// server runs a connection's commands in order: its reply proves they ran).
+const READ_CONFIRM_DELAY = 250;
 
 export class Client {
   #o;
@@ -83,6 +93,18 @@ export class Client {
   #rooms = new Map();
   #pending = new Map();
   #fireQueue = new Map();
+  // Read marks sent on this connection and not yet proven to have run
+  // (key → {command, order}); resent on the next connection if it drops.
+  #readsSent = new Map();
+  #readConfirmTimer = null;
+  // Commands written to connections so far, and the count up to which a
+  // reply proved the server ran them (replies come in command order).
+  #txCount = 0;
+  #txConfirmed = 0;
+  // Typing: when `{"typing":true}` was last sent per conversation key, and
+  // who is typing where (key → {conv, users: Map(user → expiry timer)}).
+  #typingOut = new Map();
+  #typingIn = new Map();
   #directSeen = new Set();
   #inboxUpto = 0;
   #receivedSent = 0;
@@ -180,6 +202,7 @@ export class Client {
       detach(ws);
       try { ws.close(1000, 'client closed'); } catch { /* already closed */ }
     }
+    this.#clearTyping();
     const err = new SwitchboardError('closed', 'client closed');
     this.#failAll(err);
     for (const w of this.#connectWaiters.splice(0)) w.reject(err);
@@ -193,7 +216,9 @@ export class Client {
 
   /**
    * Subscribes to a client event: 'state', 'welcome', 'message', 'presence',
-   * 'direct', 'read', 'reset', 'joined', 'error', 'event' (every server event).
+   * 'direct', 'read' (a receipt: someone read your messages), 'myread' (you
+   * read a conversation on another device), 'edit', 'recall', 'signal',
+   * 'typing', 'reset', 'joined', 'error', 'event' (every server event).
    * Returns a function that unsubscribes.
    */
   on(type, fn) {
@@ -213,13 +238,13 @@ export class Client {
    * Resolves with the `joined` event. `since`: resume after this seq (for
    * example one saved before a page reload); the server replays what follows.
    */
-  join(room, { onMessage, onPresence, onReset, since } = {}) {
+  join(room, { onMessage, onPresence, onReset, onEdit, onRecall, onSignal, since } = {}) {
     let r = this.#rooms.get(room);
     if (!r) {
       r = { name: room, lastSeq: since != null ? since : null, seen: new Set(), online: 0, waiters: [], handlers: {} };
       this.#rooms.set(room, r);
     }
-    r.handlers = { onMessage, onPresence, onReset };
+    r.handlers = { onMessage, onPresence, onReset, onEdit, onRecall, onSignal };
     const p = new Promise((resolve, reject) => r.waiters.push({ resolve, reject }));
     if (this.#state === 'connected') this.#sendJoin(r);
     else this.#ensureConnecting();
@@ -247,12 +272,87 @@ export class Client {
    * reconnect; `options.id` reuses an id (a safe retry of a failed publish).
    */
   publish(room, body, options = {}) {
+    // Receivers clear our "typing" when the message arrives: the next
+    // keystroke may say so again at once.
+    this.#typingOut.delete(`r:${room}`);
     return this.#request({ type: 'publish', room, body: body === undefined ? null : body }, options.id);
   }
 
   /** Sends a direct message to every connection of `user`. Resolves with the `ack` {seq, delivered, stored}. */
   send(user, body, options = {}) {
+    this.#typingOut.delete(`u:${user}`);
     return this.#request({ type: 'send', to: user, body: body === undefined ? null : body }, options.id);
+  }
+
+  /**
+   * Replaces the body of a message you sent. `target`: a room message
+   * `{room, seq}` or a direct `{to, gid}` — the `message`/`direct` event
+   * itself, or the `ack` of its publish/send. Resolves with the `ack`
+   * {seq, delivered} (the change is stored and sequenced like a message);
+   * queued and resent with its id like `publish`.
+   */
+  edit(target, body, options = {}) {
+    let where;
+    try { where = changeTarget(target); } catch (err) { return Promise.reject(err); }
+    return this.#request({ type: 'edit', ...where, body: body === undefined ? null : body }, options.id);
+  }
+
+  /** Withdraws a message you sent (its body is erased). `target` as for edit(). Resolves with the `ack`. */
+  recall(target, options = {}) {
+    let where;
+    try { where = changeTarget(target); } catch (err) { return Promise.reject(err); }
+    return this.#request({ type: 'recall', ...where }, options.id);
+  }
+
+  /**
+   * Sends an ephemeral signal (not stored, no ack, not queued): `target` is
+   * `{room}` (a joined room's other members) or `{to: user}` (that user's
+   * live connections). Returns false when not connected (nothing was sent).
+   */
+  signal(target, body) {
+    const where = signalTarget(target);
+    if (this.#state !== 'connected') return false;
+    return !!this.#rawSend({ type: 'signal', ...where, body: body === undefined ? null : body });
+  }
+
+  /**
+   * Typing indicator for `target` ({room} or {to}): call with true on every
+   * keystroke — `{"typing":true}` goes out at most once per 3 s — and with
+   * false when the user stops or clears the input (sent only if true was).
+   * publish()/send() to the same target reset the throttle. Returns whether
+   * a signal was sent.
+   */
+  typing(target, on = true) {
+    const key = convKey(signalTarget(target));
+    const last = this.#typingOut.get(key);
+    if (on) {
+      if (last !== undefined && Date.now() - last < TYPING_EVERY) return false;
+      if (!this.signal(target, { typing: true })) return false;
+      this.#typingOut.set(key, Date.now());
+      return true;
+    }
+    if (last === undefined) return false;
+    this.#typingOut.delete(key);
+    return this.signal(target, { typing: false });
+  }
+
+  /**
+   * Who is typing in `conv` ({room} or {with: user}) now, sorted: users whose
+   * last `{"typing":true}` signal is less than 5 s old and who did not stop
+   * or send a message since.
+   */
+  typingUsers(conv) {
+    const entry = this.#typingIn.get(convKey(conv));
+    return entry ? [...entry.users.keys()].sort() : [];
+  }
+
+  /**
+   * The conversation list: direct conversations and rooms, newest first,
+   * with `unread`, `read` and (directs) `peer_read`. Resolves with the
+   * `conversations` event; page on with `before` set to its `next`.
+   */
+  conversations({ limit, before } = {}) {
+    return this.#request({ type: 'conversations', limit, before });
   }
 
   /** Past messages: {room} or {with: user}, optional before, limit (≤ 100). Resolves with the `history` event. */
@@ -265,12 +365,18 @@ export class Client {
     return this.#request({ type: 'presence', room });
   }
 
-  /** Tells `from` that their direct messages up to inbox seq `upto` were read. No reply. */
+  /**
+   * Marks the direct conversation with `from` read up to your inbox seq
+   * `upto` (the `seq` of their `direct` events): stored, so your other
+   * devices clear their badge, and `from` gets a receipt. No reply.
+   */
   read(from, upto) {
-    const key = `read\u0000${from}`;
-    const prev = this.#fireQueue.get(key);
-    if (prev && prev.upto >= upto) return;
-    this.#fire(key, { type: 'read', from, upto });
+    this.#markRead(`read\u0000u\u0000${from}`, { type: 'read', from, upto });
+  }
+
+  /** Marks `room` read up to its seq `upto`: stored; your other devices are told. No reply. */
+  readRoom(room, upto) {
+    this.#markRead(`read\u0000r\u0000${room}`, { type: 'read', room, upto });
   }
 
   /**
@@ -398,6 +504,19 @@ export class Client {
     clearTimeout(this.#receivedTimer);
     this.#receivedTimer = null;
     this.#receivedSent = 0; // confirm again on the next connection
+    // Read marks this connection may have lost go out again on the next
+    // (a repeated position changes nothing on the server).
+    clearTimeout(this.#readConfirmTimer);
+    this.#readConfirmTimer = null;
+    for (const [key, sent] of this.#readsSent) {
+      const queued = this.#fireQueue.get(key);
+      if (sent.order > this.#txConfirmed && !(queued && queued.upto >= sent.command.upto)) {
+        this.#fireQueue.set(key, sent.command);
+      }
+    }
+    this.#readsSent.clear();
+    // Our "typing" expires at the receivers; say it again at once.
+    this.#typingOut.clear();
     // Everything sent on this socket and not answered is sent again on the
     // next one (same ids); joins are redone by the rejoin.
     for (const [id, p] of this.#pending) {
@@ -568,10 +687,9 @@ export class Client {
     // Order on the new connection: rejoin rooms, then everything that waited.
     for (const r of this.#rooms.values()) this.#sendJoin(r);
     for (const p of this.#pending.values()) if (!p.sent) this.#transmit(p);
-    for (const [key, cmd] of this.#fireQueue) {
-      this.#fireQueue.delete(key);
-      this.#rawSend(cmd);
-    }
+    const fired = [...this.#fireQueue];
+    this.#fireQueue.clear();
+    for (const [key, cmd] of fired) this.#fire(key, cmd);
     if (this.#inboxUpto > this.#receivedSent) this.#scheduleReceived();
     this.#armHeartbeat();
     this.#armRefresh(this.#helloToken);
@@ -633,6 +751,7 @@ export class Client {
       try { ws.close(1000); } catch { /* ignore */ }
     }
     this.#failAll(err);
+    this.#clearTyping();
     for (const w of this.#connectWaiters.splice(0)) w.reject(err);
     this.#setState('offline', { reason: err.message, error: err });
     this.#emit('error', err);
@@ -654,6 +773,7 @@ export class Client {
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#heartbeatTimer);
     clearTimeout(this.#receivedTimer);
+    clearTimeout(this.#readConfirmTimer);
   }
 
   #setState(state, detail) {
@@ -670,19 +790,22 @@ export class Client {
 
   // ---- sending -----------------------------------------------------------
 
+  /** Writes `command` to the connection; returns its number in the write order (truthy), or 0 if not sent. */
   #rawSend(command) {
     const ws = this.#ws;
-    if (!ws || this.#state !== 'connected') return false;
+    if (!ws || this.#state !== 'connected') return 0;
     try {
       // Confirm the inbox before anything else goes out.
       if (this.#inboxUpto > this.#receivedSent && command.type !== 'received') {
         ws.send(JSON.stringify({ type: 'received', upto: this.#inboxUpto }));
         this.#receivedSent = this.#inboxUpto;
+        this.#txCount += 1;
       }
       ws.send(JSON.stringify(command));
-      return true;
+      this.#txCount += 1;
+      return this.#txCount;
     } catch {
-      return false;
+      return 0;
     }
   }
 
@@ -704,8 +827,10 @@ export class Client {
   }
 
   #transmit(p) {
-    if (!this.#rawSend(p.command)) return;
+    const order = this.#rawSend(p.command);
+    if (!order) return;
     p.sent = true;
+    p.order = order;
     clearTimeout(p.timer);
     p.timer = setTimeout(() => {
       this.#pending.delete(p.command.id);
@@ -729,9 +854,47 @@ export class Client {
   }
 
   #fire(key, command) {
-    if (this.#state === 'connected' && this.#rawSend(command)) return;
+    const order = this.#state === 'connected' ? this.#rawSend(command) : 0;
+    if (order) {
+      if (command.type === 'read') this.#readSent(key, command, order);
+      return;
+    }
     this.#fireQueue.set(key, command);
     this.#ensureConnecting();
+  }
+
+  /** A read mark, unless the same or a later one for `key` waits or is in flight. */
+  #markRead(key, command) {
+    if (typeof command.upto !== 'number') throw new TypeError('read: upto must be a number');
+    const queued = this.#fireQueue.get(key);
+    if (queued && queued.upto >= command.upto) return;
+    const sent = this.#readsSent.get(key);
+    if (sent && sent.command.upto >= command.upto) return;
+    this.#fireQueue.delete(key);
+    this.#fire(key, command);
+  }
+
+  /**
+   * A read mark went out as write number `order`. Until a reply to a later
+   * command proves the server ran it, a lost connection sends it again; a
+   * ping shortly after provides that reply when nothing else does.
+   */
+  #readSent(key, command, order) {
+    this.#readsSent.set(key, { command, order });
+    if (this.#readConfirmTimer) return;
+    this.#readConfirmTimer = setTimeout(() => {
+      this.#readConfirmTimer = null;
+      let waiting = false;
+      for (const sent of this.#readsSent.values()) if (sent.order > this.#txConfirmed) waiting = true;
+      if (waiting && this.#state === 'connected') this.#request({ type: 'ping' }).catch(() => {});
+    }, READ_CONFIRM_DELAY);
+  }
+
+  /** The server answered write number `order`: it ran everything written before it. */
+  #confirmed(order) {
+    if (!(order > this.#txConfirmed)) return;
+    this.#txConfirmed = order;
+    for (const [key, sent] of this.#readsSent) if (sent.order <= order) this.#readsSent.delete(key);
   }
 
   #scheduleReceived() {
@@ -789,8 +952,15 @@ export class Client {
       case 'direct':
         this.#onDirect(event);
         break;
+      case 'edit':
+      case 'recall':
+        this.#onChange(event);
+        break;
       case 'read':
-        this.#emit('read', event);
+        this.#onRead(event);
+        break;
+      case 'signal':
+        this.#onSignal(event);
         break;
       case 'error':
         if (event.id === `${this.#idPrefix}hello`) {
@@ -806,6 +976,7 @@ export class Client {
     if (pending) {
       this.#pending.delete(event.id);
       clearTimeout(pending.timer);
+      if (pending.order && ws === this.#ws) this.#confirmed(pending.order);
       if (event.type === 'error') pending.reject(new SwitchboardError(event.code, event.message, event));
       else pending.resolve(event);
     }
@@ -838,6 +1009,7 @@ export class Client {
     if (!r || typeof event.seq !== 'number') return;
     if (r.lastSeq == null) r.lastSeq = event.seq - 1;
     if (!this.#accept(r, event.seq)) return;
+    this.#typingStopped(`r:${event.room}`, event.from);
     if (r.handlers.onMessage) callSafely(r.handlers.onMessage, event);
     this.#emit('message', event);
   }
@@ -864,21 +1036,145 @@ export class Client {
   }
 
   #onDirect(event) {
-    // A direct message is identified by its recipient's inbox seq; ts guards
-    // against a server that lost its inbox numbering (restart without store).
-    if (this.#welcome && event.to === this.#welcome.user && typeof event.seq === 'number') {
-      // Confirmed even when it is a duplicate: the server redelivers until it hears `received`.
-      if (event.seq > this.#inboxUpto) this.#inboxUpto = event.seq;
-      if (this.#inboxUpto > this.#receivedSent) this.#scheduleReceived();
-    }
-    const key = `${event.to}\u0000${event.seq}\u0000${event.ts}`;
-    if (this.#directSeen.has(key)) return;
+    if (event.to === this.user) this.#inboxEntry(event.seq);
+    if (!this.#firstInboxSight(event.to, event.seq, event.ts)) return;
+    if (event.to === this.user) this.#typingStopped(`u:${event.from}`, event.from);
+    this.#emit('direct', event);
+  }
+
+  /**
+   * `seq` of this user's inbox arrived (a `direct`, an `edit`/`recall` of a
+   * direct, a read receipt): confirmed with `received` — even when it is a
+   * duplicate, as the server redelivers until it hears `received`.
+   * Only events addressed to this user carry its inbox seqs: copies of what
+   * it did on another device carry the peer's.
+   */
+  #inboxEntry(seq) {
+    if (typeof seq !== 'number') return;
+    if (seq > this.#inboxUpto) this.#inboxUpto = seq;
+    if (this.#inboxUpto > this.#receivedSent) this.#scheduleReceived();
+  }
+
+  /**
+   * True the first time an inbox entry is seen. An entry is identified by
+   * its inbox (`owner`) and seq; `tag` (its ts) guards against a server that
+   * lost its inbox numbering (restart without store).
+   */
+  #firstInboxSight(owner, seq, tag) {
+    const key = `${owner}\u0000${seq}\u0000${tag}`;
+    if (this.#directSeen.has(key)) return false;
     this.#directSeen.add(key);
     if (this.#directSeen.size > DIRECT_MEMORY) {
       this.#directSeen.delete(this.#directSeen.values().next().value);
     }
-    this.#emit('direct', event);
+    return true;
   }
+
+  /** An `edit` or `recall`: of a room message (a room seq, like a message) or of a direct (an inbox entry). */
+  #onChange(event) {
+    const kind = event.type;
+    if (event.room != null) {
+      const r = this.#rooms.get(event.room);
+      if (!r || typeof event.seq !== 'number') return;
+      if (r.lastSeq == null) r.lastSeq = event.seq - 1;
+      if (!this.#accept(r, event.seq)) return;
+      const handler = kind === 'edit' ? r.handlers.onEdit : r.handlers.onRecall;
+      if (handler) callSafely(handler, event);
+      this.#emit(kind, event);
+      return;
+    }
+    if (event.to === this.user) this.#inboxEntry(event.seq);
+    if (!this.#firstInboxSight(event.to, event.seq, event.ts)) return;
+    this.#emit(kind, event);
+  }
+
+  /**
+   * A `read` event: a receipt for your messages (`from` is you; stored in
+   * your inbox, with its `seq`), or your own read on another device (`by`
+   * is you: `from` is the peer, or `room`).
+   */
+  #onRead(event) {
+    const me = this.user;
+    if (event.room == null && event.from === me && typeof event.seq === 'number') {
+      this.#inboxEntry(event.seq);
+      if (!this.#firstInboxSight(me, event.seq, `read:${event.by}:${event.upto}`)) return;
+    }
+    if (event.by === me) this.#emit('myread', event);
+    // A receipt (from a server that does not say `from`, every `read` is one).
+    if (event.room == null && (event.from === me || (event.from == null && event.by !== me))) this.#emit('read', event);
+  }
+
+  #onSignal(event) {
+    if (event.room != null) {
+      const r = this.#rooms.get(event.room);
+      if (r && r.handlers.onSignal) callSafely(r.handlers.onSignal, event);
+    }
+    this.#emit('signal', event);
+    const body = event.body;
+    if (event.from == null || event.from === this.user) return;
+    if (!body || typeof body !== 'object' || typeof body.typing !== 'boolean') return;
+    const key = event.room != null ? `r:${event.room}` : `u:${event.from}`;
+    if (!body.typing) {
+      this.#typingStopped(key, event.from);
+      return;
+    }
+    let entry = this.#typingIn.get(key);
+    if (!entry) {
+      entry = { conv: event.room != null ? { room: event.room } : { with: event.from }, users: new Map() };
+      this.#typingIn.set(key, entry);
+    }
+    const known = entry.users.has(event.from);
+    clearTimeout(entry.users.get(event.from));
+    entry.users.set(event.from, setTimeout(() => this.#typingStopped(key, event.from), TYPING_TTL));
+    if (!known) this.#emitTyping(entry);
+  }
+
+  #typingStopped(key, user) {
+    const entry = this.#typingIn.get(key);
+    if (!entry || !entry.users.has(user)) return;
+    clearTimeout(entry.users.get(user));
+    entry.users.delete(user);
+    if (!entry.users.size) this.#typingIn.delete(key);
+    this.#emitTyping(entry);
+  }
+
+  #emitTyping(entry) {
+    this.#emit('typing', { ...entry.conv, users: [...entry.users.keys()].sort() });
+  }
+
+  #clearTyping() {
+    for (const entry of this.#typingIn.values()) for (const timer of entry.users.values()) clearTimeout(timer);
+    this.#typingIn.clear();
+  }
+}
+
+/** What an edit/recall changes: a room message {room, seq} or a direct {to, gid} (an event, or an ack). */
+function changeTarget(t) {
+  if (t && typeof t === 'object') {
+    // A change event names its message in `target`.
+    const change = t.type === 'edit' || t.type === 'recall';
+    if (t.room != null && typeof (change ? t.target : t.seq) === 'number') return { room: t.room, target: change ? t.target : t.seq };
+    if (t.to != null && typeof (change ? t.target : t.gid) === 'number') return { to: t.to, target: change ? t.target : t.gid };
+  }
+  throw new TypeError('edit/recall target: a room message {room, seq} or a direct {to, gid}');
+}
+
+/** Where a signal goes: {room} or {to} ({with} is taken for {to}). */
+function signalTarget(t) {
+  if (t && typeof t === 'object') {
+    if (t.room != null) return { room: t.room };
+    if (t.to != null) return { to: t.to };
+    if (t.with != null) return { to: t.with };
+  }
+  throw new TypeError('signal target: {room} or {to: user}');
+}
+
+/** A conversation's key: `r:ROOM` or `u:USER`. */
+function convKey(t) {
+  if (t && t.room != null) return `r:${t.room}`;
+  const user = t && (t.to != null ? t.to : t.with);
+  if (user == null) throw new TypeError('a conversation: {room} or {with: user}');
+  return `u:${user}`;
 }
 
 function wsUrl(url) {
