@@ -164,13 +164,15 @@ fn relay_case(rng: &mut Rng) -> (String, bool) {
     let echoes = rng.below(3);
     for i in 0..echoes {
         let value = match rng.below(3) {
-            0 => rng.pick(&["true", "false"]).to_string(),
-            1 => rng.pick(&["1", "yes", "", "TRUE", "tru%65"]).to_string(),
+            0 => rng.pick(&["true", "false", "only"]).to_string(),
+            1 => rng
+                .pick(&["1", "yes", "", "TRUE", "tru%65", "onl%79", "Only"])
+                .to_string(),
             _ => raw_value(rng, true),
         };
         target.push(if i == 0 { '?' } else { '&' });
         target.push_str(&format!("echo={value}"));
-        bad |= !matches!(form_value(&value).as_str(), "true" | "false");
+        bad |= !matches!(form_value(&value).as_str(), "true" | "false" | "only");
     }
     bad |= echoes > 1;
     (target, bad)

@@ -57,6 +57,48 @@ async fn relay_forwards_frames_unchanged() {
     assert_eq!(next_data(&mut a).await, Message::text("from c"));
 }
 
+/// `?echo=only`: each connection is its own echo server. Its messages come
+/// back to it, unchanged and in order, and reach no one else on the channel;
+/// the channel's messages do not reach it. (What lets the Autobahn suite run
+/// its cases in parallel: scripts/autobahn.)
+#[tokio::test]
+async fn relay_echo_only_is_a_private_echo() {
+    let server = Server::start();
+    let mut one = Client::connect(&server.url("/relay/conformance?echo=only")).await;
+    let mut two = Client::connect(&server.url("/relay/conformance?echo=only")).await;
+    let mut member = Client::connect(&server.url("/relay/conformance")).await;
+    let mut echo = Client::connect(&server.url("/relay/conformance?echo=true")).await;
+
+    let binary: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    one.ws.send(Message::binary(binary.clone())).await.unwrap();
+    two.ws.send(Message::text("two")).await.unwrap();
+    one.ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(next_data(&mut one).await, Message::binary(binary));
+    assert_eq!(next_data(&mut one).await, Message::text("one"));
+    assert_eq!(next_data(&mut two).await, Message::text("two"));
+
+    // Channel traffic: `member` and `echo` (with its own echo) see only each
+    // other. Two messages, so the first one's fan-out has surely ended when
+    // the second arrives.
+    for text in ["x", "y"] {
+        echo.ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(next_data(&mut member).await, Message::text(text));
+        assert_eq!(next_data(&mut echo).await, Message::text(text));
+    }
+    // Had `one` and `two` been sent anything of that (or of each other),
+    // it would come before their own echo.
+    for (client, text) in [(&mut one, "one again"), (&mut two, "two again")] {
+        client.ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(next_data(client).await, Message::text(text));
+    }
+    // And none of the echo-only messages reached the channel: the next thing
+    // `member` and `echo` get is `member`'s.
+    member.ws.send(Message::text("z")).await.unwrap();
+    assert_eq!(next_data(&mut echo).await, Message::text("z"));
+    echo.ws.send(Message::text("last")).await.unwrap();
+    assert_eq!(next_data(&mut member).await, Message::text("last"));
+}
+
 #[tokio::test]
 async fn health_and_metrics() {
     let server = Server::start();

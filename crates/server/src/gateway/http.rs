@@ -130,7 +130,22 @@ async fn ws(
 #[derive(Deserialize)]
 struct RelayQuery {
     #[serde(default)]
-    echo: bool,
+    echo: Echo,
+}
+
+/// `/relay/{channel}?echo=`: `false` (the default), `true`, or `only`.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Echo {
+    /// Messages go to the channel's other connections.
+    #[default]
+    False,
+    /// To the channel's other connections and back to the sender.
+    True,
+    /// Back to the sender only: the connection does not join the channel
+    /// (it neither sends to nor receives from its other connections), so
+    /// conformance suites can run many cases at once, each its own echo.
+    Only,
 }
 
 async fn relay(
@@ -152,7 +167,9 @@ async fn relay(
         );
     }
     upgrade(app, req, move |app, conn| {
-        app.hub.relay.join(&channel, &conn);
+        if query.echo != Echo::Only {
+            app.hub.relay.join(&channel, &conn);
+        }
         Box::new(RelaySession {
             app,
             conn,

@@ -62,4 +62,11 @@ impl Relay {
         }
         delivered
     }
+
+    /// Sends one message back to its sender alone (`?echo=only`, a
+    /// connection outside any channel); returns 1 if it was queued.
+    pub fn echo(&self, to: &Conn, opcode: OpCode, payload: Bytes, metrics: &Metrics) -> usize {
+        let message = SharedMessage::new(opcode, payload);
+        push_counted(to, message.frame_for(to.deflate), metrics) as usize
+    }
 }
