@@ -2,10 +2,16 @@
 // server text goes into the page through textContent / attributes: never
 // through innerHTML, so a message cannot inject markup.
 import { Client } from './client.js';
-import { LANGUAGES, pickLanguage, translate } from './i18n.js';
+import { LANGUAGES, describeError, pickLanguage, translate } from './i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const HISTORY_PAGE = 50;
+// The server's limits on names, in bytes of UTF-8 (docs/PROTOCOL.md, Identity).
+const MAX_BYTES = { user: 64, room: 128 };
+// After a reconnect, how long a member who was shown as present may take to
+// come back before "left" is announced (a server restart sends no leaves;
+// clients come back within their reconnect backoff).
+const AWAY_GRACE = 30_000;
 
 // ---- storage (localStorage may be unavailable: private mode, quotas) ----
 const storage = {
@@ -38,6 +44,7 @@ function deviceId() {
 // ---- i18n ----
 let lang = pickLanguage(storage.get('sb.lang'), navigator.languages || [navigator.language]);
 const t = (key, params) => translate(lang, key, params);
+const errorText = (err) => describeError(lang, err);
 
 function applyStaticText() {
   document.documentElement.lang = lang;
@@ -46,6 +53,9 @@ function applyStaticText() {
   for (const node of document.querySelectorAll('[data-i18n-label]')) {
     node.setAttribute('aria-label', t(node.dataset.i18nLabel));
     node.title = t(node.dataset.i18nLabel);
+  }
+  for (const node of document.querySelectorAll('[data-icon]')) {
+    if (!node.firstChild) node.append(icon(node.dataset.icon));
   }
   for (const select of [$('lang'), $('lang-signin')]) {
     if (!select.options.length) {
@@ -60,6 +70,7 @@ function setLanguage(next) {
   storage.set('sb.lang', next);
   applyStaticText();
   if (me) renderAll();
+  else renderSigninError();
 }
 
 // ---- DOM helper: text only ----
@@ -77,6 +88,77 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// Line icons (24×24, stroked with the text colour), built as DOM nodes: the
+// page's Content-Security-Policy allows no data: images.
+const ICONS = {
+  people: ['M9 11.5a3.5 3.5 0 1 0 0-7 3.5 3.5 0 0 0 0 7z', 'M2.5 20c0-3.6 2.9-6 6.5-6s6.5 2.4 6.5 6',
+    'M16.5 11a2.75 2.75 0 1 0 0-5.5', 'M17.5 14.2c2.4.4 4 2.5 4 5.8'],
+  person: ['M12 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8z', 'M4 21c0-4.4 3.6-7 8-7s8 2.6 8 7'],
+  exit: ['M10 4H6a2 2 0 0 0-2 2v12a2 2 0 0 0 2 2h4', 'M15 8l4 4-4 4', 'M19 12H9'],
+};
+const SVG = 'http://www.w3.org/2000/svg';
+function icon(name) {
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('class', `icon icon-${name}`);
+  svg.setAttribute('aria-hidden', 'true');
+  for (const d of ICONS[name] || []) {
+    const path = document.createElementNS(SVG, 'path');
+    path.setAttribute('d', d);
+    svg.append(path);
+  }
+  return svg;
+}
+
+const utf8Length = (text) => new TextEncoder().encode(text).length;
+
+/**
+ * What the server would refuse in a name (docs/PROTOCOL.md, Identity), as
+ * an error for describeError(), or null: checked before sending, in bytes
+ * of UTF-8 (a Chinese character is 3), not in characters.
+ */
+function nameProblem(kind, value) {
+  const what = t(`what.${kind}`);
+  if (!value) return { key: 'error.empty', params: { what } };
+  const bytes = utf8Length(value);
+  if (bytes > MAX_BYTES[kind]) return { key: 'error.tooLongBytes', params: { what, bytes, max: MAX_BYTES[kind] } };
+  if (/\p{Cc}/u.test(value)) return { key: 'error.control', params: { what } };
+  if (/^\s|\s$/u.test(value)) return { key: 'error.space', params: { what } };
+  return null;
+}
+
+// http(s) URLs in message text become links; the rest stays text. The URL
+// ends at whitespace, quotes, angle brackets and CJK punctuation; trailing
+// sentence punctuation, and a closing bracket without its opening one, are
+// left out of it.
+const URL_PATTERN = /\bhttps?:\/\/[^\s<>"'`\u3000-\u303f\uff00-\uffef]+/gi;
+function trimUrl(url) {
+  for (;;) {
+    const last = url.at(-1);
+    const unbalanced = (open, close) => last === close && url.split(open).length < url.split(close).length;
+    if ('.,;:!?*'.includes(last) || unbalanced('(', ')') || unbalanced('[', ']')) url = url.slice(0, -1);
+    else return url;
+  }
+}
+function linkify(text) {
+  const parts = [];
+  let last = 0;
+  for (const match of text.matchAll(URL_PATTERN)) {
+    const url = trimUrl(match[0]);
+    let href;
+    try {
+      const parsed = new URL(url);
+      if ((parsed.protocol !== 'http:' && parsed.protocol !== 'https:') || !parsed.hostname) continue;
+      href = parsed.href;
+    } catch { continue; }
+    if (match.index > last) parts.push(text.slice(last, match.index));
+    parts.push(el('a', { href, target: '_blank', rel: 'noopener noreferrer', text: url }));
+    last = match.index + url.length;
+  }
+  if (last < text.length) parts.push(text.slice(last));
+  return parts;
+}
+
 // ---- state ----
 let client = null;
 let me = null;
@@ -92,9 +174,16 @@ function makeConv(kind, name) {
   return {
     key, kind, name,
     items: [], keys: new Set(),
-    unread: 0, online: 0, members: new Set(),
+    unread: 0,
+    online: null, // null until the server said (joined / presence)
+    members: new Set(), // who is shown as present
+    membersKnown: false, // members came from a presence reply at least once
+    away: new Set(), // shown before a reconnect, not back yet (see AWAY_GRACE)
+    awayTimer: null,
     history: 'idle', // idle | loading | done
-    loadedOnce: false,
+    loadedOnce: false, // the newest page was fetched
+    stale: false, // dm: the newest page must be fetched again (after a reconnect)
+    cursor: null, // seq (room) / gid (dm) of the oldest message history returned
     maxSeq: 0, maxGid: 0,
     lastInbox: 0, // dm: highest inbox seq of their messages to me
     lastRead: saved.lastRead || 0, // dm: what I reported read
@@ -179,7 +268,7 @@ function statusOf(conv, item) {
 
 function renderItem(conv, item) {
   if (item.type === 'notice') {
-    return el('li', { className: 'notice', role: 'note', text: t(item.textKey, item.params) });
+    return el('li', { className: 'notice', role: 'note', text: item.err ? errorText(item.err) : t(item.textKey, item.params) });
   }
   const classes = ['msg'];
   if (item.own) classes.push('own');
@@ -192,11 +281,11 @@ function renderItem(conv, item) {
     el('div', { className: 'meta' },
       el('span', { className: 'from', text: item.own ? t('you') : item.from }),
       el('time', { datetime: date.toISOString(), title: fullFormat().format(date), text: formatTime(item.ts) })),
-    el('div', { className: 'text', text: bodyText(item.body) }));
+    el('div', { className: 'text' }, ...linkify(bodyText(item.body))));
   if (status) {
     const line = el('div', { className: 'status', text: status });
     if (item.status === 'failed') {
-      if (item.error) line.title = item.error.message;
+      if (item.error) line.title = errorText(item.error);
       line.append(el('button', { type: 'button', className: 'retry', text: t('status.retry'), onclick: () => retry(conv, item) }));
     }
     node.append(line);
@@ -204,9 +293,9 @@ function renderItem(conv, item) {
   return node;
 }
 
-function addNotice(conv, textKey, params) {
+function addNotice(conv, textKey, params, err) {
   const stick = isNearBottom();
-  insertItem(conv, { type: 'notice', textKey, params, sort: [conv.kind === 'room' ? conv.maxSeq : conv.maxGid, ++order] });
+  insertItem(conv, { type: 'notice', textKey, params, err, sort: [conv.kind === 'room' ? conv.maxSeq : conv.maxGid, ++order] });
   if (stick) stickToBottom(conv);
 }
 
@@ -240,7 +329,7 @@ async function joinRoom(name, open = true) {
     alertError(err);
     return;
   }
-  if (!conv.loadedOnce) loadHistory(conv);
+  if (!conv.loadedOnce) loadLatest(conv);
 }
 
 function addRoomMessage(conv, m, live) {
@@ -254,25 +343,68 @@ function addRoomMessage(conv, m, live) {
   if (live && stick) stickToBottom(conv);
 }
 
+// ---- members ----
+// Only real changes are announced: a `join` of someone already shown as
+// present is no news (after a server restart, which sends no leaves, the
+// others rejoin one by one), nor is a `leave` of someone not shown.
+
 function onPresence(conv, p) {
   conv.online = p.online;
-  if (p.event === 'join') conv.members.add(p.user); else conv.members.delete(p.user);
-  addNotice(conv, p.event === 'join' ? 'notice.joined' : 'notice.left', { user: p.user });
-  renderSidebar();
-  if (conv.key === active) { renderHead(); renderMembers(); }
+  const shown = conv.members.has(p.user);
+  if (p.event === 'join') {
+    const back = conv.away.delete(p.user);
+    conv.members.add(p.user);
+    if (!shown && !back) addNotice(conv, 'notice.joined', { user: p.user });
+  } else {
+    conv.away.delete(p.user);
+    conv.members.delete(p.user);
+    if (shown) addNotice(conv, 'notice.left', { user: p.user });
+  }
+  renderRoomState(conv);
 }
 
+/**
+ * Asks the server who is in the room (on opening it, and after every
+ * `joined`: a reconnect's rejoin included) and reconciles: someone new
+ * joined while this page was away; someone missing may still be on the way
+ * back (kept in conv.away for AWAY_GRACE ms, then announced as left).
+ */
 async function refreshMembers(conv) {
+  let list;
   try {
-    const list = await client.presence(conv.name);
-    conv.members = new Set(list.users);
-    conv.online = list.online;
+    list = await client.presence(conv.name);
   } catch { return; }
+  if (convs.get(conv.key) !== conv) return;
+  const now = new Set(list.users);
+  if (conv.membersKnown) {
+    for (const u of now) {
+      if (!conv.members.has(u) && !conv.away.delete(u)) addNotice(conv, 'notice.joined', { user: u });
+    }
+    for (const u of conv.members) if (!now.has(u)) conv.away.add(u);
+    if (conv.away.size) awaitReturn(conv);
+  }
+  conv.members = now;
+  conv.membersKnown = true;
+  conv.online = list.online;
+  renderRoomState(conv);
+}
+
+function awaitReturn(conv) {
+  clearTimeout(conv.awayTimer);
+  conv.awayTimer = setTimeout(() => {
+    if (convs.get(conv.key) !== conv) return;
+    for (const u of [...conv.away].sort()) addNotice(conv, 'notice.left', { user: u });
+    conv.away.clear();
+  }, AWAY_GRACE);
+}
+
+function renderRoomState(conv) {
   renderSidebar();
   if (conv.key === active) { renderHead(); renderMembers(); }
 }
 
 async function leaveRoom(conv) {
+  clearTimeout(conv.awayTimer);
   convs.delete(conv.key);
   saveConvList();
   const next = [...convs.values()].find((c) => c.kind === 'room') || null;
@@ -297,7 +429,7 @@ function openDm(user) {
   const conv = ensureDm(user);
   openConv(conv.key);
   renderSidebar();
-  if (!conv.loadedOnce) loadHistory(conv);
+  if (!conv.loadedOnce || conv.stale) loadLatest(conv);
 }
 
 function onDirect(d) {
@@ -309,10 +441,21 @@ function onDirect(d) {
 
 function addDirect(conv, d, live) {
   const key = `d:${d.to}:${d.seq}`;
-  if (conv.keys.has(key)) return;
+  const hasGid = typeof d.gid === 'number';
+  if (conv.keys.has(key) || (hasGid && conv.items.some((i) => i.gid === d.gid))) {
+    // Already shown (from the ack of my own send, maybe without its gid):
+    // put it where the conversation's order says.
+    const shown = conv.items.find((i) => i.key === key);
+    if (shown && hasGid && shown.gid === undefined) {
+      shown.gid = d.gid;
+      shown.sort = [d.gid, 0];
+      if (d.gid > conv.maxGid) conv.maxGid = d.gid;
+      reposition(conv, shown);
+    }
+    return;
+  }
   const own = d.from === me;
   const stick = isNearBottom();
-  const hasGid = typeof d.gid === 'number';
   insertItem(conv, {
     type: 'msg', key, seq: d.seq, gid: hasGid ? d.gid : undefined, from: d.from, ts: d.ts, body: d.body, own,
     status: own ? 'sent' : null, sort: hasGid ? [d.gid, 0] : [conv.maxGid, ++order],
@@ -388,8 +531,12 @@ function acked(conv, item, ack) {
   if (conv.kind === 'room') {
     item.sort = [ack.seq, 0];
     if (ack.seq > conv.maxSeq) conv.maxSeq = ack.seq;
+  } else if (typeof ack.gid === 'number') {
+    item.gid = ack.gid;
+    item.sort = [ack.gid, 0];
+    if (ack.gid > conv.maxGid) conv.maxGid = ack.gid;
   } else {
-    // The ack carries no gid: keep it after what was there when it was sent.
+    // A duplicate's ack carries no gid: keep it after what was there when it was sent.
     item.sort = [item.sentAfter, ++order];
   }
   reposition(conv, item);
@@ -397,14 +544,31 @@ function acked(conv, item, ack) {
 }
 
 // ---- history ----
-async function loadHistory(conv) {
-  if (conv.history !== 'idle') return;
+// Opening a conversation fetches its newest page and merges it with what
+// is on screen (by seq / gid, each message once): what came live or from
+// the inbox is not the whole conversation (my replies from my other device
+// while this one was away are not in my inbox). Scrolling up then pages
+// backwards from the oldest message history returned (conv.cursor).
+
+const placeOf = (conv, m) => (conv.kind === 'room' ? m.seq : m.gid);
+
+function loadLatest(conv) {
+  if (conv.history === 'loading') { conv.stale = true; return; }
+  conv.stale = false;
+  fetchPage(conv, null);
+}
+
+function loadOlder(conv) {
+  if (conv.history !== 'idle' || !conv.loadedOnce || conv.cursor == null) return;
+  fetchPage(conv, conv.cursor);
+}
+
+async function fetchPage(conv, before) {
   conv.history = 'loading';
   if (conv.key === active) renderHistoryState(conv);
   const query = conv.kind === 'room' ? { room: conv.name } : { with: conv.name };
   query.limit = HISTORY_PAGE;
-  const oldest = conv.items.find((i) => i.type === 'msg' && (conv.kind === 'room' ? i.seq && i.sort[0] === i.seq : i.gid));
-  if (oldest) query.before = conv.kind === 'room' ? oldest.seq : oldest.gid;
+  if (before != null) query.before = before;
   let page;
   try {
     page = await client.history(query);
@@ -415,23 +579,30 @@ async function loadHistory(conv) {
     return;
   }
   if (convs.get(conv.key) !== conv) return;
-  conv.loadedOnce = true;
   const scroller = $('scroller');
   const viewing = conv.key === active;
   const fromBottom = scroller.scrollHeight - scroller.scrollTop;
   const wasEmpty = !conv.items.some((i) => i.type === 'msg');
+  const atBottom = isNearBottom();
   for (const m of page.messages) {
     if (m.type === 'message') addRoomMessage(conv, m, false);
     else if (m.type === 'direct') addDirect(conv, m, false);
   }
-  conv.history = page.messages.length < query.limit && !page.truncated ? 'done' : 'idle';
+  const oldest = page.messages.length ? placeOf(conv, page.messages[0]) : null;
+  // Paging goes on from the oldest message of the newest page (older ones
+  // on screen may have come from the inbox, with a gap after them).
+  if (before == null || (oldest != null && oldest < conv.cursor)) conv.cursor = oldest;
+  const more = page.messages.length >= query.limit || page.truncated;
+  conv.history = more && conv.cursor != null ? 'idle' : 'done';
+  if (before == null) conv.loadedOnce = true;
   if (viewing) {
     renderHistoryState(conv);
-    if (wasEmpty) scroller.scrollTop = scroller.scrollHeight;
+    if (wasEmpty || (before == null && atBottom)) scroller.scrollTop = scroller.scrollHeight;
     else scroller.scrollTop = scroller.scrollHeight - fromBottom;
-    // Not enough to scroll yet: fetch another page.
-    if (conv.history === 'idle' && scroller.scrollHeight <= scroller.clientHeight) loadHistory(conv);
   }
+  if (conv.stale) { loadLatest(conv); return; }
+  // Not enough to scroll yet: fetch another page.
+  if (viewing && conv.history === 'idle' && scroller.scrollHeight <= scroller.clientHeight) loadOlder(conv);
 }
 
 function renderHistoryState(conv) {
@@ -461,7 +632,11 @@ function convButton(conv) {
     type: 'button', className: 'conv-item', 'aria-current': conv.key === active ? 'true' : 'false',
     dataset: { key: conv.key }, onclick: () => (conv.kind === 'room' ? openConv(conv.key) : openDm(conv.name)),
   }, el('span', { className: 'name', text: label }));
-  if (conv.kind === 'room') button.append(el('span', { className: 'count', title: t('rooms.online', { count: conv.online }), text: `${conv.online}` }));
+  if (conv.kind === 'room' && conv.online != null) {
+    // The online count: a person icon and a plain number, unlike the unread badge (a filled pill).
+    const online = t('rooms.online', { count: conv.online });
+    button.append(el('span', { className: 'count', title: online, 'aria-label': online }, icon('person'), String(conv.online)));
+  }
   if (conv.unread) button.append(el('span', { className: 'badge', 'aria-label': t('unread', { count: conv.unread }), text: String(conv.unread) }));
   return el('li', {}, button);
 }
@@ -478,13 +653,18 @@ function renderHead() {
   const conv = convs.get(active);
   if (!conv) return;
   $('conv-title').textContent = conv.kind === 'room' ? `# ${conv.name}` : conv.name;
-  $('conv-sub').textContent = conv.kind === 'room' ? t('rooms.online', { count: conv.online }) : '';
+  $('conv-sub').textContent = conv.kind === 'room' && conv.online != null ? t('rooms.online', { count: conv.online }) : '';
   $('members-toggle').hidden = conv.kind !== 'room';
   $('leave').hidden = conv.kind !== 'room';
   $('text').placeholder = t('composer.placeholder', { name: conv.kind === 'room' ? `# ${conv.name}` : conv.name });
 }
 
-let membersOpen = window.matchMedia('(min-width: 1000px)').matches;
+// The members panel is beside the messages from 1000 px, open at first;
+// narrower it lies over them, so it starts closed, and closes when the
+// window becomes phone-sized.
+const phoneQuery = window.matchMedia('(max-width: 720px)');
+const roomyQuery = window.matchMedia('(min-width: 1000px)');
+let membersOpen = roomyQuery.matches;
 function renderMembers() {
   const conv = convs.get(active);
   const show = !!conv && conv.kind === 'room' && membersOpen;
@@ -495,7 +675,7 @@ function renderMembers() {
   $('member-list').replaceChildren(...users.map((u) => el('li', {},
     el('button', {
       type: 'button', disabled: u === me, title: u === me ? null : t('members.message', { user: u }),
-      onclick: () => openDm(u),
+      onclick: () => { if (!isWide()) membersOpen = false; openDm(u); },
     }, el('span', { className: 'online-dot' }), el('span', { className: 'member-name', text: u }),
     u === me ? el('span', { className: 'you', text: t('members.you') }) : null))));
 }
@@ -528,6 +708,28 @@ function openConv(key) {
   if (isWide()) $('text').focus();
 }
 
+// While the client waits to reconnect, the indicator counts down to the
+// next attempt ("Reconnecting in 4 s"), also when signing in with the
+// server down.
+let retryAt = 0;
+let retryTicker = null;
+
+function noteState(s) {
+  retryAt = s.state === 'reconnecting' && s.delay > 0 ? Date.now() + s.delay : 0;
+  clearInterval(retryTicker);
+  retryTicker = retryAt ? setInterval(() => {
+    if (Date.now() >= retryAt) { clearInterval(retryTicker); retryAt = 0; }
+    if (me) renderConn();
+  }, 250) : null;
+}
+
+function connText(shown, fallback) {
+  if (fallback) return t('conn.connectedSse');
+  const seconds = Math.ceil((retryAt - Date.now()) / 1000);
+  if (shown === 'reconnecting' && seconds >= 1) return t('conn.retryIn', { seconds });
+  return t(`conn.${shown}`);
+}
+
 function renderConn() {
   const node = $('conn');
   const state = client ? client.state : 'connecting';
@@ -539,15 +741,38 @@ function renderConn() {
   const fallback = shown === 'connected' && transport === 'sse';
   let unsent = 0;
   for (const c of convs.values()) for (const i of c.items) if (i.status === 'pending') unsent += 1;
-  const label = t(fallback ? 'conn.connectedSse' : `conn.${shown}`) + (unsent ? ` · ${t('conn.unsent', { count: unsent })}` : '');
+  const label = connText(shown, fallback) + (unsent ? ` · ${t('conn.unsent', { count: unsent })}` : '');
   node.querySelector('.conn-label').textContent = label;
   if (fallback) node.title = t('conn.sseTitle');
   else node.removeAttribute('title');
   node.dataset.unsent = String(unsent);
 }
 
+function renderMe() {
+  $('me').textContent = me || '';
+  $('avatar').textContent = me ? Array.from(me)[0].toUpperCase() : '';
+  $('account-toggle').title = me ? t('account.signedInAs', { user: me }) : '';
+}
+
+// On a phone the name in the top bar opens a menu (language, sign out); on
+// a wide screen they are shown beside it and the name is just a label.
+function setAccountMenu(open) {
+  const toggle = $('account-toggle');
+  if (isWide()) {
+    delete $('account').dataset.open;
+    toggle.removeAttribute('aria-expanded');
+    toggle.removeAttribute('aria-haspopup');
+    toggle.tabIndex = -1;
+    return;
+  }
+  toggle.removeAttribute('tabindex');
+  toggle.setAttribute('aria-haspopup', 'true');
+  toggle.setAttribute('aria-expanded', String(open));
+  if (open) $('account').dataset.open = ''; else delete $('account').dataset.open;
+}
+
 function renderAll() {
-  $('me').textContent = me;
+  renderMe();
   renderConn();
   renderSidebar();
   openConv(active && convs.has(active) ? active : null);
@@ -567,17 +792,28 @@ function stickToBottom(conv) {
 
 function alertError(err) {
   const conv = convs.get(active);
-  if (conv) addNotice(conv, 'error.refused', { message: err.message });
+  if (conv) addNotice(conv, null, null, err);
 }
 
 // ---- sign-in ----
-function showSignin(message) {
+// The sign-in form's message, kept as a function so that it follows a
+// change of language.
+let signinMessage = null;
+
+function renderSigninError() {
+  const error = $('signin-error');
+  const text = signinMessage ? signinMessage() : '';
+  error.hidden = !text;
+  error.textContent = text;
+  $('nickname').setAttribute('aria-invalid', String(!!text));
+}
+
+function showSignin(message = null) {
   $('chat').hidden = true;
   $('signin').hidden = false;
   $('nickname').value = storage.get('sb.user') || $('nickname').value;
-  const error = $('signin-error');
-  error.hidden = !message;
-  error.textContent = message || '';
+  signinMessage = message;
+  renderSigninError();
   $('signin-submit').disabled = false;
   $('signin-submit').textContent = t('signin.submit');
   $('nickname').focus();
@@ -587,9 +823,11 @@ function signIn(user, token) {
   if (client) client.close();
   const c = new Client({ user, token: token || undefined, device: deviceId() });
   client = c;
+  c.on('state', (s) => { if (client === c) noteState(s); });
   return new Promise((resolve, reject) => {
     const offState = c.on('state', (s) => {
-      if (s.state === 'reconnecting') { offState(); resolve(c); } // unreachable for now: go in anyway
+      // The server cannot be reached: go in anyway, the indicator says when it tries again.
+      if (s.state === 'reconnecting') { offState(); resolve(c); }
     });
     c.connect().then((welcome) => { offState(); me = welcome.user; resolve(c); }, (err) => { offState(); reject(err); });
   });
@@ -606,16 +844,31 @@ async function enterChat(c, user) {
     if (conv) for (const item of conv.items) if (item.status === 'pending') refreshItem(conv, item);
     if (s.state === 'offline' && s.error) {
       // The server refused us (for example an expired token).
-      showSignin(t('error.refused', { message: s.error.message }));
+      const err = s.error;
+      showSignin(() => errorText(err));
     }
   });
-  c.on('welcome', (w) => { me = w.user; $('me').textContent = me; });
+  let welcomed = !!c.user;
+  c.on('welcome', (w) => {
+    me = w.user;
+    renderMe();
+    if (welcomed) {
+      // Back after a disconnect: rooms are resumed by the rejoin (`since`),
+      // but my messages sent from another device meanwhile are in no inbox
+      // of this one: conversations fetch their newest page again.
+      for (const conv of convs.values()) {
+        if (conv.kind !== 'dm' || !conv.loadedOnce) continue;
+        conv.stale = true;
+        if (conv.key === active) loadLatest(conv);
+      }
+    }
+    welcomed = true;
+  });
   c.on('joined', (j) => {
     const conv = convs.get(`r:${j.room}`);
     if (!conv) return;
     conv.online = j.online;
-    renderSidebar();
-    if (conv.key === active) renderHead();
+    renderRoomState(conv);
     refreshMembers(conv);
   });
   c.on('direct', onDirect);
@@ -637,25 +890,39 @@ async function enterChat(c, user) {
   if (!isWide() && !saved) $('chat').dataset.view = 'list';
 }
 
+/** Shows `message` (a function returning the text) under the nickname, without signing in. */
+function refuseSignin(message) {
+  signinMessage = message;
+  renderSigninError();
+  $('nickname').focus();
+}
+
 async function submitSignin(e) {
   e.preventDefault();
   const user = $('nickname').value.trim();
   const token = $('token').value.trim();
-  if (!user && !token) { $('nickname').focus(); return; }
+  // With a token the server takes the name from it; without one the nickname must be one the server accepts.
+  if (!token && !user) { refuseSignin(() => t('signin.nicknameRequired')); return; }
+  if (user && nameProblem('user', user)) {
+    refuseSignin(() => { const p = nameProblem('user', user); return p ? t(p.key, p.params) : ''; });
+    return;
+  }
   $('signin-submit').disabled = true;
   $('signin-submit').textContent = t('signin.connecting');
-  $('signin-error').hidden = true;
+  signinMessage = null;
+  renderSigninError();
   try {
     const c = await signIn(user || undefined, token);
     if (token) storage.set('sb.token', token, sessionStorage); else storage.del('sb.token', sessionStorage);
     await enterChat(c, user);
   } catch (err) {
     if (err.code === 'unauthorized') $('token-box').open = true;
-    showSignin(err.code === 'unauthorized' && !token ? t('signin.tokenNeeded') : t('error.refused', { message: err.message }));
+    showSignin(err.code === 'unauthorized' && !token ? () => t('signin.tokenNeeded') : () => errorText(err));
   }
 }
 
 function signOut() {
+  setAccountMenu(false);
   if (client) client.close();
   client = null;
   me = null;
@@ -674,7 +941,7 @@ function wire() {
   $('signout').addEventListener('click', signOut);
   $('join-form').addEventListener('submit', (e) => {
     e.preventDefault();
-    const name = $('join-input').value.trim();
+    const name = checkedName($('join-input'), 'room');
     if (!name) return;
     $('join-input').value = '';
     const existing = convs.get(`r:${name}`);
@@ -682,7 +949,7 @@ function wire() {
   });
   $('dm-form').addEventListener('submit', (e) => {
     e.preventDefault();
-    const name = $('dm-input').value.trim();
+    const name = checkedName($('dm-input'), 'user');
     if (!name) return;
     $('dm-input').value = '';
     openDm(name);
@@ -706,14 +973,41 @@ function wire() {
   $('back').addEventListener('click', () => { $('chat').dataset.view = 'list'; renderSidebar(); });
   $('leave').addEventListener('click', () => { const c = convs.get(active); if (c && c.kind === 'room') leaveRoom(c); });
   $('members-toggle').addEventListener('click', () => { membersOpen = !membersOpen; renderMembers(); });
+  phoneQuery.addEventListener('change', (e) => {
+    if (e.matches) membersOpen = false;
+    setAccountMenu(false);
+    renderMembers();
+  });
+  roomyQuery.addEventListener('change', (e) => {
+    if (e.matches) { membersOpen = true; renderMembers(); }
+  });
+  $('account-toggle').addEventListener('click', () => setAccountMenu(!('open' in $('account').dataset)));
+  document.addEventListener('click', (e) => {
+    if ('open' in $('account').dataset && !$('account').contains(e.target)) setAccountMenu(false);
+  });
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && 'open' in $('account').dataset) { setAccountMenu(false); $('account-toggle').focus(); }
+  });
+  for (const input of [$('join-input'), $('dm-input')]) input.addEventListener('input', () => input.setCustomValidity(''));
   $('scroller').addEventListener('scroll', () => {
     const conv = convs.get(active);
-    if (conv && $('scroller').scrollTop < 120) loadHistory(conv);
+    if (conv && $('scroller').scrollTop < 120) loadOlder(conv);
   }, { passive: true });
   document.addEventListener('visibilitychange', () => {
     const conv = convs.get(active);
     if (conv) markRead(conv);
   });
+}
+
+/** The trimmed name in `input`, or null (an empty one, or one the server would refuse: said by the input). */
+function checkedName(input, kind) {
+  const name = input.value.trim();
+  if (!name) return null;
+  const problem = nameProblem(kind, name);
+  input.setCustomValidity(problem ? t(problem.key, problem.params) : '');
+  if (!problem) return name;
+  input.reportValidity();
+  return null;
 }
 
 function autosize() {
@@ -725,6 +1019,7 @@ function autosize() {
 async function main() {
   applyStaticText();
   wire();
+  setAccountMenu(false);
   const user = storage.get('sb.user');
   const token = storage.get('sb.token', sessionStorage);
   if (!user) { showSignin(); return; }
@@ -732,7 +1027,7 @@ async function main() {
     const c = await signIn(user, token);
     await enterChat(c, user);
   } catch (err) {
-    showSignin(t('error.refused', { message: err.message }));
+    showSignin(() => errorText(err));
   }
 }
 

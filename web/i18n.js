@@ -16,9 +16,26 @@ const en = {
   'signin.submit': 'Sign in',
   'signin.connecting': 'Connecting…',
   'signin.tokenNeeded': 'This server needs an access token.',
+  'signin.nicknameRequired': 'Enter a nickname.',
   'error.refused': 'The server refused: {message}',
+  'error.tooLongBytes': '{what} is too long: {bytes} bytes, at most {max} (a Chinese character takes 3 bytes).',
+  'error.tooLong': '{what} is too long: at most {max} bytes (a Chinese character takes 3 bytes).',
+  'error.empty': '{what} must not be empty.',
+  'error.control': '{what} must not contain control characters.',
+  'error.space': '{what} must not start or end with a space.',
+  'error.unauthorized': 'The access token was not accepted: it is missing, invalid or expired.',
+  'error.forbidden': 'This server does not allow that.',
+  'error.rateLimited': 'Too many requests: wait a moment and try again.',
+  'error.tooLarge': 'The message is too long for this server.',
+  'error.unavailable': 'The server cannot do that right now: try again later.',
+  'error.kicked': 'The server disconnected you.',
+  'what.user': 'The nickname',
+  'what.room': 'The room name',
+  'what.device': 'The device name',
   'language': 'Language',
   'signout': 'Sign out',
+  'account': 'Account',
+  'account.signedInAs': 'Signed in as {user}',
   'conn.connected': 'Connected',
   'conn.connectedSse': 'Connected (HTTP fallback)',
   'conn.sseTitle': 'WebSockets do not get through on this network: using HTTP (Server-Sent Events) instead. The WebSocket is tried again every minute.',
@@ -72,9 +89,26 @@ const zhCN = {
   'signin.submit': '登录',
   'signin.connecting': '正在连接…',
   'signin.tokenNeeded': '此服务器需要访问令牌。',
+  'signin.nicknameRequired': '请输入昵称。',
   'error.refused': '服务器拒绝：{message}',
+  'error.tooLongBytes': '{what}太长：{bytes} 字节，最多 {max} 字节（一个汉字占 3 字节）。',
+  'error.tooLong': '{what}太长：最多 {max} 字节（一个汉字占 3 字节）。',
+  'error.empty': '{what}不能为空。',
+  'error.control': '{what}不能包含控制字符。',
+  'error.space': '{what}的开头和结尾不能是空格。',
+  'error.unauthorized': '访问令牌未被接受：缺失、无效或已过期。',
+  'error.forbidden': '此服务器不允许这样做。',
+  'error.rateLimited': '请求过于频繁，请稍后再试。',
+  'error.tooLarge': '消息太长，服务器无法接受。',
+  'error.unavailable': '服务器暂时无法处理，请稍后再试。',
+  'error.kicked': '服务器断开了你的连接。',
+  'what.user': '昵称',
+  'what.room': '聊天室名称',
+  'what.device': '设备名称',
   'language': '语言',
   'signout': '退出',
+  'account': '账户',
+  'account.signedInAs': '当前用户：{user}',
   'conn.connected': '已连接',
   'conn.connectedSse': '已连接（HTTP 备用通道）',
   'conn.sseTitle': '此网络无法使用 WebSocket，已改用 HTTP（Server-Sent Events）。每分钟会重新尝试 WebSocket。',
@@ -137,4 +171,40 @@ export function translate(lang, key, params) {
   const template = table[key] ?? en[key] ?? key;
   if (!params) return template;
   return template.replace(/\{(\w+)\}/g, (m, name) => (name in params ? String(params[name]) : m));
+}
+
+// What the server says in `error.message` about a bad name (see
+// crates/protocol/src/names.rs), possibly after a field prefix ("with: ").
+const NAME_ERRORS = [
+  [/^(user|room|device) is longer than (\d+) bytes$/, 'error.tooLong'],
+  [/^(user|room|device) must not be empty$/, 'error.empty'],
+  [/^(user|room|device) must not contain control characters$/, 'error.control'],
+  [/^(user|room|device) must not start or end with whitespace$/, 'error.space'],
+];
+const CODE_ERRORS = {
+  unauthorized: 'error.unauthorized',
+  forbidden: 'error.forbidden',
+  rate_limited: 'error.rateLimited',
+  too_large: 'error.tooLarge',
+  unavailable: 'error.unavailable',
+  kicked: 'error.kicked',
+};
+
+/**
+ * A server or client error (`{code, message}`) as a sentence in `lang`:
+ * known refusals fully translated; anything else as "The server refused:"
+ * with the server's own (English) message.
+ */
+export function describeError(lang, err) {
+  const code = err && err.code;
+  const message = String((err && err.message) || code || '');
+  if (code === 'bad_request') {
+    const bare = message.replace(/^\w+: /, '');
+    for (const [pattern, key] of NAME_ERRORS) {
+      const m = bare.match(pattern);
+      if (m) return translate(lang, key, { what: translate(lang, `what.${m[1]}`), max: m[2] });
+    }
+  }
+  if (CODE_ERRORS[code]) return translate(lang, CODE_ERRORS[code]);
+  return translate(lang, 'error.refused', { message });
 }

@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  launch, openPage, signIn, joinRoom, say, allSent, messageTexts, waitForTexts, Server, Proxy, PHONE,
+  launch, openPage, signIn, joinRoom, say, allSent, messageTexts, waitForTexts, Server, Proxy, PHONE, DESKTOP,
 } from './lib.mjs';
 
 let browser;
@@ -195,6 +195,205 @@ test('the browser goes offline: the indicator says Offline; back online, it reco
   // No backoff wait: the `online` event reconnects immediately.
   await page.waitForSelector('#conn[data-state="connected"][data-unsent="0"]', { timeout: 3_000 });
   await waitForTexts(page, ['written offline']);
+  noErrors(page);
+  await page.context().close();
+});
+
+// ---- phone top bar, sign-in checks, room list, links, fonts ----
+
+/** Layout facts of the phone's top bar and conversation header. */
+function phoneLayout(page) {
+  return page.evaluate(() => {
+    const q = (s) => document.querySelector(s);
+    const fits = (node) => node.scrollWidth <= node.clientWidth; // not cut off by an ellipsis
+    // Whether `node` is at least as wide as it wants to be (a select or button shrunk by flex is not).
+    const natural = (node) => {
+      const copy = node.cloneNode(true);
+      copy.removeAttribute('id');
+      copy.style.cssText = 'position: absolute; visibility: hidden; width: max-content; flex: none';
+      node.parentNode.append(copy);
+      if ('value' in node) copy.value = node.value;
+      const width = copy.getBoundingClientRect().width;
+      copy.remove();
+      return node.getBoundingClientRect().width + 0.5 >= width;
+    };
+    const bar = q('.topbar').getBoundingClientRect();
+    const parts = ['.topbar .brand', '#conn', '#account-toggle'].map((s) => q(s).getBoundingClientRect());
+    const centers = parts.map((r) => Math.round(r.top + r.height / 2));
+    return {
+      barHeight: bar.height,
+      oneRow: Math.max(...centers) - Math.min(...centers) <= 2,
+      inside: parts.every((r) => r.left >= bar.left && r.right <= bar.right),
+      connFits: fits(q('#conn .conn-label')),
+      me: q('#me').checkVisibility() ? q('#me').textContent : null,
+      meFits: fits(q('#me')),
+      titleFits: fits(q('#conv-title')),
+      buttons: ['#members-toggle', '#leave'].map((s) => Math.round(q(s).getBoundingClientRect().width)),
+      menuNatural: ['#lang', '#signout'].map((s) => q(s).checkVisibility() && natural(q(s))),
+      signoutHeight: q('#signout').getBoundingClientRect().height,
+      overflow: document.documentElement.scrollWidth - window.innerWidth,
+    };
+  });
+}
+
+for (const [locale, reconnectingIn] of [['en-US', /^Reconnecting in \d+ s · 1 unsent$/], ['zh-CN', /^\d+ 秒后重新连接 · 1 条未发送$/]]) {
+  test(`phone width (${locale}): the top bar holds while reconnecting, shows the user, the room name takes the space`, async () => {
+    const proxy = await new Proxy(server.port).listen();
+    const page = await openPage(browser, { url: `http://${proxy.addr}` }, { locale, viewport: { width: 390, height: 844 }, phone: true });
+    await signIn(page, 'alexandra');
+    await joinRoom(page, 'release-planning');
+    proxy.refuse();
+    proxy.cut();
+    await page.waitForSelector('#conn[data-state="reconnecting"]');
+    await say(page, 'on the train');
+    await page.waitForFunction((re) => new RegExp(re).test(document.querySelector('#conn .conn-label').textContent), reconnectingIn.source);
+
+    const layout = await phoneLayout(page);
+    assert.equal(layout.me, 'alexandra', 'the signed-in user is shown');
+    assert.ok(layout.meFits && layout.connFits, `name and indicator whole: ${JSON.stringify(layout)}`);
+    assert.ok(layout.oneRow && layout.inside && layout.barHeight <= 52, `one row: ${JSON.stringify(layout)}`);
+    assert.ok(layout.titleFits, 'the room name is not cut');
+    assert.ok(layout.buttons.every((w) => w <= 44), `the room's buttons are compact: ${layout.buttons}`);
+    assert.ok(layout.overflow <= 0, `page overflows by ${layout.overflow}px`);
+    // Language and sign-out are in the menu behind the name, at full width.
+    assert.deepEqual(layout.menuNatural, [false, false], 'the menu starts closed');
+    await page.click('#account-toggle');
+    assert.equal(await page.getAttribute('#account-toggle', 'aria-expanded'), 'true');
+    const open = await phoneLayout(page);
+    assert.deepEqual(open.menuNatural, [true, true], 'language and sign-out not shrunk');
+    assert.ok(open.signoutHeight <= 40, `"sign out" on one line (${open.signoutHeight}px)`);
+    await page.keyboard.press('Escape');
+    assert.equal(await page.isVisible('#signout'), false);
+
+    proxy.pass();
+    await page.waitForSelector('#conn[data-state="connected"][data-unsent="0"]', { timeout: 20_000 });
+    noErrors(page);
+    await page.context().close();
+    await proxy.close();
+  });
+}
+
+test('the members panel closes when the window narrows to phone width, and comes back when wide', async () => {
+  const page = await openPage(browser, server);
+  await signIn(page, 'rosa');
+  await page.waitForSelector('#members:not([hidden])');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForSelector('#members', { state: 'hidden' });
+  assert.ok(await page.isVisible('#scroller'));
+  assert.equal(await page.getAttribute('#members-toggle', 'aria-expanded'), 'false');
+  await page.setViewportSize(DESKTOP);
+  await page.waitForSelector('#members:not([hidden])');
+  noErrors(page);
+  await page.context().close();
+});
+
+test('sign-in: an empty nickname is explained; the length is checked in UTF-8 bytes, in the page language', async () => {
+  const page = await openPage(browser, server, { locale: 'zh-CN' });
+  const sockets = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
+  await page.click('#signin-submit');
+  await page.waitForSelector('#signin-error:text-is("请输入昵称。")');
+  // 22 Chinese characters: 66 bytes, over the server's 64.
+  await page.fill('#nickname', '名'.repeat(22));
+  await page.click('#signin-submit');
+  await page.waitForSelector('#signin-error:text-is("昵称太长：66 字节，最多 64 字节（一个汉字占 3 字节）。")');
+  assert.equal(await page.getAttribute('#nickname', 'aria-invalid'), 'true');
+  // The message follows the language.
+  await page.selectOption('#lang-signin', 'en');
+  await page.waitForSelector('#signin-error:text-is("The nickname is too long: 66 bytes, at most 64 (a Chinese character takes 3 bytes).")');
+  assert.deepEqual(sockets, [], 'nothing was sent to the server');
+  // 21 of them (63 bytes) are fine.
+  await signIn(page, '名'.repeat(21));
+  assert.equal(await page.textContent('#me'), '名'.repeat(21));
+  noErrors(page);
+  await page.context().close();
+});
+
+test("the server's refusal of a name is shown fully in the page's language", async () => {
+  // A name saved by an earlier version is sent as it is; the server refuses it.
+  const page = await openPage(browser, server, { locale: 'zh-CN' });
+  await page.evaluate((name) => localStorage.setItem('sb.user', name), '名'.repeat(22));
+  await page.reload();
+  const error = await page.waitForSelector('#signin-error:not([hidden])');
+  assert.equal(await error.textContent(), '昵称太长：最多 64 字节（一个汉字占 3 字节）。');
+  await page.context().close();
+});
+
+test('the room list: the online count (person icon) is not an unread badge (filled pill)', async () => {
+  const alice = await openPage(browser, server);
+  await signIn(alice, 'nadia');
+  await joinRoom(alice, 'elsewhere');
+  const bob = await openPage(browser, server);
+  await signIn(bob, 'omar');
+  await say(bob, 'anyone in the lobby?');
+  const lobby = alice.locator('#room-list [data-key="r:lobby"]');
+  await lobby.locator('.badge:text-is("1")').waitFor();
+  await lobby.locator('.count[aria-label="2 online"]').waitFor();
+  const look = await lobby.evaluate((button) => {
+    const style = (s) => getComputedStyle(button.querySelector(s));
+    return {
+      countIcon: !!button.querySelector('.count svg.icon'),
+      countText: button.querySelector('.count').textContent,
+      countBackground: style('.count').backgroundColor,
+      badgeBackground: style('.badge').backgroundColor,
+      badgeColor: style('.badge').color,
+    };
+  });
+  assert.ok(look.countIcon, 'the count has a person icon');
+  assert.equal(look.countText, '2');
+  assert.equal(look.countBackground, 'rgba(0, 0, 0, 0)', 'the count has no background');
+  assert.notEqual(look.badgeBackground, 'rgba(0, 0, 0, 0)', 'the badge is filled');
+  assert.notEqual(look.badgeBackground, look.badgeColor);
+  noErrors(alice, bob);
+  await alice.context().close();
+  await bob.context().close();
+});
+
+test('links in messages are clickable, safely; the rest stays text', async () => {
+  const sender = await openPage(browser, server);
+  await signIn(sender, 'linda');
+  await joinRoom(sender, 'links');
+  const reader = await openPage(browser, server);
+  await signIn(reader, 'larry');
+  await joinRoom(reader, 'links');
+  const message = 'Docs: https://example.com/guide?x=1&y=2. Also (see https://example.org/a_(b)) '
+    + '看这里https://例子.测试/路径，好吗 javascript:alert(1) <a href="https://evil.example">x</a> ftp://old.example';
+  await say(sender, message);
+  await waitForTexts(reader, [message]);
+  const text = reader.locator('#messages .msg .text').last();
+  assert.equal(await text.textContent(), message, 'the text is unchanged');
+  const links = await text.evaluate((node) => [...node.querySelectorAll('a')].map((a) => ({
+    text: a.textContent, href: a.getAttribute('href'), target: a.target, rel: a.rel,
+  })));
+  const safe = { target: '_blank', rel: 'noopener noreferrer' };
+  assert.deepEqual(links, [
+    { text: 'https://example.com/guide?x=1&y=2', href: 'https://example.com/guide?x=1&y=2', ...safe },
+    { text: 'https://example.org/a_(b)', href: 'https://example.org/a_(b)', ...safe },
+    { text: 'https://例子.测试/路径', href: 'https://xn--fsqu00a.xn--0zwm56d/%E8%B7%AF%E5%BE%84', ...safe },
+    { text: 'https://evil.example', href: 'https://evil.example/', ...safe },
+  ]);
+  // Only elements the app makes: the HTML in the message stayed text.
+  const tags = await text.evaluate((node) => [...node.querySelectorAll('*')].map((n) => n.tagName.toLowerCase()));
+  assert.deepEqual(tags, ['a', 'a', 'a', 'a']);
+  // A click opens a new tab that cannot reach back to the app.
+  await reader.context().route('https://example.com/**', (route) => route.fulfill({ contentType: 'text/html', body: '<p>guide</p>' }));
+  const [tab] = await Promise.all([reader.context().waitForEvent('page'), text.locator('a').first().click()]);
+  assert.equal(await tab.evaluate(() => window.opener), null);
+  await tab.close();
+  noErrors(sender, reader);
+  await sender.context().close();
+  await reader.context().close();
+});
+
+test('emoji: the font stack ends with the common colour emoji fonts', async () => {
+  const page = await openPage(browser, server);
+  await signIn(page, 'emma');
+  await say(page, 'ship it 🚀🎉');
+  await waitForTexts(page, ['ship it 🚀🎉']);
+  const family = await page.$eval('#messages .msg .text', (n) => getComputedStyle(n).fontFamily);
+  for (const font of ['Apple Color Emoji', 'Segoe UI Emoji', 'Noto Color Emoji']) {
+    assert.ok(family.includes(`"${font}"`), `${font} in ${family}`);
+  }
   noErrors(page);
   await page.context().close();
 });

@@ -1,4 +1,5 @@
-// Direct messages in the chat app: unread badge, then a read receipt.
+// Direct messages in the chat app: unread badge, then a read receipt; a
+// user's second device shows the whole conversation.
 // Needs the persistence build: `read` receipts (SPEC §3) arrive with it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -58,4 +59,38 @@ test('a direct message: unread badge for the recipient, then "Read" for the send
   assert.deepEqual([...alice.errors, ...bob.errors], []);
   await alice.context().close();
   await bob.context().close();
+});
+
+test('a second device shows the whole conversation, my replies from the first device included', async () => {
+  const lee = await openPage(browser, server);
+  await signIn(lee, 'lee');
+  const phone = await openPage(browser, server);
+  await signIn(phone, 'kim');
+
+  await lee.fill('#dm-input', 'kim');
+  await lee.press('#dm-input', 'Enter');
+  await say(lee, 'q1: lunch?');
+  // Kim answers from her phone.
+  await phone.locator('#dm-list [data-key="u:lee"] .badge').waitFor();
+  await phone.click('#dm-list [data-key="u:lee"]');
+  await waitForTexts(phone, ['q1: lunch?']);
+  await say(phone, 'a1: yes, at noon');
+  await phone.locator('#messages .msg.own .status:text-is("Read")').waitFor();
+  await say(lee, 'q2: the usual place?');
+  await waitForTexts(phone, ['q1: lunch?', 'a1: yes, at noon', 'q2: the usual place?']);
+
+  // Her laptop, a device that has seen none of it: Lee's messages come
+  // from its inbox, her own reply only from history.
+  const laptop = await openPage(browser, server);
+  await signIn(laptop, 'kim');
+  await laptop.locator('#dm-list [data-key="u:lee"] .badge').waitFor();
+  await laptop.click('#dm-list [data-key="u:lee"]');
+  const all = ['q1: lunch?', 'a1: yes, at noon', 'q2: the usual place?'];
+  await waitForTexts(laptop, all);
+  assert.deepEqual(await messageTexts(laptop), all, 'each once, in order');
+  const reply = laptop.locator('#messages .msg', { hasText: 'a1: yes, at noon' });
+  assert.match(await reply.getAttribute('class'), /\bown\b/);
+  await laptop.waitForSelector('#history-state:text-is("This is the beginning of the conversation.")');
+  assert.deepEqual([...lee.errors, ...phone.errors, ...laptop.errors], []);
+  for (const page of [lee, phone, laptop]) await page.context().close();
 });

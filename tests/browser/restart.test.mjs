@@ -3,10 +3,13 @@
 // sent during the outage each page shows every message exactly once, in
 // order. Needs the persistence build: the store keeps the room's messages
 // and seqs across the restart, `join` with `since` replays what a page
-// missed, and id dedupe makes resends exactly-once.
+// missed, and id dedupe makes resends exactly-once. Also: signing in while
+// the server is down, and members coming back after a restart.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { launch, openPage, signIn, joinRoom, say, allSent, messageTexts, waitForTexts, Server } from './lib.mjs';
+import {
+  launch, openPage, signIn, joinRoom, say, allSent, messageTexts, waitForTexts, Server, Proxy,
+} from './lib.mjs';
 
 let browser;
 let server;
@@ -79,3 +82,67 @@ for (const [how, stop] of [['kill -9', (s) => s.kill()], ['graceful shutdown', (
     await ben.context().close();
   });
 }
+
+// Each of these stops the server; whatever happens, the next test finds it running.
+const restartAfter = (t) => t.after(async () => { if (!server.child) await server.start(); });
+
+test('signing in while the server is down: "Reconnecting in N s" and no online count, then in', async (t) => {
+  restartAfter(t);
+  const page = await openPage(browser, server);
+  await server.kill();
+  await page.fill('#nickname', 'zoe');
+  await page.click('#signin-submit');
+  await page.waitForSelector('#chat:not([hidden])');
+  await page.waitForFunction(() => /^Reconnecting in \d+ s$/.test(document.querySelector('#conn[data-state="reconnecting"] .conn-label')?.textContent));
+  await page.waitForSelector('#conv-title:text-is("# lobby")');
+  // Nobody has said how many are online: no "0 online".
+  assert.equal(await page.textContent('#conv-sub'), '');
+  assert.equal(await page.locator('#room-list [data-key="r:lobby"] .count').count(), 0);
+  await server.start();
+  await page.waitForSelector('#conn[data-state="connected"]', { timeout: 30_000 });
+  await page.waitForSelector('#conv-sub:text-is("1 online")');
+  assert.equal(await page.getAttribute('#room-list [data-key="r:lobby"] .count', 'aria-label'), '1 online');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test('after a server restart, members who come back are not announced as joined again', async (t) => {
+  restartAfter(t);
+  const room = 'rejoin';
+  const proxy = await new Proxy(server.port).listen();
+  const amy = await openPage(browser, server);
+  await signIn(amy, 'amy');
+  await joinRoom(amy, room);
+  const dan = await openPage(browser, { url: `http://${proxy.addr}` });
+  await signIn(dan, 'dan');
+  await joinRoom(dan, room);
+  await amy.waitForSelector('#messages .notice:text-is("dan joined")');
+  await amy.waitForSelector('#conv-sub:text-is("2 online")');
+
+  // The server dies without sending leaves; Dan's way back is blocked
+  // until Amy is back and the server has told her she is alone.
+  proxy.refuse();
+  await server.kill();
+  await amy.waitForSelector('#conn[data-state="reconnecting"]');
+  await dan.waitForSelector('#conn:not([data-state="connected"])');
+  await server.start();
+  await amy.waitForSelector('#conn[data-state="connected"]', { timeout: 20_000 });
+  await amy.waitForSelector('#conv-sub:text-is("1 online")');
+  const members = () => amy.$$eval('#member-list .member-name', (n) => n.map((x) => x.textContent));
+  await amy.waitForFunction(() => [...document.querySelectorAll('#member-list .member-name')].map((n) => n.textContent).join() === 'amy');
+
+  proxy.pass();
+  await dan.waitForSelector('#conn[data-state="connected"]', { timeout: 30_000 });
+  await amy.waitForSelector('#conv-sub:text-is("2 online")');
+  assert.deepEqual(await members(), ['amy', 'dan']);
+  const notices = await amy.$$eval('#messages .notice', (n) => n.map((x) => x.textContent));
+  assert.deepEqual(notices.filter((n) => /dan/.test(n)), ['dan joined'], 'dan never left as far as Amy could see');
+
+  // A real departure is still announced.
+  await dan.click('#leave');
+  await amy.waitForSelector('#messages .notice:text-is("dan left")');
+  assert.deepEqual([...amy.errors, ...dan.errors], []);
+  await amy.context().close();
+  await dan.context().close();
+  await proxy.close();
+});

@@ -23,7 +23,7 @@ after(async () => {
   await server?.dispose();
 });
 
-test('screenshots: sign-in, room, direct messages, phone, Chinese UI, reconnecting', async () => {
+test('screenshots: sign-in, room, direct messages, phone, Chinese UI (wide and phone), reconnecting', async () => {
   const room = 'launch';
   // Two teammates who wrote earlier (history) and stay online (members).
   const bots = ['dave', 'erin'].map((user) => new Client({ url: `ws://${server.addr}/ws`, user, WebSocket }));
@@ -83,6 +83,16 @@ test('screenshots: sign-in, room, direct messages, phone, Chinese UI, reconnecti
   await hong.waitForSelector('#conv-sub:text-is("5 人在线")');
   await screenshot(hong, 'chat-zh');
 
+  // 小红 on her phone too (the same user, a second device), in Chinese.
+  const hongPhone = await openPage(browser, server, { ...look, locale: 'zh-CN', viewport: PHONE, phone: true });
+  await signIn(hongPhone, '小红');
+  await hongPhone.fill('#join-input', room);
+  await hongPhone.press('#join-input', 'Enter');
+  await waitForTexts(hongPhone, ['太好了！我来更新发布说明。', 'Nice work, everyone!']);
+  await hongPhone.waitForSelector('#conv-sub:text-is("5 人在线")');
+  assert.equal(await hongPhone.textContent('#me'), '小红');
+  await screenshot(hongPhone, 'phone-zh');
+
   // The network drops: the indicator says so and the message waits.
   await alice.click(`#room-list [data-key="r:${room}"]`);
   proxy.refuse();
@@ -95,6 +105,6 @@ test('screenshots: sign-in, room, direct messages, phone, Chinese UI, reconnecti
   await alice.waitForSelector('#conn[data-state="connected"][data-unsent="0"]', { timeout: 20_000 });
   await waitForTexts(hong, ['Running 5 minutes late for the demo']);
 
-  for (const page of [alice, bob, hong]) assert.deepEqual(page.errors, []);
+  for (const page of [alice, bob, hong, hongPhone]) assert.deepEqual(page.errors, []);
   for (const b of bots) b.close();
 });
