@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use switchboard_server::store::{
     Counter, DedupeRecord, DirectRecord, Kind, MemoryStore, Original, RoomRecord, SqliteStore,
-    Store, Write, MAX_DEVICE_CURSORS,
+    Store, Write, MAX_DEVICE_CURSORS, MAX_UNREAD,
 };
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -872,6 +872,12 @@ mod suite {
             .collect();
         assert_eq!(ann, pairs(&[("bob", 5)]));
         assert!(store.peers("dave")?.is_empty());
+        // Counting stops at MAX_UNREAD.
+        let many: Vec<Write> = (4..=MAX_UNREAD + 10)
+            .map(|seq| room("r", seq, 30))
+            .collect();
+        store.commit(&many)?;
+        assert_eq!(store.unread_room("r", "carol", 0)?, MAX_UNREAD);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use crate::expiring::ExpiringMap;
 
 use super::{
     Counter, DedupeRecord, DirectRecord, Kind, Original, Recovered, Result, RoomRecord, Store,
-    StoreError, Write, MAX_DEVICE_CURSORS,
+    StoreError, Write, MAX_DEVICE_CURSORS, MAX_UNREAD,
 };
 
 #[derive(Default)]
@@ -379,6 +379,7 @@ impl Store for MemoryStore {
         Ok(st.inboxes.get(user).map_or(0, |i| {
             i.1.range(after + 1..)
                 .filter(|(_, d)| d.from == peer && d.kind == Kind::Message && d.recalled == 0)
+                .take(MAX_UNREAD as usize)
                 .count() as u64
         }))
     }
@@ -388,6 +389,7 @@ impl Store for MemoryStore {
         Ok(st.rooms.get(room).map_or(0, |r| {
             r.1.range(after + 1..)
                 .filter(|(_, m)| m.from != user && m.kind == Kind::Message && m.recalled == 0)
+                .take(MAX_UNREAD as usize)
                 .count() as u64
         }))
     }

@@ -174,6 +174,10 @@ pub enum Write {
 /// grow the table without end. Enforced by every backend at commit.
 pub const MAX_DEVICE_CURSORS: usize = 64;
 
+/// Unread counts stop at this: a conversation list costs at most this many
+/// index entries per conversation shown, and an app shows "999+" anyway.
+pub const MAX_UNREAD: u64 = 1000;
+
 /// A room's or inbox's counter as recovered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counter {
@@ -290,11 +294,11 @@ pub trait Store: Send + Sync + 'static {
     fn peers(&self, user: &str) -> Result<Vec<(String, DirectRecord)>>;
 
     /// Messages (not recalled) from `peer` in `user`'s inbox with
-    /// `seq > after`.
+    /// `seq > after`, counted up to [`MAX_UNREAD`].
     fn unread_direct(&self, user: &str, peer: &str, after: u64) -> Result<u64>;
 
     /// Messages (not recalled) of `room` with `seq > after` not sent by
-    /// `user`.
+    /// `user`, counted up to [`MAX_UNREAD`].
     fn unread_room(&self, room: &str, user: &str, after: u64) -> Result<u64>;
 
     /// Drops messages older than `older_than` (ms since the epoch) and

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
     Counter, DedupeRecord, DirectRecord, Kind, Original, Recovered, Result, RoomRecord, Store,
-    StoreError, Write, MAX_DEVICE_CURSORS,
+    StoreError, Write, MAX_DEVICE_CURSORS, MAX_UNREAD,
 };
 
 /// `counters` names of the seq floors: `room_floor/BUCKET`, `inbox_floor/BUCKET`.
@@ -605,20 +605,20 @@ impl Store for SqliteStore {
     fn unread_direct(&self, user: &str, peer: &str, after: u64) -> Result<u64> {
         self.read(|c| {
             c.prepare_cached(
-                "SELECT count(*) FROM directs WHERE recipient = ?1 AND sender = ?2
-                 AND seq > ?3 AND kind = 0 AND recalled = 0",
+                "SELECT count(*) FROM (SELECT 1 FROM directs WHERE recipient = ?1 AND sender = ?2
+                 AND seq > ?3 AND kind = 0 AND recalled = 0 LIMIT ?4)",
             )?
-            .query_row(params![user, peer, after], |r| r.get(0))
+            .query_row(params![user, peer, after, MAX_UNREAD], |r| r.get(0))
         })
     }
 
     fn unread_room(&self, room: &str, user: &str, after: u64) -> Result<u64> {
         self.read(|c| {
             c.prepare_cached(
-                "SELECT count(*) FROM room_messages WHERE room = ?1 AND seq > ?3
-                 AND kind = 0 AND recalled = 0 AND sender != ?2",
+                "SELECT count(*) FROM (SELECT 1 FROM room_messages WHERE room = ?1 AND seq > ?3
+                 AND kind = 0 AND recalled = 0 AND sender != ?2 LIMIT ?4)",
             )?
-            .query_row(params![room, user, after], |r| r.get(0))
+            .query_row(params![room, user, after, MAX_UNREAD], |r| r.get(0))
         })
     }
 
