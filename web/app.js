@@ -229,6 +229,7 @@ async function joinRoom(name, open = true) {
     await client.join(name, {
       onMessage: (m) => addRoomMessage(conv, m, true),
       onPresence: (p) => onPresence(conv, p),
+      onPresenceBatch: (b) => onPresence(conv, b),
       onReset: () => addNotice(conv, 'notice.reset'),
     });
   } catch (err) {
@@ -254,10 +255,40 @@ function addRoomMessage(conv, m, live) {
   if (live && stick) stickToBottom(conv);
 }
 
+// A single change ({event, user}), or a big room's batch of them over an
+// interval ({joined, left, more}: one notice per direction, not one per user).
 function onPresence(conv, p) {
   conv.online = p.online;
-  if (p.event === 'join') conv.members.add(p.user); else conv.members.delete(p.user);
-  addNotice(conv, p.event === 'join' ? 'notice.joined' : 'notice.left', { user: p.user });
+  if (p.event) {
+    if (p.event === 'join') conv.members.add(p.user); else conv.members.delete(p.user);
+    // A user named in a batch: the batch (next) tells and renders.
+    if (p.batched) return;
+    addNotice(conv, p.event === 'join' ? 'notice.joined' : 'notice.left', { user: p.user });
+  } else {
+    const SHOWN = 3;
+    const full = (list) => list.length >= 32; // the server lists at most 32 per direction
+    // `more` counts unlisted changes of both directions: it belongs to a list only if that one is full.
+    const moreJoined = full(p.joined) && !full(p.left) ? p.more : 0;
+    const moreLeft = full(p.left) && !full(p.joined) ? p.more : 0;
+    for (const [users, more, one, many] of [
+      [p.joined, moreJoined, 'notice.joined', 'notice.joinedMany'],
+      [p.left, moreLeft, 'notice.left', 'notice.leftMany'],
+    ]) {
+      if (!users.length) continue;
+      // Never "and 1 others": then the name is shown instead.
+      const shown = users.length + more <= SHOWN + 1 ? users.length : SHOWN;
+      const names = users.slice(0, shown).join(t('list.separator'));
+      const others = users.length - shown + more;
+      if (others === 0) addNotice(conv, one, { user: names });
+      else addNotice(conv, many, { users: names, count: others, total: users.length + more });
+    }
+    if (p.more > 0 && !moreJoined && !moreLeft) addNotice(conv, 'notice.changedMany', { count: p.more });
+    // Users not named: the member list of the open room is fetched again, once, 1–10 s later
+    // (spread: in a storm every member of the room gets the same batch).
+    if (p.more > 0 && conv.key === active && !conv.membersRefresh) {
+      conv.membersRefresh = setTimeout(() => { conv.membersRefresh = null; refreshMembers(conv); }, 1000 + Math.random() * 9000);
+    }
+  }
   renderSidebar();
   if (conv.key === active) { renderHead(); renderMembers(); }
 }
