@@ -632,11 +632,6 @@ impl Hub {
         }
     }
 
-    /// The presence policy this hub runs with.
-    pub fn presence_policy(&self) -> PresencePolicy {
-        self.presence
-    }
-
     /// Delivers a committed room message to the members (pipeline only),
     /// except the `sender` connection, which gets the ack instead.
     pub fn deliver_room(&self, event: &proto::Message<'_>, sender: Option<u64>) -> usize {
