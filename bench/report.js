@@ -136,6 +136,9 @@ const direct = {
 };
 const resume = measurement({ scenario: 'resume' });
 const churn = measurement({ scenario: 'churn' });
+// Presence at scale: the storm at full size (batched), and the same-size
+// pair at the smaller size (batched and unbatched), by label.
+const presenceRuns = results.filter((record) => record.scenario === 'presence').map((record) => ({ ...fromRecord(record), label: record.label, users: record.users }));
 // The publish measurements, in run order: round after round, each configuration
 // against SQLite, then memory. Grouped: configuration → store → runs (one per round).
 const publishRuns = results.filter((record) => record.scenario === 'publish').map(fromRecord);
@@ -356,7 +359,7 @@ if (busy.length) {
 }
 const fanSizes = [sets.flat, sets.bigFlat].map((set) => set.find((t) => t.r)?.r.subscribers);
 line(`Sections: [fan-out to ${int(fanSizes[0] ?? 1000)}](#fan-out-1000) · [fan-out to ${int(fanSizes[1] ?? TARGET_SUBSCRIBERS)}](#fan-out-10000) · [idle connections](#connect) ·`);
-line(`[direct messages](#direct) · [resume storm](#resume) · [churn](#churn) · [durability](#durability) · [how to run](#how-to-run)${notes == null ? '' : ' ·'}`);
+line(`[direct messages](#direct) · [resume storm](#resume) · [churn](#churn) · [presence](#presence) · [durability](#durability) · [how to run](#how-to-run)${notes == null ? '' : ' ·'}`);
 if (notes != null) line('[profiles](#profiles) (hand-written)');
 line();
 
@@ -752,6 +755,44 @@ if (!ch && !churn.failed) {
   commands('churn');
 }
 
+// ---- 6b. Presence at scale.
+line('<a id="presence"></a>');
+line();
+line('## Presence at scale: a join storm into one room');
+line();
+if (!presenceRuns.length) {
+  line('Not measured in this run.');
+  line();
+} else {
+  line('N users connect and `join` one room, their starts spread evenly over a window; every member counts the');
+  line('`presence` frames (and bytes) it receives from its join until the storm is over (everyone joined, then no');
+  line('presence frame anywhere for 3 s). Without batching every join goes to every member: n(n-1)/2 frames.');
+  line('With it (the defaults: `--presence-batch-above 8`, `--presence-interval 1s`) a room of more than 8 users');
+  line('sends at most one presence frame per interval: the first change after a quiet interval at once, the rest');
+  line('as one delta (`joined`/`left`, 32 names each, `more`) at its end. "unbatched" is the same server with');
+  line('`--presence-batch-above 1000000`, measured in the same run at the smaller size (at the full size it would');
+  line('be tens of millions of frames: its count there is n(n-1)/2, which the smaller run confirms exactly).');
+  line();
+  line('| users, window | server | frames per member: max | p99 | mean | total frames | of them deltas | n(n-1)/2 | fewer by | bytes per member: mean | max | wrong final online | server CPU |');
+  line('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  const sorted = [...presenceRuns].sort((a, b) => (b.users - a.users) || String(a.label).localeCompare(String(b.label)));
+  for (const m of sorted) {
+    const r = m.r;
+    if (!r) {
+      line(`| ${int(m.users)} | ${m.label} | ${dashes(10)} | **${missing(m)}** |`);
+      continue;
+    }
+    line(`| ${int(r.users)} over ${r.over_s} s | ${m.label} | ${int(r.frames_per_member.max)} | ${int(r.frames_per_member.p99)} | ${r.frames_per_member.mean} | ${int(r.total_frames)} | ${int(r.delta_frames)} | ${int(r.unbatched_frames)} | ×${r.ratio_vs_unbatched} | ${bytes(r.bytes_per_member.mean)} | ${bytes(r.bytes_per_member.max)} | ${int(r.wrong_online)} | ${pct(r.cpu_percent && r.cpu_percent.server)} |`);
+  }
+  line();
+  line('"wrong final online": members whose last `online` (from `joined` or a presence frame) was not the room\'s');
+  line('final count; 0 means every member was told the result. "fewer by": n(n-1)/2 over the frames measured.');
+  line();
+  line('### Commands');
+  line();
+  commands('presence');
+}
+
 // ---- 7. The cost of durability: the publish scenario, SQLite vs memory.
 line('<a id="durability"></a>');
 line();
@@ -933,7 +974,7 @@ line('use). Environment variables override the sizes: `SUBSCRIBERS`, `PUBLISHERS
 line('`WINDOW`, `LEAD` and `RATE` (fan-out; `DURATION` and `WARMUP` also direct and publish); `SUBSCRIBERS_BIG` and');
 line('`BIG_RATE` (fan-out to many; `BIG_RATE` replaces half of the peak); `CONNECT_N` (connect); `DIRECT_PAIRS` and');
 line('`DIRECT_RATE` (direct); `RESUME_CLIENTS` and `RESUME_ROOMS` (resume); `CHURN_RATE` and `CHURN_DURATION`');
-line('(churn); `PUB_PUBLISHERS`, `PUB_WINDOW`, `PUB_RETENTION`, `PUB_ROUNDS` and `PUB_DURATION` (publish);');
+line('(churn); `PRESENCE_USERS`, `PRESENCE_BASE_USERS`, `PRESENCE_OVER` (presence); `PUB_PUBLISHERS`, `PUB_WINDOW`, `PUB_RETENTION`, `PUB_ROUNDS` and `PUB_DURATION` (publish);');
 line('`DATA_PARENT` puts the data directories on another disk; `RESULTS_DIR` keeps the raw results elsewhere. A');
 line('measurement that fails is marked in this file and the run goes on. Measure on an otherwise idle machine:');
 line('anything else running (a test suite, a build) shows up directly in the figures. To measure one target by hand');
@@ -953,7 +994,7 @@ line('```');
 line();
 line('A scenario prints a progress line per second on stderr, then a summary and one JSON line on stdout (also');
 line('written to `--json FILE`). `switchboard-bench` takes one subcommand per scenario: `fanout`, `publish`,');
-line('`connect`, `direct`, `resume`, `churn`.');
+line('`connect`, `direct`, `resume`, `churn`, `presence`.');
 
 // ---- The hand-written profile notes, as they are.
 let text = out.join('\n') + '\n';

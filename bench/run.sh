@@ -24,6 +24,11 @@
 #    rooms reconnect at once and replay what they missed (SQLite store).
 # 6. Churn: CHURN_RATE (200) short sessions per second (connect, join,
 #    publish, close) for CHURN_DURATION (10 s), SQLite store.
+# 6b. Presence at scale (memory store): PRESENCE_USERS (10,000) users join
+#    one room, spread over PRESENCE_OVER (10 s); presence frames per member.
+#    The unbatched baseline (--presence-batch-above 1000000) and batching at
+#    the same size run at PRESENCE_BASE_USERS (2,000): at 10,000 the
+#    baseline would be ~50 million frames.
 # 7. Publish (the cost of durability): acked publishes per second and ack
 #    latency, Switchboard with the SQLite store (WAL, synchronous=FULL) and
 #    with the in-memory store, same pipeline, measurement by measurement
@@ -46,7 +51,7 @@
 #   bench/run.sh --smoke   fan-out with 50 subscribers (Socket.IO flat out
 #                          only), 2 s per measurement, a 2 s publish run
 #                          against the SQLite store, 200 idle connections,
-#                          and tiny direct, resume, churn and chaos runs
+#                          and tiny direct, resume, churn, presence and chaos runs
 #                          (chaos twice: auth off, and on with expiring
 #                          tokens), all --strict (fails on lost messages,
 #                          missing acks, failed or dropped connections,
@@ -67,7 +72,8 @@
 # peak) (fan-out at 10k); CONNECT_N (connect); DIRECT_PAIRS, DIRECT_RATE
 # (msg/s per connection at the fixed rate; default half the flat-out
 # throughput) (direct); RESUME_CLIENTS, RESUME_ROOMS (resume); CHURN_RATE,
-# CHURN_DURATION (churn); PUB_PUBLISHERS, PUB_WINDOW (the large window; the
+# CHURN_DURATION (churn); PRESENCE_USERS, PRESENCE_BASE_USERS, PRESENCE_OVER
+# (presence); PUB_PUBLISHERS, PUB_WINDOW (the large window; the
 # small one is 1), PUB_RETENTION (--retention-count of those servers),
 # PUB_ROUNDS (times each publish measurement is made; the report takes
 # medians), PUB_DURATION (publish); DATA_PARENT (where the servers' fresh
@@ -127,6 +133,9 @@ RESUME_CLIENTS=${RESUME_CLIENTS:-$(target resume_storm.clients)}
 RESUME_ROOMS=${RESUME_ROOMS:-100}
 CHURN_RATE=${CHURN_RATE:-200}
 CHURN_DURATION=${CHURN_DURATION:-10s}
+PRESENCE_USERS=${PRESENCE_USERS:-10000}
+PRESENCE_BASE_USERS=${PRESENCE_BASE_USERS:-2000}
+PRESENCE_OVER=${PRESENCE_OVER:-10s}
 PUB_PUBLISHERS=${PUB_PUBLISHERS:-16}
 PUB_WINDOW=${PUB_WINDOW:-64}
 # Messages kept per room in the publish measurements: by default out of
@@ -473,6 +482,7 @@ if $smoke; then
   smoke_session_scenario resume-smoke-sqlite sqlite resume --clients 200 --rooms 10 \
     --before 5 --offline 5 --during 5 --timeout 30s
   smoke_session_scenario churn-smoke-sqlite sqlite churn --rate 50 --duration "$DURATION"
+  smoke_session_scenario presence-smoke-memory memory presence --users 100 --over 1s --quiet 1500ms
   smoke_session_scenario chaos-smoke-memory memory chaos --clients 50 --duration 3s \
     --warmup "$WARMUP" --max-rss 1024
   # Auth on: tokens of 1-3 s, renewed with hello or left to expire (4001,
@@ -567,6 +577,22 @@ say "switchboard --store sqlite: churn, $CHURN_RATE sessions/s for $CHURN_DURATI
 run_bench churn switchboard sqlite sqlite churn --url "ws://127.0.0.1:$PORT" --rate "$CHURN_RATE" \
   --duration "$CHURN_DURATION"
 finish churn switchboard
+
+# 6b. Presence at scale (memory store): the storm batched at full size, and
+# batched against unbatched at the baseline size.
+SECTION=presence
+presence_storm() {
+  local name=$1 users=$2 comment=$3
+  shift 3
+  start_switchboard "$name" memory "$@"
+  say "switchboard --store memory $*: presence, $users users over $PRESENCE_OVER"
+  run_bench "$name" switchboard memory "$comment" presence --url "ws://127.0.0.1:$PORT" --users "$users" \
+    --over "$PRESENCE_OVER"
+  finish "$name" switchboard
+}
+presence_storm presence-batched "$PRESENCE_USERS" batched
+presence_storm presence-base-batched "$PRESENCE_BASE_USERS" batched
+presence_storm presence-base-unbatched "$PRESENCE_BASE_USERS" unbatched --presence-batch-above 1000000
 
 # 7. The cost of durability: each configuration against SQLite, then at
 # once against the memory store.

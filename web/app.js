@@ -318,6 +318,7 @@ async function joinRoom(name, open = true) {
     await client.join(name, {
       onMessage: (m) => addRoomMessage(conv, m, true),
       onPresence: (p) => onPresence(conv, p),
+      onPresenceBatch: (b) => onPresence(conv, b),
       onReset: () => addNotice(conv, 'notice.reset'),
     });
   } catch (err) {
@@ -347,18 +348,57 @@ function addRoomMessage(conv, m, live) {
 // Only real changes are announced: a `join` of someone already shown as
 // present is no news (after a server restart, which sends no leaves, the
 // others rejoin one by one), nor is a `leave` of someone not shown.
+// A big room's changes come as a batch over an interval ({joined, left,
+// more}): client.js first hands each named user over as a single change
+// marked `batched` (members are updated, the news noted), then the batch,
+// which gets one notice per direction, not one per user.
 
 function onPresence(conv, p) {
   conv.online = p.online;
-  const shown = conv.members.has(p.user);
-  if (p.event === 'join') {
-    const back = conv.away.delete(p.user);
-    conv.members.add(p.user);
-    if (!shown && !back) addNotice(conv, 'notice.joined', { user: p.user });
+  if (p.event) {
+    const shown = conv.members.has(p.user);
+    let news;
+    if (p.event === 'join') {
+      const back = conv.away.delete(p.user);
+      conv.members.add(p.user);
+      news = !shown && !back;
+    } else {
+      conv.away.delete(p.user);
+      conv.members.delete(p.user);
+      news = shown;
+    }
+    if (p.batched) {
+      if (news) (conv.batchNews ||= { join: [], leave: [] })[p.event].push(p.user);
+      return;
+    }
+    if (news) addNotice(conv, p.event === 'join' ? 'notice.joined' : 'notice.left', { user: p.user });
   } else {
-    conv.away.delete(p.user);
-    conv.members.delete(p.user);
-    if (shown) addNotice(conv, 'notice.left', { user: p.user });
+    const news = conv.batchNews || { join: [], leave: [] };
+    conv.batchNews = null;
+    const SHOWN = 3;
+    const full = (list) => list.length >= 32; // the server lists at most 32 per direction
+    // `more` counts unlisted changes of both directions: it belongs to a list only if that one is full.
+    const moreJoined = full(p.joined) && !full(p.left) ? p.more : 0;
+    const moreLeft = full(p.left) && !full(p.joined) ? p.more : 0;
+    for (const [users, more, one, many] of [
+      [news.join, moreJoined, 'notice.joined', 'notice.joinedMany'],
+      [news.leave, moreLeft, 'notice.left', 'notice.leftMany'],
+    ]) {
+      if (!users.length && !more) continue;
+      // Never "and 1 others": then the name is shown instead.
+      const shown = users.length + more <= SHOWN + 1 ? users.length : Math.min(SHOWN, users.length);
+      const names = users.slice(0, shown).join(t('list.separator'));
+      const others = users.length - shown + more;
+      if (!shown) addNotice(conv, 'notice.changedMany', { count: others });
+      else if (others === 0) addNotice(conv, one, { user: names });
+      else addNotice(conv, many, { users: names, count: others, total: users.length + more });
+    }
+    if (p.more > 0 && !moreJoined && !moreLeft) addNotice(conv, 'notice.changedMany', { count: p.more });
+    // Users not named: the member list of the open room is fetched again, once, 1–10 s later
+    // (spread: in a storm every member of the room gets the same batch).
+    if (p.more > 0 && conv.key === active && !conv.membersRefresh) {
+      conv.membersRefresh = setTimeout(() => { conv.membersRefresh = null; refreshMembers(conv); }, 1000 + Math.random() * 9000);
+    }
   }
   renderRoomState(conv);
 }

@@ -162,7 +162,13 @@ export type ConversationRef = { room: string } | { with: string };
 export interface Signal<B = Json> { type: 'signal'; room?: string; from: string; to?: string; body: B }
 /** Who is typing in a conversation, after every change (a user started, stopped, sent a message, or 5 s passed). */
 export type TypingEvent = ({ room: string } | { with: string }) & { users: string[] };
-export interface PresenceEvent { type: 'presence'; room: string; event: 'join' | 'leave'; user: string; online: number }
+/** A user's first connection joined or last one left. `batched`: taken from a {@link PresenceBatch} (the room's count is then as of the batch). */
+export interface PresenceEvent { type: 'presence'; room: string; event: 'join' | 'leave'; user: string; online: number; batched?: true }
+/**
+ * A big room's net presence changes over one interval (rooms above the server's `--presence-batch-above`,
+ * default 8 users online): at most 32 names in each list, `more` counts the changes not listed (0 when none).
+ */
+export interface PresenceBatch { type: 'presence'; room: string; online: number; joined: string[]; left: string[]; more: number }
 export interface PresenceList { type: 'presence'; room: string; online: number; users: string[]; id?: Id }
 /** Part of a stream cannot be replayed: everything up to `seq` is skipped, what follows continues from `seq + 1`. A room's (`room`) or this device's inbox (`inbox: true`). */
 export interface Reset { type: 'reset'; room?: string; inbox?: true; seq: number }
@@ -216,6 +222,8 @@ export interface JoinOptions {
   onMessage?: (message: Message) => void;
   /** A user's first connection joined or last one left. */
   onPresence?: (event: PresenceEvent) => void;
+  /** A big room's presence changes batched over an interval (its named users also reach `onPresence`, with `batched: true`). */
+  onPresenceBatch?: (event: PresenceBatch) => void;
   /** The server could not replay what was missed (history does not reach back far enough). */
   onReset?: (event: Reset) => void;
   /** A message of the room was edited (once per change, replays included). */
@@ -240,6 +248,7 @@ export interface ClientEvents {
   joined: Joined;
   message: Message;
   presence: PresenceEvent;
+  presenceBatch: PresenceBatch;
   direct: Direct;
   /** A read receipt: someone read your direct messages. */
   read: ReadReceipt;

@@ -215,7 +215,7 @@ export class Client {
   }
 
   /**
-   * Subscribes to a client event: 'state', 'welcome', 'message', 'presence',
+   * Subscribes to a client event: 'state', 'welcome', 'message', 'presence', 'presenceBatch',
    * 'direct', 'read' (a receipt: someone read your messages), 'myread' (you
    * read a conversation on another device), 'edit', 'recall', 'signal',
    * 'typing', 'reset', 'joined', 'error', 'event' (every server event).
@@ -238,13 +238,13 @@ export class Client {
    * Resolves with the `joined` event. `since`: resume after this seq (for
    * example one saved before a page reload); the server replays what follows.
    */
-  join(room, { onMessage, onPresence, onReset, onEdit, onRecall, onSignal, since } = {}) {
+  join(room, { onMessage, onPresence, onPresenceBatch, onReset, onEdit, onRecall, onSignal, since } = {}) {
     let r = this.#rooms.get(room);
     if (!r) {
       r = { name: room, lastSeq: since != null ? since : null, seen: new Set(), online: 0, waiters: [], handlers: {} };
       this.#rooms.set(room, r);
     }
-    r.handlers = { onMessage, onPresence, onReset, onEdit, onRecall, onSignal };
+    r.handlers = { onMessage, onPresence, onPresenceBatch, onReset, onEdit, onRecall, onSignal };
     const p = new Promise((resolve, reject) => r.waiters.push({ resolve, reject }));
     if (this.#state === 'connected') this.#sendJoin(r);
     else this.#ensureConnecting();
@@ -926,6 +926,8 @@ export class Client {
             if (r.handlers.onPresence) callSafely(r.handlers.onPresence, event);
             this.#emit('presence', event);
           }
+        } else if (Array.isArray(event.joined) || Array.isArray(event.left)) {
+          this.#onPresenceBatch(event);
         }
         break;
       case 'joined':
@@ -980,6 +982,30 @@ export class Client {
       if (event.type === 'error') pending.reject(new SwitchboardError(event.code, event.message, event));
       else pending.resolve(event);
     }
+  }
+
+  /**
+   * A big room's presence changes over one interval, as one delta. The
+   * users it names are also given out as single changes (`batched: true`),
+   * so code written for single changes keeps working; those beyond the 32
+   * names of each list are only counted (`more`): ask `presence(room)` for
+   * the exact list.
+   */
+  #onPresenceBatch(event) {
+    const r = this.#rooms.get(event.room);
+    if (!r) return;
+    if (typeof event.online === 'number') r.online = event.online;
+    for (const [kind, users] of [['join', event.joined], ['leave', event.left]]) {
+      if (!Array.isArray(users)) continue;
+      for (const user of users) {
+        const single = { type: 'presence', room: event.room, event: kind, user, online: event.online, batched: true };
+        if (r.handlers.onPresence) callSafely(r.handlers.onPresence, single);
+        this.#emit('presence', single);
+      }
+    }
+    const batch = { ...event, joined: event.joined || [], left: event.left || [], more: event.more || 0 };
+    if (r.handlers.onPresenceBatch) callSafely(r.handlers.onPresenceBatch, batch);
+    this.#emit('presenceBatch', batch);
   }
 
   #onJoined(event) {

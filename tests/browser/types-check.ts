@@ -21,7 +21,8 @@ async function main(): Promise<void> {
   const user: string = welcome.user;
   const joined = await client.join('lobby', {
     onMessage: (m: Message) => console.log(m.seq, m.from, m.ts, m.body),
-    onPresence: (p) => console.log(p.event, p.user, p.online),
+    onPresence: (p) => console.log(p.event, p.user, p.online, p.batched === true),
+    onPresenceBatch: (b) => console.log(b.online, b.joined.join(), b.left.length, b.more + 1),
     onReset: (r) => console.log(r.seq),
     onEdit: (e) => console.log(e.room, e.target, e.body),
     onRecall: (e) => console.log(e.room, e.target),
@@ -34,6 +35,7 @@ async function main(): Promise<void> {
   const page: History = await client.history({ room: 'lobby', before: ack.seq, limit: 20 });
   await client.history({ with: 'bob' });
   const who: string[] = (await client.presence('lobby')).users;
+  client.on('presenceBatch', (b) => console.log(b.room, b.joined.length));
   client.read('bob', dm.seq);
   client.readRoom('lobby', ack.seq);
   const edited: ChangeAck = await client.edit(ack, { text: 'hi!' });

@@ -124,8 +124,9 @@ pub struct ConnectArgs {
     #[arg(long, default_value = "idle")]
     room: String,
     /// Connections per room or relay channel: connection N is in
-    /// ROOM-(N / room-size). 0 = all in one, ROOM (in room mode every join
-    /// then sends a presence event to every member: N²/2 events).
+    /// ROOM-(N / room-size). 0 = all in one, ROOM (presence past 8 users
+    /// online is batched, about one frame per member per second: see the
+    /// `presence` scenario).
     #[arg(long, default_value_t = 100)]
     room_size: usize,
     /// How long to keep the connections open after measuring. Units: ms,

@@ -824,7 +824,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         Duration::from_millis(20),
     )
     .await?;
-    // Let the join storm (presence events to every member) pass, and the
+    // Let the join storm (presence frames, batched past 8 users) pass, and the
     // relay registrations (which follow the 101) complete.
     let mut last = u64::MAX;
     let settle_deadline = Instant::now() + Duration::from_secs(60);

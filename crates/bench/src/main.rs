@@ -26,6 +26,7 @@ mod direct;
 mod driver;
 mod duration;
 mod fanout;
+mod presence;
 mod publish;
 mod resume;
 mod socketio;
@@ -74,6 +75,10 @@ enum Scenario {
     /// tokens renewed or left to expire) with the protocol's invariants
     /// checked throughout and a well-behaved bystander timed.
     Chaos(chaos::ChaosArgs),
+    /// Presence: N users join one room, spread over a time window. Measures
+    /// the presence frames (and bytes) each member receives until the storm
+    /// is over, against the n(n-1)/2 of one frame per join per member.
+    Presence(presence::PresenceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,5 +90,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Resume(args) => resume::run(args),
         Scenario::Churn(args) => churn::run(args),
         Scenario::Chaos(args) => chaos::run(args),
+        Scenario::Presence(args) => presence::run(args),
     }
 }

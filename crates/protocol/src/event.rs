@@ -26,6 +26,10 @@ pub enum Event<'a> {
     PresenceChange(&'a PresenceChange<'a>),
     #[serde(rename = "presence")]
     PresenceList(&'a PresenceList<'a>),
+    /// Presence changes of a big room, batched over an interval (`joined`,
+    /// `left`).
+    #[serde(rename = "presence")]
+    PresenceDelta(&'a PresenceDelta<'a>),
     Reset(&'a Reset<'a>),
     #[serde(rename = "read")]
     ReadReceipt(&'a ReadReceipt<'a>),
@@ -59,6 +63,7 @@ into_event!(
     Direct,
     PresenceChange,
     PresenceList,
+    PresenceDelta,
     Reset,
     ReadReceipt,
     History,
@@ -364,6 +369,29 @@ impl<'a> PresenceChange<'a> {
     }
 }
 
+/// The net presence changes of a room over one interval, sent instead of
+/// one [`PresenceChange`] per user to rooms with many users online (so a
+/// join storm costs each member one frame per interval, not one per join).
+/// `joined`/`left` list at most [`PresenceDelta::MAX_NAMES`] users each;
+/// `more` counts the net changes not listed.
+#[derive(Serialize)]
+pub struct PresenceDelta<'a> {
+    pub room: &'a str,
+    pub online: usize,
+    pub joined: Vec<&'a str>,
+    pub left: Vec<&'a str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub more: usize,
+}
+
+impl PresenceDelta<'_> {
+    pub const MAX_NAMES: usize = 32;
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// Reply to a `presence` query.
 #[derive(Serialize)]
 pub struct PresenceList<'a> {
@@ -629,6 +657,32 @@ mod tests {
         assert_eq!(
             text(encode(&PresenceList::new(None, "lobby", vec![]))),
             r#"{"type":"presence","room":"lobby","online":0,"users":[]}"#
+        );
+    }
+
+    #[test]
+    fn presence_delta_encoding() {
+        let delta = PresenceDelta {
+            room: "lobby",
+            online: 40,
+            joined: vec!["ann", "bob"],
+            left: vec!["cy"],
+            more: 0,
+        };
+        assert_eq!(
+            text(encode(&delta)),
+            r#"{"type":"presence","room":"lobby","online":40,"joined":["ann","bob"],"left":["cy"]}"#
+        );
+        let delta = PresenceDelta {
+            room: "lobby",
+            online: 40,
+            joined: vec![],
+            left: vec![],
+            more: 7,
+        };
+        assert_eq!(
+            text(encode(&delta)),
+            r#"{"type":"presence","room":"lobby","online":40,"joined":[],"left":[],"more":7}"#
         );
     }
 

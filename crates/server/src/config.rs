@@ -206,6 +206,20 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
 
+    /// Rooms with at most this many users online get every presence change
+    /// as it happens (`presence` with `event`). In bigger rooms a change
+    /// after a quiet --presence-interval goes out at once, and later ones
+    /// are batched into one `presence` delta per interval (`joined`, `left`,
+    /// `more`): a room filling to n users costs each member about one frame
+    /// per interval instead of n.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_BATCH_ABOVE", default_value_t = 8)]
+    pub presence_batch_above: usize,
+
+    /// The shortest time between two presence frames of a room with more
+    /// than --presence-batch-above users online. Units: ms, s, m.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub presence_interval: Duration,
+
     /// On SIGTERM/SIGINT, how long to wait for connections to close after
     /// sending them close 1001 before exiting anyway.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -281,6 +295,8 @@ impl Default for Config {
             max_rooms_per_connection: 100,
             max_body: 32 * 1024,
             trusted_proxies: Vec::new(),
+            presence_batch_above: 8,
+            presence_interval: Duration::from_secs(1),
             log_format: LogFormat::Text,
         }
     }

@@ -8,7 +8,9 @@
 //! to every member, so every member sees seq order.
 //!
 //! Lock order: a registry shard may be held while taking a room lock, never
-//! the other way round; a connection's outbox lock is innermost.
+//! the other way round; a connection's outbox lock is innermost. The set of
+//! rooms with batched presence pending counts as a registry: it is only
+//! touched with no room lock held.
 
 mod conn;
 pub mod floors;
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use switchboard_protocol::{self as proto, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
@@ -38,6 +40,29 @@ use crate::metrics::Metrics;
 /// (typing): by the time its queue drains they would be stale, and queuing
 /// them would only make a slow reader slower.
 pub(crate) const SIGNAL_QUEUE_MAX: usize = 16 * 1024;
+
+/// How presence changes reach a room's members (`--presence-batch-above`,
+/// `--presence-interval`). Without batching, a room filling to n users
+/// sends n²/2 presence frames; with it, each member of a big room gets at
+/// most about one per interval.
+#[derive(Debug, Clone, Copy)]
+pub struct PresencePolicy {
+    /// Rooms with at most this many users online get every change at once.
+    pub batch_above: usize,
+    /// Above it, at most one presence frame per room per interval: a change
+    /// after a quiet interval goes out at once, later ones are batched into
+    /// one delta at the end of the interval.
+    pub interval_ms: u64,
+}
+
+impl Default for PresencePolicy {
+    fn default() -> Self {
+        PresencePolicy {
+            batch_above: 8,
+            interval_ms: 1000,
+        }
+    }
+}
 
 /// Result of a room publish or a direct send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +187,10 @@ pub struct Hub {
     cursors: DashMap<(Arc<str>, Arc<str>), u64>,
     /// Every live connection (both /ws and /relay), for heartbeat and shutdown.
     conns: DashMap<u64, Arc<Conn>>,
+    presence: PresencePolicy,
+    /// Rooms with a presence batch pending, and when it is due (hub clock):
+    /// the flush visits only these, never every room.
+    presence_due: Mutex<std::collections::HashMap<Arc<str>, u64>>,
     pub relay: Relay,
     pub metrics: Arc<Metrics>,
     next_conn_id: AtomicU64,
@@ -183,7 +212,12 @@ fn text(payload: Vec<u8>) -> SharedMessage {
 }
 
 impl Hub {
+    /// A hub with the default [`PresencePolicy`].
     pub fn new(metrics: Arc<Metrics>) -> Hub {
+        Hub::with_presence(metrics, PresencePolicy::default())
+    }
+
+    pub fn with_presence(metrics: Arc<Metrics>, presence: PresencePolicy) -> Hub {
         Hub {
             rooms: DashMap::new(),
             users: DashMap::new(),
@@ -194,6 +228,8 @@ impl Hub {
             counters_lock: RwLock::new(()),
             cursors: DashMap::new(),
             conns: DashMap::new(),
+            presence,
+            presence_due: Mutex::new(std::collections::HashMap::new()),
             relay: Relay::default(),
             metrics,
             next_conn_id: AtomicU64::new(1),
@@ -483,12 +519,25 @@ impl Hub {
             };
             // Gate whenever `since` is given; the replay decides what to send.
             let committed = || self.room_seq(room);
-            match entry.join(conn, id, committed, since.is_some(), &self.metrics) {
+            let presence = (&self.presence, self.clock_ms());
+            let joined = entry.join(
+                conn,
+                id,
+                committed,
+                since.is_some(),
+                presence,
+                &self.metrics,
+            );
+            match joined {
                 room::Joined::Retry => continue,
                 room::Joined::New {
                     first_member,
                     from_seq,
+                    flush_at,
                 } => {
+                    if let Some(due) = flush_at {
+                        self.presence_pending(&entry.name, due);
+                    }
                     if first_member {
                         self.metrics.rooms.increment(1.0);
                     }
@@ -533,10 +582,53 @@ impl Hub {
 
     fn leave_room(&self, conn: &Arc<Conn>, name: &str) {
         let Some(room) = self.room(name) else { return };
-        if room.leave(conn, &self.metrics) {
+        let presence = (&self.presence, self.clock_ms());
+        let (empty, flush_at) = room.leave(conn, presence, &self.metrics);
+        if let Some(due) = flush_at {
+            self.presence_pending(&room.name, due);
+        }
+        if empty {
             self.metrics.rooms.decrement(1.0);
             // Empty rooms are forgotten; their seq lives on in `room_seqs`.
             self.rooms.remove_if(name, |_, r| r.retire_if_empty());
+        }
+    }
+
+    /// Notes a room whose presence batch is due at `due` (no room lock held).
+    fn presence_pending(&self, room: &Arc<str>, due: u64) {
+        let mut rooms = self.presence_due.lock();
+        let at = rooms.entry(room.clone()).or_insert(due);
+        *at = (*at).min(due);
+    }
+
+    /// Sends the presence batches that are due (the gateway calls this a
+    /// few times per `--presence-interval`). Visits only rooms with a batch
+    /// pending.
+    pub fn flush_presence(&self) {
+        let now = self.clock_ms();
+        let due: Vec<Arc<str>> = {
+            let mut rooms = self.presence_due.lock();
+            if rooms.is_empty() {
+                return;
+            }
+            let due: Vec<Arc<str>> = rooms
+                .iter()
+                .filter(|(_, &at)| at <= now)
+                .map(|(room, _)| room.clone())
+                .collect();
+            for room in &due {
+                rooms.remove(room);
+            }
+            due
+        };
+        for name in due {
+            // A room retired meanwhile dropped its batch with its members.
+            let Some(room) = self.room(&name) else {
+                continue;
+            };
+            if let Some(later) = room.flush_presence(now, &self.metrics) {
+                self.presence_pending(&name, later);
+            }
         }
     }
 

@@ -11,11 +11,23 @@ use switchboard_ws::{OpCode, SharedMessage};
 
 use super::conn::Conn;
 use super::gate::Gated;
+use super::PresencePolicy;
 use crate::metrics::Metrics;
 
+/// Most users whose net presence change a cooling room keeps by name; the
+/// rest are only counted (`more`), so a join storm costs a room bounded
+/// memory.
+const PENDING_NAMES: usize = 1024;
+
 pub(super) enum Joined {
-    /// Newly joined, live from `from_seq` on; `first_member` if the room was empty.
-    New { first_member: bool, from_seq: u64 },
+    /// Newly joined, live from `from_seq` on; `first_member` if the room was
+    /// empty. `flush_at`: the join started a presence cooldown whose batch
+    /// the hub must send at that time (hub clock).
+    New {
+        first_member: bool,
+        from_seq: u64,
+        flush_at: Option<u64>,
+    },
     /// The connection was already a member (`joined` was re-sent).
     Already,
     /// The room was retired concurrently; look it up again.
@@ -28,6 +40,55 @@ struct State {
     online: HashMap<Arc<str>, u32>,
     /// Set when the room is removed from the registry.
     retired: bool,
+    /// When (hub clock, ms) a presence frame last went to the members.
+    presence_sent: Option<u64>,
+    /// Presence changes held back during a cooldown (big rooms only);
+    /// boxed, as most rooms never have any.
+    pending: Option<Box<Pending>>,
+}
+
+/// The net presence changes of a room since its last presence frame.
+struct Pending {
+    /// User → (arrival order, joined?). A join cancels a pending leave of
+    /// the same user and the other way round: only net changes are kept.
+    changes: HashMap<Arc<str>, (u32, bool)>,
+    next: u32,
+    /// Net changes past [`PENDING_NAMES`], counted only. (A change counted
+    /// here cannot be cancelled by its reverse, so past the cap `more` can
+    /// overcount; `online` stays exact.)
+    uncounted_joins: usize,
+    uncounted_leaves: usize,
+    /// When the batch is due (hub clock, ms).
+    due: u64,
+}
+
+impl Pending {
+    fn new(due: u64) -> Pending {
+        Pending {
+            changes: HashMap::new(),
+            next: 0,
+            uncounted_joins: 0,
+            uncounted_leaves: 0,
+            due,
+        }
+    }
+
+    fn add(&mut self, user: &Arc<str>, joined: bool) {
+        if let Some(&(_, was_join)) = self.changes.get(user) {
+            if was_join != joined {
+                self.changes.remove(user);
+                return;
+            }
+        }
+        if self.changes.len() < PENDING_NAMES {
+            self.changes.insert(user.clone(), (self.next, joined));
+            self.next += 1;
+        } else if joined {
+            self.uncounted_joins += 1;
+        } else {
+            self.uncounted_leaves += 1;
+        }
+    }
 }
 
 pub(crate) struct Room {
@@ -47,6 +108,8 @@ impl Room {
                 members: HashMap::new(),
                 online: HashMap::new(),
                 retired: false,
+                presence_sent: None,
+                pending: None,
             }),
         }
     }
@@ -62,6 +125,7 @@ impl Room {
         id: Option<&Id>,
         committed: impl FnOnce() -> u64,
         gate: bool,
+        presence: (&PresencePolicy, u64),
         metrics: &Metrics,
     ) -> Joined {
         let mut st = self.state.lock();
@@ -94,21 +158,107 @@ impl Room {
         conn.push(text(payload).frame_for(conn.deflate));
         st.members
             .insert(conn.id, Gated::new(conn.clone(), from_seq, gate));
-        if user_is_new {
-            let payload = proto::encode(&proto::PresenceChange::join(
-                &self.name,
-                &user,
-                st.online.len(),
-            ));
-            let message = text(payload);
-            for member in st.members.values_mut().filter(|m| m.conn.id != conn.id) {
-                member.push(&message, metrics);
-            }
-        }
+        let flush_at = if user_is_new {
+            self.presence_change(&mut st, &user, true, Some(conn.id), presence, metrics)
+        } else {
+            None
+        };
         Joined::New {
             first_member,
             from_seq,
+            flush_at,
         }
+    }
+
+    /// A user came online (`joined`) or went offline. Small rooms, and big
+    /// ones that sent no presence frame for an interval, get the change at
+    /// once; otherwise it waits for the batch. Returns when the batch is
+    /// due if this change started one.
+    fn presence_change(
+        &self,
+        st: &mut State,
+        user: &Arc<str>,
+        joined: bool,
+        except: Option<u64>,
+        (policy, now): (&PresencePolicy, u64),
+        metrics: &Metrics,
+    ) -> Option<u64> {
+        if let Some(pending) = st.pending.as_mut() {
+            pending.add(user, joined);
+            return None;
+        }
+        let online = st.online.len();
+        // The larger of before and after: a room that never had more than
+        // `batch_above` online behaves exactly as without batching.
+        let big = online + usize::from(!joined) > policy.batch_above;
+        let due = st.presence_sent.map(|t| t + policy.interval_ms);
+        if let Some(due) = due.filter(|&due| big && now < due) {
+            let mut pending = Box::new(Pending::new(due));
+            pending.add(user, joined);
+            st.pending = Some(pending);
+            return Some(due);
+        }
+        let event = if joined {
+            proto::PresenceChange::join(&self.name, user, online)
+        } else {
+            proto::PresenceChange::leave(&self.name, user, online)
+        };
+        let message = text(proto::encode(&event));
+        for member in st
+            .members
+            .values_mut()
+            .filter(|m| Some(m.conn.id) != except)
+        {
+            member.push(&message, metrics);
+        }
+        st.presence_sent = Some(now);
+        None
+    }
+
+    /// Sends the batched presence changes if they are due (one `presence`
+    /// delta to every member). Returns when to come back if they are not.
+    pub(super) fn flush_presence(&self, now: u64, metrics: &Metrics) -> Option<u64> {
+        let mut st = self.state.lock();
+        let due = st.pending.as_ref()?.due;
+        if now < due {
+            return Some(due);
+        }
+        let pending = st.pending.take()?;
+        let mut changes: Vec<(&Arc<str>, u32, bool)> = pending
+            .changes
+            .iter()
+            .map(|(user, &(order, joined))| (user, order, joined))
+            .collect();
+        if changes.is_empty() && pending.uncounted_joins + pending.uncounted_leaves == 0 {
+            // Every change was undone within the interval: nothing to say.
+            return None;
+        }
+        changes.sort_unstable_by_key(|c| c.1);
+        let max = proto::PresenceDelta::MAX_NAMES;
+        let mut joined = Vec::new();
+        let mut left = Vec::new();
+        let mut more = pending.uncounted_joins + pending.uncounted_leaves;
+        for (user, _, is_join) in changes {
+            let list = if is_join { &mut joined } else { &mut left };
+            if list.len() < max {
+                list.push(&**user);
+            } else {
+                more += 1;
+            }
+        }
+        let payload = proto::encode(&proto::PresenceDelta {
+            room: &self.name,
+            online: st.online.len(),
+            joined,
+            left,
+            more,
+        });
+        let message = text(payload);
+        for member in st.members.values_mut() {
+            member.push(&message, metrics);
+        }
+        st.presence_sent = Some(now);
+        None
     }
 
     /// Releases what was held back for `conn` while its replay ran.
@@ -118,31 +268,36 @@ impl Room {
         }
     }
 
-    /// Removes `conn`; true if the room is now empty.
-    pub(super) fn leave(&self, conn: &Arc<Conn>, metrics: &Metrics) -> bool {
+    /// Removes `conn`. Returns whether the room is now empty, and when a
+    /// presence batch this leave started is due.
+    pub(super) fn leave(
+        &self,
+        conn: &Arc<Conn>,
+        presence: (&PresencePolicy, u64),
+        metrics: &Metrics,
+    ) -> (bool, Option<u64>) {
         let mut st = self.state.lock();
         if st.members.remove(&conn.id).is_none() {
-            return false;
+            return (false, None);
         }
         let user = conn.user();
-        let mut user_left = false;
-        if let Some(count) = st.online.get_mut(user) {
-            *count -= 1;
-            if *count == 0 {
-                st.online.remove(user);
-                user_left = true;
+        let user_left = match st.online.get_mut(user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                None
             }
+            _ => st.online.remove_entry(user).map(|(name, _)| name),
+        };
+        if st.members.is_empty() {
+            // Nobody is left to tell.
+            st.pending = None;
+            return (true, None);
         }
-        if user_left && !st.members.is_empty() {
-            let online = st.online.len();
-            let message = text(proto::encode(&proto::PresenceChange::leave(
-                &self.name, user, online,
-            )));
-            for member in st.members.values_mut() {
-                member.push(&message, metrics);
-            }
-        }
-        st.members.is_empty()
+        let flush_at = match user_left {
+            Some(name) => self.presence_change(&mut st, &name, false, None, presence, metrics),
+            None => None,
+        };
+        (false, flush_at)
     }
 
     /// Called under the registry's shard lock: marks the room retired (and
