@@ -160,6 +160,55 @@ async fn rooms_claim_limits_join_publish_and_history() {
     c.publish("team-red", json!("ok")).await;
 }
 
+/// The `rooms` claim holds for the messenger commands too, also after a
+/// refresh narrowed it (memberships outlive the refresh), and hides the
+/// rooms it does not allow from the conversation list.
+#[tokio::test]
+async fn rooms_claim_limits_read_edit_recall_signal_and_the_list() {
+    let server = auth_server(&[]);
+    let all = token(json!({"sub": "ann", "exp": now() + 60}));
+    let mut wide = Client::connect(&server.url(&format!("/ws?token={all}"))).await;
+    wide.expect("welcome").await;
+    for room in ["secret", "team-red"] {
+        wide.join(room).await;
+        let ack = wide.publish(room, json!("x")).await;
+        wide.send(json!({"type": "read", "room": room, "upto": ack["seq"]}))
+            .await;
+    }
+    let list = wide.request(json!({"type": "conversations"})).await;
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 2, "{list}");
+
+    let some = token(json!({"sub": "ann", "exp": now() + 60, "rooms": ["team-*"]}));
+    let mut narrow = Client::connect(&server.url(&format!("/ws?token={some}"))).await;
+    narrow.expect("welcome").await;
+    for command in [
+        json!({"type": "read", "room": "secret", "upto": 1}),
+        json!({"type": "edit", "room": "secret", "target": 1, "body": 2}),
+        json!({"type": "recall", "room": "secret", "target": 1}),
+        json!({"type": "signal", "room": "secret", "body": 1}),
+    ] {
+        let e = narrow.request(command).await;
+        assert_eq!(e["code"], "forbidden", "{e}");
+    }
+    let list = narrow.request(json!({"type": "conversations"})).await;
+    let rooms: Vec<&str> = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["room"].as_str().unwrap())
+        .collect();
+    assert_eq!(rooms, ["team-red"], "{list}");
+
+    // The wide connection narrows its token: its membership of `secret`
+    // stays, its rights there do not.
+    let w = wide.request(json!({"type": "hello", "token": some})).await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    let e = wide
+        .request(json!({"type": "signal", "room": "secret", "body": {"typing": true}}))
+        .await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+}
+
 /// A connection whose token expires is closed with 4001, unless it sent a
 /// fresh token with `hello` first.
 #[tokio::test]

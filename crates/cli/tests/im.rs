@@ -391,9 +391,11 @@ async fn a_direct_recall_reaches_a_peer_who_was_offline_and_the_senders_devices(
     );
 }
 
+/// Each change has its own window: with recall at 1 ms and edit at an
+/// hour, a message a few ms old can be edited and not recalled.
 #[tokio::test]
 async fn recall_and_edit_windows_are_enforced() {
-    let server = Server::start_with(&["--recall-window", "1ms", "--edit-window", "1ms"]);
+    let server = Server::start_with(&["--recall-window", "1ms", "--edit-window", "1h"]);
     let mut ann = server.connect("ann").await;
     let mut bob = server.connect("bob").await;
     ann.join("r").await;
@@ -408,16 +410,110 @@ async fn recall_and_edit_windows_are_enforced() {
             break;
         }
     }
-    for kind in ["recall", "edit"] {
-        let late = ann
-            .request(json!({"type": kind, "room": "r", "target": 1, "body": 2}))
-            .await;
-        assert_eq!(late["code"], "forbidden", "{late}");
-        assert!(
-            late["message"].as_str().unwrap().contains("window"),
-            "{late}"
-        );
+    let late = ann
+        .request(json!({"type": "recall", "room": "r", "target": 1}))
+        .await;
+    assert_eq!(late["code"], "forbidden", "{late}");
+    assert!(
+        late["message"].as_str().unwrap().contains("recall window"),
+        "{late}"
+    );
+    let edited = ann
+        .request(json!({"type": "edit", "room": "r", "target": 1, "body": 2}))
+        .await;
+    assert_eq!(edited["type"], "ack", "{edited}");
+}
+
+/// A recall erases every version: a peer who was offline while the
+/// message was sent, edited and recalled never receives its text.
+#[tokio::test]
+async fn a_recall_after_an_edit_leaves_no_version_behind() {
+    let server = Server::start();
+    let mut ann = server.connect("ann").await;
+    let ack = send(&mut ann, "bob", json!("first version")).await;
+    let gid = ack["gid"].as_u64().unwrap();
+    for (kind, body) in [("edit", json!("second version")), ("recall", Value::Null)] {
+        let mut command = json!({"type": kind, "to": "bob", "target": gid});
+        if kind == "edit" {
+            command["body"] = body;
+        }
+        let ack = ann.request(command).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
     }
+    let mut bob = device(&server, "bob", "phone").await;
+    let replay = [bob.recv().await, bob.recv().await, bob.recv().await];
+    let kinds: Vec<&str> = replay.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["direct", "edit", "recall"]);
+    for event in &replay {
+        assert!(!event.to_string().contains("version"), "{event}");
+    }
+    bob.expect_nothing_pending().await;
+}
+
+/// A read position is kept only for a peer who sent the reader something,
+/// and goes no further than that peer's newest message.
+#[tokio::test]
+async fn a_read_of_a_peer_who_sent_nothing_stores_nothing() {
+    let server = Server::start();
+    let mut ann = device(&server, "ann", "pc").await;
+    let mut bob = device(&server, "bob", "pc").await;
+    send(&mut ann, "bob", json!("hi")).await;
+    bob.expect("direct").await;
+    send(&mut bob, "bob", json!("a note to self")).await;
+    for peer in ["nobody", "carol"] {
+        bob.send(json!({"type": "read", "from": peer, "upto": 2}))
+            .await;
+    }
+    // Ann's newest message to Bob is his inbox entry 1: the position stops there.
+    bob.send(json!({"type": "read", "from": "ann", "upto": 2}))
+        .await;
+    assert_eq!(ann.expect("read").await["upto"], 1);
+    let list = conversations(&mut bob, json!({})).await;
+    let mut got = summary(&list);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("user:ann".to_string(), 0, 1),
+            ("user:bob".to_string(), 0, 0)
+        ]
+    );
+    let mut nobody = device(&server, "nobody", "pc").await;
+    nobody.expect_nothing_pending().await;
+}
+
+/// A page of the list never outgrows the connection's queue: with large
+/// last messages it is cut short, and `next` carries on without a gap.
+#[tokio::test]
+async fn a_conversation_page_is_cut_to_fit_the_queue() {
+    let server = Server::start_with(&["--max-queue", "64KiB", "--rate-limit", "0"]);
+    let mut bob = device(&server, "bob", "pc").await;
+    let big = "x".repeat(12 * 1024);
+    for n in 0..8 {
+        let mut peer = device(&server, &format!("peer{n}"), "pc").await;
+        send(&mut peer, "bob", json!(big)).await;
+        bob.expect("direct").await;
+    }
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut query = json!({"limit": 100});
+        if let Some(b) = &before {
+            query["before"] = json!(b);
+        }
+        let page = conversations(&mut bob, query).await;
+        pages += 1;
+        seen.extend(summary(&page).into_iter().map(|(key, _, _)| key));
+        match page["next"].as_str() {
+            Some(next) => before = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert!(pages > 1, "one page of {} KiB", 8 * 12);
+    seen.sort();
+    let expected: Vec<String> = (0..8).map(|n| format!("user:peer{n}")).collect();
+    assert_eq!(seen, expected);
 }
 
 #[tokio::test]

@@ -571,6 +571,13 @@ impl Writer {
         b: &Batch,
     ) -> Result<Original, Rejection> {
         let what = if change.recall { "recall" } else { "edit" };
+        if change.target > i64::MAX as u64 {
+            // No seq or gid gets there (SQLite integers are signed).
+            return Err(Rejection::new(
+                ErrorCode::NotFound,
+                format!("{what}: no message {} is held", change.target),
+            ));
+        }
         let (original, from, ts, recalled) = match &m.to {
             Destination::Room(room) => match self.store.room_entry(room, change.target) {
                 Ok(Some(e)) if e.kind == Kind::Message => (
@@ -599,7 +606,10 @@ impl Writer {
                         ));
                     }
                     (
-                        Original::Direct { gid: change.target },
+                        Original::Direct {
+                            to: e.to,
+                            gid: change.target,
+                        },
                         e.from,
                         e.ts,
                         e.recalled,
@@ -679,17 +689,24 @@ impl Writer {
     }
 
     /// Plans a `read`: only a position that moves forward is stored, and
-    /// (direct) becomes a receipt in the peer's inbox.
+    /// (direct) becomes a receipt in the peer's inbox. A direct position
+    /// goes no further than the peer's newest message held for the reader:
+    /// nothing is stored for a peer who sent nothing (positions for
+    /// invented names would be state without bound, and receipts answering
+    /// receipts would raise each other's inboxes for ever).
     fn plan_read(&mut self, r: &ReadMark, now: u64, b: &mut Batch) -> Plan {
         let (key, latest) = match &r.to {
             Destination::Room(room) => (
                 format!("room:{room}"),
                 self.rooms.get(room).map_or(0, |c| c.seq),
             ),
-            Destination::User(peer) => (
-                format!("user:{peer}"),
-                self.inboxes.get(&r.user).map_or(0, |c| c.seq),
-            ),
+            Destination::User(peer) => match self.store.last_from(&r.user, peer) {
+                Ok(last) => (format!("user:{peer}"), last.unwrap_or(0)),
+                Err(err) => {
+                    tracing::error!(%err, "store: reading a conversation's newest message failed");
+                    return Plan::Silent;
+                }
+            },
         };
         let upto = r.upto.min(latest);
         let stored = match b.positions.get(&(r.user.clone(), key.clone())) {

@@ -215,8 +215,16 @@ impl Store for FlakyStore {
         self.inner.read_positions(user)
     }
 
-    fn peers(&self, user: &str) -> store::Result<Vec<(String, store::DirectRecord)>> {
-        self.inner.peers(user)
+    fn peers(&self, user: &str, limit: usize) -> store::Result<Vec<(String, u64, u64)>> {
+        self.inner.peers(user, limit)
+    }
+
+    fn room_last(&self, room: &str) -> store::Result<Option<(u64, u64)>> {
+        self.inner.room_last(room)
+    }
+
+    fn last_from(&self, user: &str, peer: &str) -> store::Result<Option<u64>> {
+        self.inner.last_from(user, peer)
     }
 
     fn unread_direct(&self, user: &str, peer: &str, after: u64) -> store::Result<u64> {

@@ -769,13 +769,19 @@ mod suite {
             direct(5, "alice", "bob", 1, 10),
             inbox_entry(6, "alice", "bob", 2, Kind::Edit, 5),
             Write::Amend {
-                original: Original::Direct { gid: 5 },
+                original: Original::Direct {
+                    to: "bob".into(),
+                    gid: 5,
+                },
                 body: Some("\"fixed\"".into()),
                 ts: 14,
             },
             // A message no longer held: nothing to change, not an error.
             Write::Amend {
-                original: Original::Direct { gid: 99 },
+                original: Original::Direct {
+                    to: "bob".into(),
+                    gid: 99,
+                },
                 body: None,
                 ts: 14,
             },
@@ -810,6 +816,77 @@ mod suite {
             gids(&store.conversation("bob", "alice", NO_BOUND, 10)?),
             [5]
         );
+
+        // A recall erases every version: the edit entries' bodies too.
+        let edit_with_body = |seq: u64, target: u64| {
+            Write::Room(RoomRecord {
+                room: "r".into(),
+                seq,
+                from: "alice".into(),
+                ts: 60,
+                body: "\"v2\"".into(),
+                kind: Kind::Edit,
+                target,
+                ..RoomRecord::default()
+            })
+        };
+        store.commit(&[
+            edit_with_body(5, 1),
+            edit_with_body(6, 99),
+            Write::Direct(DirectRecord {
+                gid: 7,
+                to: "bob".into(),
+                seq: 3,
+                from: "alice".into(),
+                ts: 60,
+                body: "\"v3\"".into(),
+                kind: Kind::Edit,
+                target: 5,
+                ..DirectRecord::default()
+            }),
+        ])?;
+        store.commit(&[
+            Write::Amend {
+                original: Original::Room {
+                    room: "r".into(),
+                    seq: 1,
+                },
+                body: None,
+                ts: 70,
+            },
+            Write::Amend {
+                original: Original::Direct {
+                    to: "bob".into(),
+                    gid: 5,
+                },
+                body: None,
+                ts: 70,
+            },
+        ])?;
+        let bodies: Vec<(u64, String)> = store
+            .room_after("r", 0, 10)?
+            .into_iter()
+            .map(|r| (r.seq, r.body))
+            .collect();
+        let bodies: Vec<(u64, &str)> = bodies.iter().map(|(s, b)| (*s, b.as_str())).collect();
+        // seq 6 edits another message: kept.
+        assert_eq!(
+            bodies,
+            [
+                (1, "null"),
+                (2, "null"),
+                (3, "null"),
+                (4, "null"),
+                (5, "null"),
+                (6, "\"v2\"")
+            ]
+        );
+        let inbox: Vec<String> = store
+            .inbox_after("bob", 0, 10)?
+            .into_iter()
+            .map(|d| d.body)
+            .collect();
+        assert_eq!(inbox, ["null", "null", "null"]);
         Ok(())
     }
 
@@ -853,25 +930,30 @@ mod suite {
         assert_eq!(store.unread_room("r", "carol", 0)?, 3);
         // A recalled message is not unread.
         store.commit(&[Write::Amend {
-            original: Original::Direct { gid: 3 },
+            original: Original::Direct {
+                to: "bob".into(),
+                gid: 3,
+            },
             body: None,
             ts: 20,
         }])?;
         assert_eq!(store.unread_direct("bob", "ann", 2)?, 0);
-        let mut peers: Vec<(String, u64)> = store
-            .peers("bob")?
-            .into_iter()
-            .map(|(peer, last)| (peer, last.gid))
-            .collect();
+        let mut peers = store.peers("bob", 10)?;
         peers.sort();
-        assert_eq!(peers, pairs(&[("ann", 5), ("carol", 4)]));
-        let ann: Vec<(String, u64)> = store
-            .peers("ann")?
-            .into_iter()
-            .map(|(peer, last)| (peer, last.gid))
-            .collect();
-        assert_eq!(ann, pairs(&[("bob", 5)]));
-        assert!(store.peers("dave")?.is_empty());
+        assert_eq!(
+            peers,
+            [("ann".to_string(), 5, 14), ("carol".to_string(), 4, 13)]
+        );
+        // The receipt (gid 6) is not Ann's newest with Bob.
+        assert_eq!(store.peers("ann", 10)?, [("bob".to_string(), 5, 14)]);
+        assert!(store.peers("dave", 10)?.is_empty());
+        // The limit keeps the most recent.
+        assert_eq!(store.peers("bob", 1)?, [("ann".to_string(), 5, 14)]);
+        assert_eq!(store.last_from("bob", "ann")?, Some(3));
+        assert_eq!(store.last_from("bob", "dave")?, None);
+        assert_eq!(store.last_from("ann", "bob")?, Some(1));
+        assert_eq!(store.room_last("r")?, Some((3, 12)));
+        assert_eq!(store.room_last("nowhere")?, None);
         // Counting stops at MAX_UNREAD.
         let many: Vec<Write> = (4..=MAX_UNREAD + 10)
             .map(|seq| room("r", seq, 30))

@@ -23,6 +23,10 @@ pub struct ClientSession {
     /// [`super::rate::SIGNAL_RATE`]: signals over it are refused (never a
     /// reason to close: the command bucket judges floods).
     signals: TokenBucket,
+    /// One `conversations` list is computed at a time per session: each
+    /// reads the store on the blocking pool, so a burst of them from one
+    /// client must queue behind each other, not occupy the pool.
+    lists: Arc<tokio::sync::Semaphore>,
 }
 
 impl ClientSession {
@@ -43,6 +47,7 @@ impl ClientSession {
             login,
             bucket,
             signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_RATE),
+            lists: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         let started = session.login.start(&session.service, &session.conn, start);
         (session, started)
@@ -186,9 +191,21 @@ impl ClientSession {
                     limit,
                 )?;
                 let (service, conn, id) = (service.clone(), conn.clone(), id.cloned());
+                let lists = self.lists.clone();
                 tokio::spawn(async move {
+                    // Never closed: the semaphore lives as long as the session.
+                    let Ok(_one_at_a_time) = lists.acquire_owned().await else {
+                        return;
+                    };
                     match list.run().await {
-                        Ok(page) => service.hub.reply(&conn, page.encode(id.as_ref())),
+                        Ok(page) => {
+                            let frame = page.encode(id.as_ref());
+                            // As for history: the page fits half a queue.
+                            if conn.queued_bytes() + frame.len() > conn.queue_limit() {
+                                conn.wait_for_room().await;
+                            }
+                            service.hub.reply(&conn, frame);
+                        }
                         Err(refusal) => service.send_error(&conn, id.as_ref(), &refusal),
                     }
                 });

@@ -5,9 +5,11 @@
 //!
 //! Built from the store on each request: the peers the user exchanged
 //! messages with (within retention) and the rooms with a stored read
-//! position. The list is computed whole and then paged, so its cost grows
-//! with the user's conversations, not with their messages; only the page's
-//! entries have their unread counts computed.
+//! position, at most [`MAX_LISTED`] of each. They are sorted and paged
+//! without any message body; only the page's entries then have their last
+//! message read and their unread counts counted, and the page is cut to a
+//! byte budget (half of `--max-queue`, as `history` pages are) so the reply
+//! always fits the connection's queue.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +22,13 @@ use super::{validate_name, Rejection, Service};
 use crate::auth::Identity;
 use crate::store::{self, Store};
 
-/// The largest value SQLite integers hold: "no upper bound" for seqs.
-const NO_BOUND: u64 = i64::MAX as u64;
+/// Most peers, and most rooms, one list considers: the most recent peers;
+/// rooms beyond it are left out (a user reads fewer rooms than that).
+pub const MAX_LISTED: usize = 1000;
+
+/// Bytes of a reply around its entries' last messages: type, id, cursor,
+/// names and counts of a 100-entry page.
+const REPLY_ENVELOPE: usize = 48 * 1024;
 
 /// A position in the list's order (newest first, then by key): the page
 /// cursor, sent to clients as `TS/KEY`.
@@ -71,6 +78,8 @@ pub struct ConversationsPage {
 /// A validated request, ready to read on a task of its own.
 pub struct ConversationsRead {
     store: Arc<dyn Store>,
+    /// Most bytes of last messages one page carries (see the module doc).
+    max_bytes: usize,
     user: String,
     /// A client's token limits the rooms listed; the backend sees all.
     identity: Option<Identity>,
@@ -103,6 +112,7 @@ impl Service {
         };
         Ok(ConversationsRead {
             store: self.store.clone(),
+            max_bytes: (self.config.max_queue / 2).saturating_sub(REPLY_ENVELOPE),
             user: user.to_string(),
             identity: identity.cloned(),
             before,
@@ -132,38 +142,48 @@ impl ConversationsRead {
         let store = &self.store;
         let user = self.user.as_str();
         let positions: HashMap<String, u64> = store.read_positions(user)?.into_iter().collect();
-        // (ts, key, last event)
-        let mut all: Vec<(u64, String, Option<Vec<u8>>)> = Vec::new();
-        for (peer, last) in store.peers(user)? {
-            all.push((last.ts, format!("user:{peer}"), direct_event(last)));
+        // (ts, key, where its last message is: a gid, or a room seq)
+        let mut all: Vec<(u64, String, u64)> = Vec::new();
+        for (peer, gid, ts) in store.peers(user, MAX_LISTED)? {
+            all.push((ts, format!("user:{peer}"), gid));
         }
-        for key in positions.keys() {
-            let Some(room) = key.strip_prefix("room:") else {
-                continue;
-            };
-            if self.identity.as_ref().is_some_and(|i| !i.may_use(room)) {
-                continue;
-            }
-            let last = store.room_before(room, NO_BOUND, 1)?.pop();
-            let ts = last.as_ref().map_or(0, |m| m.ts);
-            all.push((ts, key.clone(), last.and_then(message_event)));
+        let rooms = positions
+            .keys()
+            .filter_map(|key| key.strip_prefix("room:"))
+            .filter(|room| self.identity.as_ref().is_none_or(|i| i.may_use(room)))
+            .take(MAX_LISTED);
+        for room in rooms {
+            let (seq, ts) = store.room_last(room)?.unwrap_or((0, 0));
+            all.push((ts, format!("room:{room}"), seq));
         }
         all.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        let mut page: Vec<_> = all
+        let page = all
             .into_iter()
             .filter(|(ts, key, _)| self.before.as_ref().is_none_or(|c| c.precedes(*ts, key)))
-            .take(self.limit + 1)
-            .collect();
-        let next = if page.len() > self.limit {
-            page.truncate(self.limit);
-            page.last().map(|(ts, key, _)| format!("{ts}/{key}"))
-        } else {
-            None
-        };
-        let mut entries = Vec::with_capacity(page.len());
-        for (_, key, last) in page {
+            .take(self.limit + 1);
+        let mut entries = Vec::with_capacity(self.limit);
+        let mut next = None;
+        let mut bytes = 0;
+        let mut last_kept: Option<(u64, String)> = None;
+        for (ts, key, at) in page {
+            let last = match key.split_once(':') {
+                Some(("user", _)) => store.direct_entry(at)?.and_then(direct_event),
+                Some((_, room)) if at > 0 => store.room_entry(room, at)?.and_then(message_event),
+                _ => None,
+            };
+            let size = last.as_ref().map_or(0, Vec::len);
+            // More than a page, or a page full of bytes: the rest is
+            // the next page's (at least one entry per page).
+            if entries.len() == self.limit || (!entries.is_empty() && bytes + size > self.max_bytes)
+            {
+                next = last_kept.map(|(ts, key)| format!("{ts}/{key}"));
+                break;
+            }
+            bytes += size;
             let read = positions.get(&key).copied().unwrap_or(0);
             let (unread, peer_read) = match key.split_once(':') {
+                // Notes to self are never unread.
+                Some(("user", peer)) if peer == user => (0, Some(read)),
                 Some(("user", peer)) => (
                     store.unread_direct(user, peer, read)?,
                     Some(store.read_position(peer, &format!("user:{user}"))?),
@@ -171,6 +191,7 @@ impl ConversationsRead {
                 Some((_, room)) => (store.unread_room(room, user, read)?, None),
                 None => (0, None),
             };
+            last_kept = Some((ts, key.clone()));
             entries.push(Entry {
                 key,
                 last,

@@ -63,6 +63,8 @@ impl Service {
         let from = client.user();
         match &to {
             Destination::Room(room) => {
+                // A refreshed token may have narrowed the grant since the join.
+                client.check_room_access(room)?;
                 if !self.hub.is_member(client.conn, room) {
                     return Err(super::not_joined(room));
                 }

@@ -147,23 +147,35 @@ impl Store for MemoryStore {
                         Some(body) => (body.clone(), *ts, 0),
                         None => ("null".to_string(), 0, *ts),
                     };
-                    let found = match original {
-                        Original::Room { room, seq } => st
-                            .rooms
-                            .get_mut(room)
-                            .and_then(|r| r.1.get_mut(seq))
-                            .map(|m| (&mut m.body, &mut m.edited, &mut m.recalled)),
-                        Original::Direct { gid } => st
-                            .inboxes
-                            .values_mut()
-                            .flat_map(|i| i.1.values_mut())
-                            .find(|d| d.gid == *gid)
-                            .map(|d| (&mut d.body, &mut d.edited, &mut d.recalled)),
-                    };
-                    if let Some((b, e, r)) = found {
-                        *b = body;
+                    let recall = recalled != 0;
+                    let apply = |b: &mut String, e: &mut u64, r: &mut u64| {
+                        *b = body.clone();
                         *e = (*e).max(edited);
                         *r = recalled;
+                    };
+                    match original {
+                        Original::Room { room, seq } => {
+                            if let Some(r) = st.rooms.get_mut(room) {
+                                for m in r.1.values_mut() {
+                                    if m.seq == *seq {
+                                        apply(&mut m.body, &mut m.edited, &mut m.recalled);
+                                    } else if recall && m.kind == Kind::Edit && m.target == *seq {
+                                        m.body = "null".into();
+                                    }
+                                }
+                            }
+                        }
+                        Original::Direct { to, gid } => {
+                            if let Some(i) = st.inboxes.get_mut(to) {
+                                for d in i.1.values_mut() {
+                                    if d.gid == *gid {
+                                        apply(&mut d.body, &mut d.edited, &mut d.recalled);
+                                    } else if recall && d.kind == Kind::Edit && d.target == *gid {
+                                        d.body = "null".into();
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
                 Write::ReadPosition { user, key, upto } => {
@@ -350,7 +362,7 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    fn peers(&self, user: &str) -> Result<Vec<(String, DirectRecord)>> {
+    fn peers(&self, user: &str, limit: usize) -> Result<Vec<(String, u64, u64)>> {
         let st = self.state.lock();
         let mut newest: HashMap<&str, &DirectRecord> = HashMap::new();
         for (owner, (_, held)) in &st.inboxes {
@@ -368,10 +380,33 @@ impl Store for MemoryStore {
                 }
             }
         }
-        Ok(newest
+        let mut peers: Vec<(String, u64, u64)> = newest
             .into_iter()
-            .map(|(peer, d)| (peer.to_string(), d.clone()))
-            .collect())
+            .map(|(peer, d)| (peer.to_string(), d.gid, d.ts))
+            .collect();
+        peers.sort_by_key(|p| std::cmp::Reverse(p.1));
+        peers.truncate(limit);
+        Ok(peers)
+    }
+
+    fn room_last(&self, room: &str) -> Result<Option<(u64, u64)>> {
+        let st = self.state.lock();
+        Ok(st.rooms.get(room).and_then(|r| {
+            r.1.values()
+                .rev()
+                .find(|m| m.kind == Kind::Message)
+                .map(|m| (m.seq, m.ts))
+        }))
+    }
+
+    fn last_from(&self, user: &str, peer: &str) -> Result<Option<u64>> {
+        let st = self.state.lock();
+        Ok(st.inboxes.get(user).and_then(|i| {
+            i.1.values()
+                .rev()
+                .find(|d| d.from == peer && d.kind == Kind::Message)
+                .map(|d| d.seq)
+        }))
     }
 
     fn unread_direct(&self, user: &str, peer: &str, after: u64) -> Result<u64> {

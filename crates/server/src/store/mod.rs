@@ -91,8 +91,15 @@ pub struct DirectRecord {
 /// The message an edit or recall changes in place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Original {
-    Room { room: String, seq: u64 },
-    Direct { gid: u64 },
+    Room {
+        room: String,
+        seq: u64,
+    },
+    /// `to`: the recipient, whose inbox holds it.
+    Direct {
+        to: String,
+        gid: u64,
+    },
 }
 
 /// What a repeated command id maps to.
@@ -142,8 +149,9 @@ pub enum Write {
         user: String,
     },
     /// Change a stored message in place: a new body (edit, `edited = ts`),
-    /// or none (recall: the body becomes `null`, `recalled = ts`). A
-    /// message no longer held is left alone.
+    /// or none (recall: the body becomes `null`, `recalled = ts`, and so
+    /// does the body of every `edit` entry of it: a recall erases every
+    /// version). A message no longer held is left alone.
     Amend {
         original: Original,
         body: Option<String>,
@@ -174,8 +182,8 @@ pub enum Write {
 /// grow the table without end. Enforced by every backend at commit.
 pub const MAX_DEVICE_CURSORS: usize = 64;
 
-/// Unread counts stop at this: a conversation list costs at most this many
-/// index entries per conversation shown, and an app shows "999+" anyway.
+/// Unread counts stop at this (an app shows "999+" anyway); what a count
+/// reads is bounded by the messages held (`--retention-count`).
 pub const MAX_UNREAD: u64 = 1000;
 
 /// A room's or inbox's counter as recovered.
@@ -289,9 +297,17 @@ pub trait Store: Send + Sync + 'static {
     /// Every read position of `user`: (`key`, `upto`).
     fn read_positions(&self, user: &str) -> Result<Vec<(String, u64)>>;
 
-    /// The peers `user` exchanged messages with (either direction), each
-    /// with the newest message between them, in its current state.
-    fn peers(&self, user: &str) -> Result<Vec<(String, DirectRecord)>>;
+    /// The peers `user` exchanged messages with (either direction): the
+    /// newest gid between them and its `ts`, at most `limit` peers, those
+    /// with the newest messages (no bodies: a list is paged before any is
+    /// read).
+    fn peers(&self, user: &str, limit: usize) -> Result<Vec<(String, u64, u64)>>;
+
+    /// The newest message (not a change record) of `room`: (seq, ts).
+    fn room_last(&self, room: &str) -> Result<Option<(u64, u64)>>;
+
+    /// The newest message from `peer` held in `user`'s inbox: its seq.
+    fn last_from(&self, user: &str, peer: &str) -> Result<Option<u64>>;
 
     /// Messages (not recalled) from `peer` in `user`'s inbox with
     /// `seq > after`, counted up to [`MAX_UNREAD`].

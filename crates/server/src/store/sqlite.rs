@@ -387,20 +387,39 @@ impl Store for SqliteStore {
                             Some(body) => (body.as_str(), *ts, 0),
                             None => ("null", 0, *ts),
                         };
+                        let recall = recalled != 0;
                         match original {
-                            Original::Room { room, seq } => tx.execute(
-                                "UPDATE room_messages SET body = ?3,
-                                     edited = max(edited, ?4), recalled = ?5
-                                 WHERE room = ?1 AND seq = ?2",
-                                params![room, seq, body, edited, recalled],
-                            )?,
-                            Original::Direct { gid } => tx.execute(
-                                "UPDATE directs SET body = ?2,
-                                     edited = max(edited, ?3), recalled = ?4
-                                 WHERE gid = ?1",
-                                params![gid, body, edited, recalled],
-                            )?,
-                        };
+                            Original::Room { room, seq } => {
+                                tx.execute(
+                                    "UPDATE room_messages SET body = ?3,
+                                         edited = max(edited, ?4), recalled = ?5
+                                     WHERE room = ?1 AND seq = ?2",
+                                    params![room, seq, body, edited, recalled],
+                                )?;
+                                if recall {
+                                    tx.execute(
+                                        "UPDATE room_messages SET body = 'null'
+                                         WHERE room = ?1 AND kind = ?2 AND target = ?3",
+                                        params![room, Kind::Edit.code(), seq],
+                                    )?;
+                                }
+                            }
+                            Original::Direct { to, gid } => {
+                                tx.execute(
+                                    "UPDATE directs SET body = ?2,
+                                         edited = max(edited, ?3), recalled = ?4
+                                     WHERE gid = ?1",
+                                    params![gid, body, edited, recalled],
+                                )?;
+                                if recall {
+                                    tx.execute(
+                                        "UPDATE directs SET body = 'null'
+                                         WHERE recipient = ?1 AND kind = ?2 AND target = ?3",
+                                        params![to, Kind::Edit.code(), gid],
+                                    )?;
+                                }
+                            }
+                        }
                     }
                     Write::ReadPosition { user, key, upto } => {
                         tx.prepare_cached(
@@ -580,25 +599,43 @@ impl Store for SqliteStore {
         })
     }
 
-    fn peers(&self, user: &str) -> Result<Vec<(String, DirectRecord)>> {
+    fn peers(&self, user: &str, limit: usize) -> Result<Vec<(String, u64, u64)>> {
         self.read(|c| {
             // The newest gid per peer through the (sender, recipient, gid)
-            // and (recipient, seq) indexes, then that message.
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT p.peer, {DIRECT_COLUMNS} FROM (
+            // and (recipient, seq) indexes, then that message's ts.
+            let mut stmt = c.prepare_cached(
+                "SELECT p.peer, p.last, d.ts FROM (
                      SELECT peer, max(gid) AS last FROM (
                          SELECT recipient AS peer, gid FROM directs WHERE sender = ?1 AND kind = 0
                          UNION ALL
                          SELECT sender AS peer, gid FROM directs WHERE recipient = ?1 AND kind = 0
-                     ) GROUP BY peer
-                 ) p JOIN directs d ON d.gid = p.last"
-            ))?;
-            let rows = stmt.query_map([user], |r| {
-                let peer: String = r.get(0)?;
-                let d = direct_at(r, 1)?;
-                Ok((peer, d))
+                     ) GROUP BY peer ORDER BY last DESC LIMIT ?2
+                 ) p JOIN directs d ON d.gid = p.last",
+            )?;
+            let rows = stmt.query_map(params![user, limit as u64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
             rows.collect()
+        })
+    }
+
+    fn room_last(&self, room: &str) -> Result<Option<(u64, u64)>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT seq, ts FROM room_messages WHERE room = ?1 AND kind = 0
+                 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([room], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+        })
+    }
+
+    fn last_from(&self, user: &str, peer: &str) -> Result<Option<u64>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT max(seq) FROM directs WHERE recipient = ?1 AND sender = ?2 AND kind = 0",
+            )?
+            .query_row([user, peer], |r| r.get(0))
         })
     }
 
