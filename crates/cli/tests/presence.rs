@@ -197,7 +197,7 @@ async fn small_rooms_get_every_change_at_once() {
 }
 
 #[tokio::test]
-async fn a_batch_pending_when_the_room_empties_goes_to_nobody() {
+async fn a_room_that_empties_with_a_batch_pending_starts_afresh() {
     let server = start();
     let mut users = clients(&server, "u", 6).await;
     // Fill the room past the threshold; some changes end up batched.
@@ -208,7 +208,7 @@ async fn a_batch_pending_when_the_room_empties_goes_to_nobody() {
     for (_, c) in users.iter_mut() {
         leave(c).await;
     }
-    // A new member of the same name later sees only its own room.
+    // Rejoining later: a fresh room (online 1), no stale batch arrives.
     quiet_interval().await;
     let (_, first) = &mut users[0];
     let joined = join(first).await;
