@@ -2,6 +2,7 @@
 //! gateway. See `docs/ARCHITECTURE.md` for how the modules fit together.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod expiring;
 pub mod gateway;
