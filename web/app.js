@@ -12,6 +12,11 @@ const MAX_BYTES = { user: 64, room: 128 };
 // come back before "left" is announced (a server restart sends no leaves;
 // clients come back within their reconnect backoff).
 const AWAY_GRACE = 30_000;
+// How long after sending the server lets a sender edit / recall a message
+// (its defaults, `--edit-window` and `--recall-window`): the menu offers
+// each only within its window; the server decides (and may refuse).
+const EDIT_WINDOW = 15 * 60_000;
+const RECALL_WINDOW = 2 * 60_000;
 
 // ---- storage (localStorage may be unavailable: private mode, quotas) ----
 const storage = {
@@ -95,6 +100,10 @@ const ICONS = {
     'M16.5 11a2.75 2.75 0 1 0 0-5.5', 'M17.5 14.2c2.4.4 4 2.5 4 5.8'],
   person: ['M12 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8z', 'M4 21c0-4.4 3.6-7 8-7s8 2.6 8 7'],
   exit: ['M10 4H6a2 2 0 0 0-2 2v12a2 2 0 0 0 2 2h4', 'M15 8l4 4-4 4', 'M19 12H9'],
+  // Ticks on my direct messages: one = stored, two = read.
+  tick: ['M5 12.5l4.5 4.5L19.5 7'],
+  ticks: ['M1.5 12.5L6 17 16 7', 'M10.5 16l1 1L21.5 7'],
+  more: ['M5 12h.01', 'M12 12h.01', 'M19 12h.01'],
 };
 const SVG = 'http://www.w3.org/2000/svg';
 function icon(name) {
@@ -188,6 +197,14 @@ function makeConv(kind, name) {
     lastInbox: 0, // dm: highest inbox seq of their messages to me
     lastRead: saved.lastRead || 0, // dm: what I reported read
     readUpto: saved.readUpto || 0, // dm: their receipt for my messages
+    roomRead: 0, // room: my stored read position (a seq)
+    latest: 0, // room: the newest seq seen (messages, edits, recalls, `joined`)
+    // The unread count the server gave (conversations()) and the place
+    // (room seq / gid) of the newest message it covers; messages after that
+    // place are counted here. A room the server did not list counts from
+    // where it was joined (Infinity: nothing yet).
+    base: { count: 0, place: kind === 'room' ? Infinity : 0 },
+    listedLast: null, // the newest message, as conversations() gave it (the list's preview)
   };
 }
 
@@ -236,9 +253,13 @@ function reposition(conv, item) {
 
 function refreshItem(conv, item) {
   if (conv.key !== active || !item.el) return;
+  const editor = item.el.querySelector('.edit-form textarea');
+  const focused = !!editor && document.activeElement === editor;
   const fresh = renderItem(conv, item);
   item.el.replaceWith(fresh);
   item.el = fresh;
+  // An open editor keeps its draft (item.draft) and the focus.
+  if (focused) fresh.querySelector('.edit-form textarea')?.focus();
 }
 
 function bodyText(body) {
@@ -261,37 +282,75 @@ function formatTime(ts) {
 function statusOf(conv, item) {
   if (item.status === 'pending') return t(client && client.state === 'connected' ? 'status.sending' : 'status.queued');
   if (item.status === 'failed') return t('status.failed');
+  if (item.busy) return t(item.busy === 'edit' ? 'msg.saving' : 'msg.recalling');
   if (conv.kind !== 'dm') return null;
-  if (item.seq && item.seq <= conv.readUpto) return t('status.read');
+  if (isReadByPeer(conv, item)) return t('status.read');
   return t(item.delivered ? 'status.delivered' : 'status.sent');
+}
+
+const isReadByPeer = (conv, item) => conv.kind === 'dm' && !!item.seq && item.seq <= conv.readUpto;
+
+/**
+ * The status line of my message: text while sending (or failed, or an edit
+ * or recall under way); once stored, for a direct, ticks: one = stored, two
+ * = read by the peer (the word stays, for screen readers and on hover).
+ */
+function statusLine(conv, item, status) {
+  const ticked = conv.kind === 'dm' && item.status === 'sent' && !item.busy;
+  if (!ticked) return el('div', { className: 'status', text: status });
+  const read = isReadByPeer(conv, item);
+  // The word is the line's text (for screen readers and tests), drawn at size 0 beside the ticks.
+  return el('div', { className: 'status', title: status, dataset: { ticks: read ? '2' : '1' } },
+    icon(read ? 'ticks' : 'tick'), status);
 }
 
 function renderItem(conv, item) {
   if (item.type === 'notice') {
     return el('li', { className: 'notice', role: 'note', text: item.err ? errorText(item.err) : t(item.textKey, item.params) });
   }
+  if (item.recalled) {
+    return el('li', { className: 'recalled', role: 'note', dataset: { key: item.key }, text: recalledText(item) });
+  }
   const classes = ['msg'];
   if (item.own) classes.push('own');
   if (item.status === 'pending') classes.push('pending');
   if (item.status === 'failed') classes.push('failed');
   const status = item.own ? statusOf(conv, item) : null;
-  if (status && item.seq && conv.kind === 'dm' && item.seq <= conv.readUpto) classes.push('read');
+  if (item.own && isReadByPeer(conv, item)) classes.push('read');
   const date = new Date(item.ts);
-  const node = el('li', { className: classes.join(' '), dataset: { key: item.key } },
-    el('div', { className: 'meta' },
-      el('span', { className: 'from', text: item.own ? t('you') : item.from }),
-      el('time', { datetime: date.toISOString(), title: fullFormat().format(date), text: formatTime(item.ts) })),
-    el('div', { className: 'text' }, ...linkify(bodyText(item.body))));
+  const meta = el('div', { className: 'meta' },
+    el('span', { className: 'from', text: item.own ? t('you') : item.from }),
+    el('time', { datetime: date.toISOString(), title: fullFormat().format(date), text: formatTime(item.ts) }));
+  if (item.edited) {
+    meta.append(el('span', { className: 'edited', title: t('msg.editedAt', { time: fullFormat().format(new Date(item.edited)) }), text: t('msg.edited') }));
+  }
+  const node = el('li', { className: classes.join(' '), dataset: { key: item.key } }, meta,
+    item.editing ? editForm(conv, item) : el('div', { className: 'text' }, ...linkify(bodyText(item.body))));
+  if (changesAllowed(conv, item).length) {
+    node.dataset.changeable = '';
+    meta.append(el('button', {
+      type: 'button', className: 'ghost msg-menu-button', 'aria-label': t('msg.actions'), title: t('msg.actions'),
+      'aria-haspopup': 'menu', 'aria-expanded': 'false', onclick: (e) => openMessageMenu(conv, item, e.currentTarget),
+    }, icon('more')));
+    node.addEventListener('contextmenu', (e) => {
+      if (item.editing) return;
+      e.preventDefault();
+      openMessageMenu(conv, item, node.querySelector('.msg-menu-button'));
+    });
+  }
   if (status) {
-    const line = el('div', { className: 'status', text: status });
+    const line = statusLine(conv, item, status);
     if (item.status === 'failed') {
       if (item.error) line.title = errorText(item.error);
       line.append(el('button', { type: 'button', className: 'retry', text: t('status.retry'), onclick: () => retry(conv, item) }));
     }
     node.append(line);
   }
+  if (item.changeError) node.append(el('div', { className: 'msg-error', role: 'alert', text: item.changeError() }));
   return node;
 }
+
+const recalledText = (item) => (item.own ? t('recalled.you') : t('recalled.other', { user: item.from }));
 
 function addNotice(conv, textKey, params, err) {
   const stick = isNearBottom();
@@ -335,12 +394,21 @@ async function joinRoom(name, open = true) {
 
 function addRoomMessage(conv, m, live) {
   const key = `seq:${m.seq}`;
-  if (conv.keys.has(key)) return;
+  if (m.seq > conv.latest) conv.latest = m.seq;
+  if (conv.keys.has(key)) {
+    // Shown already: a history page or replay may bring it edited or recalled since.
+    const shown = conv.items.find((i) => i.key === key);
+    if (shown) mergeChanges(conv, shown, m);
+    return;
+  }
   const own = m.from === me;
   const stick = isNearBottom();
-  insertItem(conv, { type: 'msg', key, seq: m.seq, from: m.from, ts: m.ts, body: m.body, own, status: own ? 'sent' : null, sort: [m.seq, 0] });
+  insertItem(conv, {
+    type: 'msg', key, seq: m.seq, from: m.from, ts: m.ts, body: m.body, own, status: own ? 'sent' : null, sort: [m.seq, 0],
+    edited: m.edited || 0, recalled: m.recalled || 0,
+  });
   if (m.seq > conv.maxSeq) conv.maxSeq = m.seq;
-  if (live && !own) bumpUnread(conv);
+  if (live) unreadChanged(conv);
   if (live && stick) stickToBottom(conv);
 }
 
@@ -482,10 +550,13 @@ function onDirect(d) {
 function addDirect(conv, d, live) {
   const key = `d:${d.to}:${d.seq}`;
   const hasGid = typeof d.gid === 'number';
+  if (d.to === me && d.seq > conv.lastInbox) conv.lastInbox = d.seq;
   if (conv.keys.has(key) || (hasGid && conv.items.some((i) => i.gid === d.gid))) {
     // Already shown (from the ack of my own send, maybe without its gid):
-    // put it where the conversation's order says.
-    const shown = conv.items.find((i) => i.key === key);
+    // put it where the conversation's order says; a history page may
+    // bring it edited or recalled since.
+    const shown = conv.items.find((i) => i.key === key || (hasGid && i.gid === d.gid));
+    if (shown) mergeChanges(conv, shown, d);
     if (shown && hasGid && shown.gid === undefined) {
       shown.gid = d.gid;
       shown.sort = [d.gid, 0];
@@ -499,22 +570,33 @@ function addDirect(conv, d, live) {
   insertItem(conv, {
     type: 'msg', key, seq: d.seq, gid: hasGid ? d.gid : undefined, from: d.from, ts: d.ts, body: d.body, own,
     status: own ? 'sent' : null, sort: hasGid ? [d.gid, 0] : [conv.maxGid, ++order],
+    edited: d.edited || 0, recalled: d.recalled || 0,
   });
   if (hasGid && d.gid > conv.maxGid) conv.maxGid = d.gid;
-  if (!own && d.seq > conv.lastInbox) conv.lastInbox = d.seq;
-  if (live && !own && d.seq > conv.lastRead) bumpUnread(conv);
+  if (live) unreadChanged(conv);
   if (live && stick) stickToBottom(conv);
-  markRead(conv);
 }
 
+/**
+ * What the user sees is read: a conversation shown (and the page visible)
+ * is marked read on the server up to the newest message this page has —
+ * `read(from, upto)` for a direct, `readRoom(room, seq)` for a room — so the
+ * user's other devices clear their badge (`myread`) and, for a direct, the
+ * peer gets a receipt (their ticks).
+ */
 function markRead(conv) {
   if (!isViewing(conv)) return;
-  if (conv.unread) { conv.unread = 0; renderSidebar(); updateTitle(); }
+  conv.base.count = 0;
+  if (conv.kind === 'room' && conv.latest > conv.roomRead) {
+    conv.roomRead = conv.latest;
+    client.readRoom(conv.name, conv.latest);
+  }
   if (conv.kind === 'dm' && conv.lastInbox > conv.lastRead) {
     conv.lastRead = conv.lastInbox;
     client.read(conv.name, conv.lastInbox);
     saveDm(conv);
   }
+  if (conv.unread) { conv.unread = 0; renderSidebar(); updateTitle(); }
 }
 
 function onRead(r) {
@@ -522,7 +604,411 @@ function onRead(r) {
   if (!conv || r.upto <= conv.readUpto) return;
   conv.readUpto = r.upto;
   saveDm(conv);
-  for (const item of conv.items) if (item.own && item.seq) refreshItem(conv, item);
+  refreshTicks(conv);
+}
+
+function refreshTicks(conv) {
+  for (const item of conv.items) if (item.own && item.seq && !item.recalled) refreshItem(conv, item);
+}
+
+// ---- messenger: unread counts from the server, edits and recalls, typing ----
+
+// Unread counts. The server keeps each conversation's read position and
+// counts what is unread (conversations()); this page adds the messages that
+// came after the listing. Reading here or on another device (`myread`)
+// lowers the count.
+
+/** conv.unread: the server's count, plus newer unread messages from others this page has. */
+function recount(conv) {
+  const room = conv.kind === 'room';
+  const readPos = room ? conv.roomRead : conv.lastRead;
+  let n = conv.base.count;
+  for (const i of conv.items) {
+    if (i.type !== 'msg' || i.own || i.recalled || typeof i.seq !== 'number') continue;
+    const place = room ? i.seq : i.gid;
+    if (typeof place === 'number' && place > conv.base.place && i.seq > readPos) n += 1;
+  }
+  conv.unread = n;
+}
+
+let listingTimer = null;
+// On the first visit of this device, the rooms the server lists (the
+// user's rooms on their other devices) are joined too.
+let adoptRooms = false;
+
+/** Fetches the conversation list again soon (several reasons in a burst: one request). */
+function refreshListing(delay = 300) {
+  clearTimeout(listingTimer);
+  listingTimer = setTimeout(loadListing, delay);
+}
+
+async function loadListing() {
+  const c = client;
+  if (!c || !me) return;
+  const entries = [];
+  let before;
+  try {
+    for (let page = 0; page < 5; page += 1) {
+      const reply = await c.conversations({ limit: 100, before });
+      entries.push(...reply.conversations);
+      if (!reply.next) break;
+      before = reply.next;
+    }
+  } catch (err) {
+    if (err.code !== 'closed') console.warn('conversations unavailable', err);
+    return;
+  }
+  if (client !== c) return;
+  const adopt = adoptRooms;
+  adoptRooms = false;
+  for (const entry of entries) applyListed(entry, adopt);
+  renderSidebar();
+  updateTitle();
+}
+
+/** One entry of conversations(): the server's unread count, read positions and newest message. */
+function applyListed(e, adopt) {
+  const last = e.last || null;
+  const read = e.read || 0;
+  let conv;
+  if (e.room != null) {
+    conv = convs.get(`r:${e.room}`);
+    if (!conv) {
+      if (!adopt) return; // left on this device
+      joinRoom(e.room, false);
+      conv = convs.get(`r:${e.room}`);
+    }
+    // Read further here since the list was made: nothing of it is unread.
+    const readSince = conv.roomRead > read;
+    if (read > conv.roomRead) conv.roomRead = read;
+    if (last && last.seq > conv.latest) conv.latest = last.seq;
+    conv.base = { count: readSince ? 0 : e.unread || 0, place: last ? last.seq : conv.latest };
+  } else {
+    conv = ensureDm(e.with);
+    const readSince = conv.lastRead > read;
+    if (read > conv.lastRead) conv.lastRead = read;
+    if (last && last.to === me && last.seq > conv.lastInbox) conv.lastInbox = last.seq;
+    if ((e.peer_read || 0) > conv.readUpto) {
+      conv.readUpto = e.peer_read;
+      refreshTicks(conv);
+    }
+    conv.base = { count: readSince ? 0 : e.unread || 0, place: last ? last.gid : conv.maxGid };
+    saveDm(conv);
+  }
+  conv.listedLast = last;
+  markRead(conv);
+  recount(conv);
+}
+
+/** I read a conversation on another device: lower the badge here. */
+function onMyRead(r) {
+  const room = r.room != null;
+  const conv = convs.get(room ? `r:${r.room}` : `u:${r.from}`);
+  if (!conv) return;
+  let covered;
+  if (room) {
+    if (r.upto > conv.roomRead) conv.roomRead = r.upto;
+    covered = r.upto >= conv.latest;
+  } else {
+    if (r.upto > conv.lastRead) { conv.lastRead = r.upto; saveDm(conv); }
+    covered = r.upto >= conv.lastInbox;
+  }
+  // Read up to the newest message this page knows: no unread left; read
+  // only part of it: the server knows how many remain.
+  if (covered) conv.base.count = 0; else refreshListing();
+  recount(conv);
+  renderSidebar();
+  updateTitle();
+}
+
+function onJoinedRoom(j) {
+  const conv = convs.get(`r:${j.room}`);
+  if (!conv) return;
+  if (j.seq > conv.latest) conv.latest = j.seq;
+  // Not listed by the server (yet): count what comes after the first join.
+  if (conv.base.place === Infinity) conv.base.place = j.seq;
+  unreadChanged(conv);
+}
+
+// The conversation list: the newest message of each conversation, as a preview.
+
+/** The newest message: of this page, or of the server's list when newer. */
+function lastMessage(conv) {
+  let last = null;
+  for (let i = conv.items.length - 1; i >= 0; i -= 1) {
+    if (conv.items[i].type === 'msg') { last = conv.items[i]; break; }
+  }
+  const listed = conv.listedLast;
+  if (listed && (!last || listed.ts > last.ts)) {
+    return { from: listed.from, own: listed.from === me, body: listed.body, recalled: listed.recalled, ts: listed.ts };
+  }
+  return last;
+}
+
+const lastActivity = (conv) => (lastMessage(conv) || { ts: 0 }).ts;
+
+function previewOf(conv) {
+  if (client && typingUsersOf(conv).length) {
+    return el('span', { className: 'preview typing-preview', text: t('typing.short') });
+  }
+  const last = lastMessage(conv);
+  if (!last) return null;
+  let text;
+  if (last.recalled) text = recalledText(last);
+  else {
+    const body = bodyText(last.body).replace(/\s+/g, ' ');
+    if (last.own) text = t('directs.preview', { user: t('you'), text: body });
+    else text = conv.kind === 'room' ? t('directs.preview', { user: last.from, text: body }) : body;
+  }
+  return el('span', { className: 'preview', text });
+}
+
+// Edits and recalls of my own messages: a menu on each (a button, also the
+// context menu), offered within the server's windows.
+
+/** What to name in edit()/recall(): {room, seq} or {to, gid}; null before the ack. */
+function changeTarget(conv, item) {
+  if (conv.kind === 'room') return typeof item.seq === 'number' ? { room: conv.name, seq: item.seq } : null;
+  return typeof item.gid === 'number' ? { to: conv.name, gid: item.gid } : null;
+}
+
+const isTextBody = (body) => typeof body === 'string' || (!!body && typeof body.text === 'string');
+
+/** Which of 'edit', 'recall' the menu of `item` offers now. */
+function changesAllowed(conv, item) {
+  if (item.type !== 'msg' || !item.own || item.recalled || item.status !== 'sent' || item.busy || item.editing) return [];
+  if (!changeTarget(conv, item)) return [];
+  const age = Date.now() - item.ts;
+  const kinds = [];
+  if (age < EDIT_WINDOW && isTextBody(item.body)) kinds.push('edit');
+  if (age < RECALL_WINDOW) kinds.push('recall');
+  return kinds;
+}
+
+let messageMenu = null; // {item, button, node} of the open menu
+
+function openMessageMenu(conv, item, button) {
+  closeMessageMenu(false);
+  const kinds = changesAllowed(conv, item);
+  if (!kinds.length || !button) { refreshItem(conv, item); return; }
+  const entries = kinds.map((kind) => el('button', {
+    type: 'button', role: 'menuitem', tabindex: '-1', className: `menu-item menu-${kind}`, text: t(`msg.${kind}`),
+    onclick: () => {
+      closeMessageMenu(false);
+      if (kind === 'edit') startEdit(conv, item); else recallMessage(conv, item);
+    },
+  }));
+  const node = el('div', { className: 'msg-menu', role: 'menu', 'aria-label': t('msg.actions') }, ...entries);
+  node.addEventListener('keydown', (e) => {
+    const at = entries.indexOf(document.activeElement);
+    const move = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: entries.length - 1 }[e.key];
+    if (move !== undefined) {
+      e.preventDefault();
+      entries[(move + entries.length) % entries.length].focus();
+    } else if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopPropagation();
+      closeMessageMenu(true);
+    } else if (e.key === 'Tab') {
+      closeMessageMenu(false);
+    }
+  });
+  document.body.append(node);
+  const at = button.getBoundingClientRect();
+  const width = node.offsetWidth;
+  const height = node.offsetHeight;
+  node.style.left = `${Math.max(8, Math.min(at.right - width, window.innerWidth - width - 8))}px`;
+  const below = at.bottom + 4;
+  node.style.top = `${below + height > window.innerHeight - 8 ? Math.max(8, at.top - height - 4) : below}px`;
+  button.setAttribute('aria-expanded', 'true');
+  messageMenu = { item, button, node };
+  entries[0].focus();
+}
+
+function closeMessageMenu(refocus) {
+  if (!messageMenu) return;
+  const { button, node } = messageMenu;
+  messageMenu = null;
+  node.remove();
+  button.setAttribute('aria-expanded', 'false');
+  if (refocus && button.isConnected) button.focus();
+}
+
+function editForm(conv, item) {
+  const area = el('textarea', { className: 'edit-text', rows: '2', maxlength: '4000', 'aria-label': t('msg.editLabel') });
+  area.value = item.draft ?? bodyText(item.body);
+  area.addEventListener('input', () => { item.draft = area.value; });
+  const form = el('form', { className: 'edit-form', onsubmit: (e) => { e.preventDefault(); saveEdit(conv, item, area.value); } },
+    area,
+    el('div', { className: 'edit-actions' },
+      el('button', { type: 'button', className: 'ghost edit-cancel', text: t('msg.cancel'), onclick: () => cancelEdit(conv, item) }),
+      el('button', { type: 'submit', className: 'primary edit-save', text: t('msg.save') })));
+  area.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') { e.preventDefault(); cancelEdit(conv, item); }
+    // As in the composer: Enter saves, Shift+Enter is a new line, not while an IME composes.
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) { e.preventDefault(); form.requestSubmit(); }
+  });
+  return form;
+}
+
+function startEdit(conv, item) {
+  item.editing = true;
+  item.draft = bodyText(item.body);
+  item.changeError = null;
+  refreshItem(conv, item);
+  const area = item.el && item.el.querySelector('.edit-form textarea');
+  if (area) { area.focus(); area.setSelectionRange(area.value.length, area.value.length); }
+}
+
+function cancelEdit(conv, item) {
+  item.editing = false;
+  item.draft = undefined;
+  refreshItem(conv, item);
+  const button = item.el && item.el.querySelector('.msg-menu-button');
+  if (button) button.focus(); else $('text').focus();
+}
+
+/** The server's refusal of an edit or recall, as the user should read it. */
+function changeErrorText(kind, err) {
+  if (err.code === 'forbidden') return t(`change.late.${kind}`);
+  if (err.code === 'not_found') return t('change.gone');
+  if (err.code === 'bad_request') return t('change.recalled');
+  return errorText(err);
+}
+
+async function saveEdit(conv, item, text) {
+  const target = changeTarget(conv, item);
+  item.editing = false;
+  item.draft = undefined;
+  if (!target || !text.trim() || text === bodyText(item.body)) { cancelEdit(conv, item); return; }
+  const body = typeof item.body === 'string' ? text : { ...item.body, text };
+  await change(conv, item, 'edit', () => client.edit(target, body), () => applyEdit(conv, item, body, Date.now()));
+}
+
+async function recallMessage(conv, item) {
+  const target = changeTarget(conv, item);
+  if (!target) return;
+  await change(conv, item, 'recall', () => client.recall(target), () => applyRecall(conv, item, Date.now()));
+  if (item.recalled && isWide()) $('text').focus();
+}
+
+/** Runs an edit or recall: "Saving…" / "Recalling…" until the ack, then `done`; a refusal is shown on the message. */
+async function change(conv, item, kind, request, done) {
+  item.busy = kind;
+  item.changeError = null;
+  refreshItem(conv, item);
+  try {
+    await request();
+    item.busy = null;
+    done();
+  } catch (err) {
+    item.busy = null;
+    if (err.code !== 'closed') item.changeError = () => changeErrorText(kind, err);
+    refreshItem(conv, item);
+  }
+}
+
+function applyEdit(conv, item, body, ts) {
+  if (item.recalled || (item.edited && ts <= item.edited)) return;
+  item.body = body;
+  item.edited = ts || Date.now();
+  refreshItem(conv, item);
+  renderSidebar();
+}
+
+function applyRecall(conv, item, ts) {
+  if (item.recalled) return;
+  item.recalled = ts || Date.now();
+  item.body = null;
+  item.editing = false;
+  item.draft = undefined;
+  item.busy = null;
+  item.changeError = null;
+  if (messageMenu && messageMenu.item === item) closeMessageMenu(false);
+  refreshItem(conv, item);
+  renderSidebar();
+}
+
+/** A message from history or a replay, in its current state: apply what changed since it was shown. */
+function mergeChanges(conv, item, m) {
+  if (m.recalled) applyRecall(conv, item, m.recalled);
+  else if (m.edited) applyEdit(conv, item, m.body, m.edited);
+}
+
+/** An `edit` or `recall` event: of a room message (target: seq) or a direct (target: gid). */
+function onChangeEvent(e) {
+  const room = e.room != null;
+  const conv = convs.get(room ? `r:${e.room}` : `u:${e.from === me ? e.to : e.from}`);
+  if (!conv) return;
+  // The change has a seq of its own: the room's, or (to me) my inbox's.
+  if (room && e.seq > conv.latest) conv.latest = e.seq;
+  if (!room && e.to === me && e.seq > conv.lastInbox) conv.lastInbox = e.seq;
+  const item = conv.items.find((i) => i.type === 'msg' && (room ? i.seq : i.gid) === e.target);
+  if (item && e.type === 'edit') applyEdit(conv, item, e.body, e.ts);
+  if (item && e.type === 'recall') applyRecall(conv, item, e.ts);
+  const listed = conv.listedLast;
+  if (listed && (room ? listed.seq : listed.gid) === e.target) {
+    conv.listedLast = e.type === 'edit' ? { ...listed, body: e.body, edited: e.ts } : { ...listed, body: null, recalled: e.ts };
+  }
+  // A recalled message is no longer unread: the server counts again.
+  if (e.type === 'recall' && e.from !== me && conv.unread) refreshListing();
+  unreadChanged(conv);
+}
+
+/** The edit/recall windows pass: the menu button goes away. */
+function expireChangeMenus() {
+  const conv = convs.get(active);
+  if (!conv) return;
+  for (const item of conv.items) {
+    if (!item.own || !item.el || item.type !== 'msg') continue;
+    const shown = 'changeable' in item.el.dataset;
+    if (shown !== changesAllowed(conv, item).length > 0) refreshItem(conv, item);
+  }
+}
+
+// Typing: the composer says when I type (client.typing() throttles it);
+// the header shows who types in the open conversation, the list "typing…".
+
+const typingTarget = (conv) => (conv.kind === 'room' ? { room: conv.name } : { to: conv.name });
+const typingUsersOf = (conv) => client.typingUsers(conv.kind === 'room' ? { room: conv.name } : { with: conv.name });
+
+function typingText(users) {
+  if (!users.length) return '';
+  if (users.length === 1) return t('typing.one', { user: users[0] });
+  if (users.length === 2) return t('typing.two', { a: users[0], b: users[1] });
+  return t('typing.many', { a: users[0], b: users[1], count: users.length - 2, total: users.length });
+}
+
+function renderTyping(conv) {
+  const text = client ? typingText(typingUsersOf(conv)) : '';
+  $('typing').textContent = text;
+  $('typing').hidden = !text;
+  $('conv-sub').hidden = !!text;
+}
+
+function onTyping(e) {
+  const conv = convs.get(e.room != null ? `r:${e.room}` : `u:${e.with}`);
+  if (!conv) return;
+  if (conv.key === active) renderTyping(conv);
+  renderSidebar();
+}
+
+function composerTyping() {
+  const conv = convs.get(active);
+  if (conv && client) client.typing(typingTarget(conv), $('text').value.trim() !== '');
+}
+
+function stopTyping(conv) {
+  if (conv && client) client.typing(typingTarget(conv), false);
+}
+
+function wireMessenger(c) {
+  c.on('welcome', () => refreshListing(0)); // every reconnect: counts may have changed meanwhile
+  c.on('joined', onJoinedRoom);
+  c.on('myread', onMyRead);
+  c.on('edit', onChangeEvent);
+  c.on('recall', onChangeEvent);
+  c.on('typing', onTyping);
 }
 
 // ---- sending ----
@@ -534,6 +1020,7 @@ function sendText(text) {
     type: 'msg', key: `p:${id}`, id, from: me, ts: Date.now(), body: { text }, own: true,
     status: 'pending', sort: [Infinity, ++order], sentAfter: conv.kind === 'room' ? conv.maxSeq : conv.maxGid,
   };
+  stopTyping(conv);
   insertItem(conv, item);
   stickToBottom(conv);
   transmit(conv, item);
@@ -624,6 +1111,14 @@ async function fetchPage(conv, before) {
   const fromBottom = scroller.scrollHeight - scroller.scrollTop;
   const wasEmpty = !conv.items.some((i) => i.type === 'msg');
   const atBottom = isNearBottom();
+  // The stored read positions (docs/PROTOCOL.md, `history`): mine, and for
+  // a direct the peer's (ticks after a reload or a reconnect).
+  const receipt = conv.kind === 'dm' && page.peer_read > conv.readUpto;
+  if (receipt) conv.readUpto = page.peer_read;
+  if (conv.kind === 'dm' && page.read > conv.lastRead) conv.lastRead = page.read;
+  if (conv.kind === 'room' && page.read > conv.roomRead) conv.roomRead = page.read;
+  if (conv.kind === 'dm') saveDm(conv);
+  if (receipt) refreshTicks(conv);
   for (const m of page.messages) {
     if (m.type === 'message') addRoomMessage(conv, m, false);
     else if (m.type === 'direct') addDirect(conv, m, false);
@@ -635,6 +1130,7 @@ async function fetchPage(conv, before) {
   const more = page.messages.length >= query.limit || page.truncated;
   conv.history = more && conv.cursor != null ? 'idle' : 'done';
   if (before == null) conv.loadedOnce = true;
+  unreadChanged(conv);
   if (viewing) {
     renderHistoryState(conv);
     if (wasEmpty || (before == null && atBottom)) scroller.scrollTop = scroller.scrollHeight;
@@ -653,9 +1149,9 @@ function renderHistoryState(conv) {
 }
 
 // ---- rendering ----
-function bumpUnread(conv) {
-  if (isViewing(conv)) { markRead(conv); return; }
-  conv.unread += 1;
+function unreadChanged(conv) {
+  markRead(conv);
+  recount(conv);
   renderSidebar();
   updateTitle();
 }
@@ -671,7 +1167,7 @@ function convButton(conv) {
   const button = el('button', {
     type: 'button', className: 'conv-item', 'aria-current': conv.key === active ? 'true' : 'false',
     dataset: { key: conv.key }, onclick: () => (conv.kind === 'room' ? openConv(conv.key) : openDm(conv.name)),
-  }, el('span', { className: 'name', text: label }));
+  }, el('span', { className: 'conv-main' }, el('span', { className: 'name', text: label }), previewOf(conv)));
   if (conv.kind === 'room' && conv.online != null) {
     // The online count: a person icon and a plain number, unlike the unread badge (a filled pill).
     const online = t('rooms.online', { count: conv.online });
@@ -684,7 +1180,8 @@ function convButton(conv) {
 function renderSidebar() {
   const rooms = []; const dms = [];
   for (const c of convs.values()) (c.kind === 'room' ? rooms : dms).push(c);
-  const byName = (a, b) => a.name.localeCompare(b.name);
+  // Newest message first, as in a messenger; conversations without one by name.
+  const byName = (a, b) => (lastActivity(b) - lastActivity(a)) || a.name.localeCompare(b.name);
   $('room-list').replaceChildren(...(rooms.length ? rooms.sort(byName).map(convButton) : [el('li', { className: 'empty-note', text: t('rooms.empty') })]));
   $('dm-list').replaceChildren(...(dms.length ? dms.sort(byName).map(convButton) : [el('li', { className: 'empty-note', text: t('directs.empty') })]));
 }
@@ -697,6 +1194,7 @@ function renderHead() {
   $('members-toggle').hidden = conv.kind !== 'room';
   $('leave').hidden = conv.kind !== 'room';
   $('text').placeholder = t('composer.placeholder', { name: conv.kind === 'room' ? `# ${conv.name}` : conv.name });
+  renderTyping(conv);
 }
 
 // The members panel is beside the messages from 1000 px, open at first;
@@ -721,6 +1219,9 @@ function renderMembers() {
 }
 
 function openConv(key) {
+  const previous = convs.get(active);
+  if (previous && previous.key !== key) stopTyping(previous);
+  closeMessageMenu(false);
   active = key;
   storage.set(userKey('active'), key || '');
   const conv = key && convs.get(key);
@@ -913,11 +1414,13 @@ async function enterChat(c, user) {
   });
   c.on('direct', onDirect);
   c.on('read', onRead);
+  wireMessenger(c);
   c.on('error', (err) => console.warn('switchboard:', err.code, err.message));
   $('signin').hidden = true;
   $('chat').hidden = false;
   $('chat').dataset.view = 'list';
   const rooms = storage.json(userKey('rooms'), null);
+  adoptRooms = rooms === null;
   for (const name of storage.json(userKey('dms'), [])) ensureDm(name);
   const names = rooms && rooms.length ? rooms : (rooms ? [] : ['lobby']);
   for (const name of names) joinRoom(name, false);
@@ -928,6 +1431,7 @@ async function enterChat(c, user) {
     if (start.kind === 'dm') openDm(start.name); else openConv(start.key);
   }
   if (!isWide() && !saved) $('chat').dataset.view = 'list';
+  refreshListing(0);
 }
 
 /** Shows `message` (a function returning the text) under the nickname, without signing in. */
@@ -963,6 +1467,8 @@ async function submitSignin(e) {
 
 function signOut() {
   setAccountMenu(false);
+  closeMessageMenu(false);
+  clearTimeout(listingTimer);
   if (client) client.close();
   client = null;
   me = null;
@@ -1010,6 +1516,13 @@ function wire() {
     }
   });
   $('text').addEventListener('input', autosize);
+  $('text').addEventListener('input', composerTyping);
+  document.addEventListener('click', (e) => {
+    if (messageMenu && !messageMenu.node.contains(e.target) && !messageMenu.button.contains(e.target)) closeMessageMenu(false);
+  });
+  $('scroller').addEventListener('scroll', () => closeMessageMenu(false), { passive: true });
+  window.addEventListener('resize', () => closeMessageMenu(false));
+  setInterval(expireChangeMenus, 10_000);
   $('back').addEventListener('click', () => { $('chat').dataset.view = 'list'; renderSidebar(); });
   $('leave').addEventListener('click', () => { const c = convs.get(active); if (c && c.kind === 'room') leaveRoom(c); });
   $('members-toggle').addEventListener('click', () => { membersOpen = !membersOpen; renderMembers(); });

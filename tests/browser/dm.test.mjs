@@ -83,7 +83,8 @@ test('a second device shows the whole conversation, my replies from the first de
   // from its inbox, her own reply only from history.
   const laptop = await openPage(browser, server);
   await signIn(laptop, 'kim');
-  await laptop.locator('#dm-list [data-key="u:lee"] .badge').waitFor();
+  // She read all of it on her phone: listed, without a badge (the server's count).
+  await laptop.locator('#dm-list [data-key="u:lee"] .preview:text-is("q2: the usual place?")').waitFor();
   await laptop.click('#dm-list [data-key="u:lee"]');
   const all = ['q1: lunch?', 'a1: yes, at noon', 'q2: the usual place?'];
   await waitForTexts(laptop, all);
