@@ -96,6 +96,9 @@ pub enum Job {
     /// Run retention and forget idle counters now, then answer (tests and
     /// tools; the writer also does it every `TRIM_EVERY`).
     Sweep(oneshot::Sender<()>),
+    /// Answered once every job queued before it is committed (or failed):
+    /// a read of the store after it sees the caller's earlier writes.
+    Barrier(oneshot::Sender<()>),
 }
 
 pub struct Settings {
@@ -186,6 +189,13 @@ impl Pipeline {
     pub fn sweep(&self) -> Option<oneshot::Receiver<()>> {
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Sweep(tx)).then_some(rx)
+    }
+
+    /// Resolves once every job queued so far is committed (or failed), so
+    /// a store read after it sees them (`None`: the pipeline stopped).
+    pub fn barrier(&self) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Barrier(tx)).then_some(rx)
     }
 
     /// Whether the last commit succeeded.
@@ -411,7 +421,7 @@ impl Writer {
                     Plan::Silent
                 }
                 // Taken out of the batch before `process`.
-                Job::Sweep(_) => Plan::Silent,
+                Job::Sweep(_) | Job::Barrier(_) => Plan::Silent,
             };
             plans.push(plan);
         }
@@ -768,6 +778,10 @@ impl Writer {
                 return;
             }
             Job::Sweep(_) => return,
+            Job::Barrier(done) => {
+                let _ = done.send(());
+                return;
+            }
         };
         let result = match plan {
             Plan::Refused(rejection) => Err(rejection),

@@ -192,11 +192,17 @@ impl ClientSession {
                 )?;
                 let (service, conn, id) = (service.clone(), conn.clone(), id.cloned());
                 let lists = self.lists.clone();
+                // Read-your-writes: a `read` this client sent just before is
+                // in the list (reads go through the writer, lists do not).
+                let committed = service.pipeline.barrier();
                 tokio::spawn(async move {
                     // Never closed: the semaphore lives as long as the session.
                     let Ok(_one_at_a_time) = lists.acquire_owned().await else {
                         return;
                     };
+                    if let Some(committed) = committed {
+                        let _ = committed.await;
+                    }
                     match list.run().await {
                         Ok(page) => {
                             let frame = page.encode(id.as_ref());
