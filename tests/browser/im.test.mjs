@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { Client } from '../../web/client.js';
 import {
-  launch, openPage, signIn, joinRoom, say, waitForTexts, messageTexts, Server, Proxy, PHONE,
+  launch, openPage, signIn, joinRoom, say, waitForTexts, messageTexts, ownMessage, Server, Proxy, PHONE,
 } from './lib.mjs';
 
 let browser;
@@ -243,8 +243,7 @@ test('edit: from the keyboard, shown live with "(edited)" in English and Chinese
   // The menu by keyboard: focus its button, Enter opens it on the first
   // item, arrows move, Escape closes it and gives the focus back.
   // (By key: while edited, the text is in a textarea's value, not the item's text.)
-  const key = await jack.locator('#messages .msg.own', { hasText: 'teh plan' }).getAttribute('data-key');
-  const own = jack.locator(`#messages [data-key="${key}"]`);
+  const own = await ownMessage(jack, 'teh plan');
   await own.locator('.msg-menu-button').focus();
   await jack.keyboard.press('Enter');
   await jack.waitForSelector('.msg-menu .menu-edit:focus');
@@ -288,8 +287,7 @@ test('a recall or edit the server refuses (its window passed) says so, in Englis
       await signIn(page, `late-${locale}`);
       await say(page, `too late ${locale}`);
       await page.waitForSelector('#conn[data-unsent="0"]');
-      const key = await page.locator('#messages .msg.own', { hasText: `too late ${locale}` }).getAttribute('data-key');
-      const msg = page.locator(`#messages [data-key="${key}"]`);
+      const msg = await ownMessage(page, `too late ${locale}`);
       // The server's window passes (the message's time is the server's).
       const sent = Date.parse(await msg.locator('time').getAttribute('datetime'));
       await page.waitForFunction((ts) => Date.now() > ts + 1500, sent);

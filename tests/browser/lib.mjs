@@ -96,6 +96,19 @@ export async function say(page, text) {
   await page.press('#text', 'Enter');
 }
 
+/**
+ * My message with `text` in the open conversation, once stored: by its key,
+ * which the app changes when the ack arrives (`p:…` while pending), so a
+ * locator made earlier would lose it; by key, not text, because an open
+ * editor holds the text in a textarea.
+ */
+export async function ownMessage(page, text) {
+  const stored = page.locator('#messages .msg.own:not([data-key^="p:"])', { hasText: text });
+  await stored.waitFor();
+  const key = await stored.getAttribute('data-key');
+  return page.locator(`#messages [data-key="${key}"]`);
+}
+
 /** The texts of the chat messages (not notices) in the open conversation. */
 export function messageTexts(page) {
   return page.$$eval('#messages .msg .text', (nodes) => nodes.map((n) => n.textContent));

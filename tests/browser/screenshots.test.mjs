@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { Client } from '../../web/client.js';
 import {
-  launch, openPage, signIn, joinRoom, say, waitForTexts, screenshot, Server, Proxy, PHONE,
+  launch, openPage, signIn, joinRoom, say, waitForTexts, screenshot, ownMessage, Server, Proxy, PHONE,
 } from './lib.mjs';
 
 let browser;
@@ -131,11 +131,7 @@ const SCENES = [
   },
 ];
 
-/** My message with `text`, by its key (an open editor has the text in a textarea). */
-async function ownItem(page, text) {
-  const key = await page.locator('#messages .msg.own', { hasText: text }).getAttribute('data-key');
-  return page.locator(`#messages [data-key="${key}"]`);
-}
+const ownItem = ownMessage;
 
 for (const scene of SCENES) {
   test(`screenshots: messenger (${scene.lang}): badges, ticks, edited, recalled, typing, message menu; wide and phone`, async () => {
@@ -144,6 +140,8 @@ for (const scene of SCENES) {
     const bot = (user) => new Client({ url: `ws://${server.addr}/ws`, user, WebSocket });
     const peerBot = bot(peer);
     const otherBot = bot(other);
+    // Closed whatever happens: an open client would keep the run alive.
+    after(() => { peerBot.close(); otherBot.close(); });
     await otherBot.join(room);
     await otherBot.publish(room, { text: text.kickoff });
     // The peer reads what comes, until told to stop.
