@@ -205,12 +205,7 @@ impl ClientSession {
                     }
                     match list.run().await {
                         Ok(page) => {
-                            let frame = page.encode(id.as_ref());
-                            // As for history: the page fits half a queue.
-                            if conn.queued_bytes() + frame.len() > conn.queue_limit() {
-                                conn.wait_for_room().await;
-                            }
-                            service.hub.reply(&conn, frame);
+                            service.reply_page(&conn, page.encode(id.as_ref())).await;
                         }
                         Err(refusal) => service.send_error(&conn, id.as_ref(), &refusal),
                     }
@@ -244,14 +239,7 @@ impl ClientSession {
                                 read: page.read,
                                 peer_read: page.peer_read,
                             };
-                            let frame = proto::encode(&reply);
-                            // Up to half a queue in one frame: wait until
-                            // the queue has that room, as replays do, so a
-                            // reader that keeps up is never cut off.
-                            if conn.queued_bytes() + frame.len() > conn.queue_limit() {
-                                conn.wait_for_room().await;
-                            }
-                            service.hub.reply(&conn, frame);
+                            service.reply_page(&conn, proto::encode(&reply)).await;
                         }
                         Err(refusal) => service.send_error(&conn, id.as_ref(), &refusal),
                     }

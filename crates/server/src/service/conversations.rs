@@ -112,7 +112,7 @@ impl Service {
         };
         Ok(ConversationsRead {
             store: self.store.clone(),
-            max_bytes: (self.config.max_queue / 2).saturating_sub(REPLY_ENVELOPE),
+            max_bytes: self.page_bytes(REPLY_ENVELOPE),
             user: user.to_string(),
             identity: identity.cloned(),
             before,

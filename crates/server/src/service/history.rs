@@ -84,7 +84,7 @@ impl Service {
         };
         Ok(HistoryRead {
             store: self.store.clone(),
-            max_bytes: (self.config.max_queue / 2).saturating_sub(REPLY_ENVELOPE),
+            max_bytes: self.page_bytes(REPLY_ENVELOPE),
             me,
             target,
             before: before.unwrap_or(NO_BOUND).min(NO_BOUND),

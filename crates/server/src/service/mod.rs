@@ -140,6 +140,23 @@ fn validate_name(
 }
 
 impl Service {
+    /// Most bytes of events one page reply (`history`, `conversations`)
+    /// carries, less `envelope` for the reply around them: half of
+    /// `--max-queue`, so [`Service::reply_page`] always finds room for it.
+    pub fn page_bytes(&self, envelope: usize) -> usize {
+        (self.config.max_queue / 2).saturating_sub(envelope)
+    }
+
+    /// Queues a page reply of up to half a queue (see [`Service::page_bytes`]):
+    /// waits until the queue has room for it, as replays do, so a reader
+    /// that keeps up is never cut off as a slow consumer.
+    pub async fn reply_page(&self, conn: &Conn, frame: Vec<u8>) {
+        if conn.queued_bytes() + frame.len() > conn.queue_limit() {
+            conn.wait_for_room().await;
+        }
+        self.hub.reply(conn, frame);
+    }
+
     /// Queues an `error` event (echoing the command's `id`) on `conn`, and
     /// counts it.
     pub fn send_error(&self, conn: &Conn, id: Option<&Id>, refusal: &Rejection) {
