@@ -69,6 +69,10 @@ pub struct RoomRecord {
     pub edited: u64,
     /// When a message was recalled (0: it was not).
     pub recalled: u64,
+    /// Not stored: the connection that gets the ack instead of this entry
+    /// (cluster mode announces it with the entry, so the node holding
+    /// that connection skips it).
+    pub sender: Option<u64>,
 }
 
 /// An inbox entry as stored: `seq` is the recipient's inbox seq, `gid` a
@@ -86,6 +90,8 @@ pub struct DirectRecord {
     pub target: u64,
     pub edited: u64,
     pub recalled: u64,
+    /// Not stored: as [`RoomRecord::sender`].
+    pub sender: Option<u64>,
 }
 
 /// The message an edit or recall changes in place.
@@ -324,4 +330,51 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap health probe for `/readyz`.
     fn check(&self) -> Result<()>;
+
+    /// Whether the store, not the writer, assigns seqs and gids at commit
+    /// (cluster mode: the counters are shared by every node, so a node's
+    /// own counters are only a guess). The writer then takes the numbers
+    /// from [`Store::commit_assigning`], leaves dedupe to the store, and
+    /// delivers nothing itself: every node delivers what the store
+    /// announces, in seq order.
+    fn assigns_seqs(&self) -> bool {
+        false
+    }
+
+    /// Commits like [`Store::commit`] and says, for each [`Write::Room`]
+    /// and [`Write::Direct`] of the batch in order, what it became. A store
+    /// that does not assign seqs stores them as given.
+    ///
+    /// A store that assigns seqs takes the seqs and gids of the batch as
+    /// provisional: it numbers each entry on from its shared counter, keeps
+    /// retention by count itself (ignoring [`Write::TrimRoom`] and
+    /// [`Write::TrimInbox`]), and checks each entry's [`Write::Dedupe`]
+    /// (the one naming the same target and provisional seq) before writing
+    /// it: a repeated id writes nothing and answers
+    /// [`Assigned::Duplicate`], and the [`Write::Amend`] that follows the
+    /// entry is skipped.
+    fn commit_assigning(&self, batch: &[Write]) -> Result<Vec<Assigned>> {
+        self.commit(batch)?;
+        Ok(batch
+            .iter()
+            .filter_map(|w| match w {
+                Write::Room(r) => Some(Assigned::Stored { seq: r.seq, gid: 0 }),
+                Write::Direct(d) => Some(Assigned::Stored {
+                    seq: d.seq,
+                    gid: d.gid,
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// What [`Store::commit_assigning`] made of one room or inbox entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Assigned {
+    /// Stored under `seq` (and `gid`, for an inbox entry; 0 for a room).
+    Stored { seq: u64, gid: u64 },
+    /// Its id was seen before: nothing was written; `seq` is the
+    /// original's.
+    Duplicate { seq: u64 },
 }

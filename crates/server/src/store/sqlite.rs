@@ -199,6 +199,7 @@ fn room_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomRecord> {
         target: r.get(6)?,
         edited: r.get(7)?,
         recalled: r.get(8)?,
+        sender: None,
     })
 }
 
@@ -219,6 +220,7 @@ fn direct_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<DirectRecord> 
         target: r.get(i + 7)?,
         edited: r.get(i + 8)?,
         recalled: r.get(i + 9)?,
+        sender: None,
     })
 }
 
