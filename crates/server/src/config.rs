@@ -77,6 +77,30 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_STORE", default_value = "sqlite", value_enum)]
     pub store: StoreKind,
 
+    /// Cluster mode: share rooms, inboxes, history and presence with every
+    /// node started with the same Redis (`redis://HOST:PORT[/DB]`). The
+    /// embedded store (`--store`, `--data-dir`) is then not used.
+    #[arg(long, env = "SWITCHBOARD_REDIS")]
+    pub redis: Option<String>,
+
+    /// What to do when Redis cannot back "an ack means durable" (checked
+    /// with CONFIG GET at start-up, see docs/OPERATIONS.md): `strict`
+    /// refuses to start, `relaxed` warns and serves, `trust` skips the
+    /// check (a Redis that forbids CONFIG, configured by someone who
+    /// vouches for it).
+    #[arg(long, env = "SWITCHBOARD_REDIS_DURABILITY", default_value = "strict", value_enum)]
+    pub redis_durability: RedisDurability,
+
+    /// How long a Redis call may take before the command answers
+    /// `unavailable` (also the bound on a connect).
+    #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// This node's name in the cluster (default: host name, process id and
+    /// start time, so a restarted node is a new node). No `|` or `:`.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<String>,
+
     /// Messages kept per room and per user inbox; older ones are dropped.
     #[arg(long, env = "SWITCHBOARD_RETENTION_COUNT", default_value_t = 10_000)]
     pub retention_count: u64,
@@ -272,6 +296,10 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             data_dir: "./switchboard-data".into(),
             store: StoreKind::Sqlite,
+            redis: None,
+            redis_durability: RedisDurability::Strict,
+            redis_timeout: Duration::from_secs(2),
+            node_id: None,
             retention_count: 10_000,
             retention_age: Duration::from_secs(30 * 86_400),
             dedupe_window: Duration::from_secs(300),
@@ -310,6 +338,17 @@ pub enum StoreKind {
     Sqlite,
     // Nothing survives a restart.
     Memory,
+}
+
+/// The `--redis-durability` choices.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisDurability {
+    // Refuse to start unless an ack means durable.
+    Strict,
+    // Warn and serve.
+    Relaxed,
+    // Do not check (CONFIG is not allowed).
+    Trust,
 }
 
 /// The `--log-format` choices.

@@ -24,7 +24,8 @@ use crate::expiring::ExpiringMap;
 use crate::hub::{unix_ms, Conn, Delivery, Hub};
 use crate::service::Rejection;
 use crate::store::{
-    DedupeRecord, DirectRecord, Kind, Original, Retention, RoomRecord, Store, StoreError, Write,
+    Assigned, DedupeRecord, DirectRecord, Kind, Original, Retention, RoomRecord, Store,
+    StoreError, Write,
 };
 
 const MAX_BATCH: usize = 1024;
@@ -133,12 +134,31 @@ impl Pipeline {
         hub: Arc<Hub>,
         settings: Settings,
     ) -> Result<Pipeline, StoreError> {
+        Pipeline::start_with_bus(store, hub, settings, None)
+    }
+
+    /// [`Pipeline::start`] for cluster mode: `bus` carries what is not an
+    /// entry of the store (a room read position) to the other nodes.
+    pub fn start_with_bus(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        settings: Settings,
+        bus: Option<Arc<crate::cluster::Bus>>,
+    ) -> Result<Pipeline, StoreError> {
         let window_ms = settings.dedupe_window.as_millis() as u64;
-        let recovered = store.recover(unix_ms().saturating_sub(window_ms))?;
+        // Shared counters are not this node's to recover: it guesses, and
+        // the store numbers.
+        let recovered = if store.assigns_seqs() {
+            crate::store::Recovered::default()
+        } else {
+            store.recover(unix_ms().saturating_sub(window_ms))?
+        };
         let healthy = Arc::new(AtomicBool::new(true));
         hub.restore_floors(&recovered.room_floors, &recovered.inbox_floors);
         let mut writer = Writer {
             healthy: healthy.clone(),
+            assigning: store.assigns_seqs(),
+            bus,
             store,
             hub,
             settings,
@@ -254,6 +274,13 @@ type DedupeKey = (String, String, String);
 struct Writer {
     healthy: Arc<AtomicBool>,
     store: Arc<dyn Store>,
+    /// The store numbers entries and dedupes ids itself, and every node
+    /// delivers what it announces (cluster mode, see
+    /// [`Store::assigns_seqs`]): this writer's counters are only guesses,
+    /// and it delivers nothing.
+    assigning: bool,
+    /// Cluster mode: where events for a user's devices on other nodes go.
+    bus: Option<Arc<crate::cluster::Bus>>,
     hub: Arc<Hub>,
     settings: Settings,
     rooms: HashMap<Arc<str>, Count>,
@@ -328,7 +355,9 @@ impl Writer {
     /// the store keeps counters memory dropped, which is safe (a counter
     /// read back at start-up is at least the floor it was folded into).
     fn forget_idle(&mut self, older_than: u64) {
-        if older_than <= self.idle_before {
+        // Shared counters are never forgotten: another node may be using
+        // one (a counter is a few dozen bytes of Redis).
+        if self.assigning || older_than <= self.idle_before {
             return;
         }
         let idle = |counters: &HashMap<Arc<str>, Count>| -> (Vec<(Arc<str>, u64)>, u64) {
@@ -404,6 +433,7 @@ impl Writer {
             new_keys: Vec::new(),
             positions: HashMap::new(),
             recalled: Vec::new(),
+            provisional: 0,
         };
         let old_gid = self.last_gid;
         let mut plans = Vec::with_capacity(batch.len());
@@ -454,10 +484,17 @@ impl Writer {
             }
         }
         let committed = if b.writes.is_empty() {
-            Ok(())
+            Ok(Vec::new())
+        } else if self.assigning {
+            self.store.commit_assigning(&b.writes)
         } else {
-            self.store.commit(&b.writes)
+            self.store.commit(&b.writes).map(|()| Vec::new())
         };
+        if let Ok(assigned) = &committed {
+            if self.assigning {
+                self.take_assigned(&mut plans, assigned);
+            }
+        }
         self.healthy.store(committed.is_ok(), Ordering::Relaxed);
         if let Err(err) = &committed {
             tracing::error!(%err, jobs = batch.len(), "store commit failed: answering unavailable");
@@ -478,6 +515,52 @@ impl Writer {
         }
     }
 
+    /// Puts the numbers the store assigned into the plans (cluster mode):
+    /// one [`Assigned`] per room or inbox entry of the batch, in the order
+    /// the plans wrote them. The writer's own counters move up to what the
+    /// store said, so the next guesses are close.
+    fn take_assigned(&mut self, plans: &mut [Plan], assigned: &[Assigned]) {
+        let mut next = assigned.iter();
+        for plan in plans.iter_mut() {
+            match plan {
+                Plan::Stored { seq, gid, ts } => match next.next() {
+                    Some(Assigned::Stored {
+                        seq: real,
+                        gid: real_gid,
+                    }) => {
+                        *plan = Plan::Stored {
+                            seq: *real,
+                            gid: gid.map(|_| *real_gid),
+                            ts: *ts,
+                        }
+                    }
+                    Some(Assigned::Duplicate { seq: original }) => {
+                        *plan = Plan::Duplicate {
+                            seq: *original,
+                            tentative: false,
+                        }
+                    }
+                    None => {
+                        tracing::error!(seq = *seq, "store assigned fewer entries than written");
+                    }
+                },
+                Plan::Read {
+                    receipt: Some((seq, gid)),
+                    ..
+                } => {
+                    if let Some(Assigned::Stored {
+                        seq: real,
+                        gid: real_gid,
+                    }) = next.next()
+                    {
+                        (*seq, *gid) = (*real, *real_gid);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Plans a `publish`, `send`, `edit` or `recall`: dedupe, the change's
     /// rules, the next seq, the records.
     fn plan_message(&mut self, m: &Submission, now: u64, b: &mut Batch) -> Plan {
@@ -488,7 +571,11 @@ impl Writer {
             };
             (m.from.to_string(), target, id.as_json().to_string())
         });
-        if let Some(seq) = key.as_ref().and_then(|k| self.dedupe.get(k)) {
+        if let Some(seq) = key
+            .as_ref()
+            .filter(|_| !self.assigning)
+            .and_then(|k| self.dedupe.get(k))
+        {
             let tentative = key.as_ref().is_some_and(|k| b.new_keys.contains(k));
             return Plan::Duplicate {
                 seq: *seq,
@@ -521,6 +608,7 @@ impl Writer {
                     body: m.body.get().to_string(),
                     kind,
                     target,
+                    sender: m.sender.filter(|_| self.assigning),
                     ..RoomRecord::default()
                 }));
                 None
@@ -536,6 +624,7 @@ impl Writer {
                     body: m.body.get().to_string(),
                     kind,
                     target,
+                    sender: m.sender.filter(|_| self.assigning),
                     ..DirectRecord::default()
                 }));
                 Some(self.last_gid)
@@ -559,8 +648,10 @@ impl Writer {
                 seq,
                 ts: now,
             }));
-            self.dedupe.insert(key.clone(), seq, now);
-            b.new_keys.push(key);
+            if !self.assigning {
+                self.dedupe.insert(key.clone(), seq, now);
+                b.new_keys.push(key);
+            }
             if self.dedupe.len() > self.settings.max_dedupe {
                 // Oldest first; one of this batch only if the cap is tiny
                 // (its rollback then finds nothing).
@@ -666,6 +757,12 @@ impl Writer {
     /// cap and numbers on from its floor. What it changed is noted in the
     /// batch, to be undone if the commit fails.
     fn next_seq(&mut self, to: &Destination, now: u64, b: &mut Batch) -> Result<u64, Rejection> {
+        if self.assigning {
+            // A placeholder the store replaces; unique within the batch, so
+            // an entry's dedupe record still names it.
+            b.provisional += 1;
+            return Ok(b.provisional);
+        }
         let (name, counters, old, max) = match to {
             Destination::Room(room) => (
                 room,
@@ -708,7 +805,12 @@ impl Writer {
         let (key, latest) = match &r.to {
             Destination::Room(room) => (
                 format!("room:{room}"),
-                self.rooms.get(room).map_or(0, |c| c.seq),
+                // Cluster mode: the hub follows every room with a member
+                // here (and only a member reads a room).
+                self.rooms
+                    .get(room)
+                    .map_or(0, |c| c.seq)
+                    .max(self.hub.room_seq(room)),
             ),
             Destination::User(peer) => match self.store.last_from(&r.user, peer) {
                 Ok(last) => (format!("user:{peer}"), last.unwrap_or(0)),
@@ -753,6 +855,7 @@ impl Writer {
                     body: "null".into(),
                     kind: Kind::Read,
                     target: upto,
+                    sender: r.conn.filter(|_| self.assigning),
                     ..DirectRecord::default()
                 }));
                 (seq, self.last_gid)
@@ -788,6 +891,14 @@ impl Writer {
             Plan::Duplicate { tentative, .. } if tentative && !committed => Err(unavailable()),
             Plan::Duplicate { seq, .. } => Ok(Delivery::duplicate(seq)),
             Plan::Stored { .. } if !committed => Err(unavailable()),
+            Plan::Stored { seq, gid, .. } if self.assigning => Ok(Delivery {
+                seq,
+                gid,
+                // Every node delivers for itself: this one cannot count.
+                delivered: 0,
+                stored: true,
+                duplicate: false,
+            }),
             Plan::Stored { seq, gid, ts } => Ok(self.deliver(&m, seq, gid, ts)),
             Plan::Silent | Plan::Read { .. } => return,
         };
@@ -869,9 +980,19 @@ impl Writer {
         };
         match (&r.to, receipt) {
             (Destination::Room(room), _) => {
-                let event = proto::ReadReceipt::room(&r.user, room, upto);
-                self.hub.to_user(&r.user, proto::encode(&event), r.conn);
+                let event = proto::encode(&proto::ReadReceipt::room(&r.user, room, upto));
+                match &self.bus {
+                    // The reader's devices may be on any node (this one
+                    // included: it hears its own announcement).
+                    Some(bus) => bus.to_user(&r.user, event, r.conn),
+                    None => {
+                        self.hub.to_user(&r.user, event, r.conn);
+                    }
+                }
             }
+            // Cluster mode: the receipt is an inbox entry, which every node
+            // delivers from the store's announcement.
+            (Destination::User(_), Some(_)) if self.assigning => {}
             (Destination::User(peer), Some((seq, _gid))) => {
                 self.hub.set_inbox_seq(peer, seq);
                 let event = proto::ReadReceipt::direct(&r.user, peer, upto, seq);
@@ -880,14 +1001,19 @@ impl Writer {
             }
             (Destination::User(peer), None) => {
                 // No receipt entry: the reader's devices still learn it.
-                let event = proto::ReadReceipt {
+                let event = proto::encode(&proto::ReadReceipt {
                     by: &r.user,
                     from: Some(peer),
                     room: None,
                     upto,
                     seq: None,
-                };
-                self.hub.to_user(&r.user, proto::encode(&event), r.conn);
+                });
+                match &self.bus {
+                    Some(bus) => bus.to_user(&r.user, event, r.conn),
+                    None => {
+                        self.hub.to_user(&r.user, event, r.conn);
+                    }
+                }
             }
         }
     }
@@ -927,6 +1053,8 @@ struct Batch {
     positions: HashMap<(Arc<str>, String), u64>,
     /// Messages recalled by this batch.
     recalled: Vec<Original>,
+    /// The last placeholder seq given (cluster mode).
+    provisional: u64,
 }
 
 fn store_failed(err: StoreError) -> Rejection {

@@ -12,8 +12,13 @@
 //!   durable".
 //! - [`keys`]: the key schema, shared with the tests.
 
+pub mod bus;
 pub mod durability;
+pub mod follower;
 pub mod sequencer;
+
+pub use bus::{Bus, Origin};
+pub use follower::Follower;
 
 pub use durability::{check_durability, Durability};
 pub use sequencer::{ChannelMessage, Job, Outcome, Publish, RedisSequencer, Settings};
@@ -42,6 +47,17 @@ pub mod keys {
     /// The channel every publish to the room is announced on.
     pub fn room_channel(room: &str) -> String {
         format!("sb:{{r:{room}}}:ch")
+    }
+
+    /// A user's inbox counter: HASH `seq`, `ts`.
+    pub fn user_meta(user: &str) -> String {
+        format!("sb:{{u:{user}}}:meta")
+    }
+
+    /// The channel a user's inbox entries (and the copies for the sender's
+    /// devices, and events for them) are announced on.
+    pub fn user_channel(user: &str) -> String {
+        format!("sb:{{u:{user}}}:ch")
     }
 
     /// A publish to `room` by `user` with command id `id` (raw JSON),

@@ -132,6 +132,7 @@ impl Server {
                 store,
                 pipeline,
                 auth,
+                cluster: None,
             }),
             gate,
             shutting_down: AtomicBool::new(false),

@@ -713,6 +713,42 @@ impl Hub {
         delivered
     }
 
+    /// Delivers a committed inbox entry of `to` to `to`'s connections only
+    /// (cluster mode: the copy for the sender's other devices comes from
+    /// the sender's own channel, to the node holding them).
+    pub fn deliver_inbox_only(
+        &self,
+        to: &str,
+        seq: u64,
+        payload: Vec<u8>,
+        sender: Option<u64>,
+    ) -> usize {
+        let message = text(payload);
+        let mut delivered = 0;
+        if let Some(mut conns) = self.users.get_mut(to) {
+            for member in conns.iter_mut() {
+                if Some(member.conn.id) != sender
+                    && seq > member.from_seq
+                    && member.push(&message, &self.metrics)
+                {
+                    delivered += 1;
+                }
+            }
+        }
+        self.metrics.messages_out.increment(delivered as u64);
+        delivered
+    }
+
+    /// Whether `room` has a member here.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    /// Whether `user` has a connection here.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// Queues an event to every connection of `user` but `except`
     /// (a room read position, for the reader's other devices).
     pub fn to_user(&self, user: &str, payload: Vec<u8>, except: Option<u64>) -> usize {

@@ -74,8 +74,17 @@ impl Service {
                     to: None,
                     body,
                 };
-                self.hub
-                    .signal_room(room, proto::encode(&event), client.conn.id);
+                match &self.cluster {
+                    Some(cluster) => {
+                        cluster
+                            .bus
+                            .signal_room(room, proto::encode(&event), client.conn.id)
+                    }
+                    None => {
+                        self.hub
+                            .signal_room(room, proto::encode(&event), client.conn.id);
+                    }
+                }
             }
             Destination::User(user) => {
                 let event = proto::Signal {
@@ -84,7 +93,12 @@ impl Service {
                     to: Some(user),
                     body,
                 };
-                self.hub.signal_user(user, proto::encode(&event));
+                match &self.cluster {
+                    Some(cluster) => cluster.bus.signal_user(user, proto::encode(&event)),
+                    None => {
+                        self.hub.signal_user(user, proto::encode(&event));
+                    }
+                }
             }
         }
         Ok(())

@@ -54,6 +54,15 @@ pub struct Service {
     pub store: Arc<dyn Store>,
     pub pipeline: Pipeline,
     pub auth: Box<dyn Authenticator>,
+    /// Cluster mode (`--redis`): the node's view of the other nodes.
+    pub cluster: Option<Cluster>,
+}
+
+/// What cluster mode adds to a node: it follows the rooms and users with a
+/// member here, and tells the other nodes what is not a stored entry.
+pub struct Cluster {
+    pub follower: Arc<crate::cluster::Follower>,
+    pub bus: Arc<crate::cluster::Bus>,
 }
 
 /// A refused command: sent back as an `error` event (WebSocket) or an HTTP

@@ -37,6 +37,11 @@ impl Service {
                 format!("a connection may be in at most {max} rooms"),
             ));
         }
+        if let Some(cluster) = &self.cluster {
+            // The joined seq must be the cluster's: follow the room first
+            // (a no-op while another member here follows it).
+            cluster.follower.follow_room(room)?;
+        }
         if let Some(range) = self.hub.join(conn, room, since, id) {
             replay::room(self.clone(), conn.clone(), room.to_owned(), range);
         }
@@ -74,6 +79,11 @@ impl Service {
     /// Closes every connection of `user` (backend only); returns how many.
     pub fn disconnect_user(&self, user: &str) -> Result<usize, Rejection> {
         validate_name(validate_user, user, "")?;
+        if let Some(cluster) = &self.cluster {
+            // The other nodes close theirs (this one hears it too; closing
+            // twice is harmless).
+            cluster.bus.kick(user);
+        }
         Ok(self.hub.kick(user))
     }
 }

@@ -1,0 +1,687 @@
+//! The node's listening side of cluster mode: it follows the channels of
+//! the rooms with a member here and the users with a connection here, and
+//! delivers what they announce to the local connections, in seq order,
+//! with no gap and no duplicate.
+//!
+//! Every entry, including those this node wrote, reaches the hub from here
+//! (the writer only answers acks): two nodes publishing to one room are
+//! ordered by the seqs Redis gave them, and this is the one place that
+//! orders them for the local members.
+//!
+//! - **Follow.** The first local member of a room (or connection of a
+//!   user) subscribes to its channel, then reads its last seq (the
+//!   watermark) before the hub admits the member: everything after the
+//!   watermark arrives live, everything up to it is in the store.
+//! - **Gaps.** An entry whose seq is beyond `last + 1` means the channel
+//!   lost something (a dropped connection, an output-buffer kick): the gap
+//!   is read from the store and delivered first. An entry at or below
+//!   `last` was delivered already and is dropped.
+//! - **Silence.** A `PING` every [`PROBE_EVERY`] on the pub/sub connection
+//!   must answer within [`PROBE_TIMEOUT`], or the connection is dropped and
+//!   made again (a silent connection after a failover is the known failure
+//!   of pub/sub). After any reconnect, and every [`SYNC_EVERY`], the last
+//!   seq of every followed name is read back and any gap filled: a lost
+//!   *last* message is found within that bound.
+//! - **Unfollow.** A name without local members for [`LINGER`] is
+//!   unsubscribed (lingering covers a member between follow and join).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use switchboard_protocol::ErrorCode;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{keys, Origin};
+use crate::hub::Hub;
+use crate::service::{replay, Rejection};
+use crate::store::{RoomRecord, Store};
+
+/// How often the pub/sub connection is probed.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe may take before the connection counts as dead.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often every followed name's last seq is compared with what was
+/// delivered (finds a lost last message).
+const SYNC_EVERY: Duration = Duration::from_secs(5);
+/// How long a name without local members stays followed.
+const LINGER: Duration = Duration::from_secs(5);
+/// Entries read per store call while filling a gap.
+const FILL_PAGE: usize = 512;
+/// Channels per SUBSCRIBE when resubscribing after a reconnect.
+const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// A room or a user, as followed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Room(Arc<str>),
+    User(Arc<str>),
+}
+
+impl Topic {
+    fn channel(&self) -> String {
+        match self {
+            Topic::Room(room) => keys::room_channel(room),
+            Topic::User(user) => keys::user_channel(user),
+        }
+    }
+
+    fn meta(&self) -> String {
+        match self {
+            Topic::Room(room) => keys::room_meta(room),
+            Topic::User(user) => keys::user_meta(user),
+        }
+    }
+
+    /// The topic a channel name belongs to.
+    fn of_channel(channel: &str) -> Option<Topic> {
+        let rest = channel.strip_prefix("sb:{")?.strip_suffix("}:ch")?;
+        if let Some(room) = rest.strip_prefix("r:") {
+            Some(Topic::Room(Arc::from(room)))
+        } else {
+            rest.strip_prefix("u:").map(|user| Topic::User(Arc::from(user)))
+        }
+    }
+}
+
+/// What a followed name has delivered.
+struct Followed {
+    /// The last seq delivered here (or the watermark).
+    last: u64,
+}
+
+enum Command {
+    Follow(Topic, oneshot::Sender<Result<(), String>>),
+}
+
+/// The handle the command layer uses: follow a room or user before the hub
+/// admits a member for it.
+pub struct Follower {
+    tx: mpsc::UnboundedSender<Command>,
+    /// Names followed (and when last asked for): a follow of one of them
+    /// costs a map lookup.
+    followed: DashMap<Topic, Instant>,
+    /// The pub/sub connection is up and resynced.
+    up: AtomicBool,
+    node: Arc<str>,
+    timeout: Duration,
+    handle: tokio::runtime::Handle,
+}
+
+impl Follower {
+    /// Starts following (on the current runtime). `redis_url` for the
+    /// pub/sub connection; `store` and `conn` read gaps and watermarks.
+    pub fn start(
+        redis_url: &str,
+        node: Arc<str>,
+        hub: Arc<Hub>,
+        store: Arc<dyn Store>,
+        conn: ConnectionManager,
+        timeout: Duration,
+    ) -> Result<Arc<Follower>, String> {
+        let client = redis::Client::open(redis_url).map_err(|e| format!("redis URL: {e}"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let follower = Arc::new(Follower {
+            tx,
+            followed: DashMap::new(),
+            up: AtomicBool::new(false),
+            node,
+            timeout,
+            handle: tokio::runtime::Handle::current(),
+        });
+        let listener = Listener {
+            follower: follower.clone(),
+            client,
+            hub,
+            store,
+            conn,
+            topics: HashMap::new(),
+        };
+        follower.handle.spawn(listener.run(rx));
+        Ok(follower)
+    }
+
+    /// Whether the node hears the other nodes (for `/readyz`).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Follows `room` if it is not followed yet; on return, the hub's seq
+    /// of the room is its watermark. Blocks the calling thread for at most
+    /// the Redis timeout (a join waits for it: the joined seq must be the
+    /// cluster's).
+    pub fn follow_room(&self, room: &str) -> Result<(), Rejection> {
+        self.follow(Topic::Room(Arc::from(room)))
+    }
+
+    /// Likewise for a user's inbox (before `identify`).
+    pub fn follow_user(&self, user: &str) -> Result<(), Rejection> {
+        self.follow(Topic::User(Arc::from(user)))
+    }
+
+    fn follow(&self, topic: Topic) -> Result<(), Rejection> {
+        if let Some(mut seen) = self.followed.get_mut(&topic) {
+            *seen = Instant::now();
+            return Ok(());
+        }
+        if !self.is_up() {
+            return Err(unavailable());
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Command::Follow(topic, reply)).is_err() {
+            return Err(unavailable());
+        }
+        let wait = async { tokio::time::timeout(self.timeout, answer).await };
+        let outcome = match tokio::runtime::Handle::try_current() {
+            // A worker thread of the runtime: let it run other tasks while
+            // this one waits (the wait is one Redis round trip).
+            Ok(_) => tokio::task::block_in_place(|| self.handle.block_on(wait)),
+            Err(_) => self.handle.block_on(wait),
+        };
+        match outcome {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => {
+                tracing::warn!(%err, "cluster: following failed");
+                Err(unavailable())
+            }
+            _ => Err(unavailable()),
+        }
+    }
+}
+
+fn unavailable() -> Rejection {
+    Rejection::new(
+        ErrorCode::Unavailable,
+        "the cluster store is unavailable; retry later",
+    )
+}
+
+/// The task that owns the pub/sub connection.
+struct Listener {
+    follower: Arc<Follower>,
+    client: redis::Client,
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    /// For watermarks (one multiplexed connection, shared with the bus).
+    conn: ConnectionManager,
+    topics: HashMap<Topic, Followed>,
+}
+
+impl Listener {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connected =
+                tokio::time::timeout(self.follower.timeout, self.client.get_async_pubsub()).await;
+            let pubsub = match connected {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "cluster: pub/sub connect failed");
+                    self.refuse_while(&mut rx, jittered(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("cluster: pub/sub connect timed out");
+                    self.refuse_while(&mut rx, jittered(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            if let Err(err) = self.resubscribe(&mut sink).await {
+                tracing::warn!(%err, "cluster: resubscribing failed");
+                self.refuse_while(&mut rx, jittered(backoff)).await;
+                continue;
+            }
+            // Subscribed first, then caught up: anything published since is
+            // either in the stream or read back here.
+            if let Err(err) = self.sync_all().await {
+                tracing::warn!(%err, "cluster: catching up after connect failed");
+                self.refuse_while(&mut rx, jittered(backoff)).await;
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            self.follower.up.store(true, Ordering::Relaxed);
+            tracing::info!(topics = self.topics.len(), "cluster: listening");
+            let mut probe = tokio::time::interval(PROBE_EVERY);
+            let mut last_sync = Instant::now();
+            loop {
+                tokio::select! {
+                    message = stream.next() => match message {
+                        Some(message) => self.on_message(message).await,
+                        None => {
+                            tracing::warn!("cluster: pub/sub connection lost");
+                            break;
+                        }
+                    },
+                    command = rx.recv() => match command {
+                        Some(Command::Follow(topic, reply)) => {
+                            let result = self.follow(&mut sink, topic).await;
+                            let _ = reply.send(result);
+                        }
+                        None => return,
+                    },
+                    _ = probe.tick() => {
+                        let ping = tokio::time::timeout(PROBE_TIMEOUT, sink.ping::<String>()).await;
+                        if !matches!(ping, Ok(Ok(_))) {
+                            tracing::warn!("cluster: pub/sub connection silent: reconnecting");
+                            break;
+                        }
+                        if last_sync.elapsed() >= SYNC_EVERY {
+                            last_sync = Instant::now();
+                            self.unfollow_idle(&mut sink).await;
+                            if let Err(err) = self.sync_all().await {
+                                tracing::warn!(%err, "cluster: periodic catch-up failed");
+                            }
+                        }
+                    }
+                }
+            }
+            self.follower.up.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Answers follows with an error for `wait` (Redis is unreachable).
+    async fn refuse_while(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>, wait: Duration) {
+        self.follower.up.store(false, Ordering::Relaxed);
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                command = rx.recv() => match command {
+                    Some(Command::Follow(_, reply)) => {
+                        let _ = reply.send(Err("redis is unreachable".into()));
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn resubscribe(&mut self, sink: &mut redis::aio::PubSubSink) -> redis::RedisResult<()> {
+        let channels: Vec<String> = self.topics.keys().map(Topic::channel).collect();
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            sink.subscribe(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn follow(
+        &mut self,
+        sink: &mut redis::aio::PubSubSink,
+        topic: Topic,
+    ) -> Result<(), String> {
+        if self.topics.contains_key(&topic) {
+            self.follower.followed.insert(topic, Instant::now());
+            return Ok(());
+        }
+        sink.subscribe(topic.channel())
+            .await
+            .map_err(|e| e.to_string())?;
+        let last = self.watermark(&topic).await?;
+        self.set_seq(&topic, last);
+        self.topics.insert(topic.clone(), Followed { last });
+        self.follower.followed.insert(topic, Instant::now());
+        Ok(())
+    }
+
+    /// A name's last seq in Redis.
+    async fn watermark(&mut self, topic: &Topic) -> Result<u64, String> {
+        let seq: Option<u64> = redis::cmd("HGET")
+            .arg(topic.meta())
+            .arg("seq")
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Tells the hub a name's committed seq (never lowers it).
+    fn set_seq(&self, topic: &Topic, seq: u64) {
+        match topic {
+            Topic::Room(room) if self.hub.room_seq(room) < seq => self.hub.set_room_seq(room, seq),
+            Topic::User(user) if self.hub.inbox_seq(user) < seq => {
+                self.hub.set_inbox_seq(user, seq)
+            }
+            _ => {}
+        }
+    }
+
+    /// Unsubscribes names with no local member for [`LINGER`].
+    async fn unfollow_idle(&mut self, sink: &mut redis::aio::PubSubSink) {
+        let idle: Vec<Topic> = self
+            .topics
+            .keys()
+            .filter(|topic| {
+                let live = match topic {
+                    Topic::Room(room) => self.hub.has_room(room),
+                    Topic::User(user) => self.hub.has_user(user),
+                };
+                !live
+                    && self
+                        .follower
+                        .followed
+                        .get(*topic)
+                        .is_none_or(|seen| seen.elapsed() >= LINGER)
+            })
+            .cloned()
+            .collect();
+        for topic in idle {
+            // Out of the fast path first: a follow from now on asks again.
+            self.follower.followed.remove(&topic);
+            if sink.unsubscribe(topic.channel()).await.is_err() {
+                // The connection is failing; the reconnect resubscribes
+                // what is still followed.
+                self.follower.followed.insert(topic, Instant::now());
+                return;
+            }
+            self.topics.remove(&topic);
+        }
+    }
+
+    /// Reads every followed name's last seq (one pipeline) and delivers
+    /// whatever was missed.
+    async fn sync_all(&mut self) -> Result<(), String> {
+        if self.topics.is_empty() {
+            return Ok(());
+        }
+        let topics: Vec<Topic> = self.topics.keys().cloned().collect();
+        let mut pipe = redis::pipe();
+        for topic in &topics {
+            pipe.cmd("HGET").arg(topic.meta()).arg("seq");
+        }
+        let seqs: Vec<Option<u64>> = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (topic, seq) in topics.into_iter().zip(seqs) {
+            let seq = seq.unwrap_or(0);
+            let last = self.topics.get(&topic).map_or(0, |f| f.last);
+            if seq > last {
+                self.fill(&topic, last, seq).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, message: redis::Msg) {
+        let Some(topic) = Topic::of_channel(message.get_channel_name()) else {
+            return;
+        };
+        let payload = message.get_payload_bytes();
+        let Some((kind, rest)) = split_once(payload) else {
+            return;
+        };
+        match kind {
+            b"s" => self.on_entry(&topic, rest).await,
+            b"e" | b"g" => {
+                let Some((origin, event)) = split_once(rest) else {
+                    return;
+                };
+                let except = Origin::parse(origin).conn_on(&self.follower.node);
+                match (&topic, kind) {
+                    (Topic::User(user), b"e") => {
+                        self.hub.to_user(user, event.to_vec(), except);
+                    }
+                    (Topic::User(user), _) => {
+                        self.hub.signal_user(user, event.to_vec());
+                    }
+                    (Topic::Room(room), _) => {
+                        self.hub.signal_room(room, event.to_vec(), except.unwrap_or(0));
+                    }
+                }
+            }
+            b"k" => {
+                if let Topic::User(user) = &topic {
+                    self.hub.kick(user);
+                }
+            }
+            _ => tracing::debug!("cluster: unknown announcement"),
+        }
+    }
+
+    /// A stored entry announced on `topic`'s channel.
+    async fn on_entry(&mut self, topic: &Topic, rest: &[u8]) {
+        let Some((origin, record)) = split_once(rest) else {
+            return;
+        };
+        let Ok(record) = serde_json::from_slice::<Record>(record) else {
+            tracing::warn!("cluster: an announced entry does not parse");
+            return;
+        };
+        let sender = Origin::parse(origin).conn_on(&self.follower.node);
+        match topic {
+            Topic::Room(room) => {
+                let entry = record.into_room(room);
+                self.sequenced(topic, entry.seq, Entry::Room(entry, sender))
+                    .await;
+            }
+            Topic::User(user) => {
+                let entry = record.into_direct();
+                if *entry.to == **user {
+                    self.sequenced(topic, entry.seq, Entry::Inbox(entry, sender))
+                        .await;
+                } else if *entry.from == **user {
+                    // The sender's (or reader's) other devices get a copy:
+                    // not an entry of their inbox, so not sequenced.
+                    if let Some(event) = replay::direct_event(entry) {
+                        self.hub.to_user(user, event, sender);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers an entry in seq order: after filling any gap before it.
+    async fn sequenced(&mut self, topic: &Topic, seq: u64, entry: Entry) {
+        let Some(last) = self.topics.get(topic).map(|f| f.last) else {
+            // Announced after an unsubscribe: nobody here wants it.
+            return;
+        };
+        if seq <= last {
+            return;
+        }
+        if seq > last + 1 {
+            if let Err(err) = self.fill(topic, last, seq - 1).await {
+                // Delivering this one would leave a hole: the periodic
+                // catch-up delivers it with the gap.
+                tracing::warn!(%err, "cluster: filling a gap failed");
+                return;
+            }
+        }
+        self.deliver(topic, entry);
+    }
+
+    /// Reads `(after, upto]` from the store and delivers it.
+    async fn fill(&mut self, topic: &Topic, after: u64, upto: u64) -> Result<(), String> {
+        let mut after = after;
+        while after < upto {
+            let store = self.store.clone();
+            let page = topic.clone();
+            let limit = FILL_PAGE.min((upto - after) as usize);
+            let entries = tokio::task::spawn_blocking(move || match &page {
+                Topic::Room(room) => store
+                    .room_after(room, after, limit)
+                    .map(|r| r.into_iter().map(|e| Entry::Room(e, None)).collect()),
+                Topic::User(user) => store
+                    .inbox_after(user, after, limit)
+                    .map(|r| r.into_iter().map(|e| Entry::Inbox(e, None)).collect()),
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e: crate::store::StoreError| e.to_string())?;
+            let entries: Vec<Entry> = entries;
+            if entries.is_empty() {
+                // Trimmed by retention: nothing to deliver up to `upto`;
+                // a member that needs it resumes and gets a reset.
+                self.skip_to(topic, upto);
+                return Ok(());
+            }
+            for entry in entries {
+                let seq = entry.seq();
+                if seq > upto {
+                    break;
+                }
+                self.deliver(topic, entry);
+                after = seq;
+            }
+            if let Some(f) = self.topics.get(topic) {
+                after = after.max(f.last);
+            }
+        }
+        Ok(())
+    }
+
+    fn skip_to(&mut self, topic: &Topic, seq: u64) {
+        if let Some(f) = self.topics.get_mut(topic) {
+            f.last = f.last.max(seq);
+        }
+        self.set_seq(topic, seq);
+    }
+
+    /// Hands one entry to the hub and moves the topic's position.
+    fn deliver(&mut self, topic: &Topic, entry: Entry) {
+        let seq = entry.seq();
+        match self.topics.get_mut(topic) {
+            Some(f) if seq > f.last => f.last = seq,
+            _ => return,
+        }
+        match entry {
+            Entry::Room(record, sender) => {
+                let room: Arc<str> = Arc::from(record.room.as_str());
+                self.hub.set_room_seq(&room, seq);
+                if let Some(event) = replay::message_event(record) {
+                    self.hub.deliver_room_entry(&room, seq, event, sender);
+                }
+            }
+            Entry::Inbox(record, sender) => {
+                let to: Arc<str> = Arc::from(record.to.as_str());
+                self.hub.set_inbox_seq(&to, seq);
+                if let Some(event) = replay::direct_event(record) {
+                    self.hub.deliver_inbox_only(&to, seq, event, sender);
+                }
+            }
+        }
+    }
+}
+
+/// An entry to deliver, with the connection that got the ack instead (on
+/// this node).
+enum Entry {
+    Room(RoomRecord, Option<u64>),
+    Inbox(crate::store::DirectRecord, Option<u64>),
+}
+
+impl Entry {
+    fn seq(&self) -> u64 {
+        match self {
+            Entry::Room(r, _) => r.seq,
+            Entry::Inbox(d, _) => d.seq,
+        }
+    }
+}
+
+/// An entry as announced (the store's record JSON).
+#[derive(serde::Deserialize)]
+struct Record {
+    seq: u64,
+    #[serde(default)]
+    gid: u64,
+    #[serde(default)]
+    to: String,
+    from: String,
+    ts: u64,
+    #[serde(default)]
+    kind: i64,
+    #[serde(default)]
+    target: u64,
+    #[serde(default)]
+    edited: u64,
+    #[serde(default)]
+    recalled: u64,
+    body: Box<serde_json::value::RawValue>,
+}
+
+impl Record {
+    fn into_room(self, room: &str) -> RoomRecord {
+        RoomRecord {
+            room: room.to_owned(),
+            seq: self.seq,
+            from: self.from,
+            ts: self.ts,
+            body: self.body.get().to_owned(),
+            kind: crate::store::Kind::from_code(self.kind),
+            target: self.target,
+            edited: self.edited,
+            recalled: self.recalled,
+            sender: None,
+        }
+    }
+
+    fn into_direct(self) -> crate::store::DirectRecord {
+        crate::store::DirectRecord {
+            gid: self.gid,
+            to: self.to,
+            seq: self.seq,
+            from: self.from,
+            ts: self.ts,
+            body: self.body.get().to_owned(),
+            kind: crate::store::Kind::from_code(self.kind),
+            target: self.target,
+            edited: self.edited,
+            recalled: self.recalled,
+            sender: None,
+        }
+    }
+}
+
+/// `head|tail` at the first `|`.
+fn split_once(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = bytes.iter().position(|&b| b == b'|')?;
+    Some((&bytes[..at], &bytes[at + 1..]))
+}
+
+/// `base` ± 25 %, so nodes that lost Redis together do not retry together.
+fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let spread = base / 2;
+    base - base / 4 + spread.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_map_back_to_topics() {
+        for topic in [
+            Topic::Room(Arc::from("lobby")),
+            Topic::User(Arc::from("ann")),
+            Topic::Room(Arc::from("a}:ch{r:b")),
+        ] {
+            assert_eq!(Topic::of_channel(&topic.channel()), Some(topic));
+        }
+        assert_eq!(Topic::of_channel("sb:{x:y}:ch"), None);
+        assert_eq!(Topic::of_channel("other"), None);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        let base = Duration::from_millis(400);
+        let j = jittered(base);
+        assert!(j >= Duration::from_millis(300) && j <= Duration::from_millis(500));
+    }
+}
