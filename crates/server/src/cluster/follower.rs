@@ -244,7 +244,7 @@ impl Listener {
             }
             // Subscribed first, then caught up: anything published since is
             // either in the stream or read back here.
-            if let Err(err) = self.sync_all().await {
+            if let Err(err) = self.sync_all(true).await {
                 tracing::warn!(%err, "cluster: catching up after connect failed");
                 self.refuse_while(&mut rx, jittered(backoff)).await;
                 continue;
@@ -279,7 +279,7 @@ impl Listener {
                         if last_sync.elapsed() >= SYNC_EVERY {
                             last_sync = Instant::now();
                             self.unfollow_idle(&mut sink).await;
-                            if let Err(err) = self.sync_all().await {
+                            if let Err(err) = self.sync_all(false).await {
                                 tracing::warn!(%err, "cluster: periodic catch-up failed");
                             }
                         }
@@ -329,6 +329,10 @@ impl Listener {
             .await
             .map_err(|e| e.to_string())?;
         let last = self.watermark(&topic).await?;
+        if let Topic::Room(room) = &topic {
+            let users = self.users(room).await?;
+            self.hub.cluster_presence_seed(room, users);
+        }
         self.set_seq(&topic, last);
         self.topics.insert(topic.clone(), Followed { last });
         self.follower.followed.insert(topic, Instant::now());
@@ -344,6 +348,15 @@ impl Listener {
             .await
             .map_err(|e| e.to_string())?;
         Ok(seq.unwrap_or(0))
+    }
+
+    /// The users online in `room` across the cluster.
+    async fn users(&mut self, room: &str) -> Result<Vec<String>, String> {
+        redis::cmd("HKEYS")
+            .arg(keys::room_users(room))
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Tells the hub a name's committed seq (never lowers it).
@@ -385,13 +398,17 @@ impl Listener {
                 self.follower.followed.insert(topic, Instant::now());
                 return;
             }
+            if let Topic::Room(room) = &topic {
+                self.hub.cluster_presence_forget(room);
+            }
             self.topics.remove(&topic);
         }
     }
 
     /// Reads every followed name's last seq (one pipeline) and delivers
-    /// whatever was missed.
-    async fn sync_all(&mut self) -> Result<(), String> {
+    /// whatever was missed; with `presence` (after a reconnect) also every
+    /// followed room's users.
+    async fn sync_all(&mut self, presence: bool) -> Result<(), String> {
         if self.topics.is_empty() {
             return Ok(());
         }
@@ -409,6 +426,29 @@ impl Listener {
             let last = self.topics.get(&topic).map_or(0, |f| f.last);
             if seq > last {
                 self.fill(&topic, last, seq).await?;
+            }
+        }
+        // Presence announcements missed while deaf: read the lists again
+        // and announce the differences.
+        let rooms: Vec<Arc<str>> = self
+            .topics
+            .keys()
+            .filter_map(|t| match t {
+                Topic::Room(room) => Some(room.clone()),
+                Topic::User(_) => None,
+            })
+            .collect();
+        if presence && !rooms.is_empty() {
+            let mut pipe = redis::pipe();
+            for room in &rooms {
+                pipe.cmd("HKEYS").arg(keys::room_users(room));
+            }
+            let lists: Vec<Vec<String>> = pipe
+                .query_async(&mut self.conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (room, users) in rooms.iter().zip(lists) {
+                self.hub.cluster_presence_sync(room, users);
             }
         }
         Ok(())
@@ -440,6 +480,16 @@ impl Listener {
                         self.hub.signal_room(room, event.to_vec(), except.unwrap_or(0));
                     }
                 }
+            }
+            b"p" => {
+                let Topic::Room(room) = &topic else { return };
+                let Some((change, user)) = split_once(rest) else {
+                    return;
+                };
+                let Ok(user) = std::str::from_utf8(user) else {
+                    return;
+                };
+                self.hub.cluster_presence(room, user, change == b"j");
             }
             b"k" => {
                 if let Topic::User(user) = &topic {

@@ -15,10 +15,12 @@
 pub mod bus;
 pub mod durability;
 pub mod follower;
+pub mod presence;
 pub mod sequencer;
 
 pub use bus::{Bus, Origin};
 pub use follower::Follower;
+pub use presence::Presence;
 
 pub use durability::{check_durability, Durability};
 pub use sequencer::{ChannelMessage, Job, Outcome, Publish, RedisSequencer, Settings};
@@ -47,6 +49,12 @@ pub mod keys {
     /// The channel every publish to the room is announced on.
     pub fn room_channel(room: &str) -> String {
         format!("sb:{{r:{room}}}:ch")
+    }
+
+    /// Users online in the room across the cluster: HASH user → number
+    /// of nodes holding a connection of theirs in it (`presence.lua`).
+    pub fn room_users(room: &str) -> String {
+        format!("sb:{{r:{room}}}:users")
     }
 
     /// A user's inbox counter: HASH `seq`, `ts`.

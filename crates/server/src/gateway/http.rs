@@ -42,6 +42,15 @@ async fn healthz() -> &'static str {
 /// Ready when the store answers (the writer thread runs as long as the
 /// process does; a failing disk shows here and in `unavailable` errors).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if let Some(cluster) = &app.cluster {
+        if !cluster.follower.is_up() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster unavailable: not connected to Redis' announcements\n",
+            )
+                .into_response();
+        }
+    }
     if !app.pipeline.healthy() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

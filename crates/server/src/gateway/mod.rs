@@ -9,6 +9,7 @@
 
 mod admin;
 mod api;
+mod cluster_setup;
 mod guard;
 mod http;
 mod relay;
@@ -81,6 +82,27 @@ impl Server {
             }
             None => None,
         };
+        let presence = PresencePolicy {
+            batch_above: config.presence_batch_above,
+            interval_ms: config.presence_interval.as_millis().max(1) as u64,
+        };
+        let settings = Settings {
+            retention: Retention {
+                count: config.retention_count,
+                age_ms: config.retention_age.as_millis() as u64,
+            },
+            dedupe_window: config.dedupe_window,
+            max_rooms: config.max_rooms,
+            max_inboxes: config.max_inboxes,
+            max_dedupe: config.max_dedupe,
+            edit_window: config.edit_window,
+            recall_window: config.recall_window,
+        };
+        if let Some(url) = config.redis.clone() {
+            let auth = load_auth(&config)?;
+            let node = cluster_setup::Node::open(&config, &url, presence, settings).await?;
+            return Server::finish(config, tls, node.hub, node.store, node.pipeline, auth, Some(node.cluster));
+        }
         let store: Arc<dyn Store> = match config.store {
             StoreKind::Memory => Arc::new(MemoryStore::new()),
             StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir).map_err(|e| {
@@ -98,25 +120,23 @@ impl Server {
             })?),
         };
         let auth = load_auth(&config)?;
-        let presence = PresencePolicy {
-            batch_above: config.presence_batch_above,
-            interval_ms: config.presence_interval.as_millis().max(1) as u64,
-        };
         let hub = Arc::new(Hub::with_presence(Arc::new(Metrics::new()), presence));
-        let settings = Settings {
-            retention: Retention {
-                count: config.retention_count,
-                age_ms: config.retention_age.as_millis() as u64,
-            },
-            dedupe_window: config.dedupe_window,
-            max_rooms: config.max_rooms,
-            max_inboxes: config.max_inboxes,
-            max_dedupe: config.max_dedupe,
-            edit_window: config.edit_window,
-            recall_window: config.recall_window,
-        };
         let pipeline = Pipeline::start(store.clone(), hub.clone(), settings)
             .map_err(|e| anyhow::anyhow!("cannot recover the store: {e}"))?;
+        Server::finish(config, tls, hub, store, pipeline, auth, None)
+    }
+
+    /// Binds the socket and assembles the app (both store kinds).
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        config: Config,
+        tls: Option<(Arc<tls::Tls>, Signal)>,
+        hub: Arc<Hub>,
+        store: Arc<dyn Store>,
+        pipeline: Pipeline,
+        auth: Box<dyn Authenticator>,
+        cluster: Option<crate::service::Cluster>,
+    ) -> anyhow::Result<Server> {
         let listener = listen(config.listen).map_err(|e| cannot_listen(config.listen, e))?;
         let gate = Arc::new(guard::Gate::new(
             config.max_connections,
@@ -132,7 +152,7 @@ impl Server {
                 store,
                 pipeline,
                 auth,
-                cluster: None,
+                cluster,
             }),
             gate,
             shutting_down: AtomicBool::new(false),
@@ -239,6 +259,10 @@ impl Server {
         // Commit whatever is still queued before exiting.
         let pipeline_app = app.clone();
         let _ = tokio::task::spawn_blocking(move || pipeline_app.pipeline.stop()).await;
+        if let Some(cluster) = &app.cluster {
+            // Our users' leaves now, not when the lease runs out.
+            cluster.retire(app.config.shutdown_timeout).await;
+        }
         tracing::info!("shutdown complete");
     }
 }

@@ -191,6 +191,13 @@ pub struct Hub {
     /// Rooms with a presence batch pending, and when it is due (hub clock):
     /// the flush visits only these, never every room.
     presence_due: Mutex<std::collections::HashMap<Arc<str>, u64>>,
+    /// Cluster mode: the users online in each followed room across the
+    /// cluster, as Redis announces them (the local members are among
+    /// them once their join came back). `None` on a single node.
+    cluster_users: Option<DashMap<Arc<str>, std::collections::HashSet<Arc<str>>>>,
+    /// Cluster mode: told when a user's first connection here joins a room
+    /// or its last one leaves (room, user, joined).
+    presence_sink: std::sync::OnceLock<PresenceSink>,
     pub relay: Relay,
     pub metrics: Arc<Metrics>,
     next_conn_id: AtomicU64,
@@ -198,6 +205,9 @@ pub struct Hub {
     /// Pre-framed ping, shared by every heartbeat.
     ping_frame: Bytes,
 }
+
+/// Where a node reports its local presence changes (cluster mode).
+pub type PresenceSink = Box<dyn Fn(&str, &str, bool) + Send + Sync>;
 
 /// Server time in milliseconds since the Unix epoch (the `ts` of events).
 pub fn unix_ms() -> u64 {
@@ -230,12 +240,84 @@ impl Hub {
             conns: DashMap::new(),
             presence,
             presence_due: Mutex::new(std::collections::HashMap::new()),
+            cluster_users: None,
+            presence_sink: std::sync::OnceLock::new(),
             relay: Relay::default(),
             metrics,
             next_conn_id: AtomicU64::new(1),
             started: Instant::now(),
             ping_frame: switchboard_ws::encode_frame(OpCode::Ping, b"", false),
         }
+    }
+
+    /// A hub for cluster mode: presence is the cluster's, reported to
+    /// `sink` and announced back through [`Hub::cluster_presence`].
+    pub fn for_cluster(metrics: Arc<Metrics>, presence: PresencePolicy) -> Hub {
+        let mut hub = Hub::with_presence(metrics, presence);
+        hub.cluster_users = Some(DashMap::new());
+        hub
+    }
+
+    /// Cluster mode: where local presence changes go (set once, before
+    /// serving).
+    pub fn set_presence_sink(&self, sink: PresenceSink) {
+        let _ = self.presence_sink.set(sink);
+    }
+
+    /// Cluster mode: the users online in `room` across the cluster, as read
+    /// from Redis when the room is followed.
+    pub fn cluster_presence_seed(&self, room: &str, users: Vec<String>) {
+        if let Some(all) = &self.cluster_users {
+            all.insert(
+                Arc::from(room),
+                users.into_iter().map(Arc::from).collect(),
+            );
+        }
+    }
+
+    /// Cluster mode: the room is no longer followed.
+    pub fn cluster_presence_forget(&self, room: &str) {
+        if let Some(all) = &self.cluster_users {
+            all.remove(room);
+        }
+    }
+
+    /// Cluster mode: Redis announced that `user` came online in `room`
+    /// (or went offline); the members here are told (batched as usual).
+    pub fn cluster_presence(&self, room: &str, user: &str, joined: bool) {
+        let Some(all) = &self.cluster_users else {
+            return;
+        };
+        let (user, online) = {
+            let mut users = all.entry(Arc::from(room)).or_default();
+            let user: Arc<str> = Arc::from(user);
+            let changed = if joined {
+                users.insert(user.clone())
+            } else {
+                users.remove(&user)
+            };
+            if !changed {
+                return;
+            }
+            (user, users.len())
+        };
+        let Some(entry) = self.room(room) else {
+            return;
+        };
+        let presence = (&self.presence, self.clock_ms());
+        if let Some(due) = entry.announce(&user, joined, online, presence, &self.metrics) {
+            self.presence_pending(&entry.name, due);
+        }
+    }
+
+    /// Cluster mode: users online in `room` across the cluster (with
+    /// `also`, a joiner whose join is still on its way).
+    fn cluster_online(&self, room: &str, also: Option<&str>) -> Option<usize> {
+        let all = self.cluster_users.as_ref()?;
+        let users = all.get(room);
+        let n = users.as_ref().map_or(0, |u| u.len());
+        let missing = also.is_some_and(|user| !users.as_ref().is_some_and(|u| u.contains(user)));
+        Some(n + usize::from(missing))
     }
 
     /// Milliseconds since the hub started: a cheap monotonic clock.
@@ -374,6 +456,7 @@ impl Hub {
             .iter()
             .map(|e| {
                 let online = self.room(e.key()).map(|r| r.online()).unwrap_or(0);
+                let online = online.max(self.cluster_online(e.key(), None).unwrap_or(0));
                 (e.key().clone(), *e.value(), online)
             })
             .collect();
@@ -395,7 +478,11 @@ impl Hub {
         let mut live: Vec<(Arc<str>, usize)> = self
             .rooms
             .iter()
-            .map(|e| (e.key().clone(), e.value().online()))
+            .map(|e| {
+                let online = e.value().online();
+                let cluster = self.cluster_online(e.key(), None).unwrap_or(0);
+                (e.key().clone(), online.max(cluster))
+            })
             .collect();
         let order =
             |a: &(Arc<str>, usize), b: &(Arc<str>, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
@@ -520,12 +607,14 @@ impl Hub {
             // Gate whenever `since` is given; the replay decides what to send.
             let committed = || self.room_seq(room);
             let presence = (&self.presence, self.clock_ms());
+            let cluster_online = self.cluster_online(room, Some(conn.user()));
             let joined = entry.join(
                 conn,
                 id,
                 committed,
                 since.is_some(),
                 presence,
+                cluster_online,
                 &self.metrics,
             );
             match joined {
@@ -534,7 +623,13 @@ impl Hub {
                     first_member,
                     from_seq,
                     flush_at,
+                    user_is_new,
                 } => {
+                    if user_is_new {
+                        if let Some(sink) = self.presence_sink.get() {
+                            sink(room, conn.user(), true);
+                        }
+                    }
                     if let Some(due) = flush_at {
                         self.presence_pending(&entry.name, due);
                     }
@@ -583,7 +678,13 @@ impl Hub {
     fn leave_room(&self, conn: &Arc<Conn>, name: &str) {
         let Some(room) = self.room(name) else { return };
         let presence = (&self.presence, self.clock_ms());
-        let (empty, flush_at) = room.leave(conn, presence, &self.metrics);
+        let cluster = self.cluster_users.is_some();
+        let (empty, flush_at, user_left) = room.leave(conn, presence, cluster, &self.metrics);
+        if user_left {
+            if let Some(sink) = self.presence_sink.get() {
+                sink(name, conn.user(), false);
+            }
+        }
         if let Some(due) = flush_at {
             self.presence_pending(&room.name, due);
         }
@@ -626,7 +727,8 @@ impl Hub {
             let Some(room) = self.room(&name) else {
                 continue;
             };
-            if let Some(later) = room.flush_presence(now, &self.metrics) {
+            let online = self.cluster_online(&name, None);
+            if let Some(later) = room.flush_presence(now, online, &self.metrics) {
                 self.presence_pending(&name, later);
             }
         }
@@ -739,6 +841,35 @@ impl Hub {
         delivered
     }
 
+    /// Every (room, user) with a connection here (cluster mode: what this
+    /// node holds, for a presence resync).
+    pub fn local_presence(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut out = Vec::new();
+        for entry in self.rooms.iter() {
+            for user in entry.value().users() {
+                out.push((entry.key().clone(), user));
+            }
+        }
+        out
+    }
+
+    /// Cluster mode: the cluster's users of `room` as read again from
+    /// Redis (after a reconnect): the differences are announced here.
+    pub fn cluster_presence_sync(&self, room: &str, users: Vec<String>) {
+        let Some(all) = &self.cluster_users else {
+            return;
+        };
+        let now: std::collections::HashSet<Arc<str>> =
+            users.into_iter().map(Arc::from).collect();
+        let before = all.get(room).map(|u| u.clone()).unwrap_or_default();
+        for user in before.difference(&now) {
+            self.cluster_presence(room, user, false);
+        }
+        for user in now.difference(&before) {
+            self.cluster_presence(room, user, true);
+        }
+    }
+
     /// Whether `room` has a member here.
     pub fn has_room(&self, room: &str) -> bool {
         self.rooms.contains_key(room)
@@ -811,7 +942,16 @@ impl Hub {
 
     /// Users in `room` now, sorted.
     pub fn presence(&self, room: &str) -> Vec<Arc<str>> {
-        self.room(room).map(|r| r.users()).unwrap_or_default()
+        let mut users = self.room(room).map(|r| r.users()).unwrap_or_default();
+        if let Some(all) = &self.cluster_users {
+            // The cluster's, and the local joins still on their way there.
+            if let Some(cluster) = all.get(room) {
+                users.extend(cluster.iter().cloned());
+                users.sort();
+                users.dedup();
+            }
+        }
+        users
     }
 
     /// Queues an event for one connection only (replies, errors).

@@ -27,6 +27,8 @@ pub(super) enum Joined {
         first_member: bool,
         from_seq: u64,
         flush_at: Option<u64>,
+        /// The user had no other connection in the room here.
+        user_is_new: bool,
     },
     /// The connection was already a member (`joined` was re-sent).
     Already,
@@ -45,6 +47,16 @@ struct State {
     /// Presence changes held back during a cooldown (big rooms only);
     /// boxed, as most rooms never have any.
     pending: Option<Box<Pending>>,
+}
+
+/// Who does not get a presence change: the connection that caused it, or
+/// (cluster mode, where the change comes back from Redis) every connection
+/// of the user it is about.
+#[derive(Clone, Copy)]
+enum Except<'a> {
+    Nobody,
+    Conn(u64),
+    User(&'a str),
 }
 
 /// The net presence changes of a room since its last presence frame.
@@ -119,6 +131,11 @@ impl Room {
     /// member live and every message up to it is in the store. With `gate`
     /// the member's live events are held back until [`Room::open_gate`]
     /// (while a replay runs).
+    ///
+    /// `cluster_online`: cluster mode, the users online in the whole
+    /// cluster counting this one; presence changes then come from Redis
+    /// ([`Room::announce`]), not from local joins.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn join(
         &self,
         conn: &Arc<Conn>,
@@ -126,6 +143,7 @@ impl Room {
         committed: impl FnOnce() -> u64,
         gate: bool,
         presence: (&PresencePolicy, u64),
+        cluster_online: Option<usize>,
         metrics: &Metrics,
     ) -> Joined {
         let mut st = self.state.lock();
@@ -152,14 +170,16 @@ impl Room {
         let payload = proto::encode(&proto::Joined::new(
             id,
             &self.name,
-            st.online.len(),
+            cluster_online.unwrap_or(st.online.len()),
             from_seq,
         ));
         conn.push(text(payload).frame_for(conn.deflate));
         st.members
             .insert(conn.id, Gated::new(conn.clone(), from_seq, gate));
-        let flush_at = if user_is_new {
-            self.presence_change(&mut st, &user, true, Some(conn.id), presence, metrics)
+        let flush_at = if user_is_new && cluster_online.is_none() {
+            let online = st.online.len();
+            let except = Except::Conn(conn.id);
+            self.presence_change(&mut st, &user, true, except, online, presence, metrics)
         } else {
             None
         };
@@ -167,19 +187,38 @@ impl Room {
             first_member,
             from_seq,
             flush_at,
+            user_is_new,
         }
+    }
+
+    /// Cluster mode: Redis says `user` came online (or went offline) in the
+    /// whole cluster, which now has `online` users here. Returns when a
+    /// batch this started is due.
+    pub(super) fn announce(
+        &self,
+        user: &Arc<str>,
+        joined: bool,
+        online: usize,
+        presence: (&PresencePolicy, u64),
+        metrics: &Metrics,
+    ) -> Option<u64> {
+        let mut st = self.state.lock();
+        let except = Except::User(user);
+        self.presence_change(&mut st, user, joined, except, online, presence, metrics)
     }
 
     /// A user came online (`joined`) or went offline. Small rooms, and big
     /// ones that sent no presence frame for an interval, get the change at
     /// once; otherwise it waits for the batch. Returns when the batch is
     /// due if this change started one.
+    #[allow(clippy::too_many_arguments)]
     fn presence_change(
         &self,
         st: &mut State,
         user: &Arc<str>,
         joined: bool,
-        except: Option<u64>,
+        except: Except<'_>,
+        online: usize,
         (policy, now): (&PresencePolicy, u64),
         metrics: &Metrics,
     ) -> Option<u64> {
@@ -187,7 +226,6 @@ impl Room {
             pending.add(user, joined);
             return None;
         }
-        let online = st.online.len();
         // The larger of before and after: a room that never had more than
         // `batch_above` online behaves exactly as without batching.
         let big = online + usize::from(!joined) > policy.batch_above;
@@ -204,11 +242,12 @@ impl Room {
             proto::PresenceChange::leave(&self.name, user, online)
         };
         let message = text(proto::encode(&event));
-        for member in st
-            .members
-            .values_mut()
-            .filter(|m| Some(m.conn.id) != except)
-        {
+        let skip = |m: &Gated| match except {
+            Except::Nobody => false,
+            Except::Conn(id) => m.conn.id == id,
+            Except::User(user) => m.conn.user() == user,
+        };
+        for member in st.members.values_mut().filter(|m| !skip(m)) {
             member.push(&message, metrics);
         }
         st.presence_sent = Some(now);
@@ -217,7 +256,13 @@ impl Room {
 
     /// Sends the batched presence changes if they are due (one `presence`
     /// delta to every member). Returns when to come back if they are not.
-    pub(super) fn flush_presence(&self, now: u64, metrics: &Metrics) -> Option<u64> {
+    /// `cluster_online`: cluster mode, the cluster's count.
+    pub(super) fn flush_presence(
+        &self,
+        now: u64,
+        cluster_online: Option<usize>,
+        metrics: &Metrics,
+    ) -> Option<u64> {
         let mut st = self.state.lock();
         let due = st.pending.as_ref()?.due;
         if now < due {
@@ -248,7 +293,7 @@ impl Room {
         }
         let payload = proto::encode(&proto::PresenceDelta {
             room: &self.name,
-            online: st.online.len(),
+            online: cluster_online.unwrap_or(st.online.len()),
             joined,
             left,
             more,
@@ -268,17 +313,20 @@ impl Room {
         }
     }
 
-    /// Removes `conn`. Returns whether the room is now empty, and when a
-    /// presence batch this leave started is due.
+    /// Removes `conn`. Returns whether the room is now empty, when a
+    /// presence batch this leave started is due, and whether it was the
+    /// user's last connection in the room here. `cluster`: presence changes
+    /// come from Redis (see [`Room::announce`]).
     pub(super) fn leave(
         &self,
         conn: &Arc<Conn>,
         presence: (&PresencePolicy, u64),
+        cluster: bool,
         metrics: &Metrics,
-    ) -> (bool, Option<u64>) {
+    ) -> (bool, Option<u64>, bool) {
         let mut st = self.state.lock();
         if st.members.remove(&conn.id).is_none() {
-            return (false, None);
+            return (false, None, false);
         }
         let user = conn.user();
         let user_left = match st.online.get_mut(user) {
@@ -288,16 +336,28 @@ impl Room {
             }
             _ => st.online.remove_entry(user).map(|(name, _)| name),
         };
+        let last = user_left.is_some();
         if st.members.is_empty() {
             // Nobody is left to tell.
             st.pending = None;
-            return (true, None);
+            return (true, None, last);
         }
         let flush_at = match user_left {
-            Some(name) => self.presence_change(&mut st, &name, false, None, presence, metrics),
-            None => None,
+            Some(name) if !cluster => {
+                let online = st.online.len();
+                self.presence_change(
+                    &mut st,
+                    &name,
+                    false,
+                    Except::Nobody,
+                    online,
+                    presence,
+                    metrics,
+                )
+            }
+            _ => None,
         };
-        (false, flush_at)
+        (false, flush_at, last)
     }
 
     /// Called under the registry's shard lock: marks the room retired (and

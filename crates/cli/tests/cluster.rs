@@ -1,0 +1,438 @@
+//! Cluster mode: several real `switchboard serve --redis` processes on one
+//! real `redis-server` (started here on a free port with its own AOF), as
+//! one server. Clients connect to any node; rooms, directs, presence,
+//! dedupe and resume work across nodes, and failures (a node or Redis
+//! killed with SIGKILL, the pub/sub connection killed) lose nothing that
+//! was acknowledged.
+
+mod common;
+#[path = "../../server/tests/redis_server/mod.rs"]
+mod redis_server;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::{Client, Server};
+use redis_server::RedisServer;
+
+/// The documented bound on a dead node's presence (docs/OPERATIONS.md:
+/// lease 5 s + one renewal interval), plus what a loaded test machine adds.
+const GHOST_BOUND: Duration = Duration::from_secs(6);
+const GHOST_SLACK: Duration = Duration::from_secs(4);
+
+struct Cluster {
+    redis: RedisServer,
+    nodes: Vec<Server>,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let redis = RedisServer::start();
+        let nodes = (0..n).map(|_| node(&redis, &[])).collect();
+        Cluster { redis, nodes }
+    }
+}
+
+fn node(redis: &RedisServer, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    Server::start_with(&args)
+}
+
+/// The next event of `kind`, skipping presence traffic (which depends on
+/// timing this test does not control).
+async fn next(client: &mut Client, kind: &str) -> Value {
+    loop {
+        let event = client.recv().await;
+        if event["type"] == kind {
+            return event;
+        }
+        assert_eq!(event["type"], "presence", "expected {kind}, got {event}");
+    }
+}
+
+/// Waits until `client` is told that `user` joined (or left, `joined`
+/// false) `room`: a `presence` change or a batched delta.
+async fn presence_change(client: &mut Client, room: &str, user: &str, joined: bool) -> Value {
+    loop {
+        let event = client.recv().await;
+        if event["room"] != room {
+            continue;
+        }
+        if event["type"] != "presence" {
+            continue;
+        }
+        // A change, or a batched delta of a big room.
+        let change = event["user"] == user && event["event"] == if joined { "join" } else { "leave" };
+        let list = if joined { &event["joined"] } else { &event["left"] };
+        let batched = list.as_array().is_some_and(|l| l.iter().any(|u| u == user));
+        let hit = change || batched;
+        if hit {
+            return event;
+        }
+    }
+}
+
+async fn presence_list(client: &mut Client, room: &str) -> Vec<String> {
+    let id = client
+        .command(json!({"type": "presence", "room": room}))
+        .await;
+    loop {
+        let event = client.recv().await;
+        if event["id"] == id {
+            assert_eq!(event["type"], "presence", "{event}");
+            let mut users: Vec<String> = event["users"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no users in {event}"))
+                .iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect();
+            users.sort();
+            return users;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_three_nodes_with_one_presence() {
+    let cluster = Cluster::start(3);
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut ann = a.connect("ann").await;
+    let mut bob = b.connect("bob").await;
+    let mut cat = c.connect("cat").await;
+    ann.join("lobby").await;
+    let joined = bob.join("lobby").await;
+    presence_change(&mut ann, "lobby", "bob", true).await;
+    assert!(joined["online"].as_u64() >= Some(2), "{joined}");
+    cat.join("lobby").await;
+    presence_change(&mut ann, "lobby", "cat", true).await;
+    presence_change(&mut bob, "lobby", "cat", true).await;
+    assert_eq!(presence_list(&mut cat, "lobby").await, ["ann", "bob", "cat"]);
+
+    let ack = ann.publish("lobby", json!({"text": "hi"})).await;
+    assert_eq!(ack["seq"], 1, "{ack}");
+    for client in [&mut bob, &mut cat] {
+        let m = next(client, "message").await;
+        assert_eq!((m["seq"].clone(), m["from"].clone()), (json!(1), json!("ann")));
+        assert_eq!(m["body"], json!({"text": "hi"}));
+    }
+    // The sender got the ack instead of the message.
+    let ack = bob.publish("lobby", json!("two")).await;
+    assert_eq!(ack["seq"], 2);
+    assert_eq!(next(&mut ann, "message").await["seq"], 2);
+    assert_eq!(next(&mut cat, "message").await["seq"], 2);
+    ann.expect_nothing_pending().await;
+    bob.expect_nothing_pending().await;
+
+    // A second device of a user on another node is not a second user.
+    let mut ann2 = c.connect("ann").await;
+    ann2.join("lobby").await;
+    drop(ann);
+    let mut seen = presence_list(&mut bob, "lobby").await;
+    seen.dedup();
+    assert_eq!(seen, ["ann", "bob", "cat"]);
+    // Leaving from every node is one leave.
+    drop(ann2);
+    presence_change(&mut bob, "lobby", "ann", false).await;
+    assert_eq!(presence_list(&mut bob, "lobby").await, ["bob", "cat"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directs_reach_every_device_on_every_node_and_wait_offline() {
+    let cluster = Cluster::start(3);
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut ann = a.connect("ann").await;
+    let mut ann_tablet = c.connect("ann").await;
+    let mut bob_phone = b.connect("bob").await;
+    let mut bob_pc = c.connect("bob").await;
+    let reply = ann
+        .request(json!({"type": "send", "to": "bob", "body": {"text": "yo"}}))
+        .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    assert_eq!(reply["seq"], 1, "{reply}");
+    for device in [&mut bob_phone, &mut bob_pc] {
+        let d = next(device, "direct").await;
+        assert_eq!((d["from"].clone(), d["seq"].clone()), (json!("ann"), json!(1)));
+    }
+    // The sender's other device gets its copy, from its own node.
+    let copy = next(&mut ann_tablet, "direct").await;
+    assert_eq!(copy["to"], "bob");
+    ann.expect_nothing_pending().await;
+
+    // Offline: written through A, read through B.
+    let reply = ann
+        .request(json!({"type": "send", "to": "dave", "body": "later"}))
+        .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    let mut dave = b.connect("dave").await;
+    let d = next(&mut dave, "direct").await;
+    assert_eq!((d["body"].clone(), d["seq"].clone()), (json!("later"), json!(1)));
+    // Confirmed on B, it is not replayed on C.
+    dave.send(json!({"type": "received", "upto": 1})).await;
+    dave.expect_nothing_pending().await;
+    drop(dave);
+    let mut dave = Client::connect(&c.url("/ws?user=dave")).await;
+    next(&mut dave, "welcome").await;
+    dave.expect_nothing_pending().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_id_is_deduplicated_on_another_node() {
+    let cluster = Cluster::start(2);
+    let [a, b] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut watcher = b.connect("watcher").await;
+    watcher.join("room").await;
+    let mut first = a.connect("ann").await;
+    first.join("room").await;
+    let publish = json!({"type": "publish", "room": "room", "id": "m-1", "body": 1});
+    let ack = first.request(publish.clone()).await;
+    assert_eq!(ack["seq"], 1, "{ack}");
+    // The same client, failed over to B, resends.
+    let mut again = b.connect("ann").await;
+    again.join("room").await;
+    let dup = again.request(publish).await;
+    assert_eq!(dup["type"], "ack", "{dup}");
+    assert_eq!((dup["seq"].clone(), dup["duplicate"].clone()), (json!(1), json!(true)));
+    assert_eq!(next(&mut watcher, "message").await["seq"], 1);
+    let later = first.publish("room", json!(2)).await;
+    assert_eq!(later["seq"], 2);
+    // Exactly once: the next message the watcher sees is seq 2.
+    assert_eq!(next(&mut watcher, "message").await["seq"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_three_nodes_give_one_gapless_order() {
+    const EACH: u64 = 150;
+    let cluster = Cluster::start(3);
+    let mut subscribers = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut s = node.connect(&format!("sub{i}")).await;
+        s.join("race").await;
+        subscribers.push(s);
+    }
+    let mut publishers = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut p = node.connect(&format!("pub{i}")).await;
+        p.join("race").await;
+        publishers.push(p);
+    }
+    let tasks: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut p)| {
+            tokio::spawn(async move {
+                // Pipelined: every publish goes out before any ack is read.
+                for n in 0..EACH {
+                    p.send(json!({"type": "publish", "room": "race", "id": format!("{i}-{n}"), "body": [i, n]}))
+                        .await;
+                }
+                let mut acked = 0;
+                while acked < EACH {
+                    if next(&mut p, "ack").await["type"] == "ack" {
+                        acked += 1;
+                    }
+                }
+                p
+            })
+        })
+        .collect();
+    let mut orders = Vec::new();
+    for s in subscribers.iter_mut() {
+        let mut order = Vec::new();
+        while (order.len() as u64) < 3 * EACH {
+            let m = next(s, "message").await;
+            order.push((m["seq"].as_u64().unwrap_or(0), m["body"].clone()));
+        }
+        orders.push(order);
+    }
+    for t in tasks {
+        t.await.unwrap_or_else(|e| panic!("publisher: {e}"));
+    }
+    let seqs: Vec<u64> = orders[0].iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=3 * EACH).collect::<Vec<_>>(), "gapless from 1");
+    assert_eq!(orders[0], orders[1], "node 0 and 1 agree");
+    assert_eq!(orders[0], orders[2], "node 0 and 2 agree");
+    // Each publisher's own messages are in the order it sent them.
+    for i in 0..3u64 {
+        let mine: Vec<u64> = orders[0]
+            .iter()
+            .filter(|(_, b)| b[0] == i)
+            .filter_map(|(_, b)| b[1].as_u64())
+            .collect();
+        assert_eq!(mine, (0..EACH).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_nothing_and_its_users_leave_within_the_bound() {
+    let mut cluster = Cluster::start(2);
+    let survivor = cluster.nodes.pop().unwrap_or_else(|| unreachable!());
+    let doomed = cluster.nodes.pop().unwrap_or_else(|| unreachable!());
+    let mut bob = survivor.connect("bob").await;
+    bob.join("ops").await;
+    let mut ann = doomed.connect("ann").await;
+    ann.join("ops").await;
+    presence_change(&mut bob, "ops", "ann", true).await;
+    let mut last_seen = 0;
+    for n in 0..20 {
+        bob.publish("ops", json!(n)).await;
+        last_seen = next(&mut ann, "message").await["seq"].as_u64().unwrap_or(0);
+    }
+    let killed = Instant::now();
+    doomed.kill();
+    // Published while ann is away: she must get all of it on resume.
+    for n in 20..40 {
+        bob.publish("ops", json!(n)).await;
+    }
+    presence_change(&mut bob, "ops", "ann", false).await;
+    let ghost = killed.elapsed();
+    assert!(
+        ghost <= GHOST_BOUND + GHOST_SLACK,
+        "the dead node's user left after {ghost:?}"
+    );
+    eprintln!("ghost presence lasted {ghost:?} (bound {GHOST_BOUND:?})");
+
+    let mut ann = survivor.connect("ann").await;
+    let joined = ann
+        .request(json!({"type": "join", "room": "ops", "since": last_seen}))
+        .await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        got.push(next(&mut ann, "message").await["seq"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(got, (21..=40).collect::<Vec<_>>(), "0 lost, 0 duplicated");
+    ann.expect_nothing_pending().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_pubsub_connection_loses_no_message() {
+    let cluster = Cluster::start(2);
+    let [a, b] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut listener = b.connect("listener").await;
+    listener.join("flow").await;
+    let mut talker = a.connect("talker").await;
+    talker.join("flow").await;
+    let mut redis = cluster
+        .redis
+        .client()
+        .get_connection()
+        .unwrap_or_else(|e| panic!("redis: {e}"));
+    for n in 1..=200u64 {
+        talker
+            .send(json!({"type": "publish", "room": "flow", "body": n}))
+            .await;
+        if n % 50 == 0 {
+            let killed: u64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut redis)
+                .unwrap_or_else(|e| panic!("CLIENT KILL: {e}"));
+            assert!(killed >= 1, "no pub/sub connection to kill");
+        }
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 200 {
+        seqs.push(next(&mut listener, "message").await["seq"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_keeps_every_ack_and_the_nodes_recover() {
+    let mut cluster = Cluster::start(2);
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut talker = a.connect("talker").await;
+    talker.join("log").await;
+    let mut reader = b.connect("reader").await;
+    reader.join("log").await;
+    // Pipelined publishes with ids, half before the kill.
+    for n in 0..100u64 {
+        talker
+            .send(json!({"type": "publish", "room": "log", "id": format!("k{n}"), "body": n}))
+            .await;
+    }
+    cluster.redis.kill();
+    let mut acked: Vec<(u64, u64)> = Vec::new();
+    let mut unavailable = 0;
+    while acked.len() + unavailable < 100 {
+        let reply = talker.recv().await;
+        match reply["type"].as_str() {
+            Some("ack") => {
+                let n: u64 = reply["id"].as_str().unwrap_or("k0")[1..].parse().unwrap_or(0);
+                acked.push((n, reply["seq"].as_u64().unwrap_or(0)));
+            }
+            Some("error") => {
+                assert_eq!(reply["code"], "unavailable", "{reply}");
+                unavailable += 1;
+            }
+            _ => {}
+        }
+    }
+    // While Redis is down: not ready, connections stay open.
+    let (status, _) = a.http_get("/readyz").await;
+    assert_eq!(status, 503);
+    cluster.redis.restart();
+    // Resend everything with the same ids: the acked ones are duplicates
+    // with their original seq, the rest get new seqs; no seq is reused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seqs = std::collections::BTreeMap::new();
+    for n in 0..100u64 {
+        loop {
+            let reply = talker
+                .request(json!({"type": "publish", "room": "log", "id": format!("k{n}"), "body": n}))
+                .await;
+            if reply["type"] == "ack" {
+                let seq = reply["seq"].as_u64().unwrap_or(0);
+                if let Some(&(_, before)) = acked.iter().find(|(m, _)| *m == n) {
+                    assert_eq!(seq, before, "an acked id kept its seq");
+                }
+                assert!(seqs.insert(seq, n).is_none(), "seq {seq} given twice");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the node did not recover: {reply}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(seqs.len(), 100);
+    // History holds every message once, with its seq.
+    let history = talker
+        .request(json!({"type": "history", "room": "log", "limit": 100}))
+        .await;
+    let held: HashSet<u64> = history["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{history}"))
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    for seq in seqs.keys() {
+        assert!(held.contains(seq), "seq {seq} missing from history");
+    }
+    let (status, _) = b.http_get("/readyz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_disconnects_a_user_on_every_node() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--api-key", "k"]);
+    let b = node(&redis, &["--api-key", "k"]);
+    let mut on_b = b.connect("eve").await;
+    let (status, body) = a
+        .http("DELETE", "/api/users/eve/connections", Some("k"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(on_b.expect_end().await, common::Ended::Close(4003));
+}

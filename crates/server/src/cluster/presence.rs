@@ -1,0 +1,195 @@
+//! Cluster-wide presence, the node's side (`presence.lua` is the other):
+//! it reports the local joins and leaves (a user's first connection in a
+//! room here, their last one), renews the node's lease, and reaps dead
+//! nodes.
+//!
+//! Bounds: a node renews its lease every [`RENEW_EVERY`] for [`LEASE`];
+//! every node runs the reaper as often. A node killed with `kill -9` has
+//! its users' leaves announced at most `LEASE + RENEW_EVERY` (6 s) after
+//! its last renewal. A node that was out of touch longer than its lease
+//! (or could not report while Redis was down) finds out at the next renewal
+//! and resyncs its whole set: what it holds now replaces what Redis has,
+//! and only the difference is announced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+
+use crate::hub::Hub;
+
+/// How long a node's presences outlive its last renewal.
+pub const LEASE: Duration = Duration::from_secs(5);
+/// How often a node renews and reaps.
+pub const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// Presences of dead nodes subtracted per reap call (bounded work per
+/// call: Redis runs nothing else meanwhile).
+const REAP_BUDGET: usize = 2000;
+/// Reports sent in one FCALL.
+const REPORT_BATCH: usize = 500;
+
+/// The Redis Function library for presence.
+pub const LIBRARY: &str = include_str!("presence.lua");
+
+/// One local change: (room, user, joined).
+type Report = (Arc<str>, Arc<str>, bool);
+
+/// Reports local presence changes, in order, from one task.
+pub struct Presence {
+    tx: mpsc::UnboundedSender<Report>,
+}
+
+impl Presence {
+    /// Loads the library and starts the reporting and lease tasks on the
+    /// current runtime.
+    pub async fn start(
+        conn: ConnectionManager,
+        node: Arc<str>,
+        hub: Arc<Hub>,
+    ) -> redis::RedisResult<Presence> {
+        load(&mut conn.clone()).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reporter = Reporter {
+            conn,
+            node,
+            hub,
+            dirty: true,
+        };
+        tokio::spawn(reporter.run(rx));
+        Ok(Presence { tx })
+    }
+
+    /// A user's first connection here joined `room` (or their last one
+    /// left it).
+    pub fn report(&self, room: &str, user: &str, joined: bool) {
+        let _ = self.tx.send((Arc::from(room), Arc::from(user), joined));
+    }
+}
+
+async fn load(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LIBRARY)
+        .query_async::<()>(conn)
+        .await
+}
+
+/// Ends a node's presence at once (graceful shutdown): its lease ends and
+/// it reaps itself.
+pub async fn retire(conn: &mut ConnectionManager, node: &str) -> redis::RedisResult<()> {
+    redis::cmd("FCALL")
+        .arg("retire")
+        .arg(0)
+        .arg(node)
+        .query_async::<()>(conn)
+        .await?;
+    loop {
+        let waiting: u64 = redis::cmd("FCALL")
+            .arg("reap")
+            .arg(0)
+            .arg(REAP_BUDGET)
+            .query_async(conn)
+            .await?;
+        if waiting == 0 {
+            return Ok(());
+        }
+    }
+}
+
+struct Reporter {
+    conn: ConnectionManager,
+    node: Arc<str>,
+    hub: Arc<Hub>,
+    /// A report failed or the node was reaped: the next renewal resyncs.
+    dirty: bool,
+}
+
+impl Reporter {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Report>) {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                got = rx.recv() => {
+                    let Some(first) = got else { return };
+                    batch.push(first);
+                    while batch.len() < REPORT_BATCH {
+                        match rx.try_recv() {
+                            Ok(report) => batch.push(report),
+                            Err(_) => break,
+                        }
+                    }
+                    if !self.dirty {
+                        if let Err(err) = self.send(&batch).await {
+                            tracing::warn!(%err, "cluster: presence report failed; resyncing");
+                            self.dirty = true;
+                        }
+                    }
+                    // While dirty, the resync carries these changes.
+                    batch.clear();
+                }
+                _ = tick.tick() => self.renew().await,
+            }
+        }
+    }
+
+    async fn send(&mut self, batch: &[Report]) -> redis::RedisResult<()> {
+        let mut call = redis::cmd("FCALL");
+        call.arg("here").arg(0).arg(&*self.node);
+        for (room, user, joined) in batch {
+            call.arg(&**room)
+                .arg(&**user)
+                .arg(if *joined { "1" } else { "0" });
+        }
+        call.query_async::<()>(&mut self.conn).await
+    }
+
+    async fn renew(&mut self) {
+        let held: redis::RedisResult<u64> = redis::cmd("FCALL")
+            .arg("lease")
+            .arg(0)
+            .arg(&*self.node)
+            .arg(LEASE.as_millis() as u64)
+            .query_async(&mut self.conn)
+            .await;
+        match held {
+            Ok(0) => self.dirty = true,
+            Ok(_) => {}
+            Err(err) => {
+                if err.to_string().contains("Function not found") {
+                    // Redis lost its functions (restarted empty).
+                    let _ = load(&mut self.conn).await;
+                }
+                tracing::debug!(%err, "cluster: lease renewal failed");
+                self.dirty = true;
+                return;
+            }
+        }
+        if self.dirty {
+            match self.resync().await {
+                Ok(()) => self.dirty = false,
+                Err(err) => tracing::warn!(%err, "cluster: presence resync failed"),
+            }
+        }
+        let reaped: redis::RedisResult<u64> = redis::cmd("FCALL")
+            .arg("reap")
+            .arg(0)
+            .arg(REAP_BUDGET)
+            .query_async(&mut self.conn)
+            .await;
+        if let Err(err) = reaped {
+            tracing::debug!(%err, "cluster: reaping failed");
+        }
+    }
+
+    async fn resync(&mut self) -> redis::RedisResult<()> {
+        let mut call = redis::cmd("FCALL");
+        call.arg("resync").arg(0).arg(&*self.node);
+        for (room, user) in self.hub.local_presence() {
+            call.arg(format!("{room}\x1f{user}"));
+        }
+        call.query_async::<()>(&mut self.conn).await
+    }
+}
