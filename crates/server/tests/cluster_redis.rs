@@ -664,6 +664,21 @@ fn unavailable_promptly_while_redis_is_down_then_back_by_itself() {
     let seq = commit_when_back(&store, "\"x\"");
     assert_eq!(seq, 2, "continues where it was, nothing written while down");
     store.check().unwrap_or_else(|e| panic!("{e}"));
+
+    // Restarted between two calls: the pooled connections are stale, and
+    // neither a read nor the write after it fails for that.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| store.room_after("r", 0, 10).map(drop));
+        }
+    });
+    server.restart();
+    let read = store.room_after("r", 0, 10).map(|r| r.len());
+    assert_eq!(read.ok(), Some(2));
+    let mut batch = Batch::default();
+    batch.room("r", "ann", "4", None);
+    let result = store.commit_assigning(&batch.writes);
+    assert_eq!(result.ok(), Some(vec![Assigned::Stored { seq: 3, gid: 0 }]));
 }
 
 #[test]

@@ -366,7 +366,7 @@ impl RedisStore {
 
     /// Whether the Redis configuration backs "an ack means durable".
     pub fn durability(&self) -> Result<Durability> {
-        self.with(|conn| check_durability_sync(&mut conn.inner))
+        self.read(|conn| check_durability_sync(&mut conn.inner))
     }
 
     fn connect(&self) -> Result<Conn> {
@@ -385,25 +385,51 @@ impl RedisStore {
         })
     }
 
-    /// Runs `f` on a pooled connection (a new one if none is idle).
-    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
+    /// Runs `f` on a pooled connection (a new one if none is idle). For
+    /// writes: a call that failed is not repeated (it may have been
+    /// applied).
+    fn with<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
+        self.attempt(&mut f).0
+    }
+
+    /// [`RedisStore::with`] for reads, which may be repeated: if a pooled
+    /// connection broke (Redis restarted since it was last used), once
+    /// more on a new connection, so a read after an outage does not fail
+    /// for a connection to a Redis that is gone.
+    fn read<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
+        match self.attempt(&mut f) {
+            (Err(_), true) => self.attempt(&mut f).0,
+            (result, _) => result,
+        }
+    }
+
+    /// One try; true with it if a pooled connection broke.
+    fn attempt<T>(&self, f: &mut impl FnMut(&mut Conn) -> Result<T>) -> (Result<T>, bool) {
         let pooled = self.pool.lock().pop();
+        let was_pooled = pooled.is_some();
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => self.connect()?,
+            None => match self.connect() {
+                Ok(conn) => conn,
+                Err(err) => return (Err(err), false),
+            },
         };
         let result = f(&mut conn);
-        if !conn.broken {
-            let mut pool = self.pool.lock();
-            if pool.len() < POOL {
-                pool.push(conn);
-            }
+        let broken = conn.broken;
+        let mut pool = self.pool.lock();
+        if broken {
+            // The others most likely went the same way (Redis restarted or
+            // the network dropped): connect anew rather than fail a call
+            // for each of them.
+            pool.clear();
+        } else if pool.len() < POOL {
+            pool.push(conn);
         }
-        result
+        (result, was_pooled && broken)
     }
 
     fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        self.with(|conn| conn.run(cmd))
+        self.read(|conn| conn.run(cmd))
     }
 
     /// Records of `key` with score in [min, max], ascending, at most `limit`.
@@ -477,7 +503,7 @@ impl RedisStore {
                 .arg(seq)
                 .arg(seq);
         }
-        let found: Vec<Vec<String>> = self.with(|conn| conn.run_pipe(&pipe))?;
+        let found: Vec<Vec<String>> = self.read(|conn| conn.run_pipe(&pipe))?;
         found
             .iter()
             .flat_map(|members| members.first())
@@ -494,7 +520,7 @@ impl RedisStore {
             .arg(mode)
             .arg(json_string(name)?)
             .arg(MAX_UNREAD);
-        let value = self.with(|conn| conn.fcall(&cmd))?;
+        let value = self.read(|conn| conn.fcall(&cmd))?;
         match value {
             Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
             other => Err(StoreError::Internal(format!(
@@ -895,7 +921,7 @@ impl Store for RedisStore {
                     newest.cmd("ZRANGE").arg(log(name)).arg(-1).arg(-1);
                 }
                 let (seqs, newest): (Vec<Option<u64>>, Vec<Vec<String>>) =
-                    self.with(|conn| Ok((conn.run_pipe(&seqs)?, conn.run_pipe(&newest)?)))?;
+                    self.read(|conn| Ok((conn.run_pipe(&seqs)?, conn.run_pipe(&newest)?)))?;
                 for ((name, seq), newest) in chunk.iter().zip(seqs).zip(newest) {
                     // A name without a counter was forgotten meanwhile.
                     let Some(seq) = seq else { continue };
@@ -1088,7 +1114,7 @@ impl Store for RedisStore {
                 .arg(0)
                 .arg("WITHSCORES");
         }
-        let newest: Vec<Vec<String>> = self.with(|conn| conn.run_pipe(&pipe))?;
+        let newest: Vec<Vec<String>> = self.read(|conn| conn.run_pipe(&pipe))?;
         let mut held = Vec::new();
         for (peer, pair) in names.into_iter().zip(newest) {
             if let [member, score] = pair.as_slice() {
