@@ -2,9 +2,17 @@
 //! every backend. A new backend plugs in with one `conformance!` line at the
 //! bottom of this file; add `durable` if what it stores survives a reopen.
 
+// Only the start of the harness is used here (no kills or restarts).
+#[allow(dead_code)]
+mod redis_server;
+
+use std::any::Any;
 use std::error::Error;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
+use switchboard_server::cluster::{RedisSettings, RedisStore};
 use switchboard_server::store::{
     Counter, DedupeRecord, DirectRecord, Kind, MemoryStore, Original, RoomRecord, SqliteStore,
     Store, Write, MAX_DEVICE_CURSORS, MAX_UNREAD,
@@ -35,8 +43,55 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        release(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// What a backend needs for as long as a fixture lives (a server process),
+/// by fixture directory: dropped with the directory.
+type Held = Vec<(PathBuf, Box<dyn Any + Send>)>;
+static HELD: Mutex<Held> = Mutex::new(Vec::new());
+
+/// The thing held for `dir`, made by `make` on first use; `f` of it.
+fn held<T: Any + Send, R>(dir: &Path, make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    let at = match held.iter().position(|(d, _)| d == dir) {
+        Some(at) => at,
+        None => {
+            held.push((dir.to_owned(), Box::new(make())));
+            held.len() - 1
+        }
+    };
+    match held[at].1.downcast_ref::<T>() {
+        Some(thing) => f(thing),
+        None => panic!("{dir:?} holds something else"),
+    }
+}
+
+fn release(dir: &Path) {
+    let gone: Held = {
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        let (gone, kept) = std::mem::take(&mut *held)
+            .into_iter()
+            .partition(|(d, _)| d == dir);
+        *held = kept;
+        gone
+    };
+    drop(gone);
+}
+
+/// A Redis store on a redis-server of its own for the fixture; opening
+/// again is a new store (a new node) on the same running server.
+fn open_redis(dir: &Path) -> Result<RedisStore, Box<dyn Error>> {
+    let url = held(dir, redis_server::RedisServer::start, |server| server.url());
+    Ok(RedisStore::open(RedisSettings {
+        url,
+        node: "n1".into(),
+        timeout: Duration::from_secs(5),
+        retention_count: 10_000,
+        dedupe_window: Duration::from_secs(300),
+    })?)
 }
 
 type Opener = Box<dyn Fn(&Path) -> Result<Box<dyn Store>, Box<dyn Error>>>;
@@ -1054,3 +1109,4 @@ conformance!(memory, |_dir: &Path| Ok::<_, Box<dyn Error>>(
     MemoryStore::new()
 ));
 conformance!(sqlite, SqliteStore::open, durable);
+conformance!(redis, open_redis, durable);

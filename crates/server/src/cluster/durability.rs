@@ -8,10 +8,9 @@
 //! restart a room's seqs; with `noeviction` a full Redis refuses writes).
 //! Read with CONFIG GET at start-up, to warn or refuse.
 
-use redis::aio::ConnectionLike;
 use redis::Value;
 
-use super::sequencer::map_error;
+use super::store::map_error;
 use crate::store::{Result, StoreError};
 
 /// The settings read, and what is wrong with them.
@@ -69,15 +68,34 @@ impl Durability {
     }
 }
 
-/// Reads the settings with CONFIG GET (an error if CONFIG is not allowed,
-/// as on some hosted Redis: then the operator has to vouch for them).
-pub async fn check_durability(conn: &mut impl ConnectionLike) -> Result<Durability> {
+/// The CONFIG GET that reads the three settings.
+fn config_get() -> redis::Cmd {
     let mut get = redis::cmd("CONFIG");
     get.arg("GET")
         .arg("appendonly")
         .arg("appendfsync")
         .arg("maxmemory-policy");
-    let value: Value = get.query_async(conn).await.map_err(|e| map_error(&e))?;
+    get
+}
+
+/// Reads the settings with CONFIG GET (an error if CONFIG is not allowed,
+/// as on some hosted Redis: then the operator has to vouch for them).
+pub async fn check_durability(conn: &mut impl redis::aio::ConnectionLike) -> Result<Durability> {
+    let value: Value = config_get()
+        .query_async(conn)
+        .await
+        .map_err(|e| map_error(&e))?;
+    judge_reply(value)
+}
+
+/// [`check_durability`] on a synchronous connection (what
+/// [`super::RedisStore`] uses).
+pub fn check_durability_sync(conn: &mut impl redis::ConnectionLike) -> Result<Durability> {
+    let value: Value = config_get().query(conn).map_err(|e| map_error(&e))?;
+    judge_reply(value)
+}
+
+fn judge_reply(value: Value) -> Result<Durability> {
     // RESP2 answers a flat array of name, value; RESP3 a map.
     let pairs: Vec<(Value, Value)> = match value {
         Value::Map(pairs) => pairs,

@@ -36,6 +36,7 @@ use redis::aio::ConnectionManager;
 use switchboard_protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
+use super::store::{announced_direct, announced_room};
 use super::{keys, Origin};
 use crate::hub::Hub;
 use crate::service::{replay, Rejection};
@@ -505,19 +506,20 @@ impl Listener {
         let Some((origin, record)) = split_once(rest) else {
             return;
         };
-        let Ok(record) = serde_json::from_slice::<Record>(record) else {
-            tracing::warn!("cluster: an announced entry does not parse");
-            return;
-        };
         let sender = Origin::parse(origin).conn_on(&self.follower.node);
+        let damaged = || tracing::warn!("cluster: an announced entry does not parse");
         match topic {
-            Topic::Room(room) => {
-                let entry = record.into_room(room);
+            Topic::Room(_) => {
+                let Some(entry) = announced_room(record) else {
+                    return damaged();
+                };
                 self.sequenced(topic, entry.seq, Entry::Room(entry, sender))
                     .await;
             }
             Topic::User(user) => {
-                let entry = record.into_direct();
+                let Some(entry) = announced_direct(record) else {
+                    return damaged();
+                };
                 if *entry.to == **user {
                     self.sequenced(topic, entry.seq, Entry::Inbox(entry, sender))
                         .await;
@@ -637,60 +639,6 @@ impl Entry {
         match self {
             Entry::Room(r, _) => r.seq,
             Entry::Inbox(d, _) => d.seq,
-        }
-    }
-}
-
-/// An entry as announced (the store's record JSON).
-#[derive(serde::Deserialize)]
-struct Record {
-    seq: u64,
-    #[serde(default)]
-    gid: u64,
-    #[serde(default)]
-    to: String,
-    from: String,
-    ts: u64,
-    #[serde(default)]
-    kind: i64,
-    #[serde(default)]
-    target: u64,
-    #[serde(default)]
-    edited: u64,
-    #[serde(default)]
-    recalled: u64,
-    body: Box<serde_json::value::RawValue>,
-}
-
-impl Record {
-    fn into_room(self, room: &str) -> RoomRecord {
-        RoomRecord {
-            room: room.to_owned(),
-            seq: self.seq,
-            from: self.from,
-            ts: self.ts,
-            body: self.body.get().to_owned(),
-            kind: crate::store::Kind::from_code(self.kind),
-            target: self.target,
-            edited: self.edited,
-            recalled: self.recalled,
-            sender: None,
-        }
-    }
-
-    fn into_direct(self) -> crate::store::DirectRecord {
-        crate::store::DirectRecord {
-            gid: self.gid,
-            to: self.to,
-            seq: self.seq,
-            from: self.from,
-            ts: self.ts,
-            body: self.body.get().to_owned(),
-            kind: crate::store::Kind::from_code(self.kind),
-            target: self.target,
-            edited: self.edited,
-            recalled: self.recalled,
-            sender: None,
         }
     }
 }
