@@ -108,6 +108,8 @@ pub struct Follower {
     followed: DashMap<Topic, Instant>,
     /// The pub/sub connection is up and resynced.
     up: AtomicBool,
+    /// Told when `up` becomes true.
+    came_up: tokio::sync::Notify,
     node: Arc<str>,
     timeout: Duration,
     handle: tokio::runtime::Handle,
@@ -130,6 +132,7 @@ impl Follower {
             tx,
             followed: DashMap::new(),
             up: AtomicBool::new(false),
+            came_up: tokio::sync::Notify::new(),
             node,
             timeout,
             handle: tokio::runtime::Handle::current(),
@@ -149,6 +152,23 @@ impl Follower {
     /// Whether the node hears the other nodes (for `/readyz`).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most `limit`) until the node hears the other nodes: a
+    /// node serves only once it can admit members.
+    pub async fn wait_up(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.came_up.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.is_up() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 
     pub fn node(&self) -> &str {
@@ -252,6 +272,7 @@ impl Listener {
             }
             backoff = Duration::from_millis(100);
             self.follower.up.store(true, Ordering::Relaxed);
+            self.follower.came_up.notify_waiters();
             tracing::info!(topics = self.topics.len(), "cluster: listening");
             let mut probe = tokio::time::interval(PROBE_EVERY);
             let mut last_sync = Instant::now();
@@ -272,7 +293,7 @@ impl Listener {
                         None => return,
                     },
                     _ = probe.tick() => {
-                        let ping = tokio::time::timeout(PROBE_TIMEOUT, sink.ping::<String>()).await;
+                        let ping = tokio::time::timeout(PROBE_TIMEOUT, sink.ping::<redis::Value>()).await;
                         if !matches!(ping, Ok(Ok(_))) {
                             tracing::warn!("cluster: pub/sub connection silent: reconnecting");
                             break;

@@ -65,6 +65,9 @@ impl Node {
             config.redis_timeout,
         )
         .map_err(anyhow::Error::msg)?;
+        if !follower.wait_up(config.redis_timeout).await {
+            anyhow::bail!("cannot subscribe to redis at {url} for the other nodes' messages");
+        }
         let bus = Arc::new(Bus::new(conn.clone(), node.clone()));
         let pipeline =
             Pipeline::start_with_bus(store.clone(), hub.clone(), settings, Some(bus.clone()))
