@@ -22,16 +22,17 @@ use redis_server::RedisServer;
 const GHOST_BOUND: Duration = Duration::from_secs(6);
 const GHOST_SLACK: Duration = Duration::from_secs(4);
 
+/// Nodes first: they are dropped (killed) before Redis.
 struct Cluster {
-    redis: RedisServer,
     nodes: Vec<Server>,
+    redis: RedisServer,
 }
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
         let redis = RedisServer::start();
         let nodes = (0..n).map(|_| node(&redis, &[])).collect();
-        Cluster { redis, nodes }
+        Cluster { nodes, redis }
     }
 }
 
@@ -66,8 +67,13 @@ async fn presence_change(client: &mut Client, room: &str, user: &str, joined: bo
             continue;
         }
         // A change, or a batched delta of a big room.
-        let change = event["user"] == user && event["event"] == if joined { "join" } else { "leave" };
-        let list = if joined { &event["joined"] } else { &event["left"] };
+        let change =
+            event["user"] == user && event["event"] == if joined { "join" } else { "leave" };
+        let list = if joined {
+            &event["joined"]
+        } else {
+            &event["left"]
+        };
         let batched = list.as_array().is_some_and(|l| l.iter().any(|u| u == user));
         let hit = change || batched;
         if hit {
@@ -112,13 +118,21 @@ async fn a_room_spans_three_nodes_with_one_presence() {
     cat.join("lobby").await;
     presence_change(&mut ann, "lobby", "cat", true).await;
     presence_change(&mut bob, "lobby", "cat", true).await;
-    assert_eq!(presence_list(&mut cat, "lobby").await, ["ann", "bob", "cat"]);
+    assert_eq!(
+        presence_list(&mut cat, "lobby").await,
+        ["ann", "bob", "cat"]
+    );
 
     let ack = ann.publish("lobby", json!({"text": "hi"})).await;
     assert_eq!(ack["seq"], 1, "{ack}");
+    // Counted on every node: bob's and cat's connections.
+    assert_eq!(ack["delivered"], 2, "{ack}");
     for client in [&mut bob, &mut cat] {
         let m = next(client, "message").await;
-        assert_eq!((m["seq"].clone(), m["from"].clone()), (json!(1), json!("ann")));
+        assert_eq!(
+            (m["seq"].clone(), m["from"].clone()),
+            (json!(1), json!("ann"))
+        );
         assert_eq!(m["body"], json!({"text": "hi"}));
     }
     // The sender got the ack instead of the message.
@@ -152,14 +166,24 @@ async fn directs_reach_every_device_on_every_node_and_wait_offline() {
     let mut ann_tablet = c.connect("ann").await;
     let mut bob_phone = b.connect("bob").await;
     let mut bob_pc = c.connect("bob").await;
+    // The nodes report their connections as they come; an ack counts what
+    // was reported when it was written.
+    wait_for_conns(&cluster.redis, "sb:{u:bob}:conns", 2).await;
     let reply = ann
         .request(json!({"type": "send", "to": "bob", "body": {"text": "yo"}}))
         .await;
     assert_eq!(reply["type"], "ack", "{reply}");
     assert_eq!(reply["seq"], 1, "{reply}");
+    assert_eq!(
+        reply["delivered"], 2,
+        "both devices, on two other nodes: {reply}"
+    );
     for device in [&mut bob_phone, &mut bob_pc] {
         let d = next(device, "direct").await;
-        assert_eq!((d["from"].clone(), d["seq"].clone()), (json!("ann"), json!(1)));
+        assert_eq!(
+            (d["from"].clone(), d["seq"].clone()),
+            (json!("ann"), json!(1))
+        );
     }
     // The sender's other device gets its copy, from its own node.
     let copy = next(&mut ann_tablet, "direct").await;
@@ -173,7 +197,10 @@ async fn directs_reach_every_device_on_every_node_and_wait_offline() {
     assert_eq!(reply["type"], "ack", "{reply}");
     let mut dave = b.connect("dave").await;
     let d = next(&mut dave, "direct").await;
-    assert_eq!((d["body"].clone(), d["seq"].clone()), (json!("later"), json!(1)));
+    assert_eq!(
+        (d["body"].clone(), d["seq"].clone()),
+        (json!("later"), json!(1))
+    );
     // Confirmed on B, it is not replayed on C.
     dave.send(json!({"type": "received", "upto": 1})).await;
     dave.expect_nothing_pending().await;
@@ -201,7 +228,10 @@ async fn a_resent_id_is_deduplicated_on_another_node() {
     again.join("room").await;
     let dup = again.request(publish).await;
     assert_eq!(dup["type"], "ack", "{dup}");
-    assert_eq!((dup["seq"].clone(), dup["duplicate"].clone()), (json!(1), json!(true)));
+    assert_eq!(
+        (dup["seq"].clone(), dup["duplicate"].clone()),
+        (json!(1), json!(true))
+    );
     assert_eq!(next(&mut watcher, "message").await["seq"], 1);
     let later = first.publish("room", json!(2)).await;
     assert_eq!(later["seq"], 2);
@@ -318,6 +348,27 @@ async fn a_killed_node_loses_nothing_and_its_users_leave_within_the_bound() {
     ann.expect_nothing_pending().await;
 }
 
+/// Polls (with a deadline) until the connection counts in `key` (a
+/// `…:conns` hash, node → count) add up to `n`.
+async fn wait_for_conns(redis: &RedisServer, key: &str, n: u64) {
+    let mut conn = redis
+        .client()
+        .get_connection()
+        .unwrap_or_else(|e| panic!("redis: {e}"));
+    let deadline = Instant::now() + common::TIMEOUT;
+    loop {
+        let counts: Vec<u64> = redis::cmd("HVALS")
+            .arg(key)
+            .query(&mut conn)
+            .unwrap_or_else(|e| panic!("HVALS: {e}"));
+        if counts.iter().sum::<u64>() == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{key}: {counts:?}, want {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls (with a deadline) until Redis has `n` pub/sub clients.
 async fn wait_for_pubsub_clients(redis: &mut redis::Connection, n: usize) {
     let deadline = Instant::now() + common::TIMEOUT;
@@ -382,7 +433,11 @@ async fn a_killed_pubsub_connection_loses_no_message() {
     }
     let mut seqs = Vec::new();
     while seqs.len() < 200 {
-        seqs.push(next(&mut listener, "message").await["seq"].as_u64().unwrap_or(0));
+        seqs.push(
+            next(&mut listener, "message").await["seq"]
+                .as_u64()
+                .unwrap_or(0),
+        );
     }
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
 }
@@ -408,7 +463,9 @@ async fn redis_killed_under_load_keeps_every_ack_and_the_nodes_recover() {
         let reply = talker.recv().await;
         match reply["type"].as_str() {
             Some("ack") => {
-                let n: u64 = reply["id"].as_str().unwrap_or("k0")[1..].parse().unwrap_or(0);
+                let n: u64 = reply["id"].as_str().unwrap_or("k0")[1..]
+                    .parse()
+                    .unwrap_or(0);
                 acked.push((n, reply["seq"].as_u64().unwrap_or(0)));
             }
             Some("error") => {
@@ -429,7 +486,9 @@ async fn redis_killed_under_load_keeps_every_ack_and_the_nodes_recover() {
     for n in 0..100u64 {
         loop {
             let reply = talker
-                .request(json!({"type": "publish", "room": "log", "id": format!("k{n}"), "body": n}))
+                .request(
+                    json!({"type": "publish", "room": "log", "id": format!("k{n}"), "body": n}),
+                )
                 .await;
             if reply["type"] == "ack" {
                 let seq = reply["seq"].as_u64().unwrap_or(0);
@@ -439,7 +498,10 @@ async fn redis_killed_under_load_keeps_every_ack_and_the_nodes_recover() {
                 assert!(seqs.insert(seq, n).is_none(), "seq {seq} given twice");
                 break;
             }
-            assert!(Instant::now() < deadline, "the node did not recover: {reply}");
+            assert!(
+                Instant::now() < deadline,
+                "the node did not recover: {reply}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -468,9 +530,129 @@ async fn the_api_disconnects_a_user_on_every_node() {
     let a = node(&redis, &["--api-key", "k"]);
     let b = node(&redis, &["--api-key", "k"]);
     let mut on_b = b.connect("eve").await;
+    on_b.join("hall").await;
+    on_b.publish("hall", json!("hello")).await;
+    // A node with nobody in the room still answers for the cluster.
+    let (status, body) = a
+        .http("GET", "/api/rooms/hall/presence", Some("k"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let presence: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(presence["users"], json!(["eve"]), "{body}");
+    let (status, body) = a.http("GET", "/api/rooms", Some("k"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let rooms: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"room": "hall", "seq": 1, "online": 1}]),
+        "{body}"
+    );
     let (status, body) = a
         .http("DELETE", "/api/users/eve/connections", Some("k"), None)
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(on_b.expect_end().await, common::Ended::Close(4003));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messenger_features_work_across_nodes() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--api-key", "k"]);
+    let b = node(&redis, &["--api-key", "k"]);
+    let mut ann = a.connect("ann").await;
+    let mut bob = b.connect("bob").await;
+    ann.join("team").await;
+    bob.join("team").await;
+    presence_change(&mut ann, "team", "bob", true).await;
+
+    // Edit and recall in a room, judged wherever the message was written.
+    let ack = ann.publish("team", json!("draft")).await;
+    let seq = ack["seq"].clone();
+    assert_eq!(next(&mut bob, "message").await["body"], "draft");
+    let edited = bob
+        .request(json!({"type": "edit", "room": "team", "target": seq, "body": "mine?"}))
+        .await;
+    assert_eq!(
+        (edited["type"].clone(), edited["code"].clone()),
+        (json!("error"), json!("forbidden"))
+    );
+    let edited = ann
+        .request(json!({"type": "edit", "room": "team", "target": seq, "body": "final"}))
+        .await;
+    assert_eq!(edited["type"], "ack", "{edited}");
+    let edit = next(&mut bob, "edit").await;
+    assert_eq!(
+        (edit["target"].clone(), edit["body"].clone()),
+        (seq.clone(), json!("final"))
+    );
+    let page = bob
+        .request(json!({"type": "history", "room": "team", "limit": 10}))
+        .await;
+    assert_eq!(page["messages"][0]["body"], "final", "{page}");
+
+    // A direct, its read receipt back to the sender on the other node,
+    // and the reader's position in the conversation list.
+    let sent = ann
+        .request(json!({"type": "send", "to": "bob", "body": "lunch?"}))
+        .await;
+    assert_eq!(sent["type"], "ack", "{sent}");
+    let direct = next(&mut bob, "direct").await;
+    bob.send(json!({"type": "read", "from": "ann", "upto": direct["seq"]}))
+        .await;
+    let receipt = next(&mut ann, "read").await;
+    assert_eq!(
+        (receipt["by"].clone(), receipt["upto"].clone()),
+        (json!("bob"), direct["seq"].clone())
+    );
+    let list = bob.request(json!({"type": "conversations"})).await;
+    let with_ann = list["conversations"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["with"] == "ann").cloned())
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(with_ann["unread"], 0, "{list}");
+
+    // Typing reaches the other node, and is not stored.
+    ann.send(json!({"type": "signal", "room": "team", "body": {"typing": true}}))
+        .await;
+    let typing = next(&mut bob, "signal").await;
+    assert_eq!(typing["from"], "ann");
+
+    // The HTTP API of either node sees the same room.
+    let (status, body) = b
+        .http("GET", "/api/rooms/team/messages?limit=10", Some("k"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("final"), "{body}");
+    let (status, body) = a
+        .http(
+            "POST",
+            "/api/rooms/team/messages",
+            Some("k"),
+            Some(r#"{"body":"from the backend"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next(&mut bob, "message").await["body"], "from the backend");
+    assert_eq!(next(&mut ann, "message").await["body"], "from the backend");
+
+    // Resume on the other node: `join` with `since` replays what was missed.
+    let last = ann.publish("team", json!("one more")).await["seq"].clone();
+    drop(ann);
+    let mut ann = b.connect("ann").await;
+    let joined = ann
+        .request(json!({"type": "join", "room": "team", "since": 1}))
+        .await;
+    assert_eq!(joined["seq"], last, "{joined}");
+    let mut replayed = Vec::new();
+    loop {
+        let event = ann.recv().await;
+        if event["type"] == "message" || event["type"] == "edit" {
+            replayed.push(event["seq"].as_u64().unwrap_or(0));
+            if event["seq"] == last {
+                break;
+            }
+        }
+    }
+    let expect: Vec<u64> = (2..=last.as_u64().unwrap_or(0)).collect();
+    assert_eq!(replayed, expect);
 }

@@ -88,7 +88,12 @@ pub struct Config {
     /// refuses to start, `relaxed` warns and serves, `trust` skips the
     /// check (a Redis that forbids CONFIG, configured by someone who
     /// vouches for it).
-    #[arg(long, env = "SWITCHBOARD_REDIS_DURABILITY", default_value = "strict", value_enum)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REDIS_DURABILITY",
+        default_value = "strict",
+        value_enum
+    )]
     pub redis_durability: RedisDurability,
 
     /// How long a Redis call may take before the command answers

@@ -24,8 +24,8 @@ use crate::expiring::ExpiringMap;
 use crate::hub::{unix_ms, Conn, Delivery, Hub};
 use crate::service::Rejection;
 use crate::store::{
-    Assigned, DedupeRecord, DirectRecord, Kind, Original, Retention, RoomRecord, Store,
-    StoreError, Write,
+    Assigned, DedupeRecord, DirectRecord, Kind, Original, Retention, RoomRecord, Store, StoreError,
+    Write,
 };
 
 const MAX_BATCH: usize = 1024;
@@ -235,7 +235,13 @@ impl Pipeline {
 /// What one job became inside a batch.
 enum Plan {
     /// Sequenced and written: `gid` for direct messages only.
-    Stored { seq: u64, gid: Option<u64>, ts: u64 },
+    Stored {
+        seq: u64,
+        gid: Option<u64>,
+        ts: u64,
+        /// Cluster mode: the store's count of who gets it.
+        reach: usize,
+    },
     /// A read position stored; for a direct conversation also a receipt at
     /// `seq` (with `gid`) of the peer's inbox, if it could get one.
     Read {
@@ -523,15 +529,17 @@ impl Writer {
         let mut next = assigned.iter();
         for plan in plans.iter_mut() {
             match plan {
-                Plan::Stored { seq, gid, ts } => match next.next() {
+                Plan::Stored { seq, gid, ts, .. } => match next.next() {
                     Some(Assigned::Stored {
                         seq: real,
                         gid: real_gid,
+                        reach,
                     }) => {
                         *plan = Plan::Stored {
                             seq: *real,
                             gid: gid.map(|_| *real_gid),
                             ts: *ts,
+                            reach: *reach as usize,
                         }
                     }
                     Some(Assigned::Duplicate { seq: original }) => {
@@ -551,6 +559,7 @@ impl Writer {
                     if let Some(Assigned::Stored {
                         seq: real,
                         gid: real_gid,
+                        ..
                     }) = next.next()
                     {
                         (*seq, *gid) = (*real, *real_gid);
@@ -658,7 +667,12 @@ impl Writer {
                 self.dedupe.shrink_to(self.settings.max_dedupe);
             }
         }
-        Plan::Stored { seq, gid, ts: now }
+        Plan::Stored {
+            seq,
+            gid,
+            ts: now,
+            reach: 0,
+        }
     }
 
     /// The rules of an `edit` or `recall`, judged here, in seq order, so a
@@ -891,15 +905,17 @@ impl Writer {
             Plan::Duplicate { tentative, .. } if tentative && !committed => Err(unavailable()),
             Plan::Duplicate { seq, .. } => Ok(Delivery::duplicate(seq)),
             Plan::Stored { .. } if !committed => Err(unavailable()),
-            Plan::Stored { seq, gid, .. } if self.assigning => Ok(Delivery {
+            Plan::Stored {
+                seq, gid, reach, ..
+            } if self.assigning => Ok(Delivery {
                 seq,
                 gid,
-                // Every node delivers for itself: this one cannot count.
-                delivered: 0,
+                // Every node delivers for itself; the store counted.
+                delivered: reach,
                 stored: true,
                 duplicate: false,
             }),
-            Plan::Stored { seq, gid, ts } => Ok(self.deliver(&m, seq, gid, ts)),
+            Plan::Stored { seq, gid, ts, .. } => Ok(self.deliver(&m, seq, gid, ts)),
             Plan::Silent | Plan::Read { .. } => return,
         };
         self.answer(m.reply, result, |id, d| {

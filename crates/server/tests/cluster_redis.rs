@@ -154,7 +154,7 @@ impl Batch {
 
 fn stored(a: &Assigned) -> (u64, u64) {
     match a {
-        Assigned::Stored { seq, gid } => (*seq, *gid),
+        Assigned::Stored { seq, gid, .. } => (*seq, *gid),
         other => panic!("expected a stored entry, got {other:?}"),
     }
 }
@@ -370,7 +370,14 @@ fn a_repeated_id_is_the_original_on_any_node() {
     let got = a
         .commit_assigning(&first.writes)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got, [Assigned::Stored { seq: 1, gid: 0 }]);
+    assert_eq!(
+        got,
+        [Assigned::Stored {
+            seq: 1,
+            gid: 0,
+            reach: 0
+        }]
+    );
 
     let mut again = Batch::default();
     // The same user, room and id through another node.
@@ -394,13 +401,37 @@ fn a_repeated_id_is_the_original_on_any_node() {
         got,
         [
             Assigned::Duplicate { seq: 1 },
-            Assigned::Stored { seq: 1, gid: 0 },
-            Assigned::Stored { seq: 2, gid: 0 },
-            Assigned::Stored { seq: 3, gid: 0 },
+            Assigned::Stored {
+                seq: 1,
+                gid: 0,
+                reach: 0
+            },
+            Assigned::Stored {
+                seq: 2,
+                gid: 0,
+                reach: 0
+            },
+            Assigned::Stored {
+                seq: 3,
+                gid: 0,
+                reach: 0
+            },
             Assigned::Duplicate { seq: 3 },
-            Assigned::Stored { seq: 4, gid: 0 },
-            Assigned::Stored { seq: 5, gid: 0 },
-            Assigned::Stored { seq: 1, gid: 1 },
+            Assigned::Stored {
+                seq: 4,
+                gid: 0,
+                reach: 0
+            },
+            Assigned::Stored {
+                seq: 5,
+                gid: 0,
+                reach: 0
+            },
+            Assigned::Stored {
+                seq: 1,
+                gid: 1,
+                reach: 0
+            },
             Assigned::Duplicate { seq: 1 },
         ]
     );
@@ -421,7 +452,14 @@ fn a_repeated_id_is_the_original_on_any_node() {
     let got = a
         .commit_assigning(&edit.writes)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got, [Assigned::Stored { seq: 6, gid: 0 }]);
+    assert_eq!(
+        got,
+        [Assigned::Stored {
+            seq: 6,
+            gid: 0,
+            reach: 0
+        }]
+    );
     let mut repeat = Batch::default();
     repeat.provisional.insert("room:r1".into(), 5);
     repeat.room_edit("r1", "ann", 1, "\"v3\"", "\"e1\"");
@@ -449,7 +487,14 @@ fn a_repeated_id_is_the_original_on_any_node() {
     let got = b
         .commit_assigning(&late.writes)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got, [Assigned::Stored { seq: 7, gid: 0 }]);
+    assert_eq!(
+        got,
+        [Assigned::Stored {
+            seq: 7,
+            gid: 0,
+            reach: 0
+        }]
+    );
 
     // Every node recovers the ids; trim expires them.
     let ids = a.recover(0).unwrap_or_else(|e| panic!("{e}")).dedupe;
@@ -467,7 +512,14 @@ fn a_repeated_id_is_the_original_on_any_node() {
     let got = a
         .commit_assigning(&resent.writes)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got, [Assigned::Stored { seq: 8, gid: 0 }]);
+    assert_eq!(
+        got,
+        [Assigned::Stored {
+            seq: 8,
+            gid: 0,
+            reach: 0
+        }]
+    );
 }
 
 #[test]
@@ -639,7 +691,11 @@ fn unavailable_promptly_while_redis_is_down_then_back_by_itself() {
     batch.room("r", "ann", "1", None);
     assert_eq!(
         store.commit_assigning(&batch.writes).ok(),
-        Some(vec![Assigned::Stored { seq: 1, gid: 0 }])
+        Some(vec![Assigned::Stored {
+            seq: 1,
+            gid: 0,
+            reach: 0
+        }])
     );
     server.kill();
     for _ in 0..2 {
@@ -678,7 +734,14 @@ fn unavailable_promptly_while_redis_is_down_then_back_by_itself() {
     let mut batch = Batch::default();
     batch.room("r", "ann", "4", None);
     let result = store.commit_assigning(&batch.writes);
-    assert_eq!(result.ok(), Some(vec![Assigned::Stored { seq: 3, gid: 0 }]));
+    assert_eq!(
+        result.ok(),
+        Some(vec![Assigned::Stored {
+            seq: 3,
+            gid: 0,
+            reach: 0
+        }])
+    );
 }
 
 #[test]
@@ -717,7 +780,11 @@ fn a_damaged_key_fails_the_batch_whole_and_lost_functions_are_reloaded() {
     batch.room("good", "ann", "2", None);
     assert_eq!(
         store.commit_assigning(&batch.writes).ok(),
-        Some(vec![Assigned::Stored { seq: 1, gid: 0 }])
+        Some(vec![Assigned::Stored {
+            seq: 1,
+            gid: 0,
+            reach: 0
+        }])
     );
     let _: () = query(&server, redis::cmd("FUNCTION").arg("FLUSH"));
     assert_eq!(store.unread_room("good", "bob", 0).ok(), Some(1));

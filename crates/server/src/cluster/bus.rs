@@ -44,7 +44,9 @@ impl<'a> Origin<'a> {
 
     /// The connection to skip if it is one of `node`'s.
     pub fn conn_on(&self, node: &str) -> Option<u64> {
-        (self.node == node.as_bytes()).then_some(self.conn).flatten()
+        (self.node == node.as_bytes())
+            .then_some(self.conn)
+            .flatten()
     }
 
     pub fn format(node: &str, conn: Option<u64>) -> String {

@@ -84,7 +84,8 @@ impl Topic {
         if let Some(room) = rest.strip_prefix("r:") {
             Some(Topic::Room(Arc::from(room)))
         } else {
-            rest.strip_prefix("u:").map(|user| Topic::User(Arc::from(user)))
+            rest.strip_prefix("u:")
+                .map(|user| Topic::User(Arc::from(user)))
         }
     }
 }
@@ -103,6 +104,9 @@ enum Command {
 /// admits a member for it.
 pub struct Follower {
     tx: mpsc::UnboundedSender<Command>,
+    /// For reads the command layer makes directly (presence of a room not
+    /// followed here, the room list).
+    conn: ConnectionManager,
     /// Names followed (and when last asked for): a follow of one of them
     /// costs a map lookup.
     followed: DashMap<Topic, Instant>,
@@ -130,6 +134,7 @@ impl Follower {
         let (tx, rx) = mpsc::unbounded_channel();
         let follower = Arc::new(Follower {
             tx,
+            conn: conn.clone(),
             followed: DashMap::new(),
             up: AtomicBool::new(false),
             came_up: tokio::sync::Notify::new(),
@@ -186,6 +191,66 @@ impl Follower {
     /// Likewise for a user's inbox (before `identify`).
     pub fn follow_user(&self, user: &str) -> Result<(), Rejection> {
         self.follow(Topic::User(Arc::from(user)))
+    }
+
+    /// The users online in `room` across the cluster, read from Redis (for
+    /// a room without a member here, which this node does not follow).
+    pub fn room_users(&self, room: &str) -> Result<Vec<Arc<str>>, Rejection> {
+        let mut conn = self.conn.clone();
+        let key = keys::room_users(room);
+        let mut users: Vec<String> =
+            self.block(async move { redis::cmd("HKEYS").arg(key).query_async(&mut conn).await })?;
+        users.sort();
+        Ok(users.into_iter().map(Arc::from).collect())
+    }
+
+    /// Every room with a counter in the cluster: (room, last seq, users
+    /// online), sorted by name.
+    pub fn rooms(&self) -> Result<Vec<(Arc<str>, u64, usize)>, Rejection> {
+        let mut conn = self.conn.clone();
+        self.block(async move {
+            let mut names: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(keys::ROOMS)
+                .query_async(&mut conn)
+                .await?;
+            names.sort();
+            let mut pipe = redis::pipe();
+            for room in &names {
+                pipe.cmd("HGET").arg(keys::room_meta(room)).arg("seq");
+                pipe.cmd("HLEN").arg(keys::room_users(room));
+            }
+            let counts: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+            Ok(names
+                .into_iter()
+                .zip(counts.chunks(2))
+                .map(|(room, c)| {
+                    let seq = c.first().copied().flatten().unwrap_or(0);
+                    let online = c.get(1).copied().flatten().unwrap_or(0) as usize;
+                    (Arc::from(room), seq, online)
+                })
+                .collect())
+        })
+    }
+
+    /// Runs a Redis read from the command layer's (synchronous) thread,
+    /// bounded by the timeout.
+    fn block<T>(
+        &self,
+        read: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Rejection> {
+        let wait = async { tokio::time::timeout(self.timeout, read).await };
+        let outcome = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| self.handle.block_on(wait)),
+            Err(_) => self.handle.block_on(wait),
+        };
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "cluster: a read failed");
+                Err(unavailable())
+            }
+            Err(_) => Err(unavailable()),
+        }
     }
 
     fn follow(&self, topic: Topic) -> Result<(), Rejection> {
@@ -412,8 +477,15 @@ impl Listener {
             .cloned()
             .collect();
         for topic in idle {
-            // Out of the fast path first: a follow from now on asks again.
-            self.follower.followed.remove(&topic);
+            // Out of the fast path first: a follow from now on asks again
+            // (and waits for this task). One that passed the fast path
+            // since the check above left a fresh time: keep the topic.
+            if let Some((topic, seen)) = self.follower.followed.remove(&topic) {
+                if seen.elapsed() < LINGER {
+                    self.follower.followed.insert(topic, seen);
+                    continue;
+                }
+            }
             if sink.unsubscribe(topic.channel()).await.is_err() {
                 // The connection is failing; the reconnect resubscribes
                 // what is still followed.
@@ -499,7 +571,8 @@ impl Listener {
                         self.hub.signal_user(user, event.to_vec());
                     }
                     (Topic::Room(room), _) => {
-                        self.hub.signal_room(room, event.to_vec(), except.unwrap_or(0));
+                        self.hub
+                            .signal_room(room, event.to_vec(), except.unwrap_or(0));
                     }
                 }
             }

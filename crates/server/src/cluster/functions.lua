@@ -120,6 +120,21 @@ local ARITY = {
 -- Returns, per room/direct op in order, {'new', seq, gid} or {'dup', seq}.
 -- In assign mode a new entry is announced on its channel(s) as
 -- 's|<origin>|<record>'.
+-- Connections on every node (HASH node -> count, kept by presence.lua).
+local function conns(key)
+  local n = 0
+  for _, v in ipairs(redis.call('HVALS', key)) do
+    n = n + (tonumber(v) or 0)
+  end
+  return n
+end
+
+-- 1 if the origin names a connection (`NODE:CONN`), 0 for `NODE:`.
+local function from_conn(origin)
+  if string.sub(origin, -1) == ':' or origin == '' then return 0 end
+  return 1
+end
+
 local function commit(_, args)
   local assign = args[1] == 'assign'
   local keep = tonumber(args[3])
@@ -230,7 +245,9 @@ local function commit(_, args)
           end
           redis.call('PUBLISH', room_key(name, 'ch'), 's|' .. origin .. '|' .. rec)
         end
-        results[#results + 1] = {'new', seq, 0}
+        -- The sender (a member, if a connection sent it) gets the ack.
+        local reach = assign and conns(room_key(name, 'conns')) - from_conn(origin) or 0
+        results[#results + 1] = {'new', seq, 0, math.max(0, reach)}
         fresh[#results] = true
       end
     elseif op == 'direct' then
@@ -278,7 +295,12 @@ local function commit(_, args)
             redis.call('PUBLISH', user_key(from, 'ch'), payload)
           end
         end
-        results[#results + 1] = {'new', seq, gid}
+        local reach = 0
+        if assign then
+          reach = conns(user_key(to, 'conns'))
+          if from == to then reach = reach - from_conn(origin) end
+        end
+        results[#results + 1] = {'new', seq, gid, math.max(0, reach)}
         fresh[#results] = true
       end
     elseif op == 'replace' then

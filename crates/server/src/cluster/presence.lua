@@ -10,6 +10,12 @@
 -- next: its presences are subtracted and the leaves announced. Redis runs
 -- one function at a time, so no leader is needed.
 --
+-- The node also keeps its connection counts where acks read them (an
+-- ack's `delivered` is the cluster's count): HASH sb:{r:ROOM}:conns and
+-- sb:{u:USER}:conns, field NODE = that node's member connections / the
+-- user's connections there. sb:node:NODE:conns lists the hashes it has a
+-- field in, so a reaper can take them away.
+--
 -- Names cannot contain control characters (protocol::names), so \31
 -- separates a room from a user.
 
@@ -23,6 +29,24 @@ end
 local function users_key(room) return 'sb:{r:' .. room .. '}:users' end
 local function channel(room) return 'sb:{r:' .. room .. '}:ch' end
 local function node_set(node) return 'sb:node:' .. node .. ':pres' end
+local function node_conns(node) return 'sb:node:' .. node .. ':conns' end
+local function conns_key(kind, name)
+  if kind == 'r' then return 'sb:{r:' .. name .. '}:conns' end
+  return 'sb:{u:' .. name .. '}:conns'
+end
+
+-- This node has `n` connections in the room (kind 'r') or of the user
+-- ('u').
+local function set_conns(node, kind, name, n)
+  local key = conns_key(kind, name)
+  if n > 0 then
+    redis.call('HSET', key, node, n)
+    redis.call('SADD', node_conns(node), key)
+  else
+    redis.call('HDEL', key, node)
+    redis.call('SREM', node_conns(node), key)
+  end
+end
 
 local function split(member)
   local at = string.find(member, SEP, 1, true)
@@ -41,29 +65,62 @@ local function count(room, user, delta)
   end
 end
 
--- here: ARGV node, then triples room, user, "1" (joined) or "0" (left),
--- applied in order.
+-- here: ARGV node, then changes applied in order, each one of
+--   'p', room, user, '1' (joined) | '0' (left)   a presence change
+--   'r', room, n                                 member connections here
+--   'u', user, n                                 the user's connections here
 local function here(keys, args)
-  local set = node_set(args[1])
-  for i = 2, #args, 3 do
-    local room, user, joined = args[i], args[i + 1], args[i + 2]
-    local member = room .. SEP .. user
-    if joined == '1' then
-      if redis.call('SADD', set, member) == 1 then count(room, user, 1) end
+  local node = args[1]
+  local set = node_set(node)
+  local i = 2
+  while i <= #args do
+    local kind = args[i]
+    if kind == 'p' then
+      local room, user, joined = args[i + 1], args[i + 2], args[i + 3]
+      local member = room .. SEP .. user
+      if joined == '1' then
+        if redis.call('SADD', set, member) == 1 then count(room, user, 1) end
+      else
+        if redis.call('SREM', set, member) == 1 then count(room, user, -1) end
+      end
+      i = i + 4
     else
-      if redis.call('SREM', set, member) == 1 then count(room, user, -1) end
+      set_conns(node, kind, args[i + 1], tonumber(args[i + 2]))
+      i = i + 3
     end
   end
   return 1
 end
 
--- resync: ARGV node, then every room .. \31 .. user the node holds now.
--- Makes the node's set exactly that, counting (and announcing) the
--- difference: after Redis was unreachable or the node was reaped.
+-- resync: ARGV node, then what the node holds now, in `here`'s format
+-- (presences as joins, every non-zero count). Makes Redis say exactly
+-- that, counting (and announcing) only the difference: after Redis was
+-- unreachable or the node was reaped.
 local function resync(keys, args)
-  local set = node_set(args[1])
+  local node = args[1]
+  local set = node_set(node)
   local want = {}
-  for i = 2, #args do want[args[i]] = true end
+  local counts = {}
+  local i = 2
+  while i <= #args do
+    if args[i] == 'p' then
+      want[args[i + 1] .. SEP .. args[i + 2]] = true
+      i = i + 4
+    else
+      counts[conns_key(args[i], args[i + 1])] = args[i + 2]
+      i = i + 3
+    end
+  end
+  for _, key in ipairs(redis.call('SMEMBERS', node_conns(node))) do
+    if not counts[key] then
+      redis.call('HDEL', key, node)
+      redis.call('SREM', node_conns(node), key)
+    end
+  end
+  for key, n in pairs(counts) do
+    redis.call('HSET', key, node, n)
+    redis.call('SADD', node_conns(node), key)
+  end
   for _, member in ipairs(redis.call('SMEMBERS', set)) do
     if want[member] then
       want[member] = nil
@@ -107,6 +164,12 @@ local function reap(keys, args)
       redis.call('DEL', set)
       redis.call('SADD', 'sb:reaping', node)
     end
+    -- Counts go at once: a field per hash, no announcement.
+    local conns = redis.call('SMEMBERS', node_conns(node))
+    for _, key in ipairs(conns) do
+      redis.call('HDEL', key, node)
+    end
+    redis.call('DEL', node_conns(node))
   end
   for _, node in ipairs(redis.call('SMEMBERS', 'sb:reaping')) do
     if budget <= 0 then break end

@@ -32,8 +32,34 @@ const REPORT_BATCH: usize = 500;
 /// The Redis Function library for presence.
 pub const LIBRARY: &str = include_str!("presence.lua");
 
-/// One local change: (room, user, joined).
-type Report = (Arc<str>, Arc<str>, bool);
+/// One local change.
+enum Report {
+    /// A user's first connection here joined a room (or their last left).
+    Presence(Arc<str>, Arc<str>, bool),
+    /// Member connections of a room here.
+    RoomConns(Arc<str>, usize),
+    /// Connections of a user here.
+    UserConns(Arc<str>, usize),
+}
+
+impl Report {
+    fn args(&self, call: &mut redis::Cmd) {
+        match self {
+            Report::Presence(room, user, joined) => {
+                call.arg("p")
+                    .arg(&**room)
+                    .arg(&**user)
+                    .arg(if *joined { "1" } else { "0" });
+            }
+            Report::RoomConns(room, n) => {
+                call.arg("r").arg(&**room).arg(*n);
+            }
+            Report::UserConns(user, n) => {
+                call.arg("u").arg(&**user).arg(*n);
+            }
+        }
+    }
+}
 
 /// Reports local presence changes, in order, from one task.
 pub struct Presence {
@@ -59,11 +85,21 @@ impl Presence {
         tokio::spawn(reporter.run(rx));
         Ok(Presence { tx })
     }
+}
 
-    /// A user's first connection here joined `room` (or their last one
-    /// left it).
-    pub fn report(&self, room: &str, user: &str, joined: bool) {
-        let _ = self.tx.send((Arc::from(room), Arc::from(user), joined));
+impl crate::hub::ClusterSink for Presence {
+    fn presence(&self, room: &str, user: &str, joined: bool) {
+        let _ = self
+            .tx
+            .send(Report::Presence(Arc::from(room), Arc::from(user), joined));
+    }
+
+    fn room_conns(&self, room: &str, conns: usize) {
+        let _ = self.tx.send(Report::RoomConns(Arc::from(room), conns));
+    }
+
+    fn user_conns(&self, user: &str, conns: usize) {
+        let _ = self.tx.send(Report::UserConns(Arc::from(user), conns));
     }
 }
 
@@ -138,10 +174,8 @@ impl Reporter {
     async fn send(&mut self, batch: &[Report]) -> redis::RedisResult<()> {
         let mut call = redis::cmd("FCALL");
         call.arg("here").arg(0).arg(&*self.node);
-        for (room, user, joined) in batch {
-            call.arg(&**room)
-                .arg(&**user)
-                .arg(if *joined { "1" } else { "0" });
+        for report in batch {
+            report.args(&mut call);
         }
         call.query_async::<()>(&mut self.conn).await
     }
@@ -187,8 +221,15 @@ impl Reporter {
     async fn resync(&mut self) -> redis::RedisResult<()> {
         let mut call = redis::cmd("FCALL");
         call.arg("resync").arg(0).arg(&*self.node);
-        for (room, user) in self.hub.local_presence() {
-            call.arg(format!("{room}\x1f{user}"));
+        let here = self.hub.local_presence();
+        for (room, user) in here.presences {
+            Report::Presence(room, user, true).args(&mut call);
+        }
+        for (room, n) in here.room_conns {
+            Report::RoomConns(room, n).args(&mut call);
+        }
+        for (user, n) in here.user_conns {
+            Report::UserConns(user, n).args(&mut call);
         }
         call.query_async::<()>(&mut self.conn).await
     }

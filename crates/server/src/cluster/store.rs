@@ -244,12 +244,16 @@ impl Record {
 /// A room entry as announced on a channel (`s|ORIGIN|RECORD`, see
 /// `cluster::bus`).
 pub(crate) fn announced_room(record: &[u8]) -> Option<RoomRecord> {
-    serde_json::from_slice::<Record>(record).ok().map(Into::into)
+    serde_json::from_slice::<Record>(record)
+        .ok()
+        .map(Into::into)
 }
 
 /// An inbox entry as announced on a channel.
 pub(crate) fn announced_direct(record: &[u8]) -> Option<DirectRecord> {
-    serde_json::from_slice::<Record>(record).ok().map(Into::into)
+    serde_json::from_slice::<Record>(record)
+        .ok()
+        .map(Into::into)
 }
 
 /// Where `sb:gids` says an inbox entry is: (to, seq, from).
@@ -911,7 +915,11 @@ fn parse_assigned(reply: Value) -> Result<Vec<Assigned>> {
                 _ => b"",
             };
             match (tag, int(1), int(2)) {
-                (b"new", Some(seq), Some(gid)) => Ok(Assigned::Stored { seq, gid }),
+                (b"new", Some(seq), Some(gid)) => Ok(Assigned::Stored {
+                    seq,
+                    gid,
+                    reach: int(3).unwrap_or(0),
+                }),
                 (b"dup", Some(seq), _) => Ok(Assigned::Duplicate { seq }),
                 _ => Err(unexpected(item)),
             }

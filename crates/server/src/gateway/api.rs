@@ -236,7 +236,7 @@ async fn send(
 
 async fn rooms(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
     let rooms: Vec<serde_json::Value> = app
-        .rooms()
+        .rooms()?
         .into_iter()
         .map(|r| json!({"room": &*r.room, "seq": r.seq, "online": r.online}))
         .collect();

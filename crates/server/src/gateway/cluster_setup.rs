@@ -53,9 +53,7 @@ impl Node {
         let reporter = Presence::start(conn.clone(), node.clone(), hub.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot load the presence functions: {e}"))?;
-        hub.set_presence_sink(Box::new(move |room, user, joined| {
-            reporter.report(room, user, joined)
-        }));
+        hub.set_cluster_sink(Arc::new(reporter));
         let follower = Follower::start(
             url,
             node.clone(),

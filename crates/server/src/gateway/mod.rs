@@ -101,7 +101,15 @@ impl Server {
         if let Some(url) = config.redis.clone() {
             let auth = load_auth(&config)?;
             let node = cluster_setup::Node::open(&config, &url, presence, settings).await?;
-            return Server::finish(config, tls, node.hub, node.store, node.pipeline, auth, Some(node.cluster));
+            return Server::finish(
+                config,
+                tls,
+                node.hub,
+                node.store,
+                node.pipeline,
+                auth,
+                Some(node.cluster),
+            );
         }
         let store: Arc<dyn Store> = match config.store {
             StoreKind::Memory => Arc::new(MemoryStore::new()),

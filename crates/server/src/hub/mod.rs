@@ -197,7 +197,7 @@ pub struct Hub {
     cluster_users: Option<DashMap<Arc<str>, std::collections::HashSet<Arc<str>>>>,
     /// Cluster mode: told when a user's first connection here joins a room
     /// or its last one leaves (room, user, joined).
-    presence_sink: std::sync::OnceLock<PresenceSink>,
+    cluster_sink: std::sync::OnceLock<Arc<dyn ClusterSink>>,
     pub relay: Relay,
     pub metrics: Arc<Metrics>,
     next_conn_id: AtomicU64,
@@ -206,8 +206,27 @@ pub struct Hub {
     ping_frame: Bytes,
 }
 
-/// Where a node reports its local presence changes (cluster mode).
-pub type PresenceSink = Box<dyn Fn(&str, &str, bool) + Send + Sync>;
+/// Where a node reports what the cluster must know of its connections
+/// (cluster mode): presence, and the counts an ack's `delivered` adds up.
+pub trait ClusterSink: Send + Sync {
+    /// A user's first connection here joined `room`, or their last left.
+    fn presence(&self, room: &str, user: &str, joined: bool);
+    /// `room` has `conns` member connections here now.
+    fn room_conns(&self, room: &str, conns: usize);
+    /// `user` has `conns` connections here now.
+    fn user_conns(&self, user: &str, conns: usize);
+}
+
+/// What a node holds, for a resync of its reports.
+#[derive(Debug, Default)]
+pub struct LocalPresence {
+    /// (room, user) with a connection here.
+    pub presences: Vec<(Arc<str>, Arc<str>)>,
+    /// Member connections per room here.
+    pub room_conns: Vec<(Arc<str>, usize)>,
+    /// Connections per user here.
+    pub user_conns: Vec<(Arc<str>, usize)>,
+}
 
 /// Server time in milliseconds since the Unix epoch (the `ts` of events).
 pub fn unix_ms() -> u64 {
@@ -241,7 +260,7 @@ impl Hub {
             presence,
             presence_due: Mutex::new(std::collections::HashMap::new()),
             cluster_users: None,
-            presence_sink: std::sync::OnceLock::new(),
+            cluster_sink: std::sync::OnceLock::new(),
             relay: Relay::default(),
             metrics,
             next_conn_id: AtomicU64::new(1),
@@ -260,18 +279,15 @@ impl Hub {
 
     /// Cluster mode: where local presence changes go (set once, before
     /// serving).
-    pub fn set_presence_sink(&self, sink: PresenceSink) {
-        let _ = self.presence_sink.set(sink);
+    pub fn set_cluster_sink(&self, sink: Arc<dyn ClusterSink>) {
+        let _ = self.cluster_sink.set(sink);
     }
 
     /// Cluster mode: the users online in `room` across the cluster, as read
     /// from Redis when the room is followed.
     pub fn cluster_presence_seed(&self, room: &str, users: Vec<String>) {
         if let Some(all) = &self.cluster_users {
-            all.insert(
-                Arc::from(room),
-                users.into_iter().map(Arc::from).collect(),
-            );
+            all.insert(Arc::from(room), users.into_iter().map(Arc::from).collect());
         }
     }
 
@@ -541,6 +557,9 @@ impl Hub {
             entry.reserve_exact(1);
         }
         entry.push(Gated::new(conn.clone(), upto, true));
+        if let Some(sink) = self.cluster_sink.get() {
+            sink.user_conns(&user, entry.len());
+        }
         Ok(Replay { after: 0, upto })
     }
 
@@ -558,11 +577,19 @@ impl Hub {
     pub fn disconnect(&self, conn: &Arc<Conn>) {
         if let Some(user) = conn.user_arc() {
             let mut gone = false;
+            let mut left = None;
             self.users.remove_if_mut(user, |_, conns| {
+                let before = conns.len();
                 conns.retain(|m| m.conn.id != conn.id);
+                if conns.len() < before {
+                    left = Some(conns.len());
+                }
                 gone = conns.is_empty();
                 gone
             });
+            if let (Some(sink), Some(left)) = (self.cluster_sink.get(), left) {
+                sink.user_conns(user, left);
+            }
             if gone {
                 self.metrics.users.decrement(1.0);
             }
@@ -624,11 +651,13 @@ impl Hub {
                     from_seq,
                     flush_at,
                     user_is_new,
+                    members,
                 } => {
-                    if user_is_new {
-                        if let Some(sink) = self.presence_sink.get() {
-                            sink(room, conn.user(), true);
+                    if let Some(sink) = self.cluster_sink.get() {
+                        if user_is_new {
+                            sink.presence(room, conn.user(), true);
                         }
+                        sink.room_conns(room, members);
                     }
                     if let Some(due) = flush_at {
                         self.presence_pending(&entry.name, due);
@@ -679,11 +708,13 @@ impl Hub {
         let Some(room) = self.room(name) else { return };
         let presence = (&self.presence, self.clock_ms());
         let cluster = self.cluster_users.is_some();
-        let (empty, flush_at, user_left) = room.leave(conn, presence, cluster, &self.metrics);
-        if user_left {
-            if let Some(sink) = self.presence_sink.get() {
-                sink(name, conn.user(), false);
+        let (empty, flush_at, user_left, members) =
+            room.leave(conn, presence, cluster, &self.metrics);
+        if let Some(sink) = self.cluster_sink.get() {
+            if user_left {
+                sink.presence(name, conn.user(), false);
             }
+            sink.room_conns(name, members);
         }
         if let Some(due) = flush_at {
             self.presence_pending(&room.name, due);
@@ -843,11 +874,21 @@ impl Hub {
 
     /// Every (room, user) with a connection here (cluster mode: what this
     /// node holds, for a presence resync).
-    pub fn local_presence(&self) -> Vec<(Arc<str>, Arc<str>)> {
-        let mut out = Vec::new();
+    pub fn local_presence(&self) -> LocalPresence {
+        let mut out = LocalPresence::default();
         for entry in self.rooms.iter() {
-            for user in entry.value().users() {
-                out.push((entry.key().clone(), user));
+            let (users, members) = entry.value().census();
+            for user in users {
+                out.presences.push((entry.key().clone(), user));
+            }
+            if members > 0 {
+                out.room_conns.push((entry.key().clone(), members));
+            }
+        }
+        for entry in self.users.iter() {
+            if !entry.value().is_empty() {
+                out.user_conns
+                    .push((entry.key().clone(), entry.value().len()));
             }
         }
         out
@@ -859,8 +900,7 @@ impl Hub {
         let Some(all) = &self.cluster_users else {
             return;
         };
-        let now: std::collections::HashSet<Arc<str>> =
-            users.into_iter().map(Arc::from).collect();
+        let now: std::collections::HashSet<Arc<str>> = users.into_iter().map(Arc::from).collect();
         let before = all.get(room).map(|u| u.clone()).unwrap_or_default();
         for user in before.difference(&now) {
             self.cluster_presence(room, user, false);

@@ -29,6 +29,8 @@ pub(super) enum Joined {
         flush_at: Option<u64>,
         /// The user had no other connection in the room here.
         user_is_new: bool,
+        /// Member connections now.
+        members: usize,
     },
     /// The connection was already a member (`joined` was re-sent).
     Already,
@@ -188,6 +190,7 @@ impl Room {
             from_seq,
             flush_at,
             user_is_new,
+            members: st.members.len(),
         }
     }
 
@@ -315,18 +318,19 @@ impl Room {
 
     /// Removes `conn`. Returns whether the room is now empty, when a
     /// presence batch this leave started is due, and whether it was the
-    /// user's last connection in the room here. `cluster`: presence changes
-    /// come from Redis (see [`Room::announce`]).
+    /// user's last connection in the room here (and the member connections
+    /// left). `cluster`: presence changes come from Redis (see
+    /// [`Room::announce`]).
     pub(super) fn leave(
         &self,
         conn: &Arc<Conn>,
         presence: (&PresencePolicy, u64),
         cluster: bool,
         metrics: &Metrics,
-    ) -> (bool, Option<u64>, bool) {
+    ) -> (bool, Option<u64>, bool, usize) {
         let mut st = self.state.lock();
         if st.members.remove(&conn.id).is_none() {
-            return (false, None, false);
+            return (false, None, false, st.members.len());
         }
         let user = conn.user();
         let user_left = match st.online.get_mut(user) {
@@ -340,7 +344,7 @@ impl Room {
         if st.members.is_empty() {
             // Nobody is left to tell.
             st.pending = None;
-            return (true, None, last);
+            return (true, None, last, 0);
         }
         let flush_at = match user_left {
             Some(name) if !cluster => {
@@ -357,7 +361,7 @@ impl Room {
             }
             _ => None,
         };
-        (false, flush_at, last)
+        (false, flush_at, last, st.members.len())
     }
 
     /// Called under the registry's shard lock: marks the room retired (and
@@ -422,6 +426,12 @@ impl Room {
         let mut users: Vec<Arc<str>> = st.online.keys().cloned().collect();
         users.sort();
         users
+    }
+
+    /// The users online here and the member connections, in one look.
+    pub(super) fn census(&self) -> (Vec<Arc<str>>, usize) {
+        let st = self.state.lock();
+        (st.online.keys().cloned().collect(), st.members.len())
     }
 
     pub(super) fn online(&self) -> usize {

@@ -64,16 +64,24 @@ impl Service {
         if let Caller::Client(client) = caller {
             client.check_room_access(room)?;
         }
-        Ok(self.hub.presence(room))
+        match &self.cluster {
+            // Not followed here: nobody here knows; Redis does.
+            Some(cluster) if !self.hub.has_room(room) => cluster.follower.room_users(room),
+            _ => Ok(self.hub.presence(room)),
+        }
     }
 
     /// Every room with a seq or a member, sorted by name (backend only).
-    pub fn rooms(&self) -> Vec<RoomInfo> {
-        self.hub
-            .rooms()
+    pub fn rooms(&self) -> Result<Vec<RoomInfo>, Rejection> {
+        let rooms = match &self.cluster {
+            // The cluster's rooms, not only those with a member here.
+            Some(cluster) => cluster.follower.rooms()?,
+            None => self.hub.rooms(),
+        };
+        Ok(rooms
             .into_iter()
             .map(|(room, seq, online)| RoomInfo { room, seq, online })
-            .collect()
+            .collect())
     }
 
     /// Closes every connection of `user` (backend only); returns how many.

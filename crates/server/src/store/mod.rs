@@ -358,10 +358,15 @@ pub trait Store: Send + Sync + 'static {
         Ok(batch
             .iter()
             .filter_map(|w| match w {
-                Write::Room(r) => Some(Assigned::Stored { seq: r.seq, gid: 0 }),
+                Write::Room(r) => Some(Assigned::Stored {
+                    seq: r.seq,
+                    gid: 0,
+                    reach: 0,
+                }),
                 Write::Direct(d) => Some(Assigned::Stored {
                     seq: d.seq,
                     gid: d.gid,
+                    reach: 0,
                 }),
                 _ => None,
             })
@@ -373,7 +378,10 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Assigned {
     /// Stored under `seq` (and `gid`, for an inbox entry; 0 for a room).
-    Stored { seq: u64, gid: u64 },
+    /// `reach`: a store shared by nodes counts the connections it goes to
+    /// (room members, or the recipient's devices, on every node, but the
+    /// sending connection): the ack's `delivered`. 0 from other stores.
+    Stored { seq: u64, gid: u64, reach: u64 },
     /// Its id was seen before: nothing was written; `seq` is the
     /// original's.
     Duplicate { seq: u64 },
