@@ -656,3 +656,24 @@ async fn messenger_features_work_across_nodes() {
     let expect: Vec<u64> = (2..=last.as_u64().unwrap_or(0)).collect();
     assert_eq!(replayed, expect);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_rooms_start_at_one_even_within_one_batch() {
+    let cluster = Cluster::start(1);
+    let mut ann = cluster.nodes[0].connect("ann").await;
+    for n in 0..40 {
+        ann.join(&format!("fresh{n}")).await;
+    }
+    // Pipelined: the writer takes many of them in one batch.
+    for n in 0..40 {
+        ann.send(json!({"type": "publish", "room": format!("fresh{n}"), "body": n}))
+            .await;
+        ann.send(json!({"type": "send", "to": format!("new{n}"), "body": n}))
+            .await;
+    }
+    for _ in 0..80 {
+        let reply = ann.recv().await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+        assert_eq!(reply["seq"], 1, "every room and inbox starts at 1: {reply}");
+    }
+}

@@ -439,7 +439,7 @@ impl Writer {
             new_keys: Vec::new(),
             positions: HashMap::new(),
             recalled: Vec::new(),
-            provisional: 0,
+            provisional: HashMap::new(),
         };
         let old_gid = self.last_gid;
         let mut plans = Vec::with_capacity(batch.len());
@@ -772,10 +772,17 @@ impl Writer {
     /// batch, to be undone if the commit fails.
     fn next_seq(&mut self, to: &Destination, now: u64, b: &mut Batch) -> Result<u64, Rejection> {
         if self.assigning {
-            // A placeholder the store replaces; unique within the batch, so
-            // an entry's dedupe record still names it.
-            b.provisional += 1;
-            return Ok(b.provisional);
+            // A placeholder the store replaces: 1, 2, … per name within
+            // the batch (unique, so an entry's dedupe record still names
+            // it), above the name's floor. A counter Redis does not have
+            // yet starts from it: a new room's first entry is 1.
+            let (key, floor) = match to {
+                Destination::Room(room) => ((true, room.clone()), self.hub.room_floor(room)),
+                Destination::User(user) => ((false, user.clone()), self.hub.inbox_floor(user)),
+            };
+            let n = b.provisional.entry(key).or_insert(0);
+            *n += 1;
+            return Ok(floor + *n);
         }
         let (name, counters, old, max) = match to {
             Destination::Room(room) => (
@@ -1069,8 +1076,9 @@ struct Batch {
     positions: HashMap<(Arc<str>, String), u64>,
     /// Messages recalled by this batch.
     recalled: Vec<Original>,
-    /// The last placeholder seq given (cluster mode).
-    provisional: u64,
+    /// The last placeholder seq given per room (true) or inbox (cluster
+    /// mode).
+    provisional: HashMap<(bool, Arc<str>), u64>,
 }
 
 fn store_failed(err: StoreError) -> Rejection {
