@@ -677,3 +677,32 @@ async fn new_rooms_start_at_one_even_within_one_batch() {
         assert_eq!(reply["seq"], 1, "every room and inbox starts at 1: {reply}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_gets_no_write_rather_than_reused_seqs() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut ann = node.connect("ann").await;
+    ann.join("log").await;
+    assert_eq!(ann.publish("log", json!(1)).await["seq"], 1);
+    assert_eq!(ann.publish("log", json!(2)).await["seq"], 2);
+    let mut redis = cluster
+        .redis
+        .client()
+        .get_connection()
+        .unwrap_or_else(|e| panic!("redis: {e}"));
+    // What a Redis restarted without its data looks like.
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut redis)
+        .unwrap_or_else(|e| panic!("FLUSHALL: {e}"));
+    let reply = ann
+        .request(json!({"type": "publish", "room": "log", "body": 3}))
+        .await;
+    assert_eq!(
+        reply["type"], "error",
+        "seq 1 again would be a lie: {reply}"
+    );
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    let (status, body) = node.http_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+}

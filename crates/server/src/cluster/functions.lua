@@ -101,25 +101,6 @@ local ARITY = {
   room_floor = 2, inbox_floor = 2,
 }
 
--- commit: applies one batch of writes.
---
--- ARGV: mode ('assign': number entries from the shared counters, check
--- dedupe ids, keep retention by count, publish; 'given': store the seqs
--- and gids as given, fail the batch if one is already stored), node id,
--- retention count, max device cursors, dedupe window (ms), then ops, each
--- its name and fixed arguments:
---   room    name, seq, ts, tail, dedupe field|'', dedupe ts, origin
---   direct  to, from, seq, gid, ts, is message 1|0, tail, dedupe field|'',
---           dedupe ts, origin
---   replace key, score, old member, new member, k: applied if old is still
---           there and (k > 0) the k-th room/direct op of the batch was new
---   dedupe  field, seq, ts          cursor  user, device, upto
---   read    user, key, upto         trim_room / trim_inbox  name, upto
---   forget_room / forget_inbox name room_floor / inbox_floor bucket, value
---
--- Returns, per room/direct op in order, {'new', seq, gid} or {'dup', seq}.
--- In assign mode a new entry is announced on its channel(s) as
--- 's|<origin>|<record>'.
 -- Connections on every node (HASH node -> count, kept by presence.lua).
 local function conns(key)
   local n = 0
@@ -135,8 +116,36 @@ local function from_conn(origin)
   return 1
 end
 
+-- commit: applies one batch of writes.
+--
+-- ARGV: mode ('assign': number entries from the shared counters, check
+-- dedupe ids, keep retention by count, publish; 'given': store the seqs
+-- and gids as given, fail the batch if one is already stored), the data
+-- set's identity the node opened (assign mode: the value of sb:cluster),
+-- retention count, max device cursors, dedupe window (ms), then ops, each
+-- its name and fixed arguments:
+--   room    name, seq, ts, tail, dedupe field|'', dedupe ts, origin
+--   direct  to, from, seq, gid, ts, is message 1|0, tail, dedupe field|'',
+--           dedupe ts, origin
+--   replace key, score, old member, new member, k: applied if old is still
+--           there and (k > 0) the k-th room/direct op of the batch was new
+--   dedupe  field, seq, ts          cursor  user, device, upto
+--   read    user, key, upto         trim_room / trim_inbox  name, upto
+--   forget_room / forget_inbox name room_floor / inbox_floor bucket, value
+--
+-- Returns, per room/direct op in order, {'new', seq, gid, reach} or
+-- {'dup', seq}; reach (assign mode) is how many connections on every node
+-- get the entry, the sender's not counted (the ack's `delivered`).
+-- In assign mode a new entry is announced on its channel(s) as
+-- 's|<origin>|<record>'.
 local function commit(_, args)
   local assign = args[1] == 'assign'
+  -- Counters continue only from the data set they were read from: after a
+  -- Redis that lost its data (restarted empty, flushed), every seq would
+  -- start again at 1 and reach clients a second time.
+  if assign and redis.call('GET', 'sb:cluster') ~= args[2] then
+    return redis.error_reply('SBLOST sb:cluster is not ' .. args[2] .. ': Redis lost the data set this node numbered from')
+  end
   local keep = tonumber(args[3])
   local max_cursors = tonumber(args[4])
   local window = tonumber(args[5])

@@ -103,6 +103,11 @@ pub mod keys {
         format!("sb:{{u:{user}}}:ch")
     }
 
+    /// STRING: the data set's identity, set by the first node that opens
+    /// it. A commit that finds another (or none: Redis lost its data)
+    /// refuses to number anything.
+    pub const EPOCH: &str = "sb:cluster";
+
     /// STRING: the last gid ever given.
     pub const GID: &str = "sb:gid";
 

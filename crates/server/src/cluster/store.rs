@@ -343,6 +343,10 @@ pub struct RedisStore {
     client: redis::Client,
     settings: RedisSettings,
     pool: Mutex<Vec<Conn>>,
+    /// The data set's identity (`sb:cluster`) when this store opened: a
+    /// commit that finds another (or none) refuses to number anything, as
+    /// Redis lost the counters a seq must continue from.
+    epoch: String,
 }
 
 impl RedisStore {
@@ -367,14 +371,24 @@ impl RedisStore {
         }
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| StoreError::Unavailable(format!("redis URL {}: {e}", settings.url)))?;
-        let store = RedisStore {
+        let mut store = RedisStore {
             client,
             settings,
             pool: Mutex::new(Vec::new()),
+            epoch: String::new(),
         };
-        store.with(|conn| {
+        store.epoch = store.with(|conn| {
             conn.load_library()?;
-            conn.run::<Value>(&redis::cmd("PING")).map(drop)
+            // The first node to open an empty data set names it; the rest
+            // learn its name.
+            let mut set = redis::cmd("SET");
+            set.arg(keys::EPOCH)
+                .arg(format!("{}-{}", crate::hub::unix_ms(), std::process::id()))
+                .arg("NX");
+            conn.run::<Value>(&set)?;
+            let mut get = redis::cmd("GET");
+            get.arg(keys::EPOCH);
+            conn.run::<String>(&get)
         })?;
         Ok(store)
     }
@@ -651,7 +665,7 @@ impl RedisStore {
         }
         let mut args = vec![
             if assign { "assign" } else { "given" }.to_owned(),
-            self.settings.node.clone(),
+            self.epoch.clone(),
             self.settings.retention_count.to_string(),
             MAX_DEVICE_CURSORS.to_string(),
             self.settings.dedupe_window.as_millis().to_string(),
@@ -1248,6 +1262,11 @@ pub(crate) fn map_error(err: &RedisError) -> StoreError {
         Some("BUSY" | "MISCONF") => StoreError::Unavailable(text),
         // A key of the wrong type: an operator has to look.
         Some("WRONGTYPE") => StoreError::Corrupt(text),
+        // The data set is not the one this node numbered from.
+        Some("SBLOST") => StoreError::Corrupt(format!(
+            "{text}: refusing to number messages (a seq could be given twice); \
+             restart the nodes to start a new numbering (docs/OPERATIONS.md)"
+        )),
         _ => StoreError::Internal(text),
     }
 }
