@@ -80,7 +80,8 @@ pub struct Config {
     /// Cluster mode: share rooms, inboxes, history and presence with every
     /// node started with the same Redis (`redis://HOST:PORT[/DB]`). The
     /// embedded store (`--store`, `--data-dir`) is then not used.
-    #[arg(long, env = "SWITCHBOARD_REDIS")]
+    /// The URL may hold a password: `--help` and `config print` hide it.
+    #[arg(long, env = "SWITCHBOARD_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
 
     /// What to do when Redis cannot back "an ack means durable" (checked

@@ -29,6 +29,17 @@ pub use follower::Follower;
 pub use presence::Presence;
 pub use store::{RedisSettings, RedisStore};
 
+/// A Redis URL fit for logs and errors: the credentials (between `://`
+/// and `@`) are replaced by `…`.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}…{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// The Redis Function library, loaded by every node at connect.
 pub const LIBRARY: &str = include_str!("functions.lua");
 
@@ -38,6 +49,17 @@ pub const LIBRARY: &str = include_str!("functions.lua");
 /// anything but control characters (`protocol::names`), so `\x1f`
 /// separates a name from what follows it where a name is not the last
 /// part: two names' keys or fields can never be the same string.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacted_urls_hide_credentials_only() {
+        use super::redacted;
+        assert_eq!(redacted("redis://u:secret@h:6379/0"), "redis://…@h:6379/0");
+        assert_eq!(redacted("redis://:p@ss@h"), "redis://…@h");
+        assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
+    }
+}
+
 pub mod keys {
     /// The separator between names (a control character: no name has it).
     pub const SEP: char = '\x1f';

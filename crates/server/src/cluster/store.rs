@@ -369,8 +369,9 @@ impl RedisStore {
                 "the dedupe window must be at least 1 ms".into(),
             ));
         }
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("redis URL {}: {e}", settings.url)))?;
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
+            StoreError::Unavailable(format!("redis URL {}: {e}", super::redacted(&settings.url)))
+        })?;
         let mut store = RedisStore {
             client,
             settings,

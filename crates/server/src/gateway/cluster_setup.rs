@@ -27,6 +27,7 @@ impl Node {
         presence: PresencePolicy,
         settings: Settings,
     ) -> anyhow::Result<Node> {
+        let shown = crate::cluster::redacted(url);
         let node: Arc<str> = Arc::from(match &config.node_id {
             Some(id) => id.clone(),
             None => default_node_id(),
@@ -37,17 +38,18 @@ impl Node {
         redis_settings.dedupe_window = config.dedupe_window;
         let store = tokio::task::spawn_blocking(move || RedisStore::open(redis_settings))
             .await?
-            .map_err(|e| anyhow::anyhow!("cannot open the cluster store at {url}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot open the cluster store at {shown}: {e}"))?;
         check_durability(&store, config.redis_durability).await?;
         let store: Arc<dyn Store> = Arc::new(store);
 
-        let client = redis::Client::open(url)?;
+        let client =
+            redis::Client::open(url).map_err(|e| anyhow::anyhow!("redis URL {shown}: {e}"))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.redis_timeout))
             .set_response_timeout(Some(config.redis_timeout));
         let conn = ConnectionManager::new_with_config(client, manager)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to redis at {url}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot connect to redis at {shown}: {e}"))?;
 
         let hub = Arc::new(Hub::for_cluster(Arc::new(Metrics::new()), presence));
         let reporter = Presence::start(conn.clone(), node.clone(), hub.clone())
@@ -64,13 +66,13 @@ impl Node {
         )
         .map_err(anyhow::Error::msg)?;
         if !follower.wait_up(config.redis_timeout).await {
-            anyhow::bail!("cannot subscribe to redis at {url} for the other nodes' messages");
+            anyhow::bail!("cannot subscribe to redis at {shown} for the other nodes' messages");
         }
         let bus = Arc::new(Bus::new(conn.clone(), node.clone()));
         let pipeline =
             Pipeline::start_with_bus(store.clone(), hub.clone(), settings, Some(bus.clone()))
                 .map_err(|e| anyhow::anyhow!("cannot start the writer: {e}"))?;
-        tracing::info!(node = %node, redis = url, "cluster mode");
+        tracing::info!(node = %node, redis = %shown, "cluster mode");
         Ok(Node {
             hub,
             store,
