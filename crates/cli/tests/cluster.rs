@@ -135,6 +135,21 @@ async fn a_room_spans_three_nodes_with_one_presence() {
         );
         assert_eq!(m["body"], json!({"text": "hi"}));
     }
+    // A node hears only the rooms it has members in: the lobby's channel
+    // has one subscriber per node here, a room nobody joined has none.
+    let mut redis = cluster
+        .redis
+        .client()
+        .get_connection()
+        .unwrap_or_else(|e| panic!("redis: {e}"));
+    let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("sb:{r:lobby}:ch")
+        .arg("sb:{r:elsewhere}:ch")
+        .query(&mut redis)
+        .unwrap_or_else(|e| panic!("PUBSUB NUMSUB: {e}"));
+    assert_eq!(counts[0].1, 3, "{counts:?}");
+    assert_eq!(counts[1].1, 0, "{counts:?}");
     // The sender got the ack instead of the message.
     let ack = bob.publish("lobby", json!("two")).await;
     assert_eq!(ack["seq"], 2);
@@ -705,4 +720,108 @@ async fn a_redis_that_lost_its_data_gets_no_write_rather_than_reused_seqs() {
     assert_eq!(reply["code"], "unavailable", "{reply}");
     let (status, body) = node.http_get("/readyz").await;
     assert_eq!(status, 503, "{body}");
+}
+
+/// A TCP proxy in front of Redis whose open connections can be frozen:
+/// bytes stop flowing both ways while the sockets stay open, as after a
+/// failover behind a NAT or a stalled network path. Connections made after
+/// a freeze flow normally.
+struct FreezingProxy {
+    port: u16,
+    /// Bumped by `freeze`; a connection made under an older generation
+    /// stops forwarding.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream: u16) -> FreezingProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("proxy bind: {e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let current = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let born = current.load(Ordering::SeqCst);
+                let current = current.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let live = move || current.load(Ordering::SeqCst) == born;
+                    let live2 = live.clone();
+                    let up = async move { pump(&mut cr, &mut sw, live).await };
+                    let down = async move { pump(&mut sr, &mut cw, live2).await };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        FreezingProxy { port, generation }
+    }
+
+    fn freeze(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies until EOF; once frozen, reads nothing more and writes nothing
+/// (the socket stays open, silent).
+async fn pump(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    live: impl Fn() -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if !live() {
+            std::future::pending::<()>().await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if !live() {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_pubsub_connection_is_found_and_nothing_is_missed() {
+    let redis = RedisServer::start();
+    let proxy = FreezingProxy::start(redis.port).await;
+    let direct = node(&redis, &[]);
+    let through = format!("redis://127.0.0.1:{}", proxy.port);
+    let behind = Server::start_with(&["--redis", &through]);
+    let mut listener = behind.connect("listener").await;
+    listener.join("quiet").await;
+    let mut talker = direct.connect("talker").await;
+    talker.join("quiet").await;
+    assert_eq!(talker.publish("quiet", json!(1)).await["seq"], 1);
+    assert_eq!(next(&mut listener, "message").await["seq"], 1);
+
+    // Every connection of the node behind the proxy goes silent (its
+    // sockets stay open): no error tells the node anything.
+    proxy.freeze();
+    let frozen = Instant::now();
+    for n in 2..=20 {
+        talker.publish("quiet", json!(n)).await;
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 19 {
+        seqs.push(next(&mut listener, "message").await["seq"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(seqs, (2..=20).collect::<Vec<_>>(), "in order, none missed");
+    // Bound: the probe (1 s + 2 s to answer) and a reconnect.
+    eprintln!("silent connection found and caught up after {:?}", frozen.elapsed());
 }

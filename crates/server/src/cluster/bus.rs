@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use super::link::Link;
 
 use super::keys;
 
@@ -60,14 +60,14 @@ impl<'a> Origin<'a> {
 /// Publishes announcements; fire and forget (an announcement is as
 /// ephemeral as the event it carries).
 pub struct Bus {
-    conn: ConnectionManager,
+    conn: Link,
     node: Arc<str>,
     handle: tokio::runtime::Handle,
 }
 
 impl Bus {
     /// A bus on the current runtime.
-    pub fn new(conn: ConnectionManager, node: Arc<str>) -> Bus {
+    pub fn new(conn: Link, node: Arc<str>) -> Bus {
         Bus {
             conn,
             node,
@@ -107,12 +107,10 @@ impl Bus {
     }
 
     fn publish(&self, channel: String, payload: Vec<u8>) {
-        let mut conn = self.conn.clone();
+        let conn = self.conn.clone();
         self.handle.spawn(async move {
-            let sent: redis::RedisResult<()> = redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(payload)
-                .query_async(&mut conn)
+            let sent: redis::RedisResult<()> = conn
+                .query(redis::cmd("PUBLISH").arg(&channel).arg(payload))
                 .await;
             if let Err(err) = sent {
                 tracing::debug!(%err, "cluster: an announcement was lost");

@@ -30,9 +30,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::link::Link;
 use dashmap::DashMap;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use switchboard_protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
@@ -106,7 +106,7 @@ pub struct Follower {
     tx: mpsc::UnboundedSender<Command>,
     /// For reads the command layer makes directly (presence of a room not
     /// followed here, the room list).
-    conn: ConnectionManager,
+    conn: Link,
     /// Names followed (and when last asked for): a follow of one of them
     /// costs a map lookup.
     followed: DashMap<Topic, Instant>,
@@ -127,7 +127,7 @@ impl Follower {
         node: Arc<str>,
         hub: Arc<Hub>,
         store: Arc<dyn Store>,
-        conn: ConnectionManager,
+        conn: Link,
         timeout: Duration,
     ) -> Result<Arc<Follower>, String> {
         let client = redis::Client::open(redis_url).map_err(|e| format!("redis URL: {e}"))?;
@@ -196,10 +196,10 @@ impl Follower {
     /// The users online in `room` across the cluster, read from Redis (for
     /// a room without a member here, which this node does not follow).
     pub fn room_users(&self, room: &str) -> Result<Vec<Arc<str>>, Rejection> {
-        let mut conn = self.conn.clone();
+        let conn = self.conn.clone();
         let key = keys::room_users(room);
         let mut users: Vec<String> =
-            self.block(async move { redis::cmd("HKEYS").arg(key).query_async(&mut conn).await })?;
+            self.block(async move { conn.query(redis::cmd("HKEYS").arg(key)).await })?;
         users.sort();
         Ok(users.into_iter().map(Arc::from).collect())
     }
@@ -207,19 +207,17 @@ impl Follower {
     /// Every room with a counter in the cluster: (room, last seq, users
     /// online), sorted by name.
     pub fn rooms(&self) -> Result<Vec<(Arc<str>, u64, usize)>, Rejection> {
-        let mut conn = self.conn.clone();
+        let conn = self.conn.clone();
         self.block(async move {
-            let mut names: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(keys::ROOMS)
-                .query_async(&mut conn)
-                .await?;
+            let mut names: Vec<String> =
+                conn.query(redis::cmd("SMEMBERS").arg(keys::ROOMS)).await?;
             names.sort();
             let mut pipe = redis::pipe();
             for room in &names {
                 pipe.cmd("HGET").arg(keys::room_meta(room)).arg("seq");
                 pipe.cmd("HLEN").arg(keys::room_users(room));
             }
-            let counts: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+            let counts: Vec<Option<u64>> = conn.query_pipe(&pipe).await?;
             Ok(names
                 .into_iter()
                 .zip(counts.chunks(2))
@@ -297,7 +295,7 @@ struct Listener {
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
     /// For watermarks (one multiplexed connection, shared with the bus).
-    conn: ConnectionManager,
+    conn: Link,
     topics: HashMap<Topic, Followed>,
 }
 
@@ -428,10 +426,9 @@ impl Listener {
 
     /// A name's last seq in Redis.
     async fn watermark(&mut self, topic: &Topic) -> Result<u64, String> {
-        let seq: Option<u64> = redis::cmd("HGET")
-            .arg(topic.meta())
-            .arg("seq")
-            .query_async(&mut self.conn)
+        let seq: Option<u64> = self
+            .conn
+            .query(redis::cmd("HGET").arg(topic.meta()).arg("seq"))
             .await
             .map_err(|e| e.to_string())?;
         Ok(seq.unwrap_or(0))
@@ -439,9 +436,8 @@ impl Listener {
 
     /// The users online in `room` across the cluster.
     async fn users(&mut self, room: &str) -> Result<Vec<String>, String> {
-        redis::cmd("HKEYS")
-            .arg(keys::room_users(room))
-            .query_async(&mut self.conn)
+        self.conn
+            .query(redis::cmd("HKEYS").arg(keys::room_users(room)))
             .await
             .map_err(|e| e.to_string())
     }
@@ -511,8 +507,9 @@ impl Listener {
         for topic in &topics {
             pipe.cmd("HGET").arg(topic.meta()).arg("seq");
         }
-        let seqs: Vec<Option<u64>> = pipe
-            .query_async(&mut self.conn)
+        let seqs: Vec<Option<u64>> = self
+            .conn
+            .query_pipe(&pipe)
             .await
             .map_err(|e| e.to_string())?;
         for (topic, seq) in topics.into_iter().zip(seqs) {
@@ -537,8 +534,9 @@ impl Listener {
             for room in &rooms {
                 pipe.cmd("HKEYS").arg(keys::room_users(room));
             }
-            let lists: Vec<Vec<String>> = pipe
-                .query_async(&mut self.conn)
+            let lists: Vec<Vec<String>> = self
+                .conn
+                .query_pipe(&pipe)
                 .await
                 .map_err(|e| e.to_string())?;
             for (room, users) in rooms.iter().zip(lists) {

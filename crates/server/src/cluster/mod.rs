@@ -20,12 +20,14 @@
 pub mod bus;
 pub mod durability;
 pub mod follower;
+pub mod link;
 pub mod presence;
 pub mod store;
 
 pub use bus::{Bus, Origin};
 pub use durability::{check_durability, check_durability_sync, Durability};
 pub use follower::Follower;
+pub use link::Link;
 pub use presence::Presence;
 pub use store::{RedisSettings, RedisStore};
 

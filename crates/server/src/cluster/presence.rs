@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::link::Link;
 use tokio::sync::mpsc;
 
 use crate::hub::Hub;
@@ -69,12 +69,8 @@ pub struct Presence {
 impl Presence {
     /// Loads the library and starts the reporting and lease tasks on the
     /// current runtime.
-    pub async fn start(
-        conn: ConnectionManager,
-        node: Arc<str>,
-        hub: Arc<Hub>,
-    ) -> redis::RedisResult<Presence> {
-        load(&mut conn.clone()).await?;
+    pub async fn start(conn: Link, node: Arc<str>, hub: Arc<Hub>) -> redis::RedisResult<Presence> {
+        load(&conn).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let reporter = Reporter {
             conn,
@@ -103,30 +99,24 @@ impl crate::hub::ClusterSink for Presence {
     }
 }
 
-async fn load(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-    redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg("REPLACE")
-        .arg(LIBRARY)
-        .query_async::<()>(conn)
-        .await
+async fn load(conn: &Link) -> redis::RedisResult<()> {
+    conn.query::<()>(
+        redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(LIBRARY),
+    )
+    .await
 }
 
 /// Ends a node's presence at once (graceful shutdown): its lease ends and
 /// it reaps itself.
-pub async fn retire(conn: &mut ConnectionManager, node: &str) -> redis::RedisResult<()> {
-    redis::cmd("FCALL")
-        .arg("retire")
-        .arg(0)
-        .arg(node)
-        .query_async::<()>(conn)
+pub async fn retire(conn: &Link, node: &str) -> redis::RedisResult<()> {
+    conn.query::<()>(redis::cmd("FCALL").arg("retire").arg(0).arg(node))
         .await?;
     loop {
-        let waiting: u64 = redis::cmd("FCALL")
-            .arg("reap")
-            .arg(0)
-            .arg(REAP_BUDGET)
-            .query_async(conn)
+        let waiting: u64 = conn
+            .query(redis::cmd("FCALL").arg("reap").arg(0).arg(REAP_BUDGET))
             .await?;
         if waiting == 0 {
             return Ok(());
@@ -135,7 +125,7 @@ pub async fn retire(conn: &mut ConnectionManager, node: &str) -> redis::RedisRes
 }
 
 struct Reporter {
-    conn: ConnectionManager,
+    conn: Link,
     node: Arc<str>,
     hub: Arc<Hub>,
     /// A report failed or the node was reaped: the next renewal resyncs.
@@ -177,16 +167,19 @@ impl Reporter {
         for report in batch {
             report.args(&mut call);
         }
-        call.query_async::<()>(&mut self.conn).await
+        self.conn.query::<()>(&call).await
     }
 
     async fn renew(&mut self) {
-        let held: redis::RedisResult<u64> = redis::cmd("FCALL")
-            .arg("lease")
-            .arg(0)
-            .arg(&*self.node)
-            .arg(LEASE.as_millis() as u64)
-            .query_async(&mut self.conn)
+        let held: redis::RedisResult<u64> = self
+            .conn
+            .query(
+                redis::cmd("FCALL")
+                    .arg("lease")
+                    .arg(0)
+                    .arg(&*self.node)
+                    .arg(LEASE.as_millis() as u64),
+            )
             .await;
         match held {
             Ok(0) => self.dirty = true,
@@ -194,7 +187,7 @@ impl Reporter {
             Err(err) => {
                 if err.to_string().contains("Function not found") {
                     // Redis lost its functions (restarted empty).
-                    let _ = load(&mut self.conn).await;
+                    let _ = load(&self.conn).await;
                 }
                 tracing::debug!(%err, "cluster: lease renewal failed");
                 self.dirty = true;
@@ -207,11 +200,9 @@ impl Reporter {
                 Err(err) => tracing::warn!(%err, "cluster: presence resync failed"),
             }
         }
-        let reaped: redis::RedisResult<u64> = redis::cmd("FCALL")
-            .arg("reap")
-            .arg(0)
-            .arg(REAP_BUDGET)
-            .query_async(&mut self.conn)
+        let reaped: redis::RedisResult<u64> = self
+            .conn
+            .query(redis::cmd("FCALL").arg("reap").arg(0).arg(REAP_BUDGET))
             .await;
         if let Err(err) = reaped {
             tracing::debug!(%err, "cluster: reaping failed");
@@ -231,6 +222,6 @@ impl Reporter {
         for (user, n) in here.user_conns {
             Report::UserConns(user, n).args(&mut call);
         }
-        call.query_async::<()>(&mut self.conn).await
+        self.conn.query::<()>(&call).await
     }
 }

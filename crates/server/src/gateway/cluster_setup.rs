@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-use crate::cluster::{Bus, Follower, Presence, RedisSettings, RedisStore};
+use crate::cluster::{Bus, Follower, Link, Presence, RedisSettings, RedisStore};
 use crate::config::{Config, RedisDurability};
 use crate::hub::{Hub, PresencePolicy};
 use crate::metrics::Metrics;
@@ -44,10 +42,7 @@ impl Node {
 
         let client =
             redis::Client::open(url).map_err(|e| anyhow::anyhow!("redis URL {shown}: {e}"))?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.redis_timeout))
-            .set_response_timeout(Some(config.redis_timeout));
-        let conn = ConnectionManager::new_with_config(client, manager)
+        let conn = Link::connect(client, config.redis_timeout)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to redis at {shown}: {e}"))?;
 

@@ -64,16 +64,15 @@ pub struct Cluster {
     pub follower: Arc<crate::cluster::Follower>,
     pub bus: Arc<crate::cluster::Bus>,
     /// For the goodbye at shutdown.
-    pub conn: redis::aio::ConnectionManager,
+    pub conn: crate::cluster::Link,
 }
 
 impl Cluster {
     /// Ends this node's presence at once (graceful shutdown), within
     /// `limit`.
     pub async fn retire(&self, limit: std::time::Duration) {
-        let mut conn = self.conn.clone();
         let node = self.follower.node().to_owned();
-        match tokio::time::timeout(limit, crate::cluster::presence::retire(&mut conn, &node)).await
+        match tokio::time::timeout(limit, crate::cluster::presence::retire(&self.conn, &node)).await
         {
             Ok(Ok(())) => tracing::info!("cluster: presence retired"),
             Ok(Err(err)) => tracing::warn!(%err, "cluster: retiring presence failed"),
