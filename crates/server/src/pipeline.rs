@@ -30,7 +30,7 @@ use crate::store::{
 
 const MAX_BATCH: usize = 1024;
 /// How often retention and the dedupe window are enforced.
-const TRIM_EVERY: Duration = Duration::from_secs(10);
+pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Where a result goes.
 pub enum Reply {

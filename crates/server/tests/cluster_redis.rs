@@ -33,6 +33,7 @@ fn node(server: &RedisServer, name: &str, retention: u64) -> RedisStore {
         timeout: TIMEOUT,
         retention_count: retention,
         dedupe_window: WINDOW,
+        trim_every: None,
     })
     .unwrap_or_else(|e| panic!("open: {e}"))
 }
@@ -583,6 +584,42 @@ fn retention_keeps_the_newest_count_exactly() {
     let indexed: u64 = query(&server, redis::cmd("HLEN").arg(keys::GIDS));
     assert_eq!(indexed, 5);
     assert_eq!(store.recover(0).map(|r| r.last_gid).ok(), Some(7));
+}
+
+#[test]
+fn age_retention_runs_on_one_node_per_round() {
+    let server = RedisServer::start();
+    let shared = |name: &str| {
+        RedisStore::open(RedisSettings {
+            url: server.url(),
+            node: name.into(),
+            timeout: TIMEOUT,
+            retention_count: 100,
+            dedupe_window: WINDOW,
+            trim_every: Some(Duration::from_secs(60)),
+        })
+        .unwrap_or_else(|e| panic!("open: {e}"))
+    };
+    let (a, b) = (shared("a"), shared("b"));
+    let old = now() - 10_000;
+    let expired = |store: &RedisStore| {
+        let mut batch = Batch::default();
+        batch.room_at("r", "ann", "1", None, old, None);
+        store
+            .commit_assigning(&batch.writes)
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    let held = |store: &RedisStore| store.room_after("r", 0, 10).map_or(0, |r| r.len());
+    expired(&a);
+    a.trim(old + 1, 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(held(&a), 0, "a ran this round's retention");
+    expired(&b);
+    b.trim(old + 1, 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(held(&b), 1, "b left the round to a");
+    // The round's lease gone (expired), the next trim runs.
+    let _: i64 = query(&server, redis::cmd("DEL").arg(keys::TRIM_LEASE));
+    b.trim(old + 1, 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(held(&b), 0);
 }
 
 #[test]

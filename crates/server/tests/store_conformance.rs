@@ -91,6 +91,7 @@ fn open_redis(dir: &Path) -> Result<RedisStore, Box<dyn Error>> {
         timeout: Duration::from_secs(5),
         retention_count: 10_000,
         dedupe_window: Duration::from_secs(300),
+        trim_every: None,
     })?)
 }
 

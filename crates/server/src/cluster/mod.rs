@@ -132,6 +132,9 @@ pub mod keys {
     /// refuses to number anything.
     pub const EPOCH: &str = "sb:cluster";
 
+    /// STRING, with an expiry: the node running retention this round.
+    pub const TRIM_LEASE: &str = "sb:trim";
+
     /// STRING: the last gid ever given.
     pub const GID: &str = "sb:gid";
 

@@ -73,7 +73,8 @@ use crate::store::{
 /// How to reach Redis and the limits every write applies.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// `redis://HOST:PORT[/DB]` (or `rediss://`, `redis+unix://`).
+    /// `redis://HOST:PORT[/DB]` (or `redis+unix://`; `rediss://` needs a
+    /// TLS feature of the `redis` crate this build does not enable).
     pub url: String,
     /// This node's id, carried in every announcement so a node knows its
     /// own entries. Must not contain `|`.
@@ -89,6 +90,10 @@ pub struct RedisSettings {
     /// How long a command id counts as a repeat in assign mode (an older
     /// one not yet expired by [`Store::trim`] is ignored). At least 1 ms.
     pub dedupe_window: Duration,
+    /// Several stores (nodes) share the data set: [`Store::trim`] runs on
+    /// one of them per `trim_every` (a lease in Redis), not on each, since
+    /// every run scans every room and inbox.
+    pub trim_every: Option<Duration>,
 }
 
 impl RedisSettings {
@@ -101,6 +106,7 @@ impl RedisSettings {
             timeout: Duration::from_secs(2),
             retention_count: 10_000,
             dedupe_window: Duration::from_secs(300),
+            trim_every: None,
         }
     }
 }
@@ -1208,6 +1214,20 @@ impl Store for RedisStore {
     }
 
     fn trim(&self, older_than: u64, dedupe_before: u64) -> Result<()> {
+        if let Some(every) = self.settings.trim_every {
+            // The lease expires a little before the next round, so some
+            // node takes the next one.
+            let lease = every.saturating_sub(every / 10).as_millis().max(1) as u64;
+            let mut take = redis::cmd("SET");
+            take.arg(keys::TRIM_LEASE)
+                .arg(&self.settings.node)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease);
+            if matches!(self.query::<Value>(&take)?, Value::Nil) {
+                return Ok(());
+            }
+        }
         for (what, set) in [("room", keys::ROOMS), ("inbox", keys::INBOXES)] {
             let names: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(set))?;
             // A bounded step per call: other nodes' commits wait for it.

@@ -34,6 +34,9 @@ impl Node {
         redis_settings.timeout = config.redis_timeout;
         redis_settings.retention_count = config.retention_count;
         redis_settings.dedupe_window = config.dedupe_window;
+        // Every node's writer sweeps every 10 s; one sweep per round is
+        // enough.
+        redis_settings.trim_every = Some(crate::pipeline::TRIM_EVERY);
         let store = tokio::task::spawn_blocking(move || RedisStore::open(redis_settings))
             .await?
             .map_err(|e| anyhow::anyhow!("cannot open the cluster store at {shown}: {e}"))?;
