@@ -49,6 +49,7 @@ fn scripts_print_usage_for_help_and_refuse_unknown_options() {
         "scripts/test-deploy",
         "scripts/fuzz",
         "scripts/autobahn",
+        "scripts/cluster",
         "bench/run.sh",
     ] {
         for help in ["--help", "-h"] {
