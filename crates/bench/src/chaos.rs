@@ -1899,7 +1899,8 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
 
     // The server's RSS, sampled until the end.
     let peak_rss = Arc::new(AtomicU64::new(0));
-    let rss_probe = args.output.server_pid.map(|pid| {
+    // The first PID's memory: chaos drives one server.
+    let rss_probe = args.output.server_pid.first().copied().map(|pid| {
         let peak = peak_rss.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(RSS_EVERY);
@@ -1912,7 +1913,7 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
         })
     });
     let measuring =
-        run.measure(&args.timing, args.output.server_pid, {
+        run.measure(&args.timing, &args.output.server_pid, {
             let sh = sh.clone();
             let peak = peak_rss.clone();
             let mut received = Gain::default();
@@ -1991,6 +1992,8 @@ async fn chaos(args: ChaosArgs, target: Target) -> anyhow::Result<()> {
     let peak_rss_kib = args
         .output
         .server_pid
+        .first()
+        .copied()
         .and_then(rss_kib)
         .map(|now| peak_rss.fetch_max(now, Ordering::Relaxed).max(now));
     if let (Some(bound), Some(peak)) = (args.max_rss, peak_rss_kib) {

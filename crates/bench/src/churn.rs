@@ -296,7 +296,7 @@ async fn drive(args: ChurnArgs, target: Target) -> anyhow::Result<()> {
     );
     let overflows_before = client::listen_overflows();
     let window = Window::open(sh.epoch, Duration::ZERO, args.duration);
-    let cpu_probe = window.spawn_cpu_probe(args.output.server_pid);
+    let cpu_probe = window.spawn_cpu_probe(args.output.server_pid.clone());
     let ticker = driver::spawn_ticker({
         let sh = sh.clone();
         let mut completed = Gain::default();

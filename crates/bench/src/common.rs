@@ -62,15 +62,46 @@ pub fn plain_name(name: &str) -> bool {
 /// `{"t":T,"r":RUN,"pad":"xx…"}`), `size` bytes when size allows (at least
 /// about 30).
 pub fn write_body(out: &mut Vec<u8>, t: u64, run: Option<u64>, size: usize) {
+    write_tagged_body(out, t, run.map(|run| ("r", run)), size);
+}
+
+/// [`write_body`] with the node the publisher is connected to,
+/// `{"t":T,"n":NODE,"pad":"xx…"}`: a subscriber of a cluster tells
+/// cross-node deliveries from same-node ones by it ([`stamp_and_node`]).
+pub fn write_body_from(out: &mut Vec<u8>, t: u64, node: u64, size: usize) {
+    write_tagged_body(out, t, Some(("n", node)), size);
+}
+
+fn write_tagged_body(out: &mut Vec<u8>, t: u64, tag: Option<(&str, u64)>, size: usize) {
     let start = out.len();
     let _ = write!(out, "{{\"t\":{t},");
-    if let Some(run) = run {
-        let _ = write!(out, "\"r\":{run},");
+    if let Some((key, value)) = tag {
+        let _ = write!(out, "\"{key}\":{value},");
     }
     out.extend_from_slice(b"\"pad\":\"");
     let pad = size.saturating_sub(out.len() - start + 2);
     out.resize(out.len() + pad, b'x');
     out.extend_from_slice(b"\"}");
+}
+
+/// The send time and, when the body carries one, the publisher's node
+/// (see [`write_body_from`]): the `"n":` right after the stamp only, so
+/// that nothing else in the event can be taken for it.
+pub fn stamp_and_node(payload: &[u8]) -> Option<(u64, Option<u64>)> {
+    const KEY: &[u8] = b"{\"t\":";
+    const NODE: &[u8] = b",\"n\":";
+    let mut from = 0;
+    loop {
+        let at = from + payload[from..].iter().position(|&b| b == b'{')?;
+        if payload[at..].starts_with(KEY) {
+            let rest = &payload[at + KEY.len()..];
+            let t = leading_u64(rest)?;
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            let node = rest[digits..].strip_prefix(NODE).and_then(leading_u64);
+            return Some((t, node));
+        }
+        from = at + 1;
+    }
 }
 
 /// Finds the `{"t":` a bench body starts with and parses the number.
@@ -150,12 +181,14 @@ pub fn latency_line(hist: &Histogram<u64>) -> String {
 }
 
 /// CPU use over the measured window, in percent of one core.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Cpu {
     /// This process (the load generator).
     pub client: Option<f64>,
-    /// The server, when its PID was given.
+    /// The server, when its PID was given (with several PIDs, their sum).
     pub server: Option<f64>,
+    /// With several server PIDs: each one's share, in the order given.
+    pub by_pid: Vec<(u32, Option<f64>)>,
     /// Everything else the machine did meanwhile (other processes,
     /// interrupts): a measurement is only clean when this is low.
     pub other: Option<f64>,
@@ -165,8 +198,18 @@ impl Cpu {
     /// `client 80%  server 110%  everything else 2% (of one core)`.
     pub fn line(&self) -> String {
         let pct = |v: Option<f64>| v.map(|v| format!("{v}%")).unwrap_or_else(|| "n/a".into());
+        let by_pid = if self.by_pid.len() > 1 {
+            let parts: Vec<String> = self
+                .by_pid
+                .iter()
+                .map(|(pid, v)| format!("{pid} {}", pct(*v)))
+                .collect();
+            format!(" ({})", parts.join(", "))
+        } else {
+            String::new()
+        };
         format!(
-            "client {}  server {}  everything else {} (of one core)",
+            "client {}  server {}{by_pid}  everything else {} (of one core)",
             pct(self.client),
             pct(self.server),
             pct(self.other)
@@ -177,19 +220,22 @@ impl Cpu {
 /// Readings taken at the start of the measured window.
 pub struct CpuProbe {
     wall: Instant,
-    server_pid: Option<u32>,
+    /// The server's processes (none, one, or a cluster's nodes and Redis),
+    /// each with its CPU seconds at the start.
+    servers: Vec<(u32, Option<f64>)>,
     client: Option<f64>,
-    server: Option<f64>,
     machine: Option<f64>,
 }
 
 impl CpuProbe {
-    pub fn start(server_pid: Option<u32>) -> CpuProbe {
+    pub fn start(server_pids: &[u32]) -> CpuProbe {
         CpuProbe {
             wall: Instant::now(),
-            server_pid,
+            servers: server_pids
+                .iter()
+                .map(|&p| (p, cpu_seconds(Some(p))))
+                .collect(),
             client: cpu_seconds(None),
-            server: server_pid.and_then(|p| cpu_seconds(Some(p))),
             machine: machine_busy_seconds(),
         }
     }
@@ -199,10 +245,22 @@ impl CpuProbe {
         let pct =
             |a: Option<f64>, b: Option<f64>| Some(((b? - a?) / wall * 100.0 * 10.0).round() / 10.0);
         let client = pct(self.client, cpu_seconds(None));
-        let server = pct(
-            self.server,
-            self.server_pid.and_then(|p| cpu_seconds(Some(p))),
-        );
+        let by_pid: Vec<(u32, Option<f64>)> = self
+            .servers
+            .iter()
+            .map(|&(p, before)| (p, pct(before, cpu_seconds(Some(p)))))
+            .collect();
+        // The sum, if every process could be read (a partial sum would
+        // pass for the whole server's).
+        let server = if by_pid.is_empty() {
+            None
+        } else {
+            by_pid
+                .iter()
+                .map(|(_, v)| *v)
+                .sum::<Option<f64>>()
+                .map(|s| (s * 10.0).round() / 10.0)
+        };
         let machine = pct(self.machine, machine_busy_seconds());
         let other = match (machine, client, server) {
             (Some(m), Some(c), s) => {
@@ -213,6 +271,7 @@ impl CpuProbe {
         Cpu {
             client,
             server,
+            by_pid,
             other,
         }
     }
@@ -265,6 +324,30 @@ mod tests {
     }
 
     #[test]
+    fn bodies_can_name_the_publishers_node() {
+        let mut body = Vec::new();
+        write_body_from(&mut body, 77, 2, 100);
+        assert_eq!(body.len(), 100);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (value["t"].as_u64(), value["n"].as_u64()),
+            (Some(77), Some(2))
+        );
+        let message = [
+            br#"{"type":"message","room":"n","seq":1,"from":"p0","body":"#.as_slice(),
+            &body,
+            b"}",
+        ]
+        .concat();
+        assert_eq!(stamp_and_node(&message), Some((77, Some(2))));
+        assert_eq!(stamp(&message), Some(77));
+        body.clear();
+        write_body(&mut body, 5, Some(9), 60);
+        assert_eq!(stamp_and_node(&body), Some((5, None)));
+        assert_eq!(stamp_and_node(br#"{"type":"joined"}"#), None);
+    }
+
+    #[test]
     fn stamp_is_found_inside_room_messages_only() {
         let message = br#"{"type":"message","room":"bench","seq":3,"from":"p0","ts":1700000000000,"body":{"t":42,"pad":"xx"}}"#;
         assert_eq!(stamp(message), Some(42));
@@ -281,7 +364,7 @@ mod tests {
     #[test]
     fn results_carry_their_identity() {
         let output = Output {
-            server_pid: None,
+            server_pid: Vec::new(),
             label: Some("switchboard room".into()),
             server: Some("switchboard".into()),
             store: None,
@@ -372,13 +455,13 @@ impl Window {
     }
 
     /// Reads CPU use over exactly the measured window.
-    pub fn spawn_cpu_probe(self, server_pid: Option<u32>) -> tokio::task::JoinHandle<Cpu> {
+    pub fn spawn_cpu_probe(self, server_pids: Vec<u32>) -> tokio::task::JoinHandle<Cpu> {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_micros(
                 self.start.saturating_sub(self.now_us()),
             ))
             .await;
-            let probe = CpuProbe::start(server_pid);
+            let probe = CpuProbe::start(&server_pids);
             tokio::time::sleep(Duration::from_micros(
                 self.end.saturating_sub(self.now_us()),
             ))
@@ -394,9 +477,12 @@ impl Window {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Output {
     /// PID of the server process: its CPU use (and, for `connect`, its
-    /// memory) is reported (Linux, from /proc).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// memory) is reported (Linux, from /proc). Repeat it (or give a comma
+    /// list) for a server of several processes, such as the nodes of a
+    /// cluster and its Redis: their CPU is summed (and shown each), and
+    /// `connect` reports each one's memory.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Name of the target, copied into the JSON result.
     #[arg(long)]
     pub label: Option<String>,

@@ -96,8 +96,12 @@ impl Mode {
 #[derive(clap::Args, Debug)]
 pub struct ConnectArgs {
     /// Server to measure: ws://HOST:PORT (the path is set by --mode).
-    #[arg(long, default_value = "ws://127.0.0.1:8080")]
-    url: String,
+    /// Repeat it (or give a comma list) for the nodes of a cluster:
+    /// connection N goes to node N mod (number of URLs). Give their
+    /// --server-pid in the same order (then any other process, such as
+    /// Redis), for each node's memory per connection.
+    #[arg(long, default_value = "ws://127.0.0.1:8080", value_delimiter = ',')]
+    url: Vec<String>,
     /// `room`: /ws?user=cN and join a room; `ws`: /ws?user=cN, no room;
     /// `relay`: /relay/CHANNEL; `socketio`: a Socket.IO v4 server.
     #[arg(long, value_enum, default_value_t = Mode::Room)]
@@ -151,14 +155,17 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<()> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
-    let target = Target::parse(&args.url)?;
+    let targets = wire::parse_urls(&args.url)?;
+    if targets.len() > 1 && args.mode == Mode::Sse {
+        bail!("--mode sse takes one --url");
+    }
     match args.worker.as_deref() {
         Some(range) => {
             let (first, count) = range
                 .split_once(':')
                 .and_then(|(f, c)| Some((f.parse().ok()?, c.parse().ok()?)))
                 .context("--worker takes FIRST:COUNT")?;
-            common::block_on(worker(args, target, first, count))
+            common::block_on(worker(args, targets, first, count))
         }
         None => parent(args),
     }
@@ -272,11 +279,11 @@ fn report(value: &Value) {
 
 async fn worker(
     args: ConnectArgs,
-    target: Target,
+    targets: Vec<Target>,
     first: usize,
     count: usize,
 ) -> anyhow::Result<()> {
-    let run = Run::new(target, args.connect_concurrency, args.conns_per_ip);
+    let run = Run::spread(targets, args.connect_concurrency, args.conns_per_ip);
     // Stdin: `go`, then end of file = close everything.
     let (go_tx, go_rx) = oneshot::channel::<()>();
     std::thread::spawn({
@@ -304,7 +311,7 @@ async fn worker(
     if go_rx.await.is_err() {
         return Ok(()); // The parent gave up before starting.
     }
-    let cpu = CpuProbe::start(None);
+    let cpu = CpuProbe::start(&[]);
     let connecting = Instant::now();
 
     let cfg = Arc::new(ConnCfg {
@@ -439,7 +446,7 @@ async fn idle_connection(run: Arc<Run>, tally: Arc<Tally>, cfg: Arc<ConnCfg>, n:
     }
     let path = cfg.path(n);
     let connected = tokio::select! {
-        connected = run.dial(n, &path) => connected,
+        connected = run.dial_node(run.node_for(n), n, &path) => connected,
         () = run.stopped() => return false,
     };
     let (stream, leftover) = match connected {
@@ -636,7 +643,7 @@ impl Fleet {
         let mut fleet = Fleet {
             workers: Vec::with_capacity(procs),
             rx,
-            server_pid: args.output.server_pid,
+            server_pid: args.output.server_pid.first().copied(),
             epoch: Instant::now(),
             next_tick: Instant::now(),
             phase: "starting",
@@ -647,7 +654,7 @@ impl Fleet {
             let first = n * w / procs;
             let count = n * (w + 1) / procs - first;
             let mut child = Command::new(&exe)
-                .args(["connect", "--url", &args.url, "--mode"])
+                .args(["connect", "--url", &wire::urls_label(&args.url), "--mode"])
                 .arg(args.mode.name())
                 .args(["--connections", &n.to_string()])
                 .args(["--connect-concurrency", &concurrency.to_string()])
@@ -835,6 +842,49 @@ fn merge_counts<'a>(reports: impl Iterator<Item = &'a Value>, key: &str) -> BTre
     merged
 }
 
+/// Each server process's memory (with several `--server-pid`): PID i < the
+/// number of URLs is node i, which holds the connections N with N mod nodes
+/// = i (of those that got ready, in proportion); any further PID (Redis)
+/// is charged with all of them.
+fn rss_by_pid(
+    pids: &[u32],
+    nodes: usize,
+    n: usize,
+    ready: usize,
+    before: &[Option<Rss>],
+    after: Vec<Option<Rss>>,
+    after_close: Vec<Option<Rss>>,
+) -> Vec<Value> {
+    pids.iter()
+        .enumerate()
+        .map(|(i, pid)| {
+            let conns = if i < nodes {
+                let assigned = (i..n).step_by(nodes).count();
+                (assigned * ready).checked_div(n).unwrap_or(0)
+            } else {
+                ready
+            };
+            let b = before.get(i).copied().flatten();
+            let a = after.get(i).copied().flatten();
+            let c = after_close.get(i).copied().flatten();
+            json!({
+                "pid": pid,
+                "node": (i < nodes).then_some(i),
+                "connections": conns,
+                "before_kib": b.map(|r| r.vm_rss),
+                "after_kib": a.map(|r| r.vm_rss),
+                "after_close_kib": c.map(|r| r.vm_rss),
+                "rss_per_conn_bytes": per_conn(b.map(|r| r.vm_rss), a.map(|r| r.vm_rss), conns),
+                "rss_anon_per_conn_bytes": per_conn(
+                    b.and_then(|r| r.rss_anon),
+                    a.and_then(|r| r.rss_anon),
+                    conns
+                ),
+            })
+        })
+        .collect()
+}
+
 /// Bytes per connection from two readings in KiB.
 fn per_conn(before: Option<u64>, after: Option<u64>, conns: usize) -> Option<f64> {
     let (before, after) = (before?, after?);
@@ -850,7 +900,7 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
     eprintln!(
         "connect {} {}: {n} connections from {procs} process(es), {} handshakes in flight{}",
         args.mode.name(),
-        args.url,
+        wire::urls_label(&args.url),
         args.connect_concurrency,
         match (args.mode, args.room_size) {
             (Mode::Room | Mode::Relay, 0) => format!(", all in {}", args.room),
@@ -867,13 +917,16 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         bail!("the workers did not start within 10 s");
     }
 
-    // Connect.
-    let pid = args.output.server_pid;
+    // Connect. The first PID is "the server" of the single-server fields;
+    // with several, each one's memory is also reported (`rss_by_pid`).
+    let pids = args.output.server_pid.clone();
+    let pid = pids.first().copied();
     let before = match pid {
         Some(pid) => Some(read_rss(pid).with_context(|| format!("reading /proc/{pid}/status"))?),
         None => None,
     };
-    let cpu = CpuProbe::start(pid);
+    let before_each: Vec<Option<Rss>> = pids.iter().map(|&p| read_rss(p)).collect();
+    let cpu = CpuProbe::start(&pids);
     fleet.phase = "connecting";
     fleet.epoch = Instant::now();
     fleet.next_tick = fleet.epoch + Duration::from_secs(1);
@@ -898,9 +951,15 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
 
     // Let the server settle, then read its memory.
     let mut settled = None;
+    let mut settled_rest = Vec::new();
     if let Some(pid) = pid {
         fleet.phase = "settling";
         settled = Some(fleet.settle(pid, args.settle)?);
+        // The other processes, one after the other (each has had the
+        // first one's settling time already).
+        for &other in &pids[1..] {
+            settled_rest.push(fleet.settle(other, args.settle)?);
+        }
     }
     let dropped_before_hold = fleet.dropped();
 
@@ -915,9 +974,13 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
     fleet.pump(None, |f| f.workers.iter().all(|w| w.closed.is_some()))?;
     let close_time = closing.elapsed();
     let mut after_close = None;
+    let mut after_close_rest = Vec::new();
     if let Some(pid) = pid {
         fleet.phase = "closed";
         after_close = Some(fleet.settle(pid, args.settle)?);
+        for &other in &pids[1..] {
+            after_close_rest.push(fleet.settle(other, args.settle)?);
+        }
     }
 
     // Results.
@@ -935,11 +998,24 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
     let rate = (ready as f64 / seconds).round();
     let after = settled.and_then(|(rss, _, _)| rss);
     let closed_rss = after_close.and_then(|(rss, _, _)| rss);
-    let rss_per_conn = per_conn(before.map(|r| r.vm_rss), after.map(|r| r.vm_rss), ready);
+    // The first PID's connections: all of them, or over several nodes the
+    // first node's share (see `rss_by_pid`).
+    let first_conns = if args.url.len() > 1 {
+        ((0..n).step_by(args.url.len()).count() * ready)
+            .checked_div(n)
+            .unwrap_or(0)
+    } else {
+        ready
+    };
+    let rss_per_conn = per_conn(
+        before.map(|r| r.vm_rss),
+        after.map(|r| r.vm_rss),
+        first_conns,
+    );
     let anon_per_conn = per_conn(
         before.and_then(|r| r.rss_anon),
         after.and_then(|r| r.rss_anon),
-        ready,
+        first_conns,
     );
     // The workers' CPU over the parent's window (they idle once connected).
     let client_cpu = connected_reports()
@@ -954,10 +1030,23 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         .server
         .filter(|_| ready > 0)
         .map(|pct| (pct / 100.0 * seconds * 1e6 / ready as f64).round());
-    let result = json!({
+    let by_pid = rss_by_pid(
+        &pids,
+        args.url.len(),
+        n,
+        ready,
+        &before_each,
+        settled.iter().chain(&settled_rest).map(|s| s.0).collect(),
+        after_close
+            .iter()
+            .chain(&after_close_rest)
+            .map(|s| s.0)
+            .collect(),
+    );
+    let mut result = json!({
         "scenario": "connect",
         "mode": args.mode.name(),
-        "url": args.url,
+        "url": wire::urls_label(&args.url),
         "connections": n,
         "procs": procs,
         "connect_concurrency": args.connect_concurrency,
@@ -995,10 +1084,15 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         "close_s": (close_time.as_secs_f64() * 1000.0).round() / 1000.0,
     });
 
+    if pids.len() > 1 {
+        // Only with several processes: one server's result is unchanged.
+        result["rss_by_pid"] = by_pid.clone().into();
+        result["nodes"] = args.url.len().into();
+    }
     println!(
         "connect {} {} ({n} connections, {procs} process(es), {} handshakes in flight)",
         args.mode.name(),
-        args.url,
+        wire::urls_label(&args.url),
         args.connect_concurrency
     );
     println!("  connected    {ready} of {n} in {seconds:.2} s ({rate}/s), failed {failed}");
@@ -1030,6 +1124,20 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         }
         if let Some(closed) = closed_rss {
             println!("  after close  RSS {}", mib(closed.vm_rss));
+        }
+    }
+    if pids.len() > 1 {
+        for entry in &by_pid {
+            let kib = |key: &str| entry[key].as_u64().map_or("?".into(), mib);
+            println!(
+                "  pid {:<8} {} connections: RSS {} before, {} after, {} after close: {} B per connection",
+                entry["pid"],
+                entry["connections"],
+                kib("before_kib"),
+                kib("after_kib"),
+                kib("after_close_kib"),
+                entry["rss_per_conn_bytes"]
+            );
         }
     }
     let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v}%"));

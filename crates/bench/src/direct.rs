@@ -468,7 +468,7 @@ async fn drive(args: DirectArgs, target: Target) -> anyhow::Result<()> {
         connect_started.elapsed().as_secs_f64()
     );
 
-    let measuring = run.measure(&args.timing, args.output.server_pid, {
+    let measuring = run.measure(&args.timing, &args.output.server_pid, {
         let sh = sh.clone();
         let (mut acked, mut delivered) = (Gain::default(), Gain::default());
         move || {

@@ -62,7 +62,9 @@ pub struct Timing {
 pub struct Run {
     /// Time zero of the run's timeline (µs stamps are relative to it).
     pub epoch: Instant,
-    target: Target,
+    /// Where connections go: one server, or the nodes of a cluster (the
+    /// scenario picks one per connection with [`Run::node_for`]).
+    targets: Vec<Target>,
     conns_per_ip: usize,
     /// Handshakes in flight at once.
     gate: Semaphore,
@@ -78,9 +80,20 @@ pub struct Run {
 
 impl Run {
     pub fn new(target: Target, connect_concurrency: usize, conns_per_ip: usize) -> Arc<Run> {
+        Run::spread(vec![target], connect_concurrency, conns_per_ip)
+    }
+
+    /// A run whose connections go to several servers (the nodes of a
+    /// cluster); `targets` must not be empty.
+    pub fn spread(
+        targets: Vec<Target>,
+        connect_concurrency: usize,
+        conns_per_ip: usize,
+    ) -> Arc<Run> {
+        assert!(!targets.is_empty(), "a run needs a target");
         Arc::new(Run {
             epoch: Instant::now(),
-            target,
+            targets,
             conns_per_ip,
             gate: Semaphore::new(connect_concurrency.max(1)),
             setup: Setup::default(),
@@ -106,29 +119,56 @@ impl Run {
     /// Connection number `n` connects and upgrades (from the source address
     /// for `n`), without waiting for a place among the handshakes.
     pub async fn dial(&self, n: usize, path: &str) -> Result<(TcpStream, Vec<u8>), String> {
-        let source = self.target.source_for(n, self.conns_per_ip);
-        match timeout(HANDSHAKE_TIMEOUT, wire::connect(&self.target, source, path)).await {
+        self.dial_node(0, n, path).await
+    }
+
+    /// [`Run::dial`] to node `node` (of the targets, modulo their number).
+    pub async fn dial_node(
+        &self,
+        node: usize,
+        n: usize,
+        path: &str,
+    ) -> Result<(TcpStream, Vec<u8>), String> {
+        let target = &self.targets[node % self.targets.len()];
+        let source = target.source_for(n, self.conns_per_ip);
+        match timeout(HANDSHAKE_TIMEOUT, wire::connect(target, source, path)).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(err)) => Err(format!("{err:#}")),
             Err(_) => Err("handshake timed out".into()),
         }
     }
 
-    /// Where connections go.
+    /// Where connections go (the first node when there are several).
     pub fn target(&self) -> &Target {
-        &self.target
+        &self.targets[0]
+    }
+
+    /// The node of the `i`-th connection of a kind (subscriber, publisher):
+    /// round-robin, so that every kind is spread evenly over the nodes.
+    pub fn node_for(&self, i: usize) -> usize {
+        i % self.targets.len()
     }
 
     /// The source address connection number `n` binds (see
     /// [`Target::source_for`]).
     pub fn source_for(&self, n: usize) -> Option<std::net::IpAddr> {
-        self.target.source_for(n, self.conns_per_ip)
+        self.target().source_for(n, self.conns_per_ip)
     }
 
     /// [`Run::dial`] holding a place among the handshakes meanwhile.
     pub async fn connect(&self, n: usize, path: &str) -> Result<(TcpStream, Vec<u8>), String> {
+        self.connect_node(0, n, path).await
+    }
+
+    /// [`Run::dial_node`] holding a place among the handshakes meanwhile.
+    pub async fn connect_node(
+        &self,
+        node: usize,
+        n: usize,
+        path: &str,
+    ) -> Result<(TcpStream, Vec<u8>), String> {
         let _permit = self.permit().await;
-        self.dial(n, path).await
+        self.dial_node(node, n, path).await
     }
 
     // --- Ready -----------------------------------------------------------
@@ -197,13 +237,13 @@ impl Run {
     pub fn measure(
         &self,
         timing: &Timing,
-        server_pid: Option<u32>,
+        server_pids: &[u32],
         line: impl FnMut() -> String + Send + 'static,
     ) -> Measuring {
         let window = *self
             .window
             .get_or_init(|| Window::open(self.epoch, timing.warmup, timing.duration));
-        let cpu = window.spawn_cpu_probe(server_pid);
+        let cpu = window.spawn_cpu_probe(server_pids.to_vec());
         self.go.send_replace(true);
         let mut line = line;
         let ticker = spawn_ticker(move || {
@@ -384,6 +424,18 @@ pub fn finish(
         fields.insert("client_cpu_pct".into(), cpu.client.into());
         fields.insert("server_cpu_pct".into(), cpu.server.into());
         fields.insert("other_cpu_pct".into(), cpu.other.into());
+        // Several server processes (cluster nodes, Redis): what each took;
+        // `server_cpu_pct` is their sum. Absent for one server, so that
+        // its result is as it always was.
+        // In the order the PIDs were given (a map would sort them).
+        if cpu.by_pid.len() > 1 {
+            let by_pid: Vec<serde_json::Value> = cpu
+                .by_pid
+                .iter()
+                .map(|(pid, pct)| serde_json::json!({"pid": pid, "cpu_pct": pct}))
+                .collect();
+            fields.insert("server_cpu_pct_by_pid".into(), by_pid.into());
+        }
     }
     output.emit(result)?;
     if strict && !problems.is_empty() {

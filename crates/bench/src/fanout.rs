@@ -66,8 +66,12 @@ pub enum Transport {
 #[derive(clap::Args, Debug)]
 pub struct FanoutArgs {
     /// Server to measure: ws://HOST:PORT (the path is set by --mode).
-    #[arg(long, default_value = "ws://127.0.0.1:8080")]
-    url: String,
+    /// Repeat it (or give a comma list) for the nodes of a cluster
+    /// (room and relay modes, WebSocket subscribers): subscriber i and
+    /// publisher j connect to node i and node j mod (number of URLs), and
+    /// the latency of deliveries across nodes is also reported apart.
+    #[arg(long, default_value = "ws://127.0.0.1:8080", value_delimiter = ',')]
+    url: Vec<String>,
     /// `room`: /ws?user=… with join/publish/ack; `relay`: /relay/ROOM,
     /// raw text frames (start Switchboard with `--rate-limit 0` for room);
     /// `socketio`: a Socket.IO v4 server's `msg` events.
@@ -118,8 +122,9 @@ pub struct FanoutArgs {
 
 /// The parts of the arguments every task needs.
 struct Cfg {
-    target: Target,
     mode: Mode,
+    /// Servers the connections are spread over (1: a single server).
+    nodes: usize,
     transport: Transport,
     subscribers: usize,
     publishers: usize,
@@ -144,11 +149,13 @@ impl Cfg {
         }
     }
 
-    /// The send time stamped in a received message.
-    fn stamp(&self, payload: &[u8]) -> Option<u64> {
+    /// The send time stamped in a received message and, spread over
+    /// several nodes, the publisher's node.
+    fn stamp(&self, payload: &[u8]) -> Option<(u64, Option<u64>)> {
         match self.mode {
-            Mode::Socketio => socketio::stamp(payload),
-            Mode::Room | Mode::Relay => common::stamp(payload),
+            Mode::Socketio => socketio::stamp(payload).map(|t| (t, None)),
+            Mode::Room | Mode::Relay if self.nodes > 1 => common::stamp_and_node(payload),
+            Mode::Room | Mode::Relay => common::stamp(payload).map(|t| (t, None)),
         }
     }
 }
@@ -167,6 +174,10 @@ struct Slot {
 struct Shared {
     slots: Box<[Slot]>,
     latency: Mutex<Histogram<u64>>,
+    /// Over several nodes: the latency of deliveries whose publisher is on
+    /// another node than the subscriber, and on the same one.
+    latency_cross: Mutex<Histogram<u64>>,
+    latency_same: Mutex<Histogram<u64>>,
     /// The subscriber a waiting publisher watches (the slowest).
     watch: AtomicUsize,
     /// Woken by acks and by the watched subscriber.
@@ -178,13 +189,25 @@ struct Shared {
 
 impl Shared {
     fn record(&self, samples: &mut Vec<u64>) {
+        Shared::record_in(&self.latency, samples);
+    }
+
+    fn record_in(hist: &Mutex<Histogram<u64>>, samples: &mut Vec<u64>) {
         if samples.is_empty() {
             return;
         }
-        let mut hist = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hist = hist.lock().unwrap_or_else(|e| e.into_inner());
         for value in samples.drain(..) {
             hist.saturating_record(value.max(1));
         }
+    }
+
+    /// A subscriber's samples, all of them and (over several nodes) split
+    /// by where the publisher was.
+    fn record_all(&self, frames: &mut Subscriber<'_>) {
+        self.record(&mut frames.samples);
+        Shared::record_in(&self.latency_cross, &mut frames.cross);
+        Shared::record_in(&self.latency_same, &mut frames.same);
     }
 
     /// Messages received by the slowest live subscriber; also makes it
@@ -268,6 +291,12 @@ struct Subscriber<'a> {
     joined: bool,
     frames: u64,
     samples: Vec<u64>,
+    /// This subscriber's node, over several nodes.
+    node: Option<u64>,
+    /// Over several nodes, the samples again: publisher on another node,
+    /// and on this one.
+    cross: Vec<u64>,
+    same: Vec<u64>,
     /// When the current read arrived, and whether in the window.
     now: u64,
     measuring: bool,
@@ -285,6 +314,9 @@ impl<'a> Subscriber<'a> {
             joined: false,
             frames: 0,
             samples: Vec::with_capacity(SAMPLE_BATCH),
+            node: (cfg.nodes > 1).then_some((idx % cfg.nodes) as u64),
+            cross: Vec::new(),
+            same: Vec::new(),
             now: 0,
             measuring: false,
         }
@@ -306,11 +338,19 @@ impl Frames for Subscriber<'_> {
 
     fn on_data(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         self.frames += 1;
-        if let Some(t) = self.cfg.stamp(payload) {
+        if let Some((t, from)) = self.cfg.stamp(payload) {
             self.res.received += 1;
             if self.measuring && t <= self.now {
                 self.res.in_window += 1;
                 self.samples.push(self.now - t);
+                if let (Some(node), Some(from)) = (self.node, from) {
+                    let split = if node == from {
+                        &mut self.same
+                    } else {
+                        &mut self.cross
+                    };
+                    split.push(self.now - t);
+                }
             }
         } else if self.cfg.mode == Mode::Socketio {
             match socketio::on_packet(payload, out, self.mask) {
@@ -338,6 +378,10 @@ impl Frames for Subscriber<'_> {
         }
         if self.samples.len() >= SAMPLE_BATCH {
             self.sh.record(&mut self.samples);
+            if self.node.is_some() {
+                Shared::record_in(&self.sh.latency_cross, &mut self.cross);
+                Shared::record_in(&self.sh.latency_same, &mut self.same);
+            }
         }
     }
 }
@@ -352,7 +396,7 @@ async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -
         return sse_subscriber(run, sh, cfg, idx).await;
     }
     let path = cfg.path(&format!("s{idx}"));
-    let (stream, leftover) = match run.connect(idx, &path).await {
+    let (stream, leftover) = match run.connect_node(run.node_for(idx), idx, &path).await {
         Ok(connection) => connection,
         Err(err) => {
             run.fail(format!("subscriber {idx}: {err}"));
@@ -379,7 +423,7 @@ async fn subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -
         &mut frames,
     )
     .await;
-    sh.record(&mut frames.samples);
+    sh.record_all(&mut frames);
     let (mut res, joined) = (frames.res, frames.joined);
     match end.unasked() {
         None => res.alive = true,
@@ -424,7 +468,7 @@ async fn sse_subscriber(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usiz
         Ok(Err(err)) => driver::End::Gone(format!("{err:#}")),
         Err(_) => driver::End::Gone("GET /sse timed out".into()),
     };
-    sh.record(&mut frames.samples);
+    sh.record_all(&mut frames);
     let (mut res, joined) = (frames.res, frames.joined);
     match end.unasked() {
         None => res.alive = true,
@@ -471,7 +515,8 @@ struct PubResult {
 async fn publisher(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) -> PubResult {
     let conn_no = cfg.subscribers + idx;
     let path = cfg.path(&format!("p{idx}"));
-    let (stream, leftover) = match run.connect(conn_no, &path).await {
+    let node = run.node_for(idx);
+    let (stream, leftover) = match run.connect_node(node, conn_no, &path).await {
         Ok(connection) => connection,
         Err(err) => {
             run.fail(format!("publisher {idx}: {err}"));
@@ -521,9 +566,10 @@ async fn publisher(run: Arc<Run>, sh: Arc<Shared>, cfg: Arc<Cfg>, idx: usize) ->
     run.ready();
     let mut result = PubResult::default();
     if let Some(window) = run.go().await {
-        if let Err(err) =
-            publish_loop(&run, &sh, &cfg, window, &writer, &state, mask, &mut result).await
-        {
+        // Over several nodes, each message names its publisher's node.
+        let tag = (cfg.nodes > 1).then_some(node as u64);
+        let to = (&writer, &*state, mask, tag);
+        if let Err(err) = publish_loop(&run, &sh, &cfg, window, to, &mut result).await {
             result.error = Some(format!("publisher {idx}: {err:#}"));
         }
         // Room mode: let the last acks come back before closing.
@@ -642,15 +688,16 @@ async fn publisher_reader(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A publisher's connection as its publish loop uses it: the writer, what
+/// its reader counted, its mask and (over several nodes) its node.
+type PubConn<'a> = (&'a Writer, &'a PubState, [u8; 4], Option<u64>);
+
 async fn publish_loop(
     run: &Run,
     sh: &Shared,
     cfg: &Cfg,
     window: Window,
-    writer: &Writer,
-    state: &PubState,
-    mask: [u8; 4],
+    (writer, state, mask, node): PubConn<'_>,
     result: &mut PubResult,
 ) -> anyhow::Result<()> {
     let (window_start, window_end) = (window.start, window.end);
@@ -714,13 +761,17 @@ async fn publish_loop(
                 result.behind_max_us = result.behind_max_us.max(t.saturating_sub(scheduled));
             }
             message.clear();
+            let body = |message: &mut Vec<u8>| match node {
+                Some(node) => common::write_body_from(message, t, node, cfg.size),
+                None => common::write_body(message, t, None, cfg.size),
+            };
             match cfg.mode {
                 Mode::Room => {
                     message.extend_from_slice(cfg.publish_prefix.as_bytes());
-                    common::write_body(&mut message, t, None, cfg.size);
+                    body(&mut message);
                     message.push(b'}');
                 }
-                Mode::Relay => common::write_body(&mut message, t, None, cfg.size),
+                Mode::Relay => body(&mut message),
                 Mode::Socketio => socketio::write_event(&mut message, t, cfg.size),
             }
             wire::encode_frame(&mut batch, OP_TEXT, &message, mask);
@@ -750,16 +801,21 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         bail!("--rate must be a number >= 0");
     }
-    let target = Target::parse(&args.url)?;
-    common::block_on(drive(args, target))
+    let targets = wire::parse_urls(&args.url)?;
+    if targets.len() > 1 && (args.mode == Mode::Socketio || args.transport == Transport::Sse) {
+        bail!("several --url: room or relay mode over WebSocket only");
+    }
+    common::block_on(drive(args, targets))
 }
 
-async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
+async fn drive(args: FanoutArgs, targets: Vec<Target>) -> anyhow::Result<()> {
     let room_json = serde_json::to_string(&args.room)?;
     let lead = args.lead.unwrap_or(args.window);
+    let url = wire::urls_label(&args.url);
+    let nodes = targets.len();
     let cfg = Arc::new(Cfg {
-        target,
         mode: args.mode,
+        nodes,
         transport: args.transport,
         subscribers: args.subscribers,
         publishers: args.publishers,
@@ -774,6 +830,8 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let sh = Arc::new(Shared {
         slots: (0..args.subscribers).map(|_| Slot::default()).collect(),
         latency: Mutex::new(common::latency_histogram()),
+        latency_cross: Mutex::new(common::latency_histogram()),
+        latency_same: Mutex::new(common::latency_histogram()),
         watch: AtomicUsize::new(usize::MAX),
         progress: Notify::new(),
         published: AtomicU64::new(0),
@@ -796,7 +854,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     eprintln!(
         "fanout {} {}: {} subscribers, {} publisher(s), {pace}, {}-byte bodies, {:?} warm-up + {:?} measured",
         args.mode.name(),
-        args.url,
+        url,
         args.subscribers,
         args.publishers,
         args.size,
@@ -804,8 +862,8 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         args.timing.duration
     );
 
-    let run = Run::new(
-        cfg.target.clone(),
+    let run = Run::spread(
+        targets,
         args.dialing.connect_concurrency,
         args.dialing.conns_per_ip,
     );
@@ -842,7 +900,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         connect_started.elapsed().as_secs_f64()
     );
 
-    let measuring = run.measure(&args.timing, args.output.server_pid, {
+    let measuring = run.measure(&args.timing, &args.output.server_pid, {
         let sh = sh.clone();
         let (mut published, mut received) = (Gain::default(), Gain::default());
         move || {
@@ -880,14 +938,14 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         pub_results.iter().filter_map(|p| p.error.clone()).collect();
     let hist = sh.latency.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let events = sh.events.take();
-    let result = serde_json::json!({
+    let mut result = serde_json::json!({
         "scenario": "fanout",
         // Room mode with SSE subscribers is its own target in the report.
         "mode": match (args.mode, args.transport) {
             (Mode::Room, Transport::Sse) => "sse",
             (mode, _) => mode.name(),
         },
-        "url": args.url,
+        "url": url,
         "subscribers": args.subscribers,
         "publishers": args.publishers,
         "rate": args.rate,
@@ -915,7 +973,7 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     println!(
         "fanout {} {} ({} subscribers, {} publisher(s), {pace}, {} B bodies, {seconds} s measured)",
         args.mode.name(),
-        args.url,
+        url,
         args.subscribers,
         args.publishers,
         args.size
@@ -929,6 +987,24 @@ async fn drive(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
         deliveries as f64 / seconds
     );
     println!("  latency µs   {}", common::latency_line(&hist));
+    if nodes > 1 {
+        // Only over several nodes: a single server's result is unchanged.
+        let cross = sh
+            .latency_cross
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let same = sh
+            .latency_same
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        println!("  cross-node   {}", common::latency_line(&cross));
+        println!("  same node    {}", common::latency_line(&same));
+        result["nodes"] = nodes.into();
+        result["latency_cross_node_us"] = common::latency_json(&cross);
+        result["latency_same_node_us"] = common::latency_json(&same);
+    }
     println!("  cpu          {}", cpu.line());
     println!(
         "  integrity    lost {lost}, disconnected subscribers {disconnected}, server errors {}, publisher errors {}",

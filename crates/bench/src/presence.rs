@@ -143,7 +143,7 @@ async fn run_async(args: PresenceArgs) -> anyhow::Result<()> {
         samples: Mutex::new(Vec::new()),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cpu = CpuProbe::start(args.output.server_pid);
+    let cpu = CpuProbe::start(&args.output.server_pid);
     let start = tokio::time::Instant::now();
     let tasks: Vec<_> = (0..args.users)
         .map(|k| tokio::spawn(member(k, start, cfg.clone(), sh.clone(), stop_rx.clone())))

@@ -45,8 +45,10 @@ const MAX_BATCH: u64 = 256;
 pub struct PublishArgs {
     /// Server to measure: ws://HOST:PORT. Start Switchboard with
     /// `--rate-limit 0`, or the publishers are throttled and refused.
-    #[arg(long, default_value = "ws://127.0.0.1:8080")]
-    url: String,
+    /// Repeat it (or give a comma list) for the nodes of a cluster:
+    /// publisher i connects to node i mod (number of URLs).
+    #[arg(long, default_value = "ws://127.0.0.1:8080", value_delimiter = ',')]
+    url: Vec<String>,
     /// Publisher connections (users p0, p1, …).
     #[arg(long, default_value_t = 16)]
     publishers: usize,
@@ -175,7 +177,9 @@ impl PubResult {
 
 /// Connects as `p{idx}` and joins the room; returns the room's seq.
 async fn join(run: &Run, idx: usize, room_json: &str) -> Result<(Conn, u64), String> {
-    let (stream, leftover) = run.connect(idx, &format!("/ws?user=p{idx}")).await?;
+    let (stream, leftover) = run
+        .connect_node(run.node_for(idx), idx, &format!("/ws?user=p{idx}"))
+        .await?;
     let mut conn = Conn::new(stream, leftover, BUFFER, wire::mask_for(idx));
     let join = format!("{{\"type\":\"join\",\"room\":{room_json}}}");
     conn.send_text(join.as_bytes())
@@ -342,11 +346,12 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     if args.timing.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
-    let target = Target::parse(&args.url)?;
-    common::block_on(drive(args, rooms, target))
+    let targets = wire::parse_urls(&args.url)?;
+    common::block_on(drive(args, rooms, targets))
 }
 
-async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Result<()> {
+async fn drive(args: PublishArgs, rooms: usize, targets: Vec<Target>) -> anyhow::Result<()> {
+    let url = wire::urls_label(&args.url);
     let seconds = args.timing.duration.as_secs_f64();
     let cfg = Arc::new(Cfg {
         rooms,
@@ -366,11 +371,11 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
     });
     eprintln!(
         "publish {}: {} publisher(s) over {rooms} room(s), window {}, {}-byte bodies, {:?} warm-up + {:?} measured",
-        args.url, args.publishers, args.window, args.size, args.timing.warmup, args.timing.duration
+        url, args.publishers, args.window, args.size, args.timing.warmup, args.timing.duration
     );
 
     // Connections from one source address, 64 handshakes at a time.
-    let run = Run::new(target, 64, 0);
+    let run = Run::spread(targets, 64, 0);
     let pubs = run.spawn(0..args.publishers, |run, idx| {
         publisher(run, sh.clone(), cfg.clone(), idx)
     });
@@ -379,7 +384,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
     // Let the presence events of the joins pass.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let measuring = run.measure(&args.timing, args.output.server_pid, {
+    let measuring = run.measure(&args.timing, &args.output.server_pid, {
         let sh = sh.clone();
         let (mut sent, mut acked) = (Gain::default(), Gain::default());
         move || {
@@ -451,7 +456,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
         .unwrap_or(0);
     let result = serde_json::json!({
         "scenario": "publish",
-        "url": args.url,
+        "url": url,
         "publishers": args.publishers,
         "rooms": rooms,
         "window": args.window,
@@ -478,7 +483,7 @@ async fn drive(args: PublishArgs, rooms: usize, target: Target) -> anyhow::Resul
 
     println!(
         "publish {} ({} publisher(s), {rooms} room(s), window {}, {} B bodies, {seconds} s measured)",
-        args.url, args.publishers, args.window, args.size
+        url, args.publishers, args.window, args.size
     );
     println!(
         "  acked        {acked_in_window} ({:.0}/s; slowest second {slowest_second})",

@@ -817,7 +817,7 @@ async fn storm(args: &ResumeArgs, cfg: &Arc<Cfg>, sh: &Arc<Shared>) -> anyhow::R
         at_storm.store(top.load(Ordering::SeqCst), Ordering::SeqCst);
     }
     let overflows_before = client::listen_overflows();
-    let probe = CpuProbe::start(args.output.server_pid);
+    let probe = CpuProbe::start(&args.output.server_pid);
     let storm_start = sh.now_us();
     sh.storm_start.store(storm_start, Ordering::SeqCst);
     sh.phase.store(STORM, Ordering::SeqCst);

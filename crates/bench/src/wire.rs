@@ -76,6 +76,21 @@ impl Target {
     }
 }
 
+/// The servers of `--url` (repeated, or a comma list): one, or the nodes
+/// of a cluster that the connections are spread over.
+pub fn parse_urls(urls: &[String]) -> anyhow::Result<Vec<Target>> {
+    if urls.is_empty() {
+        bail!("--url is needed");
+    }
+    urls.iter().map(|url| Target::parse(url)).collect()
+}
+
+/// `--url` as the results show it: the one URL as given, several joined
+/// with commas (as `--url` takes them back).
+pub fn urls_label(urls: &[String]) -> String {
+    urls.join(",")
+}
+
 /// Opens a TCP connection and performs the upgrade handshake. Returns
 /// the stream and any bytes read past the response head.
 pub async fn connect(
@@ -422,5 +437,11 @@ mod tests {
         assert_eq!(t.source_for(5, 10), None);
         assert_eq!(t.source_for(10, 10), Some("127.0.0.2".parse().unwrap()));
         assert_eq!(t.source_for(2550, 10), Some("127.0.1.0".parse().unwrap()));
+        let urls = ["ws://127.0.0.1:1".to_string(), "ws://127.0.0.1:2".into()];
+        let targets = parse_urls(&urls).unwrap();
+        assert_eq!(targets[1].addr.port(), 2);
+        assert_eq!(urls_label(&urls), "ws://127.0.0.1:1,ws://127.0.0.1:2");
+        assert_eq!(urls_label(&urls[..1]), "ws://127.0.0.1:1");
+        assert!(parse_urls(&[]).is_err());
     }
 }
