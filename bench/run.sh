@@ -41,6 +41,12 @@
 # (scenario, server, mode, store, label, parameters), or the identity and
 # why it failed, is one line of results.jsonl, which bench/report.js reads.
 # BENCHMARKS.md ends with bench/profile-notes.md (hand-written), copied as is.
+# 8. Cluster mode (CLUSTER=1 only): bench/cluster.sh at the end, which
+#    writes the "## Cluster mode" section (3 nodes on one Redis against a
+#    single node). Opt-in because it needs redis-server, takes ~6 more
+#    minutes and holds 45,000 connections; without it the cluster section
+#    of the previous BENCHMARKS.md is carried over as it was (with its own
+#    date), so a default run neither needs Redis nor loses that section.
 #
 #   bench/run.sh           release build, every measurement above (10 s
 #                          each); rewrites BENCHMARKS.md (~12 minutes on 2
@@ -64,7 +70,7 @@
 #                          full run keeps (in target/bench-results, or
 #                          RESULTS_DIR), without measuring.
 #
-# Overrides (environment): SWITCHBOARD_BIN and SWITCHBOARD_BENCH_BIN (the
+# Overrides (environment): CLUSTER=1 (step 8); SWITCHBOARD_BIN and SWITCHBOARD_BENCH_BIN (the
 # server and the load generator; both set: skip the build), RESULTS_DIR;
 # SUBSCRIBERS, PUBLISHERS, DURATION, WARMUP, SIZE, WINDOW, LEAD, RATE
 # (fan-out; DURATION and WARMUP also for direct and publish); SUBSCRIBERS_BIG,
@@ -682,7 +688,17 @@ if ! node bench/report.js >"$WORK/BENCHMARKS.md"; then
   echo "bench/run.sh: rendering the report failed; the results are in $RESULTS_DIR" >&2
   exit 1
 fi
+# The cluster section is bench/cluster.sh's: carried over from the previous
+# BENCHMARKS.md (report.js does not render it), or measured anew below.
+if [ -f BENCHMARKS.md ] && grep -q '^## Cluster mode' BENCHMARKS.md; then
+  sed -n '/^## Cluster mode/,/^## /{/^## /{/^## Cluster mode/!d}; p}' BENCHMARKS.md >"$WORK/cluster-section.md"
+  node bench/cluster-report.js --splice "$WORK/cluster-section.md" "$WORK/BENCHMARKS.md"
+fi
 mv "$WORK/BENCHMARKS.md" BENCHMARKS.md
+if [ "${CLUSTER:-0}" = 1 ]; then
+  say "CLUSTER=1: bench/cluster.sh"
+  SWITCHBOARD_BIN=$BIN SWITCHBOARD_BENCH_BIN=$BENCH_BIN bench/cluster.sh || FAILED+=("bench/cluster.sh failed (see above)")
+fi
 say "wrote BENCHMARKS.md in $((BENCH_ELAPSED_S / 60)) min $((BENCH_ELAPSED_S % 60)) s (raw results in $RESULTS_DIR; bench/run.sh --report $RESULTS_DIR renders them again)"
 if [ "${#FAILED[@]}" -gt 0 ]; then
   say "${#FAILED[@]} measurement(s) failed (marked in BENCHMARKS.md):"
