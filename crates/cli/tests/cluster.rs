@@ -819,9 +819,16 @@ async fn a_silent_pubsub_connection_is_found_and_nothing_is_missed() {
     }
     let mut seqs = Vec::new();
     while seqs.len() < 19 {
-        seqs.push(next(&mut listener, "message").await["seq"].as_u64().unwrap_or(0));
+        seqs.push(
+            next(&mut listener, "message").await["seq"]
+                .as_u64()
+                .unwrap_or(0),
+        );
     }
     assert_eq!(seqs, (2..=20).collect::<Vec<_>>(), "in order, none missed");
     // Bound: the probe (1 s + 2 s to answer) and a reconnect.
-    eprintln!("silent connection found and caught up after {:?}", frozen.elapsed());
+    eprintln!(
+        "silent connection found and caught up after {:?}",
+        frozen.elapsed()
+    );
 }
