@@ -59,7 +59,7 @@ case "${1:-}" in
     exit 0
     ;;
   "") ;;
-  *) echo "usage: bench/cluster.sh [--report RESULTS-DIR] (--help explains)" >&2; exit 2 ;;
+  *) echo "bench/cluster.sh: unknown option $1; usage: bench/cluster.sh [--report RESULTS-DIR] (--help explains)" >&2; exit 2 ;;
 esac
 
 NODES=${NODES:-3}

@@ -51,6 +51,7 @@ fn scripts_print_usage_for_help_and_refuse_unknown_options() {
         "scripts/autobahn",
         "scripts/cluster",
         "bench/run.sh",
+        "bench/cluster.sh",
     ] {
         for help in ["--help", "-h"] {
             let (code, stdout, stderr) = run(script, help, &path);
