@@ -3,10 +3,10 @@
 //! room here, their last one), renews the node's lease, and reaps dead
 //! nodes.
 //!
-//! Bounds: a node renews its lease every [`RENEW_EVERY`] for [`LEASE`];
-//! every node runs the reaper as often. A node killed with `kill -9` has
-//! its users' leaves announced at most `LEASE + RENEW_EVERY` (6 s) after
-//! its last renewal. A node that was out of touch longer than its lease
+//! Bounds: a node renews its lease (`--node-lease`, 5 s by default) every
+//! fifth of it; every node runs the reaper as often. A node killed with
+//! `kill -9` has its users' leaves announced at most lease + a fifth of it
+//! (6 s by default) after its last renewal. A node that was out of touch longer than its lease
 //! (or could not report while Redis was down) finds out at the next renewal
 //! and resyncs its whole set: what it holds now replaces what Redis has,
 //! and only the difference is announced.
@@ -19,10 +19,9 @@ use tokio::sync::mpsc;
 
 use crate::hub::Hub;
 
-/// How long a node's presences outlive its last renewal.
-pub const LEASE: Duration = Duration::from_secs(5);
-/// How often a node renews and reaps.
-pub const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How often a node renews and reaps, as a fraction of its lease: a lease
+/// survives four lost renewals in a row.
+const RENEWALS_PER_LEASE: u32 = 5;
 /// Presences of dead nodes subtracted per reap call (bounded work per
 /// call: Redis runs nothing else meanwhile).
 const REAP_BUDGET: usize = 2000;
@@ -69,7 +68,12 @@ pub struct Presence {
 impl Presence {
     /// Loads the library and starts the reporting and lease tasks on the
     /// current runtime.
-    pub async fn start(conn: Link, node: Arc<str>, hub: Arc<Hub>) -> redis::RedisResult<Presence> {
+    pub async fn start(
+        conn: Link,
+        node: Arc<str>,
+        hub: Arc<Hub>,
+        lease: Duration,
+    ) -> redis::RedisResult<Presence> {
         load(&conn).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let reporter = Reporter {
@@ -77,6 +81,7 @@ impl Presence {
             node,
             hub,
             dirty: true,
+            lease: lease.max(Duration::from_millis(RENEWALS_PER_LEASE as u64 * 10)),
         };
         tokio::spawn(reporter.run(rx));
         Ok(Presence { tx })
@@ -130,11 +135,13 @@ struct Reporter {
     hub: Arc<Hub>,
     /// A report failed or the node was reaped: the next renewal resyncs.
     dirty: bool,
+    /// How long this node's presences outlive its last renewal.
+    lease: Duration,
 }
 
 impl Reporter {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Report>) {
-        let mut tick = tokio::time::interval(RENEW_EVERY);
+        let mut tick = tokio::time::interval(self.lease / RENEWALS_PER_LEASE);
         let mut batch = Vec::new();
         loop {
             tokio::select! {
@@ -178,7 +185,7 @@ impl Reporter {
                     .arg("lease")
                     .arg(0)
                     .arg(&*self.node)
-                    .arg(LEASE.as_millis() as u64),
+                    .arg(self.lease.as_millis() as u64),
             )
             .await;
         match held {

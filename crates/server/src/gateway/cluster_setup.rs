@@ -50,7 +50,7 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("cannot connect to redis at {shown}: {e}"))?;
 
         let hub = Arc::new(Hub::for_cluster(Arc::new(Metrics::new()), presence));
-        let reporter = Presence::start(conn.clone(), node.clone(), hub.clone())
+        let reporter = Presence::start(conn.clone(), node.clone(), hub.clone(), config.node_lease)
             .await
             .map_err(|e| anyhow::anyhow!("cannot load the presence functions: {e}"))?;
         hub.set_cluster_sink(Arc::new(reporter));
