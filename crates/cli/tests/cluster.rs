@@ -326,8 +326,10 @@ async fn concurrent_publishers_on_three_nodes_give_one_gapless_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_loses_nothing_and_its_users_leave_within_the_bound() {
     let redis = RedisServer::start();
-    let survivor = node(&redis, &["--node-lease", LEASE]);
-    let doomed = node(&redis, &["--node-lease", LEASE]);
+    // A lease must be at least twice the Redis timeout.
+    let short = ["--node-lease", LEASE, "--redis-timeout", "1s"];
+    let survivor = node(&redis, &short);
+    let doomed = node(&redis, &short);
     let mut bob = survivor.connect("bob").await;
     bob.join("ops").await;
     let mut ann = doomed.connect("ann").await;

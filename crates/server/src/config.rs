@@ -277,7 +277,7 @@ pub struct Config {
 impl Config {
     /// Rules across settings, which clap does not check for us.
     pub fn validate(&self) -> Result<(), String> {
-        match (&self.tls_cert, &self.tls_key) {
+        let tls: Result<(), String> = match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => Err(
                 "tls_cert (--tls-cert) is set but tls_key (--tls-key) is not: \
                                     TLS needs both"
@@ -289,7 +289,20 @@ impl Config {
                     .into(),
             ),
             _ => Ok(()),
+        };
+        tls?;
+        if self.redis.is_some() && self.node_lease < self.redis_timeout * 2 {
+            // A renewal may take up to the timeout: a shorter lease would
+            // have live nodes reaped (and their users' presence flap)
+            // whenever Redis is slow.
+            return Err(format!(
+                "node_lease (--node-lease, {} ms) must be at least twice \
+                 redis_timeout (--redis-timeout, {} ms)",
+                self.node_lease.as_millis(),
+                self.redis_timeout.as_millis()
+            ));
         }
+        Ok(())
     }
 }
 
@@ -456,6 +469,20 @@ mod tests {
     struct Serve {
         #[command(flatten)]
         config: Config,
+    }
+
+    #[test]
+    fn a_node_lease_must_outlast_two_redis_timeouts() {
+        use clap::Parser;
+        let parse = |args: &[&str]| Serve::try_parse_from(["serve"].iter().chain(args));
+        let short = parse(&["--redis", "redis://h", "--node-lease", "3s"]).unwrap();
+        let err = short.config.validate().unwrap_err();
+        assert!(err.contains("node_lease"), "{err}");
+        let fine = parse(&["--redis", "redis://h", "--node-lease", "4s"]).unwrap();
+        assert_eq!(fine.config.validate(), Ok(()));
+        // Without --redis there is no lease to judge.
+        let single = parse(&["--node-lease", "1s"]).unwrap();
+        assert_eq!(single.config.validate(), Ok(()));
     }
 
     #[test]

@@ -824,15 +824,26 @@ impl Writer {
     /// receipts would raise each other's inboxes for ever).
     fn plan_read(&mut self, r: &ReadMark, now: u64, b: &mut Batch) -> Plan {
         let (key, latest) = match &r.to {
-            Destination::Room(room) => (
-                format!("room:{room}"),
-                // Cluster mode: the hub follows every room with a member
-                // here (and only a member reads a room).
-                self.rooms
+            Destination::Room(room) => {
+                let mut latest = self
+                    .rooms
                     .get(room)
                     .map_or(0, |c| c.seq)
-                    .max(self.hub.room_seq(room)),
-            ),
+                    .max(self.hub.room_seq(room));
+                if self.assigning && !self.hub.has_room(room) {
+                    // Cluster mode, a room without a member here (a read
+                    // needs the grant, not membership): the hub does not
+                    // follow it, the store knows.
+                    match self.store.room_last(room) {
+                        Ok(last) => latest = latest.max(last.map_or(0, |(seq, _)| seq)),
+                        Err(err) => {
+                            tracing::error!(%err, "store: reading a room's newest message failed");
+                            return Plan::Silent;
+                        }
+                    }
+                }
+                (format!("room:{room}"), latest)
+            }
             Destination::User(peer) => match self.store.last_from(&r.user, peer) {
                 Ok(last) => (format!("user:{peer}"), last.unwrap_or(0)),
                 Err(err) => {

@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use super::link::Link;
 use dashmap::DashMap;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use switchboard_protocol::ErrorCode;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::store::{announced_direct, announced_room};
 use super::{keys, Origin};
@@ -97,8 +97,16 @@ struct Followed {
 }
 
 enum Command {
-    Follow(Topic, oneshot::Sender<Result<(), String>>),
+    /// Answered on a std channel: the waiting thread times out on its own
+    /// clock, even if every runtime thread is busy (see [`Follower::wait`]).
+    Follow(Topic, std::sync::mpsc::SyncSender<Result<(), String>>),
 }
+
+/// Threads waiting for a follow or a read at once. Each parks a runtime
+/// worker (which tokio replaces from its blocking pool, 512 threads): past
+/// this, a command answers `unavailable` at once and the client retries,
+/// rather than a login storm exhausting the pool.
+const MAX_WAITING: usize = 64;
 
 /// The handle the command layer uses: follow a room or user before the hub
 /// admits a member for it.
@@ -117,6 +125,8 @@ pub struct Follower {
     node: Arc<str>,
     timeout: Duration,
     handle: tokio::runtime::Handle,
+    /// Threads in [`Follower::wait`] now.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Follower {
@@ -131,6 +141,12 @@ impl Follower {
         timeout: Duration,
     ) -> Result<Arc<Follower>, String> {
         let client = redis::Client::open(redis_url).map_err(|e| format!("redis URL: {e}"))?;
+        let handle = tokio::runtime::Handle::current();
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            // A join waits with `block_in_place`, which only a
+            // multi-threaded runtime allows.
+            return Err("cluster mode needs tokio's multi-threaded runtime".into());
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let follower = Arc::new(Follower {
             tx,
@@ -140,7 +156,8 @@ impl Follower {
             came_up: tokio::sync::Notify::new(),
             node,
             timeout,
-            handle: tokio::runtime::Handle::current(),
+            handle,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let listener = Listener {
             follower: follower.clone(),
@@ -149,6 +166,7 @@ impl Follower {
             store,
             conn,
             topics: HashMap::new(),
+            behind: HashMap::new(),
         };
         follower.handle.spawn(listener.run(rx));
         Ok(follower)
@@ -232,23 +250,16 @@ impl Follower {
 
     /// Runs a Redis read from the command layer's (synchronous) thread,
     /// bounded by the timeout.
-    fn block<T>(
+    fn block<T: Send + 'static>(
         &self,
-        read: impl std::future::Future<Output = redis::RedisResult<T>>,
+        read: impl std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
     ) -> Result<T, Rejection> {
-        let wait = async { tokio::time::timeout(self.timeout, read).await };
-        let outcome = match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::task::block_in_place(|| self.handle.block_on(wait)),
-            Err(_) => self.handle.block_on(wait),
-        };
-        match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => {
-                tracing::warn!(%err, "cluster: a read failed");
-                Err(unavailable())
-            }
-            Err(_) => Err(unavailable()),
-        }
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let _slot = self.slot()?;
+        self.handle.spawn(async move {
+            let _ = reply.send(read.await.map_err(|e| e.to_string()));
+        });
+        self.wait(answer)
     }
 
     fn follow(&self, topic: Topic) -> Result<(), Rejection> {
@@ -259,25 +270,56 @@ impl Follower {
         if !self.is_up() {
             return Err(unavailable());
         }
-        let (reply, answer) = oneshot::channel();
+        let _slot = self.slot()?;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
         if self.tx.send(Command::Follow(topic, reply)).is_err() {
             return Err(unavailable());
         }
-        let wait = async { tokio::time::timeout(self.timeout, answer).await };
+        self.wait(answer)
+    }
+
+    /// A place among the [`MAX_WAITING`] waiting threads.
+    fn slot(&self) -> Result<WaitSlot<'_>, Rejection> {
+        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let slot = WaitSlot(&self.waiting);
+        if before >= MAX_WAITING {
+            tracing::debug!("cluster: too many commands waiting for redis");
+            return Err(unavailable());
+        }
+        Ok(slot)
+    }
+
+    /// Waits for the listener's (or a read task's) answer, at most the
+    /// Redis timeout. The thread parks on a std channel with its own
+    /// clock, so the wait ends even if every runtime thread is busy (a
+    /// runtime timer would need one of them); on a runtime worker,
+    /// `block_in_place` first hands its other tasks to another thread.
+    fn wait<T>(
+        &self,
+        answer: std::sync::mpsc::Receiver<Result<T, String>>,
+    ) -> Result<T, Rejection> {
+        let recv = || answer.recv_timeout(self.timeout);
         let outcome = match tokio::runtime::Handle::try_current() {
-            // A worker thread of the runtime: let it run other tasks while
-            // this one waits (the wait is one Redis round trip).
-            Ok(_) => tokio::task::block_in_place(|| self.handle.block_on(wait)),
-            Err(_) => self.handle.block_on(wait),
+            Ok(_) => tokio::task::block_in_place(recv),
+            Err(_) => recv(),
         };
         match outcome {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(err))) => {
-                tracing::warn!(%err, "cluster: following failed");
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "cluster: a redis call for a command failed");
                 Err(unavailable())
             }
-            _ => Err(unavailable()),
+            Err(_) => Err(unavailable()),
         }
+    }
+}
+
+/// Gives back a place among the waiting threads.
+struct WaitSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -297,6 +339,19 @@ struct Listener {
     /// For watermarks (one multiplexed connection, shared with the bus).
     conn: Link,
     topics: HashMap<Topic, Followed>,
+    /// Names whose last seq was above what was delivered at the last
+    /// periodic catch-up, with that seq.
+    behind: HashMap<Topic, u64>,
+}
+
+/// What a catch-up fills.
+#[derive(Clone, Copy)]
+enum Catch {
+    /// After a (re)connect: everything up to each name's last seq (what
+    /// was published while not subscribed is lost to the stream).
+    Up,
+    /// Periodically: only what was already missing the round before.
+    Lost,
 }
 
 impl Listener {
@@ -324,13 +379,15 @@ impl Listener {
             if let Err(err) = self.resubscribe(&mut sink).await {
                 tracing::warn!(%err, "cluster: resubscribing failed");
                 self.refuse_while(&mut rx, jittered(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
             // Subscribed first, then caught up: anything published since is
             // either in the stream or read back here.
-            if let Err(err) = self.sync_all(true).await {
+            if let Err(err) = self.sync_all(Catch::Up).await {
                 tracing::warn!(%err, "cluster: catching up after connect failed");
                 self.refuse_while(&mut rx, jittered(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
             backoff = Duration::from_millis(100);
@@ -350,8 +407,23 @@ impl Listener {
                     },
                     command = rx.recv() => match command {
                         Some(Command::Follow(topic, reply)) => {
-                            let result = self.follow(&mut sink, topic).await;
-                            let _ = reply.send(result);
+                            // What was received already goes first: an
+                            // announcement for a room unfollowed a moment
+                            // ago must not land on a new follow's state.
+                            while let Some(Some(message)) = stream.next().now_or_never() {
+                                self.on_message(message).await;
+                            }
+                            let limit = self.follower.timeout;
+                            match tokio::time::timeout(limit, self.follow(&mut sink, topic)).await {
+                                Ok(result) => {
+                                    let _ = reply.send(result);
+                                }
+                                Err(_) => {
+                                    let _ = reply.send(Err("following timed out".into()));
+                                    tracing::warn!("cluster: a subscribe got no answer: reconnecting");
+                                    break;
+                                }
+                            }
                         }
                         None => return,
                     },
@@ -363,8 +435,11 @@ impl Listener {
                         }
                         if last_sync.elapsed() >= SYNC_EVERY {
                             last_sync = Instant::now();
-                            self.unfollow_idle(&mut sink).await;
-                            if let Err(err) = self.sync_all(false).await {
+                            if !self.unfollow_idle(&mut sink).await {
+                                tracing::warn!("cluster: an unsubscribe got no answer: reconnecting");
+                                break;
+                            }
+                            if let Err(err) = self.sync_all(Catch::Lost).await {
                                 tracing::warn!(%err, "cluster: periodic catch-up failed");
                             }
                         }
@@ -396,7 +471,16 @@ impl Listener {
     async fn resubscribe(&mut self, sink: &mut redis::aio::PubSubSink) -> redis::RedisResult<()> {
         let channels: Vec<String> = self.topics.keys().map(Topic::channel).collect();
         for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
-            sink.subscribe(chunk).await?;
+            // The crate waits for the confirmation without a limit.
+            match tokio::time::timeout(self.follower.timeout, sink.subscribe(chunk)).await {
+                Ok(done) => done?,
+                Err(_) => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "subscribe timed out",
+                    )))
+                }
+            }
         }
         Ok(())
     }
@@ -413,9 +497,24 @@ impl Listener {
         sink.subscribe(topic.channel())
             .await
             .map_err(|e| e.to_string())?;
-        let last = self.watermark(&topic).await?;
-        if let Topic::Room(room) = &topic {
-            let users = self.users(room).await?;
+        let start = async {
+            let last = self.watermark(&topic).await?;
+            let users = match &topic {
+                Topic::Room(room) => Some(self.users(room).await?),
+                Topic::User(_) => None,
+            };
+            Ok::<_, String>((last, users))
+        };
+        let (last, users) = match start.await {
+            Ok(read) => read,
+            Err(err) => {
+                // Not followed after all: its announcements would only
+                // be dropped.
+                let _ = sink.unsubscribe(topic.channel()).await;
+                return Err(err);
+            }
+        };
+        if let (Topic::Room(room), Some(users)) = (&topic, users) {
             self.hub.cluster_presence_seed(room, users);
         }
         self.set_seq(&topic, last);
@@ -454,7 +553,9 @@ impl Listener {
     }
 
     /// Unsubscribes names with no local member for [`LINGER`].
-    async fn unfollow_idle(&mut self, sink: &mut redis::aio::PubSubSink) {
+    /// Returns false if an unsubscribe got no answer (the connection is
+    /// to be made again).
+    async fn unfollow_idle(&mut self, sink: &mut redis::aio::PubSubSink) -> bool {
         let idle: Vec<Topic> = self
             .topics
             .keys()
@@ -482,23 +583,30 @@ impl Listener {
                     continue;
                 }
             }
-            if sink.unsubscribe(topic.channel()).await.is_err() {
+            let limit = self.follower.timeout;
+            if !matches!(
+                tokio::time::timeout(limit, sink.unsubscribe(topic.channel())).await,
+                Ok(Ok(()))
+            ) {
                 // The connection is failing; the reconnect resubscribes
                 // what is still followed.
                 self.follower.followed.insert(topic, Instant::now());
-                return;
+                return false;
             }
             if let Topic::Room(room) = &topic {
                 self.hub.cluster_presence_forget(room);
             }
             self.topics.remove(&topic);
+            self.behind.remove(&topic);
         }
+        true
     }
 
     /// Reads every followed name's last seq (one pipeline) and delivers
-    /// whatever was missed; with `presence` (after a reconnect) also every
-    /// followed room's users.
-    async fn sync_all(&mut self, presence: bool) -> Result<(), String> {
+    /// what was missed (see [`Catch`]). A name whose catch-up fails is
+    /// tried again next time; only a failed read of the seqs fails the
+    /// whole.
+    async fn sync_all(&mut self, catch: Catch) -> Result<(), String> {
         if self.topics.is_empty() {
             return Ok(());
         }
@@ -515,8 +623,24 @@ impl Listener {
         for (topic, seq) in topics.into_iter().zip(seqs) {
             let seq = seq.unwrap_or(0);
             let last = self.topics.get(&topic).map_or(0, |f| f.last);
+            let upto = match catch {
+                Catch::Up => seq,
+                // Announced but still queued behind this task is not
+                // lost: only what the previous round saw and is still
+                // missing is (filling it now would also hand senders
+                // their own messages, which the announcement names).
+                Catch::Lost => self.behind.get(&topic).copied().unwrap_or(0),
+            };
+            if upto > last {
+                if let Err(err) = self.fill(&topic, last, upto).await {
+                    tracing::warn!(%err, "cluster: catching up a name failed; trying again later");
+                }
+            }
+            let last = self.topics.get(&topic).map_or(0, |f| f.last);
             if seq > last {
-                self.fill(&topic, last, seq).await?;
+                self.behind.insert(topic, seq);
+            } else {
+                self.behind.remove(&topic);
             }
         }
         // Presence announcements missed while deaf: read the lists again
@@ -529,7 +653,7 @@ impl Listener {
                 Topic::User(_) => None,
             })
             .collect();
-        if presence && !rooms.is_empty() {
+        if matches!(catch, Catch::Up) && !rooms.is_empty() {
             let mut pipe = redis::pipe();
             for room in &rooms {
                 pipe.cmd("HKEYS").arg(keys::room_users(room));
@@ -576,6 +700,10 @@ impl Listener {
             }
             b"p" => {
                 let Topic::Room(room) = &topic else { return };
+                if !self.topics.contains_key(&topic) {
+                    // Unfollowed meanwhile: the next follow reads the list.
+                    return;
+                }
                 let Some((change, user)) = split_once(rest) else {
                     return;
                 };
@@ -671,6 +799,7 @@ impl Listener {
                 self.skip_to(topic, upto);
                 return Ok(());
             }
+            let before = after;
             for entry in entries {
                 let seq = entry.seq();
                 if seq > upto {
@@ -678,6 +807,12 @@ impl Listener {
                 }
                 self.deliver(topic, entry);
                 after = seq;
+            }
+            if after == before {
+                // Everything up to `upto` was trimmed since the seq was
+                // read (the page starts above it): nothing left to fill.
+                self.skip_to(topic, upto);
+                return Ok(());
             }
             if let Some(f) = self.topics.get(topic) {
                 after = after.max(f.last);

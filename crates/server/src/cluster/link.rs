@@ -47,7 +47,11 @@ impl Link {
         if let Some(conn) = self.inner.current.lock().clone() {
             return Ok(conn);
         }
+        // One attempt, bounded by the timeout: the caller answers
+        // `unavailable` and a later command tries again (the crate's
+        // default of six retries with backoff would hold a command ~20 s).
         let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
             .set_connection_timeout(Some(self.inner.timeout))
             .set_response_timeout(Some(self.inner.timeout));
         let conn = ConnectionManager::new_with_config(self.inner.client.clone(), config).await?;

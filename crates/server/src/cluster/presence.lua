@@ -159,10 +159,12 @@ local function reap(keys, args)
     redis.call('ZREM', 'sb:nodes', node)
     local set = node_set(node)
     if redis.call('EXISTS', set) == 1 then
-      local aside = 'sb:reap:' .. node
-      redis.call('SUNIONSTORE', aside, aside, set)
-      redis.call('DEL', set)
-      redis.call('SADD', 'sb:reaping', node)
+      -- A key of its own per reap: a node reaped, back, and reaped again
+      -- before the first was done owes each presence twice, and a union
+      -- of the two sets would subtract it once.
+      local aside = 'sb:reap:' .. node .. ':' .. redis.call('INCR', 'sb:reaps')
+      redis.call('RENAME', set, aside)
+      redis.call('SADD', 'sb:reaping', aside)
     end
     -- Counts go at once: a field per hash, no announcement.
     local conns = redis.call('SMEMBERS', node_conns(node))
@@ -171,9 +173,8 @@ local function reap(keys, args)
     end
     redis.call('DEL', node_conns(node))
   end
-  for _, node in ipairs(redis.call('SMEMBERS', 'sb:reaping')) do
+  for _, aside in ipairs(redis.call('SMEMBERS', 'sb:reaping')) do
     if budget <= 0 then break end
-    local aside = 'sb:reap:' .. node
     local taken = redis.call('SPOP', aside, budget)
     for _, member in ipairs(taken) do
       local room, user = split(member)
@@ -181,12 +182,12 @@ local function reap(keys, args)
     end
     budget = budget - #taken
     if redis.call('EXISTS', aside) == 0 then
-      redis.call('SREM', 'sb:reaping', node)
+      redis.call('SREM', 'sb:reaping', aside)
     end
   end
   local waiting = 0
-  for _, node in ipairs(redis.call('SMEMBERS', 'sb:reaping')) do
-    waiting = waiting + redis.call('SCARD', 'sb:reap:' .. node)
+  for _, aside in ipairs(redis.call('SMEMBERS', 'sb:reaping')) do
+    waiting = waiting + redis.call('SCARD', aside)
   end
   return waiting
 end

@@ -63,6 +63,9 @@ impl Report {
 /// Reports local presence changes, in order, from one task.
 pub struct Presence {
     tx: mpsc::UnboundedSender<Report>,
+    /// The reporting task: stopped before the node retires, so that no
+    /// renewal brings its presences back.
+    task: tokio::task::AbortHandle,
 }
 
 impl Presence {
@@ -83,8 +86,18 @@ impl Presence {
             dirty: true,
             lease: lease.max(Duration::from_millis(RENEWALS_PER_LEASE as u64 * 10)),
         };
-        tokio::spawn(reporter.run(rx));
-        Ok(Presence { tx })
+        let task = tokio::spawn(reporter.run(rx));
+        Ok(Presence {
+            tx,
+            task: task.abort_handle(),
+        })
+    }
+}
+
+impl Presence {
+    /// Stops reporting and renewing (shutdown, before [`retire`]).
+    pub fn stop(&self) {
+        self.task.abort();
     }
 }
 

@@ -53,7 +53,8 @@ impl Node {
         let reporter = Presence::start(conn.clone(), node.clone(), hub.clone(), config.node_lease)
             .await
             .map_err(|e| anyhow::anyhow!("cannot load the presence functions: {e}"))?;
-        hub.set_cluster_sink(Arc::new(reporter));
+        let reporter = Arc::new(reporter);
+        hub.set_cluster_sink(reporter.clone());
         let follower = Follower::start(
             url,
             node.clone(),
@@ -76,6 +77,7 @@ impl Node {
             store,
             pipeline,
             cluster: Cluster {
+                presence: reporter,
                 follower,
                 bus,
                 conn,

@@ -577,19 +577,18 @@ impl Hub {
     pub fn disconnect(&self, conn: &Arc<Conn>) {
         if let Some(user) = conn.user_arc() {
             let mut gone = false;
-            let mut left = None;
+            let sink = self.cluster_sink.get();
             self.users.remove_if_mut(user, |_, conns| {
                 let before = conns.len();
                 conns.retain(|m| m.conn.id != conn.id);
-                if conns.len() < before {
-                    left = Some(conns.len());
+                if let Some(sink) = sink.filter(|_| conns.len() < before) {
+                    // Under the registry entry's lock, as `identify`
+                    // reports: in the order they happened.
+                    sink.user_conns(user, conns.len());
                 }
                 gone = conns.is_empty();
                 gone
             });
-            if let (Some(sink), Some(left)) = (self.cluster_sink.get(), left) {
-                sink.user_conns(user, left);
-            }
             if gone {
                 self.metrics.users.decrement(1.0);
             }
@@ -642,6 +641,7 @@ impl Hub {
                 since.is_some(),
                 presence,
                 cluster_online,
+                self.cluster_sink.get().map(|s| &**s),
                 &self.metrics,
             );
             match joined {
@@ -650,15 +650,8 @@ impl Hub {
                     first_member,
                     from_seq,
                     flush_at,
-                    user_is_new,
-                    members,
+                    ..
                 } => {
-                    if let Some(sink) = self.cluster_sink.get() {
-                        if user_is_new {
-                            sink.presence(room, conn.user(), true);
-                        }
-                        sink.room_conns(room, members);
-                    }
                     if let Some(due) = flush_at {
                         self.presence_pending(&entry.name, due);
                     }
@@ -708,14 +701,8 @@ impl Hub {
         let Some(room) = self.room(name) else { return };
         let presence = (&self.presence, self.clock_ms());
         let cluster = self.cluster_users.is_some();
-        let (empty, flush_at, user_left, members) =
-            room.leave(conn, presence, cluster, &self.metrics);
-        if let Some(sink) = self.cluster_sink.get() {
-            if user_left {
-                sink.presence(name, conn.user(), false);
-            }
-            sink.room_conns(name, members);
-        }
+        let sink = self.cluster_sink.get().map(|s| &**s);
+        let (empty, flush_at) = room.leave(conn, presence, cluster, sink, &self.metrics);
         if let Some(due) = flush_at {
             self.presence_pending(&room.name, due);
         }

@@ -27,10 +27,6 @@ pub(super) enum Joined {
         first_member: bool,
         from_seq: u64,
         flush_at: Option<u64>,
-        /// The user had no other connection in the room here.
-        user_is_new: bool,
-        /// Member connections now.
-        members: usize,
     },
     /// The connection was already a member (`joined` was re-sent).
     Already,
@@ -146,6 +142,7 @@ impl Room {
         gate: bool,
         presence: (&PresencePolicy, u64),
         cluster_online: Option<usize>,
+        sink: Option<&dyn super::ClusterSink>,
         metrics: &Metrics,
     ) -> Joined {
         let mut st = self.state.lock();
@@ -178,6 +175,14 @@ impl Room {
         conn.push(text(payload).frame_for(conn.deflate));
         st.members
             .insert(conn.id, Gated::new(conn.clone(), from_seq, gate));
+        if let Some(sink) = sink {
+            // Under the room lock: a leave and a join of the same user here
+            // reach Redis in the order they happened.
+            if user_is_new {
+                sink.presence(&self.name, &user, true);
+            }
+            sink.room_conns(&self.name, st.members.len());
+        }
         let flush_at = if user_is_new && cluster_online.is_none() {
             let online = st.online.len();
             let except = Except::Conn(conn.id);
@@ -189,8 +194,6 @@ impl Room {
             first_member,
             from_seq,
             flush_at,
-            user_is_new,
-            members: st.members.len(),
         }
     }
 
@@ -316,21 +319,21 @@ impl Room {
         }
     }
 
-    /// Removes `conn`. Returns whether the room is now empty, when a
-    /// presence batch this leave started is due, and whether it was the
-    /// user's last connection in the room here (and the member connections
-    /// left). `cluster`: presence changes come from Redis (see
-    /// [`Room::announce`]).
+    /// Removes `conn`. Returns whether the room is now empty, and when a
+    /// presence batch this leave started is due. `cluster`: presence
+    /// changes come from Redis (see [`Room::announce`]), and `sink` hears
+    /// of this node's.
     pub(super) fn leave(
         &self,
         conn: &Arc<Conn>,
         presence: (&PresencePolicy, u64),
         cluster: bool,
+        sink: Option<&dyn super::ClusterSink>,
         metrics: &Metrics,
-    ) -> (bool, Option<u64>, bool, usize) {
+    ) -> (bool, Option<u64>) {
         let mut st = self.state.lock();
         if st.members.remove(&conn.id).is_none() {
-            return (false, None, false, st.members.len());
+            return (false, None);
         }
         let user = conn.user();
         let user_left = match st.online.get_mut(user) {
@@ -340,11 +343,17 @@ impl Room {
             }
             _ => st.online.remove_entry(user).map(|(name, _)| name),
         };
-        let last = user_left.is_some();
+        if let Some(sink) = sink {
+            // Under the room lock, as in `join`.
+            if let Some(name) = &user_left {
+                sink.presence(&self.name, name, false);
+            }
+            sink.room_conns(&self.name, st.members.len());
+        }
         if st.members.is_empty() {
             // Nobody is left to tell.
             st.pending = None;
-            return (true, None, last, 0);
+            return (true, None);
         }
         let flush_at = match user_left {
             Some(name) if !cluster => {
@@ -361,7 +370,7 @@ impl Room {
             }
             _ => None,
         };
-        (false, flush_at, last, st.members.len())
+        (false, flush_at)
     }
 
     /// Called under the registry's shard lock: marks the room retired (and

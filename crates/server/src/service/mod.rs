@@ -65,12 +65,15 @@ pub struct Cluster {
     pub bus: Arc<crate::cluster::Bus>,
     /// For the goodbye at shutdown.
     pub conn: crate::cluster::Link,
+    /// Reports this node's presence; stopped at the goodbye.
+    pub presence: Arc<crate::cluster::Presence>,
 }
 
 impl Cluster {
     /// Ends this node's presence at once (graceful shutdown), within
     /// `limit`.
     pub async fn retire(&self, limit: std::time::Duration) {
+        self.presence.stop();
         let node = self.follower.node().to_owned();
         match tokio::time::timeout(limit, crate::cluster::presence::retire(&self.conn, &node)).await
         {
