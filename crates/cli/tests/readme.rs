@@ -45,6 +45,10 @@ const SKIPPED: &[(&str, &str)] = &[
         "the whole suite, which runs this test",
     ),
     (
+        "./scripts/cluster",
+        "Redis and three release nodes until Ctrl-C; crates/cli/tests/cluster.rs runs real nodes on a real redis-server",
+    ),
+    (
         "alias switchboard=target/release/switchboard",
         "no release build here: every `switchboard` runs the debug binary under test",
     ),
