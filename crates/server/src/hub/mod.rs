@@ -806,17 +806,7 @@ impl Hub {
         sender: Option<u64>,
     ) -> usize {
         let message = text(payload);
-        let mut delivered = 0;
-        if let Some(mut conns) = self.users.get_mut(to) {
-            for member in conns.iter_mut() {
-                if Some(member.conn.id) != sender
-                    && seq > member.from_seq
-                    && member.push(&message, &self.metrics)
-                {
-                    delivered += 1;
-                }
-            }
-        }
+        let delivered = self.queue_inbox(to, seq, &message, sender);
         let mut copies = 0;
         if from != to {
             if let Some(conns) = self.users.get(from) {
@@ -843,19 +833,31 @@ impl Hub {
         payload: Vec<u8>,
         sender: Option<u64>,
     ) -> usize {
-        let message = text(payload);
+        let delivered = self.queue_inbox(to, seq, &text(payload), sender);
+        self.metrics.messages_out.increment(delivered as u64);
+        delivered
+    }
+
+    /// Queues an inbox entry to `to`'s connections that started before it
+    /// (behind any replay), but `sender`. Returns how many got it.
+    fn queue_inbox(
+        &self,
+        to: &str,
+        seq: u64,
+        message: &SharedMessage,
+        sender: Option<u64>,
+    ) -> usize {
         let mut delivered = 0;
         if let Some(mut conns) = self.users.get_mut(to) {
             for member in conns.iter_mut() {
                 if Some(member.conn.id) != sender
                     && seq > member.from_seq
-                    && member.push(&message, &self.metrics)
+                    && member.push(message, &self.metrics)
                 {
                     delivered += 1;
                 }
             }
         }
-        self.metrics.messages_out.increment(delivered as u64);
         delivered
     }
 
