@@ -101,6 +101,8 @@ function render(dir, targets) {
   line('ends of the window; syscalls from `perf stat` over the same window (`raw_syscalls:sys_enter` for the total,');
   line('`syscalls:sys_enter_NAME` by name; writes to the server\'s eventfds, its threads waking each other, are counted');
   line('apart from the write family). Counting costs each syscall a little: every server pays it.');
+  line('What the syscalls other than writes are (who wakes whom) and where the CPU goes: the profile notes,');
+  line('"Everyday fan-out: where the time goes", at the end of this file.');
   line();
   if (!runs.length) {
     line('Not measured in this run.');
