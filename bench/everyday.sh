@@ -228,7 +228,9 @@ perf_attach() {
   "$PERF" stat -x, -o "$WORK/$name.perf" -D -1 --control "fifo:$WORK/perf-ctl,$WORK/perf-ack" \
     "${events[@]}" -p "$SERVER_PID" 2>"$WORK/$name.perf-err" &
   PERF_PID=$!
-  exec 7>"$WORK/perf-ctl" 8<"$WORK/perf-ack"
+  # Read-write opens: they do not block (a plain open of a FIFO waits for
+  # the other end, forever should perf have failed to start).
+  exec 7<>"$WORK/perf-ctl" 8<>"$WORK/perf-ack"
 }
 # perf_ctl enable|disable: and waits for perf's ack (5 s at most).
 perf_ctl() {
