@@ -182,6 +182,13 @@ function judge(target, m, measured, ok) {
   return entry;
 }
 
+// Everyday fan-out (bench/everyday.sh, step 1b): its own results directory.
+const everyday = (() => {
+  const dir = path.join(work, 'everyday');
+  if (!fs.existsSync(path.join(dir, 'runs.jsonl'))) return null;
+  return require('./everyday-report.js').render(dir, targets);
+})();
+
 const bigRoom = byServer(sets.bigFlat, 'switchboard', 'room');
 const bigNode = byServer(sets.bigFlat, 'node-ws', 'relay');
 const bigSubs = bigRoom.r?.subscribers ?? bigNode.r?.subscribers;
@@ -203,6 +210,8 @@ const halfPeak = sets.bigFixed.map((t) =>
     t.r && t.r.latency_us.p99 < MAX_HALF_PEAK_P99_US,
   ),
 );
+if (everyday) summary.push(...everyday.summary);
+else summary.push({ target: 'Everyday fan-out (bench/everyday.sh): CPU per delivery against Node ws, syscalls per delivery', measured: 'not measured in this run', verdict: '❌' });
 const rssVerdicts = connectTargets
   .filter((t) => t.sb)
   .map((t) =>
@@ -358,7 +367,7 @@ if (busy.length) {
   line();
 }
 const fanSizes = [sets.flat, sets.bigFlat].map((set) => set.find((t) => t.r)?.r.subscribers);
-line(`Sections: [fan-out to ${int(fanSizes[0] ?? 1000)}](#fan-out-1000) · [fan-out to ${int(fanSizes[1] ?? TARGET_SUBSCRIBERS)}](#fan-out-10000) · [idle connections](#connect) ·`);
+line(`Sections: [fan-out to ${int(fanSizes[0] ?? 1000)}](#fan-out-1000) · ${everyday ? '[everyday fan-out](#everyday) · ' : ''}[fan-out to ${int(fanSizes[1] ?? TARGET_SUBSCRIBERS)}](#fan-out-10000) · [idle connections](#connect) ·`);
 line(`[direct messages](#direct) · [resume storm](#resume) · [churn](#churn) · [presence](#presence) · [durability](#durability) · [how to run](#how-to-run)${notes == null ? '' : ' ·'}`);
 if (notes != null) line('[profiles](#profiles) (hand-written)');
 line();
@@ -444,6 +453,13 @@ if (!first) {
   line('### Commands');
   line();
   commands('fanout', env.BENCH_COMMANDS);
+}
+
+// ---- 1b. Everyday fan-out (rendered by bench/everyday-report.js).
+if (everyday) {
+  line('<a id="everyday"></a>');
+  line();
+  for (const l of everyday.section) line(l);
 }
 
 // ---- 2. Fan-out, 10,000.
@@ -964,7 +980,8 @@ line();
 line('## How to run');
 line();
 line('```sh');
-line('bench/run.sh            # build release, every measurement above, rewrite BENCHMARKS.md (~12 minutes)');
+line('bench/run.sh            # build release, every measurement above, rewrite BENCHMARKS.md (~15 minutes)');
+line('bench/everyday.sh       # only the everyday fan-out (Node ws, /relay, room; CPU and syscalls per delivery), its section (~2.5 minutes)');
 line('bench/run.sh --smoke    # tiny versions of each scenario, --strict, no timing judged; writes nothing (under a minute)');
 line('bench/run.sh --report target/bench-results    # render this file again from the last run\'s raw results');
 line('```');

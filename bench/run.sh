@@ -10,6 +10,12 @@
 #    flat out (--rate 0: throughput, and the latency that comes with it) and
 #    at a fixed rate that every target sustains (--rate RATE: latency
 #    without a backlog).
+# 1b. Everyday fan-out (issue 12): bench/everyday.sh, SUBSCRIBERS
+#    subscribers at RATE msg/s: Node ws, Switchboard /relay and room mode
+#    (SQLite), EVERYDAY_ROUNDS (3) rounds, a fresh server each: CPU per
+#    delivery (user and system) and syscalls per delivery (perf stat), the
+#    ratio to Node. Runs alone as bench/everyday.sh (which then writes only
+#    its section of BENCHMARKS.md); EVERYDAY=0 skips it here.
 # 2. Fan-out, SUBSCRIBERS_BIG (10,000) subscribers: the same four targets
 #    flat out; then Switchboard room and relay at a fixed rate of half the
 #    publishes/s Switchboard room reached flat out (BIG_RATE overrides it).
@@ -49,9 +55,9 @@
 #    date), so a default run neither needs Redis nor loses that section.
 #
 #   bench/run.sh           release build, every measurement above (10 s
-#                          each); rewrites BENCHMARKS.md (~12 minutes on 2
-#                          cores: fan-out ~3.5, connect ~1, direct, resume and
-#                          churn ~1, publish rounds ~6). A measurement that
+#                          each); rewrites BENCHMARKS.md (~15 minutes on 2
+#                          cores: fan-out ~3.5, everyday ~2.5, connect ~1,
+#                          direct, resume and churn ~1, publish rounds ~6). A measurement that
 #                          fails is marked in the report and the run goes on;
 #                          the script then exits 1.
 #   bench/run.sh --smoke   fan-out with 50 subscribers (Socket.IO flat out
@@ -70,7 +76,8 @@
 #                          full run keeps (in target/bench-results, or
 #                          RESULTS_DIR), without measuring.
 #
-# Overrides (environment): CLUSTER=1 (step 8); SWITCHBOARD_BIN and SWITCHBOARD_BENCH_BIN (the
+# Overrides (environment): CLUSTER=1 (step 8); EVERYDAY=0, EVERYDAY_ROUNDS
+# (step 1b); SWITCHBOARD_BIN and SWITCHBOARD_BENCH_BIN (the
 # server and the load generator; both set: skip the build), RESULTS_DIR;
 # SUBSCRIBERS, PUBLISHERS, DURATION, WARMUP, SIZE, WINDOW, LEAD, RATE
 # (fan-out; DURATION and WARMUP also for direct and publish); SUBSCRIBERS_BIG,
@@ -504,6 +511,16 @@ if $smoke; then
     node bench/report.js >/dev/null
   say "smoke run passed in $(($(date +%s) - RUN_STARTED_S)) s (BENCHMARKS.md not rewritten)"
   exit 0
+fi
+
+# 1b. Everyday fan-out: its own script, its results under $WORK/everyday
+# (report.js renders them with the rest).
+if [ "${EVERYDAY:-1}" = 1 ]; then
+  SECTION=everyday
+  say "everyday fan-out: bench/everyday.sh"
+  SPLICE=0 RESULTS_DIR=$WORK/everyday ROUNDS=${EVERYDAY_ROUNDS:-3} SUBSCRIBERS=$SUBSCRIBERS RATE=$RATE \
+    SIZE=$SIZE SWITCHBOARD_BIN=$BIN SWITCHBOARD_BENCH_BIN=$BENCH_BIN bench/everyday.sh ||
+    FAILED+=("everyday fan-out: bench/everyday.sh failed (see $WORK/everyday)")
 fi
 
 # 2. Fan-out, SUBSCRIBERS_BIG subscribers: flat out; then Switchboard at

@@ -52,6 +52,7 @@ fn scripts_print_usage_for_help_and_refuse_unknown_options() {
         "scripts/cluster",
         "bench/run.sh",
         "bench/cluster.sh",
+        "bench/everyday.sh",
     ] {
         for help in ["--help", "-h"] {
             let (code, stdout, stderr) = run(script, help, &path);

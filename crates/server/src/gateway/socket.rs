@@ -200,6 +200,9 @@ struct Driver<S, H> {
     received: BytesMut,
     /// Frames taken from the connection's queue, front partly written.
     batch: VecDeque<Bytes>,
+    /// Or the one frame taken (partly written), when only one was queued:
+    /// no queue allocated (and freed) per frame, and a plain `write`.
+    single: Option<Bytes>,
     /// Written since the last flush (TLS buffers until flushed).
     unflushed: usize,
     writing: Writing,
@@ -237,6 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
             conn,
             handler,
             batch: VecDeque::new(),
+            single: None,
             unflushed: 0,
             writing: Writing::Open,
             read_done: false,
@@ -336,14 +340,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
     /// Writes what is queued until the socket is full or nothing is left.
     fn poll_write_side(&mut self, cx: &mut Context<'_>) {
         while self.writing != Writing::Done {
-            if !self.batch.is_empty() {
+            if self.single.is_some() || !self.batch.is_empty() {
                 if self.aborted() {
                     // Slow consumer or dead peer: whatever is half written
                     // stays so; the socket is dropped.
                     self.finish_writing();
                     return;
                 }
-                match self.poll_write_batch(cx) {
+                let written = if self.single.is_some() {
+                    self.poll_write_single(cx)
+                } else {
+                    self.poll_write_batch(cx)
+                };
+                match written {
                     Poll::Pending => return,
                     Poll::Ready(Ok(())) => continue,
                     Poll::Ready(Err(_)) => {
@@ -388,8 +397,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                 }
                 Writing::Done => return,
             }
-            let close = self.conn.take_batch(&mut self.batch);
-            if !self.batch.is_empty() {
+            let close = self.conn.take(&mut self.batch, &mut self.single);
+            if self.single.is_some() || !self.batch.is_empty() {
                 continue;
             }
             // Idle: give the batch's memory back.
@@ -424,6 +433,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
     fn finish_writing(&mut self) {
         self.writing = Writing::Done;
         self.batch = VecDeque::new();
+        self.single = None;
+    }
+
+    /// One write of the lone frame taken (`write`/`send`, not `writev`).
+    fn poll_write_single(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(frame) = self.single.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let written = match Pin::new(&mut self.io).poll_write(cx, frame) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(result) => result?,
+        };
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.unflushed += written;
+        if written >= frame.len() {
+            self.single = None;
+        } else {
+            frame.advance(written);
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// One vectored write of the batch's front frames.

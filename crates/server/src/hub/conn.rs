@@ -32,6 +32,12 @@ pub enum Push {
 }
 
 struct Outbox {
+    /// The only frame queued, when exactly one is: at moderate rates each
+    /// frame is written before the next arrives, and a `VecDeque` would be
+    /// allocated by the pusher and freed by the writer (often another
+    /// thread) once per frame. Invariant: `frames` is empty unless `single`
+    /// is `None` (it is moved to the front of `frames` by a second push).
+    single: Option<Bytes>,
     frames: VecDeque<Bytes>,
     bytes: usize,
     close: Option<CloseReason>,
@@ -69,6 +75,7 @@ impl Conn {
             deflate,
             queue_limit,
             outbox: Mutex::new(Outbox {
+                single: None,
                 frames: VecDeque::new(),
                 bytes: 0,
                 close: None,
@@ -111,7 +118,9 @@ impl Conn {
         if out.close.is_some() {
             return Push::Closed;
         }
-        if out.bytes + frame.len() > self.queue_limit && !out.frames.is_empty() {
+        let queued = out.single.is_some() || !out.frames.is_empty();
+        if out.bytes + frame.len() > self.queue_limit && queued {
+            out.single = None;
             out.frames = VecDeque::new();
             out.bytes = 0;
             out.close = Some(CloseReason {
@@ -126,9 +135,20 @@ impl Conn {
             return Push::Overflow;
         }
         out.bytes += frame.len();
+        if !queued {
+            out.single = Some(frame);
+            drop(out);
+            // The writer drains everything it finds, so only the push that
+            // makes the queue non-empty needs to wake it.
+            self.waker.wake();
+            return Push::Queued;
+        }
         if out.frames.capacity() == 0 && out.last_batch > 4 {
             let room = out.last_batch as usize;
             out.frames.reserve_exact(room);
+        }
+        if let Some(front) = out.single.take() {
+            out.frames.push_back(front);
         }
         out.frames.push_back(frame);
         let first = out.frames.len() == 1;
@@ -148,6 +168,7 @@ impl Conn {
             return;
         }
         if !graceful {
+            out.single = None;
             out.frames = VecDeque::new();
             out.bytes = 0;
         }
@@ -180,10 +201,31 @@ impl Conn {
     /// Takes everything queued (into `batch`) for the writer; returns the close
     /// request, if any, once the queue is empty.
     pub fn take_batch(&self, batch: &mut VecDeque<Bytes>) -> Option<CloseReason> {
+        let mut single = None;
+        let close = self.take(batch, &mut single);
+        if let Some(frame) = single {
+            batch.push_back(frame);
+        }
+        close
+    }
+
+    /// As [`Conn::take_batch`], but a lone queued frame goes to `single`
+    /// (which must be empty, as must `batch`), without a queue allocated
+    /// for it: the socket writer's path at moderate rates.
+    pub fn take(
+        &self,
+        batch: &mut VecDeque<Bytes>,
+        single: &mut Option<Bytes>,
+    ) -> Option<CloseReason> {
         let mut out = self.outbox.lock();
-        // Swap only a non-empty queue: an idle connection's queue then
-        // holds no allocation (the caller frees its empty batch).
-        if !out.frames.is_empty() {
+        if let Some(frame) = out.single.take() {
+            // `last_batch` is left as it was: it sizes the queue of the
+            // next burst, which a lone frame says nothing about.
+            out.bytes = 0;
+            *single = Some(frame);
+        } else if !out.frames.is_empty() {
+            // Swap only a non-empty queue: an idle connection's queue then
+            // holds no allocation (the caller frees its empty batch).
             out.last_batch = out.frames.len().try_into().unwrap_or(u32::MAX);
             std::mem::swap(&mut out.frames, batch);
             out.bytes = 0;
@@ -274,5 +316,52 @@ mod tests {
         let close = conn.take_batch(&mut batch);
         assert_eq!(batch.len(), 1);
         assert_eq!(close.unwrap().code, 1001);
+    }
+
+    #[test]
+    fn a_lone_frame_is_taken_without_a_queue() {
+        let conn = Conn::new(1, None, 100, 0);
+        conn.push(Bytes::from_static(b"a"));
+        let (mut batch, mut single) = (VecDeque::new(), None);
+        assert_eq!(conn.take(&mut batch, &mut single), None);
+        assert_eq!(single.as_deref(), Some(&b"a"[..]));
+        assert!(batch.is_empty());
+        assert_eq!(batch.capacity(), 0);
+        assert_eq!(conn.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn frames_stay_in_order_when_a_second_push_joins_a_lone_frame() {
+        let conn = Conn::new(1, None, 100, 0);
+        for frame in [&b"a"[..], b"b", b"c"] {
+            conn.push(Bytes::from_static(frame));
+        }
+        assert_eq!(conn.queued_bytes(), 3);
+        let (mut batch, mut single) = (VecDeque::new(), None);
+        conn.take(&mut batch, &mut single);
+        assert_eq!(single, None);
+        assert_eq!(Vec::from(batch), vec![&b"a"[..], b"b", b"c"]);
+        // The SSE writer's path gets a lone frame in its batch.
+        conn.push(Bytes::from_static(b"d"));
+        let mut batch = VecDeque::new();
+        conn.take_batch(&mut batch);
+        assert_eq!(Vec::from(batch), vec![&b"d"[..]]);
+    }
+
+    #[test]
+    fn overflow_and_abort_drop_a_lone_frame_too() {
+        let conn = Conn::new(1, None, 10, 0);
+        conn.push(Bytes::from_static(b"123456"));
+        assert_eq!(conn.push(Bytes::from_static(b"123456")), Push::Overflow);
+        let (mut batch, mut single) = (VecDeque::new(), None);
+        assert_eq!(conn.take(&mut batch, &mut single).unwrap().code, 4008);
+        assert!(single.is_none() && batch.is_empty());
+
+        let conn = Conn::new(2, None, 100, 0);
+        conn.push(Bytes::from_static(b"a"));
+        conn.close(CloseCode::GOING_AWAY, "bye", false);
+        let (mut batch, mut single) = (VecDeque::new(), None);
+        assert!(conn.take(&mut batch, &mut single).is_some());
+        assert!(single.is_none() && batch.is_empty());
     }
 }
