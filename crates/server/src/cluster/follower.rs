@@ -97,16 +97,42 @@ struct Followed {
 }
 
 enum Command {
-    /// Answered on a std channel: the waiting thread times out on its own
-    /// clock, even if every runtime thread is busy (see [`Follower::wait`]).
-    Follow(Topic, std::sync::mpsc::SyncSender<Result<(), String>>),
+    Follow(Topic, Reply),
 }
+
+/// Where a follow's outcome goes.
+enum Reply {
+    /// A thread parked in [`Follower::wait`]: a std channel, so the waiting
+    /// thread times out on its own clock even if every runtime thread is
+    /// busy.
+    Blocking(std::sync::mpsc::SyncSender<Result<(), String>>),
+    /// A task (a login's inbox replay).
+    Async(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+impl Reply {
+    fn send(self, result: Result<(), String>) {
+        match self {
+            Reply::Blocking(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Async(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// Follows handled together: one SUBSCRIBE and one pipeline of reads for
+/// all of them (a reconnect storm of logins is one round trip or two, not
+/// one per user).
+const FOLLOW_BATCH: usize = 500;
 
 /// Threads waiting for a follow or a read at once. Each parks a runtime
 /// worker (which tokio replaces from its blocking pool, 512 threads): past
 /// this, a command answers `unavailable` at once and the client retries,
 /// rather than a login storm exhausting the pool.
-const MAX_WAITING: usize = 64;
+const MAX_WAITING: usize = 128;
 
 /// The handle the command layer uses: follow a room or user before the hub
 /// admits a member for it.
@@ -206,11 +232,6 @@ impl Follower {
         self.follow(Topic::Room(Arc::from(room)))
     }
 
-    /// Likewise for a user's inbox (before `identify`).
-    pub fn follow_user(&self, user: &str) -> Result<(), Rejection> {
-        self.follow(Topic::User(Arc::from(user)))
-    }
-
     /// The users online in `room` across the cluster, read from Redis (for
     /// a room without a member here, which this node does not follow).
     pub fn room_users(&self, room: &str) -> Result<Vec<Arc<str>>, Rejection> {
@@ -272,10 +293,44 @@ impl Follower {
         }
         let _slot = self.slot()?;
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        if self.tx.send(Command::Follow(topic, reply)).is_err() {
+        if self
+            .tx
+            .send(Command::Follow(topic, Reply::Blocking(reply)))
+            .is_err()
+        {
             return Err(unavailable());
         }
         self.wait(answer)
+    }
+
+    /// Follows `user` from a task, without parking a thread: a login's
+    /// inbox replay waits for it (logins come in storms; joins of a room
+    /// not followed here are rarer and wait with [`Follower::follow_room`]).
+    pub async fn follow_user_async(&self, user: &str) -> Result<(), Rejection> {
+        let topic = Topic::User(Arc::from(user));
+        if let Some(mut seen) = self.followed.get_mut(&topic) {
+            *seen = Instant::now();
+            return Ok(());
+        }
+        if !self.is_up() {
+            return Err(unavailable());
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self
+            .tx
+            .send(Command::Follow(topic, Reply::Async(reply)))
+            .is_err()
+        {
+            return Err(unavailable());
+        }
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => {
+                tracing::warn!(%err, "cluster: following a user failed");
+                Err(unavailable())
+            }
+            _ => Err(unavailable()),
+        }
     }
 
     /// A place among the [`MAX_WAITING`] waiting threads.
@@ -413,16 +468,16 @@ impl Listener {
                             while let Some(Some(message)) = stream.next().now_or_never() {
                                 self.on_message(message).await;
                             }
-                            let limit = self.follower.timeout;
-                            match tokio::time::timeout(limit, self.follow(&mut sink, topic)).await {
-                                Ok(result) => {
-                                    let _ = reply.send(result);
+                            let mut batch = vec![(topic, reply)];
+                            while batch.len() < FOLLOW_BATCH {
+                                match rx.try_recv() {
+                                    Ok(Command::Follow(topic, reply)) => batch.push((topic, reply)),
+                                    Err(_) => break,
                                 }
-                                Err(_) => {
-                                    let _ = reply.send(Err("following timed out".into()));
-                                    tracing::warn!("cluster: a subscribe got no answer: reconnecting");
-                                    break;
-                                }
+                            }
+                            if !self.follow_all(&mut sink, batch).await {
+                                tracing::warn!("cluster: a subscribe got no answer: reconnecting");
+                                break;
                             }
                         }
                         None => return,
@@ -460,7 +515,7 @@ impl Listener {
                 _ = &mut deadline => return,
                 command = rx.recv() => match command {
                     Some(Command::Follow(_, reply)) => {
-                        let _ = reply.send(Err("redis is unreachable".into()));
+                        reply.send(Err("redis is unreachable".into()));
                     }
                     None => return,
                 },
@@ -485,60 +540,86 @@ impl Listener {
         Ok(())
     }
 
-    async fn follow(
+    /// Follows a batch of names: one SUBSCRIBE for the new ones, then one
+    /// pipeline reading their watermarks (and rooms' users), then every
+    /// waiter is answered. Returns false if the subscribe got no answer
+    /// within the timeout (the connection is to be made again).
+    async fn follow_all(
         &mut self,
         sink: &mut redis::aio::PubSubSink,
-        topic: Topic,
-    ) -> Result<(), String> {
-        if self.topics.contains_key(&topic) {
-            self.follower.followed.insert(topic, Instant::now());
-            return Ok(());
+        batch: Vec<(Topic, Reply)>,
+    ) -> bool {
+        let mut new: Vec<Topic> = Vec::new();
+        for (topic, _) in &batch {
+            if !self.topics.contains_key(topic) && !new.contains(topic) {
+                new.push(topic.clone());
+            }
         }
-        sink.subscribe(topic.channel())
-            .await
-            .map_err(|e| e.to_string())?;
-        let start = async {
-            let last = self.watermark(&topic).await?;
-            let users = match &topic {
-                Topic::Room(room) => Some(self.users(room).await?),
-                Topic::User(_) => None,
-            };
-            Ok::<_, String>((last, users))
-        };
-        let (last, users) = match start.await {
-            Ok(read) => read,
-            Err(err) => {
-                // Not followed after all: its announcements would only
-                // be dropped.
-                let _ = sink.unsubscribe(topic.channel()).await;
-                return Err(err);
+        let outcome = if new.is_empty() {
+            Ok(())
+        } else {
+            let channels: Vec<String> = new.iter().map(Topic::channel).collect();
+            match tokio::time::timeout(self.follower.timeout, sink.subscribe(&channels)).await {
+                Err(_) => {
+                    for (_, reply) in batch {
+                        reply.send(Err("subscribe timed out".into()));
+                    }
+                    return false;
+                }
+                Ok(Err(err)) => Err(err.to_string()),
+                Ok(Ok(())) => match self.start(&new).await {
+                    Ok(()) => Ok(()),
+                    Err(err) => {
+                        // Not followed after all: their announcements
+                        // would only be dropped.
+                        let limit = self.follower.timeout;
+                        let _ = tokio::time::timeout(limit, sink.unsubscribe(&channels)).await;
+                        Err(err)
+                    }
+                },
             }
         };
-        if let (Topic::Room(room), Some(users)) = (&topic, users) {
-            self.hub.cluster_presence_seed(room, users);
+        for (topic, reply) in batch {
+            if outcome.is_ok() {
+                self.follower.followed.insert(topic, Instant::now());
+            }
+            reply.send(outcome.clone());
         }
-        self.set_seq(&topic, last);
-        self.topics.insert(topic.clone(), Followed { last });
-        self.follower.followed.insert(topic, Instant::now());
-        Ok(())
+        true
     }
 
-    /// A name's last seq in Redis.
-    async fn watermark(&mut self, topic: &Topic) -> Result<u64, String> {
-        let seq: Option<u64> = self
+    /// Reads the watermarks of names just subscribed to (and the users of
+    /// rooms) in one pipeline, and starts following them.
+    async fn start(&mut self, new: &[Topic]) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        for topic in new {
+            pipe.cmd("HGET").arg(topic.meta()).arg("seq");
+        }
+        for topic in new {
+            if let Topic::Room(room) = topic {
+                pipe.cmd("HKEYS").arg(keys::room_users(room));
+            }
+        }
+        let values: Vec<redis::Value> = self
             .conn
-            .query(redis::cmd("HGET").arg(topic.meta()).arg("seq"))
+            .query_pipe(&pipe)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(seq.unwrap_or(0))
-    }
-
-    /// The users online in `room` across the cluster.
-    async fn users(&mut self, room: &str) -> Result<Vec<String>, String> {
-        self.conn
-            .query(redis::cmd("HKEYS").arg(keys::room_users(room)))
-            .await
-            .map_err(|e| e.to_string())
+        let (seqs, lists) = values.split_at(new.len().min(values.len()));
+        let mut lists = lists.iter();
+        for (topic, seq) in new.iter().zip(seqs) {
+            let last: u64 = redis::from_redis_value_ref(seq).ok().flatten().unwrap_or(0);
+            if let Topic::Room(room) = topic {
+                let users: Vec<String> = lists
+                    .next()
+                    .and_then(|v| redis::from_redis_value_ref(v).ok())
+                    .unwrap_or_default();
+                self.hub.cluster_presence_seed(room, users);
+            }
+            self.set_seq(topic, last);
+            self.topics.insert(topic.clone(), Followed { last });
+        }
+        Ok(())
     }
 
     /// Tells the hub a name's committed seq (never lowers it).

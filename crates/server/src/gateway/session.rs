@@ -53,10 +53,6 @@ pub(super) fn close_for(ending: Ending) -> CloseWith {
             code: close::POLICY,
             reason: "rate limit exceeded",
         },
-        Ending::Unavailable => CloseWith {
-            code: close::TRY_AGAIN_LATER,
-            reason: "cluster store unavailable",
-        },
     }
 }
 

@@ -72,8 +72,6 @@ pub enum Ending {
     TooManyConnections,
     /// Far over `--rate-limit` for a second.
     RateLimited,
-    /// Cluster mode: Redis cannot be reached to start the inbox.
-    Unavailable,
 }
 
 pub struct Login {
@@ -238,13 +236,8 @@ impl Login {
         self.hello_deadline = None;
         let welcome = self.welcome(service, &identity.user, id);
         let limit = service.config.max_connections_per_user;
-        if let Some(cluster) = &service.cluster {
-            // The inbox replay must end at the cluster's seq.
-            if let Err(refusal) = cluster.follower.follow_user(&identity.user) {
-                service.send_error(conn, id, &refusal);
-                return Err(Ending::Unavailable);
-            }
-        }
+        // Cluster mode: the inbox replay follows the user first (see
+        // `replay::inbox`).
         match service.hub.identify(conn, &identity.user, welcome, limit) {
             Ok(range) => {
                 super::replay::inbox(service.clone(), conn.clone(), self.device.clone(), range);

@@ -165,6 +165,35 @@ pub fn room(app: Arc<Service>, conn: Arc<Conn>, room: String, range: Replay) {
 /// Delivers `user`'s inbox entries after this device's cursor, up to
 /// `range.upto`, then opens the inbox gate.
 pub fn inbox(app: Arc<Service>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
+    if app.cluster.is_some() {
+        tokio::spawn(async move {
+            let Some(cluster) = &app.cluster else { return };
+            // Cluster mode: the replay must end at the cluster's seq, which
+            // the hub knows once the node follows the user (live entries
+            // above it are held by the gate meanwhile). A task waits, not
+            // a thread: logins come in storms.
+            if cluster
+                .follower
+                .follow_user_async(conn.user())
+                .await
+                .is_err()
+            {
+                conn.close(
+                    proto::close::TRY_AGAIN_LATER,
+                    "cluster store unavailable",
+                    true,
+                );
+                return;
+            }
+            let upto = range.upto.max(app.hub.inbox_seq(conn.user()));
+            inbox_upto(app, conn, device, Replay { upto, ..range });
+        });
+        return;
+    }
+    inbox_upto(app, conn, device, range);
+}
+
+fn inbox_upto(app: Arc<Service>, conn: Arc<Conn>, device: Arc<str>, range: Replay) {
     if range.upto == 0 {
         // The user never received a direct message: nothing to read.
         app.hub.open_inbox(&conn);
