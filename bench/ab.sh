@@ -43,6 +43,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+. bench/lib.sh
 
 usage() { echo "usage: bench/ab.sh BEFORE_BIN AFTER_BIN [ROUNDS]" >&2; exit 2; }
 [ $# -ge 2 ] && [ $# -le 3 ] || usage
@@ -117,17 +118,6 @@ fi
 # whatever way the script leaves.
 SERVER_PID=""
 BENCH_PID=""
-# stop_pid PID: TERM, then KILL if it is still there after 10 s; reaps it.
-stop_pid() {
-  local pid=$1
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 200); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 stop_server() {
   if [ -n "$SERVER_PID" ]; then
     stop_pid "$SERVER_PID"
@@ -181,13 +171,9 @@ start_switchboard() {
   "$bin" "${serve[@]}" --store "$store" --data-dir "$DATA_ROOT/$name" "$@" \
     >>"$RD/$name.server-out" 2>>"$RD/$name.server-err" &
   SERVER_PID=$!
-  PORT=""
-  for _ in $(seq 200); do
-    PORT=$(sed -n 's|.*listening on [a-z]*://[^ ]*:\([0-9][0-9]*\).*|\1|p' "$RD/$name.server-out" | head -n1)
-    [ -n "$PORT" ] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.05
-  done
+  if PORT=$(listening_port "$RD/$name.server-out" "$SERVER_PID"); then
+    return 0
+  fi
   echo "bench/ab.sh: $name did not start:" >&2
   cat "$RD/$name.server-out" "$RD/$name.server-err" >&2
   exit 1

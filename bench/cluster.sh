@@ -45,6 +45,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+. bench/lib.sh
 
 case "${1:-}" in
   -h | --help)
@@ -117,13 +118,8 @@ SB_FLAGS=(--rate-limit 0 --max-queue 16MiB --max-connections-per-ip 0 --connect-
 
 # wait_listening NAME PID: the port from the server's "listening on" line.
 wait_listening() {
-  local name=$1 pid=$2 port=""
-  for _ in $(seq 200); do
-    port=$(sed -n 's|.*listening on [a-z]*://[^ ]*:\([0-9][0-9]*\).*|\1|p' "$WORK/$name.out" | head -n1)
-    if [ -n "$port" ]; then echo "$port"; return 0; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
+  local name=$1 pid=$2
+  listening_port "$WORK/$name.out" "$pid" && return 0
   echo "bench/cluster.sh: $name did not start:" >&2
   cat "$WORK/$name.out" "$WORK/$name.err" >&2
   exit 1

@@ -51,6 +51,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+. bench/lib.sh
 
 case "${1:-}" in
   -h | --help)
@@ -145,16 +146,6 @@ fi
 SERVER_PID=""
 BENCH_PID=""
 PERF_PID=""
-stop_pid() {
-  local pid=$1
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 200); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 stop_all() {
   exec 7>&- 8<&- 2>/dev/null || true
   for var in PERF_PID BENCH_PID SERVER_PID; do
@@ -189,13 +180,9 @@ start() {
   : >"$WORK/$name.err"
   "${cmd[@]}" >>"$WORK/$name.out" 2>>"$WORK/$name.err" &
   SERVER_PID=$!
-  PORT=""
-  for _ in $(seq 200); do
-    PORT=$(sed -n 's|.*listening on [a-z]*://[^ ]*:\([0-9][0-9]*\).*|\1|p' "$WORK/$name.out" | head -n1)
-    [ -n "$PORT" ] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.05
-  done
+  if PORT=$(listening_port "$WORK/$name.out" "$SERVER_PID"); then
+    return 0
+  fi
   echo "bench/everyday.sh: $name did not start:" >&2
   cat "$WORK/$name.out" "$WORK/$name.err" >&2
   exit 1

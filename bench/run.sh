@@ -95,6 +95,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+. bench/lib.sh
 
 smoke=false
 usage() { echo "usage: bench/run.sh [--smoke | --report RESULTS-DIR] (bench/run.sh --help explains)" >&2; exit 2; }
@@ -228,13 +229,9 @@ start_server() {
   : >"$WORK/$name.err"
   "$@" >>"$WORK/$name.out" 2>>"$WORK/$name.err" &
   SERVER_PID=$!
-  PORT=""
-  for _ in $(seq 200); do
-    PORT=$(sed -n 's|.*listening on [a-z]*://[^ ]*:\([0-9][0-9]*\).*|\1|p' "$WORK/$name.out" | head -n1)
-    [ -n "$PORT" ] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.05
-  done
+  if PORT=$(listening_port "$WORK/$name.out" "$SERVER_PID"); then
+    return 0
+  fi
   echo "bench/run.sh: $name did not start:" >&2
   cat "$WORK/$name.out" "$WORK/$name.err" >&2
   exit 1
