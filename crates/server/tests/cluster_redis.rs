@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use switchboard_server::cluster::{check_durability_sync, keys, RedisSettings, RedisStore};
+use switchboard_server::cluster::{check_durability, keys, RedisSettings, RedisStore};
 use switchboard_server::store::{
     Assigned, DedupeRecord, DirectRecord, Kind, Original, RoomRecord, Store, StoreError, Write,
 };
@@ -842,7 +842,7 @@ fn durability_report_follows_the_redis_settings() {
         .client()
         .get_connection_with_timeout(WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
-    let report = check_durability_sync(&mut conn).unwrap_or_else(|e| panic!("{e}"));
+    let report = check_durability(&mut conn).unwrap_or_else(|e| panic!("{e}"));
     assert!(!report.holds());
     assert_eq!(report.appendfsync, "everysec");
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);

@@ -68,30 +68,16 @@ impl Durability {
     }
 }
 
-/// The CONFIG GET that reads the three settings.
-fn config_get() -> redis::Cmd {
+/// Reads the settings with CONFIG GET (an error if CONFIG is not allowed,
+/// as on some hosted Redis: then the operator has to vouch for them), on
+/// a synchronous connection, as [`super::RedisStore::durability`] does.
+pub fn check_durability(conn: &mut impl redis::ConnectionLike) -> Result<Durability> {
     let mut get = redis::cmd("CONFIG");
     get.arg("GET")
         .arg("appendonly")
         .arg("appendfsync")
         .arg("maxmemory-policy");
-    get
-}
-
-/// Reads the settings with CONFIG GET (an error if CONFIG is not allowed,
-/// as on some hosted Redis: then the operator has to vouch for them).
-pub async fn check_durability(conn: &mut impl redis::aio::ConnectionLike) -> Result<Durability> {
-    let value: Value = config_get()
-        .query_async(conn)
-        .await
-        .map_err(|e| map_error(&e))?;
-    judge_reply(value)
-}
-
-/// [`check_durability`] on a synchronous connection (what
-/// [`super::RedisStore`] uses).
-pub fn check_durability_sync(conn: &mut impl redis::ConnectionLike) -> Result<Durability> {
-    let value: Value = config_get().query(conn).map_err(|e| map_error(&e))?;
+    let value: Value = get.query(conn).map_err(|e| map_error(&e))?;
     judge_reply(value)
 }
 

@@ -25,7 +25,7 @@ pub mod presence;
 pub mod store;
 
 pub use bus::{Bus, Origin};
-pub use durability::{check_durability, check_durability_sync, Durability};
+pub use durability::{check_durability, Durability};
 pub use follower::Follower;
 pub use link::Link;
 pub use presence::Presence;

@@ -63,7 +63,7 @@ use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::durability::{check_durability_sync, Durability};
+use super::durability::{check_durability, Durability};
 use super::{keys, LIBRARY};
 use crate::store::{
     Assigned, Counter, DedupeRecord, DirectRecord, Kind, Original, Recovered, Result, RoomRecord,
@@ -402,7 +402,7 @@ impl RedisStore {
 
     /// Whether the Redis configuration backs "an ack means durable".
     pub fn durability(&self) -> Result<Durability> {
-        self.read(|conn| check_durability_sync(&mut conn.inner))
+        self.read(|conn| check_durability(&mut conn.inner))
     }
 
     fn connect(&self) -> Result<Conn> {
