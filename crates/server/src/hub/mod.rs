@@ -28,7 +28,7 @@ use parking_lot::{Mutex, RwLock};
 use switchboard_protocol::{self as proto, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
-pub use conn::{CloseReason, Conn, Push};
+pub use conn::{CloseReason, Conn, DirectWrite, Push};
 use floors::Floors;
 use gate::Gated;
 pub use relay::Relay;
@@ -1000,7 +1000,7 @@ impl Hub {
                 self.metrics.heartbeat_timeouts.increment(1);
                 conn.close(proto::close::HEARTBEAT_TIMEOUT, "heartbeat timeout", false);
             } else {
-                conn.push(self.ping_frame.clone());
+                push_counted(conn, self.ping_frame.clone(), &self.metrics);
             }
         }
         self.metrics.upkeep();
@@ -1015,10 +1015,15 @@ impl Hub {
     }
 }
 
-/// Queues one frame and keeps the slow-consumer metric in step.
+/// Queues (or writes) one frame and keeps the slow-consumer and bytes-out
+/// metrics in step. Every push to a connection goes through here.
 pub(crate) fn push_counted(conn: &Conn, frame: Bytes, metrics: &Metrics) -> bool {
     match conn.push(frame) {
         Push::Queued => true,
+        Push::Written(bytes) => {
+            metrics.bytes_out.increment(bytes as u64);
+            true
+        }
         Push::Overflow => {
             metrics.slow_consumer_disconnects.increment(1);
             tracing::info!(

@@ -156,7 +156,7 @@ impl Room {
                 st.online.len(),
                 member.from_seq,
             ));
-            conn.push(text(payload).frame_for(conn.deflate));
+            super::push_counted(conn, text(payload).frame_for(conn.deflate), metrics);
             return Joined::Already;
         }
         let from_seq = committed();
@@ -172,7 +172,7 @@ impl Room {
             cluster_online.unwrap_or(st.online.len()),
             from_seq,
         ));
-        conn.push(text(payload).frame_for(conn.deflate));
+        super::push_counted(conn, text(payload).frame_for(conn.deflate), metrics);
         st.members
             .insert(conn.id, Gated::new(conn.clone(), from_seq, gate));
         if let Some(sink) = sink {
