@@ -380,7 +380,7 @@ mod tests {
     #[test]
     fn graceful_close_keeps_queued_frames() {
         let conn = Conn::new(1, None, 100, 0);
-        conn.push(Bytes::from_static(b"a"));
+        assert_eq!(conn.push(Bytes::from_static(b"a")), Push::Queued);
         conn.close(CloseCode::GOING_AWAY, "bye", true);
         let mut batch = VecDeque::new();
         let close = conn.take_batch(&mut batch);
@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn a_lone_frame_is_taken_without_a_queue() {
         let conn = Conn::new(1, None, 100, 0);
-        conn.push(Bytes::from_static(b"a"));
+        assert_eq!(conn.push(Bytes::from_static(b"a")), Push::Queued);
         let (mut batch, mut single) = (VecDeque::new(), None);
         assert_eq!(conn.take(&mut batch, &mut single), None);
         assert_eq!(single.as_deref(), Some(&b"a"[..]));
@@ -404,7 +404,7 @@ mod tests {
     fn frames_stay_in_order_when_a_second_push_joins_a_lone_frame() {
         let conn = Conn::new(1, None, 100, 0);
         for frame in [&b"a"[..], b"b", b"c"] {
-            conn.push(Bytes::from_static(frame));
+            assert_eq!(conn.push(Bytes::from_static(frame)), Push::Queued);
         }
         assert_eq!(conn.queued_bytes(), 3);
         let (mut batch, mut single) = (VecDeque::new(), None);
@@ -412,7 +412,7 @@ mod tests {
         assert_eq!(single, None);
         assert_eq!(Vec::from(batch), vec![&b"a"[..], b"b", b"c"]);
         // The SSE writer's path gets a lone frame in its batch.
-        conn.push(Bytes::from_static(b"d"));
+        assert_eq!(conn.push(Bytes::from_static(b"d")), Push::Queued);
         let mut batch = VecDeque::new();
         conn.take_batch(&mut batch);
         assert_eq!(Vec::from(batch), vec![&b"d"[..]]);
@@ -512,14 +512,14 @@ mod tests {
     #[test]
     fn overflow_and_abort_drop_a_lone_frame_too() {
         let conn = Conn::new(1, None, 10, 0);
-        conn.push(Bytes::from_static(b"123456"));
+        assert_eq!(conn.push(Bytes::from_static(b"123456")), Push::Queued);
         assert_eq!(conn.push(Bytes::from_static(b"123456")), Push::Overflow);
         let (mut batch, mut single) = (VecDeque::new(), None);
         assert_eq!(conn.take(&mut batch, &mut single).unwrap().code, 4008);
         assert!(single.is_none() && batch.is_empty());
 
         let conn = Conn::new(2, None, 100, 0);
-        conn.push(Bytes::from_static(b"a"));
+        assert_eq!(conn.push(Bytes::from_static(b"a")), Push::Queued);
         conn.close(CloseCode::GOING_AWAY, "bye", false);
         let (mut batch, mut single) = (VecDeque::new(), None);
         assert!(conn.take(&mut batch, &mut single).is_some());
