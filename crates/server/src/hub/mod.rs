@@ -994,8 +994,11 @@ impl Hub {
     pub fn heartbeat(&self, timeout: Duration) {
         let now = self.clock_ms();
         let limit = timeout.as_millis() as u64;
-        for entry in self.conns.iter() {
-            let conn = entry.value();
+        // Collected first: a ping into an idle socket is written on this
+        // thread (a direct write), and the registry's shard locks must not
+        // be held across thousands of `write`s while connections come and go.
+        let conns: Vec<Arc<Conn>> = self.conns.iter().map(|e| e.value().clone()).collect();
+        for conn in &conns {
             if now.saturating_sub(conn.last_seen()) > limit {
                 self.metrics.heartbeat_timeouts.increment(1);
                 conn.close(proto::close::HEARTBEAT_TIMEOUT, "heartbeat timeout", false);
