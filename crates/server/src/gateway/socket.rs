@@ -13,11 +13,6 @@
 //! The loop is generic over the stream: a plain `TcpStream` (one `recv` per
 //! read, `writev` per batch) or a boxed TLS stream (rustls decrypts into the
 //! same scratch buffer and encrypts a whole batch into few records).
-//!
-//! A plain `TcpStream` is shared with the connection's [`Conn`] while the
-//! writing side is open: when a frame is pushed into an empty queue and
-//! this task holds nothing to write, the pushing thread writes it at once
-//! ([`crate::hub::DirectWrite`]), and this task is not woken at all.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -39,7 +34,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 
 use super::guard::Slot;
-use crate::hub::{push_counted, Conn, DirectWrite, Hub};
+use crate::hub::{Conn, Hub};
 
 /// How long we wait for the peer's close frame after sending ours, and for
 /// queued frames to go out once the peer has gone.
@@ -173,10 +168,7 @@ pub fn run<H: Handler + Unpin>(
 ) -> impl Future<Output = ()> {
     match stream {
         Stream::Plain(tcp) => {
-            let tcp = Arc::new(tcp);
-            conn.attach_direct(tcp.clone());
-            let io = SharedTcp(tcp);
-            Either::Left(Driver::new(hub, io, leftover, conn, max_message, handler))
+            Either::Left(Driver::new(hub, tcp, leftover, conn, max_message, handler))
         }
         Stream::Tls(tls) => {
             Either::Right(Driver::new(hub, tls, leftover, conn, max_message, handler))
@@ -306,8 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                         }
                         Message::Text(_) | Message::Binary(_) => {}
                         Message::Ping(payload) => {
-                            let pong = encode_frame(OpCode::Pong, &payload, false);
-                            push_counted(&self.conn, pong, &self.hub.metrics);
+                            self.conn.push(encode_frame(OpCode::Pong, &payload, false));
                         }
                         Message::Pong(_) => {}
                         Message::Close(status) => {
@@ -429,9 +420,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                     let frame = close_frame(reason.code, reason.reason);
                     self.batch.push_back(frame);
                     self.writing = Writing::Closing;
-                    // Nothing may follow the close frame; and shutting the
-                    // stream down needs it back.
-                    self.conn.detach_direct();
                 }
             }
         }
@@ -443,7 +431,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
     }
 
     fn finish_writing(&mut self) {
-        self.conn.detach_direct();
         self.writing = Writing::Done;
         self.batch = VecDeque::new();
         self.single = None;
@@ -577,94 +564,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler + Unpin> Future for Driver<S,
                 Poll::Ready(()) => this.on_deadlines(Instant::now()),
                 Poll::Pending => return Poll::Pending,
             }
-        }
-    }
-}
-
-impl<S, H> Drop for Driver<S, H> {
-    fn drop(&mut self) {
-        // However the task ends (even dropped by a runtime shutting down),
-        // the socket closes with it, not when the last `Conn` handle goes.
-        self.conn.detach_direct();
-    }
-}
-
-/// A plain TCP stream that the connection's [`Conn`] may write into too
-/// (see the module comment). Reads and writes go through tokio's readiness
-/// (`poll_*_ready`, then `try_*`), which only need `&TcpStream`.
-pub struct SharedTcp(Arc<TcpStream>);
-
-impl DirectWrite for TcpStream {
-    fn try_write(&self, frame: &[u8]) -> io::Result<usize> {
-        TcpStream::try_write(self, frame)
-    }
-}
-
-impl AsyncRead for SharedTcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            std::task::ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                // Readiness was stale: tokio cleared it, wait again.
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SharedTcp {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            std::task::ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                result => return Poll::Ready(result),
-            }
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            std::task::ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                result => return Poll::Ready(result),
-            }
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The task detaches the stream from its `Conn` before shutting it
-        // down, so this is the only handle left.
-        match Arc::get_mut(&mut self.get_mut().0) {
-            Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            // Not reached; dropping the stream closes it all the same.
-            None => Poll::Ready(Ok(())),
         }
     }
 }

@@ -1,14 +1,12 @@
 //! One client connection as the hub sees it: an identity and a bounded
-//! outbound queue of ready-to-write frames. The gateway's connection task
-//! (`gateway::socket`) drains the queue; while it has nothing in hand, a
-//! frame pushed into the empty queue is written at once through the
-//! gateway's [`DirectWrite`] instead (no socket type here).
+//! outbound queue of ready-to-write frames. No socket here; the gateway's
+//! connection task (`gateway::socket`) drains the queue.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::task::Waker;
@@ -24,22 +22,9 @@ pub struct CloseReason {
     pub graceful: bool,
 }
 
-/// What the gateway lends a [`Conn`] so that a push may write straight into
-/// the socket: a non-blocking write of as much of a frame as fits now.
-pub trait DirectWrite: Send + Sync {
-    /// Writes a prefix of `frame` without waiting; `WouldBlock` when the
-    /// socket is full.
-    fn try_write(&self, frame: &[u8]) -> std::io::Result<usize>;
-}
-
 #[derive(Debug, PartialEq, Eq)]
-#[must_use = "push through `hub::push_counted`, which keeps the metrics"]
 pub enum Push {
     Queued,
-    /// The queue was empty and the connection's task had nothing in hand:
-    /// this many bytes went straight into the socket (all of the frame, or
-    /// a prefix whose rest is now queued). For the `bytes_out` metric.
-    Written(usize),
     /// The frame would exceed the queue limit: the connection is now aborted.
     Overflow,
     /// The connection is closing; the frame was dropped.
@@ -60,15 +45,6 @@ struct Outbox {
     /// batches (idle connections are most connections); a busy one gets
     /// room for this many at its first push instead of growing 4, 8, 16, …
     last_batch: u32,
-    /// The connection task's socket, while it accepts direct writes (plain
-    /// TCP; not TLS, not SSE). At everyday rates each frame reaches an
-    /// empty queue, and writing it here, on the pushing thread, saves the
-    /// task wake-up, the cross-thread hand-off and the task's poll
-    /// (BENCHMARKS.md, "Everyday fan-out").
-    direct: Option<Arc<dyn DirectWrite>>,
-    /// The task holds no frames (it took an empty queue last): only then may
-    /// a push write directly without overtaking frames being written.
-    writer_idle: bool,
 }
 
 pub struct Conn {
@@ -104,8 +80,6 @@ impl Conn {
                 bytes: 0,
                 close: None,
                 last_batch: 0,
-                direct: None,
-                writer_idle: false,
             }),
             waker: AtomicWaker::new(),
             closing: AtomicBool::new(false),
@@ -159,28 +133,6 @@ impl Conn {
             self.fire_closing();
             self.waker.wake();
             return Push::Overflow;
-        }
-        if !queued && out.writer_idle {
-            if let Some(direct) = &out.direct {
-                // Under the lock: the task cannot take (and start writing) a
-                // frame pushed after this one before this one is written.
-                match direct.try_write(&frame) {
-                    Ok(n) if n >= frame.len() => return Push::Written(n),
-                    Ok(n) => {
-                        // The socket is full: the task writes the rest.
-                        let mut rest = frame;
-                        rest.advance(n);
-                        out.bytes += rest.len();
-                        out.single = Some(rest);
-                        drop(out);
-                        self.waker.wake();
-                        return Push::Written(n);
-                    }
-                    // Full, or failed: the task writes it, or meets the
-                    // error and closes the connection.
-                    Err(_) => {}
-                }
-            }
         }
         out.bytes += frame.len();
         if !queued {
@@ -271,36 +223,14 @@ impl Conn {
             // next burst, which a lone frame says nothing about.
             out.bytes = 0;
             *single = Some(frame);
-            out.writer_idle = false;
         } else if !out.frames.is_empty() {
             // Swap only a non-empty queue: an idle connection's queue then
             // holds no allocation (the caller frees its empty batch).
             out.last_batch = out.frames.len().try_into().unwrap_or(u32::MAX);
             std::mem::swap(&mut out.frames, batch);
             out.bytes = 0;
-            out.writer_idle = false;
-        } else {
-            // The caller holds nothing (it takes only once it wrote all it
-            // had): from now on a push may write directly.
-            out.writer_idle = out.close.is_none();
         }
         out.close.clone()
-    }
-
-    /// Lends the connection's socket for direct writes (see [`DirectWrite`]);
-    /// they start once the task has taken an empty queue.
-    pub fn attach_direct(&self, direct: Arc<dyn DirectWrite>) {
-        let mut out = self.outbox.lock();
-        out.direct = Some(direct);
-        out.writer_idle = false;
-    }
-
-    /// Ends direct writes and gives the socket back: the task is closing or
-    /// gone. Returns once no push is writing.
-    pub fn detach_direct(&self) {
-        let mut out = self.outbox.lock();
-        out.direct = None;
-        out.writer_idle = false;
     }
 
     /// Registers the connection's task to be woken by `push` and `close`.
@@ -380,7 +310,7 @@ mod tests {
     #[test]
     fn graceful_close_keeps_queued_frames() {
         let conn = Conn::new(1, None, 100, 0);
-        assert_eq!(conn.push(Bytes::from_static(b"a")), Push::Queued);
+        conn.push(Bytes::from_static(b"a"));
         conn.close(CloseCode::GOING_AWAY, "bye", true);
         let mut batch = VecDeque::new();
         let close = conn.take_batch(&mut batch);
@@ -391,7 +321,7 @@ mod tests {
     #[test]
     fn a_lone_frame_is_taken_without_a_queue() {
         let conn = Conn::new(1, None, 100, 0);
-        assert_eq!(conn.push(Bytes::from_static(b"a")), Push::Queued);
+        conn.push(Bytes::from_static(b"a"));
         let (mut batch, mut single) = (VecDeque::new(), None);
         assert_eq!(conn.take(&mut batch, &mut single), None);
         assert_eq!(single.as_deref(), Some(&b"a"[..]));
@@ -404,7 +334,7 @@ mod tests {
     fn frames_stay_in_order_when_a_second_push_joins_a_lone_frame() {
         let conn = Conn::new(1, None, 100, 0);
         for frame in [&b"a"[..], b"b", b"c"] {
-            assert_eq!(conn.push(Bytes::from_static(frame)), Push::Queued);
+            conn.push(Bytes::from_static(frame));
         }
         assert_eq!(conn.queued_bytes(), 3);
         let (mut batch, mut single) = (VecDeque::new(), None);
@@ -412,114 +342,23 @@ mod tests {
         assert_eq!(single, None);
         assert_eq!(Vec::from(batch), vec![&b"a"[..], b"b", b"c"]);
         // The SSE writer's path gets a lone frame in its batch.
-        assert_eq!(conn.push(Bytes::from_static(b"d")), Push::Queued);
+        conn.push(Bytes::from_static(b"d"));
         let mut batch = VecDeque::new();
         conn.take_batch(&mut batch);
         assert_eq!(Vec::from(batch), vec![&b"d"[..]]);
     }
 
-    /// A socket that takes up to `room` more bytes, then would block.
-    struct Socket {
-        written: Mutex<Vec<u8>>,
-        room: Mutex<usize>,
-    }
-
-    impl DirectWrite for Socket {
-        fn try_write(&self, frame: &[u8]) -> std::io::Result<usize> {
-            let mut room = self.room.lock();
-            if *room == 0 {
-                return Err(std::io::ErrorKind::WouldBlock.into());
-            }
-            let n = frame.len().min(*room);
-            *room -= n;
-            self.written.lock().extend_from_slice(&frame[..n]);
-            Ok(n)
-        }
-    }
-
-    fn socket(room: usize) -> Arc<Socket> {
-        Arc::new(Socket {
-            written: Mutex::new(Vec::new()),
-            room: Mutex::new(room),
-        })
-    }
-
-    #[test]
-    fn a_push_writes_directly_only_once_the_task_took_an_empty_queue() {
-        let conn = Conn::new(1, None, 100, 0);
-        let sock = socket(100);
-        conn.attach_direct(sock.clone());
-        // Frames queued before the task starts (such as `welcome`) are its.
-        assert_eq!(conn.push(Bytes::from_static(b"a")), Push::Queued);
-        let (mut batch, mut single) = (VecDeque::new(), None);
-        conn.take(&mut batch, &mut single);
-        assert_eq!(single.take().as_deref(), Some(&b"a"[..]));
-        // The task holds a frame: a push must not overtake it.
-        assert_eq!(conn.push(Bytes::from_static(b"b")), Push::Queued);
-        conn.take(&mut batch, &mut single);
-        assert_eq!(single.take().as_deref(), Some(&b"b"[..]));
-        // It wrote everything and found the queue empty: now pushes write.
-        assert_eq!(conn.take(&mut batch, &mut single), None);
-        assert_eq!(conn.push(Bytes::from_static(b"cd")), Push::Written(2));
-        assert_eq!(conn.push(Bytes::from_static(b"e")), Push::Written(1));
-        assert_eq!(&sock.written.lock()[..], b"cde");
-        assert_eq!(conn.queued_bytes(), 0);
-    }
-
-    #[test]
-    fn a_full_socket_leaves_the_rest_queued_in_order() {
-        let conn = Conn::new(1, None, 100, 0);
-        let sock = socket(2);
-        conn.attach_direct(sock.clone());
-        let (mut batch, mut single) = (VecDeque::new(), None);
-        assert_eq!(conn.take(&mut batch, &mut single), None);
-        assert_eq!(conn.push(Bytes::from_static(b"abcd")), Push::Written(2));
-        // Queued now, so later frames queue behind the rest.
-        assert_eq!(conn.push(Bytes::from_static(b"ef")), Push::Queued);
-        assert_eq!(conn.queued_bytes(), 4);
-        conn.take(&mut batch, &mut single);
-        assert_eq!(Vec::from(batch), vec![&b"cd"[..], b"ef"]);
-        // Would block: queued whole.
-        let mut batch = VecDeque::new();
-        assert_eq!(conn.take(&mut batch, &mut single), None);
-        assert_eq!(conn.push(Bytes::from_static(b"gh")), Push::Queued);
-        conn.take(&mut batch, &mut single);
-        assert_eq!(single.take().as_deref(), Some(&b"gh"[..]));
-        assert_eq!(&sock.written.lock()[..], b"ab");
-    }
-
-    #[test]
-    fn no_direct_write_after_detach_or_close() {
-        let conn = Conn::new(1, None, 100, 0);
-        let sock = socket(100);
-        conn.attach_direct(sock.clone());
-        let (mut batch, mut single) = (VecDeque::new(), None);
-        assert_eq!(conn.take(&mut batch, &mut single), None);
-        conn.detach_direct();
-        assert_eq!(conn.push(Bytes::from_static(b"a")), Push::Queued);
-        conn.take(&mut batch, &mut single);
-        conn.attach_direct(sock.clone());
-        single = None;
-        assert_eq!(conn.take(&mut batch, &mut single), None);
-        conn.close(CloseCode::GOING_AWAY, "bye", true);
-        assert_eq!(conn.push(Bytes::from_static(b"b")), Push::Closed);
-        assert!(sock.written.lock().is_empty());
-        // The socket went back to its owner.
-        conn.detach_direct();
-        assert_eq!(Arc::strong_count(&sock), 1);
-    }
-
     #[test]
     fn overflow_and_abort_drop_a_lone_frame_too() {
         let conn = Conn::new(1, None, 10, 0);
-        assert_eq!(conn.push(Bytes::from_static(b"123456")), Push::Queued);
+        conn.push(Bytes::from_static(b"123456"));
         assert_eq!(conn.push(Bytes::from_static(b"123456")), Push::Overflow);
         let (mut batch, mut single) = (VecDeque::new(), None);
         assert_eq!(conn.take(&mut batch, &mut single).unwrap().code, 4008);
         assert!(single.is_none() && batch.is_empty());
 
         let conn = Conn::new(2, None, 100, 0);
-        assert_eq!(conn.push(Bytes::from_static(b"a")), Push::Queued);
+        conn.push(Bytes::from_static(b"a"));
         conn.close(CloseCode::GOING_AWAY, "bye", false);
         let (mut batch, mut single) = (VecDeque::new(), None);
         assert!(conn.take(&mut batch, &mut single).is_some());

@@ -28,7 +28,7 @@ use parking_lot::{Mutex, RwLock};
 use switchboard_protocol::{self as proto, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
-pub use conn::{CloseReason, Conn, DirectWrite, Push};
+pub use conn::{CloseReason, Conn, Push};
 use floors::Floors;
 use gate::Gated;
 pub use relay::Relay;
@@ -994,16 +994,13 @@ impl Hub {
     pub fn heartbeat(&self, timeout: Duration) {
         let now = self.clock_ms();
         let limit = timeout.as_millis() as u64;
-        // Collected first: a ping into an idle socket is written on this
-        // thread (a direct write), and the registry's shard locks must not
-        // be held across thousands of `write`s while connections come and go.
-        let conns: Vec<Arc<Conn>> = self.conns.iter().map(|e| e.value().clone()).collect();
-        for conn in &conns {
+        for entry in self.conns.iter() {
+            let conn = entry.value();
             if now.saturating_sub(conn.last_seen()) > limit {
                 self.metrics.heartbeat_timeouts.increment(1);
                 conn.close(proto::close::HEARTBEAT_TIMEOUT, "heartbeat timeout", false);
             } else {
-                push_counted(conn, self.ping_frame.clone(), &self.metrics);
+                conn.push(self.ping_frame.clone());
             }
         }
         self.metrics.upkeep();
@@ -1018,15 +1015,10 @@ impl Hub {
     }
 }
 
-/// Queues (or writes) one frame and keeps the slow-consumer and bytes-out
-/// metrics in step. Every push to a connection goes through here.
+/// Queues one frame and keeps the slow-consumer metric in step.
 pub(crate) fn push_counted(conn: &Conn, frame: Bytes, metrics: &Metrics) -> bool {
     match conn.push(frame) {
         Push::Queued => true,
-        Push::Written(bytes) => {
-            metrics.bytes_out.increment(bytes as u64);
-            true
-        }
         Push::Overflow => {
             metrics.slow_consumer_disconnects.increment(1);
             tracing::info!(

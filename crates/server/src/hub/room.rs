@@ -156,7 +156,7 @@ impl Room {
                 st.online.len(),
                 member.from_seq,
             ));
-            super::push_counted(conn, text(payload).frame_for(conn.deflate), metrics);
+            conn.push(text(payload).frame_for(conn.deflate));
             return Joined::Already;
         }
         let from_seq = committed();
@@ -172,7 +172,7 @@ impl Room {
             cluster_online.unwrap_or(st.online.len()),
             from_seq,
         ));
-        super::push_counted(conn, text(payload).frame_for(conn.deflate), metrics);
+        conn.push(text(payload).frame_for(conn.deflate));
         st.members
             .insert(conn.id, Gated::new(conn.clone(), from_seq, gate));
         if let Some(sink) = sink {
