@@ -22,7 +22,8 @@
 # 3. Connect: CONNECT_N (19,000) idle connections held at once, a fresh
 #    server each (Switchboard with the memory store): Switchboard /ws (no
 #    room), /ws + join, /relay; Node ws; Socket.IO. Connects/s, handshake
-#    latency, server RSS per connection.
+#    latency, server RSS per connection. Then Switchboard /ws once more with
+#    CONNECT_FEW (1,000) connections: what one connection costs a small server.
 # 4. Direct: DIRECT_PAIRS (1000) pairs of users sending each other direct
 #    messages (memory store), flat out, then at a fixed rate of half that
 #    (DIRECT_RATE overrides it). No baseline speaks direct messages.
@@ -82,7 +83,7 @@
 # SUBSCRIBERS, PUBLISHERS, DURATION, WARMUP, SIZE, WINDOW, LEAD, RATE
 # (fan-out; DURATION and WARMUP also for direct and publish); SUBSCRIBERS_BIG,
 # BIG_RATE (msg/s per publisher at the fixed rate; default half of room's
-# peak) (fan-out at 10k); CONNECT_N (connect); DIRECT_PAIRS, DIRECT_RATE
+# peak) (fan-out at 10k); CONNECT_N, CONNECT_FEW (connect); DIRECT_PAIRS, DIRECT_RATE
 # (msg/s per connection at the fixed rate; default half the flat-out
 # throughput) (direct); RESUME_CLIENTS, RESUME_ROOMS (resume); CHURN_RATE,
 # CHURN_DURATION (churn); PRESENCE_USERS, PRESENCE_BASE_USERS, PRESENCE_OVER
@@ -141,6 +142,7 @@ command -v node >/dev/null || { echo "bench/run.sh: node is needed for the basel
 SUBSCRIBERS_BIG=${SUBSCRIBERS_BIG:-$(target fanout_vs_node.subscribers)}
 BIG_RATE=${BIG_RATE:-}
 CONNECT_N=${CONNECT_N:-$(target idle_memory.connections)}
+CONNECT_FEW=${CONNECT_FEW:-$(target idle_memory.few_connections)}
 DIRECT_PAIRS=${DIRECT_PAIRS:-1000}
 DIRECT_RATE=${DIRECT_RATE:-}
 RESUME_CLIENTS=${RESUME_CLIENTS:-$(target resume_storm.clients)}
@@ -505,7 +507,7 @@ if $smoke; then
   # The report renders from the typed results (to nowhere: figures this small
   # are not published).
   BENCH_WORK=$WORK BENCH_SUBSCRIBERS=$SUBSCRIBERS BENCH_SUBSCRIBERS_BIG=$SUBSCRIBERS_BIG \
-    node bench/report.js >/dev/null
+    BENCH_CONNECT_FEW=$CONNECT_FEW node bench/report.js >/dev/null
   say "smoke run passed in $(($(date +%s) - RUN_STARTED_S)) s (BENCHMARKS.md not rewritten)"
   exit 0
 fi
@@ -554,6 +556,10 @@ connect connect-switchboard-relay switchboard relay
 connect connect-switchboard-sse switchboard sse
 connect connect-node node relay
 connect connect-socketio socketio socketio
+many=$CONNECT_N
+CONNECT_N=$CONNECT_FEW
+connect connect-switchboard-ws-few switchboard ws
+CONNECT_N=$many
 
 # 4. Direct messages (memory store): flat out, then at half that.
 SECTION=direct
@@ -677,6 +683,7 @@ BENCH_SIO_SERVE="${SIO_SERVE[*]}"
 BENCH_RATE=$RATE
 BENCH_SUBSCRIBERS=$SUBSCRIBERS
 BENCH_SUBSCRIBERS_BIG=$SUBSCRIBERS_BIG
+BENCH_CONNECT_FEW=$CONNECT_FEW
 BENCH_BIG_RATE=$BIG_RATE
 BENCH_BIG_RATE_FROM=$BIG_RATE_FROM
 BENCH_DIRECT_RATE=$DIRECT_RATE
@@ -686,7 +693,7 @@ BENCH_PUB_ROUNDS=$PUB_ROUNDS
 BENCH_FAILED=$(printf '%s\n' "${FAILED[@]}")
 export BENCH_PUB_RETENTION BENCH_PUB_ROUNDS BENCH_DISK_DF BENCH_DISK_MOUNT BENCH_DISK_CACHE BENCH_DISK_DSYNC_APPEND_S \
   BENCH_DISK_DSYNC_OVERWRITE_S BENCH_ELAPSED_S BENCH_SOCKETIO BENCH_SIO_SERVE BENCH_BIG_RATE BENCH_BIG_RATE_FROM \
-  BENCH_DIRECT_RATE BENCH_DIRECT_RATE_FROM BENCH_FAILED BENCH_SUBSCRIBERS BENCH_SUBSCRIBERS_BIG
+  BENCH_DIRECT_RATE BENCH_DIRECT_RATE_FROM BENCH_FAILED BENCH_SUBSCRIBERS BENCH_SUBSCRIBERS_BIG BENCH_CONNECT_FEW
 export BENCH_WORK BENCH_STARTED BENCH_LOAD_BEFORE BENCH_LOAD_AFTER BENCH_CPU_MODEL BENCH_NPROC BENCH_KERNEL \
   BENCH_MEM BENCH_RUSTC BENCH_NODE BENCH_WS BENCH_COMMIT BENCH_SB_SERVE BENCH_NODE_SERVE BENCH_RATE
 # Keep the raw results (JSON lines, outputs, commands, server notes, this
