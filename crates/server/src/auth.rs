@@ -41,10 +41,15 @@ impl Identity {
 
     /// Whether the token allows `room`.
     pub fn may_use(&self, room: &str) -> bool {
-        match &self.rooms {
-            None => true,
-            Some(patterns) => patterns.iter().any(|p| room_matches(p, room)),
-        }
+        may_use(self.rooms.as_deref(), room)
+    }
+}
+
+/// Whether a room grant (an [`Identity`]'s `rooms`) allows `room`.
+pub fn may_use(rooms: Option<&[String]>, room: &str) -> bool {
+    match rooms {
+        None => true,
+        Some(patterns) => patterns.iter().any(|p| room_matches(p, room)),
     }
 }
 

@@ -37,6 +37,7 @@ use crate::config::{Config, StoreKind};
 use crate::hub::{Hub, PresencePolicy};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Settings};
+use crate::service::rate::{Rate, SIGNAL_RATE};
 use crate::service::Service;
 use crate::store::{MemoryStore, Retention, SqliteStore, Store, StoreError};
 
@@ -153,6 +154,7 @@ impl Server {
             config.trusted_proxies.clone(),
             hub.metrics.sockets.clone(),
         ));
+        let command_rate = Rate::new(config.rate_limit, config.rate_burst);
         let app = Arc::new(App {
             service: Arc::new(Service {
                 config,
@@ -161,6 +163,9 @@ impl Server {
                 pipeline,
                 auth,
                 cluster,
+                command_rate,
+                signal_rate: Rate::new(SIGNAL_RATE, SIGNAL_RATE),
+                no_device: Arc::from(""),
             }),
             gate,
             shutting_down: AtomicBool::new(false),

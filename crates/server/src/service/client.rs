@@ -21,12 +21,15 @@ pub struct ClientSession {
     login: Login,
     bucket: TokenBucket,
     /// [`super::rate::SIGNAL_RATE`]: signals over it are refused (never a
-    /// reason to close: the command bucket judges floods).
-    signals: TokenBucket,
+    /// reason to close: the command bucket judges floods). Made by the
+    /// first signal (most clients never send one: 8 bytes instead of 24
+    /// per session); a bucket starts full, as it would be by then anyway.
+    signals: Option<Box<TokenBucket>>,
     /// One `conversations` list is computed at a time per session: each
     /// reads the store on the blocking pool, so a burst of them from one
-    /// client must queue behind each other, not occupy the pool.
-    lists: Arc<tokio::sync::Semaphore>,
+    /// client must queue behind each other, not occupy the pool. Made by
+    /// the first list (saves a 56-byte allocation per session).
+    lists: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl ClientSession {
@@ -39,15 +42,15 @@ impl ClientSession {
         start: Start,
         device: Option<String>,
     ) -> (ClientSession, Result<(), Ending>) {
-        let bucket = TokenBucket::new(service.config.rate_limit, service.config.rate_burst);
+        let bucket = TokenBucket::new(&service.command_rate);
         let login = Login::new(&service, device);
         let mut session = ClientSession {
             service,
             conn,
             login,
             bucket,
-            signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_RATE),
-            lists: Arc::new(tokio::sync::Semaphore::new(1)),
+            signals: None,
+            lists: None,
         };
         let started = session.login.start(&session.service, &session.conn, start);
         (session, started)
@@ -61,7 +64,7 @@ impl ClientSession {
     /// `Ok(false)` means dropped (a `rate_limited` error, echoing the id if
     /// `payload` has one, is queued).
     pub fn admit(&mut self, payload: &[u8]) -> Result<bool, Ending> {
-        match self.bucket.take(Instant::now()) {
+        match self.bucket.take(&self.service.command_rate, Instant::now()) {
             Verdict::Allow => Ok(true),
             Verdict::Reject => {
                 let id = std::str::from_utf8(payload).ok().and_then(proto::peek_id);
@@ -110,9 +113,7 @@ impl ClientSession {
                 .hello(&self.service, &self.conn, hello, id.as_ref());
         }
         self.login.require(&self.service, &self.conn, id.as_ref())?;
-        if matches!(command, Command::Signal { .. })
-            && !matches!(self.signals.take(Instant::now()), Verdict::Allow)
-        {
+        if matches!(command, Command::Signal { .. }) && !self.may_signal() {
             let refusal = Rejection::new(
                 ErrorCode::RateLimited,
                 format!("more than {SIGNAL_RATE} signals per second; signal dropped"),
@@ -126,9 +127,18 @@ impl ClientSession {
         Ok(())
     }
 
+    /// Charges one signal to [`SIGNAL_RATE`]: false if it must be dropped.
+    fn may_signal(&mut self) -> bool {
+        let rate = &self.service.signal_rate;
+        let bucket = self
+            .signals
+            .get_or_insert_with(|| Box::new(TokenBucket::new(rate)));
+        matches!(bucket.take(rate, Instant::now()), Verdict::Allow)
+    }
+
     /// Calls the service for an identified client; replies are queued on
     /// the connection.
-    fn dispatch(&self, command: Command<'_>, id: Option<&Id>) -> Result<(), Rejection> {
+    fn dispatch(&mut self, command: Command<'_>, id: Option<&Id>) -> Result<(), Rejection> {
         let service = &self.service;
         let conn = &self.conn;
         let Some(client) = self.login.client(conn) else {
@@ -186,12 +196,15 @@ impl ClientSession {
             Command::Conversations { before, limit } => {
                 let list = service.conversations(
                     &client.user(),
-                    Some(client.identity),
+                    client.rooms,
                     before.as_deref(),
                     limit,
                 )?;
                 let (service, conn, id) = (service.clone(), conn.clone(), id.cloned());
-                let lists = self.lists.clone();
+                let lists = self
+                    .lists
+                    .get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+                    .clone();
                 // Read-your-writes: a `read` this client sent just before is
                 // in the list (reads go through the writer, lists do not).
                 let committed = service.pipeline.barrier();

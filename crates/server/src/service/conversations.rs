@@ -19,7 +19,7 @@ use switchboard_protocol::{self as proto, validate_user, ErrorCode, Id, MAX_HIST
 
 use super::replay::{direct_event, message_event};
 use super::{validate_name, Rejection, Service};
-use crate::auth::Identity;
+use crate::auth::may_use;
 use crate::store::{self, Store};
 
 /// Most peers, and most rooms, one list considers: the most recent peers;
@@ -81,20 +81,21 @@ pub struct ConversationsRead {
     /// Most bytes of last messages one page carries (see the module doc).
     max_bytes: usize,
     user: String,
-    /// A client's token limits the rooms listed; the backend sees all.
-    identity: Option<Identity>,
+    /// A client's token limits the rooms listed (`None`: all; the backend
+    /// sees all).
+    rooms: Option<Vec<String>>,
     before: Option<Cursor>,
     limit: usize,
 }
 
 impl Service {
     /// Validates a `conversations` request: `limit` in 1..=100, `before` a
-    /// `next` cursor. `identity`: the client's (its token's room grant
-    /// filters rooms), `None` for the backend.
+    /// `next` cursor. `rooms`: the client's token's room grant (filters
+    /// rooms), `None` for any room or the backend.
     pub fn conversations(
         &self,
         user: &str,
-        identity: Option<&Identity>,
+        rooms: Option<&[String]>,
         before: Option<&str>,
         limit: usize,
     ) -> Result<ConversationsRead, Rejection> {
@@ -114,7 +115,7 @@ impl Service {
             store: self.store.clone(),
             max_bytes: self.page_bytes(REPLY_ENVELOPE),
             user: user.to_string(),
-            identity: identity.cloned(),
+            rooms: rooms.map(<[String]>::to_vec),
             before,
             limit,
         })
@@ -150,7 +151,7 @@ impl ConversationsRead {
         let rooms = positions
             .keys()
             .filter_map(|key| key.strip_prefix("room:"))
-            .filter(|room| self.identity.as_ref().is_none_or(|i| i.may_use(room)))
+            .filter(|room| may_use(self.rooms.as_deref(), room))
             .take(MAX_LISTED);
         for room in rooms {
             let (seq, ts) = store.room_last(room)?.unwrap_or((0, 0));

@@ -74,21 +74,28 @@ pub enum Ending {
     RateLimited,
 }
 
+/// Every session holds one of these for its whole life, so it keeps only
+/// what it needs after `hello` (64 bytes; it was 160 with the whole
+/// [`Identity`], a second copy of the user's name, and a deadline each for
+/// `hello` and token expiry).
 pub struct Login {
     /// Shown to the client (hex) in `welcome`.
     session_id: u64,
-    /// The client's device id (`?device=` or `hello`); "" when not given.
+    /// The client's device id (`?device=` or `hello`); "" when not given
+    /// (then the service's shared "": no allocation per session).
     /// Inbox delivery is tracked per device.
     device: Arc<str>,
-    identity: Option<Identity>,
+    /// Once identified: the token's room grant (`None`: any room). The
+    /// user is the connection's ([`Conn::user_arc`]).
+    rooms: Option<Box<[String]>>,
     /// Until identified: when the session becomes a guest (auth off) or
-    /// ends (auth on).
-    hello_deadline: Option<Instant>,
-    /// When the token expires (plus leeway).
-    expires: Option<Instant>,
-    /// Said in the first `welcome` (`warning`): auth is off and the client
-    /// presented a token, which was ignored.
-    warning: Option<&'static str>,
+    /// ends (auth on). Once identified: when the token expires (plus
+    /// leeway).
+    deadline: Option<Instant>,
+    identified: bool,
+    /// Said in the first `welcome` ([`TOKEN_IGNORED`]): auth is off and the
+    /// client presented a token, which was ignored.
+    warning: bool,
 }
 
 /// Without this a client that sends a token to a server with auth off
@@ -100,11 +107,11 @@ impl Login {
     pub fn new(service: &Service, device: Option<String>) -> Login {
         Login {
             session_id: rand::random::<u64>(),
-            device: Arc::from(device.unwrap_or_default()),
-            identity: None,
-            hello_deadline: Some(Instant::now() + service.config.hello_timeout),
-            expires: None,
-            warning: None,
+            device: device_id(service, device.as_deref().unwrap_or_default()),
+            rooms: None,
+            deadline: Some(Instant::now() + service.config.hello_timeout),
+            identified: false,
+            warning: false,
         }
     }
 
@@ -131,7 +138,7 @@ impl Login {
                 Ok(())
             }
             Start::TokenIgnored(identity) => {
-                self.warning = Some(TOKEN_IGNORED);
+                self.warning = true;
                 match identity {
                     Some(identity) => self.identify(service, conn, identity, None),
                     None => Ok(()),
@@ -143,9 +150,13 @@ impl Login {
 
     /// The identified client, if the session is identified.
     pub fn client<'a>(&'a self, conn: &'a Arc<Conn>) -> Option<Client<'a>> {
+        if !self.identified {
+            return None;
+        }
         Some(Client {
             conn,
-            identity: self.identity.as_ref()?,
+            user: conn.user_arc()?,
+            rooms: self.rooms.as_deref(),
             device: &self.device,
         })
     }
@@ -160,14 +171,14 @@ impl Login {
         hello: Hello<'_>,
         id: Option<&Id>,
     ) -> Result<(), Ending> {
-        if self.identity.is_some() {
+        if self.identified {
             return self.refresh(service, conn, hello, id);
         }
         if let Some(device) = hello.device {
-            self.device = Arc::from(device);
+            self.device = device_id(service, device);
         }
         if hello.token.is_some() && !service.auth.required() {
-            self.warning = Some(TOKEN_IGNORED);
+            self.warning = true;
         }
         match service.auth.authenticate(hello.user, hello.token) {
             Ok(Some(identity)) => self.identify(service, conn, identity, id),
@@ -184,7 +195,7 @@ impl Login {
         conn: &Arc<Conn>,
         id: Option<&Id>,
     ) -> Result<(), Ending> {
-        if self.identity.is_some() {
+        if self.identified {
             return Ok(());
         }
         if service.auth.required() {
@@ -200,20 +211,20 @@ impl Login {
 
     /// When [`Login::on_deadline`] should run next, if ever.
     pub fn deadline(&self) -> Option<Instant> {
-        self.hello_deadline.or(self.expires)
+        self.deadline
     }
 
     pub fn on_deadline(&mut self, service: &Arc<Service>, conn: &Arc<Conn>) -> Result<(), Ending> {
-        if self.hello_deadline.is_some() {
+        if !self.identified && self.deadline.is_some() {
             if service.auth.required() {
-                self.hello_deadline = None;
+                self.deadline = None;
                 let message = "no valid token received in time";
                 return Err(unauthorized(service, conn, None, message));
             }
             return self.identify(service, conn, guest(), None);
         }
-        if self.expires.is_some_and(|at| at <= Instant::now()) {
-            self.expires = None;
+        if self.identified && self.deadline.is_some_and(|at| at <= Instant::now()) {
+            self.deadline = None;
             let refusal = Rejection::new(
                 ErrorCode::Unauthorized,
                 "token expired: send hello with a fresh token before expiry",
@@ -233,7 +244,7 @@ impl Login {
         identity: Identity,
         id: Option<&Id>,
     ) -> Result<(), Ending> {
-        self.hello_deadline = None;
+        self.deadline = None;
         let welcome = self.welcome(service, &identity.user, id);
         let limit = service.config.max_connections_per_user;
         // Cluster mode: the inbox replay follows the user first (see
@@ -253,7 +264,8 @@ impl Login {
             Err(IdentifyError::AlreadyIdentified) => {}
         }
         self.set_expiry(service, &identity);
-        self.identity = Some(identity);
+        self.rooms = identity.rooms.map(Vec::into_boxed_slice);
+        self.identified = true;
         Ok(())
     }
 
@@ -264,11 +276,7 @@ impl Login {
         hello: Hello<'_>,
         id: Option<&Id>,
     ) -> Result<(), Ending> {
-        let current = self
-            .identity
-            .as_ref()
-            .map(|i| i.user.clone())
-            .unwrap_or_default();
+        let current = conn.user();
         if !service.auth.required() || hello.token.is_none() {
             let refusal = Rejection::bad_request("already identified: hello is accepted once");
             service.send_error(conn, id, &refusal);
@@ -277,8 +285,8 @@ impl Login {
         match service.auth.authenticate(hello.user, hello.token) {
             Ok(Some(identity)) if identity.user == current => {
                 self.set_expiry(service, &identity);
-                self.identity = Some(identity);
-                service.hub.reply(conn, self.welcome(service, &current, id));
+                self.rooms = identity.rooms.map(Vec::into_boxed_slice);
+                service.hub.reply(conn, self.welcome(service, current, id));
                 Ok(())
             }
             Ok(_) => {
@@ -297,20 +305,29 @@ impl Login {
         let heartbeat = service.config.heartbeat.as_secs().max(1);
         let session = format!("{:016x}", self.session_id);
         let mut welcome = proto::Welcome::new(id, user, &session, heartbeat);
-        welcome.warning = self.warning.take();
+        welcome.warning = std::mem::take(&mut self.warning).then_some(TOKEN_IGNORED);
         proto::encode(&welcome)
     }
 
     /// An `exp` too far ahead for the clock to represent (≥ 2^63 s: a
     /// token meant to never expire) sets no timer rather than overflowing.
     fn set_expiry(&mut self, service: &Service, identity: &Identity) {
-        self.expires = identity.expires_at.and_then(|exp| {
+        self.deadline = identity.expires_at.and_then(|exp| {
             let now = jsonwebtoken::get_current_timestamp();
             let left = exp
                 .saturating_add(service.config.jwt_leeway.as_secs())
                 .saturating_sub(now);
             Instant::now().checked_add(Duration::from_secs(left))
         });
+    }
+}
+
+/// A device id as the session keeps it: "" is the service's shared one.
+fn device_id(service: &Service, device: &str) -> Arc<str> {
+    if device.is_empty() {
+        service.no_device.clone()
+    } else {
+        Arc::from(device)
     }
 }
 

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use switchboard_protocol::{self as proto, ErrorCode, Id};
 
-use crate::auth::{Authenticator, Identity};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::{Conn, Hub};
 use crate::pipeline::Pipeline;
@@ -56,6 +56,12 @@ pub struct Service {
     pub auth: Box<dyn Authenticator>,
     /// Cluster mode (`--redis`): the node's view of the other nodes.
     pub cluster: Option<Cluster>,
+    /// `--rate-limit` and `--rate-burst`, for every session's bucket.
+    pub command_rate: rate::Rate,
+    /// [`rate::SIGNAL_RATE`], for every session's signal bucket.
+    pub signal_rate: rate::Rate,
+    /// The device id "", shared by every session that names no device.
+    pub no_device: Arc<str>,
 }
 
 /// What cluster mode adds to a node: it follows the rooms and users with a
@@ -112,7 +118,10 @@ impl Rejection {
 #[derive(Clone, Copy)]
 pub struct Client<'a> {
     pub conn: &'a Arc<Conn>,
-    pub identity: &'a Identity,
+    /// The user this connection was identified as (the connection's).
+    user: &'a Arc<str>,
+    /// The token's room grant: `None`, any room.
+    pub rooms: Option<&'a [String]>,
     /// The device id inbox delivery is tracked by ("" when not given).
     pub device: &'a Arc<str>,
 }
@@ -120,15 +129,12 @@ pub struct Client<'a> {
 impl Client<'_> {
     /// The user this connection was identified as.
     pub fn user(&self) -> Arc<str> {
-        self.conn
-            .user_arc()
-            .cloned()
-            .unwrap_or_else(|| Arc::from(self.identity.user.as_str()))
+        self.user.clone()
     }
 
     /// Refuses a room the token does not allow.
     pub fn check_room_access(&self, room: &str) -> Result<(), Rejection> {
-        if self.identity.may_use(room) {
+        if crate::auth::may_use(self.rooms, room) {
             Ok(())
         } else {
             Err(Rejection::new(
