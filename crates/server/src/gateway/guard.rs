@@ -182,12 +182,14 @@ impl Gate {
         // From here on dropping `slot` gives back what it holds.
         let mut slot = Slot {
             gate: self.clone(),
-            global: true,
-            ip: None,
+            counts: Counts {
+                global: true,
+                ip: None,
+            },
         };
         if !self.trusted.contains(&ip) {
             self.ips.admit(ip, take)?;
-            slot.ip = Some(ip);
+            slot.counts.ip = Some(ip);
         }
         Ok(slot)
     }
@@ -210,8 +212,10 @@ impl Gate {
         self.ips.admit(client, Take::Both)?;
         Ok(Some(Slot {
             gate: self.clone(),
-            global: false,
-            ip: Some(client),
+            counts: Counts {
+                global: false,
+                ip: Some(client),
+            },
         }))
     }
 
@@ -249,6 +253,14 @@ impl Gate {
 /// What a connection holds in the [`Gate`]'s counts; given back on drop.
 pub struct Slot {
     gate: Arc<Gate>,
+    counts: Counts,
+}
+
+/// The counts a [`Slot`] holds, without its gate: for a holder that can
+/// reach the gate otherwise (a WebSocket's handler: 18 bytes, where a
+/// `Slot` takes 32), and gives them back with [`Gate::release`].
+#[derive(Default)]
+pub struct Counts {
     /// One of `--max-connections`.
     global: bool,
     /// One of this address's `--max-connections-per-ip`.
@@ -256,36 +268,44 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Both slots of a WebSocket as one (saves 32 bytes per connection):
-    /// the connection's since accept and, through a trusted proxy, the
-    /// forwarded client's per-IP count. At most one of them counts an
-    /// address: [`Gate::upgrade`] takes the client's only when the peer is
-    /// a trusted proxy, which [`Gate::open`] did not count per IP. (Were
-    /// both to, the second address's count would be given back here.)
-    pub fn join(first: Option<Slot>, second: Option<Slot>) -> Option<Slot> {
-        let (mut first, mut second) = match (first, second) {
-            (Some(first), Some(second)) => (first, second),
-            (first, second) => return first.or(second),
-        };
-        debug_assert!(Arc::ptr_eq(&first.gate, &second.gate));
-        debug_assert!(first.ip.is_none() || second.ip.is_none());
-        first.global |= std::mem::take(&mut second.global);
-        if first.ip.is_none() {
-            first.ip = second.ip.take();
-        }
-        Some(first)
+    /// The counts, for the holder to give back with [`Gate::release`].
+    pub fn into_counts(mut self) -> Counts {
+        std::mem::take(&mut self.counts)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.global {
-            self.gate.open.fetch_sub(1, Ordering::AcqRel);
-            self.gate.gauge.decrement(1.0);
+        self.gate.release(std::mem::take(&mut self.counts));
+    }
+}
+
+impl Gate {
+    /// Gives back what `counts` holds.
+    pub fn release(&self, counts: Counts) {
+        if counts.global {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.gauge.decrement(1.0);
         }
-        if let Some(ip) = self.ip {
-            self.gate.ips.release(ip);
+        if let Some(ip) = counts.ip {
+            self.ips.release(ip);
         }
+    }
+
+    /// Both counts of a WebSocket as one: the connection's since accept
+    /// and, through a trusted proxy, the forwarded client's per-IP count.
+    /// At most one of them counts an address: [`Gate::upgrade`] takes the
+    /// client's only when the peer is a trusted proxy, which [`Gate::open`]
+    /// did not count per IP. (Were both to, the second address's count
+    /// would be given back here.)
+    pub fn join(&self, mut first: Counts, mut second: Counts) -> Counts {
+        debug_assert!(first.ip.is_none() || second.ip.is_none());
+        first.global |= std::mem::take(&mut second.global);
+        if first.ip.is_none() {
+            first.ip = second.ip.take();
+        }
+        self.release(second);
+        first
     }
 }
 
@@ -565,16 +585,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
         let from_proxy = SocketAddr::new(proxy, 1);
-        let connection = gate.open(proxy).unwrap();
-        let client = gate.upgrade(from_proxy, &headers).unwrap();
-        let joined = Slot::join(Some(connection), client).unwrap();
+        let connection = gate.open(proxy).unwrap().into_counts();
+        let client = gate.upgrade(from_proxy, &headers).unwrap().unwrap();
+        let joined = gate.join(connection, client.into_counts());
         assert_eq!(gate.open_count(), 1);
         assert_eq!(
             gate.upgrade(from_proxy, &headers).err(),
             Some(Refusal::TooManyConnections),
             "the joined slot holds the client's count"
         );
-        drop(joined);
+        gate.release(joined);
         assert_eq!(gate.open_count(), 0);
         assert!(gate.upgrade(from_proxy, &headers).unwrap().is_some());
     }

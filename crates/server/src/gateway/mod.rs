@@ -166,6 +166,7 @@ impl Server {
                 command_rate,
                 signal_rate: Rate::new(SIGNAL_RATE, SIGNAL_RATE),
                 no_device: Arc::from(""),
+                session_ids: std::hash::RandomState::new(),
             }),
             gate,
             shutting_down: AtomicBool::new(false),

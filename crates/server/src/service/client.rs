@@ -20,15 +20,21 @@ pub struct ClientSession {
     conn: Arc<Conn>,
     login: Login,
     bucket: TokenBucket,
-    /// [`super::rate::SIGNAL_RATE`]: signals over it are refused (never a
-    /// reason to close: the command bucket judges floods). Made by the
-    /// first signal (most clients never send one: 8 bytes instead of 24
-    /// per session); a bucket starts full, as it would be by then anyway.
-    signals: Option<Box<TokenBucket>>,
+    /// Made by the first signal or `conversations` (most clients send
+    /// neither: 8 bytes per session instead of 32, and no 56-byte
+    /// semaphore allocation).
+    extras: Option<Box<Extras>>,
+}
+
+/// What only some sessions need.
+struct Extras {
+    /// [`SIGNAL_RATE`]: signals over it are refused (never a reason to
+    /// close: the command bucket judges floods). A bucket starts full, as
+    /// it would be by the first signal anyway.
+    signals: TokenBucket,
     /// One `conversations` list is computed at a time per session: each
     /// reads the store on the blocking pool, so a burst of them from one
-    /// client must queue behind each other, not occupy the pool. Made by
-    /// the first list (saves a 56-byte allocation per session).
+    /// client must queue behind each other, not occupy the pool.
     lists: Option<Arc<tokio::sync::Semaphore>>,
 }
 
@@ -49,8 +55,7 @@ impl ClientSession {
             conn,
             login,
             bucket,
-            signals: None,
-            lists: None,
+            extras: None,
         };
         let started = session.login.start(&session.service, &session.conn, start);
         (session, started)
@@ -130,10 +135,8 @@ impl ClientSession {
     /// Charges one signal to [`SIGNAL_RATE`]: false if it must be dropped.
     fn may_signal(&mut self) -> bool {
         let rate = &self.service.signal_rate;
-        let bucket = self
-            .signals
-            .get_or_insert_with(|| Box::new(TokenBucket::new(rate)));
-        matches!(bucket.take(rate, Instant::now()), Verdict::Allow)
+        let extras = extras(&mut self.extras, &self.service);
+        matches!(extras.signals.take(rate, Instant::now()), Verdict::Allow)
     }
 
     /// Calls the service for an identified client; replies are queued on
@@ -201,7 +204,7 @@ impl ClientSession {
                     limit,
                 )?;
                 let (service, conn, id) = (service.clone(), conn.clone(), id.cloned());
-                let lists = self
+                let lists = extras(&mut self.extras, &service)
                     .lists
                     .get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
                     .clone();
@@ -292,6 +295,16 @@ impl ClientSession {
     pub fn close(&mut self) {
         self.service.hub.disconnect(&self.conn);
     }
+}
+
+/// A session's [`Extras`], made on first use.
+fn extras<'a>(extras: &'a mut Option<Box<Extras>>, service: &Service) -> &'a mut Extras {
+    extras.get_or_insert_with(|| {
+        Box::new(Extras {
+            signals: TokenBucket::new(&service.signal_rate),
+            lists: None,
+        })
+    })
 }
 
 /// A command's room or user as the pipeline's destination.

@@ -7,6 +7,7 @@
 //! ended when it is on. With auth on, a `hello` with a fresh token for the
 //! same user extends the session before the token expires.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,12 +76,10 @@ pub enum Ending {
 }
 
 /// Every session holds one of these for its whole life, so it keeps only
-/// what it needs after `hello` (64 bytes; it was 160 with the whole
-/// [`Identity`], a second copy of the user's name, and a deadline each for
-/// `hello` and token expiry).
+/// what it needs after `hello` (56 bytes; it was 160 with the whole
+/// [`Identity`], a second copy of the user's name, a deadline each for
+/// `hello` and token expiry, and a random session id).
 pub struct Login {
-    /// Shown to the client (hex) in `welcome`.
-    session_id: u64,
     /// The client's device id (`?device=` or `hello`); "" when not given
     /// (then the service's shared "": no allocation per session).
     /// Inbox delivery is tracked per device.
@@ -106,7 +105,6 @@ const TOKEN_IGNORED: &str = "authentication is off on this server: the token was
 impl Login {
     pub fn new(service: &Service, device: Option<String>) -> Login {
         Login {
-            session_id: rand::random::<u64>(),
             device: device_id(service, device.as_deref().unwrap_or_default()),
             rooms: None,
             deadline: Some(Instant::now() + service.config.hello_timeout),
@@ -245,7 +243,7 @@ impl Login {
         id: Option<&Id>,
     ) -> Result<(), Ending> {
         self.deadline = None;
-        let welcome = self.welcome(service, &identity.user, id);
+        let welcome = self.welcome(service, conn, &identity.user, id);
         let limit = service.config.max_connections_per_user;
         // Cluster mode: the inbox replay follows the user first (see
         // `replay::inbox`).
@@ -286,7 +284,9 @@ impl Login {
             Ok(Some(identity)) if identity.user == current => {
                 self.set_expiry(service, &identity);
                 self.rooms = identity.rooms.map(Vec::into_boxed_slice);
-                service.hub.reply(conn, self.welcome(service, current, id));
+                service
+                    .hub
+                    .reply(conn, self.welcome(service, conn, current, id));
                 Ok(())
             }
             Ok(_) => {
@@ -301,9 +301,11 @@ impl Login {
         }
     }
 
-    fn welcome(&mut self, service: &Service, user: &str, id: Option<&Id>) -> Vec<u8> {
+    fn welcome(&mut self, service: &Service, conn: &Conn, user: &str, id: Option<&Id>) -> Vec<u8> {
         let heartbeat = service.config.heartbeat.as_secs().max(1);
-        let session = format!("{:016x}", self.session_id);
+        // The session id shown to the client: its connection's id under the
+        // service's secret key (as opaque as a random one, and not kept).
+        let session = format!("{:016x}", service.session_ids.hash_one(conn.id));
         let mut welcome = proto::Welcome::new(id, user, &session, heartbeat);
         welcome.warning = std::mem::take(&mut self.warning).then_some(TOKEN_IGNORED);
         proto::encode(&welcome)

@@ -62,6 +62,9 @@ pub struct Service {
     pub signal_rate: rate::Rate,
     /// The device id "", shared by every session that names no device.
     pub no_device: Arc<str>,
+    /// Keys each session's id (`welcome`'s `session`) from its
+    /// connection's id: random per process.
+    pub session_ids: std::hash::RandomState,
 }
 
 /// What cluster mode adds to a node: it follows the rooms and users with a
