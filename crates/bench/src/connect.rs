@@ -20,6 +20,12 @@
 //! before and after (once it has settled), holds the connections for
 //! `--hold`, then closes the workers' stdin: they close their connections
 //! politely, report and exit.
+//!
+//! With `--warmup N` the parent first opens and closes N connections
+//! itself, one at a time (each until ready), and samples the RSS again once
+//! it has settled: the figures per connection from that "warmed" reading
+//! leave out what a fresh server pays once (code first run, per-thread
+//! buffers); the fresh ones are still reported as before.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
@@ -146,6 +152,11 @@ pub struct ConnectArgs {
     /// Exit with an error if a connection failed or dropped.
     #[arg(long)]
     strict: bool,
+    /// Before measuring, open and close this many connections one at a
+    /// time (each until ready), then read the server's RSS again: the
+    /// `*_warmed` figures count from there (one-time costs left out).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
     /// Internal: run as a worker for connections FIRST..FIRST+COUNT.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -563,6 +574,36 @@ async fn idle_sse<'a>(
 // ---------------------------------------------------------------------------
 // The parent: starts the workers, measures, reports.
 
+/// `--warmup`: opens `count` connections one at a time, each closed once
+/// ready (or failed). Returns how many got ready.
+async fn warm_up(args: &ConnectArgs, count: usize) -> anyhow::Result<usize> {
+    let targets = wire::parse_urls(&args.url)?;
+    let cfg = Arc::new(ConnCfg {
+        mode: args.mode,
+        room: args.room.clone(),
+        room_size: args.room_size,
+    });
+    let mut ready = 0;
+    for n in 0..count {
+        let run = Run::spread(targets.clone(), 1, args.conns_per_ip);
+        let tally = Arc::new(Tally::default());
+        let task = tokio::spawn(idle_connection(run.clone(), tally.clone(), cfg.clone(), n));
+        loop {
+            let settled = tally.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if tally.ready.load(Ordering::SeqCst) + tally.failed.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            settled.await;
+        }
+        run.stop();
+        let _ = task.await;
+        ready += tally.ready.load(Ordering::SeqCst);
+    }
+    Ok(ready)
+}
+
 /// The server's memory, from /proc/PID/status, in KiB.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Rss {
@@ -926,6 +967,23 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         None => None,
     };
     let before_each: Vec<Option<Rss>> = pids.iter().map(|&p| read_rss(p)).collect();
+    // `--warmup`, then the warmed reading (once settled).
+    let mut warmed = None;
+    let mut warmup_ready = 0;
+    if args.warmup > 0 {
+        common::block_on(async {
+            warmup_ready = warm_up(&args, args.warmup).await?;
+            Ok(())
+        })?;
+        eprintln!(
+            "warm-up: {warmup_ready} of {} connections ready, one at a time",
+            args.warmup
+        );
+        if let Some(pid) = pid {
+            fleet.phase = "warming";
+            warmed = fleet.settle(pid, args.settle)?.0;
+        }
+    }
     let cpu = CpuProbe::start(&pids);
     fleet.phase = "connecting";
     fleet.epoch = Instant::now();
@@ -1017,6 +1075,16 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         after.and_then(|r| r.rss_anon),
         first_conns,
     );
+    let rss_per_conn_warmed = per_conn(
+        warmed.map(|r| r.vm_rss),
+        after.map(|r| r.vm_rss),
+        first_conns,
+    );
+    let anon_per_conn_warmed = per_conn(
+        warmed.and_then(|r| r.rss_anon),
+        after.and_then(|r| r.rss_anon),
+        first_conns,
+    );
     // The workers' CPU over the parent's window (they idle once connected).
     let client_cpu = connected_reports()
         .map(|r| r["cpu_s"].as_f64())
@@ -1064,16 +1132,22 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         "server_cpu_us_per_conn": cpu_us_per_conn,
         "rss_kib": {
             "before": before.map(|r| r.vm_rss),
+            "warmed": warmed.map(|r| r.vm_rss),
             "after": after.map(|r| r.vm_rss),
             "after_close": closed_rss.map(|r| r.vm_rss),
         },
         "rss_anon_kib": {
             "before": before.and_then(|r| r.rss_anon),
+            "warmed": warmed.and_then(|r| r.rss_anon),
             "after": after.and_then(|r| r.rss_anon),
             "after_close": closed_rss.and_then(|r| r.rss_anon),
         },
         "rss_per_conn_bytes": rss_per_conn,
         "rss_anon_per_conn_bytes": anon_per_conn,
+        "warmup": args.warmup,
+        "warmup_ready": warmup_ready,
+        "rss_per_conn_bytes_warmed": rss_per_conn_warmed,
+        "rss_anon_per_conn_bytes_warmed": anon_per_conn_warmed,
         "settle_s": settled.map(|(_, t, _)| (t.as_secs_f64() * 10.0).round() / 10.0),
         "settled": settled.map(|(_, _, ok)| ok),
         "hold_s": args.hold.as_secs_f64(),
@@ -1120,6 +1194,15 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
                 mib(b),
                 mib(a),
                 anon_per_conn.map_or("?".into(), |v| v.to_string()),
+            );
+        }
+        if let Some(warmed) = warmed {
+            println!(
+                "  warmed       {} connections opened and closed first: RSS {}, {} B per connection (RssAnon {} B)",
+                args.warmup,
+                mib(warmed.vm_rss),
+                rss_per_conn_warmed.map_or("?".into(), |v| v.to_string()),
+                anon_per_conn_warmed.map_or("?".into(), |v| v.to_string()),
             );
         }
         if let Some(closed) = closed_rss {
