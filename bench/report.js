@@ -229,7 +229,11 @@ const rssVerdicts = connectTargets
     return judge(
       `Idle connections: ${t.few ? 'Switchboard ws' : t.short}, ≤ ${bytes(goal.max)} server RSS per connection at ${int(goal.n)}`,
       t,
-      t.r ? `${bytes(t.r.rss_per_conn_bytes)}${t.r.settled === false ? ' (RSS still changing)' : ''}${sizeNote(t.r.connections, goal.n, 'connections')}` : null,
+      t.r
+        ? `${bytes(t.r.rss_per_conn_bytes)}${t.r.settled === false ? ' (RSS still changing)' : ''}${sizeNote(t.r.connections, goal.n, 'connections')}${
+            t.r.rss_per_conn_bytes_warmed != null ? `; ${bytes(t.r.rss_per_conn_bytes_warmed)} counted after ${int(t.r.warmup)} connections opened and closed first` : ''
+          }`
+        : null,
       t.r && t.r.rss_per_conn_bytes != null && t.r.rss_per_conn_bytes <= goal.max && t.r.ready === t.r.connections,
     );
   });

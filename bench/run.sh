@@ -558,7 +558,10 @@ connect connect-node node relay
 connect connect-socketio socketio socketio
 many=$CONNECT_N
 CONNECT_N=$CONNECT_FEW
-connect connect-switchboard-ws-few switchboard ws
+# Also read after 8 connections opened and closed one at a time: what a
+# connection costs once the one-time costs (code first run, per-thread
+# buffers) are paid, which weigh 19 times more per connection here.
+connect connect-switchboard-ws-few switchboard ws --warmup-connections 8
 CONNECT_N=$many
 
 # 4. Direct messages (memory store): flat out, then at half that.

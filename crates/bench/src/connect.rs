@@ -21,7 +21,7 @@
 //! `--hold`, then closes the workers' stdin: they close their connections
 //! politely, report and exit.
 //!
-//! With `--warmup N` the parent first opens and closes N connections
+//! With `--warmup-connections N` the parent first opens and closes N connections
 //! itself, one at a time (each until ready), and samples the RSS again once
 //! it has settled: the figures per connection from that "warmed" reading
 //! leave out what a fresh server pays once (code first run, per-thread
@@ -155,7 +155,8 @@ pub struct ConnectArgs {
     /// Before measuring, open and close this many connections one at a
     /// time (each until ready), then read the server's RSS again: the
     /// `*_warmed` figures count from there (one-time costs left out).
-    #[arg(long, default_value_t = 0)]
+    /// (A count, where other scenarios' `--warmup` is a duration.)
+    #[arg(long = "warmup-connections", default_value_t = 0)]
     warmup: usize,
     /// Internal: run as a worker for connections FIRST..FIRST+COUNT.
     #[arg(long, hide = true)]
@@ -574,7 +575,7 @@ async fn idle_sse<'a>(
 // ---------------------------------------------------------------------------
 // The parent: starts the workers, measures, reports.
 
-/// `--warmup`: opens `count` connections one at a time, each closed once
+/// `--warmup-connections`: opens `count` connections one at a time, each closed once
 /// ready (or failed). Returns how many got ready.
 async fn warm_up(args: &ConnectArgs, count: usize) -> anyhow::Result<usize> {
     let targets = wire::parse_urls(&args.url)?;
@@ -967,7 +968,7 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
         None => None,
     };
     let before_each: Vec<Option<Rss>> = pids.iter().map(|&p| read_rss(p)).collect();
-    // `--warmup`, then the warmed reading (once settled).
+    // `--warmup-connections`, then the warmed reading (once settled).
     let mut warmed = None;
     let mut warmup_ready = 0;
     if args.warmup > 0 {

@@ -428,10 +428,13 @@ where
     // after that. Frames queued now are written when the socket loop starts.
     app.hub.metrics.connections_accepted.increment(1);
     let conn = app.hub.connect(config, app.config.max_queue);
+    // Before the client's slot becomes bare counts (which give nothing back
+    // on drop): should `make` panic, the slot still frees its count.
+    let inner = make(app.clone(), conn.clone());
     let handler: Boxed = Box::new(Admitted {
         app: app.clone(),
         held: client.map(Slot::into_counts).unwrap_or_default(),
-        inner: make(app.clone(), conn.clone()),
+        inner,
     });
     spawn_socket(app, on_upgrade, conn, handler);
     response
