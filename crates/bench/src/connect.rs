@@ -1066,26 +1066,19 @@ fn parent(args: ConnectArgs) -> anyhow::Result<()> {
     } else {
         ready
     };
-    let rss_per_conn = per_conn(
-        before.map(|r| r.vm_rss),
-        after.map(|r| r.vm_rss),
-        first_conns,
-    );
-    let anon_per_conn = per_conn(
-        before.and_then(|r| r.rss_anon),
-        after.and_then(|r| r.rss_anon),
-        first_conns,
-    );
-    let rss_per_conn_warmed = per_conn(
-        warmed.map(|r| r.vm_rss),
-        after.map(|r| r.vm_rss),
-        first_conns,
-    );
-    let anon_per_conn_warmed = per_conn(
-        warmed.and_then(|r| r.rss_anon),
-        after.and_then(|r| r.rss_anon),
-        first_conns,
-    );
+    // Growth per connection (VmRSS, RssAnon) from a reading to `after`.
+    let growth = |from: Option<Rss>| {
+        (
+            per_conn(from.map(|r| r.vm_rss), after.map(|r| r.vm_rss), first_conns),
+            per_conn(
+                from.and_then(|r| r.rss_anon),
+                after.and_then(|r| r.rss_anon),
+                first_conns,
+            ),
+        )
+    };
+    let (rss_per_conn, anon_per_conn) = growth(before);
+    let (rss_per_conn_warmed, anon_per_conn_warmed) = growth(warmed);
     // The workers' CPU over the parent's window (they idle once connected).
     let client_cpu = connected_reports()
         .map(|r| r["cpu_s"].as_f64())
