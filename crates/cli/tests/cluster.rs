@@ -163,6 +163,25 @@ async fn a_room_spans_three_nodes_with_one_presence() {
     // A second device of a user on another node is not a second user.
     let mut ann2 = c.connect("ann").await;
     ann2.join("lobby").await;
+    // `joined` answers before the join reaches Redis: wait until both nodes
+    // count ann there, or ann's leave from node a could come first and be
+    // announced (then ann2's join after it), a real leave and join.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes: Option<u64> = redis::cmd("HGET")
+            .arg("sb:{r:lobby}:users")
+            .arg("ann")
+            .query(&mut redis)
+            .unwrap_or_else(|e| panic!("HGET: {e}"));
+        if nodes == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ann2's join never reached Redis: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     drop(ann);
     let mut seen = presence_list(&mut bob, "lobby").await;
     seen.dedup();
