@@ -13,6 +13,9 @@
 #    (connect --mode room): server RSS per connection (the connect
 #    scenario's own measurement: RSS before, and after it settles), connect
 #    and join latency, connects/s, server CPU per connection.
+# 4. flat-sqlite: room mode, SQLite store, flat out: deliveries/s (the
+#    writer thread's share: compare it with flat-relay of the same run).
+# 5. flat-relay: relay mode (/relay/bench, no store) flat out.
 #
 # Server and bench flags are those of bench/run.sh (its fanout and connect
 # functions), which stays the one description of how a measurement is made.
@@ -37,8 +40,8 @@
 # RESULTS_DIR (default /tmp/switchboard-ab-DATE), DATA_PARENT (where the
 # fresh data directories go; default ${TMPDIR:-/tmp}), SUBSCRIBERS, RATE,
 # PUBLISHERS, DURATION, WARMUP, SIZE, WINDOW, LEAD, CONNECT_N,
-# SCENARIOS (a subset of "fanout-sqlite fanout-memory connect", to look
-# again at one), NOISY_OTHER_PCT (default 50), MAX_ATTEMPTS (default 3),
+# SCENARIOS (a subset of "fanout-sqlite fanout-memory connect flat-sqlite
+# flat-relay"; the default is the first three), NOISY_OTHER_PCT (default 50), MAX_ATTEMPTS (default 3),
 # BENCH_TIMEOUT (longest one bench run may take, default 180s).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -70,7 +73,7 @@ MAX_ATTEMPTS=${MAX_ATTEMPTS:-3}
 SCENARIOS=${SCENARIOS:-fanout-sqlite fanout-memory connect}
 for scenario in $SCENARIOS; do
   case $scenario in
-    fanout-sqlite | fanout-memory | connect) ;;
+    fanout-sqlite | fanout-memory | connect | flat-sqlite | flat-relay) ;;
     *) echo "bench/ab.sh: unknown scenario $scenario in SCENARIOS" >&2; exit 2 ;;
   esac
 done
@@ -216,17 +219,17 @@ finish_bench() {
   return "$status"
 }
 
-# fanout NAME BIN STORE RATE: one fan-out measurement (bench/run.sh's
-# fanout flags, room mode) on a fresh server. Besides the bench's own CPU
+# fanout NAME BIN STORE RATE [MODE]: one fan-out measurement (bench/run.sh's
+# fanout flags, room mode unless MODE says relay) on a fresh server. Besides the bench's own CPU
 # reading, the server's user and system CPU time is read over the measured
 # window, which opens WARMUP after the bench says "publishing" and lasts
 # DURATION: the sleeps below are that clock, not a synchronisation.
 fanout() {
-  local name=$1 bin=$2 store=$3 rate=$4 status=0 ticks0="" ticks1=""
+  local name=$1 bin=$2 store=$3 rate=$4 mode=${5:-room} status=0 ticks0="" ticks1=""
   start_switchboard "$name" "$bin" "$store"
   uptime_line "$name" before
   local load_before=$LOAD1
-  run_bench "$name" fanout --url "ws://127.0.0.1:$PORT" --mode room \
+  run_bench "$name" fanout --url "ws://127.0.0.1:$PORT" --mode "$mode" \
     --subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" --rate "$rate" \
     --duration "$DURATION" --warmup "$WARMUP" --size "$SIZE" --window "$WINDOW" --lead "$LEAD" \
     --label "$name" --store "$store"
@@ -357,6 +360,8 @@ measure() {
     fanout-sqlite) fanout "$2" "$3" sqlite "$RATE" ;;
     fanout-memory) fanout "$2" "$3" memory 0 ;;
     connect) connect "$2" "$3" ;;
+    flat-sqlite) fanout "$2" "$3" sqlite 0 ;;
+    flat-relay) fanout "$2" "$3" memory 0 relay ;;
   esac
 }
 
@@ -428,6 +433,14 @@ STARTED=$STARTED ELAPSED_S=$ELAPSED_S BIN_A=$BIN_A BIN_B=$BIN_B BENCH_BIN=$BENCH
       ["p50_us", "latency p50 µs", "lower", 0],
       ["p99_us", "latency p99 µs", "lower", 0],
     ]],
+    ...["flat-sqlite", "flat-relay"].map((sc, i) => [sc, `${4 + i}. fan-out, ${i ? "relay (no store)" : "room, SQLite"}, ${e.SUBSCRIBERS} subscribers flat out`, [
+      ["deliveries_per_sec", "deliveries/s", "higher", 0],
+      ["cpu_us_per_delivery", "server CPU µs/delivery, total", "lower", 3],
+      ["cpu_us_per_delivery_user", "server CPU µs/delivery, user", "lower", 3],
+      ["cpu_us_per_delivery_system", "server CPU µs/delivery, system", "lower", 3],
+      ["p50_us", "latency p50 µs", "lower", 0],
+      ["p99_us", "latency p99 µs", "lower", 0],
+    ]]),
     ["connect", `3. connect, ${e.CONNECT_N} idle /ws connections + join (memory)`, [
       ["rss_per_conn_bytes", "server RSS per connection, bytes", "lower", 0],
       ["rss_anon_per_conn_bytes", "server anon RSS per connection, bytes", "lower", 0],

@@ -8,6 +8,14 @@
 //! order. An `ack` therefore always means "on disk", and a seq a client has
 //! seen can never be reused after a crash. If the commit fails, the counters
 //! are rolled back and every request of the batch gets `unavailable`.
+//!
+//! Delivery is a task on the server's runtime, [`Deliverer`], which takes
+//! committed batches in commit order: while it fans batch N out, the writer
+//! commits batch N+1 (a commit's fsync no longer waits behind a fan-out, nor
+//! a fan-out behind an fsync), and the fan-out runs on a runtime worker, as
+//! relay mode's does, rather than on a third busy thread that the workers'
+//! connection tasks must share the cores with. See BENCHMARKS.md, "Room
+//! mode flat out: the writer thread", for what each step measured.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +26,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use switchboard_protocol::{self as proto, ErrorCode, Id};
+use tokio::runtime::RuntimeFlavor;
 use tokio::sync::oneshot;
 
 use crate::expiring::ExpiringMap;
@@ -155,10 +164,44 @@ impl Pipeline {
         };
         let healthy = Arc::new(AtomicBool::new(true));
         hub.restore_floors(&recovered.room_floors, &recovered.inbox_floors);
+        let assigning = store.assigns_seqs();
+        let deliverer = Deliverer {
+            hub: hub.clone(),
+            bus,
+            assigning,
+        };
+        // One committed batch waits while the next commits; beyond that the
+        // writer waits, and the jobs queued meanwhile make the next batch
+        // bigger (one fsync for more of them) rather than memory grow.
+        let (handoff, handoffs) = tokio::sync::mpsc::channel(1);
+        let (finished, delivered_all) = mpsc::channel::<()>();
+        let delivering = deliverer.run(handoffs, finished);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                drop(runtime.spawn(delivering))
+            }
+            // No runtime (a test driving the pipeline alone), or one with a
+            // single thread, which whoever started the pipeline may block:
+            // a thread of its own runs the same task.
+            _ => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("cannot start the delivery task: {e}"))
+                    })?;
+                std::thread::Builder::new()
+                    .name("switchboard-deliver".into())
+                    .spawn(move || runtime.block_on(delivering))
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("cannot start the delivery thread: {e}"))
+                    })?;
+            }
+        }
         let mut writer = Writer {
             healthy: healthy.clone(),
-            assigning: store.assigns_seqs(),
-            bus,
+            assigning,
+            handoff: Some(handoff),
+            delivered_all,
             store,
             hub,
             settings,
@@ -285,8 +328,12 @@ struct Writer {
     /// [`Store::assigns_seqs`]): this writer's counters are only guesses,
     /// and it delivers nothing.
     assigning: bool,
-    /// Cluster mode: where events for a user's devices on other nodes go.
-    bus: Option<Arc<crate::cluster::Bus>>,
+    /// Committed batches, in commit order, to the delivery task.
+    handoff: Option<tokio::sync::mpsc::Sender<Handoff>>,
+    /// Disconnected once the delivery task has ended: the writer waits for
+    /// it when it stops, so `Pipeline::stop` returns only once everything
+    /// committed is delivered and answered.
+    delivered_all: mpsc::Receiver<()>,
     hub: Arc<Hub>,
     settings: Settings,
     rooms: HashMap<Arc<str>, Count>,
@@ -340,9 +387,34 @@ impl Writer {
                 let _ = done.send(());
             }
         }
+        drop(self.handoff.take());
+        let _ = self.delivered_all.recv();
+    }
+
+    /// Hands a committed (or failed) batch to the delivery task.
+    fn hand_off(&self, handoff: Handoff) {
+        // The writer is a thread of its own, never inside the runtime, so
+        // it may block here (while the previous batch is being delivered).
+        let sent = self.handoff.as_ref().map(|tx| tx.blocking_send(handoff));
+        if !matches!(sent, Some(Ok(()))) {
+            // Only if the delivery task panicked or its runtime is gone:
+            // nothing committed from now on is delivered or answered, so
+            // say so (`/readyz`).
+            self.healthy.store(false, Ordering::Relaxed);
+            tracing::error!("the delivery task is gone: a committed batch is not delivered");
+        }
+    }
+
+    /// Waits until every batch handed off is delivered: retention reads
+    /// the hub's committed seqs, which the delivery task sets.
+    fn wait_delivered(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.hand_off(Handoff::Drained(tx));
+        let _ = rx.recv();
     }
 
     fn trim(&mut self) {
+        self.wait_delivered();
         let now = unix_ms();
         let dedupe_before = now.saturating_sub(self.settings.dedupe_window.as_millis() as u64);
         self.dedupe.expire(dedupe_before);
@@ -516,9 +588,11 @@ impl Writer {
             }
         }
 
-        for (job, plan) in batch.into_iter().zip(plans) {
-            self.finish(job, plan, committed.is_ok());
-        }
+        self.hand_off(Handoff::Batch {
+            jobs: batch,
+            plans,
+            committed: committed.is_ok(),
+        });
     }
 
     /// Puts the numbers the store assigned into the plans (cluster mode):
@@ -894,6 +968,63 @@ impl Writer {
             }),
         };
         Plan::Read { upto, receipt }
+    }
+}
+
+/// What the writer hands the delivery task.
+enum Handoff {
+    /// A batch in commit order, each job with its plan; `committed` false
+    /// if the commit failed (every job is answered `unavailable`).
+    Batch {
+        jobs: Vec<Job>,
+        plans: Vec<Plan>,
+        committed: bool,
+    },
+    /// Answered once every batch before it is delivered.
+    Drained(mpsc::SyncSender<()>),
+}
+
+/// The delivery half of the pipeline: fans committed messages out and
+/// answers their senders, one batch at a time in commit order (so seqs
+/// reach every connection in order, and acks in the order sent).
+struct Deliverer {
+    hub: Arc<Hub>,
+    /// Cluster mode: where events for a user's devices on other nodes go.
+    bus: Option<Arc<crate::cluster::Bus>>,
+    /// Cluster mode (see [`Writer::assigning`]): every node delivers what
+    /// the store announces, so a commit here is only answered.
+    assigning: bool,
+}
+
+impl Deliverer {
+    /// Delivers batches until the writer stops; `finished` is dropped at
+    /// the end (or if this panics), which is what the writer waits for.
+    async fn run(
+        self,
+        mut handoffs: tokio::sync::mpsc::Receiver<Handoff>,
+        finished: mpsc::Sender<()>,
+    ) {
+        let _finished = finished;
+        while let Some(handoff) = handoffs.recv().await {
+            match handoff {
+                Handoff::Batch {
+                    jobs,
+                    plans,
+                    committed,
+                } => {
+                    for (job, plan) in jobs.into_iter().zip(plans) {
+                        self.finish(job, plan, committed);
+                        // A batch can be a thousand fan-outs: give the
+                        // worker back between them once the task's budget
+                        // is spent, so connections on it are not starved.
+                        tokio::task::consume_budget().await;
+                    }
+                }
+                Handoff::Drained(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
     }
 
     /// Delivers one committed job and answers it (or answers `unavailable`).

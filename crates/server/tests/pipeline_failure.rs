@@ -437,6 +437,49 @@ fn a_duplicate_of_an_id_in_the_failed_batch_fails_too() -> TestResult {
     Ok(())
 }
 
+/// Delivery runs on its own thread, batches behind the commits: stopping
+/// the pipeline still waits for every committed message to be delivered
+/// and answered, in order, across batches.
+#[test]
+fn stopping_delivers_and_answers_everything_committed() -> TestResult {
+    let s = Setup::new()?;
+    let alice = identified(&s.hub, "alice");
+    let (first, first_answer) = publish("lobby", None, 0);
+    // Held, so the rest queue up behind it and form further batches.
+    let held = s.hold_after(first)?;
+    let mut answers = vec![first_answer];
+    for n in 1..=300 {
+        if n % 3 == 0 {
+            s.submit(publish_from(&alice, "lobby", &format!("c{n}"), n))?;
+        } else {
+            let (job, answer) = publish("lobby", None, n);
+            s.submit(job)?;
+            answers.push(answer);
+        }
+    }
+    held.release()?;
+    s.pipeline.stop();
+
+    // Answered before `stop` returned: nothing is waited for here.
+    let seqs_answered: Vec<u64> = answers
+        .into_iter()
+        .map(|mut answer| match answer.try_recv() {
+            Ok(Ok(d)) => Ok(d.seq),
+            other => Err(format!("not answered by stop: {other:?}")),
+        })
+        .collect::<Result<_, _>>()?;
+    let acked = seqs(&take_events(&alice), "ack");
+    let mut all: Vec<u64> = seqs_answered.iter().chain(&acked).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=301).collect::<Vec<_>>());
+    assert!(acked.windows(2).all(|w| w[0] < w[1]), "acks out of order");
+    assert_eq!(
+        seqs(&take_events(&s.watcher), "message"),
+        (1..=301).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
 #[test]
 fn a_successful_batch_acks_in_commit_order_with_gapless_seqs() -> TestResult {
     let s = Setup::new()?;
