@@ -57,7 +57,10 @@ const SERVERS = [
   { key: 'room', title: 'Switchboard room mode (`/ws`, SQLite store)', short: 'Switchboard room' },
 ];
 
-// render(DIR, TARGETS): { section: [lines], summary: [{target, measured, verdict}] }.
+// render(DIR, TARGETS): { section: [lines], summary: [{target, measured, verdict}],
+// sendSystemUs }: sendSystemUs is the kernel's cost of one send as measured
+// here (Switchboard relay's system CPU per delivery, one write each), the
+// unit of the big-room floor in bench/report.js; null if not measured.
 function render(dir, targets) {
   const t = targets.everyday_fanout;
   const env = readEnv(dir);
@@ -199,7 +202,7 @@ function render(dir, targets) {
       verdict: tick(total != null && total <= t.max_syscalls_per_delivery && nw <= t.max_not_write_per_delivery),
     });
   }
-  return { section: out, summary };
+  return { section: out, summary, sendSystemUs: med('relay', (x) => x.cpu_us_system) };
 }
 
 module.exports = { render, HEADING_PREFIX, ROW_PREFIX };

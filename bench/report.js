@@ -220,6 +220,39 @@ const halfPeak = sets.bigFixed.map((t) =>
     t.r && t.r.latency_us.p99 < MAX_HALF_PEAK_P99_US,
   ),
 );
+// The big-room floor (issue 12): one message's fan-out cannot end before
+// subscribers × the kernel's cost of one send ÷ cores, the send cost being
+// what the everyday run measured (relay's system CPU per delivery: one
+// write each, nothing batched).
+const MAX_P99_VS_FLOOR = targets.fanout_half_peak.max_p99_vs_send_floor;
+const cores = Number(env.BENCH_NPROC) || require('os').cpus().length;
+const sendUs = everyday?.sendSystemUs ?? null;
+const floorUs = (r) => (sendUs == null ? null : (r.subscribers * sendUs) / cores);
+const halfPeakFloor = sets.bigFixed.map((t) => {
+  const floor = t.r ? floorUs(t.r) : null;
+  const m = t.r && floor == null ? { ...t, r: null, failed: 'no everyday measurement of the send cost in this run' } : t;
+  return judge(
+    `Fan-out to ${int(TARGET_SUBSCRIBERS)} subscribers at half of room's peak rate: ${t.short} p99 ≤ ${MAX_P99_VS_FLOOR}× the floor (subscribers × one send's kernel CPU ÷ ${cores} cores)`,
+    m,
+    m.r ? `p99 ${lat(t.r.latency_us.p99)}, floor ${lat(floor)} (${int(t.r.subscribers)} × ${sendUs.toFixed(2)} µs ÷ ${cores}): ${ratio(t.r.latency_us.p99, floor)}` : null,
+    m.r && t.r.latency_us.p99 <= MAX_P99_VS_FLOOR * floor,
+  );
+});
+// Room mode's share of relay's deliveries/s flat out, same run: what the
+// writer thread (commit, then hand-off) leaves of the fan-out.
+const MIN_ROOM_VS_RELAY = targets.flat_room_vs_relay.min_ratio;
+const flatRoomVsRelay = (() => {
+  const room = byServer(sets.flat, 'switchboard', 'room');
+  const relay = byServer(sets.flat, 'switchboard', 'relay');
+  const m = room.r && relay.r ? room : { ...room, r: null, failed: room.failed || relay.failed || 'a measurement is missing' };
+  const x = m.r ? room.r.deliveries_per_sec / relay.r.deliveries_per_sec : 0;
+  return judge(
+    `Flat out, ${int(targets.flat_room_vs_relay.subscribers)} subscribers: Switchboard room (SQLite) deliveries/s ≥ ${Math.round(MIN_ROOM_VS_RELAY * 100)}% of relay's`,
+    m,
+    m.r ? `${int(room.r.deliveries_per_sec)} vs ${int(relay.r.deliveries_per_sec)}: ${Math.round(x * 100)}%${sizeNote(room.r.subscribers, targets.flat_room_vs_relay.subscribers, 'subscribers')}` : null,
+    x >= MIN_ROOM_VS_RELAY,
+  );
+})();
 if (everyday) summary.push(...everyday.summary);
 else summary.push({ target: 'Everyday fan-out (bench/everyday.sh): CPU per delivery against Node ws, syscalls per delivery', measured: 'not measured in this run', verdict: '❌' });
 const rssVerdicts = connectTargets
@@ -419,6 +452,8 @@ if (!first) {
   line('Switchboard ÷ each baseline (same run). Throughput: higher is better; latency: lower is better.');
   line();
   fanRatios(sets.flat, true);
+  line(`**Target:** Switchboard room mode (SQLite store: every publish committed before it is delivered) delivers at least ${Math.round(MIN_ROOM_VS_RELAY * 100)}% of what relay mode (no store) does: ${flatRoomVsRelay.measured} ${flatRoomVsRelay.verdict}`);
+  line();
   line(`### Fixed rate: latency at ${int(fixedRate)} messages/s (${int(fixedRate * first.subscribers)} deliveries/s)`);
   line();
   line('A load every target sustains, so latency is the cost of a delivery rather than of a backlog. "Behind" is');
@@ -528,6 +563,12 @@ if (!big && !sets.bigFlat.some((t) => t.failed)) {
     const l = r.latency_us;
     line(`| ${title} | ${int(r.deliveries_per_sec)} | ${int(r.publishes_per_sec)} | ${lat(l.p50)} | ${lat(l.p99)} | ${lat(l.p999)} | ${lat(l.max)} | ${lat(r.behind_max_us)} | ${pct(r.server_cpu_pct)} | ${pct(r.client_cpu_pct)} | ${pct(r.other_cpu_pct)} | ${halfPeak[i].verdict} |`);
   });
+  line();
+  line(`**Target against the floor:** p99 ≤ ${MAX_P99_VS_FLOOR}× what one message's fan-out cannot beat here: subscribers × the kernel's CPU`);
+  line(`for one send (Switchboard relay's system CPU per delivery in the everyday measurement, where each delivery is`);
+  line(`one write${sendUs != null ? `: ${sendUs.toFixed(2)} µs in this run` : ''}) ÷ ${cores} cores.`);
+  line();
+  for (const h of halfPeakFloor) line(`- ${h.target.replace(/^.*?: /, '')}: ${h.measured} ${h.verdict}`);
   line();
   if (halfPeak.some((h) => h.verdict === '❌')) {
     line(`**Where p99 misses ${MAX_HALF_PEAK_P99_US / 1000} ms, and why.** Each message here is written to 10,000 sockets by the server and read`);
