@@ -971,6 +971,30 @@ impl Writer {
     }
 }
 
+/// The room of a plain room message (not an edit or recall): what a run
+/// delivered together shares.
+fn room_message(m: &Submission) -> Option<&Arc<str>> {
+    match (&m.to, m.change) {
+        (Destination::Room(room), None) => Some(room),
+        _ => None,
+    }
+}
+
+/// Whether a committed job may join a run to `room` whose first sending
+/// connection is `sender`: a stored plain message to the same room, and
+/// from that same connection once the run has one. A connection's acks are
+/// answered after the whole run, so a message from anyone else after its
+/// own would reach it before the ack of its own (an ack then older than
+/// the messages it follows).
+fn joins(room: &Arc<str>, sender: Option<u64>, job: &Job, plan: &Plan) -> bool {
+    match (job, plan) {
+        (Job::Message(m), Plan::Stored { .. }) => {
+            room_message(m) == Some(room) && (sender.is_none() || m.sender == sender)
+        }
+        _ => false,
+    }
+}
+
 /// What the writer hands the delivery task.
 enum Handoff {
     /// A batch in commit order, each job with its plan; `committed` false
@@ -1012,8 +1036,27 @@ impl Deliverer {
                     plans,
                     committed,
                 } => {
-                    for (job, plan) in jobs.into_iter().zip(plans) {
-                        self.finish(job, plan, committed);
+                    let mut jobs = jobs.into_iter().zip(plans).peekable();
+                    while let Some((job, plan)) = jobs.next() {
+                        match self.run_start(&job, &plan, committed) {
+                            // A run of messages to one room: delivered
+                            // together, each member's share in one push.
+                            Some((room, mut sender))
+                                if jobs.peek().is_some_and(|(j, p)| joins(&room, sender, j, p)) =>
+                            {
+                                let mut run = vec![(job, plan)];
+                                while let Some(next) =
+                                    jobs.next_if(|(j, p)| joins(&room, sender, j, p))
+                                {
+                                    if let Job::Message(m) = &next.0 {
+                                        sender = sender.or(m.sender);
+                                    }
+                                    run.push(next);
+                                }
+                                self.deliver_run(&room, run);
+                            }
+                            _ => self.finish(job, plan, committed),
+                        }
                         // A batch can be a thousand fan-outs: give the
                         // worker back between them once the task's budget
                         // is spent, so connections on it are not starved.
@@ -1024,6 +1067,52 @@ impl Deliverer {
                     let _ = done.send(());
                 }
             }
+        }
+    }
+
+    /// Where a run delivered together could start: a committed plain room
+    /// message this node delivers; its room and sending connection.
+    fn run_start(
+        &self,
+        job: &Job,
+        plan: &Plan,
+        committed: bool,
+    ) -> Option<(Arc<str>, Option<u64>)> {
+        match (job, plan) {
+            (Job::Message(m), Plan::Stored { .. }) if committed && !self.assigning => {
+                room_message(m).map(|room| (room.clone(), m.sender))
+            }
+            _ => None,
+        }
+    }
+
+    /// Delivers committed messages to one room, in seq order, together (see
+    /// [`Hub::deliver_room_run`]), then acks each. `run`: jobs that are all
+    /// [`room_message`]s to `room` with a [`Plan::Stored`].
+    fn deliver_run(&self, room: &Arc<str>, run: Vec<(Job, Plan)>) {
+        let mut messages = Vec::with_capacity(run.len());
+        let mut entries = Vec::with_capacity(run.len());
+        for (job, plan) in run {
+            let (Job::Message(m), Plan::Stored { seq, gid, ts, .. }) = (job, plan) else {
+                continue;
+            };
+            let event = proto::Message::new(room, seq, &m.from, ts, &m.body);
+            entries.push((seq, proto::encode(&event), m.sender));
+            messages.push((m, seq, gid));
+        }
+        if let Some(&(_, last, _)) = messages.last() {
+            self.hub.set_room_seq(room, last);
+        }
+        let delivered = self.hub.deliver_room_run(room, entries);
+        for ((m, seq, gid), delivered) in messages.into_iter().zip(delivered) {
+            let result = Ok(Delivery {
+                seq,
+                gid,
+                delivered,
+                stored: true,
+                duplicate: false,
+            });
+            self.answer_message(m, result);
         }
     }
 
@@ -1067,6 +1156,11 @@ impl Deliverer {
             Plan::Stored { seq, gid, ts, .. } => Ok(self.deliver(&m, seq, gid, ts)),
             Plan::Silent | Plan::Read { .. } => return,
         };
+        self.answer_message(m, result);
+    }
+
+    /// Answers a `publish` or `send`: its ack, or the error.
+    fn answer_message(&self, m: Submission, result: Result<Delivery, Rejection>) {
         self.answer(m.reply, result, |id, d| {
             let mut ack = match &m.to {
                 Destination::Room(room) => proto::Ack::publish(id, room, d.seq, d.delivered),

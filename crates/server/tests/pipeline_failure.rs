@@ -480,6 +480,104 @@ fn stopping_delivers_and_answers_everything_committed() -> TestResult {
     Ok(())
 }
 
+/// Consecutive messages of a batch to one room are delivered together (one
+/// push per member): each member still gets them in seq order, members that
+/// joined later only the newer ones, a sender never its own, and the acks
+/// count who got each. A message from another connection ends the run, so
+/// no connection sees a message committed after its own before its ack.
+#[test]
+fn a_run_to_one_room_reaches_each_member_in_order_and_acks_in_order() -> TestResult {
+    let s = Setup::new()?;
+    let alice = identified(&s.hub, "alice");
+    s.hub.join(&alice, "lobby", None, None);
+    let bob = identified(&s.hub, "bob");
+    s.hub.join(&bob, "lobby", None, None);
+    take_events(&alice);
+    take_events(&bob);
+    let (first, first_answer) = publish("games", None, 0);
+    let held = s.hold_after(first)?;
+    for n in 1..=4 {
+        s.submit(publish_from(&alice, "lobby", &format!("a{n}"), n))?;
+    }
+    s.submit(publish_from(&bob, "lobby", "b5", 5))?;
+    s.submit(publish_from(&alice, "lobby", "a6", 6))?;
+    let (api, api_answer) = publish("lobby", None, 7);
+    s.submit(api)?;
+    held.release()?;
+    assert_eq!(succeeded(first_answer)?.seq, 1);
+    let api = succeeded(api_answer)?;
+    assert_eq!((api.seq, api.delivered), (7, 3));
+
+    // Alice: her acks, each before any message committed after it.
+    let kinds = |events: &[serde_json::Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e["type"].as_str() {
+                Some("ack") => format!("ack {}", e["seq"]),
+                other => format!("{} {}", other.unwrap_or("?"), e["seq"]),
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(&take_events(&alice)),
+        [
+            "ack 1",
+            "ack 2",
+            "ack 3",
+            "ack 4",
+            "message 5",
+            "ack 6",
+            "message 7"
+        ]
+    );
+    assert_eq!(
+        kinds(&take_events(&bob)),
+        [
+            "message 1",
+            "message 2",
+            "message 3",
+            "message 4",
+            "ack 5",
+            "message 6",
+            "message 7"
+        ]
+    );
+    assert_eq!(
+        seqs(&take_events(&s.watcher), "message"),
+        (1..=7).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// A member that joins while a run is being committed gets only what was
+/// committed after its join point; replay covers the rest.
+#[test]
+fn a_run_skips_what_a_member_joined_after() -> TestResult {
+    let s = Setup::new()?;
+    assert_eq!(s.call(publish("lobby", None, 1))?.seq, 1);
+    assert_eq!(s.call(publish("lobby", None, 2))?.seq, 2);
+    let late = identified(&s.hub, "late");
+    // Joined at seq 2: seqs 1 and 2 are the replay's, not live delivery's.
+    s.hub.join(&late, "lobby", None, None);
+    take_events(&late);
+    let (first, first_answer) = publish("games", None, 0);
+    let held = s.hold_after(first)?;
+    let mut answers = Vec::new();
+    for n in 3..=6 {
+        let (job, answer) = publish("lobby", None, n);
+        s.submit(job)?;
+        answers.push(answer);
+    }
+    held.release()?;
+    succeeded(first_answer)?;
+    for (answer, seq) in answers.into_iter().zip(3..) {
+        let d = succeeded(answer)?;
+        assert_eq!((d.seq, d.delivered), (seq, 2), "watcher and late");
+    }
+    assert_eq!(seqs(&take_events(&late), "message"), [3, 4, 5, 6]);
+    Ok(())
+}
+
 #[test]
 fn a_successful_batch_acks_in_commit_order_with_gapless_seqs() -> TestResult {
     let s = Setup::new()?;

@@ -114,9 +114,49 @@ impl Conn {
     /// Queues a frame. Past the byte limit the connection is aborted as a slow
     /// consumer (close 4008): one slow reader must never hold up a room.
     pub fn push(&self, frame: Bytes) -> Push {
+        self.push_many(std::iter::once(frame))
+    }
+
+    /// Queues frames in order under one lock, with at most one wake: a
+    /// committed batch of several messages to one room reaches each member
+    /// this way (see `Room::deliver_run`). Stops at the first that cannot
+    /// be queued (the queue overflowed, or the connection is closing) and
+    /// says why; `Queued` if every frame was.
+    pub fn push_many(&self, frames: impl IntoIterator<Item = Bytes>) -> Push {
         let mut out = self.outbox.lock();
+        let mut wake = false;
+        for frame in frames {
+            match self.push_locked(&mut out, frame) {
+                Ok(woke) => wake |= woke,
+                Err(Push::Overflow) => {
+                    drop(out);
+                    // `closing` first: the task woken must see it.
+                    self.fire_closing();
+                    self.waker.wake();
+                    return Push::Overflow;
+                }
+                Err(refused) => {
+                    drop(out);
+                    if wake {
+                        self.waker.wake();
+                    }
+                    return refused;
+                }
+            }
+        }
+        drop(out);
+        if wake {
+            self.waker.wake();
+        }
+        Push::Queued
+    }
+
+    /// One frame onto the locked outbox: `Ok(true)` if it made the queue
+    /// non-empty (the writer drains everything it finds, so only that push
+    /// needs to wake it), or why it was refused.
+    fn push_locked(&self, out: &mut Outbox, frame: Bytes) -> Result<bool, Push> {
         if out.close.is_some() {
-            return Push::Closed;
+            return Err(Push::Closed);
         }
         let queued = out.single.is_some() || !out.frames.is_empty();
         if out.bytes + frame.len() > self.queue_limit && queued {
@@ -128,20 +168,12 @@ impl Conn {
                 reason: "slow consumer: outbound queue full",
                 graceful: false,
             });
-            drop(out);
-            // `closing` first: the task woken must see it.
-            self.fire_closing();
-            self.waker.wake();
-            return Push::Overflow;
+            return Err(Push::Overflow);
         }
         out.bytes += frame.len();
         if !queued {
             out.single = Some(frame);
-            drop(out);
-            // The writer drains everything it finds, so only the push that
-            // makes the queue non-empty needs to wake it.
-            self.waker.wake();
-            return Push::Queued;
+            return Ok(true);
         }
         if out.frames.capacity() == 0 && out.last_batch > 4 {
             let room = out.last_batch as usize;
@@ -151,14 +183,7 @@ impl Conn {
             out.frames.push_back(front);
         }
         out.frames.push_back(frame);
-        let first = out.frames.len() == 1;
-        drop(out);
-        // The writer drains everything it finds, so only the push that makes
-        // the queue non-empty needs to wake it.
-        if first {
-            self.waker.wake();
-        }
-        Push::Queued
+        Ok(out.frames.len() == 1)
     }
 
     /// Requests a close. The first request wins; later ones are ignored.
@@ -298,6 +323,24 @@ mod tests {
         let reason = conn.close_reason().unwrap();
         assert_eq!(reason.code, 4008);
         assert!(!reason.graceful);
+    }
+
+    #[test]
+    fn push_many_queues_in_order_and_overflows_like_single_pushes() {
+        let conn = Conn::new(1, None, 10, 0);
+        let frames = [&b"ab"[..], b"cd", b"ef"].map(Bytes::from_static);
+        assert_eq!(conn.push_many(frames), Push::Queued);
+        assert_eq!(conn.queued_bytes(), 6);
+        let (mut batch, mut single) = (VecDeque::new(), None);
+        conn.take(&mut batch, &mut single);
+        assert_eq!(Vec::from(batch), vec![&b"ab"[..], b"cd", b"ef"]);
+        // The third frame passes the limit: the whole queue goes, as with
+        // three single pushes.
+        let frames = [&b"1234"[..], b"5678", b"9abc"].map(Bytes::from_static);
+        assert_eq!(conn.push_many(frames), Push::Overflow);
+        assert_eq!(conn.queued_bytes(), 0);
+        assert_eq!(conn.close_reason().map(|r| r.code == 4008), Some(true));
+        assert_eq!(conn.push_many([Bytes::from_static(b"x")]), Push::Closed);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use switchboard_protocol::close;
 use switchboard_ws::SharedMessage;
 
 use super::conn::Conn;
-use super::push_counted;
+use super::{counted, push_counted};
 use crate::metrics::Metrics;
 
 pub(super) struct Gated {
@@ -37,24 +37,54 @@ impl Gated {
         let frame = message.frame_for(self.conn.deflate);
         match &mut self.held {
             None => push_counted(&self.conn, frame, metrics),
-            Some(held) => {
-                let (frames, bytes) = &mut **held;
-                *bytes += frame.len();
-                frames.push(frame);
-                if *bytes > self.conn.queue_limit() {
-                    // Held frames count against the same budget as queued ones.
-                    self.held = None;
-                    metrics.slow_consumer_disconnects.increment(1);
-                    self.conn.close(
-                        close::SLOW_CONSUMER,
-                        "slow consumer: outbound queue full",
-                        false,
-                    );
-                    return false;
+            Some(_) => self.hold(frame, metrics),
+        }
+    }
+
+    /// Queues (or holds) several events in order, under one lock of the
+    /// connection's queue and with at most one wake; false if they were
+    /// dropped (the connection overflowed or is closing).
+    pub fn push_many<'a>(
+        &mut self,
+        messages: impl Iterator<Item = &'a SharedMessage>,
+        metrics: &Metrics,
+    ) -> bool {
+        let deflate = self.conn.deflate;
+        let frames = messages.map(|message| message.frame_for(deflate));
+        match &mut self.held {
+            None => counted(&self.conn, self.conn.push_many(frames), metrics),
+            Some(_) => {
+                for frame in frames {
+                    if !self.hold(frame, metrics) {
+                        return false;
+                    }
                 }
                 true
             }
         }
+    }
+
+    /// Holds a frame behind the gate; false if that passed the queue budget
+    /// (the connection is then closed as a slow consumer).
+    fn hold(&mut self, frame: Bytes, metrics: &Metrics) -> bool {
+        let Some(held) = &mut self.held else {
+            return push_counted(&self.conn, frame, metrics);
+        };
+        let (frames, bytes) = &mut **held;
+        *bytes += frame.len();
+        frames.push(frame);
+        if *bytes > self.conn.queue_limit() {
+            // Held frames count against the same budget as queued ones.
+            self.held = None;
+            metrics.slow_consumer_disconnects.increment(1);
+            self.conn.close(
+                close::SLOW_CONSUMER,
+                "slow consumer: outbound queue full",
+                false,
+            );
+            return false;
+        }
+        true
     }
 
     /// Whether an ephemeral signal may go to this subscription now: no

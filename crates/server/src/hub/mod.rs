@@ -32,7 +32,7 @@ pub use conn::{CloseReason, Conn, Push};
 use floors::Floors;
 use gate::Gated;
 pub use relay::Relay;
-use room::Room;
+use room::{Room, RunEntry};
 
 use crate::metrics::Metrics;
 
@@ -779,6 +779,35 @@ impl Hub {
         delivered
     }
 
+    /// Delivers a run of committed messages to one room, seqs ascending,
+    /// each already encoded with its sender (pipeline only): every member
+    /// gets its share in one push (see `Room::deliver_run`). Returns how
+    /// many members got each message.
+    pub fn deliver_room_run(
+        &self,
+        room: &str,
+        run: Vec<(u64, Vec<u8>, Option<u64>)>,
+    ) -> Vec<usize> {
+        let started = Instant::now();
+        let Some(entry) = self.room(room) else {
+            return vec![0; run.len()];
+        };
+        let run: Vec<RunEntry> = run
+            .into_iter()
+            .map(|(seq, payload, sender)| RunEntry::new(seq, payload, sender))
+            .collect();
+        let delivered = entry.deliver_run(&run, &self.metrics);
+        self.metrics
+            .messages_out
+            .increment(delivered.iter().sum::<usize>() as u64);
+        // One fan-out's time per message, as `deliver_room_entry` records.
+        let each = started.elapsed().as_secs_f64() / run.len().max(1) as f64;
+        for _ in &run {
+            self.metrics.fanout_seconds.record(each);
+        }
+        delivered
+    }
+
     /// Delivers a committed direct message to every connection of its
     /// recipient, and a copy to the sender's other connections (pipeline
     /// only). Returns how many of the recipient's connections got it.
@@ -1017,7 +1046,12 @@ impl Hub {
 
 /// Queues one frame and keeps the slow-consumer metric in step.
 pub(crate) fn push_counted(conn: &Conn, frame: Bytes, metrics: &Metrics) -> bool {
-    match conn.push(frame) {
+    counted(conn, conn.push(frame), metrics)
+}
+
+/// Whether a push went through; counts (and logs) a slow consumer dropped.
+pub(crate) fn counted(conn: &Conn, push: Push, metrics: &Metrics) -> bool {
+    match push {
         Push::Queued => true,
         Push::Overflow => {
             metrics.slow_consumer_disconnects.increment(1);

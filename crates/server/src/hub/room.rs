@@ -110,6 +110,24 @@ fn text(payload: Vec<u8>) -> SharedMessage {
     SharedMessage::new(OpCode::Text, Bytes::from(payload))
 }
 
+/// One committed message of a run delivered together ([`Room::deliver_run`]).
+pub(super) struct RunEntry {
+    pub seq: u64,
+    pub message: SharedMessage,
+    /// The sending connection, which gets the ack instead.
+    pub sender: Option<u64>,
+}
+
+impl RunEntry {
+    pub(super) fn new(seq: u64, payload: Vec<u8>, sender: Option<u64>) -> RunEntry {
+        RunEntry {
+            seq,
+            message: text(payload),
+            sender,
+        }
+    }
+}
+
 impl Room {
     pub(super) fn new(name: &str) -> Room {
         Room {
@@ -407,6 +425,31 @@ impl Room {
                 && member.push(&message, metrics)
             {
                 delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Queues a run of committed messages (seqs ascending), each framed
+    /// once, to every member: each member gets, in order, those it joined
+    /// before and did not send, in one push (one lock of its queue, at most
+    /// one wake, and so more frames per write). Returns how many members
+    /// got each message.
+    pub(super) fn deliver_run(&self, run: &[RunEntry], metrics: &Metrics) -> Vec<usize> {
+        let mut delivered = vec![0; run.len()];
+        let mut mine: Vec<usize> = Vec::with_capacity(run.len());
+        let mut st = self.state.lock();
+        for member in st.members.values_mut() {
+            mine.clear();
+            let (id, from_seq) = (member.conn.id, member.from_seq);
+            mine.extend(
+                (0..run.len()).filter(|&i| run[i].sender != Some(id) && run[i].seq > from_seq),
+            );
+            if !mine.is_empty() && member.push_many(mine.iter().map(|&i| &run[i].message), metrics)
+            {
+                for &i in &mine {
+                    delivered[i] += 1;
+                }
             }
         }
         delivered
