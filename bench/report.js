@@ -579,6 +579,16 @@ if (!big && !sets.bigFlat.some((t) => t.failed)) {
     line('10 ms. The profile notes at the end ("What limits fan-out here") have the measurements and the next steps.');
     line();
   }
+  const busiest = fixedRows.find((t) => t.r)?.r;
+  if (halfPeakFloor.some((h) => h.verdict === '❌') && busiest && sendUs != null) {
+    const cpus = (busiest.deliveries_per_sec * sendUs) / 1e6;
+    line(`**Where p99 misses the floor, and why.** At half of peak the server delivers ${int(busiest.deliveries_per_sec)} frames/s. Written`);
+    line(`one frame per send, at ${sendUs.toFixed(2)} µs of kernel CPU each, that would take ${cpus.toFixed(1)} cores of kernel time alone, on`);
+    line(`${cores} cores shared with the load generator. Only batching (several frames per \`writev\`, that is frames waiting`);
+    line('for one another in each queue) carries that rate here, so the latency at this rate is that queueing, not one');
+    line('fan-out\'s time; the floor is what a message sees on a machine with headroom for unbatched sends.');
+    line();
+  }
   line('### Integrity');
   line();
   fanIntegrity([

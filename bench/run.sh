@@ -98,6 +98,17 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 . bench/lib.sh
 
+# carry_cluster_section FILE: puts the "## Cluster mode" section of the
+# current BENCHMARKS.md (bench/cluster.sh's; report.js does not render it)
+# into FILE, a freshly rendered report.
+carry_cluster_section() {
+  if [ -f BENCHMARKS.md ] && grep -q '^## Cluster mode' BENCHMARKS.md; then
+    sed -n '/^## Cluster mode/,/^## /{/^## /{/^## Cluster mode/!d}; p}' BENCHMARKS.md >"$1.cluster-section"
+    node bench/cluster-report.js --splice "$1.cluster-section" "$1"
+    rm -f "$1.cluster-section"
+  fi
+}
+
 smoke=false
 usage() { echo "usage: bench/run.sh [--smoke | --report RESULTS-DIR] (bench/run.sh --help explains)" >&2; exit 2; }
 case "${1:-}" in
@@ -116,6 +127,7 @@ case "${1:-}" in
     BENCH_WORK=$results
     export BENCH_WORK
     node bench/report.js >"$results/BENCHMARKS.md"
+    carry_cluster_section "$results/BENCHMARKS.md"
     mv "$results/BENCHMARKS.md" BENCHMARKS.md
     echo "==> wrote BENCHMARKS.md from $results" >&2
     exit 0
@@ -714,10 +726,7 @@ if ! node bench/report.js >"$WORK/BENCHMARKS.md"; then
 fi
 # The cluster section is bench/cluster.sh's: carried over from the previous
 # BENCHMARKS.md (report.js does not render it), or measured anew below.
-if [ -f BENCHMARKS.md ] && grep -q '^## Cluster mode' BENCHMARKS.md; then
-  sed -n '/^## Cluster mode/,/^## /{/^## /{/^## Cluster mode/!d}; p}' BENCHMARKS.md >"$WORK/cluster-section.md"
-  node bench/cluster-report.js --splice "$WORK/cluster-section.md" "$WORK/BENCHMARKS.md"
-fi
+carry_cluster_section "$WORK/BENCHMARKS.md"
 mv "$WORK/BENCHMARKS.md" BENCHMARKS.md
 if [ "${CLUSTER:-0}" = 1 ]; then
   say "CLUSTER=1: bench/cluster.sh"
