@@ -971,11 +971,14 @@ impl Writer {
     }
 }
 
-/// The room of a plain room message (not an edit or recall): what a run
-/// delivered together shares.
-fn room_message(m: &Submission) -> Option<&Arc<str>> {
-    match (&m.to, m.change) {
-        (Destination::Room(room), None) => Some(room),
+/// A stored plain room message (not an edit or recall): its room and
+/// sending connection, what a run delivered together shares.
+fn room_message<'a>(job: &'a Job, plan: &Plan) -> Option<(&'a Arc<str>, Option<u64>)> {
+    match (job, plan) {
+        (Job::Message(m), Plan::Stored { .. }) => match (&m.to, m.change) {
+            (Destination::Room(room), None) => Some((room, m.sender)),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -987,12 +990,8 @@ fn room_message(m: &Submission) -> Option<&Arc<str>> {
 /// own would reach it before the ack of its own (an ack then older than
 /// the messages it follows).
 fn joins(room: &Arc<str>, sender: Option<u64>, job: &Job, plan: &Plan) -> bool {
-    match (job, plan) {
-        (Job::Message(m), Plan::Stored { .. }) => {
-            room_message(m) == Some(room) && (sender.is_none() || m.sender == sender)
-        }
-        _ => false,
-    }
+    room_message(job, plan)
+        .is_some_and(|(to, from)| to == room && (sender.is_none() || from == sender))
 }
 
 /// What the writer hands the delivery task.
@@ -1048,9 +1047,8 @@ impl Deliverer {
                                 while let Some(next) =
                                     jobs.next_if(|(j, p)| joins(&room, sender, j, p))
                                 {
-                                    if let Job::Message(m) = &next.0 {
-                                        sender = sender.or(m.sender);
-                                    }
+                                    sender = sender
+                                        .or(room_message(&next.0, &next.1).and_then(|(_, s)| s));
                                     run.push(next);
                                 }
                                 self.deliver_run(&room, run);
@@ -1078,17 +1076,14 @@ impl Deliverer {
         plan: &Plan,
         committed: bool,
     ) -> Option<(Arc<str>, Option<u64>)> {
-        match (job, plan) {
-            (Job::Message(m), Plan::Stored { .. }) if committed && !self.assigning => {
-                room_message(m).map(|room| (room.clone(), m.sender))
-            }
-            _ => None,
-        }
+        room_message(job, plan)
+            .filter(|_| committed && !self.assigning)
+            .map(|(room, sender)| (room.clone(), sender))
     }
 
     /// Delivers committed messages to one room, in seq order, together (see
     /// [`Hub::deliver_room_run`]), then acks each. `run`: jobs that are all
-    /// [`room_message`]s to `room` with a [`Plan::Stored`].
+    /// [`room_message`]s to `room`.
     fn deliver_run(&self, room: &Arc<str>, run: Vec<(Job, Plan)>) {
         let mut messages = Vec::with_capacity(run.len());
         let mut entries = Vec::with_capacity(run.len());

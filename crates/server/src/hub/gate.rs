@@ -34,11 +34,7 @@ impl Gated {
 
     /// Queues (or holds) one event; false if it was dropped.
     pub fn push(&mut self, message: &SharedMessage, metrics: &Metrics) -> bool {
-        let frame = message.frame_for(self.conn.deflate);
-        match &mut self.held {
-            None => push_counted(&self.conn, frame, metrics),
-            Some(_) => self.hold(frame, metrics),
-        }
+        self.push_many(std::iter::once(message), metrics)
     }
 
     /// Queues (or holds) several events in order, under one lock of the
@@ -51,38 +47,25 @@ impl Gated {
     ) -> bool {
         let deflate = self.conn.deflate;
         let frames = messages.map(|message| message.frame_for(deflate));
-        match &mut self.held {
-            None => counted(&self.conn, self.conn.push_many(frames), metrics),
-            Some(_) => {
-                for frame in frames {
-                    if !self.hold(frame, metrics) {
-                        return false;
-                    }
-                }
-                true
-            }
-        }
-    }
-
-    /// Holds a frame behind the gate; false if that passed the queue budget
-    /// (the connection is then closed as a slow consumer).
-    fn hold(&mut self, frame: Bytes, metrics: &Metrics) -> bool {
+        let limit = self.conn.queue_limit();
         let Some(held) = &mut self.held else {
-            return push_counted(&self.conn, frame, metrics);
+            return counted(&self.conn, self.conn.push_many(frames), metrics);
         };
-        let (frames, bytes) = &mut **held;
-        *bytes += frame.len();
-        frames.push(frame);
-        if *bytes > self.conn.queue_limit() {
-            // Held frames count against the same budget as queued ones.
-            self.held = None;
-            metrics.slow_consumer_disconnects.increment(1);
-            self.conn.close(
-                close::SLOW_CONSUMER,
-                "slow consumer: outbound queue full",
-                false,
-            );
-            return false;
+        let (held_frames, bytes) = &mut **held;
+        for frame in frames {
+            *bytes += frame.len();
+            held_frames.push(frame);
+            if *bytes > limit {
+                // Held frames count against the same budget as queued ones.
+                self.held = None;
+                metrics.slow_consumer_disconnects.increment(1);
+                self.conn.close(
+                    close::SLOW_CONSUMER,
+                    "slow consumer: outbound queue full",
+                    false,
+                );
+                return false;
+            }
         }
         true
     }
