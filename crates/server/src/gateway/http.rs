@@ -195,9 +195,10 @@ pub(super) fn refuse(app: &App, status: StatusCode, message: &str) -> Response {
 
 /// A connection's whole handler, boxed so `/ws` and `/relay` share one
 /// socket loop, and so the socket task's future holds only a pointer to
-/// it: that future (the `socket::run` driver) is 248 bytes, not 320 with
-/// the slots and `app` inline, so its tokio task takes 384 bytes instead
-/// of 512 (measured with heaptrack), while the box grows by 32.
+/// it: with the slots and `app` inline that future (the `socket::run`
+/// driver) would be 72 bytes bigger, too big for the 256-byte tokio task it
+/// fits now (`socket::tests`; 384 instead of 512 when this was measured
+/// with heaptrack), while the box grows by 32.
 type Boxed = Box<Admitted<dyn socket::Handler + Send>>;
 
 impl<T: socket::Handler + ?Sized> socket::Handler for Box<T> {
