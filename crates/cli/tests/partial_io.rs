@@ -39,14 +39,29 @@ async fn next_event(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Value {
                 return serde_json::from_slice(&payload).expect("event is JSON");
             }
         }
-        let mut chunk = vec![0; 64 * 1024];
-        let n = tokio::time::timeout(TIMEOUT, stream.read(&mut chunk))
-            .await
-            .expect("timed out waiting for an event")
-            .expect("read");
-        assert!(n > 0, "the connection ended");
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(stream, buf).await;
     }
+}
+
+/// Appends what the socket has next to `buf`; fails on a timeout or EOF.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = vec![0; 64 * 1024];
+    let n = tokio::time::timeout(TIMEOUT, stream.read(&mut chunk))
+        .await
+        .expect("timed out waiting for the server")
+        .expect("read");
+    assert!(n > 0, "the connection ended");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+/// The next event, which must be the reply of this type to command `id`.
+async fn expect_reply(stream: &mut TcpStream, buf: &mut Vec<u8>, kind: &str, id: &str) {
+    let event = next_event(stream, buf).await;
+    assert_eq!(
+        (event["type"].as_str(), event["id"].as_str()),
+        (Some(kind), Some(id)),
+        "{event}"
+    );
 }
 
 /// A client that sends its first frame in the same write as the upgrade
@@ -71,13 +86,7 @@ async fn a_frame_sent_with_the_upgrade_request_is_not_lost() {
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
-        let mut chunk = [0; 4096];
-        let n = tokio::time::timeout(TIMEOUT, stream.read(&mut chunk))
-            .await
-            .expect("handshake timeout")
-            .expect("read");
-        assert!(n > 0, "closed during the handshake");
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(&mut stream, &mut buf).await;
     };
     assert!(
         buf.starts_with(b"HTTP/1.1 101"),
@@ -86,11 +95,7 @@ async fn a_frame_sent_with_the_upgrade_request_is_not_lost() {
     );
     buf.drain(..head_end);
     assert_eq!(next_event(&mut stream, &mut buf).await["type"], "welcome");
-    let joined = next_event(&mut stream, &mut buf).await;
-    assert_eq!(
-        (joined["type"].as_str(), joined["id"].as_str()),
-        (Some("joined"), Some("j1"))
-    );
+    expect_reply(&mut stream, &mut buf, "joined", "j1").await;
 }
 
 /// A frame that arrives a byte at a time is decoded once whole, and the
@@ -113,20 +118,12 @@ async fn a_frame_that_arrives_a_byte_at_a_time_is_decoded_once_whole() {
         // would still be right, only less thorough.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let joined = next_event(&mut stream, &mut buf).await;
-    assert_eq!(
-        (joined["type"].as_str(), joined["id"].as_str()),
-        (Some("joined"), Some("j1"))
-    );
+    expect_reply(&mut stream, &mut buf, "joined", "j1").await;
     stream
         .write_all(&masked_frame(0x1, br#"{"type":"ping","id":"p1"}"#))
         .await
         .expect("write");
-    let pong = next_event(&mut stream, &mut buf).await;
-    assert_eq!(
-        (pong["type"].as_str(), pong["id"].as_str()),
-        (Some("pong"), Some("p1"))
-    );
+    expect_reply(&mut stream, &mut buf, "pong", "p1").await;
 }
 
 /// A subscriber that stops reading while its socket fills, but within its
