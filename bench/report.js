@@ -109,6 +109,9 @@ const sseTarget = { key: { server: 'switchboard', mode: 'sse' }, title: 'Switchb
 const fanTargetsSmall = [...fanTargets.slice(0, 2), sseTarget, ...fanTargets.slice(2)];
 const flatOut = (rate) => rate === 0;
 const atFixedRate = (rate) => rate !== 0;
+// The fan-out to many at a calm rate (run.sh's BIG_CALM_RATE), told apart
+// from the half-of-peak one by its run's name.
+const isCalm = (run) => typeof run === 'string' && run.startsWith('big-calm-');
 const fanSet = (query, list = fanTargets) =>
   list.map((t) => ({ ...t, ...measurement({ scenario: 'fanout', ...query, ...t.key }) }));
 // The two fan-out sizes run.sh measured (its SUBSCRIBERS and SUBSCRIBERS_BIG).
@@ -118,7 +121,8 @@ const sets = {
   flat: fanSet({ subscribers: fanSmall, rate: flatOut }, fanTargetsSmall),
   fixed: fanSet({ subscribers: fanSmall, rate: atFixedRate }, fanTargetsSmall),
   bigFlat: fanSet({ subscribers: fanBig, rate: flatOut }),
-  bigFixed: fanSet({ subscribers: fanBig, rate: atFixedRate }, fanTargets.filter((t) => !t.baseline)),
+  bigFixed: fanSet({ subscribers: fanBig, rate: atFixedRate, run: (run) => !isCalm(run) }, fanTargets.filter((t) => !t.baseline)),
+  bigCalm: fanSet({ subscribers: fanBig, run: isCalm }, fanTargets.filter((t) => !t.baseline)),
 };
 const byServer = (set, server, mode) => set.find((t) => t.key.server === server && t.key.mode === mode);
 // The /ws measurement at few connections (run.sh's CONNECT_FEW): its own
@@ -571,12 +575,11 @@ if (!big && !sets.bigFlat.some((t) => t.failed)) {
   for (const h of halfPeakFloor) line(`- ${h.target.replace(/^.*?: /, '')}: ${h.measured} ${h.verdict}`);
   line();
   if (halfPeak.some((h) => h.verdict === '❌')) {
-    line(`**Where p99 misses ${MAX_HALF_PEAK_P99_US / 1000} ms, and why.** Each message here is written to 10,000 sockets by the server and read`);
-    line('from 10,000 sockets by the load generator, on the same two cores. With deliveries not batched, one costs');
-    line('about 4 µs of server CPU, most of it in the kernel\'s loopback TCP path. One message\'s fan-out therefore');
-    line('takes tens of milliseconds, and the last subscribers\' latency is that time: below half of peak too (a');
-    line('10 messages/s run measured p99 45 ms). With 1,000 subscribers, the fixed-rate table above has p99 under');
-    line('10 ms. The profile notes at the end ("What limits fan-out here") have the measurements and the next steps.');
+    line(`**Where p99 misses ${MAX_HALF_PEAK_P99_US / 1000} ms, and why.** Each message here is written to ${int(subs)} sockets by the server and read`);
+    line(`from ${int(subs)} sockets by the load generator, on the same ${cores} cores. One message's fan-out therefore takes`);
+    line('tens of milliseconds of CPU on each side, and the last subscribers\' latency is at least that time, at any');
+    line('rate: the calm-rate measurement below has the figures. With 1,000 subscribers, the fixed-rate table above has');
+    line(`p99 under ${MAX_HALF_PEAK_P99_US / 1000} ms. The profile notes at the end ("What limits fan-out here") have the measurements and the next steps.`);
     line();
   }
   const busiest = fixedRows.find((t) => t.r)?.r;
@@ -589,15 +592,84 @@ if (!big && !sets.bigFlat.some((t) => t.failed)) {
     line('fan-out\'s time; the floor is what a message sees on a machine with headroom for unbatched sends.');
     line();
   }
+  calmSection(subs);
   line('### Integrity');
   line();
   fanIntegrity([
     { rows: sets.bigFlat, set: 'flat out' },
     { rows: sets.bigFixed, set: 'half of peak' },
+    { rows: sets.bigCalm, set: 'calm rate' },
   ]);
   line('### Commands');
   line();
   commands('fanout-big');
+}
+
+// The fan-out to many at a calm rate: one message's fan-out with nothing
+// queued before it, against the send floor and against what the server and
+// the load generator together need for one message on these cores.
+function calmSection(subs) {
+  const rows = sets.bigCalm;
+  const any = rows.find((t) => t.r)?.r;
+  if (!any && !rows.some((t) => t.failed)) return;
+  const rate = any ? any.rate * any.publishers : Number(env.BENCH_BIG_CALM_RATE) || null;
+  line(`### Calm rate: ${rate != null ? `${int(rate)} messages/s` : 'a low rate'}${rate != null ? ` (${int(rate * subs)} deliveries/s)` : ''}`);
+  line();
+  line('One message at a time with nothing queued before it: how long one fan-out takes to reach the last');
+  line(`of ${int(subs)} subscribers, what it costs the server and the load generator (CPU per message: CPU ÷ publishes/s),`);
+  line('and how the server\'s threads shared the work (percent of one core each, busiest first).');
+  line();
+  line('"Other CPU" includes time the virtual machine\'s host took from it (steal): high there, the latency is');
+  line('that of a machine that was not running the test.');
+  line();
+  line('| target | deliveries/s | latency p50 | p99 | max | server CPU | load generator CPU | other CPU | server CPU per message | load generator CPU per message | server threads |');
+  line('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|');
+  const perMessageMs = (cpuPct, r) => (cpuPct == null || !r.publishes_per_sec ? null : (cpuPct / 100 / r.publishes_per_sec) * 1000);
+  const ms = (v) => (v == null ? 'n/a' : `${v.toPrecision(3)} ms`);
+  const threads = (r) =>
+    (r.server_threads || []).length ? r.server_threads.map((t) => `${t.name} ${t.cpu_pct}%`).join(', ') : 'n/a';
+  for (const m of rows) {
+    const { title, r } = m;
+    if (!r) {
+      line(`| ${title} | ${missing(m)} | ${dashes(9)} |`);
+      continue;
+    }
+    const l = r.latency_us;
+    line(`| ${title} | ${int(r.deliveries_per_sec)} | ${lat(l.p50)} | ${lat(l.p99)} | ${lat(l.max)} | ${pct(r.server_cpu_pct)} | ${pct(r.client_cpu_pct)} | ${pct(r.other_cpu_pct)} | ${ms(perMessageMs(r.server_cpu_pct, r))} | ${ms(perMessageMs(r.client_cpu_pct, r))} | ${threads(r)} |`);
+  }
+  line();
+  const measured = rows.filter((t) => t.r);
+  if (!measured.length) return;
+  line(`**Against the floors.** The floor of the target above counts the server's sends only (subscribers × one send's`);
+  line(`kernel CPU ÷ ${cores} cores). Here the load generator reads the same deliveries on the same cores, so the last of`);
+  line('a message\'s deliveries cannot be read before the server has written them all and the load generator has read');
+  line(`them all: this machine's floor is their CPU for one message ÷ ${cores} cores.`);
+  line();
+  for (const { short, r } of measured) {
+    const p99 = r.latency_us.p99;
+    const send = floorUs(r);
+    const server = perMessageMs(r.server_cpu_pct, r);
+    const client = perMessageMs(r.client_cpu_pct, r);
+    const machine = server != null && client != null ? ((server + client) / cores) * 1000 : null;
+    const parts = [];
+    if (send != null) parts.push(`the send floor ${lat(send)} (${int(r.subscribers)} × ${sendUs.toFixed(2)} µs ÷ ${cores}): ${ratio(p99, send)}`);
+    if (machine != null) parts.push(`this machine's floor ${lat(Math.round(machine))} ((${ms(server)} + ${ms(client)}) ÷ ${cores}): ${ratio(p99, machine)}`);
+    line(`- ${short}: p99 ${lat(p99)}; ${parts.length ? parts.join('; ') : 'no floor (CPU not read)'}.`);
+  }
+  line();
+  const spread = measured
+    .map(({ short, r }) => {
+      const workers = (r.server_threads || []).filter((t) => t.name.startsWith('tokio-rt-worker'));
+      const total = r.server_cpu_pct;
+      if (!workers.length || !total) return null;
+      const share = workers.reduce((a, t) => a + t.cpu_pct, 0) / total;
+      return `${short}: ${workers.length} runtime worker${workers.length === 1 ? '' : 's'} did ${Math.round(share * 100)}% of the server's CPU (${workers.map((t) => `${t.cpu_pct}%`).join(', ')} of a core)`;
+    })
+    .filter(Boolean);
+  if (spread.length) {
+    line(`**Spread over the cores:** ${spread.join('; ')}.`);
+    line();
+  }
 }
 
 // ---- 3. Connect.
@@ -1054,8 +1126,9 @@ line('```');
 line();
 line('Needs Rust, Node.js and npm (`ws` and `socket.io` are installed into `bench/baselines/node_modules` on first');
 line('use). Environment variables override the sizes: `SUBSCRIBERS`, `PUBLISHERS`, `DURATION`, `WARMUP`, `SIZE`,');
-line('`WINDOW`, `LEAD` and `RATE` (fan-out; `DURATION` and `WARMUP` also direct and publish); `SUBSCRIBERS_BIG` and');
-line('`BIG_RATE` (fan-out to many; `BIG_RATE` replaces half of the peak); `CONNECT_N` (connect); `DIRECT_PAIRS` and');
+line('`WINDOW`, `LEAD` and `RATE` (fan-out; `DURATION` and `WARMUP` also direct and publish); `SUBSCRIBERS_BIG`,');
+line('`BIG_RATE` and `BIG_CALM_RATE` (fan-out to many; `BIG_RATE` replaces half of the peak, `BIG_CALM_RATE` the calm');
+line('2 msg/s); `CONNECT_N` (connect); `DIRECT_PAIRS` and');
 line('`DIRECT_RATE` (direct); `RESUME_CLIENTS` and `RESUME_ROOMS` (resume); `CHURN_RATE` and `CHURN_DURATION`');
 line('(churn); `PRESENCE_USERS`, `PRESENCE_BASE_USERS`, `PRESENCE_OVER` (presence); `PUB_PUBLISHERS`, `PUB_WINDOW`, `PUB_RETENTION`, `PUB_ROUNDS` and `PUB_DURATION` (publish);');
 line('`DATA_PARENT` puts the data directories on another disk; `RESULTS_DIR` keeps the raw results elsewhere. A');

@@ -18,7 +18,9 @@
 #    its section of BENCHMARKS.md); EVERYDAY=0 skips it here.
 # 2. Fan-out, SUBSCRIBERS_BIG (10,000) subscribers: the same four targets
 #    flat out; then Switchboard room and relay at a fixed rate of half the
-#    publishes/s Switchboard room reached flat out (BIG_RATE overrides it).
+#    publishes/s Switchboard room reached flat out (BIG_RATE overrides it),
+#    and at a calm BIG_CALM_RATE (2 msg/s): one fan-out's CPU and latency
+#    with nothing queued, and the server's CPU per thread.
 # 3. Connect: CONNECT_N (19,000) idle connections held at once, a fresh
 #    server each (Switchboard with the memory store): Switchboard /ws (no
 #    room), /ws + join, /relay; Node ws; Socket.IO. Connects/s, handshake
@@ -83,7 +85,7 @@
 # SUBSCRIBERS, PUBLISHERS, DURATION, WARMUP, SIZE, WINDOW, LEAD, RATE
 # (fan-out; DURATION and WARMUP also for direct and publish); SUBSCRIBERS_BIG,
 # BIG_RATE (msg/s per publisher at the fixed rate; default half of room's
-# peak) (fan-out at 10k); CONNECT_N, CONNECT_FEW (connect); DIRECT_PAIRS, DIRECT_RATE
+# peak), BIG_CALM_RATE (the calm rate; default 2) (fan-out at 10k); CONNECT_N, CONNECT_FEW (connect); DIRECT_PAIRS, DIRECT_RATE
 # (msg/s per connection at the fixed rate; default half the flat-out
 # throughput) (direct); RESUME_CLIENTS, RESUME_ROOMS (resume); CHURN_RATE,
 # CHURN_DURATION (churn); PRESENCE_USERS, PRESENCE_BASE_USERS, PRESENCE_OVER
@@ -153,6 +155,7 @@ target() {
 command -v node >/dev/null || { echo "bench/run.sh: node is needed for the baseline servers" >&2; exit 1; }
 SUBSCRIBERS_BIG=${SUBSCRIBERS_BIG:-$(target fanout_vs_node.subscribers)}
 BIG_RATE=${BIG_RATE:-}
+BIG_CALM_RATE=${BIG_CALM_RATE:-2}
 CONNECT_N=${CONNECT_N:-$(target idle_memory.connections)}
 CONNECT_FEW=${CONNECT_FEW:-$(target idle_memory.few_connections)}
 DIRECT_PAIRS=${DIRECT_PAIRS:-1000}
@@ -559,6 +562,13 @@ else
       switchboard sqlite "switchboard $mode" fanout --mode "$mode" --subscribers "$SUBSCRIBERS_BIG"
   done
 fi
+# And at a calm rate (BIG_CALM_RATE, 2 msg/s; at 10 msg/s the server and the
+# load generator already need ~1.9 of the 2 cores here): one message's
+# fan-out with nothing queued before it, its CPU (server and load generator)
+# and how the server's threads shared it.
+say "calm rate at $SUBSCRIBERS_BIG subscribers: $BIG_CALM_RATE msg/s per publisher"
+fanout big-calm-switchboard-room switchboard room "$BIG_CALM_RATE" "$SUBSCRIBERS_BIG"
+fanout big-calm-switchboard-relay switchboard relay "$BIG_CALM_RATE" "$SUBSCRIBERS_BIG"
 
 # 3. Connect: CONNECT_N idle connections, a fresh server each.
 SECTION=connect
@@ -701,13 +711,14 @@ BENCH_SUBSCRIBERS_BIG=$SUBSCRIBERS_BIG
 BENCH_CONNECT_FEW=$CONNECT_FEW
 BENCH_BIG_RATE=$BIG_RATE
 BENCH_BIG_RATE_FROM=$BIG_RATE_FROM
+BENCH_BIG_CALM_RATE=$BIG_CALM_RATE
 BENCH_DIRECT_RATE=$DIRECT_RATE
 BENCH_DIRECT_RATE_FROM=$DIRECT_RATE_FROM
 BENCH_PUB_RETENTION=$PUB_RETENTION
 BENCH_PUB_ROUNDS=$PUB_ROUNDS
 BENCH_FAILED=$(printf '%s\n' "${FAILED[@]}")
 export BENCH_PUB_RETENTION BENCH_PUB_ROUNDS BENCH_DISK_DF BENCH_DISK_MOUNT BENCH_DISK_CACHE BENCH_DISK_DSYNC_APPEND_S \
-  BENCH_DISK_DSYNC_OVERWRITE_S BENCH_ELAPSED_S BENCH_SOCKETIO BENCH_SIO_SERVE BENCH_BIG_RATE BENCH_BIG_RATE_FROM \
+  BENCH_DISK_DSYNC_OVERWRITE_S BENCH_ELAPSED_S BENCH_SOCKETIO BENCH_SIO_SERVE BENCH_BIG_RATE BENCH_BIG_RATE_FROM BENCH_BIG_CALM_RATE \
   BENCH_DIRECT_RATE BENCH_DIRECT_RATE_FROM BENCH_FAILED BENCH_SUBSCRIBERS BENCH_SUBSCRIBERS_BIG BENCH_CONNECT_FEW
 export BENCH_WORK BENCH_STARTED BENCH_LOAD_BEFORE BENCH_LOAD_AFTER BENCH_CPU_MODEL BENCH_NPROC BENCH_KERNEL \
   BENCH_MEM BENCH_RUSTC BENCH_NODE BENCH_WS BENCH_COMMIT BENCH_SB_SERVE BENCH_NODE_SERVE BENCH_RATE

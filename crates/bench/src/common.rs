@@ -2,7 +2,7 @@
 //! timestamped bench body, the measured window's timeline and CPU
 //! accounting, latency summaries, the run's events and the JSON result line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -192,9 +192,27 @@ pub struct Cpu {
     /// Everything else the machine did meanwhile (other processes,
     /// interrupts): a measurement is only clean when this is low.
     pub other: Option<f64>,
+    /// With one server PID: each of its threads that used CPU in the window
+    /// (its name, percent of one core), busiest first. Shows whether the
+    /// work was spread over the cores or done by one thread.
+    pub threads: Vec<(String, f64)>,
 }
 
 impl Cpu {
+    /// `tokio-rt-worker 41.2%, tokio-rt-worker 40.9%, …`: the server's
+    /// threads that used CPU, busiest first (None if not read).
+    pub fn threads_line(&self) -> Option<String> {
+        if self.threads.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self
+            .threads
+            .iter()
+            .map(|(name, pct)| format!("{name} {pct}%"))
+            .collect();
+        Some(parts.join(", "))
+    }
+
     /// `client 80%  server 110%  everything else 2% (of one core)`.
     pub fn line(&self) -> String {
         let pct = |v: Option<f64>| v.map(|v| format!("{v}%")).unwrap_or_else(|| "n/a".into());
@@ -223,6 +241,8 @@ pub struct CpuProbe {
     /// The server's processes (none, one, or a cluster's nodes and Redis),
     /// each with its CPU seconds at the start.
     servers: Vec<(u32, Option<f64>)>,
+    /// With one server PID: its threads' CPU seconds at the start, by TID.
+    threads: HashMap<u32, (String, f64)>,
     client: Option<f64>,
     machine: Option<f64>,
 }
@@ -235,6 +255,10 @@ impl CpuProbe {
                 .iter()
                 .map(|&p| (p, cpu_seconds(Some(p))))
                 .collect(),
+            threads: match server_pids {
+                [pid] => thread_cpu_seconds(*pid),
+                _ => HashMap::new(),
+            },
             client: cpu_seconds(None),
             machine: machine_busy_seconds(),
         }
@@ -268,11 +292,25 @@ impl CpuProbe {
             }
             _ => None,
         };
+        let mut threads: Vec<(String, f64)> = match self.servers.as_slice() {
+            [(pid, _)] if !self.threads.is_empty() => thread_cpu_seconds(*pid)
+                .into_iter()
+                .filter_map(|(tid, (name, after))| {
+                    // A thread started in the window counts from zero.
+                    let before = self.threads.get(&tid).map_or(0.0, |(_, s)| *s);
+                    let pct = ((after - before) / wall * 100.0 * 10.0).round() / 10.0;
+                    (pct > 0.0).then_some((name, pct))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
         Cpu {
             client,
             server,
             by_pid,
             other,
+            threads,
         }
     }
 }
@@ -289,6 +327,27 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     // USER_HZ is 100 on every Linux configuration we run on.
     Some((utime + stime) / 100.0)
+}
+
+/// Each thread of a process: its name and CPU time in seconds, by TID
+/// (Linux; empty elsewhere).
+fn thread_cpu_seconds(pid: u32) -> HashMap<u32, (String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((tid, (name, (utime + stime) / 100.0)))
+        })
+        .collect()
 }
 
 /// CPU time spent by the whole machine (all cores, not idle), in seconds.
@@ -321,6 +380,24 @@ mod tests {
             }
             assert_eq!(stamp(&body), Some(1_234_567));
         }
+    }
+
+    #[test]
+    fn a_processs_threads_are_read_with_their_names() {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("probe-test".into())
+            .spawn(move || stopped.recv())
+            .unwrap();
+        let threads = thread_cpu_seconds(std::process::id());
+        stop.send(()).unwrap();
+        thread.join().unwrap().unwrap();
+        assert!(
+            threads
+                .values()
+                .any(|(name, secs)| name == "probe-test" && *secs >= 0.0),
+            "{threads:?}"
+        );
     }
 
     #[test]

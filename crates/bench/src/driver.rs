@@ -436,6 +436,14 @@ pub fn finish(
                 .collect();
             fields.insert("server_cpu_pct_by_pid".into(), by_pid.into());
         }
+        if !cpu.threads.is_empty() {
+            let threads: Vec<serde_json::Value> = cpu
+                .threads
+                .iter()
+                .map(|(name, pct)| serde_json::json!({"name": name, "cpu_pct": pct}))
+                .collect();
+            fields.insert("server_threads".into(), threads.into());
+        }
     }
     output.emit(result)?;
     if strict && !problems.is_empty() {

@@ -1006,6 +1006,9 @@ async fn drive(args: FanoutArgs, targets: Vec<Target>) -> anyhow::Result<()> {
         result["latency_same_node_us"] = common::latency_json(&same);
     }
     println!("  cpu          {}", cpu.line());
+    if let Some(threads) = cpu.threads_line() {
+        println!("  threads      {threads}");
+    }
     println!(
         "  integrity    lost {lost}, disconnected subscribers {disconnected}, server errors {}, publisher errors {}",
         events.server_errors,
