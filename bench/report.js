@@ -578,8 +578,12 @@ if (!big && !sets.bigFlat.some((t) => t.failed)) {
     line(`**Where p99 misses ${MAX_HALF_PEAK_P99_US / 1000} ms, and why.** Each message here is written to ${int(subs)} sockets by the server and read`);
     line(`from ${int(subs)} sockets by the load generator, on the same ${cores} cores. One message's fan-out therefore takes`);
     line('tens of milliseconds of CPU on each side, and the last subscribers\' latency is at least that time, at any');
-    line('rate: the calm-rate measurement below has the figures. With 1,000 subscribers, the fixed-rate table above has');
-    line(`p99 under ${MAX_HALF_PEAK_P99_US / 1000} ms. The profile notes at the end ("What limits fan-out here") have the measurements and the next steps.`);
+    const smallRoom = byServer(sets.fixed, 'switchboard', 'room').r;
+    const small = smallRoom && smallRoom.latency_us.p99 < MAX_HALF_PEAK_P99_US
+      ? ` With ${int(smallRoom.subscribers)} subscribers, the fixed-rate table above has room's p99 at ${lat(smallRoom.latency_us.p99)}.`
+      : '';
+    line(`rate: the calm-rate measurement below has the figures.${small} The profile notes at the end ("Fan-out to`);
+    line('10,000 at a calm rate") have the profile.');
     line();
   }
   const busiest = fixedRows.find((t) => t.r)?.r;
@@ -613,7 +617,7 @@ function calmSection(subs) {
   const any = rows.find((t) => t.r)?.r;
   if (!any && !rows.some((t) => t.failed)) return;
   const rate = any ? any.rate * any.publishers : Number(env.BENCH_BIG_CALM_RATE) || null;
-  line(`### Calm rate: ${rate != null ? `${int(rate)} messages/s` : 'a low rate'}${rate != null ? ` (${int(rate * subs)} deliveries/s)` : ''}`);
+  line(`### Calm rate: ${rate != null ? `${Number(rate.toPrecision(3))} messages/s (${int(rate * subs)} deliveries/s)` : 'a low rate'}`);
   line();
   line('One message at a time with nothing queued before it: how long one fan-out takes to reach the last');
   line(`of ${int(subs)} subscribers, what it costs the server and the load generator (CPU per message: CPU ÷ publishes/s),`);
@@ -659,11 +663,12 @@ function calmSection(subs) {
   line();
   const spread = measured
     .map(({ short, r }) => {
+      // Tokio names its workers and its blocking pool's threads alike.
       const workers = (r.server_threads || []).filter((t) => t.name.startsWith('tokio-rt-worker'));
       const total = r.server_cpu_pct;
       if (!workers.length || !total) return null;
       const share = workers.reduce((a, t) => a + t.cpu_pct, 0) / total;
-      return `${short}: ${workers.length} runtime worker${workers.length === 1 ? '' : 's'} did ${Math.round(share * 100)}% of the server's CPU (${workers.map((t) => `${t.cpu_pct}%`).join(', ')} of a core)`;
+      return `${short}: ${workers.length} runtime thread${workers.length === 1 ? '' : 's'} did ${Math.round(share * 100)}% of the server's CPU (${workers.map((t) => `${t.cpu_pct}%`).join(', ')} of a core)`;
     })
     .filter(Boolean);
   if (spread.length) {

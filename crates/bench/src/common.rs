@@ -298,7 +298,7 @@ impl CpuProbe {
                 .filter_map(|(tid, (name, after))| {
                     // A thread started in the window counts from zero.
                     let before = self.threads.get(&tid).map_or(0.0, |(_, s)| *s);
-                    let pct = ((after - before) / wall * 100.0 * 10.0).round() / 10.0;
+                    let pct = pct(Some(before), Some(after))?;
                     (pct > 0.0).then_some((name, pct))
                 })
                 .collect(),
@@ -384,18 +384,22 @@ mod tests {
 
     #[test]
     fn a_processs_threads_are_read_with_their_names() {
+        let (started, running) = std::sync::mpsc::channel::<()>();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // The name is set by the new thread itself: read /proc once it runs.
         let thread = std::thread::Builder::new()
             .name("probe-test".into())
-            .spawn(move || stopped.recv())
+            .spawn(move || {
+                started.send(()).unwrap();
+                stopped.recv()
+            })
             .unwrap();
+        running.recv().unwrap();
         let threads = thread_cpu_seconds(std::process::id());
         stop.send(()).unwrap();
         thread.join().unwrap().unwrap();
         assert!(
-            threads
-                .values()
-                .any(|(name, secs)| name == "probe-test" && *secs >= 0.0),
+            threads.values().any(|(name, _)| name == "probe-test"),
             "{threads:?}"
         );
     }
