@@ -186,7 +186,12 @@ else
   if $smoke; then profile=debug; else profile=release; fi
   say "building switchboard and switchboard-bench ($profile)"
   if $smoke; then
-    cargo build -p switchboard -p switchboard-bench --quiet
+    # Every target, as `cargo test --workspace` builds them: the same
+    # dependency features, so after `scripts/test`'s test build this only
+    # adds the load generator. `-p switchboard -p switchboard-bench` leaves
+    # out the dev-dependencies, whose features change tokio's, hyper's, …:
+    # 101 s of dependencies built a second time on a fresh machine.
+    cargo build --workspace --all-targets --quiet
   else
     cargo build --release -p switchboard -p switchboard-bench --quiet
   fi
