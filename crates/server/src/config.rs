@@ -21,6 +21,20 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT", default_value = "25s", value_parser = parse_duration)]
     pub heartbeat: Duration,
 
+    /// Idle plain-TCP WebSocket connections are parked: their socket is
+    /// watched by one epoll of the server's instead of a task of their own
+    /// (about 500 bytes less each). `quiet`: a connection parks once idle
+    /// after its handshake, and again after a heartbeat interval without a
+    /// data message; pings and pongs are answered while parked. `always`:
+    /// whenever idle (for tests: every message unparks). `off`: never.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PARK_IDLE",
+        default_value = "quiet",
+        value_enum
+    )]
+    pub park_idle: ParkIdle,
+
     /// Largest accepted WebSocket frame and message (after decompression);
     /// larger ones close the connection with 1009. Units: B, KiB, MiB.
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME", default_value = "64KiB", value_parser = parse_size)]
@@ -311,6 +325,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             heartbeat: Duration::from_secs(25),
+            park_idle: ParkIdle::Quiet,
             max_frame: 64 * 1024,
             rate_limit: 100,
             rate_burst: 200,
@@ -376,6 +391,17 @@ pub enum RedisDurability {
     Relaxed,
     // Do not check (CONFIG is not allowed).
     Trust,
+}
+
+/// The `--park-idle` choices.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParkIdle {
+    // After the handshake, then after a quiet heartbeat interval.
+    Quiet,
+    // Whenever idle (tests).
+    Always,
+    // Never.
+    Off,
 }
 
 /// The `--log-format` choices.

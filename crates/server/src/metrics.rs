@@ -19,6 +19,7 @@ pub struct Metrics {
     handle: PrometheusHandle,
     pub connections: Gauge,
     pub sockets: Gauge,
+    pub parked: Gauge,
     pub users: Gauge,
     pub rooms: Gauge,
     pub connections_accepted: Counter,
@@ -41,6 +42,7 @@ const FANOUT: &str = "switchboard_fanout_duration_seconds";
 const ERRORS: &str = "switchboard_errors_total";
 const CONNECTIONS: &str = "switchboard_connections";
 const SOCKETS: &str = "switchboard_sockets";
+const PARKED: &str = "switchboard_connections_parked";
 const USERS: &str = "switchboard_users";
 const ROOMS: &str = "switchboard_rooms";
 const ACCEPTED: &str = "switchboard_connections_accepted_total";
@@ -60,6 +62,7 @@ const HEARTBEAT_TIMEOUTS: &str = "switchboard_heartbeat_timeouts_total";
 pub struct Snapshot {
     pub connections: u64,
     pub sockets: u64,
+    pub parked: u64,
     pub users: u64,
     pub rooms: u64,
     pub connections_accepted: u64,
@@ -154,6 +157,10 @@ impl Metrics {
                 SOCKETS,
                 "open client connections of every kind (HTTP, TLS handshakes, WebSockets); --max-connections bounds it",
             ),
+            parked: gauge(
+                PARKED,
+                "idle WebSocket connections parked: watched by the server's own epoll, without a task of their own",
+            ),
             users: gauge(USERS, "distinct identified users online"),
             rooms: gauge(ROOMS, "rooms with at least one member"),
             connections_accepted: counter(
@@ -247,6 +254,7 @@ impl Metrics {
         Snapshot {
             connections: get(CONNECTIONS),
             sockets: get(SOCKETS),
+            parked: get(PARKED),
             users: get(USERS),
             rooms: get(ROOMS),
             connections_accepted: get(ACCEPTED),

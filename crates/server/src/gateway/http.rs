@@ -199,7 +199,7 @@ pub(super) fn refuse(app: &App, status: StatusCode, message: &str) -> Response {
 /// driver) would be 72 bytes bigger, too big for the 256-byte tokio task it
 /// fits now (`socket::tests`; 384 instead of 512 when this was measured
 /// with heaptrack), while the box grows by 32.
-type Boxed = Box<Admitted<dyn socket::Handler + Send>>;
+pub(super) type Boxed = Box<Admitted<dyn socket::Handler + Send>>;
 
 impl<T: socket::Handler + ?Sized> socket::Handler for Box<T> {
     fn on_message(
@@ -227,7 +227,7 @@ impl<T: socket::Handler + ?Sized> socket::Handler for Box<T> {
 /// back as soon as the connection is unregistered (not when its task
 /// finally ends, up to `CLOSE_GRACE` later): a client that sees its
 /// connection end can connect again at once.
-struct Admitted<H: ?Sized> {
+pub(super) struct Admitted<H: ?Sized> {
     app: Arc<App>,
     /// Through a trusted proxy: the forwarded client's per-IP count; once
     /// the upgrade completes, also the connection's slot since accept (from
@@ -472,7 +472,16 @@ fn spawn_socket(
         // captured to the end, so the connection would carry it all.
         let hub = app.hub.clone();
         let max_frame = app.config.max_frame;
+        let park = app.parking.clone();
         drop(app);
-        tokio::spawn(socket::run(hub, stream, read_buf, conn, max_frame, handler));
+        tokio::spawn(socket::run(
+            hub,
+            stream,
+            read_buf,
+            conn,
+            max_frame,
+            handler,
+            Some(park),
+        ));
     });
 }

@@ -12,6 +12,7 @@ mod api;
 mod cluster_setup;
 mod guard;
 mod http;
+mod park;
 mod relay;
 mod session;
 mod socket;
@@ -52,6 +53,8 @@ pub struct App {
     conn_closed: Notify,
     /// Sessions of the HTTP fallback transport (`/sse`).
     sse: sse::SseSessions,
+    /// Idle WebSocket connections parked outside tasks.
+    parking: Arc<park::Parking<http::Boxed>>,
 }
 
 impl std::ops::Deref for App {
@@ -155,6 +158,8 @@ impl Server {
             hub.metrics.sockets.clone(),
         ));
         let command_rate = Rate::new(config.rate_limit, config.rate_burst);
+        let parking = park::Parking::new(hub.clone(), config.park_idle, config.max_frame)
+            .map_err(|e| anyhow::anyhow!("cannot create the epoll for idle connections: {e}"))?;
         let app = Arc::new(App {
             service: Arc::new(Service {
                 config,
@@ -172,6 +177,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             conn_closed: Notify::new(),
             sse: sse::SseSessions::default(),
+            parking,
         });
         Ok(Server { listener, app, tls })
     }
@@ -209,6 +215,7 @@ impl Server {
         let Server { listener, app, tls } = self;
         let router = http::router(app.clone());
         let heartbeat = tokio::spawn(heartbeat_loop(app.clone()));
+        let parked = tokio::spawn(app.parking.clone().watch());
         let presence = tokio::spawn(presence_loop(app.clone()));
         let (tls, reloader) = match tls {
             Some((tls, hangup)) => {
@@ -267,6 +274,7 @@ impl Server {
         }
         heartbeat.abort();
         presence.abort();
+        parked.abort();
         if let Some(reloader) = reloader {
             reloader.abort();
         }
@@ -493,7 +501,8 @@ async fn heartbeat_loop(app: Arc<App>) {
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        app.hub.heartbeat(period * 2);
+        app.hub
+            .heartbeat_with(period * 2, |conn, ping| app.parking.ping(conn, ping));
         app.gate.sweep();
     }
 }

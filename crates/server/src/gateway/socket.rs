@@ -35,6 +35,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 
 use super::guard::Slot;
+use super::park::{Parking, Resume};
 use crate::hub::{Conn, Hub};
 
 /// How long we wait for the peer's close frame after sending ours, and for
@@ -157,22 +158,118 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// Runs the connection until it ends: both directions are closed (or given
-/// up on after [`CLOSE_GRACE`]) and the handler's `on_close` has run.
-pub fn run<H: Handler + Unpin>(
+/// Runs the connection until it ends (both directions are closed, or
+/// given up on after [`CLOSE_GRACE`], and the handler's `on_close` has
+/// run) or parks (`park`: plain TCP only; [`super::park`]).
+pub fn run<H: Handler + Unpin + Send + 'static>(
     hub: Arc<Hub>,
     stream: Stream,
     leftover: Bytes,
     conn: Arc<Conn>,
     max_message: usize,
     handler: H,
+    park: Option<Arc<Parking<H>>>,
 ) -> impl Future<Output = ()> {
     match stream {
         Stream::Plain(tcp) => {
-            Either::Left(Driver::new(hub, tcp, leftover, conn, max_message, handler))
+            let mut driver = Driver::new(hub, tcp, leftover, conn, max_message, handler);
+            driver.park = park.filter(|park| park.enabled());
+            Either::Left(Task(Some(driver)))
         }
-        Stream::Tls(tls) => {
-            Either::Right(Driver::new(hub, tls, leftover, conn, max_message, handler))
+        Stream::Tls(tls) => Either::Right(Task(Some(Driver::new(
+            hub,
+            tls,
+            leftover,
+            conn,
+            max_message,
+            handler,
+        )))),
+    }
+}
+
+/// A parked connection back in a task: `resume` holds what was read or
+/// left unwritten while it was parked.
+pub(super) fn resume<H: Handler + Unpin + Send + 'static>(
+    hub: Arc<Hub>,
+    tcp: TcpStream,
+    conn: Arc<Conn>,
+    handler: H,
+    max_message: usize,
+    park: Arc<Parking<H>>,
+    resume: Resume,
+) -> impl Future<Output = ()> {
+    let mut driver = Driver::new(hub, tcp, Bytes::new(), conn, max_message, handler);
+    driver.park = Some(park);
+    if !resume.received.is_empty() || resume.unwritten.is_some() || resume.ended {
+        driver.busy = Some(Box::new(Busy {
+            received: resume.received,
+            single: resume.unwritten,
+            ended: resume.ended,
+            ..Busy::default()
+        }));
+    }
+    Task(Some(driver))
+}
+
+/// A stream a connection may park with: only plain TCP.
+pub trait Parkable: Sized {
+    const PARKS: bool;
+    /// The socket, out of tokio's reactor (only if `PARKS`).
+    fn into_std(self) -> io::Result<std::net::TcpStream>;
+}
+
+impl Parkable for TcpStream {
+    const PARKS: bool = true;
+    fn into_std(self) -> io::Result<std::net::TcpStream> {
+        TcpStream::into_std(self)
+    }
+}
+
+impl Parkable for Box<TlsStream<TcpStream>> {
+    const PARKS: bool = false;
+    fn into_std(self) -> io::Result<std::net::TcpStream> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// The connection's task: its driver until it ends or parks.
+struct Task<S, H>(Option<Driver<S, H>>);
+
+/// How a driver's poll ended.
+enum Outcome {
+    /// The connection is over.
+    Done,
+    /// The connection is idle and may park.
+    Park,
+}
+
+impl<S, H> Future for Task<S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Parkable,
+    H: Handler + Unpin + Send + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Some(driver) = this.0.as_mut() else {
+            return Poll::Ready(());
+        };
+        match driver.poll_drive(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Outcome::Done) => {
+                this.0 = None;
+                Poll::Ready(())
+            }
+            Poll::Ready(Outcome::Park) => match this.0.take().map(Driver::park) {
+                Some(Err(driver)) => {
+                    // Cannot park after all: still waiting on what the
+                    // poll registered.
+                    this.0 = Some(driver);
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
+            },
         }
     }
 }
@@ -209,6 +306,9 @@ struct Driver<S, H> {
     /// Boxed and only between polls that leave work behind (a partial
     /// frame, a full socket, a close under way).
     busy: Option<Box<Busy>>,
+    /// Where the connection parks when idle (plain TCP, unless
+    /// `--park-idle off`).
+    park: Option<Arc<Parking<H>>>,
 }
 
 /// What a connection must keep from one poll to the next only while it is
@@ -232,6 +332,9 @@ struct Busy {
     /// frame (or EOF). Once the reading side is over: until when the writer
     /// may still write.
     closing_deadline: Option<Instant>,
+    /// The stream ended (or failed) while the connection was parked: the
+    /// next read is its end.
+    ended: bool,
 }
 
 impl Busy {
@@ -242,6 +345,7 @@ impl Busy {
             && self.single.is_none()
             && self.unflushed == 0
             && self.closing_deadline.is_none()
+            && !self.ended
     }
 }
 
@@ -273,6 +377,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                     ..Busy::default()
                 })
             }),
+            park: None,
         }
     }
 
@@ -289,7 +394,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                 // share the allocation of the messages split off it.)
                 busy.received = BytesMut::new();
             }
-            match poll_read_into(&mut self.io, &mut busy.received, cx) {
+            let read = if std::mem::take(&mut busy.ended) {
+                Poll::Ready(Ok(0))
+            } else {
+                poll_read_into(&mut self.io, &mut busy.received, cx)
+            };
+            match read {
                 Poll::Pending => return,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     // The peer is gone or half-closed: flush what is queued
@@ -314,6 +424,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                 Ok(None) => return,
                 Ok(Some(message)) => {
                     self.conn.touch(self.hub.clock_ms());
+                    if matches!(message, Message::Text(_) | Message::Binary(_)) {
+                        self.conn.mark_active();
+                    }
                     let closing = self.conn.is_closing();
                     match message {
                         Message::Text(payload) if !closing => {
@@ -588,24 +701,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler + Unpin> Future for Driver<S, H> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
+impl<S, H> Driver<S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Parkable,
+    H: Handler + Unpin + Send + 'static,
+{
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         // First, so that a frame queued or a close requested from now on
         // wakes this task, whatever it then waits for (a full socket too).
-        this.conn.register_waker(cx.waker());
-        let mut boxed = this.busy.take();
+        self.conn.register_waker(cx.waker());
+        let mut boxed = self.busy.take();
         let mut local = Busy::default();
-        let done = this.poll_busy(boxed.as_deref_mut().unwrap_or(&mut local), cx);
+        if self.poll_busy(boxed.as_deref_mut().unwrap_or(&mut local), cx) == Poll::Ready(()) {
+            return Poll::Ready(Outcome::Done);
+        }
         // Keep only what the next poll needs, where it already is.
-        this.busy = match boxed {
+        self.busy = match boxed {
             Some(busy) if !busy.is_idle() => Some(busy),
             Some(_) => None,
             None => (!local.is_idle()).then(|| Box::new(local)),
         };
-        done
+        if self.may_park() {
+            return Poll::Ready(Outcome::Park);
+        }
+        Poll::Pending
+    }
+
+    /// Idle with nothing between polls but the handler's deadline, and
+    /// parking is wanted (`Conn::take_park_wish`, or `--park-idle always`).
+    fn may_park(&self) -> bool {
+        let Some(park) = &self.park else {
+            return false;
+        };
+        self.busy.is_none()
+            && self.writing == Writing::Open
+            && !self.read_done
+            && !self.failed
+            && !self.decoder.in_message()
+            && !self.conn.is_closing()
+            && (park.always() || self.conn.take_park_wish())
+    }
+
+    /// Hands the socket, the `Conn` and the handler to the parking; the
+    /// task ends. A socket that cannot leave tokio's reactor is closed:
+    /// the connection ends.
+    fn park(self) -> Result<(), Self> {
+        if !S::PARKS || self.park.is_none() {
+            return Err(self);
+        }
+        let Driver {
+            io,
+            conn,
+            mut handler,
+            park,
+            ..
+        } = self;
+        let Some(park) = park else {
+            return Ok(());
+        };
+        match io.into_std() {
+            Ok(tcp) => park.park(tcp, conn, handler),
+            Err(err) => {
+                tracing::debug!(conn = conn.id, %err, "cannot park: the socket failed");
+                conn.close(switchboard_protocol::close::GOING_AWAY, "", false);
+                handler.on_close();
+                handler.on_finish();
+            }
+        }
+        Ok(())
     }
 }
 

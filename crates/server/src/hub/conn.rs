@@ -63,6 +63,16 @@ pub struct Conn {
     drained: Notify,
     /// Coarse clock (ms since hub start) of the last frame received.
     last_seen: AtomicU64,
+    /// A data message was queued or received since the last heartbeat:
+    /// the heartbeat asks only quiet connections to park.
+    active: AtomicBool,
+    /// The gateway may park this connection (its socket watched outside a
+    /// task, `gateway::park`) the next time it is idle. Set when it opens
+    /// (a connection that stays silent after its handshake costs no task
+    /// from then on) and by a heartbeat that finds it quiet; cleared when
+    /// it parks, so one unparked by traffic stays in its task for at least
+    /// a heartbeat period.
+    park_wanted: AtomicBool,
     /// Rooms this connection joined; lets disconnect clean up without a scan.
     pub(crate) rooms: Mutex<Vec<Arc<str>>>,
 }
@@ -85,6 +95,8 @@ impl Conn {
             closing: AtomicBool::new(false),
             drained: Notify::new(),
             last_seen: AtomicU64::new(now_ms),
+            active: AtomicBool::new(false),
+            park_wanted: AtomicBool::new(true),
             rooms: Mutex::new(Vec::new()),
         }
     }
@@ -111,10 +123,44 @@ impl Conn {
         self.last_seen.load(Ordering::Relaxed)
     }
 
+    /// A data message was received (pings and pongs do not count).
+    pub fn mark_active(&self) {
+        self.active.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether no data message was queued or received since the last call
+    /// (the heartbeat's; one call per period).
+    pub fn quiet_since_last_heartbeat(&self) -> bool {
+        !self.active.swap(false, Ordering::Relaxed)
+    }
+
+    /// Lets the gateway park the connection when it is next idle.
+    pub fn want_park(&self) {
+        self.park_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether parking was wanted; clears the wish.
+    pub fn take_park_wish(&self) -> bool {
+        self.park_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether frames are queued or a close is requested: a connection
+    /// about to park checks this after registering its new waker.
+    pub fn has_work(&self) -> bool {
+        let out = self.outbox.lock();
+        out.single.is_some() || !out.frames.is_empty() || out.close.is_some()
+    }
+
     /// Queues a frame. Past the byte limit the connection is aborted as a slow
     /// consumer (close 4008): one slow reader must never hold up a room.
     pub fn push(&self, frame: Bytes) -> Push {
         self.push_many(std::iter::once(frame))
+    }
+
+    /// Queues a heartbeat ping: as `push`, but it does not make the
+    /// connection active (a quiet connection still parks).
+    pub fn push_ping(&self, frame: Bytes) -> Push {
+        self.push_frames(std::iter::once(frame), false)
     }
 
     /// Queues frames in order under one lock, with at most one wake: a
@@ -123,6 +169,13 @@ impl Conn {
     /// be queued (the queue overflowed, or the connection is closing) and
     /// says why; `Queued` if every frame was.
     pub fn push_many(&self, frames: impl IntoIterator<Item = Bytes>) -> Push {
+        self.push_frames(frames, true)
+    }
+
+    fn push_frames(&self, frames: impl IntoIterator<Item = Bytes>, data: bool) -> Push {
+        if data {
+            self.active.store(true, Ordering::Relaxed);
+        }
         let mut out = self.outbox.lock();
         let mut wake = false;
         for frame in frames {

@@ -1,0 +1,535 @@
+//! Parked connections: an idle plain-TCP WebSocket whose socket is watched
+//! by one epoll of ours instead of a task of its own.
+//!
+//! A connection in its task costs, besides what the hub keeps, a 256-byte
+//! tokio task and tokio's 256-byte `ScheduledIo`, both 128-byte aligned
+//! (glibc leaves gaps around them): about 600 bytes of RSS for a socket
+//! that mostly waits. Parked, it is an entry of [`Parking`]'s table (its
+//! socket, its `Conn`, its handler) and a registration in our epoll, whose
+//! own descriptor tokio watches like any other. The kernel's socket buffers
+//! are the same either way.
+//!
+//! What wakes a parked connection, and what happens then:
+//! - a frame queued or a close requested (`Conn::push`/`close` wake its
+//!   waker, which is [`Unpark`]): it goes back into a task, which writes;
+//! - bytes from the client: [`Parking::watch`] reads them. Whole pings and
+//!   pongs, the traffic of an idle connection, are handled in place (the
+//!   pong written, the connection touched); anything else (a message, a
+//!   partial frame, a close, EOF) goes back into a task together with the
+//!   bytes read, and the task's decoder takes it from there;
+//! - its handler's deadline (the hello timeout, a token's expiry): back
+//!   into a task, which acts on it;
+//! - a heartbeat: [`Parking::ping`] writes the ping itself.
+//!
+//! Whoever takes an entry out of the table under its lock owns the
+//! connection from then on, so two wakes never resume it twice. Only plain
+//! TCP parks: a TLS connection's state is rustls's (about 14 KB; parking
+//! would save little of it).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Weak};
+use std::task::{Wake, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mio::{Interest, Token};
+use parking_lot::Mutex;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::socket::{self, Handler};
+use crate::config::ParkIdle;
+use crate::hub::{Conn, Hub};
+
+/// Largest read of a parked connection's socket. An idle client sends
+/// pongs (6–131 bytes); a read that fills this is handed to a task.
+const READ: usize = 512;
+
+/// Readiness events taken from our epoll per wake-up.
+const EVENTS: usize = 256;
+
+/// Every parked connection of one server, and the epoll that watches them.
+pub struct Parking<H> {
+    hub: Arc<Hub>,
+    /// The server's runtime: a connection may be unparked from any thread
+    /// (the SQLite writer queues frames too), and its socket goes back to
+    /// this runtime's reactor and its task to this runtime.
+    handle: Handle,
+    /// Registers sockets with our epoll from any thread.
+    registry: mio::Registry,
+    /// The epoll itself, until [`Parking::watch`] takes it.
+    poll: Mutex<Option<mio::Poll>>,
+    mode: ParkIdle,
+    /// A resumed connection's decoder (an idle decoder holds nothing else).
+    max_message: usize,
+    table: Mutex<Table<H>>,
+    /// An earlier deadline than the watcher sleeps until was added.
+    deadline_moved: Notify,
+}
+
+struct Table<H> {
+    parked: HashMap<u64, Parked<H>>,
+    /// Deadlines of parked connections' handlers, soonest first.
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+/// What a parked connection keeps: no decoder (an idle one holds only
+/// settings, rebuilt on resume), no buffers, no timer.
+struct Parked<H> {
+    io: mio::net::TcpStream,
+    conn: Arc<Conn>,
+    handler: H,
+}
+
+/// What a resumed connection's task starts with.
+#[derive(Default)]
+pub(super) struct Resume {
+    /// Bytes read while parked that were more than pings and pongs.
+    pub received: BytesMut,
+    /// The rest of a frame written while parked (the socket took part of
+    /// it): written before anything queued.
+    pub unwritten: Option<Bytes>,
+    /// The read found the end of the stream (or an error). Said, not left
+    /// for the task to find: a socket back in tokio's reactor reads only
+    /// once the reactor has seen it readable, and until then the task
+    /// would be idle (and could park again).
+    pub ended: bool,
+}
+
+/// How a write while parked went.
+enum Wrote {
+    All,
+    /// The socket is full: nothing was written.
+    Nothing,
+    /// Part of it (the rest returned), or the socket failed: the
+    /// connection must go back into a task.
+    Resume(Option<Bytes>),
+}
+
+impl<H: Handler + Unpin + Send + 'static> Parking<H> {
+    pub fn new(hub: Arc<Hub>, mode: ParkIdle, max_message: usize) -> io::Result<Arc<Self>> {
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        Ok(Arc::new(Parking {
+            hub,
+            handle: Handle::current(),
+            registry,
+            poll: Mutex::new(Some(poll)),
+            mode,
+            max_message,
+            table: Mutex::new(Table {
+                parked: HashMap::new(),
+                deadlines: BTreeSet::new(),
+            }),
+            deadline_moved: Notify::new(),
+        }))
+    }
+
+    /// Whether connections park at all.
+    pub fn enabled(&self) -> bool {
+        self.mode != ParkIdle::Off
+    }
+
+    /// Whether an idle connection parks whenever it is idle, rather than
+    /// when its `Conn` says it may.
+    pub fn always(&self) -> bool {
+        self.mode == ParkIdle::Always
+    }
+
+    /// Parks an idle connection: its socket (already out of tokio's
+    /// reactor), its `Conn`, its handler and the handler's deadline.
+    pub(super) fn park(self: &Arc<Self>, tcp: std::net::TcpStream, conn: Arc<Conn>, handler: H) {
+        let id = conn.id;
+        let deadline = handler.deadline();
+        let mut io = mio::net::TcpStream::from_std(tcp);
+        let mut table = self.table.lock();
+        // Registered under the lock: the watcher, woken by this socket,
+        // finds its entry. Bytes that came before are reported at once.
+        if let Err(err) = self
+            .registry
+            .register(&mut io, Token(id as usize), Interest::READABLE)
+        {
+            drop(table);
+            tracing::debug!(conn = id, %err, "cannot park: epoll registration failed");
+            self.resume(Parked { io, conn, handler }, Resume::default());
+            return;
+        }
+        let soonest = deadline.is_some_and(|at| {
+            table.deadlines.insert((at, id));
+            table.deadlines.first() == Some(&(at, id))
+        });
+        table.parked.insert(
+            id,
+            Parked {
+                io,
+                conn: conn.clone(),
+                handler,
+            },
+        );
+        drop(table);
+        self.hub.metrics.parked.increment(1.0);
+        tracing::trace!(conn = id, ?deadline, "parked");
+        if soonest {
+            self.deadline_moved.notify_one();
+        }
+        // From now on a push or a close unparks. One that came after the
+        // task's last look at the queue woke the task, which is ending:
+        // look again.
+        let unpark = Arc::new(Unpark {
+            parking: Arc::downgrade(self),
+            id,
+        });
+        conn.register_waker(&Waker::from(unpark));
+        if conn.has_work() {
+            self.unpark(id, Resume::default());
+        }
+    }
+
+    /// Puts a parked connection back into a task; nothing if it is not
+    /// parked (any more).
+    pub(super) fn unpark(self: &Arc<Self>, id: u64, resume: Resume) {
+        let Some(parked) = self.table.lock().take(id) else {
+            return;
+        };
+        self.resume(parked, resume);
+    }
+
+    /// Writes the heartbeat ping to a parked connection; false if it is not
+    /// parked (the hub queues the ping instead).
+    pub fn ping(self: &Arc<Self>, conn: &Conn, frame: &Bytes) -> bool {
+        let mut table = self.table.lock();
+        let Some(parked) = table.parked.get(&conn.id) else {
+            return false;
+        };
+        match write(&parked.io, frame) {
+            Wrote::All => self.hub.metrics.bytes_out.increment(frame.len() as u64),
+            // The client reads nothing: if it does not answer either, the
+            // heartbeat closes it.
+            Wrote::Nothing => {}
+            Wrote::Resume(unwritten) => {
+                if let Some(parked) = table.take(conn.id) {
+                    drop(table);
+                    self.resume(
+                        parked,
+                        Resume {
+                            unwritten,
+                            ..Resume::default()
+                        },
+                    );
+                }
+            }
+        }
+        true
+    }
+
+    /// Watches the parked connections' sockets and deadlines until the
+    /// server stops (the task is aborted).
+    pub async fn watch(self: Arc<Self>) {
+        let Some(poll) = self.poll.lock().take() else {
+            return;
+        };
+        // tokio deprecates its safe constructors because an `AsRawFd` type
+        // could change or close its descriptor while registered (the new
+        // one is `unsafe`). `mio::Poll` cannot: its epoll descriptor is
+        // its own from creation to drop, and the `AsyncFd` owns it.
+        #[allow(deprecated)]
+        let registered = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE);
+        let mut poll = match registered {
+            Ok(poll) => poll,
+            Err(err) => {
+                tracing::error!(%err, "cannot watch parked connections");
+                return;
+            }
+        };
+        let mut events = mio::Events::with_capacity(EVENTS);
+        let mut buf = vec![0u8; READ];
+        loop {
+            let moved = self.deadline_moved.notified();
+            let next = self.table.lock().deadlines.first().map(|&(at, _)| at);
+            // Far away when there is no deadline (the branch is off then).
+            let until = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            tokio::select! {
+                ready = poll.readable_mut() => {
+                    let Ok(mut ready) = ready else {
+                        tracing::error!("parked connections' epoll failed");
+                        return;
+                    };
+                    events.clear();
+                    if let Err(err) = ready.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                        if err.kind() != io::ErrorKind::Interrupted {
+                            tracing::warn!(%err, "epoll_wait on parked connections failed");
+                        }
+                        continue;
+                    }
+                    // Fewer events than room for them: none left, so wait
+                    // for tokio's next edge (tokio keeps the readiness if a
+                    // new one came in the meantime).
+                    if events.iter().count() < EVENTS {
+                        ready.clear_ready();
+                    }
+                    for event in events.iter() {
+                        self.on_readable(event.token().0 as u64, &mut buf);
+                    }
+                }
+                _ = tokio::time::sleep_until(until), if next.is_some() => {
+                    self.unpark_due(Instant::now());
+                }
+                _ = moved => {}
+            }
+        }
+    }
+
+    /// Bytes (or EOF, or an error) on a parked connection's socket.
+    fn on_readable(self: &Arc<Self>, id: u64, buf: &mut [u8]) {
+        let mut table = self.table.lock();
+        let Some(parked) = table.parked.get(&id) else {
+            return;
+        };
+        let read = loop {
+            match (&parked.io).read(buf) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let n = match read {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+            // The task's own read sees the end (or the error) again.
+            Err(_) => 0,
+            Ok(n) => n,
+        };
+        tracing::trace!(conn = id, read = n, "parked connection readable");
+        if n > 0 {
+            self.hub.metrics.bytes_in.increment(n as u64);
+        }
+        // A short read took everything there was: epoll reports the next
+        // bytes as a new edge.
+        if n > 0 && n < buf.len() {
+            if let Some(pongs) = pings_and_pongs(&buf[..n]) {
+                parked.conn.touch(self.hub.clock_ms());
+                if pongs.is_empty() {
+                    return;
+                }
+                let unwritten = match write(&parked.io, &pongs) {
+                    Wrote::All => {
+                        self.hub.metrics.bytes_out.increment(pongs.len() as u64);
+                        return;
+                    }
+                    // The socket is full: the task writes them when it can.
+                    Wrote::Nothing => Some(Bytes::from(pongs)),
+                    Wrote::Resume(unwritten) => unwritten,
+                };
+                if let Some(parked) = table.take(id) {
+                    drop(table);
+                    let resume = Resume {
+                        unwritten,
+                        ..Resume::default()
+                    };
+                    self.resume(parked, resume);
+                }
+                return;
+            }
+        }
+        let Some(parked) = table.take(id) else {
+            return;
+        };
+        drop(table);
+        let resume = Resume {
+            received: BytesMut::from(&buf[..n]),
+            ended: n == 0,
+            ..Resume::default()
+        };
+        self.resume(parked, resume);
+    }
+
+    /// Resumes every parked connection whose deadline has come.
+    fn unpark_due(self: &Arc<Self>, now: Instant) {
+        loop {
+            let mut table = self.table.lock();
+            let Some(&(at, id)) = table.deadlines.first() else {
+                return;
+            };
+            if at > now {
+                return;
+            }
+            table.deadlines.remove(&(at, id));
+            let parked = table.take(id);
+            drop(table);
+            if let Some(parked) = parked {
+                self.resume(parked, Resume::default());
+            }
+        }
+    }
+
+    /// Gives a connection taken out of the table its socket back in tokio's
+    /// reactor and a task again.
+    fn resume(self: &Arc<Self>, parked: Parked<H>, resume: Resume) {
+        let Parked {
+            mut io,
+            conn,
+            mut handler,
+        } = parked;
+        self.hub.metrics.parked.decrement(1.0);
+        tracing::trace!(
+            conn = conn.id,
+            received = resume.received.len(),
+            ended = resume.ended,
+            unwritten = resume.unwritten.as_ref().map(Bytes::len),
+            "resumed"
+        );
+        let _ = self.registry.deregister(&mut io);
+        // `from_std` needs a reactor: this runtime's, whichever thread
+        // unparks (a wake may come from outside the runtime).
+        let _runtime = self.handle.enter();
+        match TcpStream::from_std(io.into()) {
+            Ok(tcp) => {
+                let task = socket::resume(
+                    self.hub.clone(),
+                    tcp,
+                    conn,
+                    handler,
+                    self.max_message,
+                    self.clone(),
+                    resume,
+                );
+                self.handle.spawn(task);
+            }
+            Err(err) => {
+                // The socket is closed with the error: the connection ends.
+                // Its handler unregisters in a task of its own: the waker
+                // that got us here may be inside the hub's locks.
+                tracing::warn!(conn = conn.id, %err, "cannot resume a parked connection");
+                conn.close(switchboard_protocol::close::GOING_AWAY, "", false);
+                self.handle.spawn(async move {
+                    handler.on_close();
+                    handler.on_finish();
+                });
+            }
+        }
+    }
+}
+
+impl<H> Table<H> {
+    /// Takes a connection out of the table (and its deadline with it).
+    fn take(&mut self, id: u64) -> Option<Parked<H>>
+    where
+        H: Handler,
+    {
+        let parked = self.parked.remove(&id)?;
+        if let Some(at) = parked.handler.deadline() {
+            self.deadlines.remove(&(at, id));
+        }
+        Some(parked)
+    }
+}
+
+/// A parked connection's waker: a frame queued or a close requested puts
+/// it back into a task. Weak: the table's `Conn`s hold these.
+struct Unpark<H> {
+    parking: Weak<Parking<H>>,
+    id: u64,
+}
+
+impl<H: Handler + Unpin + Send + 'static> Wake for Unpark<H> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(parking) = self.parking.upgrade() {
+            parking.unpark(self.id, Resume::default());
+        }
+    }
+}
+
+/// One write of `bytes` to a parked connection's socket.
+fn write(io: &mio::net::TcpStream, bytes: &[u8]) -> Wrote {
+    let mut io = io;
+    loop {
+        return match io.write(bytes) {
+            Ok(n) if n == bytes.len() => Wrote::All,
+            Ok(0) => Wrote::Resume(Some(Bytes::copy_from_slice(bytes))),
+            Ok(n) => Wrote::Resume(Some(Bytes::copy_from_slice(&bytes[n..]))),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Wrote::Nothing,
+            // The task's writer meets the error (or EOF) again and ends
+            // the connection.
+            Err(_) => Wrote::Resume(None),
+        };
+    }
+}
+
+/// If `bytes` are whole client pings and pongs and nothing else (the
+/// traffic of an idle connection): the pongs that answer the pings, else
+/// `None` (a task's decoder must see them). Client frames are masked;
+/// control frames are final, without RSV bits, and at most 125 bytes, and
+/// anything else is for the decoder to refuse.
+fn pings_and_pongs(bytes: &[u8]) -> Option<Vec<u8>> {
+    const PING: u8 = 0x89;
+    const PONG: u8 = 0x8A;
+    let mut rest = bytes;
+    let mut pongs = Vec::new();
+    while let [first, second, ..] = *rest {
+        let len = usize::from(second & 0x7f);
+        if second & 0x80 == 0 || len > 125 || rest.len() < 6 + len {
+            return None;
+        }
+        let (frame, next) = rest.split_at(6 + len);
+        match first {
+            PONG => {}
+            PING => {
+                let (mask, payload) = frame[2..].split_at(4);
+                pongs.push(PONG);
+                pongs.push(len as u8);
+                pongs.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+            }
+            _ => return None,
+        }
+        rest = next;
+    }
+    rest.is_empty().then_some(pongs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut frame = vec![opcode, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        frame
+    }
+
+    #[test]
+    fn pongs_are_taken_and_pings_answered() {
+        assert_eq!(pings_and_pongs(&masked(0x8A, b"")), Some(vec![]));
+        let mut both = masked(0x8A, b"x");
+        both.extend(masked(0x89, b"hello"));
+        assert_eq!(
+            pings_and_pongs(&both),
+            Some([&[0x8A, 5][..], b"hello"].concat())
+        );
+    }
+
+    #[test]
+    fn anything_else_goes_to_the_decoder() {
+        // A text message, a close, a partial pong, an unmasked pong, a
+        // pong with RSV1, a 126-byte length, a pong then half a frame.
+        assert_eq!(pings_and_pongs(&masked(0x81, b"hi")), None);
+        assert_eq!(pings_and_pongs(&masked(0x88, b"")), None);
+        assert_eq!(pings_and_pongs(&masked(0x8A, b"abc")[..5]), None);
+        assert_eq!(pings_and_pongs(&[0x8A, 0x00]), None);
+        assert_eq!(pings_and_pongs(&masked(0xCA, b"")), None);
+        assert_eq!(pings_and_pongs(&[0x8A, 0xFE, 0, 0, 0, 0]), None);
+        let mut then = masked(0x8A, b"");
+        then.push(0x81);
+        assert_eq!(pings_and_pongs(&then), None);
+        // Fragmented pings are not a thing: no FIN, no luck.
+        assert_eq!(pings_and_pongs(&masked(0x09, b"")), None);
+    }
+}
