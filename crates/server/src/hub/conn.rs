@@ -366,6 +366,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_data_makes_a_connection_active() {
+        let conn = Conn::new(1, None, 100, 0);
+        // A new connection may park at its first idle moment, once.
+        assert!(conn.take_park_wish());
+        assert!(!conn.take_park_wish());
+        assert!(conn.quiet_since_last_heartbeat());
+        // Heartbeat pings do not count; a queued message does, once.
+        conn.push_ping(Bytes::from_static(b"ping"));
+        assert!(conn.quiet_since_last_heartbeat());
+        conn.push(Bytes::from_static(b"message"));
+        assert!(!conn.quiet_since_last_heartbeat());
+        assert!(conn.quiet_since_last_heartbeat());
+        conn.mark_active();
+        assert!(!conn.quiet_since_last_heartbeat());
+    }
+
+    #[test]
+    fn the_heartbeat_asks_quiet_connections_to_park() {
+        let hub = crate::hub::Hub::new(Arc::new(crate::metrics::Metrics::new()));
+        let quiet = hub.connect(None, 1000);
+        let busy = hub.connect(None, 1000);
+        let parked = hub.connect(None, 1000);
+        for conn in [&quiet, &busy, &parked] {
+            conn.take_park_wish();
+        }
+        busy.mark_active();
+        let mut pinged = Vec::new();
+        hub.heartbeat_with(std::time::Duration::from_secs(60), |conn, _| {
+            // The gateway writes the ping of a parked connection itself.
+            let is_parked = conn.id == parked.id;
+            if is_parked {
+                pinged.push(conn.id);
+            }
+            is_parked
+        });
+        assert_eq!(pinged, vec![parked.id]);
+        assert!(quiet.take_park_wish());
+        assert!(!busy.take_park_wish());
+        assert!(!parked.take_park_wish());
+        // The others' pings are queued; the parked one's is not.
+        assert!(quiet.has_work() && busy.has_work() && !parked.has_work());
+    }
+
+    #[test]
     fn overflow_aborts_and_drops_the_queue() {
         let conn = Conn::new(1, None, 10, 0);
         assert_eq!(conn.push(Bytes::from_static(b"123456")), Push::Queued);

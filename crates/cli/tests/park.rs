@@ -1,0 +1,255 @@
+//! Parked connections (`gateway/park.rs`): an idle plain-TCP WebSocket
+//! leaves its task and waits in the server's own epoll. These tests hold
+//! connections parked (`switchboard_connections_parked` says when) and
+//! check what an idle connection meets: pings both ways and the heartbeat
+//! (answered without leaving the parking), a message, the hello deadline,
+//! the peer going away; and that `--park-idle off` parks nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{masked_frame, Client, RawClient, Server, TIMEOUT};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PARKED: &str = "switchboard_connections_parked";
+const CONNECTIONS: &str = "switchboard_connections";
+
+/// Waits until the server's metric `name` reads `want`.
+async fn until_metric(server: &Server, name: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let value = server.metric(name).await;
+        if value == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is {value}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// As [`until_metric`], while `client` keeps reading (tungstenite answers
+/// the server's pings only while it is read); text events are returned.
+async fn until_metric_reading(
+    server: &Server,
+    client: &mut Client,
+    name: &str,
+    want: f64,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut events = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            message = client.ws.next() => match message {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                    events.push(serde_json::from_str(&text).expect("JSON event"));
+                }
+                Some(Ok(_)) => {}
+                other => panic!("connection ended: {other:?}"),
+            },
+            _ = tick.tick() => {
+                if server.metric(name).await == want {
+                    return events;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{name} never reached {want}");
+            }
+        }
+    }
+}
+
+/// The next frame from the server (unmasked, at most 64 KiB): opcode and
+/// payload.
+async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.expect("frame head");
+        let len = match head[1] & 0x7f {
+            126 => usize::from(stream.read_u16().await.expect("length")),
+            127 => panic!("unexpectedly large frame"),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0; len];
+        stream.read_exact(&mut payload).await.expect("payload");
+        (head[0] & 0x0f, payload)
+    })
+    .await
+    .expect("timed out waiting for a frame")
+}
+
+/// The next text frame as JSON, skipping pings (unanswered).
+async fn read_event(stream: &mut TcpStream) -> Value {
+    loop {
+        match read_frame(stream).await {
+            (0x1, text) => return serde_json::from_slice(&text).expect("JSON event"),
+            (0x9, _) => continue,
+            (opcode, payload) => panic!("unexpected frame {opcode:#x} {payload:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_parked_connection_answers_pings_and_the_heartbeat_without_a_task() {
+    let server = Server::start_with(&["--heartbeat", "300ms"]);
+    let mut raw = RawClient::connect(&server, "/ws?user=idle").await;
+    assert_eq!(read_event(&mut raw.stream).await["type"], "welcome");
+    until_metric(&server, PARKED, 1.0).await;
+
+    // The client's ping is answered from the parking.
+    raw.stream
+        .write_all(&masked_frame(0x9, b"are you there"))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut raw.stream).await,
+        (0xA, b"are you there".to_vec())
+    );
+
+    // Three heartbeats: more than the two intervals after which a silent
+    // peer is closed, so the pongs were taken as signs of life.
+    for _ in 0..3 {
+        let (opcode, payload) = read_frame(&mut raw.stream).await;
+        assert_eq!(opcode, 0x9, "a heartbeat ping");
+        raw.stream
+            .write_all(&masked_frame(0xA, &payload))
+            .await
+            .unwrap();
+    }
+    // An unsolicited pong is fine too.
+    raw.stream.write_all(&masked_frame(0xA, b"")).await.unwrap();
+    assert_eq!(
+        server.metric("switchboard_heartbeat_timeouts_total").await,
+        0.0
+    );
+    // None of it took the connection out of the parking.
+    assert_eq!(server.metric(PARKED).await, 1.0);
+    assert_eq!(server.metric(CONNECTIONS).await, 1.0);
+
+    // A command does, and is answered.
+    raw.send_text(r#"{"type":"ping","id":"p"}"#).await;
+    let pong = read_event(&mut raw.stream).await;
+    assert_eq!((&pong["type"], &pong["id"]), (&json!("pong"), &json!("p")));
+}
+
+#[tokio::test]
+async fn a_silent_parked_connection_is_still_closed_by_the_heartbeat() {
+    let server = Server::start_with(&["--heartbeat", "200ms"]);
+    let mut raw = RawClient::connect(&server, "/ws?user=silent").await;
+    assert_eq!(read_event(&mut raw.stream).await["type"], "welcome");
+    until_metric(&server, PARKED, 1.0).await;
+    // Pings it never answers; then the heartbeat's close (4009).
+    let close = loop {
+        match read_frame(&mut raw.stream).await {
+            (0x9, _) => continue,
+            (0x8, payload) => break payload,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    };
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 4009);
+    until_metric(&server, CONNECTIONS, 0.0).await;
+    assert_eq!(server.metric(PARKED).await, 0.0);
+}
+
+#[tokio::test]
+async fn messages_reach_parked_connections_which_park_again() {
+    let server = Server::start_with(&["--park-idle", "always"]);
+    let mut ann = server.connect("ann").await;
+    ann.join("room").await;
+    let mut bob = server.connect("bob").await;
+    bob.join("room").await;
+    assert_eq!(ann.expect("presence").await["event"], "join");
+    until_metric(&server, PARKED, 2.0).await;
+
+    for n in 0..3 {
+        let ack = bob
+            .request(json!({"type": "publish", "room": "room", "body": n}))
+            .await;
+        assert_eq!(ack["type"], "ack");
+        let message = ann.expect("message").await;
+        assert_eq!(message["body"], n);
+        until_metric(&server, PARKED, 2.0).await;
+    }
+    ann.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn a_quiet_connection_parks_again_after_a_heartbeat_interval() {
+    let server = Server::start_with(&["--heartbeat", "300ms"]);
+    let mut ann = server.connect("ann").await;
+    // Joining takes it out of the parking (it parked after its welcome),
+    // and it stays in its task while it is busy.
+    ann.join("room").await;
+    assert_eq!(server.metric(PARKED).await, 0.0);
+    // Quiet for a whole interval: it parks at the next heartbeat.
+    let events = until_metric_reading(&server, &mut ann, PARKED, 1.0).await;
+    assert!(events.is_empty(), "{events:?}");
+
+    let mut bob = server.connect("bob").await;
+    bob.join("room").await;
+    let join = ann.expect("presence").await;
+    assert_eq!(
+        (&join["event"], &join["user"]),
+        (&json!("join"), &json!("bob"))
+    );
+    bob.request(json!({"type": "publish", "room": "room", "body": "hi"}))
+        .await;
+    assert_eq!(ann.expect("message").await["body"], "hi");
+}
+
+#[tokio::test]
+async fn the_hello_deadline_fires_while_parked() {
+    let server = Server::start_with(&["--hello-timeout", "300ms"]);
+    // No `?user=`: the server waits for `hello`, then makes it a guest.
+    let mut raw = RawClient::connect(&server, "/ws").await;
+    until_metric(&server, PARKED, 1.0).await;
+    let welcome = read_event(&mut raw.stream).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert!(
+        welcome["user"]
+            .as_str()
+            .is_some_and(|user| user.starts_with("guest")),
+        "{welcome}"
+    );
+}
+
+#[tokio::test]
+async fn a_parked_connection_whose_peer_goes_away_is_cleaned_up() {
+    let server = Server::start();
+    let mut gone = RawClient::connect(&server, "/ws?user=gone").await;
+    assert_eq!(read_event(&mut gone.stream).await["type"], "welcome");
+    // Its welcome stays unread.
+    let reset = RawClient::connect(&server, "/ws?user=reset").await;
+    until_metric(&server, PARKED, 2.0).await;
+
+    // One closes its side (FIN); the other closes with unread bytes, which
+    // makes the kernel reset the connection (RST).
+    gone.stream.shutdown().await.unwrap();
+    drop(reset);
+    until_metric(&server, CONNECTIONS, 0.0).await;
+    assert_eq!(server.metric(PARKED).await, 0.0);
+    // The server answered the half-close with its close frame.
+    let (opcode, _) = read_frame(&mut gone.stream).await;
+    assert_eq!(opcode, 0x8);
+}
+
+#[tokio::test]
+async fn park_idle_off_keeps_idle_connections_in_their_tasks() {
+    let server = Server::start_with(&["--park-idle", "off", "--heartbeat", "200ms"]);
+    let mut raw = RawClient::connect(&server, "/ws?user=kept").await;
+    assert_eq!(read_event(&mut raw.stream).await["type"], "welcome");
+    // By its first heartbeat ping a connection would have parked long ago.
+    let (opcode, payload) = read_frame(&mut raw.stream).await;
+    assert_eq!(opcode, 0x9);
+    raw.stream
+        .write_all(&masked_frame(0xA, &payload))
+        .await
+        .unwrap();
+    assert_eq!(server.metric(PARKED).await, 0.0);
+    assert_eq!(server.metric(CONNECTIONS).await, 1.0);
+}
