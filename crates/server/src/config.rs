@@ -23,10 +23,11 @@ pub struct Config {
 
     /// Idle plain-TCP WebSocket connections are parked: their socket is
     /// watched by one epoll of the server's instead of a task of their own
-    /// (about 500 bytes less each). `quiet`: a connection parks once idle
-    /// after its handshake, and again after a heartbeat interval without a
-    /// data message; pings and pongs are answered while parked. `always`:
-    /// whenever idle (for tests: every message unparks). `off`: never.
+    /// (about 500 bytes less each). `quiet`: a connection parks when idle
+    /// after its handshake and after each of its first 4 wake-ups, then
+    /// only after a heartbeat interval without a data message; pings and
+    /// pongs are answered while parked. `always`: whenever idle (for tests:
+    /// every message unparks). `off`: never.
     #[arg(
         long,
         env = "SWITCHBOARD_PARK_IDLE",

@@ -200,6 +200,7 @@ pub(super) fn resume<H: Handler + Unpin + Send + 'static>(
 ) -> impl Future<Output = ()> {
     let mut driver = Driver::new(hub, tcp, Bytes::new(), conn, max_message, handler);
     driver.park = Some(park);
+    driver.fresh = true;
     if !resume.received.is_empty() || resume.unwritten.is_some() || resume.ended {
         driver.busy = Some(Box::new(Busy {
             received: resume.received,
@@ -300,6 +301,10 @@ struct Driver<S, H> {
     read_done: bool,
     /// After a protocol error the byte stream cannot be parsed any further.
     failed: bool,
+    /// Resumed from the parking and nothing written since: tokio's reactor
+    /// has not reported the socket writable yet, so a write that is
+    /// pending says nothing about a full socket.
+    fresh: bool,
     /// Boxed and only while there is a deadline: an idle connection with
     /// none carries no timer.
     timer: Option<Pin<Box<Sleep>>>,
@@ -367,6 +372,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
             writing: Writing::Open,
             read_done: false,
             failed: false,
+            fresh: false,
             timer: None,
             // Copy, then drop: `leftover` is a view into hyper's read
             // buffer, which would otherwise stay allocated for the life of
@@ -546,10 +552,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                 None => return,
                 Some(reason) if !reason.graceful => {
                     // Aborted: the socket is probably full, so try the close
-                    // frame once without waiting.
+                    // frame once without waiting. Unless just resumed: then
+                    // wait for tokio to see the socket writable (bounded
+                    // by the closing deadline; it is usually the next turn
+                    // of the reactor), and try again.
                     let frame = close_frame(reason.code, reason.reason);
                     let io = Pin::new(&mut self.io);
-                    let _ = io.poll_write(cx, &frame);
+                    if io.poll_write(cx, &frame).is_pending() && self.fresh {
+                        return;
+                    }
                     let _ = Pin::new(&mut self.io).poll_flush(cx);
                     self.finish_writing(busy);
                     return;
@@ -587,6 +598,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
         if written == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
+        self.fresh = false;
         busy.unflushed += written;
         if written >= frame.len() {
             busy.single = None;
@@ -611,6 +623,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
         if written == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
+        self.fresh = false;
         busy.unflushed += written;
         let mut n = written;
         while n > 0 {

@@ -3,7 +3,7 @@
 //! connection task (`gateway::socket`) drains the queue.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -73,6 +73,8 @@ pub struct Conn {
     /// it parks, so one unparked by traffic stays in its task for at least
     /// a heartbeat period.
     park_wanted: AtomicBool,
+    /// Times the connection was resumed from the parking (saturating).
+    resumes: AtomicU8,
     /// Rooms this connection joined; lets disconnect clean up without a scan.
     pub(crate) rooms: Mutex<Vec<Arc<str>>>,
 }
@@ -97,6 +99,7 @@ impl Conn {
             last_seen: AtomicU64::new(now_ms),
             active: AtomicBool::new(false),
             park_wanted: AtomicBool::new(true),
+            resumes: AtomicU8::new(0),
             rooms: Mutex::new(Vec::new()),
         }
     }
@@ -137,6 +140,15 @@ impl Conn {
     /// Lets the gateway park the connection when it is next idle.
     pub fn want_park(&self) {
         self.park_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts one more resume from the parking; returns the count so far.
+    pub fn count_resume(&self) -> u8 {
+        let before = self
+            .resumes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+            .unwrap_or(u8::MAX);
+        before.saturating_add(1)
     }
 
     /// Whether parking was wanted; clears the wish.
