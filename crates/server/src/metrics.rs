@@ -20,6 +20,7 @@ pub struct Metrics {
     pub connections: Gauge,
     pub sockets: Gauge,
     pub parked: Gauge,
+    pub resumes: Counter,
     pub users: Gauge,
     pub rooms: Gauge,
     pub connections_accepted: Counter,
@@ -43,6 +44,7 @@ const ERRORS: &str = "switchboard_errors_total";
 const CONNECTIONS: &str = "switchboard_connections";
 const SOCKETS: &str = "switchboard_sockets";
 const PARKED: &str = "switchboard_connections_parked";
+const RESUMES: &str = "switchboard_connections_resumed_total";
 const USERS: &str = "switchboard_users";
 const ROOMS: &str = "switchboard_rooms";
 const ACCEPTED: &str = "switchboard_connections_accepted_total";
@@ -63,6 +65,7 @@ pub struct Snapshot {
     pub connections: u64,
     pub sockets: u64,
     pub parked: u64,
+    pub resumes: u64,
     pub users: u64,
     pub rooms: u64,
     pub connections_accepted: u64,
@@ -161,6 +164,10 @@ impl Metrics {
                 PARKED,
                 "idle WebSocket connections parked: watched by the server's own epoll, without a task of their own",
             ),
+            resumes: counter(
+                RESUMES,
+                "parked connections put back into a task (bytes other than pings and pongs, a close, a full socket, a deadline)",
+            ),
             users: gauge(USERS, "distinct identified users online"),
             rooms: gauge(ROOMS, "rooms with at least one member"),
             connections_accepted: counter(
@@ -255,6 +262,7 @@ impl Metrics {
             connections: get(CONNECTIONS),
             sockets: get(SOCKETS),
             parked: get(PARKED),
+            resumes: get(RESUMES),
             users: get(USERS),
             rooms: get(ROOMS),
             connections_accepted: get(ACCEPTED),

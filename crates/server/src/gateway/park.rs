@@ -26,7 +26,7 @@
 //! TCP parks: a TLS connection's state is rustls's (about 14 KB; parking
 //! would save little of it).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Weak};
 use std::task::{Wake, Waker};
@@ -99,9 +99,9 @@ struct Parked<H> {
 pub(super) struct Resume {
     /// Bytes read while parked that were more than pings and pongs.
     pub received: BytesMut,
-    /// The rest of a frame written while parked (the socket took part of
-    /// it): written before anything queued.
-    pub unwritten: Option<Bytes>,
+    /// Frames taken while parked that the socket did not take (the first
+    /// maybe in part): written before anything queued since.
+    pub unwritten: VecDeque<Bytes>,
     /// The read found the end of the stream (or an error). Said, not left
     /// for the task to find: a socket back in tokio's reactor reads only
     /// once the reactor has seen it readable, and until then the task
@@ -203,6 +203,60 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
         }
     }
 
+    /// A parked connection's `Conn` woke it: frames were queued or a close
+    /// requested. Frames are written here, on the thread that queued them,
+    /// as the connection's task would have (a message to a member of a
+    /// quiet room, a presence change): the connection stays parked, and no
+    /// task is woken. Resumed instead: a close, or a socket that does not
+    /// take everything (the task then writes the rest when it can, and
+    /// keeps the queue's limit).
+    fn on_wake(self: &Arc<Self>, unpark: &Arc<Unpark<H>>) {
+        let id = unpark.id;
+        loop {
+            let mut table = self.table.lock();
+            let Some(parked) = table.parked.get(&id) else {
+                return;
+            };
+            let conn = parked.conn.clone();
+            let mut frames = VecDeque::new();
+            let mut single = None;
+            let close = conn.take(&mut frames, &mut single);
+            if let Some(frame) = single {
+                frames.push_front(frame);
+            }
+            let written = if close.is_none() {
+                write_frames(&parked.io, &mut frames)
+            } else {
+                Some(0)
+            };
+            if let Some(bytes) = written.filter(|&n| n > 0) {
+                self.hub.metrics.bytes_out.increment(bytes as u64);
+                conn.notify_drained();
+            }
+            if close.is_some() || written.is_none() || !frames.is_empty() {
+                if let Some(parked) = table.take(id) {
+                    drop(table);
+                    let resume = Resume {
+                        unwritten: frames,
+                        ..Resume::default()
+                    };
+                    self.resume(parked, resume);
+                }
+                return;
+            }
+            // Everything went out. Wake us again for the next frame (the
+            // wake that brought us here used the waker up), then look
+            // again: a frame queued meanwhile woke no one. Not under the
+            // table's lock: registering may wake the new waker at once
+            // (a wake in progress on another thread), which comes here.
+            drop(table);
+            conn.register_waker(&Waker::from(unpark.clone()));
+            if !conn.has_work() {
+                return;
+            }
+        }
+    }
+
     /// Puts a parked connection back into a task; nothing if it is not
     /// parked (any more).
     pub(super) fn unpark(self: &Arc<Self>, id: u64, resume: Resume) {
@@ -230,7 +284,7 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
                     self.resume(
                         parked,
                         Resume {
-                            unwritten,
+                            unwritten: unwritten.into_iter().collect(),
                             ..Resume::default()
                         },
                     );
@@ -339,7 +393,7 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
                 if let Some(parked) = table.take(id) {
                     drop(table);
                     let resume = Resume {
-                        unwritten,
+                        unwritten: unwritten.into_iter().collect(),
                         ..Resume::default()
                     };
                     self.resume(parked, resume);
@@ -387,6 +441,7 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
             mut handler,
         } = parked;
         self.hub.metrics.parked.decrement(1.0);
+        self.hub.metrics.resumes.increment(1);
         if conn.count_resume() <= EAGER_RESUMES {
             conn.want_park();
         }
@@ -394,7 +449,7 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
             conn = conn.id,
             received = resume.received.len(),
             ended = resume.ended,
-            unwritten = resume.unwritten.as_ref().map(Bytes::len),
+            unwritten = resume.unwritten.len(),
             "resumed"
         );
         let _ = self.registry.deregister(&mut io);
@@ -457,9 +512,51 @@ impl<H: Handler + Unpin + Send + 'static> Wake for Unpark<H> {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if let Some(parking) = self.parking.upgrade() {
-            parking.unpark(self.id, Resume::default());
+            parking.on_wake(self);
         }
     }
+}
+
+/// Writes `frames` to a parked connection's socket until they are all
+/// written or the socket is full, removing what was written (the front
+/// frame may be left in part): the bytes written, or `None` if the socket
+/// failed (the connection's task then meets the error).
+fn write_frames(io: &mio::net::TcpStream, frames: &mut VecDeque<Bytes>) -> Option<usize> {
+    let mut io = io;
+    let mut total = 0;
+    while !frames.is_empty() {
+        let result = if frames.len() == 1 {
+            io.write(&frames[0])
+        } else {
+            let slices: Vec<io::IoSlice<'_>> = frames
+                .iter()
+                .take(64)
+                .map(|frame| io::IoSlice::new(frame))
+                .collect();
+            io.write_vectored(&slices)
+        };
+        let mut n = match result {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Some(total),
+            Err(_) => return None,
+        };
+        total += n;
+        while n > 0 {
+            let Some(front) = frames.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                frames.pop_front();
+            } else {
+                bytes::Buf::advance(front, n);
+                n = 0;
+            }
+        }
+    }
+    Some(total)
 }
 
 /// One write of `bytes` to a parked connection's socket.

@@ -201,10 +201,10 @@ pub(super) fn resume<H: Handler + Unpin + Send + 'static>(
     let mut driver = Driver::new(hub, tcp, Bytes::new(), conn, max_message, handler);
     driver.park = Some(park);
     driver.fresh = true;
-    if !resume.received.is_empty() || resume.unwritten.is_some() || resume.ended {
+    if !resume.received.is_empty() || !resume.unwritten.is_empty() || resume.ended {
         driver.busy = Some(Box::new(Busy {
             received: resume.received,
-            single: resume.unwritten,
+            batch: resume.unwritten,
             ended: resume.ended,
             ..Busy::default()
         }));
