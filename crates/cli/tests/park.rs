@@ -128,7 +128,9 @@ async fn a_parked_connection_answers_pings_and_the_heartbeat_without_a_task() {
         server.metric("switchboard_heartbeat_timeouts_total").await,
         0.0
     );
-    // None of it took the connection out of the parking.
+    // None of it took the connection out of the parking (not even for a
+    // moment: it would have parked again at once, its first resumes).
+    assert_eq!(server.metric(RESUMES).await, 0.0);
     assert_eq!(server.metric(PARKED).await, 1.0);
     assert_eq!(server.metric(CONNECTIONS).await, 1.0);
 

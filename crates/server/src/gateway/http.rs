@@ -475,13 +475,7 @@ fn spawn_socket(
         let park = app.parking.clone();
         drop(app);
         tokio::spawn(socket::run(
-            hub,
-            stream,
-            read_buf,
-            conn,
-            max_frame,
-            handler,
-            Some(park),
+            hub, stream, read_buf, conn, max_frame, handler, park,
         ));
     });
 }

@@ -502,7 +502,7 @@ async fn heartbeat_loop(app: Arc<App>) {
     loop {
         ticker.tick().await;
         app.hub
-            .heartbeat_with(period * 2, |conn, ping| app.parking.ping(conn, ping));
+            .heartbeat(period * 2, |conn, ping| app.parking.ping(conn, ping));
         app.gate.sweep();
     }
 }

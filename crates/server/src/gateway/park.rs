@@ -121,16 +121,6 @@ pub(super) struct Resume {
     pub ended: bool,
 }
 
-/// How a write while parked went.
-enum Wrote {
-    All,
-    /// The socket is full: nothing was written.
-    Nothing,
-    /// Part of it (the rest returned), or the socket failed: the
-    /// connection must go back into a task.
-    Resume(Option<Bytes>),
-}
-
 impl<H: Handler + Unpin + Send + 'static> Parking<H> {
     pub fn new(hub: Arc<Hub>, mode: ParkIdle, max_message: usize) -> io::Result<Arc<Self>> {
         let poll = mio::Poll::new()?;
@@ -295,21 +285,24 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
         let Some(parked) = table.parked.get(&conn.id) else {
             return false;
         };
-        match write(&parked.io, frame) {
-            Wrote::All => self.hub.metrics.bytes_out.increment(frame.len() as u64),
-            // The client reads nothing: if it does not answer either, the
-            // heartbeat closes it.
-            Wrote::Nothing => {}
-            Wrote::Resume(unwritten) => {
+        let mut unwritten = VecDeque::from([frame.clone()]);
+        match write_frames(&parked.io, &mut unwritten) {
+            Some(written) if unwritten.is_empty() => {
+                self.hub.metrics.bytes_out.increment(written as u64);
+            }
+            // The socket is full: a client that reads nothing and does not
+            // answer either is closed by the heartbeat.
+            Some(0) => {}
+            // Part of it, or the socket failed: the task writes the rest
+            // (or meets the error).
+            _ => {
                 if let Some(parked) = table.take(conn.id) {
                     drop(table);
-                    self.resume(
-                        parked,
-                        Resume {
-                            unwritten: unwritten.into_iter().collect(),
-                            ..Resume::default()
-                        },
-                    );
+                    let resume = Resume {
+                        unwritten,
+                        ..Resume::default()
+                    };
+                    self.resume(parked, resume);
                 }
             }
         }
@@ -403,19 +396,20 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
                 if pongs.is_empty() {
                     return;
                 }
-                let unwritten = match write(&parked.io, &pongs) {
-                    Wrote::All => {
-                        self.hub.metrics.bytes_out.increment(pongs.len() as u64);
-                        return;
-                    }
-                    // The socket is full: the task writes them when it can.
-                    Wrote::Nothing => Some(Bytes::from(pongs)),
-                    Wrote::Resume(unwritten) => unwritten,
-                };
+                let mut unwritten = VecDeque::from([Bytes::from(pongs)]);
+                let written = write_frames(&parked.io, &mut unwritten);
+                if let Some(bytes) = written {
+                    self.hub.metrics.bytes_out.increment(bytes as u64);
+                }
+                if written.is_some() && unwritten.is_empty() {
+                    return;
+                }
+                // The socket is full, or failed: the task writes the rest
+                // when it can (or meets the error).
                 if let Some(parked) = table.take(id) {
                     drop(table);
                     let resume = Resume {
-                        unwritten: unwritten.into_iter().collect(),
+                        unwritten,
                         ..Resume::default()
                     };
                     self.resume(parked, resume);
@@ -580,23 +574,6 @@ fn write_frames(io: &mio::net::TcpStream, frames: &mut VecDeque<Bytes>) -> Optio
         }
     }
     Some(total)
-}
-
-/// One write of `bytes` to a parked connection's socket.
-fn write(io: &mio::net::TcpStream, bytes: &[u8]) -> Wrote {
-    let mut io = io;
-    loop {
-        return match io.write(bytes) {
-            Ok(n) if n == bytes.len() => Wrote::All,
-            Ok(0) => Wrote::Resume(Some(Bytes::copy_from_slice(bytes))),
-            Ok(n) => Wrote::Resume(Some(Bytes::copy_from_slice(&bytes[n..]))),
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Wrote::Nothing,
-            // The task's writer meets the error (or EOF) again and ends
-            // the connection.
-            Err(_) => Wrote::Resume(None),
-        };
-    }
 }
 
 /// If `bytes` are whole client pings and pongs and nothing else (the

@@ -160,7 +160,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
 /// Runs the connection until it ends (both directions are closed, or
 /// given up on after [`CLOSE_GRACE`], and the handler's `on_close` has
-/// run) or parks (`park`: plain TCP only; [`super::park`]).
+/// run) or parks (plain TCP only, unless `--park-idle off`; [`super::park`]).
 pub fn run<H: Handler + Unpin + Send + 'static>(
     hub: Arc<Hub>,
     stream: Stream,
@@ -168,12 +168,12 @@ pub fn run<H: Handler + Unpin + Send + 'static>(
     conn: Arc<Conn>,
     max_message: usize,
     handler: H,
-    park: Option<Arc<Parking<H>>>,
+    park: Arc<Parking<H>>,
 ) -> impl Future<Output = ()> {
     match stream {
         Stream::Plain(tcp) => {
             let mut driver = Driver::new(hub, tcp, leftover, conn, max_message, handler);
-            driver.park = park.filter(|park| park.enabled());
+            driver.park = park.enabled().then_some(park);
             Either::Left(Task(Some(driver)))
         }
         Stream::Tls(tls) => Either::Right(Task(Some(Driver::new(

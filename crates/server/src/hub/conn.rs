@@ -405,7 +405,7 @@ mod tests {
         }
         busy.mark_active();
         let mut pinged = Vec::new();
-        hub.heartbeat_with(std::time::Duration::from_secs(60), |conn, _| {
+        hub.heartbeat(std::time::Duration::from_secs(60), |conn, _| {
             // The gateway writes the ping of a parked connection itself.
             let is_parked = conn.id == parked.id;
             if is_parked {
