@@ -136,6 +136,30 @@ async fn health_and_metrics() {
     assert_eq!(server.metric("switchboard_users").await, 1.0);
 }
 
+/// Once a wave of connections has come and gone, the server gives the
+/// memory they freed back to the system (`memory.rs`), and counts it.
+#[tokio::test]
+async fn a_wave_of_connections_is_followed_by_a_memory_trim() {
+    let server = Server::start();
+    assert_eq!(server.metric("switchboard_memory_trims_total").await, 0.0);
+    let mut wave = Vec::new();
+    for i in 0..40 {
+        wave.push(server.connect(&format!("u{i}")).await);
+    }
+    drop(wave);
+    // 80 opened and closed, then quiet: trimmed within a tick or two. Each
+    // `/metrics` request is a connection too, so they are spaced wider than
+    // the 250 ms the server waits for quiet.
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    while server.metric("switchboard_memory_trims_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no trim after the wave"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}
+
 /// SIGTERM: every client gets close 1001 (after what was queued for it) and
 /// the process exits 0 within the shutdown timeout.
 #[tokio::test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod expiring;
 pub mod gateway;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod service;

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub sockets: Gauge,
     pub parked: Gauge,
     pub resumes: Counter,
+    pub memory_trims: Counter,
     pub users: Gauge,
     pub rooms: Gauge,
     pub connections_accepted: Counter,
@@ -45,6 +46,7 @@ const CONNECTIONS: &str = "switchboard_connections";
 const SOCKETS: &str = "switchboard_sockets";
 const PARKED: &str = "switchboard_connections_parked";
 const RESUMES: &str = "switchboard_connections_resumed_total";
+const MEMORY_TRIMS: &str = "switchboard_memory_trims_total";
 const USERS: &str = "switchboard_users";
 const ROOMS: &str = "switchboard_rooms";
 const ACCEPTED: &str = "switchboard_connections_accepted_total";
@@ -167,6 +169,10 @@ impl Metrics {
             resumes: counter(
                 RESUMES,
                 "parked connections put back into a task (bytes other than pings and pongs, a close, a full socket, a deadline)",
+            ),
+            memory_trims: counter(
+                MEMORY_TRIMS,
+                "times freed memory was given back to the system after a wave of connections opened or closed",
             ),
             users: gauge(USERS, "distinct identified users online"),
             rooms: gauge(ROOMS, "rooms with at least one member"),

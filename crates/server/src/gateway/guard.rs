@@ -142,6 +142,9 @@ impl Refusal {
 pub struct Gate {
     max_connections: usize,
     open: AtomicUsize,
+    /// Slots taken and given back since start: a wave of connections
+    /// coming or going, for `memory::trim_after_waves`.
+    churn: AtomicUsize,
     trusted: Vec<IpAddr>,
     ips: IpLimits,
     /// Open slots, for `/metrics`.
@@ -159,6 +162,7 @@ impl Gate {
         Gate {
             max_connections,
             open: AtomicUsize::new(0),
+            churn: AtomicUsize::new(0),
             trusted,
             ips: IpLimits::new(max_per_ip, rate_per_ip),
             gauge,
@@ -179,6 +183,7 @@ impl Gate {
             return Err(Refusal::Full);
         }
         self.gauge.increment(1.0);
+        self.churn.fetch_add(1, Ordering::Relaxed);
         // From here on dropping `slot` gives back what it holds.
         let mut slot = Slot {
             gate: self.clone(),
@@ -244,6 +249,11 @@ impl Gate {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Connections opened and closed since start (wrapping).
+    pub fn churn(&self) -> usize {
+        self.churn.load(Ordering::Relaxed)
+    }
+
     /// Forgets idle addresses (see [`IpLimits::sweep`]).
     pub fn sweep(&self) {
         self.ips.sweep();
@@ -286,6 +296,7 @@ impl Gate {
         if counts.global {
             self.open.fetch_sub(1, Ordering::AcqRel);
             self.gauge.decrement(1.0);
+            self.churn.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(ip) = counts.ip {
             self.ips.release(ip);

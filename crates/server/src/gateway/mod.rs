@@ -217,6 +217,9 @@ impl Server {
         let heartbeat = tokio::spawn(heartbeat_loop(app.clone()));
         let parked = tokio::spawn(app.parking.clone().watch());
         let presence = tokio::spawn(presence_loop(app.clone()));
+        let gate = app.gate.clone();
+        let trims = app.hub.metrics.memory_trims.clone();
+        let trim = tokio::spawn(crate::memory::trim_after_waves(move || gate.churn(), trims));
         let (tls, reloader) = match tls {
             Some((tls, hangup)) => {
                 let reloader = tokio::spawn(reload_on_hangup(tls.clone(), hangup, app.clone()));
@@ -275,6 +278,7 @@ impl Server {
         heartbeat.abort();
         presence.abort();
         parked.abort();
+        trim.abort();
         if let Some(reloader) = reloader {
             reloader.abort();
         }
