@@ -15,7 +15,11 @@
 //! connection opened or closed, after at least [`WAVE`] of them. Trimming
 //! during a storm would hand back pages the next connections fault in
 //! again at once; a steady trickle reuses what is free without help, and
-//! is trimmed at most every [`TRICKLE_EVERY`]. One trim took 0.4 ms with 19,000 connections open.
+//! is trimmed at most every [`TRICKLE_EVERY`].
+//!
+//! A trim walks each arena's free chunks under that arena's lock (0.4 ms
+//! with 19,000 connections open), so it runs right on the ticking task: a
+//! thread of its own would not spare the others the lock.
 
 use std::time::{Duration, Instant};
 
