@@ -17,9 +17,10 @@
 //! again at once; a steady trickle reuses what is free without help, and
 //! is trimmed at most every [`TRICKLE_EVERY`].
 //!
-//! A trim walks each arena's free chunks under that arena's lock (0.4 ms
-//! with 19,000 connections open), so it runs right on the ticking task: a
-//! thread of its own would not spare the others the lock.
+//! A trim walks each arena's free chunks under that arena's lock (0.5 ms
+//! after 19,000 connections opened; 3 ms after they closed, with 25 MB to
+//! hand back), so it runs right on the ticking task: a thread of its own
+//! would not spare the others the lock.
 
 use std::time::{Duration, Instant};
 
