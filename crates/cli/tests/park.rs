@@ -223,6 +223,49 @@ async fn a_quiet_connection_parks_again_after_a_heartbeat_interval() {
     assert_eq!(server.metric(PARKED).await, 1.0);
 }
 
+/// Publishes `bodies` to room "room" through the HTTP API, one request
+/// each, and waits for each to reach `member`.
+async fn publish_via_api(
+    server: &Server,
+    key: &str,
+    member: &mut Client,
+    bodies: std::ops::Range<usize>,
+) {
+    for n in bodies {
+        let body = json!({"body": n}).to_string();
+        let (status, reply) = server
+            .http("POST", "/api/rooms/room/messages", Some(key), Some(&body))
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(member.expect("message").await["body"], n);
+    }
+}
+
+/// Frames to a parked connection beyond what the parking writes itself put
+/// it back into its task, and there it stays while they keep coming: were
+/// it parked again at once, the first frames of each next burst would again
+/// be written on the delivering thread (a 10,000-subscriber channel spent
+/// its first seconds so).
+#[tokio::test]
+async fn a_connection_resumed_by_traffic_to_it_stays_in_its_task() {
+    const KEY: &str = "park-test-api-key";
+    let server = Server::start_with(&["--api-key", KEY, "--heartbeat", "60s"]);
+    let mut ann = server.connect("ann").await;
+    // Her join resumes her, and as one of her first commands she parks
+    // again at once.
+    ann.join("room").await;
+    until_metric(&server, PARKED, 1.0).await;
+    // More than the parking writes (8): resumed into her task.
+    publish_via_api(&server, KEY, &mut ann, 0..12).await;
+    let resumes = server.metric(RESUMES).await;
+    assert!(resumes >= 2.0, "{resumes}");
+    assert_eq!(server.metric(PARKED).await, 0.0);
+    // The next burst finds her in her task: no further resume.
+    publish_via_api(&server, KEY, &mut ann, 12..24).await;
+    assert_eq!(server.metric(RESUMES).await, resumes);
+    assert_eq!(server.metric(PARKED).await, 0.0);
+}
+
 #[tokio::test]
 async fn the_hello_deadline_fires_while_parked() {
     let server = Server::start_with(&["--hello-timeout", "300ms"]);

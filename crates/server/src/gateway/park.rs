@@ -53,8 +53,8 @@ const READ: usize = 512;
 const EVENTS: usize = 256;
 
 /// With `--park-idle quiet`, a connection parks again as soon as it is
-/// idle after each of its first this many resumes, and after that only
-/// once a heartbeat finds it quiet. A client's first steps (`hello`, a few
+/// idle after each of its first this many resumes by bytes from its
+/// client, and after that only once a heartbeat finds it quiet. A client's first steps (`hello`, a few
 /// `join`s, the replies) are over quickly, and the connection then waits:
 /// parking it at once keeps its task's memory for the next connection of
 /// a storm. A busy connection pays at most this many extra park-resume
@@ -459,7 +459,13 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
         } = parked;
         self.hub.metrics.parked.decrement(1.0);
         self.hub.metrics.resumes.increment(1);
-        if conn.count_resume() <= EAGER_RESUMES {
+        // A client's first commands: parked again once they are answered.
+        // Not when frames to it resumed it (more than a parking writes):
+        // that traffic keeps coming, and a subscriber of a busy channel that
+        // parked again each time would take its next frames inline again,
+        // on the delivering thread (measured: a 10,000-subscriber `/relay`
+        // channel at 99 msg/s delivered 80,000 frames/s for its first 7 s).
+        if !resume.received.is_empty() && conn.count_resume() <= EAGER_RESUMES {
             conn.want_park();
         }
         tracing::trace!(
