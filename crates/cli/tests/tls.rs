@@ -141,12 +141,17 @@ async fn https_get(addr: SocketAddr, config: Arc<ClientConfig>, path: &str) -> (
     (status, body.unwrap_or_default())
 }
 
-async fn metric(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> f64 {
-    let (_, body) = https_get(addr, config, "/metrics").await;
-    body.lines()
+/// The value of metric `name` in a `/metrics` response.
+fn metric_value(response: &str, name: &str) -> Option<f64> {
+    response
+        .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} not found"))
+}
+
+async fn metric(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> f64 {
+    let (_, body) = https_get(addr, config, "/metrics").await;
+    metric_value(&body, name).unwrap_or_else(|| panic!("metric {name} not found"))
 }
 
 /// As [`metric`], but `None` when the request fails (the server hung up).
@@ -156,11 +161,7 @@ async fn try_metric(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> 
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
     let _ = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut response)).await;
-    let response = String::from_utf8(response).ok()?;
-    response
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
+    metric_value(&String::from_utf8(response).ok()?, name)
 }
 
 /// A wss:// client (tokio-tungstenite over rustls).

@@ -54,11 +54,12 @@ const EVENTS: usize = 256;
 
 /// With `--park-idle quiet`, a connection parks again as soon as it is
 /// idle after each of its first this many resumes by bytes from its
-/// client, and after that only once a heartbeat finds it quiet. A client's first steps (`hello`, a few
-/// `join`s, the replies) are over quickly, and the connection then waits:
-/// parking it at once keeps its task's memory for the next connection of
-/// a storm. A busy connection pays at most this many extra park-resume
-/// round trips (about 10 µs each) before it stays in its task.
+/// client, and after that only once a heartbeat finds it quiet. A client's
+/// first steps (`hello`, a few `join`s, the replies) are over quickly, and
+/// the connection then waits: parking it at once keeps its task's memory
+/// for the next connection of a storm. A busy connection pays at most this
+/// many extra park-resume round trips (about 10 µs each) before it stays
+/// in its task.
 const EAGER_RESUMES: u8 = 4;
 
 /// Frames written to a parked connection by the threads that queue them

@@ -1019,11 +1019,12 @@ impl Hub {
     }
 
     /// One heartbeat tick: ping every connection, close those silent for
-    /// longer than `timeout`. `ping_parked(conn, ping)` writes the ping to a parked connection's
-    /// socket itself and says whether it did (a parked connection has no
-    /// task to write its queue; pushing would unpark it). A connection
-    /// that did not queue or receive a data message since the last
-    /// heartbeat is asked to park once its ping is written.
+    /// longer than `timeout`. `ping_parked(conn, ping)` writes the ping to
+    /// a parked connection's socket itself and says whether it did (a
+    /// parked connection has no task to write its queue; pushing would
+    /// unpark it). A connection that did not queue or receive a data
+    /// message since the last heartbeat is asked to park once its ping is
+    /// written.
     pub fn heartbeat(&self, timeout: Duration, mut ping_parked: impl FnMut(&Conn, &Bytes) -> bool) {
         let now = self.clock_ms();
         let limit = timeout.as_millis() as u64;
