@@ -85,7 +85,9 @@
 # SUBSCRIBERS, PUBLISHERS, DURATION, WARMUP, SIZE, WINDOW, LEAD, RATE
 # (fan-out; DURATION and WARMUP also for direct and publish); SUBSCRIBERS_BIG,
 # BIG_RATE (msg/s per publisher at the fixed rate; default half of room's
-# peak), BIG_CALM_RATE (the calm rate; default 2) (fan-out at 10k); CONNECT_N, CONNECT_FEW (connect); DIRECT_PAIRS, DIRECT_RATE
+# peak), BIG_CALM_RATE (the calm rate; default 2) (fan-out at 10k);
+# CONNECT_N, CONNECT_FEW, FEW_ROUNDS (fresh servers measured at CONNECT_FEW;
+# default 3) (connect); DIRECT_PAIRS, DIRECT_RATE
 # (msg/s per connection at the fixed rate; default half the flat-out
 # throughput) (direct); RESUME_CLIENTS, RESUME_ROOMS (resume); CHURN_RATE,
 # CHURN_DURATION (churn); PRESENCE_USERS, PRESENCE_BASE_USERS, PRESENCE_OVER
@@ -158,6 +160,7 @@ BIG_RATE=${BIG_RATE:-}
 BIG_CALM_RATE=${BIG_CALM_RATE:-2}
 CONNECT_N=${CONNECT_N:-$(target idle_memory.connections)}
 CONNECT_FEW=${CONNECT_FEW:-$(target idle_memory.few_connections)}
+FEW_ROUNDS=${FEW_ROUNDS:-3}
 DIRECT_PAIRS=${DIRECT_PAIRS:-1000}
 DIRECT_RATE=${DIRECT_RATE:-}
 RESUME_CLIENTS=${RESUME_CLIENTS:-$(target resume_storm.clients)}
@@ -587,8 +590,13 @@ many=$CONNECT_N
 CONNECT_N=$CONNECT_FEW
 # Also read after 8 connections opened and closed one at a time: what a
 # connection costs once the one-time costs (code first run, per-thread
-# buffers) are paid, which weigh 19 times more per connection here.
-connect connect-switchboard-ws-few switchboard ws --warmup-connections 8
+# buffers) are paid, which weigh 19 times more per connection here. Those
+# one-time costs scatter from one fresh server to the next (1,250-1,850 B
+# per connection for the same binary, by hand), so FEW_ROUNDS (3) fresh
+# servers are measured and the report takes the median.
+for few_round in $(seq "$FEW_ROUNDS"); do
+  connect "connect-switchboard-ws-few-$few_round" switchboard ws --warmup-connections 8
+done
 CONNECT_N=$many
 
 # 4. Direct messages (memory store): flat out, then at half that.
