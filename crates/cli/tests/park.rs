@@ -386,3 +386,54 @@ async fn connections_parking_and_resuming_under_load_lose_nothing() {
     }
     assert_eq!(received, CLIENTS * (CLIENTS - 1) * ROUNDS);
 }
+
+/// One fan-out writes at most 1,024 frames to parked connections on its
+/// own thread (`hub::fan_out`); the parked members past that are resumed
+/// into their tasks, which spread the sends over the runtime's workers.
+/// Without the budget a 10,000-subscriber channel spent its first second
+/// writing 8 frames to each subscriber on one thread.
+#[tokio::test]
+async fn a_fan_out_past_its_inline_budget_resumes_the_rest_of_the_parked_members() {
+    const INLINE: usize = 1024;
+    const SUBSCRIBERS: usize = INLINE + 76;
+    let server = Server::start_with(&[
+        "--max-connections-per-ip",
+        "0",
+        "--connect-rate-per-ip",
+        "0",
+        "--heartbeat",
+        "60s",
+    ]);
+    let mut subscribers = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        subscribers.push(RawClient::connect(&server, "/relay/wide").await);
+    }
+    let mut publisher = RawClient::connect(&server, "/relay/wide").await;
+    until_metric(&server, PARKED, (SUBSCRIBERS + 1) as f64).await;
+    let before = server.metric(RESUMES).await;
+
+    publisher.send_text("one").await;
+    for subscriber in &mut subscribers {
+        assert_eq!(
+            read_frame(&mut subscriber.stream).await,
+            (0x1, b"one".to_vec())
+        );
+    }
+    // The publisher, resumed by its frame, and the 76 members past the
+    // budget.
+    let resumed = server.metric(RESUMES).await - before;
+    assert_eq!(resumed, (1 + SUBSCRIBERS - INLINE) as f64);
+
+    // The next message: the 1,024 still parked take it inline, the others
+    // in their tasks; only the publisher is resumed again (as one of its
+    // first commands, it parked again at once).
+    publisher.send_text("two").await;
+    for subscriber in &mut subscribers {
+        assert_eq!(
+            read_frame(&mut subscriber.stream).await,
+            (0x1, b"two".to_vec())
+        );
+    }
+    assert_eq!(server.metric(RESUMES).await - before, resumed + 1.0);
+    assert!(server.metric(PARKED).await >= INLINE as f64);
+}

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 use super::socket::{self, Handler};
 use crate::config::ParkIdle;
-use crate::hub::{Conn, Hub};
+use crate::hub::{fan_out, Conn, Hub};
 
 /// Largest read of a parked connection's socket. An idle client sends
 /// pongs (6–131 bytes); a read that fills this is handed to a task.
@@ -218,9 +218,10 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
     /// the thread that queued them, as the connection's task would have (a
     /// message to a member of a quiet room, a presence change): the
     /// connection stays parked, and no task is woken. Resumed instead: a
-    /// close, frames past those, or a socket that does not take everything
-    /// (the task then writes the rest when it can, and keeps the queue's
-    /// limit).
+    /// close, frames past those, frames past the budget of the fan-out that
+    /// queued them ([`fan_out::INLINE_PER_FAN_OUT`]), or a socket that does
+    /// not take everything (the task then writes the rest when it can, and
+    /// keeps the queue's limit).
     fn on_wake(self: &Arc<Self>, unpark: &Arc<Unpark<H>>) {
         let id = unpark.id;
         loop {
@@ -235,7 +236,10 @@ impl<H: Handler + Unpin + Send + 'static> Parking<H> {
             if let Some(frame) = single {
                 frames.push_front(frame);
             }
-            let busy = usize::from(parked.delivered) + frames.len() > usize::from(INLINE_FRAMES);
+            // Past its own 8, or past what the fan-out in progress may
+            // write on this thread (`hub::fan_out`): resumed.
+            let busy = usize::from(parked.delivered) + frames.len() > usize::from(INLINE_FRAMES)
+                || (close.is_none() && !fan_out::take_inline(frames.len()));
             let written = if close.is_none() && !busy {
                 parked.delivered += frames.len() as u8;
                 write_frames(&parked.io, &mut frames)

@@ -13,6 +13,7 @@
 //! touched with no room lock held.
 
 mod conn;
+pub mod fan_out;
 pub mod floors;
 mod gate;
 mod relay;

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use switchboard_ws::{OpCode, SharedMessage};
 
 use super::conn::Conn;
+use super::fan_out::FanOut;
 use super::push_counted;
 use crate::metrics::Metrics;
 
@@ -54,6 +55,7 @@ impl Relay {
         };
         let message = SharedMessage::new(opcode, payload);
         let members = ch.members.lock();
+        let _fan_out = FanOut::begin();
         let mut delivered = 0;
         for member in members.values().filter(|c| echo || c.id != from.id) {
             if push_counted(member, message.frame_for(member.deflate), metrics) {

@@ -10,6 +10,7 @@ use switchboard_protocol::{self as proto, Id};
 use switchboard_ws::{OpCode, SharedMessage};
 
 use super::conn::Conn;
+use super::fan_out::FanOut;
 use super::gate::Gated;
 use super::PresencePolicy;
 use crate::metrics::Metrics;
@@ -271,6 +272,7 @@ impl Room {
             Except::Conn(id) => m.conn.id == id,
             Except::User(user) => m.conn.user() == user,
         };
+        let _fan_out = FanOut::begin();
         for member in st.members.values_mut().filter(|m| !skip(m)) {
             member.push(&message, metrics);
         }
@@ -323,6 +325,7 @@ impl Room {
             more,
         });
         let message = text(payload);
+        let _fan_out = FanOut::begin();
         for member in st.members.values_mut() {
             member.push(&message, metrics);
         }
@@ -418,6 +421,7 @@ impl Room {
     ) -> usize {
         let message = text(payload);
         let mut st = self.state.lock();
+        let _fan_out = FanOut::begin();
         let mut delivered = 0;
         for member in st.members.values_mut() {
             if Some(member.conn.id) != sender
@@ -439,6 +443,7 @@ impl Room {
         let mut delivered = vec![0; run.len()];
         let mut mine: Vec<usize> = Vec::with_capacity(run.len());
         let mut st = self.state.lock();
+        let _fan_out = FanOut::begin();
         for member in st.members.values_mut() {
             mine.clear();
             let (id, from_seq) = (member.conn.id, member.from_seq);
@@ -461,6 +466,7 @@ impl Room {
     pub(super) fn signal(&self, payload: Vec<u8>, sender: u64, metrics: &Metrics) -> usize {
         let message = text(payload);
         let st = self.state.lock();
+        let _fan_out = FanOut::begin();
         let mut delivered = 0;
         for member in st.members.values() {
             if member.conn.id != sender && member.takes_signals() {
