@@ -125,6 +125,16 @@ const sets = {
   bigCalm: fanSet({ subscribers: fanBig, run: isCalm }, fanTargets.filter((t) => !t.baseline)),
 };
 const byServer = (set, server, mode) => set.find((t) => t.key.server === server && t.key.mode === mode);
+const median = (xs) => {
+  const sorted = [...xs].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+};
+// The run of `runs` (measured rounds) whose `by` is the median: by default
+// throughput (the publish rounds).
+const medianRun = (runs, by = (r) => r.acks_per_sec) => {
+  const sorted = [...runs].sort((a, b) => by(a.r) - by(b.r));
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+};
 // The /ws measurement at few connections (run.sh's CONNECT_FEW): its own
 // target, and kept apart from the same server and mode at CONNECT_N.
 const connectFew = Number(env.BENCH_CONNECT_FEW) || null;
@@ -146,8 +156,8 @@ const connectTargets = [
   // scatter): the row is the median one by RSS per connection, and the
   // verdict is on it, with the range beside it.
   const runs = results.filter((record) => matches(record, { scenario: 'connect', ...t.key })).map(fromRecord);
-  const measured = runs.filter((x) => x.r && x.r.rss_per_conn_bytes != null).sort((a, b) => a.r.rss_per_conn_bytes - b.r.rss_per_conn_bytes);
-  const picked = measured.length ? measured[Math.floor((measured.length - 1) / 2)] : runs[0] || fromRecord(null);
+  const measured = runs.filter((x) => x.r && x.r.rss_per_conn_bytes != null);
+  const picked = measured.length ? medianRun(measured, (r) => r.rss_per_conn_bytes) : runs[0] || fromRecord(null);
   return { ...t, ...picked, rounds: measured.map((x) => x.r), failedRounds: runs.filter((x) => x.failed).length };
 });
 // "median of 3 fresh servers (range …)", for the few-connections row.
@@ -180,15 +190,6 @@ for (const run of publishRuns.filter((x) => x.r)) {
   }
   (config.stores[run.r.store] ||= []).push(run);
 }
-const median = (xs) => {
-  const sorted = [...xs].sort((a, b) => a - b);
-  return sorted[Math.floor((sorted.length - 1) / 2)];
-};
-// The run whose throughput is the median of its store's rounds.
-const medianRun = (runs) => {
-  const sorted = [...runs].sort((a, b) => a.r.acks_per_sec - b.r.acks_per_sec);
-  return sorted[Math.floor((sorted.length - 1) / 2)];
-};
 
 // ---- Targets: judged here, listed in the summary, shown again in their sections.
 const TARGET_SUBSCRIBERS = targets.fanout_vs_node.subscribers;

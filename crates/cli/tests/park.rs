@@ -394,7 +394,7 @@ async fn connections_parking_and_resuming_under_load_lose_nothing() {
 /// writing 8 frames to each subscriber on one thread.
 #[tokio::test]
 async fn a_fan_out_past_its_inline_budget_resumes_the_rest_of_the_parked_members() {
-    const INLINE: usize = 1024;
+    const INLINE: usize = switchboard_server::hub::fan_out::INLINE_PER_FAN_OUT;
     const SUBSCRIBERS: usize = INLINE + 76;
     let server = Server::start_with(&[
         "--max-connections-per-ip",

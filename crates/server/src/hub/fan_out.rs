@@ -13,8 +13,10 @@
 //!
 //! The budget is per fan-out and per thread: a fan-out opens it with
 //! [`FanOut::begin`] around its loop over members, and the parking takes
-//! from it. A push outside any fan-out (a reply, a direct message to one
-//! connection) is not limited.
+//! from it. The member loops of rooms and relay channels open it; a push
+//! outside them (a reply, a direct message or event to one user's
+//! connections, at most `--max-connections-per-user`, 32 by default) is not
+//! limited.
 
 use std::cell::Cell;
 
