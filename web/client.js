@@ -106,6 +106,18 @@ export class Client {
   #typingOut = new Map();
   #typingIn = new Map();
   #directSeen = new Set();
+  // Publishes and sends written to a connection that was lost before their
+  // reply: the server may have stored them (only the ack was lost). Such a
+  // message can come back to this client as an event: live, when the
+  // server reads the lost connection's last command after this one joined
+  // (a sender's other connections get its messages), or in a rejoin's
+  // replay. The resend's ack (a duplicate's, with the original seq) says
+  // which one it was; until then that room's (or, for a send, that peer's
+  // copies') events wait here, in order. Key `r:<room>` or `u:<peer>` →
+  // {count: such commands unanswered, events}.
+  #holds = new Map();
+  // `${to}\0${seq}` of sends acked after a resend: their copies are ours.
+  #ownSends = new Set();
   #inboxUpto = 0;
   #receivedSent = 0;
   #receivedTimer = null;
@@ -522,6 +534,7 @@ export class Client {
     for (const [id, p] of this.#pending) {
       clearTimeout(p.timer);
       p.timer = null;
+      if (p.sent && !p.inDoubt) this.#doubt(p);
       p.sent = false;
       if (p.once) {
         // Joins are redone by the rejoin; a token refresh by the next hello.
@@ -763,6 +776,7 @@ export class Client {
       p.reject(err);
     }
     this.#pending.clear();
+    this.#holds.clear();
     for (const r of this.#rooms.values()) for (const w of r.waiters.splice(0)) w.reject(err);
   }
 
@@ -834,6 +848,7 @@ export class Client {
     clearTimeout(p.timer);
     p.timer = setTimeout(() => {
       this.#pending.delete(p.command.id);
+      if (p.inDoubt) this.#settle(p, null);
       p.reject(new SwitchboardError('timeout', `no reply to ${p.command.type} within ${this.#o.ackTimeout} ms`));
     }, this.#o.ackTimeout);
   }
@@ -916,7 +931,11 @@ export class Client {
         if (!pending) this.#onWelcome(ws, event);
         break;
       case 'message':
-        this.#onMessage(event);
+      case 'direct':
+      case 'edit':
+      case 'recall':
+      case 'reset':
+        if (!this.#hold(event)) this.#route(event);
         break;
       case 'presence':
         if (event.event) {
@@ -933,30 +952,12 @@ export class Client {
       case 'joined':
         this.#onJoined(event);
         break;
-      case 'reset':
-        if (event.inbox) {
-          // Inbox entries up to `seq` are gone (retention): confirm past them.
-          if (event.seq > this.#inboxUpto) this.#inboxUpto = event.seq;
-          if (this.#inboxUpto > this.#receivedSent) this.#scheduleReceived();
-          this.#emit('reset', event);
-        } else {
-          const r = this.#rooms.get(event.room);
-          if (r) this.#reset(r, event);
-        }
-        break;
       case 'ack':
         if (event.room != null) {
           const r = this.#rooms.get(event.room);
           // Our own message: the replay after a reconnect must not deliver it.
           if (r && r.lastSeq != null) this.#accept(r, event.seq);
         }
-        break;
-      case 'direct':
-        this.#onDirect(event);
-        break;
-      case 'edit':
-      case 'recall':
-        this.#onChange(event);
         break;
       case 'read':
         this.#onRead(event);
@@ -978,10 +979,88 @@ export class Client {
     if (pending) {
       this.#pending.delete(event.id);
       clearTimeout(pending.timer);
+      if (pending.inDoubt) this.#settle(pending, event);
       if (pending.order && ws === this.#ws) this.#confirmed(pending.order);
       if (event.type === 'error') pending.reject(new SwitchboardError(event.code, event.message, event));
       else pending.resolve(event);
     }
+  }
+
+  /** A room's or a conversation's event, in its turn. */
+  #route(event) {
+    switch (event.type) {
+      case 'message':
+        this.#onMessage(event);
+        break;
+      case 'direct':
+        this.#onDirect(event);
+        break;
+      case 'edit':
+      case 'recall':
+        this.#onChange(event);
+        break;
+      case 'reset':
+        if (event.inbox) {
+          // Inbox entries up to `seq` are gone (retention): confirm past them.
+          if (event.seq > this.#inboxUpto) this.#inboxUpto = event.seq;
+          if (this.#inboxUpto > this.#receivedSent) this.#scheduleReceived();
+          this.#emit('reset', event);
+        } else {
+          const r = this.#rooms.get(event.room);
+          if (r) this.#reset(r, event);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** The key of the hold a publish or send `command` in doubt opens, or null. */
+  static #holdKey(command) {
+    if (command.type === 'publish') return `r:${command.room}`;
+    if (command.type === 'send') return `u:${command.to}`;
+    return null;
+  }
+
+  /** `p` was written to a connection now lost, unanswered: the server may have it (see #holds). */
+  #doubt(p) {
+    const key = Client.#holdKey(p.command);
+    if (!key) return;
+    p.inDoubt = key;
+    const h = this.#holds.get(key);
+    if (h) h.count += 1;
+    else this.#holds.set(key, { count: 1, events: [] });
+  }
+
+  /** Keeps `event` back if its room (or, a copy of our send, its peer) has a command in doubt. */
+  #hold(event) {
+    if (this.#holds.size === 0) return false;
+    let key = null;
+    if (event.room != null) key = `r:${event.room}`;
+    else if (event.type === 'direct' && event.from === this.user && event.to !== this.user) key = `u:${event.to}`;
+    const h = key && this.#holds.get(key);
+    if (!h) return false;
+    h.events.push(event);
+    return true;
+  }
+
+  /**
+   * The command `p` in doubt is answered (`reply`) or given up (null). Its
+   * ack tells which seq it was: a room's is accepted on arrival (so a
+   * replay of it is dropped), a send's is remembered (so its copy is). Once
+   * nothing is in doubt for the key, the events held for it go on, in order.
+   */
+  #settle(p, reply) {
+    const key = p.inDoubt;
+    p.inDoubt = null;
+    if (reply && reply.type === 'ack' && p.command.type === 'send' && typeof reply.seq === 'number') {
+      this.#ownSends.add(`${p.command.to}\u0000${reply.seq}`);
+      if (this.#ownSends.size > DIRECT_MEMORY) this.#ownSends.delete(this.#ownSends.values().next().value);
+    }
+    const h = this.#holds.get(key);
+    if (!h || --h.count > 0) return;
+    this.#holds.delete(key);
+    for (const event of h.events) this.#route(event);
   }
 
   /**
@@ -1062,6 +1141,8 @@ export class Client {
   }
 
   #onDirect(event) {
+    // A copy of a send of ours whose first ack was lost (see #holds).
+    if (event.from === this.user && event.to !== this.user && this.#ownSends.has(`${event.to}\u0000${event.seq}`)) return;
     if (event.to === this.user) this.#inboxEntry(event.seq);
     if (!this.#firstInboxSight(event.to, event.seq, event.ts)) return;
     if (event.to === this.user) this.#typingStopped(`u:${event.from}`, event.from);

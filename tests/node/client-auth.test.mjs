@@ -5,7 +5,8 @@
 // `Authorization: Bearer` on every POST).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import WebSocket from 'ws';
 import { EventSource } from 'eventsource';
 import { Client } from '../../web/client.js';
@@ -19,6 +20,17 @@ after(async () => { await server?.dispose(); });
 /** A token from `switchboard token`. */
 function mint(user, ttl = '1h', secret = SECRET) {
   return execFileSync(BIN, ['token', '--user', user, '--secret', secret, '--ttl', ttl], { encoding: 'utf8' }).trim();
+}
+
+/**
+ * The same, for a token function: without blocking the event loop, which
+ * a synchronous spawn would hold for as long as the machine is busy, eating
+ * into the margin the client keeps before a short token's expiry.
+ */
+const execFileAsync = promisify(execFile);
+async function mintLater(user, ttl) {
+  const { stdout } = await execFileAsync(BIN, ['token', '--user', user, '--secret', SECRET, '--ttl', ttl], { encoding: 'utf8' });
+  return stdout.trim();
 }
 
 const clients = [];
@@ -46,11 +58,13 @@ test('a token names the user; a bad token is refused for good', async () => {
 
 test('a token function: the session is renewed before the token expires, without reconnecting', async () => {
   let minted = 0;
-  const uma = client({ token: () => { minted += 1; return mint('uma', '2s'); } });
+  // 3 s: `exp` counts whole seconds, so 2-3 s are left; the client renews
+  // with a fifth of that to spare.
+  const uma = client({ token: () => { minted += 1; return mintLater('uma', '3s'); } });
   const states = [];
   uma.on('state', (s) => states.push(s.state));
   const first = await uma.connect();
-  // Two renewals: the connection outlives two 2-second tokens.
+  // Two renewals: the connection outlives two tokens.
   await waitFor(uma, 'token');
   const renewed = await waitFor(uma, 'token');
   assert.ok(renewed.expires > Date.now(), 'the new token is valid');
@@ -90,17 +104,17 @@ test('over SSE: a token names the user; a bad token, or none, is refused for goo
 
 test('over SSE: a token function renews the session before the token expires, without reconnecting', async () => {
   let minted = 0;
-  const xia = sse({ token: () => { minted += 1; return mint('xia', '2s'); } });
+  const xia = sse({ token: () => { minted += 1; return mintLater('xia', '3s'); } });
   const states = [];
   xia.on('state', (s) => states.push(s.state));
   const first = await xia.connect();
   await waitFor(xia, 'token');
   await waitFor(xia, 'token');
+  assert.deepEqual(states, ['connecting', 'connected']);
   assert.equal(minted, 3);
   // The POSTs carry the renewed token (the first one has expired by now).
   assert.ok((await xia.ping()) >= 0);
   assert.equal(xia.session, first.session, 'same session');
-  assert.deepEqual(states, ['connecting', 'connected']);
 });
 
 test('over SSE: a fixed token that expires ends the session: offline, `unauthorized`', async () => {

@@ -14,6 +14,11 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const BIN = process.env.SWITCHBOARD_BIN || path.join(ROOT, 'target/debug/switchboard');
 export const TIMEOUT_MS = 10_000;
 
+// Servers still running when this process exits (a failed test skipped its
+// dispose, and --test-force-exit ended the file) go with it.
+const running = new Set();
+process.on('exit', () => { for (const child of running) child.kill('SIGKILL'); });
+
 /**
  * A switchboard process. `start()` binds port 0 the first time and the same
  * port on every restart. Runs in its own temporary working directory, so a
@@ -38,6 +43,8 @@ export class Server {
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
     });
     this.child = child;
+    running.add(child);
+    child.once('exit', () => running.delete(child));
     const line = await new Promise((resolve, reject) => {
       const lines = createInterface({ input: child.stdout });
       const onExit = (code) => reject(new Error(`server exited early (${code})`));
@@ -222,6 +229,22 @@ export class HttpProxy {
     this.cut();
     return new Promise((resolve) => this.server.close(resolve));
   }
+}
+
+/** Resolves once `predicate()` holds (checked every 20 ms); rejects after `timeout`, naming `what`. */
+export function waitUntil(predicate, what, timeout = TIMEOUT_MS) {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const check = setInterval(() => {
+      if (predicate()) {
+        clearInterval(check);
+        resolve();
+      } else if (Date.now() - started > timeout) {
+        clearInterval(check);
+        reject(new Error(`timed out waiting until ${what}`));
+      }
+    }, 20);
+  });
 }
 
 /** Resolves with the first `type` event of `client` that satisfies `predicate`. */

@@ -106,7 +106,8 @@ test('exactly-once: a publish whose ack was lost is resent with its id and not d
   const eve = client('eve', { addr: proxy.addr });
   const fred = client('fred');
   const got = collector();
-  await eve.join(room);
+  const eveGot = collector();
+  await eve.join(room, { onMessage: eveGot });
   await fred.join(room, { onMessage: got });
 
   proxy.muteDown(); // the server acts on eve's commands; eve hears nothing
@@ -115,6 +116,9 @@ test('exactly-once: a publish whose ack was lost is resent with its id and not d
   proxy.cut(); // eve reconnects and resends with the same id
   const ack = await acked;
   assert.equal(ack.seq, delivered.seq, 'the dedupe acks with the original seq');
+  // The rejoin's replay (before the resend's ack) holds eve's own message:
+  // it is hers, acked, not one she received.
+  assert.deepEqual(texts(eveGot.items), []);
   await eve.publish(room, { text: 'next' });
   await got.until(2);
   assert.deepEqual(texts(got.items), ['once', 'next']);

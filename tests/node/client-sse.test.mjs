@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { EventSource } from 'eventsource';
 import { Client } from '../../web/client.js';
-import { Server, HttpProxy, waitFor, waitState, collector } from './client-helpers.mjs';
+import { Server, HttpProxy, waitFor, waitState, waitUntil, collector } from './client-helpers.mjs';
 
 let server;
 before(async () => { server = await new Server(['--rate-limit', '0']).start(); });
@@ -212,7 +212,7 @@ test('fallback: a proxy refuses the WebSocket (403), the client goes on over SSE
 
   // Still refused: the retries keep it on SSE.
   const refused = proxy.upgradesRefused;
-  await new Promise((resolve) => { const t = setInterval(() => { if (proxy.upgradesRefused > refused) { clearInterval(t); resolve(); } }, 20); });
+  await waitUntil(() => proxy.upgradesRefused > refused, 'the client tries the WebSocket again');
   assert.equal(ida.transport, 'sse');
   assert.equal(ida.state, 'connected');
 

@@ -271,12 +271,15 @@ test('resume contract: rejoin with since = last seq, resend in-flight commands w
         ws.terminate();
       }
       if (cmd.type === 'join' && n === 2) {
-        // Replay after `since`: 4 is our own publish, 5 is new.
+        // Replay after `since`: 4 is our own publish (stored before the
+        // connection died), 5 is new. Both come before the resend's ack.
         reply({ type: 'message', room: 'r', seq: 4, from: 'me', ts: 2, body: 'mine' });
         reply({ type: 'message', room: 'r', seq: 5, from: 'x', ts: 3, body: 5 });
         reply({ type: 'joined', id: cmd.id, room: 'r', online: 1, seq: 5 });
       }
-      if (cmd.type === 'publish' && n === 2) reply({ type: 'ack', id: cmd.id, room: 'r', seq: 4, delivered: 0 });
+      if (cmd.type === 'publish' && n === 2) {
+        reply({ type: 'ack', id: cmd.id, room: 'r', seq: 4, delivered: 0, duplicate: true });
+      }
     });
   });
   const me = new Client({ url: `ws://127.0.0.1:${wss.address().port}/ws`, user: 'me', device: 'laptop', WebSocket, reconnect: { min: 10, max: 50 } });
@@ -286,8 +289,10 @@ test('resume contract: rejoin with since = last seq, resend in-flight commands w
   await got.until(1);
   const ack = await me.publish('r', 'mine');
   assert.equal(ack.seq, 4);
-  await got.until(3);
-  assert.deepEqual(got.items.map((m) => m.seq), [3, 4, 5]);
+  await got.until(2);
+  // 4 came back before its ack, but it is ours: held until the ack named
+  // it, then dropped; 5 waited for it, so the order holds.
+  assert.deepEqual(got.items.map((m) => m.seq), [3, 5]);
   assert.equal(me.lastSeq('r'), 5);
   const joins = seen.filter(([, c]) => c.type === 'join').map(([n, c]) => [n, c.since]);
   assert.deepEqual(joins, [[1, undefined], [2, 3]]);
@@ -299,6 +304,51 @@ test('resume contract: rejoin with since = last seq, resend in-flight commands w
   // On the new connection the join goes before the resent publish.
   const second = seen.filter(([n]) => n === 2).map(([, c]) => c.type);
   assert.deepEqual(second, ['hello', 'join', 'publish']);
+  me.close();
+  await new Promise((r) => wss.close(r));
+});
+
+// A send whose ack was lost with its connection can come back to the
+// sender as a copy (the server read it late and the new connection is one
+// of the sender's "other" connections) before the resend's duplicate ack.
+test('resume contract: the copy of our own send, back before its resend is acked, is not taken for another device\'s', async () => {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await new Promise((r) => wss.once('listening', r));
+  let connections = 0;
+  const sends = [];
+  wss.on('connection', (ws) => {
+    const n = ++connections;
+    ws.on('message', (data) => {
+      const cmd = JSON.parse(data.toString());
+      const reply = (e) => ws.send(JSON.stringify(e));
+      if (cmd.type === 'hello') reply({ type: 'welcome', id: cmd.id, user: cmd.user, session: `s${n}`, heartbeat: 25 });
+      if (cmd.type !== 'send') return;
+      sends.push([n, cmd.id]);
+      if (n === 1) {
+        ws.terminate(); // stored as bob's inbox seq 7; the ack is lost
+        return;
+      }
+      // The first send's copy, then one from another device, then the ack.
+      reply({ type: 'direct', from: 'me', to: 'bob', seq: 7, gid: 70, ts: 1, body: 'mine' });
+      reply({ type: 'direct', from: 'me', to: 'bob', seq: 8, gid: 71, ts: 2, body: 'from my phone' });
+      reply({ type: 'ack', id: cmd.id, to: 'bob', seq: 7, delivered: 1, stored: true, duplicate: true });
+      // Late again (the server's fan-out behind its dedupe): still ours.
+      reply({ type: 'direct', from: 'me', to: 'bob', seq: 7, gid: 70, ts: 1, body: 'mine' });
+      reply({ type: 'direct', from: 'bob', to: 'me', seq: 1, gid: 72, ts: 3, body: 'hi' });
+    });
+  });
+  const me = new Client({ url: `ws://127.0.0.1:${wss.address().port}/ws`, user: 'me', WebSocket, reconnect: { min: 10, max: 50 } });
+  clients.push(me);
+  const got = [];
+  me.on('direct', (d) => got.push(d.body));
+  await me.connect();
+  const last = waitFor(me, 'direct', (d) => d.body === 'hi');
+  const ack = await me.send('bob', 'mine');
+  assert.equal(ack.seq, 7);
+  await last;
+  assert.deepEqual(got, ['from my phone', 'hi']);
+  assert.equal(sends.length, 2);
+  assert.equal(sends[0][1], sends[1][1], 'resent with the same id');
   me.close();
   await new Promise((r) => wss.close(r));
 });
