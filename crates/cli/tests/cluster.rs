@@ -538,8 +538,18 @@ async fn redis_killed_under_load_keeps_every_ack_and_the_nodes_recover() {
                 }
                 // An announcement lost with Redis is filled from the store
                 // once it is back, and a fill names no sender: the talker
-                // may get its own earlier message (the only other event).
-                assert_eq!(event["type"], "message", "{event}");
+                // may get its own earlier message. And the reader's
+                // presence: `joined` answers before the join reaches
+                // Redis, which was killed right after, so its announcement
+                // may come only now (seen once); a node that could not
+                // renew its lease for 5 s would also be reaped and resync
+                // (a leave, then a join: OPERATIONS.md, "What each
+                // failure does"). Nothing else.
+                assert!(
+                    event["type"] == "message"
+                        || (event["type"] == "presence" && event["user"] == "reader"),
+                    "{event}"
+                );
                 assert_eq!(event["room"], "log", "{event}");
             };
             if reply["type"] == "ack" {
