@@ -126,6 +126,7 @@ export class Client {
   #connectWaiters = [];
   #onlineListener = null;
   #offlineListener = null;
+  #pageHideListener = null;
   #refreshTimer = null;
   #helloToken = null;
 
@@ -161,6 +162,16 @@ export class Client {
       this.#offlineListener = () => this.#networkOffline();
       g.addEventListener('online', this.#onlineListener);
       g.addEventListener('offline', this.#offlineListener);
+      // A page that goes away on the HTTP transport ends its session (a
+      // DELETE that outlives the page): the browser drops the event stream,
+      // but the server keeps the session for a reattach, its user online,
+      // for two heartbeats (50 s by default). A WebSocket's close is seen at
+      // once. A page kept for back/forward (`persisted`) may come back, and
+      // its stream then reattaches: left alone.
+      this.#pageHideListener = (e) => {
+        if (!e.persisted && this.#ws instanceof SseTransport) this.#ws.close();
+      };
+      g.addEventListener('pagehide', this.#pageHideListener);
     }
   }
 
@@ -222,6 +233,7 @@ export class Client {
     if (this.#onlineListener) {
       g.removeEventListener('online', this.#onlineListener);
       g.removeEventListener('offline', this.#offlineListener);
+      g.removeEventListener('pagehide', this.#pageHideListener);
     }
     this.#setState('closed', {});
   }

@@ -84,6 +84,25 @@ async function settled(page, count) {
   await page.waitForFunction((n) => document.querySelectorAll('#messages .msg').length >= n, count, { timeout: 20_000 });
 }
 
+test('a tab closed on SSE ends its session: the others see the user leave at once, not two heartbeats (50 s) later', async () => {
+  const cat = await openPage(browser, blocked);
+  await signIn(cat, 'cat');
+  assert.equal(await transport(cat), 'sse');
+  await joinRoom(cat, 'tabs');
+  const dov = await openPage(browser, full);
+  await signIn(dov, 'dov');
+  await joinRoom(dov, 'tabs');
+  await dov.waitForSelector('#conv-sub:text-is("2 online")');
+  // The tab goes: the browser drops the event stream, which the server
+  // would keep for a reattach; the page's `pagehide` sends the DELETE.
+  await cat.close();
+  await dov.waitForSelector('#messages .notice:text-is("cat left")', { timeout: 10_000 });
+  await dov.waitForSelector('#conv-sub:text-is("1 online")');
+  assert.deepEqual(dov.errors, []);
+  await cat.context().close();
+  await dov.context().close();
+});
+
 test('server restart (kill -9) mid-chat with both people on SSE behind nginx: every message exactly once, in order', async () => {
   const room = 'sse-standup';
   const cat = await openPage(browser, blocked);
