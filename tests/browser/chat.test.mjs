@@ -321,8 +321,8 @@ test("the server's refusal of a name is shown fully in the page's language", asy
 
 test('the room list: the online count (person icon) is not an unread badge (filled pill)', async () => {
   // A room of their own: the lobby's count would include whoever an
-  // earlier test left there until the server notices them gone (once seen
-  // under load: a page that had fallen back to SSE ends with its heartbeat).
+  // earlier test left there until the server notices them gone (once,
+  // under load, the lobby's count never became 2).
   const alice = await openPage(browser, server);
   await signIn(alice, 'nadia');
   await joinRoom(alice, 'counted');
