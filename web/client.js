@@ -541,6 +541,9 @@ export class Client {
     this.#readsSent.clear();
     // Our "typing" expires at the receivers; say it again at once.
     this.#typingOut.clear();
+    // A room's held events come again in the rejoin's replay (`since` did
+    // not pass them); a peer's copies do not (they are live only).
+    for (const [key, h] of this.#holds) if (key.startsWith('r:')) h.events = [];
     // Everything sent on this socket and not answered is sent again on the
     // next one (same ids); joins are redone by the rejoin.
     for (const [id, p] of this.#pending) {
@@ -846,6 +849,16 @@ export class Client {
     const full = { ...command, id: id != null ? id : `${this.#idPrefix}${++this.#nextId}` };
     return new Promise((resolve, reject) => {
       const p = { command: full, resolve, reject, timer: null, sent: false, once: command.type === 'join' || command.type === 'hello' };
+      const earlier = this.#pending.get(full.id);
+      if (earlier) {
+        // The same id again (a retry) while the first is unanswered: one
+        // command, whose reply settles both promises; the first's doubt
+        // (see #holds) and not its timer go on with it.
+        clearTimeout(earlier.timer);
+        p.inDoubt = earlier.inDoubt;
+        p.resolve = (v) => { earlier.resolve(v); resolve(v); };
+        p.reject = (e) => { earlier.reject(e); reject(e); };
+      }
       this.#pending.set(full.id, p);
       if (this.#state === 'connected') this.#transmit(p);
       else this.#ensureConnecting();
@@ -1037,11 +1050,12 @@ export class Client {
   /** `p` was written to a connection now lost, unanswered: the server may have it (see #holds). */
   #doubt(p) {
     const key = Client.#holdKey(p.command);
-    if (!key) return;
+    // A send to oneself comes back as one's own inbox entry: nothing to hold.
+    if (!key || (p.command.type === 'send' && p.command.to === this.user)) return;
     p.inDoubt = key;
     const h = this.#holds.get(key);
     if (h) h.count += 1;
-    else this.#holds.set(key, { count: 1, events: [] });
+    else this.#holds.set(key, { count: 1, events: [], own: new Set() });
   }
 
   /** Keeps `event` back if its room (or, a copy of our send, its peer) has a command in doubt. */
@@ -1065,14 +1079,25 @@ export class Client {
   #settle(p, reply) {
     const key = p.inDoubt;
     p.inDoubt = null;
-    if (reply && reply.type === 'ack' && p.command.type === 'send' && typeof reply.seq === 'number') {
+    const h = this.#holds.get(key);
+    const acked = reply && reply.type === 'ack' && typeof reply.seq === 'number';
+    if (acked && p.command.type === 'send') {
       this.#ownSends.add(`${p.command.to}\u0000${reply.seq}`);
       if (this.#ownSends.size > DIRECT_MEMORY) this.#ownSends.delete(this.#ownSends.values().next().value);
     }
-    const h = this.#holds.get(key);
+    // Also kept here: a held `reset` clears the room's dedupe, ack included.
+    if (acked && h) h.own.add(reply.seq);
     if (!h || --h.count > 0) return;
     this.#holds.delete(key);
-    for (const event of h.events) this.#route(event);
+    for (const event of h.events) {
+      if (event.type === 'message' && h.own.has(event.seq)) {
+        // Ours: counted as seen (the resume position passes it), not delivered.
+        const r = this.#rooms.get(event.room);
+        if (r && r.lastSeq != null) this.#accept(r, event.seq);
+        continue;
+      }
+      this.#route(event);
+    }
   }
 
   /**

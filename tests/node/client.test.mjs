@@ -353,6 +353,78 @@ test('resume contract: the copy of our own send, back before its resend is acked
   await new Promise((r) => wss.close(r));
 });
 
+/** A scripted server: `script(n, cmd, reply, ws)` answers connection n's commands after the welcome. */
+async function scripted(script) {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await new Promise((r) => wss.once('listening', r));
+  let connections = 0;
+  wss.on('connection', (ws) => {
+    const n = ++connections;
+    ws.on('message', (data) => {
+      const cmd = JSON.parse(data.toString());
+      const reply = (e) => ws.send(JSON.stringify(e));
+      if (cmd.type === 'hello') reply({ type: 'welcome', id: cmd.id, user: cmd.user, session: `s${n}`, heartbeat: 25 });
+      else script(n, cmd, reply, ws);
+    });
+  });
+  return { wss, url: `ws://127.0.0.1:${wss.address().port}/ws`, close: () => new Promise((r) => wss.close(r)) };
+}
+
+test('resume contract: held events survive a reset in them and another lost connection; our own message is still dropped', async () => {
+  const server = await scripted((n, cmd, reply, ws) => {
+    if (cmd.type === 'join' && n === 1) reply({ type: 'joined', id: cmd.id, room: 'r', online: 1, seq: 3 });
+    if (cmd.type === 'join' && n > 1) {
+      // More missed than the server replays: a reset, then our own 2001.
+      reply({ type: 'joined', id: cmd.id, room: 'r', online: 1, seq: 2002 });
+      reply({ type: 'reset', room: 'r', seq: 2000 });
+      reply({ type: 'message', room: 'r', seq: 2001, from: 'me', ts: 2, body: 'mine' });
+      reply({ type: 'message', room: 'r', seq: 2002, from: 'x', ts: 3, body: 'other' });
+    }
+    // Lost twice before the resend is answered.
+    if (cmd.type === 'publish' && n < 3) ws.terminate();
+    if (cmd.type === 'publish' && n === 3) reply({ type: 'ack', id: cmd.id, room: 'r', seq: 2001, delivered: 0, duplicate: true });
+  });
+  const me = new Client({ url: server.url, user: 'me', WebSocket, reconnect: { min: 10, max: 50 } });
+  clients.push(me);
+  const got = [];
+  me.on('message', (m) => got.push([m.seq, m.body]));
+  me.on('reset', (e) => got.push(['reset', e.seq]));
+  await me.join('r');
+  const ack = await me.publish('r', 'mine');
+  // What waited went on before the ack resolved: once, in order, without ours.
+  assert.equal(ack.seq, 2001);
+  assert.deepEqual(got, [['reset', 2000], [2002, 'other']]);
+  assert.equal(me.lastSeq('r'), 2002);
+  me.close();
+  await server.close();
+});
+
+test('resume contract: a retry with the same id while the first is unanswered is one command; the room does not stay held', async () => {
+  const server = await scripted((n, cmd, reply, ws) => {
+    if (cmd.type === 'join') reply({ type: 'joined', id: cmd.id, room: 'r', online: 1, seq: 3 });
+    if (cmd.type === 'publish' && n === 1) ws.terminate();
+    if (cmd.type === 'publish' && n === 2) reply({ type: 'ack', id: cmd.id, room: 'r', seq: 4, delivered: 0, duplicate: true });
+    if (cmd.type === 'ping') {
+      reply({ type: 'message', room: 'r', seq: 5, from: 'x', ts: 3, body: 'other' });
+      reply({ type: 'pong', id: cmd.id });
+    }
+  });
+  const me = new Client({ url: server.url, user: 'me', WebSocket, reconnect: { min: 200, max: 300 } });
+  clients.push(me);
+  const got = collector();
+  await me.join('r', { onMessage: got });
+  const first = me.publish('r', 'mine', { id: 'm1' });
+  await waitState(me, 'reconnecting'); // the first is in doubt now
+  const retry = me.publish('r', 'mine', { id: 'm1' });
+  const [a, b] = await Promise.all([first, retry]);
+  assert.deepEqual([a.seq, b.seq], [4, 4], 'one reply settles both');
+  await me.ping();
+  await got.until(1);
+  assert.deepEqual(got.items.map((m) => m.seq), [5]);
+  me.close();
+  await server.close();
+});
+
 test('close(): unanswered and queued commands reject with `closed`, no reconnect', async () => {
   const proxy = await new Proxy(server.port).listen();
   proxy.refuse();
