@@ -308,51 +308,6 @@ test('resume contract: rejoin with since = last seq, resend in-flight commands w
   await new Promise((r) => wss.close(r));
 });
 
-// A send whose ack was lost with its connection can come back to the
-// sender as a copy (the server read it late and the new connection is one
-// of the sender's "other" connections) before the resend's duplicate ack.
-test('resume contract: the copy of our own send, back before its resend is acked, is not taken for another device\'s', async () => {
-  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
-  await new Promise((r) => wss.once('listening', r));
-  let connections = 0;
-  const sends = [];
-  wss.on('connection', (ws) => {
-    const n = ++connections;
-    ws.on('message', (data) => {
-      const cmd = JSON.parse(data.toString());
-      const reply = (e) => ws.send(JSON.stringify(e));
-      if (cmd.type === 'hello') reply({ type: 'welcome', id: cmd.id, user: cmd.user, session: `s${n}`, heartbeat: 25 });
-      if (cmd.type !== 'send') return;
-      sends.push([n, cmd.id]);
-      if (n === 1) {
-        ws.terminate(); // stored as bob's inbox seq 7; the ack is lost
-        return;
-      }
-      // The first send's copy, then one from another device, then the ack.
-      reply({ type: 'direct', from: 'me', to: 'bob', seq: 7, gid: 70, ts: 1, body: 'mine' });
-      reply({ type: 'direct', from: 'me', to: 'bob', seq: 8, gid: 71, ts: 2, body: 'from my phone' });
-      reply({ type: 'ack', id: cmd.id, to: 'bob', seq: 7, delivered: 1, stored: true, duplicate: true });
-      // Late again (the server's fan-out behind its dedupe): still ours.
-      reply({ type: 'direct', from: 'me', to: 'bob', seq: 7, gid: 70, ts: 1, body: 'mine' });
-      reply({ type: 'direct', from: 'bob', to: 'me', seq: 1, gid: 72, ts: 3, body: 'hi' });
-    });
-  });
-  const me = new Client({ url: `ws://127.0.0.1:${wss.address().port}/ws`, user: 'me', WebSocket, reconnect: { min: 10, max: 50 } });
-  clients.push(me);
-  const got = [];
-  me.on('direct', (d) => got.push(d.body));
-  await me.connect();
-  const last = waitFor(me, 'direct', (d) => d.body === 'hi');
-  const ack = await me.send('bob', 'mine');
-  assert.equal(ack.seq, 7);
-  await last;
-  assert.deepEqual(got, ['from my phone', 'hi']);
-  assert.equal(sends.length, 2);
-  assert.equal(sends[0][1], sends[1][1], 'resent with the same id');
-  me.close();
-  await new Promise((r) => wss.close(r));
-});
-
 /** A scripted server: `script(n, cmd, reply, ws)` answers connection n's commands after the welcome. */
 async function scripted(script) {
   const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
@@ -369,6 +324,42 @@ async function scripted(script) {
   });
   return { wss, url: `ws://127.0.0.1:${wss.address().port}/ws`, close: () => new Promise((r) => wss.close(r)) };
 }
+
+// A send whose ack was lost with its connection can come back to the
+// sender as a copy (the server read it late and the new connection is one
+// of the sender's "other" connections) before the resend's duplicate ack.
+test('resume contract: the copy of our own send, back before its resend is acked, is not taken for another device\'s', async () => {
+  const sends = [];
+  const server = await scripted((n, cmd, reply, ws) => {
+    if (cmd.type !== 'send') return;
+    sends.push([n, cmd.id]);
+    if (n === 1) {
+      ws.terminate(); // stored as bob's inbox seq 7; the ack is lost
+      return;
+    }
+    // The first send's copy, then one from another device, then the ack.
+    reply({ type: 'direct', from: 'me', to: 'bob', seq: 7, gid: 70, ts: 1, body: 'mine' });
+    reply({ type: 'direct', from: 'me', to: 'bob', seq: 8, gid: 71, ts: 2, body: 'from my phone' });
+    reply({ type: 'ack', id: cmd.id, to: 'bob', seq: 7, delivered: 1, stored: true, duplicate: true });
+    // Late again (the server's fan-out behind its dedupe): still ours.
+    reply({ type: 'direct', from: 'me', to: 'bob', seq: 7, gid: 70, ts: 1, body: 'mine' });
+    reply({ type: 'direct', from: 'bob', to: 'me', seq: 1, gid: 72, ts: 3, body: 'hi' });
+  });
+  const me = new Client({ url: server.url, user: 'me', WebSocket, reconnect: { min: 10, max: 50 } });
+  clients.push(me);
+  const got = [];
+  me.on('direct', (d) => got.push(d.body));
+  await me.connect();
+  const last = waitFor(me, 'direct', (d) => d.body === 'hi');
+  const ack = await me.send('bob', 'mine');
+  assert.equal(ack.seq, 7);
+  await last;
+  assert.deepEqual(got, ['from my phone', 'hi']);
+  assert.equal(sends.length, 2);
+  assert.equal(sends[0][1], sends[1][1], 'resent with the same id');
+  me.close();
+  await server.close();
+});
 
 test('resume contract: held events survive a reset in them and another lost connection; our own message is still dropped', async () => {
   const server = await scripted((n, cmd, reply, ws) => {
