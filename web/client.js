@@ -47,7 +47,8 @@ const SSE_BATCH = 16;
 // Close codes after which the client does not reconnect: the server refused
 // the identity, or an operator disconnected the user (HTTP API).
 const FATAL_CLOSE = new Map([[4001, 'unauthorized'], [4003, 'kicked']]);
-// How many direct-message identities are remembered for dedupe.
+// How many direct-message identities (and seqs of our resent sends) are
+// remembered for dedupe.
 const DIRECT_MEMORY = 4096;
 // A room's out-of-order seqs kept above its contiguous watermark.
 const SEEN_LIMIT = 10_000;
@@ -1040,18 +1041,20 @@ export class Client {
     }
   }
 
-  /** The key of the hold a publish or send `command` in doubt opens, or null. */
-  static #holdKey(command) {
+  /**
+   * The key of the hold a publish or send `command` in doubt opens, or null
+   * (a send to oneself comes back as one's own inbox entry: nothing to hold).
+   */
+  #holdKey(command) {
     if (command.type === 'publish') return `r:${command.room}`;
-    if (command.type === 'send') return `u:${command.to}`;
+    if (command.type === 'send' && command.to !== this.user) return `u:${command.to}`;
     return null;
   }
 
   /** `p` was written to a connection now lost, unanswered: the server may have it (see #holds). */
   #doubt(p) {
-    const key = Client.#holdKey(p.command);
-    // A send to oneself comes back as one's own inbox entry: nothing to hold.
-    if (!key || (p.command.type === 'send' && p.command.to === this.user)) return;
+    const key = this.#holdKey(p.command);
+    if (!key) return;
     p.inDoubt = key;
     const h = this.#holds.get(key);
     if (h) h.count += 1;
@@ -1082,8 +1085,7 @@ export class Client {
     const h = this.#holds.get(key);
     const acked = reply && reply.type === 'ack' && typeof reply.seq === 'number';
     if (acked && p.command.type === 'send') {
-      this.#ownSends.add(`${p.command.to}\u0000${reply.seq}`);
-      if (this.#ownSends.size > DIRECT_MEMORY) this.#ownSends.delete(this.#ownSends.values().next().value);
+      remember(this.#ownSends, `${p.command.to}\u0000${reply.seq}`);
     }
     // Also kept here: a held `reset` clears the room's dedupe, ack included.
     if (acked && h) h.own.add(reply.seq);
@@ -1207,10 +1209,7 @@ export class Client {
   #firstInboxSight(owner, seq, tag) {
     const key = `${owner}\u0000${seq}\u0000${tag}`;
     if (this.#directSeen.has(key)) return false;
-    this.#directSeen.add(key);
-    if (this.#directSeen.size > DIRECT_MEMORY) {
-      this.#directSeen.delete(this.#directSeen.values().next().value);
-    }
+    remember(this.#directSeen, key);
     return true;
   }
 
@@ -1565,6 +1564,12 @@ function detach(ws) {
   ws.onclose = null;
   // Keep an error handler: `ws` (Node) throws on an unhandled 'error'.
   ws.onerror = () => {};
+}
+
+/** Adds `key` to `set`, forgetting the oldest once it holds more than DIRECT_MEMORY. */
+function remember(set, key) {
+  set.add(key);
+  if (set.size > DIRECT_MEMORY) set.delete(set.values().next().value);
 }
 
 function callSafely(fn, value) {

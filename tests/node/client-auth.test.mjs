@@ -18,8 +18,9 @@ before(async () => { server = await new Server(['--rate-limit', '0', '--jwt-secr
 after(async () => { await server?.dispose(); });
 
 /** A token from `switchboard token`. */
+const tokenArgs = (user, ttl, secret) => ['token', '--user', user, '--secret', secret, '--ttl', ttl];
 function mint(user, ttl = '1h', secret = SECRET) {
-  return execFileSync(BIN, ['token', '--user', user, '--secret', secret, '--ttl', ttl], { encoding: 'utf8' }).trim();
+  return execFileSync(BIN, tokenArgs(user, ttl, secret), { encoding: 'utf8' }).trim();
 }
 
 /**
@@ -29,7 +30,7 @@ function mint(user, ttl = '1h', secret = SECRET) {
  */
 const execFileAsync = promisify(execFile);
 async function mintLater(user, ttl) {
-  const { stdout } = await execFileAsync(BIN, ['token', '--user', user, '--secret', SECRET, '--ttl', ttl], { encoding: 'utf8' });
+  const { stdout } = await execFileAsync(BIN, tokenArgs(user, ttl, SECRET), { encoding: 'utf8' });
   return stdout.trim();
 }
 

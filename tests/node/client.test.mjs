@@ -247,42 +247,53 @@ test('offline queue: commands issued while disconnected are sent once, in order,
   await proxy.close();
 });
 
-// The client's side of resume, against a scripted server: what it sends on
-// reconnect (join with since, the same ids again) and what it drops.
-test('resume contract: rejoin with since = last seq, resend in-flight commands with their ids, drop replayed duplicates', async () => {
+/**
+ * A scripted server: `script(n, cmd, reply, ws)` sees every command of
+ * connection n (the first one is 1), a `hello` after its `welcome` went out.
+ */
+async function scripted(script) {
   const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
   await new Promise((r) => wss.once('listening', r));
-  const seen = []; // [connection number, command]
   let connections = 0;
   wss.on('connection', (ws) => {
     const n = ++connections;
     ws.on('message', (data) => {
       const cmd = JSON.parse(data.toString());
-      seen.push([n, cmd]);
       const reply = (e) => ws.send(JSON.stringify(e));
       if (cmd.type === 'hello') reply({ type: 'welcome', id: cmd.id, user: cmd.user, session: `s${n}`, heartbeat: 25 });
-      if (cmd.type === 'join' && n === 1) {
-        reply({ type: 'joined', id: cmd.id, room: 'r', online: 1, seq: 2 });
-        reply({ type: 'message', room: 'r', seq: 3, from: 'x', ts: 1, body: 3 });
-        reply({ type: 'message', room: 'r', seq: 3, from: 'x', ts: 1, body: 3 }); // duplicate
-      }
-      if (cmd.type === 'publish' && n === 1) {
-        // Acked as seq 4 … but the connection dies before the ack arrives.
-        ws.terminate();
-      }
-      if (cmd.type === 'join' && n === 2) {
-        // Replay after `since`: 4 is our own publish (stored before the
-        // connection died), 5 is new. Both come before the resend's ack.
-        reply({ type: 'message', room: 'r', seq: 4, from: 'me', ts: 2, body: 'mine' });
-        reply({ type: 'message', room: 'r', seq: 5, from: 'x', ts: 3, body: 5 });
-        reply({ type: 'joined', id: cmd.id, room: 'r', online: 1, seq: 5 });
-      }
-      if (cmd.type === 'publish' && n === 2) {
-        reply({ type: 'ack', id: cmd.id, room: 'r', seq: 4, delivered: 0, duplicate: true });
-      }
+      script(n, cmd, reply, ws);
     });
   });
-  const me = new Client({ url: `ws://127.0.0.1:${wss.address().port}/ws`, user: 'me', device: 'laptop', WebSocket, reconnect: { min: 10, max: 50 } });
+  return { url: `ws://127.0.0.1:${wss.address().port}/ws`, close: () => new Promise((r) => wss.close(r)) };
+}
+
+// The client's side of resume, against a scripted server: what it sends on
+// reconnect (join with since, the same ids again) and what it drops.
+test('resume contract: rejoin with since = last seq, resend in-flight commands with their ids, drop replayed duplicates', async () => {
+  const seen = []; // [connection number, command]
+  const server = await scripted((n, cmd, reply, ws) => {
+    seen.push([n, cmd]);
+    if (cmd.type === 'join' && n === 1) {
+      reply({ type: 'joined', id: cmd.id, room: 'r', online: 1, seq: 2 });
+      reply({ type: 'message', room: 'r', seq: 3, from: 'x', ts: 1, body: 3 });
+      reply({ type: 'message', room: 'r', seq: 3, from: 'x', ts: 1, body: 3 }); // duplicate
+    }
+    if (cmd.type === 'publish' && n === 1) {
+      // Acked as seq 4 … but the connection dies before the ack arrives.
+      ws.terminate();
+    }
+    if (cmd.type === 'join' && n === 2) {
+      // Replay after `since`: 4 is our own publish (stored before the
+      // connection died), 5 is new. Both come before the resend's ack.
+      reply({ type: 'message', room: 'r', seq: 4, from: 'me', ts: 2, body: 'mine' });
+      reply({ type: 'message', room: 'r', seq: 5, from: 'x', ts: 3, body: 5 });
+      reply({ type: 'joined', id: cmd.id, room: 'r', online: 1, seq: 5 });
+    }
+    if (cmd.type === 'publish' && n === 2) {
+      reply({ type: 'ack', id: cmd.id, room: 'r', seq: 4, delivered: 0, duplicate: true });
+    }
+  });
+  const me = new Client({ url: server.url, user: 'me', device: 'laptop', WebSocket, reconnect: { min: 10, max: 50 } });
   clients.push(me);
   const got = collector();
   await me.join('r', { onMessage: got });
@@ -305,25 +316,8 @@ test('resume contract: rejoin with since = last seq, resend in-flight commands w
   const second = seen.filter(([n]) => n === 2).map(([, c]) => c.type);
   assert.deepEqual(second, ['hello', 'join', 'publish']);
   me.close();
-  await new Promise((r) => wss.close(r));
+  await server.close();
 });
-
-/** A scripted server: `script(n, cmd, reply, ws)` answers connection n's commands after the welcome. */
-async function scripted(script) {
-  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
-  await new Promise((r) => wss.once('listening', r));
-  let connections = 0;
-  wss.on('connection', (ws) => {
-    const n = ++connections;
-    ws.on('message', (data) => {
-      const cmd = JSON.parse(data.toString());
-      const reply = (e) => ws.send(JSON.stringify(e));
-      if (cmd.type === 'hello') reply({ type: 'welcome', id: cmd.id, user: cmd.user, session: `s${n}`, heartbeat: 25 });
-      else script(n, cmd, reply, ws);
-    });
-  });
-  return { wss, url: `ws://127.0.0.1:${wss.address().port}/ws`, close: () => new Promise((r) => wss.close(r)) };
-}
 
 // A send whose ack was lost with its connection can come back to the
 // sender as a copy (the server read it late and the new connection is one
